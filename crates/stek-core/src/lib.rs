@@ -1,0 +1,16 @@
+//! stek's core: ticket keys, the key ring and its lifecycle, the leader's rotation decisions,
+//! and the key file format of every supported server.
+//!
+//! Pure by design: no tokio, no network, no filesystem. Time and randomness come in as
+//! arguments (`decide_at(now, ..)`, a [`key::KeySource`]), so every decision is testable and
+//! repeatable. Everything else in stek depends on this crate; it depends on nothing of stek's.
+
+pub mod formats;
+pub mod key;
+pub mod ring;
+pub mod rotation;
+
+pub use formats::{Format, FormatOptions, Rendered, REGISTRY};
+pub use key::{Fingerprint, KeySource, OsKeySource, TicketKey};
+pub use ring::{KeyRing, KeyState, Policy, RingKey};
+pub use rotation::{decide_at, next_ring, Decision, MemberView};
