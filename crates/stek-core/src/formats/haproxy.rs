@@ -98,16 +98,6 @@ impl Haproxy {
             })
             .collect()
     }
-
-    /// The last three lines in base64: what HAProxy holds in memory after loading the file, and
-    /// what the runtime API must hold after a push (oldest first; the middle one encrypts).
-    pub fn runtime_ring(&self, ring: &KeyRing) -> Vec<Zeroizing<String>> {
-        let lines = self.lines(ring);
-        lines[lines.len() - TLS_TICKETS_NO..]
-            .iter()
-            .map(base64_key)
-            .collect()
-    }
 }
 
 impl Format for Haproxy {
@@ -137,6 +127,18 @@ impl Format for Haproxy {
             );
         }
         s
+    }
+
+    /// The last three lines in base64: what HAProxy holds in memory after loading the file, and
+    /// what the runtime API must hold after a push (oldest first; the middle one encrypts).
+    fn runtime_ring(&self, ring: &KeyRing) -> Option<Vec<Zeroizing<String>>> {
+        let lines = self.lines(ring);
+        Some(
+            lines[lines.len() - TLS_TICKETS_NO..]
+                .iter()
+                .map(base64_key)
+                .collect(),
+        )
     }
 
     fn warnings(&self) -> Vec<String> {
@@ -218,13 +220,10 @@ mod tests {
 
     #[test]
     fn runtime_ring_is_the_last_three_lines() {
-        let f = super::Haproxy {
-            key_size: super::KeySize::Bytes80,
-            info: &super::RUNTIME_INFO,
-            retain: 2,
-        };
+        let f = build("haproxy-runtime", &opts(2)).unwrap();
         let got: Vec<String> = f
             .runtime_ring(&ring(2))
+            .unwrap()
             .iter()
             .map(|s| s.to_string())
             .collect();

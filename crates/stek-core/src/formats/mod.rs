@@ -156,6 +156,13 @@ pub trait Format: fmt::Debug + Send + Sync {
     fn mtime_must_advance(&self) -> bool {
         false
     }
+
+    /// For servers with a runtime key API (HAProxy): the keys the running server must hold,
+    /// oldest first, as base64.
+    fn runtime_ring(&self, ring: &KeyRing) -> Option<Vec<Zeroizing<String>>> {
+        let _ = ring;
+        None
+    }
 }
 
 /// What the configuration says about one target's format.
@@ -187,8 +194,11 @@ pub struct FormatInfo {
     /// Whether `slots` applies.
     pub takes_slots: bool,
     /// Builds the format from validated options.
-    build: fn(KeySize, &FormatOptions) -> Result<Box<dyn Format>, FormatConfigError>,
+    build: BuildFn,
 }
+
+/// Builds a format from a checked key size and the target's options.
+type BuildFn = fn(KeySize, &FormatOptions) -> Result<Box<dyn Format>, FormatConfigError>;
 
 /// Every format stek can write, in the order docs list them.
 pub static REGISTRY: &[&FormatInfo] = &[

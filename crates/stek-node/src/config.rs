@@ -1,0 +1,521 @@
+//! The node's TOML configuration, parsed and validated in one place so that every bad value is
+//! rejected at load with the file, the key and what to change.
+//!
+//! ```toml
+//! cluster = "edge"            # keyspace namespace, default "default"
+//! node_id = "lb-1"            # default: the hostname
+//! [rotation]
+//! interval = "12h"            # humantime durations
+//! retain = 2                  # retiring keys kept for decryption (at least 1)
+//! lease_ttl = "10s"
+//! [[target]]
+//! format = "nginx"            # nginx | haproxy | haproxy-runtime | ats | httpd | dnsdist | envoy
+//! path = "/run/stek/nginx"    # directory for nginx, file for the others
+//! reload = ["nginx", "-s", "reload"]
+//! verify = ["nginx", "-t"]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::unistd::{Gid, Group, Uid, User};
+use serde::Deserialize;
+use stek_core::formats::{self, Delivery, FormatOptions};
+use stek_core::Policy;
+
+use crate::command::CommandSpec;
+use crate::haproxy_runtime::{id_for_file, RuntimeTarget};
+use crate::target::Target;
+use crate::writer::WriteOptions;
+
+/// A configuration that cannot be used. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a key of the wrong type or unknown.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value that parses but cannot work.
+    #[error("config {path}: {key}: {message}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// The offending key, e.g. `target[2].key_size`.
+        key: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: Option<String>,
+    node_id: Option<String>,
+    #[serde(default)]
+    rotation: RawRotation,
+    #[serde(default)]
+    target: Vec<RawTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRotation {
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    interval: Duration,
+    #[serde(default = "default_retain")]
+    retain: usize,
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    lease_ttl: Duration,
+}
+
+impl Default for RawRotation {
+    fn default() -> Self {
+        Self {
+            interval: default_interval(),
+            retain: default_retain(),
+            lease_ttl: default_lease_ttl(),
+        }
+    }
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+fn default_retain() -> usize {
+    2
+}
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    format: String,
+    path: PathBuf,
+    reload: Option<Vec<String>>,
+    verify: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    reload_timeout: Option<Duration>,
+    reload_attempts: Option<u32>,
+    owner: Option<String>,
+    group: Option<String>,
+    key_size: Option<u64>,
+    slots: Option<u64>,
+    socket: Option<PathBuf>,
+    #[serde(default)]
+    allow_persistent_storage: bool,
+}
+
+/// The default time one reload or verify attempt may take.
+pub const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default number of reload attempts.
+pub const DEFAULT_RELOAD_ATTEMPTS: u32 = 3;
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The keyspace namespace.
+    pub cluster: String,
+    /// This node's id.
+    pub node_id: String,
+    /// Rotation interval and retention.
+    pub policy: Policy,
+    /// Liveness lease length.
+    pub lease_ttl: Duration,
+    /// The TLS servers on this box.
+    pub targets: Vec<Target>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates config text; `path` is only used in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        let cluster = raw.cluster.unwrap_or_else(|| "default".to_owned());
+        check_name(&cluster).map_err(|m| invalid("cluster".into(), m))?;
+        let node_id = match raw.node_id {
+            Some(id) => id,
+            None => nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .ok_or_else(|| {
+                    invalid(
+                        "node_id".into(),
+                        "not set and the hostname cannot be read; set node_id = \"...\"".into(),
+                    )
+                })?,
+        };
+        check_name(&node_id).map_err(|m| invalid("node_id".into(), m))?;
+        let policy = Policy {
+            interval: raw.rotation.interval,
+            retain: raw.rotation.retain,
+        };
+        policy.validate().map_err(|e| {
+            let key = if policy.retain == 0 {
+                "retain"
+            } else {
+                "interval"
+            };
+            invalid(format!("rotation.{key}"), e.to_string())
+        })?;
+        if raw.rotation.lease_ttl < Duration::from_secs(2) {
+            return Err(invalid(
+                "rotation.lease_ttl".into(),
+                format!(
+                    "{} is too short to survive a busy moment; use at least \"2s\" (default \"10s\")",
+                    humantime_serde::re::humantime::format_duration(raw.rotation.lease_ttl)
+                ),
+            ));
+        }
+        let mut targets = Vec::with_capacity(raw.target.len());
+        for (i, t) in raw.target.into_iter().enumerate() {
+            let key = |k: &str| format!("target[{i}].{k}");
+            let target = build_target(i, t, &policy).map_err(|(k, m)| invalid(key(k), m))?;
+            if targets.iter().any(|other: &Target| {
+                // Several HAProxy instances may share one file, each through its own socket.
+                other.path == target.path && !(other.runtime.is_some() && target.runtime.is_some())
+            }) {
+                return Err(invalid(
+                    key("path"),
+                    format!(
+                        "{} is already written by another target; give each target its own path",
+                        target.path.display()
+                    ),
+                ));
+            }
+            targets.push(target);
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            cluster,
+            node_id,
+            policy,
+            lease_ttl: raw.rotation.lease_ttl,
+            targets,
+        })
+    }
+}
+
+fn check_name(s: &str) -> Result<(), String> {
+    if s.is_empty()
+        || s.len() > 128
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        Err(format!(
+            "\"{s}\" is not a valid name; use 1 to 128 letters, digits, '-', '_' or '.'"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+type FieldError = (&'static str, String);
+
+fn build_target(index: usize, t: RawTarget, policy: &Policy) -> Result<Target, FieldError> {
+    let info = formats::lookup(&t.format).map_err(|e| ("format", e.to_string()))?;
+    let options = FormatOptions {
+        key_size: t.key_size,
+        slots: t.slots,
+        retain: policy.retain,
+    };
+    let format = formats::build(&t.format, &options).map_err(|e| {
+        let key = match e {
+            formats::FormatConfigError::KeySize { .. } => "key_size",
+            formats::FormatConfigError::SlotsNotApplicable { .. }
+            | formats::FormatConfigError::TooFewSlots { .. } => "slots",
+            formats::FormatConfigError::UnknownFormat { .. } => "format",
+        };
+        (key, e.to_string())
+    })?;
+    if !t.path.is_absolute() {
+        return Err((
+            "path",
+            format!(
+                "\"{}\" is relative; give an absolute path on a RAM disk such as /run/stek/{}",
+                t.path.display(),
+                info.name
+            ),
+        ));
+    }
+    let owner = t
+        .owner
+        .as_deref()
+        .map(resolve_user)
+        .transpose()
+        .map_err(|m| ("owner", m))?;
+    let group = t
+        .group
+        .as_deref()
+        .map(resolve_group)
+        .transpose()
+        .map_err(|m| ("group", m))?;
+    let timeout = t.reload_timeout.unwrap_or(DEFAULT_RELOAD_TIMEOUT);
+    if timeout.is_zero() {
+        return Err(("reload_timeout", "must be more than 0, e.g. \"30s\"".into()));
+    }
+    let attempts = t.reload_attempts.unwrap_or(DEFAULT_RELOAD_ATTEMPTS);
+    if attempts == 0 {
+        return Err(("reload_attempts", "must be at least 1".into()));
+    }
+    let command = |argv: Option<Vec<String>>, key: &'static str| match argv {
+        Some(v) if v.is_empty() || v[0].is_empty() => Err((
+            key,
+            "is empty; give the program and its arguments, e.g. [\"nginx\", \"-s\", \"reload\"]"
+                .to_owned(),
+        )),
+        Some(argv) => Ok(Some(CommandSpec {
+            argv,
+            timeout,
+            attempts,
+            backoff: Duration::from_millis(500),
+        })),
+        None => Ok(None),
+    };
+    let reload = command(t.reload, "reload")?;
+    let verify = command(t.verify, "verify")?;
+    let runtime = match (info.delivery, t.socket) {
+        (Delivery::HaproxyRuntime, Some(socket)) => Some(RuntimeTarget {
+            socket,
+            id: id_for_file(&t.path),
+        }),
+        (Delivery::HaproxyRuntime, None) => {
+            return Err((
+                "socket",
+                "format \"haproxy-runtime\" needs the admin stats socket, e.g. socket = \"/run/haproxy/admin.sock\" (HAProxy: `stats socket /run/haproxy/admin.sock level admin`)".into(),
+            ))
+        }
+        (_, Some(_)) => {
+            return Err((
+                "socket",
+                format!(
+                    "applies only to format \"haproxy-runtime\"; remove it from this \"{}\" target",
+                    info.name
+                ),
+            ))
+        }
+        (_, None) => None,
+    };
+    if runtime.is_some() && reload.is_some() {
+        return Err((
+            "reload",
+            "format \"haproxy-runtime\" applies keys through the stats socket without a reload; remove reload, or use format \"haproxy\" to reload instead".into(),
+        ));
+    }
+    Ok(Target {
+        index,
+        path: t.path,
+        write: WriteOptions {
+            owner,
+            group,
+            allow_persistent_storage: t.allow_persistent_storage,
+            mtime_must_advance: format.mtime_must_advance(),
+        },
+        format,
+        reload,
+        verify,
+        runtime,
+    })
+}
+
+fn resolve_user(name: &str) -> Result<Uid, String> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(Uid::from_raw(n));
+    }
+    match User::from_name(name) {
+        Ok(Some(u)) => Ok(u.uid),
+        _ => Err(format!(
+            "user \"{name}\" does not exist on this machine; give an existing user name or a numeric uid"
+        )),
+    }
+}
+
+fn resolve_group(name: &str) -> Result<Gid, String> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(Gid::from_raw(n));
+    }
+    match Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid),
+        _ => Err(format!(
+            "group \"{name}\" does not exist on this machine; give an existing group name or a numeric gid"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/stek/stek.toml"), text)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    const GOOD: &str = r#"
+cluster = "edge"
+node_id = "lb-1"
+[rotation]
+interval = "12h"
+retain = 2
+lease_ttl = "10s"
+[[target]]
+format = "nginx"
+path = "/run/stek/nginx"
+reload = ["nginx", "-s", "reload"]
+verify = ["nginx", "-t"]
+[[target]]
+format = "haproxy-runtime"
+path = "/run/stek/haproxy.keys"
+socket = "/run/haproxy/admin.sock"
+[[target]]
+format = "ats"
+path = "/run/stek/ats.key"
+reload = ["traffic_ctl", "config", "reload"]
+reload_timeout = "5s"
+owner = "root"
+group = "0"
+"#;
+
+    #[test]
+    fn a_full_config_loads_with_its_values() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.cluster, "edge");
+        assert_eq!(c.node_id, "lb-1");
+        assert_eq!(c.policy.interval, Duration::from_secs(43200));
+        assert_eq!(c.policy.retain, 2);
+        assert_eq!(c.targets.len(), 3);
+        assert_eq!(c.targets[0].format.info().name, "nginx");
+        assert_eq!(
+            c.targets[1].runtime.as_ref().unwrap().id,
+            "/run/stek/haproxy.keys"
+        );
+        assert!(c.targets[2].write.mtime_must_advance);
+        assert_eq!(
+            c.targets[2].reload.as_ref().unwrap().timeout,
+            Duration::from_secs(5)
+        );
+        assert_eq!(c.targets[2].write.owner, Some(Uid::from_raw(0)));
+    }
+
+    #[test]
+    fn defaults_apply_when_keys_are_missing() {
+        let c = parse("node_id = \"a\"\n").unwrap();
+        assert_eq!(c.cluster, "default");
+        assert_eq!(c.policy.retain, 2);
+        assert_eq!(c.policy.interval, Duration::from_secs(43200));
+        assert_eq!(c.lease_ttl, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_format_names_file_key_and_choices() {
+        let m = err("[[target]]\nformat = \"caddy\"\npath = \"/run/stek/x\"\n");
+        assert!(
+            m.starts_with("config /etc/stek/stek.toml: target[0].format:"),
+            "{m}"
+        );
+        assert!(m.contains("nginx | haproxy"), "{m}");
+    }
+
+    #[test]
+    fn a_48_byte_key_for_an_80_byte_format_says_what_to_change() {
+        let m = err("[[target]]\nformat = \"dnsdist\"\npath = \"/run/stek/d\"\nkey_size = 48\n");
+        assert!(m.contains("target[0].key_size"), "{m}");
+        assert!(m.contains("set key_size to 80"), "{m}");
+    }
+
+    #[test]
+    fn zero_slots_is_rejected_with_the_minimum() {
+        let m = err("[[target]]\nformat = \"nginx\"\npath = \"/run/stek/n\"\nslots = 0\n");
+        assert!(m.contains("target[0].slots"), "{m}");
+        assert!(m.contains("set slots to 4"), "{m}");
+    }
+
+    #[test]
+    fn retain_zero_is_rejected() {
+        let m = err("[rotation]\nretain = 0\n");
+        assert!(m.contains("rotation.retain"), "{m}");
+        assert!(m.contains("set retain to 1 or more"), "{m}");
+    }
+
+    #[test]
+    fn typos_and_bad_types_point_at_the_line() {
+        let m = err("[rotation]\nintervall = \"1h\"\n");
+        assert!(m.contains("intervall"), "{m}");
+        assert!(m.contains("line 2"), "{m}");
+        let m = err("[rotation]\ninterval = \"soon\"\n");
+        assert!(m.contains("interval"), "{m}");
+    }
+
+    #[test]
+    fn runtime_target_needs_a_socket_and_no_reload() {
+        let m = err("[[target]]\nformat = \"haproxy-runtime\"\npath = \"/run/stek/h\"\n");
+        assert!(m.contains("target[0].socket"), "{m}");
+        let m = err("[[target]]\nformat = \"haproxy\"\npath = \"/run/stek/h\"\nsocket = \"/s\"\n");
+        assert!(
+            m.contains("applies only to format \"haproxy-runtime\""),
+            "{m}"
+        );
+        let m = err("[[target]]\nformat = \"haproxy-runtime\"\npath = \"/run/stek/h\"\nsocket = \"/s\"\nreload = [\"true\"]\n");
+        assert!(m.contains("target[0].reload"), "{m}");
+    }
+
+    #[test]
+    fn relative_paths_empty_argv_and_unknown_users_are_rejected() {
+        let m = err("[[target]]\nformat = \"httpd\"\npath = \"keys/httpd.key\"\n");
+        assert!(m.contains("is relative"), "{m}");
+        let m = err("[[target]]\nformat = \"httpd\"\npath = \"/run/stek/h\"\nreload = []\n");
+        assert!(m.contains("target[0].reload: is empty"), "{m}");
+        let m = err("[[target]]\nformat = \"httpd\"\npath = \"/run/stek/h\"\nowner = \"no-such-user-stek\"\n");
+        assert!(m.contains("target[0].owner"), "{m}");
+    }
+
+    #[test]
+    fn two_targets_writing_one_path_are_rejected() {
+        let m = err("[[target]]\nformat = \"httpd\"\npath = \"/run/stek/h\"\n[[target]]\nformat = \"ats\"\npath = \"/run/stek/h\"\n");
+        assert!(m.contains("target[1].path"), "{m}");
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let m = Config::load(Path::new("/nonexistent/stek.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("/nonexistent/stek.toml"), "{m}");
+    }
+}

@@ -1,0 +1,20 @@
+//! stek's node runtime: the pieces that touch the machine.
+//!
+//! - [`config`]: the TOML config, validated at load.
+//! - [`writer`]: the RAM-disk writer (statfs check, temp file + rename, mode 0600).
+//! - [`command`]: the reload/verify runner (argv, timeout, retries).
+//! - [`haproxy_runtime`]: HAProxy's stats-socket ticket key API.
+//! - [`target`]: one TLS server, applying a ring end to end.
+//!
+//! Depends on `stek-core` for keys, rings and formats; never the other way round. Knows nothing
+//! of the CLI.
+
+pub mod command;
+pub mod config;
+pub mod haproxy_runtime;
+pub mod httpd;
+pub mod target;
+pub mod writer;
+
+pub use config::{Config, ConfigError};
+pub use target::{ApplyError, Target};
