@@ -1,0 +1,278 @@
+//! Harness for tests that run real TLS servers on loopback and check session tickets with a
+//! real TLS client (`openssl s_client`).
+//!
+//! Every directory lives under /dev/shm (a tmpfs, as stek requires for key files) and is removed
+//! on drop; every server process runs in its own process group, killed on drop; every wait is
+//! bounded. Nothing here listens on or connects to anything but 127.0.0.1.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use stek_core::{KeyRing, OsKeySource, Policy};
+use stek_node::{Config, Target};
+
+pub mod scenario;
+pub mod tls;
+
+/// Logs test phases so a failure reads as a story.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Fails the test with a clear message when a server binary is missing. Tests are never
+/// skipped: `.ci/run` installs every server.
+pub fn require_binary(name: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{name} is not installed; run .ci/run (or apt-get install the server) first"
+    );
+}
+
+/// A private directory on /dev/shm, mode 0700, removed on drop.
+#[derive(Debug)]
+pub struct TestDir {
+    path: PathBuf,
+}
+
+impl TestDir {
+    /// Creates `/dev/shm/stek-test-<tag>-<random>`.
+    pub fn new(tag: &str) -> Self {
+        let path = PathBuf::from(format!(
+            "/dev/shm/stek-test-{tag}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        fs::create_dir_all(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
+        Self { path }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A path inside it.
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.path.join(p)
+    }
+
+    /// A private subdirectory (0700).
+    pub fn subdir(&self, name: &str) -> PathBuf {
+        let p = self.path.join(name);
+        fs::create_dir_all(&p).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).unwrap();
+        p
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::env::var_os("STEK_KEEP_TEST_DIRS").is_none() {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `port` on 127.0.0.1 accepts connections.
+pub fn wait_for_port(port: u16, within: Duration) {
+    wait_until(within, &format!("127.0.0.1:{port} to accept"), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
+/// Polls `check` every 100 ms until it is true; panics after `within` naming `what`.
+pub fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A self-signed certificate for CN=localhost: (cert.pem, key.pem, combined.pem).
+pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl req failed");
+    let combined = dir.join("combined.pem");
+    let mut both = fs::read(&cert).unwrap();
+    both.extend(fs::read(&key).unwrap());
+    fs::write(&combined, both).unwrap();
+    (cert, key, combined)
+}
+
+/// A server process in its own process group; SIGTERM then SIGKILL to the group on drop.
+#[derive(Debug)]
+pub struct Server {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `cmd` in a new process group with stdout/stderr to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Self {
+        let out = fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    /// The process id (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The output captured so far, for failure messages.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics with the log if the process already exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited early with {status}; its output:\n{}",
+                self.name,
+                self.log_text()
+            );
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pgid = Pid::from_raw(self.child.id() as i32);
+        let _ = killpg(pgid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// A sequence of rings as the leader would produce them, starting from a fresh bootstrap.
+#[derive(Debug)]
+pub struct RingDriver {
+    /// The rotation policy.
+    pub policy: Policy,
+    ring: KeyRing,
+}
+
+impl RingDriver {
+    /// Bootstraps a ring with OS-random keys.
+    pub fn new(retain: usize) -> Self {
+        let policy = Policy {
+            interval: Duration::from_secs(3600),
+            retain,
+        };
+        let ring = KeyRing::bootstrap(std::time::SystemTime::now(), &policy, &mut OsKeySource);
+        Self { policy, ring }
+    }
+
+    /// The current ring.
+    pub fn ring(&self) -> &KeyRing {
+        &self.ring
+    }
+
+    /// Rotates once and returns the new ring.
+    pub fn rotate(&mut self) -> &KeyRing {
+        self.ring = self
+            .ring
+            .rotated(std::time::SystemTime::now(), &self.policy, &mut OsKeySource)
+            .unwrap();
+        self.ring.check(&self.policy).unwrap();
+        &self.ring
+    }
+
+    /// The active key's name.
+    pub fn active_name(&self) -> [u8; 16] {
+        *self.ring.active().key.name()
+    }
+}
+
+/// Loads targets through the real config parser from TOML text written into `dir`.
+pub fn targets_from_toml(dir: &Path, toml: &str) -> Vec<Target> {
+    let path = dir.join("stek.toml");
+    fs::write(&path, toml).unwrap();
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    config.targets
+}
+
+/// Applies a ring to every target (writer + reload runner + verify), in order.
+pub fn apply_all(targets: &[Target], ring: &KeyRing) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for t in targets {
+        rt.block_on(t.apply(ring))
+            .unwrap_or_else(|e| panic!("applying generation {}: {e}", ring.generation()));
+    }
+}
+
+/// TOML for a quoted argv.
+pub fn argv_toml(argv: &[&str]) -> String {
+    let items: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Hex of a key name, for messages (key names are public: they lead every ticket).
+pub fn hex(name: &[u8]) -> String {
+    name.iter().map(|b| format!("{b:02x}")).collect()
+}
