@@ -54,7 +54,10 @@ pub fn ticket_sharing(dir: &TestDir, pool: &mut dyn Pool, versions: &[Tls], sett
     let name = pool.name().to_owned();
     let mut driver = RingDriver::new(1);
     let gen0 = driver.active_name();
-    info!("--- {name}: generation 1 applied; active key {}", hex(&gen0));
+    info!(
+        "--- {name}: generation 1 applied; active key {}",
+        hex(&gen0)
+    );
     pool.apply(driver.ring());
 
     let mut first: BTreeMap<&str, Session> = BTreeMap::new();
@@ -102,7 +105,10 @@ pub fn ticket_sharing(dir: &TestDir, pool: &mut dyn Pool, versions: &[Tls], sett
         !driver.ring().keys().iter().any(|k| *k.key.name() == gen0),
         "retain = 1: the first key must be gone after two rotations"
     );
-    info!("--- {name}: rotated again; first key dropped; active {}", hex(&gen2));
+    info!(
+        "--- {name}: rotated again; first key dropped; active {}",
+        hex(&gen2)
+    );
     pool.apply(driver.ring());
     for &tls in versions {
         let key = if tls == Tls::V12 { "1.2" } else { "1.3" };

@@ -69,9 +69,7 @@ pub fn take_ticket(port: u16, tls: Tls, out: &Path) -> Session {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut have = false;
     while Instant::now() < deadline {
-        if fs::metadata(out).map(|m| m.len() > 0).unwrap_or(false)
-            && ticket_bytes(out).is_some()
-        {
+        if fs::metadata(out).map(|m| m.len() > 0).unwrap_or(false) && ticket_bytes(out).is_some() {
             have = true;
             break;
         }
@@ -159,7 +157,9 @@ pub fn ticket_bytes(session: &Path) -> Option<Vec<u8>> {
 
 /// Parses the hex dump after "TLS session ticket:".
 pub fn parse_ticket_dump(text: &str) -> Option<Vec<u8>> {
-    let mut lines = text.lines().skip_while(|l| !l.trim().starts_with("TLS session ticket:"));
+    let mut lines = text
+        .lines()
+        .skip_while(|l| !l.trim().starts_with("TLS session ticket:"));
     lines.next()?;
     let mut bytes = Vec::new();
     for line in lines {

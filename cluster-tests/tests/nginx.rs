@@ -149,5 +149,10 @@ fn nginx_instances_share_tickets_through_rotations() {
         root.path(),
         &format!("{rotation}{}{}", a.target_toml(true), b.target_toml(true)),
     );
-    ticket_sharing(&root, &mut pool, &[Tls::V12, Tls::V13], Duration::from_secs(20));
+    ticket_sharing(
+        &root,
+        &mut pool,
+        &[Tls::V12, Tls::V13],
+        Duration::from_secs(20),
+    );
 }
