@@ -235,7 +235,10 @@ fn stage(
     Ok(())
 }
 
-/// Sets the mtime to a whole second strictly after the current file's (and not before now).
+/// Sets the mtime to a whole second strictly after both the current file's mtime and the
+/// current second. Traffic Server reloads the file only if its mtime is strictly newer than the
+/// wall-clock second of its last load, which may be this very second: so "now" is not enough
+/// and the file gets `now + 1` (or one more than its previous mtime, whichever is later).
 fn set_advanced_mtime(file: &File, previous: &Path) -> io::Result<()> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -245,7 +248,7 @@ fn set_advanced_mtime(file: &File, previous: &Path) -> io::Result<()> {
         Ok(m) => u64::try_from(m.mtime()).unwrap_or(0) + 1,
         Err(_) => 0,
     };
-    let secs = now.max(after_previous);
+    let secs = (now + 1).max(after_previous);
     file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
@@ -404,9 +407,18 @@ mod tests {
         };
         let mut last = 0;
         for i in 0..4u8 {
+            let before = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
             write_file(&p, &bytes(&[i; 48]), &opts).unwrap();
             let m = fs::metadata(&p).unwrap().mtime();
             assert!(m > last, "write {i}: mtime {m} did not advance past {last}");
+            // Strictly after the second of the write, so a load in this second cannot hide it.
+            assert!(
+                m > before,
+                "write {i}: mtime {m} is not after the current second {before}"
+            );
             last = m;
         }
     }

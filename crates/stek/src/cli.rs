@@ -1,0 +1,124 @@
+//! The command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// stek rotates TLS session ticket keys and hands them to every TLS server on the box
+/// (nginx, HAProxy, Traffic Server, httpd, dnsdist, Envoy), so that a ticket issued by one box
+/// resumes on another while keys rotate often enough to keep forward secrecy.
+#[derive(Debug, Parser)]
+#[command(name = "stek", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// More detail in logs (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a config file and every target's directory; print what to fix.
+    ///
+    /// Checks every key of the config, that each target directory exists, is on a RAM disk
+    /// (tmpfs or ramfs) and is closed to other users, and prints the warnings a node would print
+    /// at start-up. Exits 0 when everything is usable, 2 when the config is invalid, 1 when a
+    /// target directory is not.
+    Check {
+        /// The node's TOML config.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+    },
+
+    /// Print, for every target, the server configuration lines that read stek's files.
+    Snippet {
+        /// The node's TOML config.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+    },
+
+    /// List the server formats stek writes: layout, key sizes and which key encrypts.
+    Formats,
+
+    /// Rotate keys on this box for a while and show the ring (no cluster, no servers needed).
+    ///
+    /// Creates a private directory on /dev/shm, writes every server format into it from one
+    /// ring, rotates every --interval, prints the ring after each step, and removes the
+    /// directory at the end or on Ctrl-C (unless --keep).
+    Demo {
+        /// How many rotations to run.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        rotations: u32,
+
+        /// Time between rotations (e.g. 2s, 500ms).
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        interval: Duration,
+
+        /// Retiring keys kept for decryption.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+        retain: u64,
+
+        /// Directory for the key files (must be on tmpfs/ramfs; default: a new one in /dev/shm).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+
+        /// Leave the key files in place at the end.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 2s, 500ms, 1m)"))
+}
+
+/// Sets up tracing on stderr.
+pub fn init_logging(cli: &Cli) {
+    let default = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_durations_explain_the_format() {
+        let err = Cli::try_parse_from(["stek", "demo", "--interval", "soon"]).unwrap_err();
+        assert!(err.to_string().contains("use e.g. 2s"), "{err}");
+    }
+}
