@@ -3,6 +3,8 @@
 //! one ring and reloaded with `traffic_ctl config reload`. ATS reloads asynchronously (seconds)
 //! and only re-reads a file whose mtime is newer than its last load, which the writer ensures.
 
+#![allow(clippy::unwrap_used)] // test harness code: a panic is the failure report
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;

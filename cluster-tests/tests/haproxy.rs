@@ -2,6 +2,8 @@
 //! tls-ticket-keys file written by stek. Once applied by reload (format `haproxy`, SIGUSR2 to
 //! the master), once through the stats socket without any reload (format `haproxy-runtime`).
 
+#![allow(clippy::unwrap_used)] // test harness code: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

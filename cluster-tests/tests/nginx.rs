@@ -2,6 +2,8 @@
 //! stek's writer from one ring and reloaded by stek's reload runner (`nginx -s reload`, then
 //! `nginx -t` as verify). The nginx configuration includes stek's printed snippet verbatim.
 
+#![allow(clippy::unwrap_used)] // test harness code: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

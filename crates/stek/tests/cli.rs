@@ -1,0 +1,185 @@
+//! The real `stek` binary, run as a user would.
+
+#![allow(clippy::unwrap_used)] // test harness code: a panic is the failure report
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn stek(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stek"))
+        .args(args)
+        .output()
+        .expect("stek runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn shm_dir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("stek-cli-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    d
+}
+
+fn write_config(dir: &Path, body: &str) -> String {
+    let p = dir.join("stek.toml");
+    fs::write(&p, body).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn check_accepts_a_good_config_and_prints_httpd_warning() {
+    let d = shm_dir();
+    let cfg = write_config(
+        d.path(),
+        &format!(
+            "node_id = \"a\"\n[[target]]\nformat = \"httpd\"\npath = \"{}/httpd.key\"\nreload = [\"true\"]\n",
+            d.path().display()
+        ),
+    );
+    let out = stek(&["check", "--config", &cfg]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("on tmpfs"), "{t}");
+    assert!(t.contains("every key activation"), "{t}");
+    // Debian's apache2 is 2.4.x: the cross-instance bug must be named.
+    assert!(
+        t.contains("NEVER resume on another") || t.contains("could not run apache2"),
+        "{t}"
+    );
+}
+
+#[test]
+fn check_reports_persistent_storage_and_exits_1() {
+    let disk = tempfile::Builder::new()
+        .prefix("stek-cli-disk-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    fs::set_permissions(disk.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    let cfg = write_config(
+        disk.path(),
+        &format!(
+            "node_id = \"a\"\n[[target]]\nformat = \"dnsdist\"\npath = \"{}/d.keys\"\nreload = [\"stek-no-such-reload\"]\n",
+            disk.path().display()
+        ),
+    );
+    let out = stek(&["check", "--config", &cfg]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("not on a RAM disk"), "{t}");
+    assert!(t.contains("mount -t tmpfs"), "{t}");
+    assert!(
+        t.contains("\"stek-no-such-reload\" is not installed"),
+        "{t}"
+    );
+}
+
+#[test]
+fn bad_config_exits_2_naming_file_key_and_fix() {
+    let d = shm_dir();
+    for (body, expect) in [
+        (
+            "[[target]]\nformat = \"iis\"\npath = \"/run/x\"\n",
+            "target[0].format: unknown format \"iis\"",
+        ),
+        (
+            "[[target]]\nformat = \"envoy\"\npath = \"/run/x\"\nkey_size = 48\n",
+            "set key_size to 80",
+        ),
+        (
+            "[[target]]\nformat = \"nginx\"\npath = \"/run/x\"\nslots = 0\n",
+            "target[0].slots",
+        ),
+        ("[rotation]\nretain = 0\n", "rotation.retain"),
+    ] {
+        let cfg = write_config(d.path(), body);
+        let out = stek(&["check", "--config", &cfg]);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{t}");
+        assert!(t.contains(&cfg), "message names the file: {t}");
+        assert!(t.contains(expect), "expected {expect:?} in: {t}");
+    }
+}
+
+#[test]
+fn snippet_prints_directives_for_every_target() {
+    let d = shm_dir();
+    let cfg = write_config(
+        d.path(),
+        "[rotation]\nretain = 1\n[[target]]\nformat = \"nginx\"\npath = \"/run/stek/nginx\"\n[[target]]\nformat = \"haproxy\"\npath = \"/run/stek/h.keys\"\n",
+    );
+    let out = stek(&["snippet", "--config", &cfg]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("ssl_session_ticket_key /run/stek/nginx/2.key;"),
+        "{t}"
+    );
+    assert!(!t.contains("3.key"), "{t}");
+    assert!(t.contains("tls-ticket-keys /run/stek/h.keys"), "{t}");
+}
+
+#[test]
+fn demo_rotates_writes_every_format_and_cleans_up() {
+    let out = stek(&["demo", "--rotations", "3", "--interval", "100ms"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("generation 1 (bootstrap)"), "{t}");
+    assert_eq!(t.matches("(rotation)").count(), 3, "{t}");
+    assert!(t.contains("3 rotation(s)"), "{t}");
+    let dir = t
+        .lines()
+        .find_map(|l| l.strip_prefix("removed "))
+        .expect("demo says what it removed");
+    assert!(!Path::new(dir).exists(), "{dir} still exists");
+}
+
+#[test]
+fn demo_keep_leaves_every_format_on_disk() {
+    let d = shm_dir();
+    let dir = d.path().join("demo");
+    let out = stek(&[
+        "demo",
+        "--rotations",
+        "1",
+        "--interval",
+        "50ms",
+        "--keep",
+        "--dir",
+        &dir.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    for (file, len) in [
+        ("nginx/0.key", 80),
+        ("nginx/2.key", 80),
+        ("ats.key", 3 * 48),
+        ("httpd.key", 48),
+        ("dnsdist.keys", 3 * 80),
+    ] {
+        let m = fs::metadata(dir.join(file)).unwrap();
+        assert_eq!(m.len(), len, "{file}");
+        assert_eq!(m.permissions().mode() & 0o777, 0o600, "{file}");
+    }
+    let haproxy = fs::read_to_string(dir.join("haproxy.keys")).unwrap();
+    assert_eq!(haproxy.lines().count(), 3);
+}
+
+#[test]
+fn help_explains_each_command() {
+    let t = text(&stek(&["--help"]));
+    for cmd in ["check", "snippet", "formats", "demo"] {
+        assert!(t.contains(cmd), "{t}");
+    }
+    let t = text(&stek(&["formats"]));
+    assert!(t.contains("haproxy-runtime"), "{t}");
+}
