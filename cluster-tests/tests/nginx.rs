@@ -30,6 +30,16 @@ struct Nginx {
 }
 
 fn instance(root: &TestDir, tag: &str, cert: &Path, key: &Path) -> Instance {
+    instance_for_retain(root, tag, cert, key, 1)
+}
+
+fn instance_for_retain(
+    root: &TestDir,
+    tag: &str,
+    cert: &Path,
+    key: &Path,
+    retain: usize,
+) -> Instance {
     let dir = root.subdir(tag);
     let port = free_port();
     std::fs::create_dir_all(dir.join("keys")).unwrap();
@@ -41,18 +51,18 @@ fn instance(root: &TestDir, tag: &str, cert: &Path, key: &Path) -> Instance {
         port,
         server: None,
     }
-    .with_conf(cert, key)
+    .with_conf(cert, key, retain)
 }
 
 impl Instance {
-    fn with_conf(self, cert: &Path, key: &Path) -> Self {
+    fn with_conf(self, cert: &Path, key: &Path, retain: usize) -> Self {
         // The snippet stek prints for this target, used as is.
         let snippet = stek_core::formats::build(
             "nginx",
             &stek_core::FormatOptions {
                 key_size: None,
                 slots: None,
-                retain: 1,
+                retain,
             },
         )
         .unwrap()
@@ -156,5 +166,88 @@ fn nginx_instances_share_tickets_through_rotations() {
         &mut pool,
         &[Tls::V12, Tls::V13],
         Duration::from_secs(20),
+    );
+}
+
+/// The trap from key-formats.md: a reload whose exit status says nothing. An operator lowers
+/// `retain` (so stek writes 3 slots and removes the stale 3.key) but nginx.conf still lists 4.
+/// SIGHUP "succeeds", the master logs [emerg] and keeps its old workers and keys; only the
+/// target's `verify` (`nginx -t`) turns that into an apply error. nginx keeps serving.
+/// (On nginx 1.22, `nginx -s reload` parses the config itself and does exit 1 here; a plain
+/// SIGHUP, as systemd's ExecReload=kill -HUP does, exits 0.)
+#[test]
+fn regression_nginx_reload_exit_status_lies_and_verify_catches_it() {
+    init_logging();
+    require_binary("nginx");
+    let root = TestDir::new("nginx-verify");
+    let (cert, key, _) = self_signed_cert(root.path());
+    let mut a = instance_for_retain(&root, "a", &cert, &key, 2);
+    let mut driver = cluster_tests::RingDriver::new(1);
+    apply_all(
+        &targets_from_toml(
+            root.path(),
+            &format!("[rotation]\nretain = 2\n{}", a.target_toml(false)),
+        ),
+        driver.ring(),
+    );
+    a.start();
+    let before = driver.active_name();
+    let pid = a.server.as_ref().unwrap().pid().to_string();
+    let verify = a.nginx_argv(&["-t", "-q"]);
+    let refs = |v: &[String]| argv_toml(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let lowered = format!(
+        "[rotation]\nretain = 1\n[[target]]\nformat = \"nginx\"\npath = \"{}/keys\"\n\
+         reload = {}\nverify = {}\nreload_attempts = 1\n",
+        a.dir.display(),
+        argv_toml(&["kill", "-HUP", &pid]),
+        refs(&verify),
+    );
+    let live = targets_from_toml(root.path(), &lowered);
+
+    tracing::info!("--- stek now writes 3 slots; nginx.conf still reads 4");
+    driver.rotate();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = rt.block_on(live[0].apply(driver.ring())).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("target[0] (nginx): verify command"),
+        "the reload (SIGHUP) succeeded, so verify must be what failed: {msg}"
+    );
+    assert!(
+        msg.contains("3.key"),
+        "nginx -t's stderr names the file: {msg}"
+    );
+    assert!(
+        !a.dir.join("keys/3.key").exists(),
+        "the stale slot's key bytes must be gone"
+    );
+    let signal_reload = Command::new("nginx")
+        .args(&a.nginx_argv(&["-s", "reload"])[1..])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        !signal_reload.success(),
+        "nginx 1.22's -s reload parses the config and fails here"
+    );
+
+    tracing::info!("--- nginx logged [emerg] and still serves the keys it had");
+    cluster_tests::wait_until(
+        Duration::from_secs(10),
+        "nginx to log the failed reload",
+        || {
+            std::fs::read_to_string(a.dir.join("error.log"))
+                .map(|l| l.contains("[emerg]") && l.contains("3.key"))
+                .unwrap_or(false)
+        },
+    );
+    a.server.as_mut().unwrap().assert_running();
+    let s = cluster_tests::tls::take_ticket(a.port, Tls::V12, &root.join("after.pem"));
+    assert_eq!(
+        cluster_tests::hex(&cluster_tests::tls::ticket_key_name(&s)),
+        cluster_tests::hex(&before)
     );
 }

@@ -107,7 +107,10 @@ impl Target {
             })?;
         let written = match &rendered {
             Rendered::File(bytes) => writer::write_file(&self.path, bytes, &self.write),
-            Rendered::Directory(files) => writer::write_files(&self.path, files, &self.write),
+            Rendered::Directory(files) => {
+                let owned = |name: &str| self.format.owns_file(name);
+                writer::write_files(&self.path, files, &self.write, &owned)
+            }
         };
         written.map_err(|source| ApplyError::Write {
             index: self.index,

@@ -158,7 +158,7 @@ pub fn write_file(path: &Path, bytes: &SecretBytes, opts: &WriteOptions) -> Resu
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    write_files(&dir, &[(name, bytes.clone())], opts)
+    write_files(&dir, &[(name, bytes.clone())], opts, &|_| false)
 }
 
 /// The directory a file target lives in.
@@ -170,11 +170,13 @@ pub fn parent_dir(path: &Path) -> PathBuf {
 }
 
 /// Writes several files into `dir`: all temp files first, then every rename. If anything fails
-/// before the renames, no existing file has changed.
+/// before the renames, no existing file has changed. Afterwards, files for which `owned` is
+/// true but that were not written are removed (stale slots holding old key bytes).
 pub fn write_files(
     dir: &Path,
     files: &[(String, SecretBytes)],
     opts: &WriteOptions,
+    owned: &dyn Fn(&str) -> bool,
 ) -> Result<(), WriteError> {
     check_directory(dir, opts)?;
     let mut staged: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(files.len());
@@ -199,6 +201,23 @@ pub fn write_files(
                 let _ = fs::remove_file(t);
             }
             return Err(io_err("rename into place", target, e));
+        }
+    }
+    prune(dir, files, owned)
+}
+
+fn prune(
+    dir: &Path,
+    written: &[(String, SecretBytes)],
+    owned: &dyn Fn(&str) -> bool,
+) -> Result<(), WriteError> {
+    let entries = fs::read_dir(dir).map_err(|e| io_err("list", dir, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if owned(&name) && !written.iter().any(|(w, _)| *w == name) {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(|e| io_err("remove the stale key file", &path, e))?;
+            tracing::info!(path = %path.display(), "removed a stale key file this target no longer uses");
         }
     }
     Ok(())
@@ -341,14 +360,15 @@ mod tests {
                 .map(|i| (format!("{i}.key"), bytes(format!("{tag}{i}").as_bytes())))
                 .collect()
         };
-        write_files(d.path(), &files("old"), &opts).unwrap();
+        let none = |_: &str| false;
+        write_files(d.path(), &files("old"), &opts, &none).unwrap();
         // Make the third temp file impossible to create: a directory in its place.
         let blocker = d
             .path()
             .join(format!(".2.key.stek-tmp-{}", std::process::id()));
         fs::create_dir(&blocker).unwrap();
         fs::write(blocker.join("pin"), b"").unwrap();
-        let err = write_files(d.path(), &files("new"), &opts).unwrap_err();
+        let err = write_files(d.path(), &files("new"), &opts, &none).unwrap_err();
         assert!(err.to_string().contains("cannot"), "{err}");
         for i in 0..3 {
             assert_eq!(
@@ -395,6 +415,26 @@ mod tests {
         let content = fs::read(&p).unwrap();
         assert!(msg.contains("the RAM disk is full"), "{msg}");
         assert_eq!(content, b"old");
+    }
+
+    #[test]
+    fn owned_files_that_were_not_written_are_removed_and_others_kept() {
+        let d = shm_dir();
+        let opts = WriteOptions::default();
+        let owned = |n: &str| n.ends_with(".key");
+        let three: Vec<_> = (0..3).map(|i| (format!("{i}.key"), bytes(b"k"))).collect();
+        write_files(d.path(), &three, &opts, &owned).unwrap();
+        fs::write(d.path().join("notes.txt"), b"operator's file").unwrap();
+        write_files(d.path(), &three[..2], &opts, &owned).unwrap();
+        assert!(d.path().join("1.key").exists());
+        assert!(
+            !d.path().join("2.key").exists(),
+            "stale slot must be removed"
+        );
+        assert!(
+            d.path().join("notes.txt").exists(),
+            "files stek does not own stay"
+        );
     }
 
     #[test]

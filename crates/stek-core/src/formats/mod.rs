@@ -157,6 +157,14 @@ pub trait Format: fmt::Debug + Send + Sync {
         false
     }
 
+    /// For directory formats: whether a file name in the target directory is one this format
+    /// writes (e.g. nginx's `N.key`). Such files that the current ring no longer fills are
+    /// removed, so no stale key bytes linger after `slots` is lowered.
+    fn owns_file(&self, name: &str) -> bool {
+        let _ = name;
+        false
+    }
+
     /// For servers with a runtime key API (HAProxy): the keys the running server must hold,
     /// oldest first, as base64.
     fn runtime_ring(&self, ring: &KeyRing) -> Option<Vec<Zeroizing<String>>> {

@@ -87,6 +87,11 @@ impl Format for Nginx {
         Ok(Rendered::Directory(files))
     }
 
+    fn owns_file(&self, name: &str) -> bool {
+        name.strip_suffix(".key")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
+
     fn snippet(&self, path: &str) -> String {
         let dir = path.trim_end_matches('/');
         let mut s = String::from(
@@ -170,6 +175,17 @@ mod tests {
         let f = build("nginx", &opts(1)).unwrap();
         let msg = f.render(&ring(3)).unwrap_err().to_string();
         assert!(msg.contains("holds 5 keys"), "{msg}");
+    }
+
+    #[test]
+    fn owns_only_slot_files() {
+        let f = build("nginx", &opts(1)).unwrap();
+        assert!(f.owns_file("0.key"));
+        assert!(f.owns_file("17.key"));
+        assert!(!f.owns_file(".key"));
+        assert!(!f.owns_file("a.key"));
+        assert!(!f.owns_file("0.key.bak"));
+        assert!(!f.owns_file(".0.key.stek-tmp-1"));
     }
 
     #[test]
