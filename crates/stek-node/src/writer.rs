@@ -383,7 +383,7 @@ mod tests {
     }
 
     #[test]
-    fn enospc_on_a_full_ram_disk_keeps_the_old_file_and_says_the_disk_is_full() {
+    fn a_full_or_read_only_ram_disk_keeps_the_old_file_and_says_why() {
         // Needs root to mount a tiny tmpfs; CI runs as root. Elsewhere the test says why it
         // cannot run instead of passing silently.
         if !Uid::effective().is_root() {
@@ -414,6 +414,19 @@ mod tests {
             .to_string();
         let content = fs::read(&p).unwrap();
         assert!(msg.contains("the RAM disk is full"), "{msg}");
+        assert_eq!(content, b"old");
+        // A read-only RAM disk: the same promise, another message.
+        let ro = std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(ro.success(), "remount ro failed");
+        let msg = write_file(&p, &bytes(b"new"), &WriteOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("read-only"), "{msg}");
+        let content = fs::read(&p).unwrap();
         assert_eq!(content, b"old");
     }
 

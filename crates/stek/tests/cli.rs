@@ -183,3 +183,37 @@ fn help_explains_each_command() {
     let t = text(&stek(&["formats"]));
     assert!(t.contains("haproxy-runtime"), "{t}");
 }
+
+/// `stek demo | head` used to panic on the closed pipe, and the panic inside the cleanup
+/// aborted the process with the key files still on /dev/shm.
+#[test]
+fn regression_demo_with_closed_stdout_still_removes_its_key_files() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stek"))
+        .args(["demo", "--rotations", "50", "--interval", "50ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let dir = first.rsplit(' ').next().unwrap().trim().to_owned();
+    assert!(dir.starts_with("/dev/shm/stek-demo-"), "{first}");
+    assert!(Path::new(&dir).exists());
+    drop(child.stdout.take()); // the reader goes away, like `head` does
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "demo did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.code().is_some(), "demo died from a signal: {status}");
+    assert!(
+        !Path::new(&dir).exists(),
+        "{dir} left behind with key files"
+    );
+}

@@ -3,6 +3,7 @@
 //! node; there is no cluster yet, so this box is the only (and always acknowledging) member.
 
 use std::fs;
+use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,10 +29,13 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        // Never panics: stdout may be a closed pipe (`stek demo | head`), and the key files must
+        // be removed regardless.
+        let mut out = io::stdout();
         if self.keep {
-            println!("kept {}", self.dir.display());
+            let _ = writeln!(out, "kept {}", self.dir.display());
         } else if fs::remove_dir_all(&self.dir).is_ok() {
-            println!("removed {}", self.dir.display());
+            let _ = writeln!(out, "removed {}", self.dir.display());
         }
     }
 }
@@ -78,7 +82,14 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
         humantime::format_duration(o.interval),
         config.targets.len()
     );
-    println!("(single box: the cluster arrives with `stek node`; Ctrl-C stops and cleans up)\n");
+    println!("(single box: the cluster arrives with `stek node`; Ctrl-C stops and cleans up)");
+    for t in &config.targets {
+        // Server facts only: the demo deliberately runs no reload commands.
+        for w in t.format.warnings() {
+            println!("warning: {}: {w}", t.format.info().name);
+        }
+    }
+    println!();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -105,8 +116,12 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
                 if matches!(decision, Decision::Rotate(_)) {
                     rotations += 1;
                 }
-                print_ring(&next, &decision, t0.elapsed(), config.targets.len());
+                let shown = print_ring(&next, &decision, t0.elapsed(), config.targets.len());
                 ring = Some(next);
+                if shown.is_err() {
+                    // Nobody is reading any more (closed pipe): stop and clean up quietly.
+                    return anyhow::Ok(());
+                }
             }
             if rotations >= o.rotations {
                 break;
@@ -119,7 +134,8 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        println!(
+        let _ = writeln!(
+            io::stdout(),
             "{rotations} rotation(s) in {:.1}s; every target always held the active, staged and retained keys",
             started.elapsed().as_secs_f64()
         );
@@ -128,20 +144,34 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_ring(ring: &KeyRing, decision: &Decision, took: Duration, targets: usize) {
+fn print_ring(
+    ring: &KeyRing,
+    decision: &Decision,
+    took: Duration,
+    targets: usize,
+) -> io::Result<()> {
     let what = match decision {
         Decision::Bootstrap => "bootstrap".to_owned(),
         Decision::Rotate(_) => "rotation".to_owned(),
         other => format!("{other:?}"),
     };
-    println!(
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
         "generation {} ({what}): applied to {targets} targets in {:.1} ms",
         ring.generation(),
         took.as_secs_f64() * 1000.0
-    );
-    println!("  {:<6} {:<9} fingerprint", "epoch", "state");
+    )?;
+    writeln!(out, "  {:<6} {:<9} fingerprint", "epoch", "state")?;
     for k in ring.keys().iter().rev() {
-        println!("  {:<6} {:<9} {}", k.epoch, k.state, k.fingerprint());
+        writeln!(
+            out,
+            "  {:<6} {:<9} {}",
+            k.epoch,
+            k.state.to_string(),
+            k.fingerprint()
+        )?;
     }
-    println!();
+    writeln!(out)?;
+    out.flush()
 }
