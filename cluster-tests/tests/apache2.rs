@@ -9,6 +9,8 @@
 //! r1876937, in no 2.4.x). The test named after the bug pins it, so a fixed httpd makes it fail
 //! and reminds us to update the docs and the start-up warning.
 
+#![allow(clippy::unwrap_used)] // test harness code: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

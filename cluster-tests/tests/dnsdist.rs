@@ -2,6 +2,8 @@
 //! own ticket key file written by stek from one ring and reloaded through the console with
 //! `reloadAllCertificates()`. The LAST record encrypts.
 
+#![allow(clippy::unwrap_used)] // test harness code: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
