@@ -255,6 +255,15 @@ pub fn targets_from_toml(dir: &Path, toml: &str) -> Vec<Target> {
     config.targets
 }
 
+/// Servers refuse to start without their key files: writes a freshly bootstrapped ring with
+/// the targets in `toml` (usually without reload commands, nothing runs yet).
+pub fn write_first_ring(dir: &TestDir, toml: &str) {
+    apply_all(
+        &targets_from_toml(dir.path(), toml),
+        RingDriver::new(1).ring(),
+    );
+}
+
 /// Applies a ring to every target (writer + reload runner + verify), in order.
 pub fn apply_all(targets: &[Target], ring: &KeyRing) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -265,6 +274,20 @@ pub fn apply_all(targets: &[Target], ring: &KeyRing) {
         rt.block_on(t.apply(ring))
             .unwrap_or_else(|e| panic!("applying generation {}: {e}", ring.generation()));
     }
+}
+
+/// The server configuration lines stek prints for a `format` target at `path`.
+pub fn snippet(format: &str, path: &Path, retain: usize) -> String {
+    stek_core::formats::build(
+        format,
+        &stek_core::FormatOptions {
+            key_size: None,
+            slots: None,
+            retain,
+        },
+    )
+    .unwrap()
+    .snippet(&path.display().to_string())
 }
 
 /// TOML for a quoted argv.

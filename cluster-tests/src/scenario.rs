@@ -21,6 +21,40 @@ pub trait Pool {
     fn apply(&mut self, ring: &KeyRing);
 }
 
+/// The usual pool: two instances whose targets (writer + reload runner) apply a ring.
+#[derive(Debug)]
+pub struct TargetPool {
+    /// The server's name.
+    pub name: &'static str,
+    /// Ports of A and B.
+    pub ports: (u16, u16),
+    /// The targets that feed both instances.
+    pub targets: Vec<stek_node::Target>,
+}
+
+impl TargetPool {
+    /// A pool whose targets come from TOML through the real config parser.
+    pub fn from_toml(name: &'static str, ports: (u16, u16), dir: &TestDir, toml: &str) -> Self {
+        Self {
+            name,
+            ports,
+            targets: crate::targets_from_toml(dir.path(), toml),
+        }
+    }
+}
+
+impl Pool for TargetPool {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn ports(&self) -> (u16, u16) {
+        self.ports
+    }
+    fn apply(&mut self, ring: &KeyRing) {
+        crate::apply_all(&self.targets, ring);
+    }
+}
+
 /// Waits until fresh tickets from `port` carry `name`, i.e. the server reloaded and encrypts
 /// with the ring's active key.
 pub fn wait_for_encrypting_key(
@@ -47,6 +81,9 @@ pub fn wait_for_encrypting_key(
     let _ = last;
     session.expect("wait_until returned only after a ticket was taken")
 }
+
+/// TLS 1.2 and 1.3: every server here resumes both.
+pub const BOTH: &[Tls] = &[Tls::V12, Tls::V13];
 
 /// Runs the scenario over `versions`. `settle` bounds how long a reload may take to show.
 pub fn ticket_sharing(dir: &TestDir, pool: &mut dyn Pool, versions: &[Tls], settle: Duration) {

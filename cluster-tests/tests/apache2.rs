@@ -38,16 +38,7 @@ impl Instance {
         std::fs::create_dir_all(dir.join("www")).unwrap();
         let port = free_port();
         let d = dir.display();
-        let snippet = stek_core::formats::build(
-            "httpd",
-            &stek_core::FormatOptions {
-                key_size: None,
-                slots: None,
-                retain: 1,
-            },
-        )
-        .unwrap()
-        .snippet(&keyfile.display().to_string());
+        let snippet = cluster_tests::snippet("httpd", keyfile, 1);
         // Children run as `daemon` (httpd refuses User root); the root parent reads the key.
         let conf = format!(
             "ServerRoot {d}\nServerName localhost\nDefaultRuntimeDir {d}\nPidFile {d}/httpd.pid\n\

@@ -10,14 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cluster_tests::scenario::{ticket_sharing, Pool};
+use cluster_tests::scenario::{ticket_sharing, TargetPool, BOTH};
 use cluster_tests::tls::{take_ticket, Tls};
 use cluster_tests::{
-    apply_all, argv_toml, free_port, init_logging, require_binary, self_signed_cert,
-    targets_from_toml, wait_until, RingDriver, Server, TestDir,
+    argv_toml, free_port, init_logging, require_binary, self_signed_cert, wait_until,
+    write_first_ring, Server, TestDir,
 };
-use stek_core::KeyRing;
-use stek_node::Target;
 
 struct Instance {
     dir: PathBuf,
@@ -62,16 +60,7 @@ impl Instance {
         )
         .unwrap();
         // The ticket key line is the snippet stek prints for this target.
-        let snippet = stek_core::formats::build(
-            "ats",
-            &stek_core::FormatOptions {
-                key_size: None,
-                slots: None,
-                retain: 1,
-            },
-        )
-        .unwrap()
-        .snippet(&keys.display().to_string());
+        let snippet = cluster_tests::snippet("ats", &keys, 1);
         let ticket_line = snippet
             .lines()
             .find(|l| l.starts_with("CONFIG "))
@@ -173,23 +162,6 @@ impl Instance {
     }
 }
 
-struct Ats {
-    ports: (u16, u16),
-    targets: Vec<Target>,
-}
-
-impl Pool for Ats {
-    fn name(&self) -> &str {
-        "ats"
-    }
-    fn ports(&self) -> (u16, u16) {
-        self.ports
-    }
-    fn apply(&mut self, ring: &KeyRing) {
-        apply_all(&self.targets, ring);
-    }
-}
-
 #[test]
 fn traffic_server_instances_share_tickets_through_rotations() {
     init_logging();
@@ -204,22 +176,11 @@ fn traffic_server_instances_share_tickets_through_rotations() {
     let rotation = "[rotation]\nretain = 1\n";
     // ATS refuses to start on a missing or short key file: write a first ring, then start.
     let initial = format!("{rotation}{}{}", a.target_toml(false), b.target_toml(false));
-    apply_all(
-        &targets_from_toml(root.path(), &initial),
-        RingDriver::new(1).ring(),
-    );
+    write_first_ring(&root, &initial);
     a.start();
     b.start();
     let live = format!("{rotation}{}{}", a.target_toml(true), b.target_toml(true));
-    let mut pool = Ats {
-        ports: (a.port, b.port),
-        targets: targets_from_toml(root.path(), &live),
-    };
+    let mut pool = TargetPool::from_toml("ats", (a.port, b.port), &root, &live);
     // Reloads take effect asynchronously, 2 to 12 s after traffic_ctl returns.
-    ticket_sharing(
-        &root,
-        &mut pool,
-        &[Tls::V12, Tls::V13],
-        Duration::from_secs(45),
-    );
+    ticket_sharing(&root, &mut pool, BOTH, Duration::from_secs(45));
 }

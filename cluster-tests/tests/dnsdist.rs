@@ -8,14 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cluster_tests::scenario::{ticket_sharing, Pool};
+use cluster_tests::scenario::{ticket_sharing, TargetPool, BOTH};
 use cluster_tests::tls::{take_ticket, Tls};
 use cluster_tests::{
-    apply_all, argv_toml, free_port, init_logging, require_binary, self_signed_cert,
-    targets_from_toml, wait_until, RingDriver, Server, TestDir,
+    argv_toml, free_port, init_logging, require_binary, self_signed_cert, wait_until,
+    write_first_ring, Server, TestDir,
 };
-use stek_core::KeyRing;
-use stek_node::Target;
 
 struct Instance {
     dir: PathBuf,
@@ -98,23 +96,6 @@ impl Instance {
     }
 }
 
-struct Dnsdist {
-    ports: (u16, u16),
-    targets: Vec<Target>,
-}
-
-impl Pool for Dnsdist {
-    fn name(&self) -> &str {
-        "dnsdist"
-    }
-    fn ports(&self) -> (u16, u16) {
-        self.ports
-    }
-    fn apply(&mut self, ring: &KeyRing) {
-        apply_all(&self.targets, ring);
-    }
-}
-
 #[test]
 fn dnsdist_instances_share_tickets_through_rotations() {
     init_logging();
@@ -129,23 +110,12 @@ fn dnsdist_instances_share_tickets_through_rotations() {
     let rotation = "[rotation]\nretain = 1\n";
     // dnsdist refuses to start on a missing or short key file: write a first ring, then start.
     let initial = format!("{rotation}{}{}", a.target_toml(false), b.target_toml(false));
-    apply_all(
-        &targets_from_toml(root.path(), &initial),
-        RingDriver::new(1).ring(),
-    );
+    write_first_ring(&root, &initial);
     a.start();
     b.start();
     let live = format!("{rotation}{}{}", a.target_toml(true), b.target_toml(true));
-    let mut pool = Dnsdist {
-        ports: (a.dot_port, b.dot_port),
-        targets: targets_from_toml(root.path(), &live),
-    };
-    ticket_sharing(
-        &root,
-        &mut pool,
-        &[Tls::V12, Tls::V13],
-        Duration::from_secs(15),
-    );
+    let mut pool = TargetPool::from_toml("dnsdist", (a.dot_port, b.dot_port), &root, &live);
+    ticket_sharing(&root, &mut pool, BOTH, Duration::from_secs(15));
     for i in [&a, &b] {
         assert!(
             !i.server

@@ -8,15 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cluster_tests::scenario::{ticket_sharing, wait_for_encrypting_key, Pool};
+use cluster_tests::scenario::{ticket_sharing, wait_for_encrypting_key, TargetPool, BOTH};
 use cluster_tests::tls::{resume, take_ticket, ticket_key_name, Handshake, Tls};
 use cluster_tests::{
-    apply_all, free_port, hex, init_logging, require_binary, self_signed_cert, targets_from_toml,
-    wait_for_port, RingDriver, Server, TestDir,
+    apply_all, free_port, hex, init_logging, require_binary, self_signed_cert, wait_for_port,
+    write_first_ring, RingDriver, Server, TestDir,
 };
 use stek_core::KeyRing;
 use stek_node::haproxy_runtime::RuntimeTarget;
-use stek_node::Target;
 
 struct Instance {
     dir: PathBuf,
@@ -64,24 +63,6 @@ impl Instance {
     }
 }
 
-struct Haproxy {
-    name: &'static str,
-    ports: (u16, u16),
-    targets: Vec<Target>,
-}
-
-impl Pool for Haproxy {
-    fn name(&self) -> &str {
-        self.name
-    }
-    fn ports(&self) -> (u16, u16) {
-        self.ports
-    }
-    fn apply(&mut self, ring: &KeyRing) {
-        apply_all(&self.targets, ring);
-    }
-}
-
 fn setup(tag: &str) -> (TestDir, PathBuf, Instance, Instance) {
     init_logging();
     require_binary("haproxy");
@@ -105,10 +86,7 @@ fn haproxy_file_and_reload_share_tickets_through_rotations() {
         "{ROTATION}[[target]]\nformat = \"haproxy\"\npath = \"{}\"\n",
         keys.display()
     );
-    apply_all(
-        &targets_from_toml(root.path(), &initial),
-        RingDriver::new(1).ring(),
-    );
+    write_first_ring(&root, &initial);
     a.start();
     b.start();
     // Both servers read one file here, so one target writes it and reloads both.
@@ -118,17 +96,8 @@ fn haproxy_file_and_reload_share_tickets_through_rotations() {
         pa = a.pid(),
         pb = b.pid(),
     );
-    let mut pool = Haproxy {
-        name: "haproxy",
-        ports: (a.port, b.port),
-        targets: targets_from_toml(root.path(), &live),
-    };
-    ticket_sharing(
-        &root,
-        &mut pool,
-        &[Tls::V12, Tls::V13],
-        Duration::from_secs(20),
-    );
+    let mut pool = TargetPool::from_toml("haproxy", (a.port, b.port), &root, &live);
+    ticket_sharing(&root, &mut pool, BOTH, Duration::from_secs(20));
 }
 
 #[test]
@@ -138,10 +107,7 @@ fn haproxy_runtime_api_applies_rings_without_reload() {
         "{ROTATION}[[target]]\nformat = \"haproxy\"\npath = \"{}\"\n",
         keys.display()
     );
-    apply_all(
-        &targets_from_toml(root.path(), &initial),
-        RingDriver::new(1).ring(),
-    );
+    write_first_ring(&root, &initial);
     a.start();
     b.start();
     let target = |i: &Instance| {
@@ -152,18 +118,9 @@ fn haproxy_runtime_api_applies_rings_without_reload() {
         )
     };
     let live = format!("{ROTATION}{}{}", target(&a), target(&b));
-    let mut pool = Haproxy {
-        name: "haproxy-runtime",
-        ports: (a.port, b.port),
-        targets: targets_from_toml(root.path(), &live),
-    };
+    let mut pool = TargetPool::from_toml("haproxy-runtime", (a.port, b.port), &root, &live);
     let (pid_a, pid_b) = (a.pid(), b.pid());
-    ticket_sharing(
-        &root,
-        &mut pool,
-        &[Tls::V12, Tls::V13],
-        Duration::from_secs(5),
-    );
+    ticket_sharing(&root, &mut pool, BOTH, Duration::from_secs(5));
     assert_eq!((a.pid(), b.pid()), (pid_a, pid_b), "no restart happened");
     assert!(
         !a.server

@@ -8,25 +8,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cluster_tests::scenario::{ticket_sharing, Pool};
+use cluster_tests::scenario::{ticket_sharing, TargetPool, BOTH};
 use cluster_tests::tls::Tls;
 use cluster_tests::{
     apply_all, argv_toml, free_port, init_logging, require_binary, self_signed_cert,
     targets_from_toml, wait_for_port, Server, TestDir,
 };
-use stek_core::KeyRing;
-use stek_node::Target;
 
 struct Instance {
     dir: PathBuf,
     conf: PathBuf,
     port: u16,
     server: Option<Server>,
-}
-
-struct Nginx {
-    ports: (u16, u16),
-    targets: Vec<Target>,
 }
 
 fn instance(root: &TestDir, tag: &str, cert: &Path, key: &Path) -> Instance {
@@ -57,16 +50,7 @@ fn instance_for_retain(
 impl Instance {
     fn with_conf(self, cert: &Path, key: &Path, retain: usize) -> Self {
         // The snippet stek prints for this target, used as is.
-        let snippet = stek_core::formats::build(
-            "nginx",
-            &stek_core::FormatOptions {
-                key_size: None,
-                slots: None,
-                retain,
-            },
-        )
-        .unwrap()
-        .snippet(&self.dir.join("keys").display().to_string());
+        let snippet = cluster_tests::snippet("nginx", &self.dir.join("keys"), retain);
         let d = self.dir.display();
         let conf = format!(
             "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
@@ -123,18 +107,6 @@ impl Instance {
     }
 }
 
-impl Pool for Nginx {
-    fn name(&self) -> &str {
-        "nginx"
-    }
-    fn ports(&self) -> (u16, u16) {
-        self.ports
-    }
-    fn apply(&mut self, ring: &KeyRing) {
-        apply_all(&self.targets, ring);
-    }
-}
-
 #[test]
 fn nginx_instances_share_tickets_through_rotations() {
     init_logging();
@@ -147,26 +119,22 @@ fn nginx_instances_share_tickets_through_rotations() {
     let rotation = "[rotation]\nretain = 1\n";
 
     // nginx cannot start without its key files: write a first ring without a reload.
-    let mut pool = Nginx {
+    let mut pool = TargetPool {
+        name: "nginx",
         ports: (a.port, b.port),
         targets: targets_from_toml(
             root.path(),
             &format!("{rotation}{}{}", a.target_toml(false), b.target_toml(false)),
         ),
     };
-    pool.apply(cluster_tests::RingDriver::new(1).ring());
+    apply_all(&pool.targets, cluster_tests::RingDriver::new(1).ring());
     a.start();
     b.start();
     pool.targets = targets_from_toml(
         root.path(),
         &format!("{rotation}{}{}", a.target_toml(true), b.target_toml(true)),
     );
-    ticket_sharing(
-        &root,
-        &mut pool,
-        &[Tls::V12, Tls::V13],
-        Duration::from_secs(20),
-    );
+    ticket_sharing(&root, &mut pool, BOTH, Duration::from_secs(20));
 }
 
 /// The trap from key-formats.md: a reload whose exit status says nothing. An operator lowers
