@@ -26,7 +26,7 @@ pub enum KeyState {
 
 impl fmt::Display for KeyState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             KeyState::Staged => "staged",
             KeyState::Active => "active",
             KeyState::Retiring => "retiring",

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use stek_core::formats::SecretText;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use zeroize::Zeroizing;
@@ -93,7 +94,7 @@ impl RuntimeTarget {
     }
 
     /// The running ring, oldest first (previous, current, next), as base64.
-    pub async fn show(&self) -> Result<Vec<Zeroizing<String>>, RuntimeError> {
+    pub async fn show(&self) -> Result<Vec<SecretText>, RuntimeError> {
         let answer = Zeroizing::new(
             self.exchange(
                 format!("show tls-keys {}\n", self.id).as_bytes(),
@@ -133,18 +134,17 @@ impl RuntimeTarget {
 
     /// Makes the running ring equal to `wanted` (oldest first, three keys), pushing only what is
     /// missing, then reads it back. Returns how many keys were pushed.
-    pub async fn apply(&self, wanted: &[Zeroizing<String>]) -> Result<usize, RuntimeError> {
+    pub async fn apply(&self, wanted: &[SecretText]) -> Result<usize, RuntimeError> {
         let current = self.show().await?;
         let to_push = keys_to_push(&current, wanted);
         for key in &wanted[wanted.len() - to_push..] {
-            self.set(key).await?;
+            self.set(key.expose()).await?;
         }
         let after = self.show().await?;
-        if after.len() != wanted.len() || after.iter().zip(wanted).any(|(a, w)| **a != **w) {
+        if after.as_slice() != wanted {
             let detail = (0..wanted.len().max(after.len()))
                 .map(|i| {
-                    let same =
-                        after.get(i).map(|a| a.as_str()) == wanted.get(i).map(|w| w.as_str());
+                    let same = after.get(i) == wanted.get(i);
                     format!("position {i}: {}", if same { "same" } else { "differs" })
                 })
                 .collect::<Vec<_>>()
@@ -162,7 +162,7 @@ impl RuntimeTarget {
 
 /// How many keys from the end of `wanted` must be pushed so that the running ring, shifted by
 /// that many pushes, equals `wanted`.
-pub fn keys_to_push(current: &[Zeroizing<String>], wanted: &[Zeroizing<String>]) -> usize {
+pub fn keys_to_push(current: &[SecretText], wanted: &[SecretText]) -> usize {
     let n = wanted.len();
     if current.len() != n {
         return n;
@@ -172,13 +172,13 @@ pub fn keys_to_push(current: &[Zeroizing<String>], wanted: &[Zeroizing<String>])
             current[k..]
                 .iter()
                 .zip(&wanted[..n - k])
-                .all(|(c, w)| **c == **w)
+                .all(|(c, w)| c == w)
         })
         .unwrap_or(n)
 }
 
 /// Extracts the keys from a `show tls-keys <id>` answer: lines `<ref>.<n> <base64>`.
-fn parse_show(answer: &str) -> Vec<Zeroizing<String>> {
+fn parse_show(answer: &str) -> Vec<SecretText> {
     answer
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -186,7 +186,7 @@ fn parse_show(answer: &str) -> Vec<Zeroizing<String>> {
             let (idx, key) = l.trim().split_once(' ')?;
             let (a, b) = idx.split_once('.')?;
             (a.chars().all(|c| c.is_ascii_digit()) && b.chars().all(|c| c.is_ascii_digit()))
-                .then(|| Zeroizing::new(key.trim().to_owned()))
+                .then(|| SecretText::new(key.trim().to_owned()))
         })
         .collect()
 }
@@ -213,8 +213,8 @@ pub fn id_for_file(path: &Path) -> String {
 mod tests {
     use super::*;
 
-    fn keys(v: &[&str]) -> Vec<Zeroizing<String>> {
-        v.iter().map(|s| Zeroizing::new(s.to_string())).collect()
+    fn keys(v: &[&str]) -> Vec<SecretText> {
+        v.iter().map(|s| SecretText::new(s.to_string())).collect()
     }
 
     #[test]
@@ -246,7 +246,10 @@ mod tests {
     #[test]
     fn parses_show_tls_keys_output() {
         let answer = "# id secret\n# 0 (/run/stek/haproxy.keys)\n0.0 QUFB\n0.1 QkJC\n0.2 Q0ND\n\n";
-        let got: Vec<String> = parse_show(answer).iter().map(|s| s.to_string()).collect();
+        let got: Vec<String> = parse_show(answer)
+            .iter()
+            .map(|s| s.expose().to_owned())
+            .collect();
         assert_eq!(got, vec!["QUFB", "QkJC", "Q0ND"]);
         assert_eq!(first_line_without_keys(answer), "(key lines omitted)");
         assert_eq!(

@@ -52,7 +52,7 @@ impl Format for Envoy {
             let mut raw = SecretBytes::with_capacity(80);
             put_name_hmac_aes(&mut raw, &k.key, KeySize::Bytes80);
             out.extend(b"{\"inline_bytes\":\"");
-            out.extend(base64_key(&raw).as_bytes());
+            out.extend(base64_key(&raw).expose().as_bytes());
             out.extend(b"\"}");
         }
         out.extend(b"]}}]}\n");

@@ -11,11 +11,9 @@
 //! Layout (ssl_sock.h `struct tls_sess_key_128/256`): name, AES key, HMAC key; 80 or 48 bytes,
 //! every line one size.
 
-use zeroize::Zeroizing;
-
 use super::{
     base64_key, put_name_aes_hmac, Delivery, Format, FormatConfigError, FormatError, FormatInfo,
-    FormatOptions, KeySize, Layout, Rendered, SecretBytes,
+    FormatOptions, KeySize, Layout, Rendered, SecretBytes, SecretText,
 };
 use crate::ring::KeyRing;
 
@@ -109,7 +107,7 @@ impl Format for Haproxy {
         let lines = self.lines(ring);
         let mut out = SecretBytes::with_capacity(lines.len() * (self.key_size.bytes() / 3 * 4 + 6));
         for line in &lines {
-            out.extend(base64_key(line).as_bytes());
+            out.extend(base64_key(line).expose().as_bytes());
             out.extend(b"\n");
         }
         Ok(Rendered::File(out))
@@ -131,7 +129,7 @@ impl Format for Haproxy {
 
     /// The last three lines in base64: what HAProxy holds in memory after loading the file, and
     /// what the runtime API must hold after a push (oldest first; the middle one encrypts).
-    fn runtime_ring(&self, ring: &KeyRing) -> Option<Vec<Zeroizing<String>>> {
+    fn runtime_ring(&self, ring: &KeyRing) -> Option<Vec<SecretText>> {
         let lines = self.lines(ring);
         Some(
             lines[lines.len() - TLS_TICKETS_NO..]
@@ -225,7 +223,7 @@ mod tests {
             .runtime_ring(&ring(2))
             .unwrap()
             .iter()
-            .map(|s| s.to_string())
+            .map(|s| s.expose().to_owned())
             .collect();
         assert_eq!(got, [2, 3, 4].map(|n| b64(aes_hmac_80(n))).to_vec());
     }

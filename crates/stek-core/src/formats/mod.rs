@@ -134,6 +134,28 @@ impl fmt::Debug for SecretBytes {
     }
 }
 
+/// Key material as text (base64): zeroized on drop, never printed. `Debug` shows the length.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SecretText(Zeroizing<String>);
+
+impl SecretText {
+    /// Wraps text that holds key material.
+    pub fn new(s: String) -> Self {
+        Self(Zeroizing::new(s))
+    }
+
+    /// The text, for a socket or a file.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretText({} chars)", self.0.len())
+    }
+}
+
 /// One server's key file format.
 pub trait Format: fmt::Debug + Send + Sync {
     /// The registry entry this format was built from.
@@ -167,7 +189,7 @@ pub trait Format: fmt::Debug + Send + Sync {
 
     /// For servers with a runtime key API (HAProxy): the keys the running server must hold,
     /// oldest first, as base64.
-    fn runtime_ring(&self, ring: &KeyRing) -> Option<Vec<Zeroizing<String>>> {
+    fn runtime_ring(&self, ring: &KeyRing) -> Option<Vec<SecretText>> {
         let _ = ring;
         None
     }
@@ -348,10 +370,10 @@ pub(crate) fn put_name_hmac_aes(out: &mut SecretBytes, key: &TicketKey, size: Ke
 }
 
 /// Base64 of one key's bytes in a zeroizing buffer.
-pub(crate) fn base64_key(bytes: &SecretBytes) -> Zeroizing<String> {
+pub(crate) fn base64_key(bytes: &SecretBytes) -> SecretText {
     use base64::Engine as _;
-    let mut s = Zeroizing::new(String::with_capacity(bytes.len() * 4 / 3 + 4));
-    base64::engine::general_purpose::STANDARD.encode_string(bytes.as_bytes(), &mut s);
+    let mut s = SecretText::new(String::with_capacity(bytes.len() * 4 / 3 + 4));
+    base64::engine::general_purpose::STANDARD.encode_string(bytes.as_bytes(), &mut s.0);
     s
 }
 
@@ -494,8 +516,11 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn secret_bytes_debug_shows_only_the_length() {
+    fn secret_bytes_and_text_debug_show_only_the_length() {
         let b = SecretBytes::from(vec![0xAB; 80]);
         assert_eq!(format!("{b:?}"), "SecretBytes(80 bytes)");
+        let t = base64_key(&b);
+        assert_eq!(format!("{t:?}"), "SecretText(108 chars)");
+        assert!(!format!("{:?}", vec![t.clone()]).contains("q6ur"));
     }
 }
