@@ -64,10 +64,29 @@ pub enum ConfigError {
 struct RawConfig {
     cluster: Option<String>,
     node_id: Option<String>,
+    etcd: Option<RawEtcd>,
     #[serde(default)]
     rotation: RawRotation,
     #[serde(default)]
     target: Vec<RawTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcd {
+    endpoints: Vec<String>,
+}
+
+/// Where the cluster coordinates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Coordination {
+    /// An etcd cluster.
+    Etcd {
+        /// Client URLs, e.g. `http://127.0.0.1:2379`.
+        endpoints: Vec<String>,
+    },
+    /// No `[etcd]` section: the embedded coordinator (not available yet).
+    Embedded,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +157,8 @@ pub struct Config {
     pub policy: Policy,
     /// Liveness lease length.
     pub lease_ttl: Duration,
+    /// The coordination store.
+    pub coordination: Coordination,
     /// The TLS servers on this box.
     pub targets: Vec<Target>,
 }
@@ -199,6 +220,40 @@ impl Config {
                 ),
             ));
         }
+        let coordination = match raw.etcd {
+            None => Coordination::Embedded,
+            Some(e) => {
+                if e.endpoints.is_empty() {
+                    return Err(invalid(
+                        "etcd.endpoints".into(),
+                        "is empty; list at least one client URL, e.g. [\"http://127.0.0.1:2379\"]"
+                            .into(),
+                    ));
+                }
+                for ep in &e.endpoints {
+                    let rest = ep.strip_prefix("http://").ok_or_else(|| {
+                        invalid(
+                            "etcd.endpoints".into(),
+                            format!("\"{ep}\" is not an http:// URL such as \"http://127.0.0.1:2379\" (TLS to etcd is not supported yet)"),
+                        )
+                    })?;
+                    let port_ok = rest.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty() && port.parse::<u16>().is_ok()
+                    });
+                    if !port_ok {
+                        return Err(invalid(
+                            "etcd.endpoints".into(),
+                            format!(
+                                "\"{ep}\" needs a host and a port, e.g. \"http://127.0.0.1:2379\""
+                            ),
+                        ));
+                    }
+                }
+                Coordination::Etcd {
+                    endpoints: e.endpoints,
+                }
+            }
+        };
         let mut targets = Vec::with_capacity(raw.target.len());
         for (i, t) in raw.target.into_iter().enumerate() {
             let key = |k: &str| format!("target[{i}].{k}");
@@ -223,6 +278,7 @@ impl Config {
             node_id,
             policy,
             lease_ttl: raw.rotation.lease_ttl,
+            coordination,
             targets,
         })
     }
@@ -509,6 +565,24 @@ group = "0"
     fn two_targets_writing_one_path_are_rejected() {
         let m = err("[[target]]\nformat = \"httpd\"\npath = \"/run/stek/h\"\n[[target]]\nformat = \"ats\"\npath = \"/run/stek/h\"\n");
         assert!(m.contains("target[1].path"), "{m}");
+    }
+
+    #[test]
+    fn etcd_endpoints_are_checked() {
+        let c = parse("[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n").unwrap();
+        assert_eq!(
+            c.coordination,
+            Coordination::Etcd {
+                endpoints: vec!["http://127.0.0.1:2379".into()]
+            }
+        );
+        assert_eq!(parse("").unwrap().coordination, Coordination::Embedded);
+        let m = err("[etcd]\nendpoints = []\n");
+        assert!(m.contains("etcd.endpoints: is empty"), "{m}");
+        let m = err("[etcd]\nendpoints = [\"127.0.0.1:2379\"]\n");
+        assert!(m.contains("is not an http:// URL"), "{m}");
+        let m = err("[etcd]\nendpoints = [\"http://etcd\"]\n");
+        assert!(m.contains("needs a host and a port"), "{m}");
     }
 
     #[test]

@@ -34,6 +34,47 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a peer: keep a liveness lease, follow the cluster's ring, write it for every target
+    /// and reload the servers; lead rotations when elected.
+    ///
+    /// Stops on SIGTERM or Ctrl-C, releasing the leadership and the lease at once.
+    Node {
+        /// The node's TOML config.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+    },
+
+    /// Show the leader, every member, every key and the rotation schedule.
+    ///
+    /// When a rotation is due but waiting, says which member blocks it and why.
+    Status {
+        /// The node's TOML config (for the store's address and the cluster name).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+
+        /// Print one JSON document (documented in docs/status.md).
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Ask the leader to rotate now.
+    ///
+    /// With --wait, exits 0 once every live member has applied the ring in which the new key is
+    /// active, and 1 with the reason if that does not happen within --timeout.
+    Rotate {
+        /// The node's TOML config (for the store's address and the cluster name).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+
+        /// Wait until every live member applied the rotation.
+        #[arg(long)]
+        wait: bool,
+
+        /// How long --wait may take.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+
     /// Validate a config file and every target's directory; print what to fix.
     ///
     /// Checks every key of the config, that each target directory exists, is on a RAM disk
@@ -99,6 +140,7 @@ pub fn init_logging(cli: &Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.init(),

@@ -7,13 +7,22 @@ use stek_node::ConfigError;
 use crate::cli::Command;
 
 mod check;
+mod cluster;
 mod demo;
 mod formats;
+mod node;
 mod snippet;
 
 /// Runs a subcommand.
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Node { config } => node::run(&config),
+        Command::Status { config, json } => cluster::status(&config, json),
+        Command::Rotate {
+            config,
+            wait,
+            timeout,
+        } => cluster::rotate(&config, wait, timeout),
         Command::Check { config } => check::run(&config),
         Command::Snippet { config } => snippet::run(&config),
         Command::Formats => formats::run(),

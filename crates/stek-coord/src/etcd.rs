@@ -1,0 +1,370 @@
+//! The etcd backend: one prefix per cluster, leases for liveness and leadership, transactions
+//! that compare the leader key's create-revision for fencing.
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    WatchStream,
+};
+use stek_core::{KeyRing, Policy};
+
+use crate::records::{self, MemberRecord, RequestRecord};
+use crate::{
+    ChangeStream, CoordError, Coordinator, KeepAlive, Leader, LeaseId, Member, RingSlot, Snapshot,
+    Term,
+};
+
+/// A cluster's view of etcd.
+#[derive(Clone)]
+pub struct Etcd {
+    client: Client,
+    prefix: String,
+    endpoints: String,
+}
+
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd")
+            .field("prefix", &self.prefix)
+            .field("endpoints", &self.endpoints)
+            .finish()
+    }
+}
+
+impl Etcd {
+    /// Connects (lazily: a down etcd shows up at the first request) to `endpoints` for cluster
+    /// `cluster`.
+    pub async fn connect(endpoints: &[String], cluster: &str) -> Result<Self, CoordError> {
+        let shown = format!("[{}]", endpoints.join(", "));
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(3));
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(|e| CoordError::Unreachable {
+                endpoints: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            client,
+            prefix: format!("/stek/{cluster}/"),
+            endpoints: shown,
+        })
+    }
+
+    /// The endpoints, for messages.
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    /// The cluster's key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    fn unreachable(&self, e: etcd_client::Error) -> CoordError {
+        CoordError::Unreachable {
+            endpoints: self.endpoints.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn leader_is(&self, term: Term) -> Compare {
+        Compare::create_revision(self.key("leader"), CompareOp::Equal, term.0)
+    }
+}
+
+/// A change stream over an etcd watch.
+pub struct EtcdWatch {
+    stream: WatchStream,
+}
+
+impl std::fmt::Debug for EtcdWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EtcdWatch")
+    }
+}
+
+impl ChangeStream for EtcdWatch {
+    async fn changed(&mut self) -> Result<i64, CoordError> {
+        loop {
+            match self.stream.message().await {
+                Ok(Some(resp)) => {
+                    if resp.canceled() {
+                        let why = if resp.compact_revision() > 0 {
+                            format!("compacted at revision {}", resp.compact_revision())
+                        } else {
+                            format!("canceled: {}", resp.cancel_reason())
+                        };
+                        return Err(CoordError::WatchBroken(why));
+                    }
+                    if !resp.events().is_empty() {
+                        return Ok(resp.header().map_or(0, |h| h.revision()));
+                    }
+                }
+                Ok(None) => return Err(CoordError::WatchBroken("stream closed".into())),
+                Err(e) => return Err(CoordError::WatchBroken(e.to_string())),
+            }
+        }
+    }
+}
+
+impl Coordinator for Etcd {
+    type Watch = EtcdWatch;
+
+    async fn snapshot(&self) -> Result<Snapshot, CoordError> {
+        let mut client = self.client.clone();
+        let resp = client
+            .get(self.prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut snap = Snapshot {
+            revision,
+            leader: None,
+            ring: RingSlot::Absent,
+            members: Vec::new(),
+            requests: Vec::new(),
+            rejected: Vec::new(),
+        };
+        let mut alive = std::collections::BTreeSet::new();
+        let mut records = std::collections::BTreeMap::new();
+        for kv in resp.kvs() {
+            let Some(rest) = kv.key().strip_prefix(self.prefix.as_bytes()) else {
+                continue;
+            };
+            let rest = String::from_utf8_lossy(rest).into_owned();
+            let full = format!("{}{rest}", self.prefix);
+            if rest == "leader" {
+                snap.leader = Some(Leader {
+                    node_id: String::from_utf8_lossy(kv.value()).into_owned(),
+                    term: Term(kv.create_revision()),
+                });
+            } else if rest == "ring" {
+                snap.ring = match records::decode_ring(kv.value()) {
+                    Ok(r) => RingSlot::Valid(r),
+                    Err(e) => {
+                        snap.rejected.push((full, e.clone()));
+                        RingSlot::Rejected(e)
+                    }
+                };
+            } else if let Some(id) = rest.strip_prefix("alive/") {
+                alive.insert(id.to_owned());
+            } else if let Some(id) = rest.strip_prefix("members/") {
+                match MemberRecord::decode(kv.value()) {
+                    Ok(m) if m.node_id == id => {
+                        records.insert(id.to_owned(), m);
+                    }
+                    Ok(_) => snap.rejected.push((
+                        full,
+                        records::RecordError::Policy("member record names another node".into()),
+                    )),
+                    Err(e) => snap.rejected.push((full, e)),
+                }
+            } else if rest.starts_with("requests/") {
+                if let Err(e) = RequestRecord::decode(kv.value()) {
+                    // Still served (and so deleted) by the next rotation.
+                    snap.rejected.push((full.clone(), e));
+                }
+                snap.requests.push(full);
+            } else {
+                snap.rejected.push((
+                    full,
+                    records::RecordError::Policy("unknown key under the cluster prefix".into()),
+                ));
+            }
+        }
+        let ids: std::collections::BTreeSet<String> =
+            alive.iter().chain(records.keys()).cloned().collect();
+        for id in ids {
+            let live = alive.contains(&id);
+            let record = records.remove(&id).unwrap_or_else(|| MemberRecord {
+                node_id: id.clone(),
+                version: String::new(),
+                targets: Vec::new(),
+                applied_generation: 0,
+                last_error: Some("no readable member record".into()),
+                updated_at_ms: 0,
+            });
+            snap.members.push(Member { record, live });
+        }
+        Ok(snap)
+    }
+
+    async fn watch(&self, revision: i64) -> Result<EtcdWatch, CoordError> {
+        let mut client = self.client.clone();
+        let stream = client
+            .watch(
+                self.prefix.as_str(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            )
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(EtcdWatch { stream })
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, CoordError> {
+        let mut client = self.client.clone();
+        let secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(i64::MAX);
+        let resp = client
+            .lease_grant(secs, None)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(LeaseId(resp.id()))
+    }
+
+    async fn keep_alive(&self, lease: LeaseId, ttl: Duration) -> Result<KeepAlive, CoordError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let client = self.client.clone();
+        let task = tokio::spawn(async move {
+            let reason = keep_lease(client, lease, ttl).await;
+            let _ = tx.send(reason);
+        });
+        Ok(KeepAlive { lost: rx, task })
+    }
+
+    async fn register(&self, lease: LeaseId, member: &MemberRecord) -> Result<(), CoordError> {
+        let mut client = self.client.clone();
+        let txn = Txn::new().and_then([
+            TxnOp::put(
+                self.key(&format!("alive/{}", member.node_id)),
+                member.node_id.as_bytes(),
+                Some(PutOptions::new().with_lease(lease.0)),
+            ),
+            TxnOp::put(
+                self.key(&format!("members/{}", member.node_id)),
+                member.encode(),
+                None,
+            ),
+        ]);
+        client.txn(txn).await.map_err(|e| self.unreachable(e))?;
+        Ok(())
+    }
+
+    async fn ack(&self, member: &MemberRecord) -> Result<(), CoordError> {
+        let mut client = self.client.clone();
+        client
+            .put(
+                self.key(&format!("members/{}", member.node_id)),
+                member.encode(),
+                None,
+            )
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(())
+    }
+
+    async fn campaign(&self, lease: LeaseId, node_id: &str) -> Result<Option<Term>, CoordError> {
+        let mut client = self.client.clone();
+        let key = self.key("leader");
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key,
+                node_id.as_bytes(),
+                Some(PutOptions::new().with_lease(lease.0)),
+            )]);
+        let resp = client.txn(txn).await.map_err(|e| self.unreachable(e))?;
+        if resp.succeeded() {
+            Ok(resp.header().map(|h| Term(h.revision())))
+        } else {
+            Ok(None)
+        }
+    }
+
+    async fn write_ring(
+        &self,
+        term: Term,
+        written_by: &str,
+        ring: &KeyRing,
+        policy: &Policy,
+        served_requests: &[String],
+    ) -> Result<(), CoordError> {
+        let mut client = self.client.clone();
+        let value = records::encode_ring(ring, policy, written_by);
+        let mut ops = vec![TxnOp::put(self.key("ring"), value.to_vec(), None)];
+        ops.extend(
+            served_requests
+                .iter()
+                .map(|k| TxnOp::delete(k.as_str(), None)),
+        );
+        let txn = Txn::new().when([self.leader_is(term)]).and_then(ops);
+        let resp = client.txn(txn).await.map_err(|e| self.unreachable(e))?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            Err(CoordError::Fenced(term))
+        }
+    }
+
+    async fn resign(&self, term: Term) -> Result<(), CoordError> {
+        let mut client = self.client.clone();
+        let txn = Txn::new()
+            .when([self.leader_is(term)])
+            .and_then([TxnOp::delete(self.key("leader"), None)]);
+        client.txn(txn).await.map_err(|e| self.unreachable(e))?;
+        Ok(())
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<(), CoordError> {
+        let mut client = self.client.clone();
+        client
+            .lease_revoke(lease.0)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(())
+    }
+
+    async fn request_rotation(&self, by: &str) -> Result<String, CoordError> {
+        let mut client = self.client.clone();
+        let now = MemberRecord::now_ms();
+        let key = self.key(&format!("requests/{now:013}-{:08x}", rand::random::<u32>()));
+        let record = RequestRecord {
+            requested_by: by.to_owned(),
+            requested_at_ms: now,
+        };
+        client
+            .put(key.as_str(), record.encode(), None)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(key)
+    }
+}
+
+/// Renews `lease` every ttl/3; returns why it was lost. Transient errors are retried until a
+/// whole ttl has passed without a successful renewal.
+async fn keep_lease(mut client: Client, lease: LeaseId, ttl: Duration) -> String {
+    let period = (ttl / 3).max(Duration::from_millis(300));
+    let mut last_ok = Instant::now();
+    let mut channel = None;
+    loop {
+        if last_ok.elapsed() >= ttl {
+            return format!("no renewal for {ttl:?}: the lease has expired");
+        }
+        if channel.is_none() {
+            channel = client.lease_keep_alive(lease.0).await.ok();
+        }
+        if let Some((keeper, stream)) = channel.as_mut() {
+            let renewed = async {
+                keeper.keep_alive().await?;
+                stream.message().await
+            };
+            match tokio::time::timeout(period, renewed).await {
+                Ok(Ok(Some(resp))) if resp.ttl() > 0 => last_ok = Instant::now(),
+                Ok(Ok(Some(_))) => return "the store says the lease has expired".to_owned(),
+                _ => channel = None,
+            }
+        }
+        tokio::time::sleep(period).await;
+    }
+}

@@ -1,0 +1,208 @@
+//! stek's coordination: what the store holds ([`records`]), the [`Coordinator`] trait the node
+//! runtime drives, and its etcd backend ([`etcd`]).
+//!
+//! The keyspace of a cluster `C`, under `/stek/C/`:
+//!
+//! | key | lease | holds |
+//! |---|---|---|
+//! | `leader` | leader's | the leader's node id; its create-revision is the leader's term |
+//! | `ring` | none | the ring, its generation, policy and next rotation time (I8) |
+//! | `alive/<node>` | member's | present while the member's liveness lease holds (I7) |
+//! | `members/<node>` | none | the member's record and acknowledgement (survives it, so status can show dead members) |
+//! | `requests/<id>` | none | a rotation request; deleted by the rotation that serves it |
+//!
+//! Every leader write is a transaction that first compares the leader key's create-revision
+//! with the writer's term, so a deposed leader's write is refused by the store (I3).
+//!
+//! Depends on `stek-core` only; knows nothing of files, servers or the CLI.
+
+use std::future::Future;
+use std::time::Duration;
+
+use stek_core::{KeyRing, MemberView, Policy};
+
+pub mod etcd;
+pub mod records;
+
+pub use records::{MemberRecord, RecordError, RequestRecord, StoredRing};
+
+/// A leader's term: the store revision at which it took the leader key. Writes carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Term(pub i64);
+
+/// Who leads, as the store says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    /// The leader's node id.
+    pub node_id: String,
+    /// Its term.
+    pub term: Term,
+}
+
+/// The ring key's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RingSlot {
+    /// No ring yet: the leader bootstraps one.
+    Absent,
+    /// A ring that passed every check.
+    Valid(StoredRing),
+    /// A record that failed a check; never applied, never bootstrapped over.
+    Rejected(RecordError),
+}
+
+/// One member as the store shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its record (a placeholder with generation 0 if it registered but wrote none yet).
+    pub record: MemberRecord,
+    /// Whether its liveness lease holds.
+    pub live: bool,
+}
+
+/// Everything under the cluster's prefix at one revision.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The store revision this snapshot was read at.
+    pub revision: i64,
+    /// The current leader, if any.
+    pub leader: Option<Leader>,
+    /// The ring.
+    pub ring: RingSlot,
+    /// Every member that has a record or a lease, sorted by node id.
+    pub members: Vec<Member>,
+    /// Keys of pending rotation requests.
+    pub requests: Vec<String>,
+    /// Keys whose records were rejected, and why (logged; never applied).
+    pub rejected: Vec<(String, RecordError)>,
+}
+
+impl Snapshot {
+    /// The members as the rotation decision sees them.
+    pub fn member_views(&self) -> Vec<MemberView> {
+        self.members
+            .iter()
+            .map(|m| MemberView {
+                id: m.record.node_id.clone(),
+                live: m.live,
+                applied_generation: m.record.applied_generation,
+                last_error: m.record.last_error.clone(),
+            })
+            .collect()
+    }
+
+    /// The valid ring, if any.
+    pub fn valid_ring(&self) -> Option<&StoredRing> {
+        match &self.ring {
+            RingSlot::Valid(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// A coordination failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CoordError {
+    /// The store did not answer.
+    #[error("the coordination store is unreachable (tried {endpoints}): {reason}")]
+    Unreachable {
+        /// Every endpoint tried.
+        endpoints: String,
+        /// The last error.
+        reason: String,
+    },
+    /// A leader write was refused: someone else leads now.
+    #[error("write refused by the store: this node no longer holds the leadership term {0:?}")]
+    Fenced(Term),
+    /// The watch ended (compaction, server restart): re-read everything.
+    #[error("watch interrupted ({0}); re-reading the whole keyspace")]
+    WatchBroken(String),
+}
+
+/// A held liveness lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseId(pub i64);
+
+/// Notified when something under the prefix changed.
+pub trait ChangeStream: Send {
+    /// Waits for the next change; returns its revision. An error means: re-read everything
+    /// and watch again.
+    fn changed(&mut self) -> impl Future<Output = Result<i64, CoordError>> + Send;
+}
+
+/// What the node runtime needs from a coordination store.
+pub trait Coordinator: Send + Sync + 'static {
+    /// The watch handle.
+    type Watch: ChangeStream;
+
+    /// Reads everything under the cluster prefix.
+    fn snapshot(&self) -> impl Future<Output = Result<Snapshot, CoordError>> + Send;
+
+    /// Watches the prefix for changes after `revision`.
+    fn watch(&self, revision: i64) -> impl Future<Output = Result<Self::Watch, CoordError>> + Send;
+
+    /// Grants a liveness lease.
+    fn grant_lease(
+        &self,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<LeaseId, CoordError>> + Send;
+
+    /// Keeps a lease alive until the returned handle is dropped; the receiver fires with a
+    /// reason once the lease is lost.
+    fn keep_alive(
+        &self,
+        lease: LeaseId,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<KeepAlive, CoordError>> + Send;
+
+    /// Marks the member live under `lease` and writes its record.
+    fn register(
+        &self,
+        lease: LeaseId,
+        member: &MemberRecord,
+    ) -> impl Future<Output = Result<(), CoordError>> + Send;
+
+    /// Writes the member's record (its acknowledgement).
+    fn ack(&self, member: &MemberRecord) -> impl Future<Output = Result<(), CoordError>> + Send;
+
+    /// Tries to take the leadership under `lease`; `None` if someone holds it.
+    fn campaign(
+        &self,
+        lease: LeaseId,
+        node_id: &str,
+    ) -> impl Future<Output = Result<Option<Term>, CoordError>> + Send;
+
+    /// Writes a ring and removes the rotation requests it served, in one transaction fenced by
+    /// `term`.
+    fn write_ring(
+        &self,
+        term: Term,
+        written_by: &str,
+        ring: &KeyRing,
+        policy: &Policy,
+        served_requests: &[String],
+    ) -> impl Future<Output = Result<(), CoordError>> + Send;
+
+    /// Gives up the leadership if `term` still holds it.
+    fn resign(&self, term: Term) -> impl Future<Output = Result<(), CoordError>> + Send;
+
+    /// Ends a lease at once (its keys disappear).
+    fn revoke(&self, lease: LeaseId) -> impl Future<Output = Result<(), CoordError>> + Send;
+
+    /// Asks the leader to rotate now; returns the request's key.
+    fn request_rotation(&self, by: &str)
+        -> impl Future<Output = Result<String, CoordError>> + Send;
+}
+
+/// A running lease keep-alive. Dropping it stops the keep-alive.
+#[derive(Debug)]
+pub struct KeepAlive {
+    /// Fires once, with the reason, when the lease is lost.
+    pub lost: tokio::sync::oneshot::Receiver<String>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

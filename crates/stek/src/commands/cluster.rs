@@ -1,0 +1,337 @@
+//! `stek status` and `stek rotate`: the operator's view of the cluster, read from the store.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::bail;
+use serde::Serialize;
+use stek_coord::etcd::Etcd;
+use stek_coord::{Coordinator, RingSlot, Snapshot};
+use stek_core::{decide_at, Decision, Policy};
+use stek_node::config::Coordination;
+use stek_node::{Config, ConfigError};
+
+/// The etcd endpoints of a config, or a config error that says what to add.
+pub fn etcd_endpoints(config: &Config) -> Result<Vec<String>, ConfigError> {
+    match &config.coordination {
+        Coordination::Etcd { endpoints } => Ok(endpoints.clone()),
+        Coordination::Embedded => Err(ConfigError::Invalid {
+            path: config.path.clone(),
+            key: "etcd".into(),
+            message: "there is no [etcd] section, and this version has no embedded coordinator yet; add [etcd] with endpoints = [\"http://HOST:2379\"]".into(),
+        }),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// The documented `stek status --json` document (docs/status.md).
+#[derive(Debug, Serialize)]
+struct Status {
+    cluster: String,
+    leader: Option<String>,
+    generation: Option<u64>,
+    next_rotation_at: Option<String>,
+    rotation: RotationStatus,
+    members: Vec<MemberStatus>,
+    keys: Vec<KeyStatus>,
+    pending_requests: usize,
+    rejected_records: Vec<Rejected>,
+}
+
+#[derive(Debug, Serialize)]
+struct RotationStatus {
+    /// idle | due | waiting | no-ring | bad-ring
+    state: &'static str,
+    blocked_by: Vec<Blocked>,
+}
+
+#[derive(Debug, Serialize)]
+struct Blocked {
+    node_id: String,
+    applied_generation: u64,
+    needed_generation: u64,
+    last_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct MemberStatus {
+    node_id: String,
+    live: bool,
+    applied_generation: u64,
+    last_error: Option<String>,
+    version: String,
+    targets: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct KeyStatus {
+    epoch: u64,
+    state: String,
+    fingerprint: String,
+    age_seconds: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Rejected {
+    key: String,
+    error: String,
+}
+
+fn status_of(cluster: &str, snap: &Snapshot, config_policy: &Policy) -> Status {
+    let now = SystemTime::now();
+    let (ring, policy) = match &snap.ring {
+        RingSlot::Valid(s) => (Some(&s.ring), s.policy),
+        _ => (None, *config_policy),
+    };
+    let members = snap.member_views();
+    let (state, blocked_by) = match (&snap.ring, ring) {
+        (RingSlot::Rejected(_), _) => ("bad-ring", Vec::new()),
+        (_, None) => ("no-ring", Vec::new()),
+        (_, Some(r)) => match decide_at(now, Some(r), &policy, &members, !snap.requests.is_empty())
+        {
+            Decision::Wait { blocked_by, .. } => (
+                "waiting",
+                blocked_by
+                    .into_iter()
+                    .map(|b| Blocked {
+                        node_id: b.member,
+                        applied_generation: b.applied_generation,
+                        needed_generation: b.needed_generation,
+                        last_error: b.last_error,
+                    })
+                    .collect(),
+            ),
+            Decision::Idle { .. } => ("idle", Vec::new()),
+            _ => ("due", Vec::new()),
+        },
+    };
+    Status {
+        cluster: cluster.to_owned(),
+        leader: snap.leader.as_ref().map(|l| l.node_id.clone()),
+        generation: ring.map(|r| r.generation()),
+        next_rotation_at: ring
+            .map(|r| humantime::format_rfc3339_seconds(r.next_rotation_at()).to_string()),
+        rotation: RotationStatus { state, blocked_by },
+        members: snap
+            .members
+            .iter()
+            .map(|m| MemberStatus {
+                node_id: m.record.node_id.clone(),
+                live: m.live,
+                applied_generation: m.record.applied_generation,
+                last_error: m.record.last_error.clone(),
+                version: m.record.version.clone(),
+                targets: m.record.targets.clone(),
+            })
+            .collect(),
+        keys: ring
+            .map(|r| {
+                r.keys()
+                    .iter()
+                    .rev()
+                    .map(|k| KeyStatus {
+                        epoch: k.epoch,
+                        state: k.state.to_string(),
+                        fingerprint: k.fingerprint().to_string(),
+                        age_seconds: now
+                            .duration_since(k.created_at)
+                            .unwrap_or_default()
+                            .as_secs(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        pending_requests: snap.requests.len(),
+        rejected_records: snap
+            .rejected
+            .iter()
+            .map(|(k, e)| Rejected {
+                key: k.clone(),
+                error: e.to_string(),
+            })
+            .collect(),
+    }
+}
+
+fn print_text(s: &Status) {
+    println!("cluster    {}", s.cluster);
+    println!("leader     {}", s.leader.as_deref().unwrap_or("(none)"));
+    match s.generation {
+        Some(g) => println!("generation {g}"),
+        None => println!("generation (no ring yet)"),
+    }
+    if let Some(t) = &s.next_rotation_at {
+        println!("next       {t}");
+    }
+    println!("rotation   {}", s.rotation.state);
+    for b in &s.rotation.blocked_by {
+        println!(
+            "  blocked by {}: applied generation {}, needs {}{}",
+            b.node_id,
+            b.applied_generation,
+            b.needed_generation,
+            b.last_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
+    if s.pending_requests > 0 {
+        println!("requests   {} pending", s.pending_requests);
+    }
+    println!("\nmembers");
+    println!(
+        "  {:<20} {:<5} {:>7}  last error",
+        "node", "live", "applied"
+    );
+    for m in &s.members {
+        println!(
+            "  {:<20} {:<5} {:>7}  {}",
+            m.node_id,
+            if m.live { "yes" } else { "no" },
+            m.applied_generation,
+            m.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    println!("\nkeys");
+    println!("  {:<6} {:<9} {:<12} age", "epoch", "state", "fingerprint");
+    for k in &s.keys {
+        println!(
+            "  {:<6} {:<9} {:<12} {}",
+            k.epoch,
+            k.state,
+            k.fingerprint,
+            humantime::format_duration(Duration::from_secs(k.age_seconds))
+        );
+    }
+    for r in &s.rejected_records {
+        println!("\nrejected record {}: {}", r.key, r.error);
+    }
+}
+
+pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let endpoints = etcd_endpoints(&config)?;
+    let snap = runtime()?.block_on(async {
+        let etcd = Etcd::connect(&endpoints, &config.cluster).await?;
+        etcd.snapshot().await
+    })?;
+    let s = status_of(&config.cluster, &snap, &config.policy);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print_text(&s);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rotate(path: &Path, wait: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let endpoints = etcd_endpoints(&config)?;
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| config.node_id.clone());
+    runtime()?.block_on(async {
+        let etcd = Etcd::connect(&endpoints, &config.cluster).await?;
+        let key = etcd.request_rotation(&format!("cli@{host}")).await?;
+        println!("rotation requested ({key})");
+        if !wait {
+            return anyhow::Ok(ExitCode::SUCCESS);
+        }
+        let deadline = Instant::now() + timeout;
+        let mut served_at: Option<u64> = None;
+        loop {
+            let snap = etcd.snapshot().await?;
+            if served_at.is_none() && !snap.requests.contains(&key) {
+                // The rotation that served the request is this ring or an earlier one.
+                served_at = snap.valid_ring().map(|r| r.ring.generation());
+                if let Some(g) = served_at {
+                    println!("rotated: generation {g}; waiting for every live member to apply it");
+                }
+            }
+            if let Some(g) = served_at {
+                let lagging: Vec<_> = snap
+                    .members
+                    .iter()
+                    .filter(|m| m.live && m.record.applied_generation < g)
+                    .collect();
+                if lagging.is_empty() {
+                    let active = snap
+                        .valid_ring()
+                        .map(|r| {
+                            format!(
+                                "epoch {} ({})",
+                                r.ring.active().epoch,
+                                r.ring.active().fingerprint()
+                            )
+                        })
+                        .unwrap_or_default();
+                    println!("done: every live member applied generation {g}; active key {active}");
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            if Instant::now() >= deadline {
+                let why = reason(&snap, served_at, &config.policy);
+                bail!(
+                    "rotation not complete after {}: {why}",
+                    humantime::format_duration(timeout)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+fn reason(snap: &Snapshot, served_at: Option<u64>, policy: &Policy) -> String {
+    if snap.leader.is_none() {
+        return "there is no leader (are the nodes running and reaching the store?)".into();
+    }
+    let s = status_of("", snap, policy);
+    let list = |v: Vec<String>| v.join("; ");
+    match served_at {
+        None if !s.rotation.blocked_by.is_empty() => format!(
+            "the leader waits for members that have not applied the staged key: {}",
+            list(
+                s.rotation
+                    .blocked_by
+                    .iter()
+                    .map(|b| format!(
+                        "{} (applied {}, needs {}{})",
+                        b.node_id,
+                        b.applied_generation,
+                        b.needed_generation,
+                        b.last_error
+                            .as_deref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    ))
+                    .collect()
+            )
+        ),
+        None => format!(
+            "the request is still pending (rotation state: {})",
+            s.rotation.state
+        ),
+        Some(g) => {
+            format!(
+            "the rotation happened (generation {g}) but these live members have not applied it: {}",
+            list(
+                s.members
+                    .iter()
+                    .filter(|m| m.live && m.applied_generation < g)
+                    .map(|m| format!(
+                        "{} (applied {}{})",
+                        m.node_id,
+                        m.applied_generation,
+                        m.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                    ))
+                    .collect()
+            )
+        )
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! `stek node`: one peer of the cluster.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use stek_coord::etcd::Etcd;
+use stek_node::Config;
+
+pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    // Refuse to start rather than write keys where they must not go (I5).
+    for t in &config.targets {
+        t.preflight()?;
+        for w in t.warnings() {
+            tracing::warn!(target = t.index, format = t.format.info().name, "{w}");
+        }
+    }
+    let endpoints = super::cluster::etcd_endpoints(&config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let etcd = Etcd::connect(&endpoints, &config.cluster).await?;
+        stek_node::node::run(&config, etcd, shutdown_signal()).await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down: releasing leadership and lease");
+}
