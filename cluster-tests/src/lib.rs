@@ -20,6 +20,7 @@ use nix::unistd::Pid;
 use stek_core::{KeyRing, OsKeySource, Policy};
 use stek_node::{Config, Target};
 
+pub mod cluster;
 pub mod scenario;
 pub mod tls;
 

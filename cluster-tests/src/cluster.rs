@@ -1,0 +1,484 @@
+//! A real cluster on loopback: one etcd (own ports, data dir on /dev/shm) and several
+//! `stek node` processes, plus the invariant checker of rotation.md that reads every node's
+//! files and the store.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::Value;
+use stek_core::Fingerprint;
+use tracing::info;
+
+use crate::{free_port, wait_for_port, wait_until, Server, TestDir};
+
+/// A private etcd.
+#[derive(Debug)]
+pub struct EtcdServer {
+    dir: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    server: Option<Server>,
+}
+
+impl EtcdServer {
+    /// Starts etcd with its data dir under `root`.
+    pub fn start(root: &TestDir) -> Self {
+        crate::require_binary("etcd");
+        let mut e = Self {
+            dir: root.subdir("etcd"),
+            client_port: free_port(),
+            peer_port: free_port(),
+            server: None,
+        };
+        e.restart();
+        e
+    }
+
+    /// The client URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Starts (again) on the same ports and data dir.
+    pub fn restart(&mut self) {
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", "test", "--data-dir"])
+            .arg(self.dir.join("data"))
+            .args(["--listen-client-urls", &self.endpoint()])
+            .args(["--advertise-client-urls", &self.endpoint()])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("test={peer}")]);
+        let log = self.dir.join(format!("etcd-{}.log", rand::random::<u16>()));
+        self.server = Some(Server::spawn("etcd", cmd, log));
+        wait_for_port(self.client_port, Duration::from_secs(20));
+        let endpoint = self.endpoint();
+        wait_until(Duration::from_secs(20), "etcd to be healthy", || {
+            etcdctl(&endpoint, &["endpoint", "health"]).status.success()
+        });
+    }
+
+    /// Stops etcd (its data stays).
+    pub fn stop(&mut self) {
+        self.server = None;
+    }
+}
+
+/// Runs etcdctl against `endpoint`.
+pub fn etcdctl(endpoint: &str, args: &[&str]) -> Output {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--command-timeout=3s")
+        .args(args)
+        .output()
+        .expect("etcdctl runs (apt-get install etcd-client)")
+}
+
+/// One `stek node` process and its files.
+#[derive(Debug)]
+pub struct Node {
+    /// Its node id.
+    pub id: String,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its nginx slot directory (the target the checker reads).
+    pub keys: PathBuf,
+    dir: PathBuf,
+    server: Option<Server>,
+    starts: u32,
+}
+
+impl Node {
+    /// The log of its current (or last) run.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("node-{}.log", self.starts))
+    }
+
+    /// Whether it runs.
+    pub fn running(&self) -> bool {
+        self.server.is_some()
+    }
+
+    /// Every slot file's bytes, by name.
+    pub fn files(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        if let Ok(rd) = fs::read_dir(&self.keys) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".key") {
+                    out.insert(name, fs::read(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+
+    /// Bytes and mtimes of every file, to prove nothing changed.
+    pub fn files_with_mtimes(&self) -> BTreeMap<String, (Vec<u8>, i64, i64)> {
+        self.files()
+            .into_iter()
+            .map(|(n, b)| {
+                let m = fs::metadata(self.keys.join(&n)).unwrap();
+                (n, (b, m.mtime(), m.mtime_nsec()))
+            })
+            .collect()
+    }
+
+    /// The names (first 16 bytes) of every key in its nginx slots; slot 0 first.
+    pub fn key_names(&self) -> Vec<[u8; 16]> {
+        let files = self.files();
+        let mut slots: Vec<(usize, [u8; 16])> = files
+            .iter()
+            .filter_map(|(n, b)| {
+                let i: usize = n.strip_suffix(".key")?.parse().ok()?;
+                let mut name = [0u8; 16];
+                name.copy_from_slice(b.get(..16)?);
+                Some((i, name))
+            })
+            .collect();
+        slots.sort();
+        slots.into_iter().map(|(_, n)| n).collect()
+    }
+}
+
+/// A cluster of `stek node`s around one etcd.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The test's directory.
+    pub root: TestDir,
+    /// The etcd.
+    pub etcd: EtcdServer,
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    /// The stek CLI binary under test.
+    pub bin: PathBuf,
+    /// The keyspace namespace.
+    pub name: String,
+}
+
+/// The lease TTL the tests run with.
+pub const LEASE_TTL: Duration = Duration::from_secs(3);
+
+impl Cluster {
+    /// etcd plus `n` configured (not yet started) nodes `n1..`.
+    pub fn new(bin: &str, tag: &str, n: usize) -> Self {
+        crate::init_logging();
+        let root = TestDir::new(tag);
+        let etcd = EtcdServer::start(&root);
+        let mut c = Self {
+            root,
+            etcd,
+            nodes: Vec::new(),
+            bin: PathBuf::from(bin),
+            name: format!("t{}", rand::random::<u32>()),
+        };
+        for _ in 0..n {
+            c.add_node(None);
+        }
+        c
+    }
+
+    /// Adds a node; `reload` overrides its reload argv (default: `true`).
+    pub fn add_node(&mut self, reload: Option<&[&str]>) -> usize {
+        let i = self.nodes.len() + 1;
+        let id = format!("n{i}");
+        let dir = self.root.subdir(&id);
+        let keys = dir.join("nginx");
+        fs::create_dir_all(&keys).unwrap();
+        fs::set_permissions(&keys, fs::Permissions::from_mode(0o700)).unwrap();
+        let reload = crate::argv_toml(reload.unwrap_or(&["true"]));
+        let config = dir.join("stek.toml");
+        fs::write(
+            &config,
+            format!(
+                "cluster = \"{cluster}\"\nnode_id = \"{id}\"\n[etcd]\nendpoints = [\"{ep}\"]\n\
+                 [rotation]\ninterval = \"1h\"\nretain = 1\nlease_ttl = \"{ttl}s\"\n\
+                 [[target]]\nformat = \"nginx\"\npath = \"{keys}\"\nreload = {reload}\n\
+                 reload_timeout = \"5s\"\nreload_attempts = 1\n",
+                cluster = self.name,
+                ep = self.etcd.endpoint(),
+                ttl = LEASE_TTL.as_secs(),
+                keys = keys.display(),
+            ),
+        )
+        .unwrap();
+        self.nodes.push(Node {
+            id,
+            config,
+            keys,
+            dir,
+            server: None,
+            starts: 0,
+        });
+        i - 1
+    }
+
+    /// Starts node `i` (0-based).
+    pub fn start(&mut self, i: usize) {
+        let bin = self.bin.clone();
+        let node = &mut self.nodes[i];
+        node.starts += 1;
+        let mut cmd = Command::new(&bin);
+        cmd.args(["node", "--config"])
+            .arg(&node.config)
+            .env("RUST_LOG", "info");
+        node.server = Some(Server::spawn(&node.id, cmd, node.log_path()));
+    }
+
+    /// Starts every node.
+    pub fn start_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.start(i);
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if let Some(s) = node.server.take() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(s.pid() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    /// SIGTERM and wait (graceful stop).
+    pub fn stop(&mut self, i: usize) {
+        self.nodes[i].server = None;
+    }
+
+    /// Runs the CLI with `args` against node `i`'s config.
+    pub fn cli(&self, i: usize, args: &[&str]) -> Output {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg(args[0])
+            .arg("--config")
+            .arg(&self.nodes[i].config)
+            .args(&args[1..]);
+        cmd.output().expect("stek CLI runs")
+    }
+
+    /// `stek status --json` through node `i`'s config.
+    pub fn status(&self, i: usize) -> Value {
+        let out = self.cli(i, &["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+
+    /// The first running node's index.
+    pub fn any_running(&self) -> usize {
+        self.nodes
+            .iter()
+            .position(Node::running)
+            .expect("a node runs")
+    }
+
+    /// Waits until a leader exists and every running node applied the current generation.
+    pub fn wait_converged(&self, within: Duration) -> Value {
+        let i = self.any_running();
+        let mut last = Value::Null;
+        wait_until(within, "the cluster to converge", || {
+            last = self.status(i);
+            let g = last["generation"].as_u64();
+            let ok = !last["leader"].is_null()
+                && g.is_some()
+                && self.nodes.iter().filter(|n| n.running()).all(|n| {
+                    last["members"].as_array().unwrap().iter().any(|m| {
+                        m["node_id"] == n.id.as_str()
+                            && m["live"] == true
+                            && m["applied_generation"].as_u64() == g
+                    })
+                });
+            ok
+        });
+        last
+    }
+
+    /// `stek rotate --wait` through node `i`.
+    pub fn rotate_wait(&self, i: usize, timeout: &str) -> Output {
+        self.cli(i, &["rotate", "--wait", "--timeout", timeout])
+    }
+
+    /// A leader's log lines "key activated", as epochs, from every node's logs.
+    pub fn activated_epochs(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            for starts in 1..=n.starts {
+                let text = fs::read_to_string(n.dir.join(format!("node-{starts}.log")))
+                    .unwrap_or_default();
+                for line in text.lines().filter(|l| l.contains("key activated")) {
+                    if let Some(e) = line
+                        .split("epoch=")
+                        .nth(1)
+                        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                        .and_then(|d| d.parse().ok())
+                    {
+                        out.push(e);
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+}
+
+fn fp(name: &[u8; 16]) -> String {
+    Fingerprint::of_name(name).to_string()
+}
+
+/// What the checker remembers between steps.
+#[derive(Debug, Default)]
+pub struct History {
+    /// Active epoch and key name after each checked step.
+    pub actives: Vec<(u64, [u8; 16])>,
+    /// Every key file's bytes ever seen, to search logs for leaks.
+    pub seen: Vec<Vec<u8>>,
+}
+
+/// Checks rotation.md's invariants against the store (status) and every running node's files,
+/// once the cluster has converged. Panics with the broken invariant.
+pub fn check_invariants(c: &Cluster, status: &Value, history: &mut History) {
+    let keys = status["keys"].as_array().expect("keys");
+    let active: Vec<&Value> = keys.iter().filter(|k| k["state"] == "active").collect();
+    assert_eq!(active.len(), 1, "exactly one active key: {status}");
+    let active_epoch = active[0]["epoch"].as_u64().unwrap();
+    let active_fp = active[0]["fingerprint"].as_str().unwrap().to_owned();
+    assert!(keys.iter().filter(|k| k["state"] == "staged").count() <= 1);
+    let mut epochs: Vec<u64> = keys.iter().map(|k| k["epoch"].as_u64().unwrap()).collect();
+    epochs.sort_unstable();
+    epochs.dedup();
+    assert_eq!(epochs.len(), keys.len(), "an epoch appears twice: {status}");
+    let store_fps: std::collections::BTreeSet<String> = keys
+        .iter()
+        .map(|k| k["fingerprint"].as_str().unwrap().to_owned())
+        .collect();
+
+    let running: Vec<&Node> = c.nodes.iter().filter(|n| n.running()).collect();
+    let reference = running[0].files();
+    for n in &running {
+        let files = n.files();
+        // Identical bytes everywhere: one ring, one serialisation.
+        assert_eq!(
+            files, reference,
+            "{} holds other key files than {}",
+            n.id, running[0].id
+        );
+        let names = n.key_names();
+        // The encrypting key (slot 0) is the store's active key.
+        assert_eq!(
+            fp(&names[0]),
+            active_fp,
+            "{}: slot 0 is not the active key",
+            n.id
+        );
+        let on_disk: std::collections::BTreeSet<String> = names.iter().map(fp).collect();
+        assert_eq!(on_disk, store_fps, "{}: files and store disagree", n.id);
+        // I5: 0600 on tmpfs (the test dirs are on /dev/shm).
+        for f in files.keys() {
+            let mode = fs::metadata(n.keys.join(f)).unwrap().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}/{f}", n.id);
+        }
+        for b in files.values() {
+            if !history.seen.contains(b) {
+                history.seen.push(b.clone());
+            }
+        }
+    }
+    // I1: what any node encrypts with, every node can decrypt.
+    for enc in &running {
+        let k = enc.key_names()[0];
+        for dec in &running {
+            assert!(
+                dec.key_names().contains(&k),
+                "I1: {}'s active key missing on {}",
+                enc.id,
+                dec.id
+            );
+        }
+    }
+    // Epochs advance by one per rotation, and (I2, retain = 1) the previous active key is still
+    // there to decrypt tickets issued under it.
+    if let Some((prev_epoch, prev_name)) = history.actives.last().copied() {
+        if active_epoch != prev_epoch {
+            assert_eq!(
+                active_epoch,
+                prev_epoch + 1,
+                "epochs must advance by one per rotation"
+            );
+            for n in &running {
+                assert!(
+                    n.key_names().contains(&prev_name),
+                    "I2: {} dropped the previous key too early",
+                    n.id
+                );
+            }
+        }
+    }
+    let name = running[0].key_names()[0];
+    if history.actives.last().map(|a| a.0) != Some(active_epoch) {
+        history.actives.push((active_epoch, name));
+    }
+    info!(
+        "invariants hold at generation {} (active epoch {active_epoch})",
+        status["generation"]
+    );
+}
+
+/// I6: no node's log holds key bytes (hex or base64 of any key file ever seen, or of its
+/// secret halves).
+pub fn assert_no_key_bytes_in_logs(c: &Cluster, history: &History) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for n in &c.nodes {
+        for starts in 1..=n.starts {
+            let text =
+                fs::read_to_string(n.dir.join(format!("node-{starts}.log"))).unwrap_or_default();
+            for bytes in &history.seen {
+                let secret = &bytes[16..];
+                let hex: String = secret[..16].iter().map(|b| format!("{b:02x}")).collect();
+                assert!(!text.contains(&hex), "{}: key bytes (hex) in the log", n.id);
+                assert!(
+                    !text.contains(&b64.encode(bytes)),
+                    "{}: a key (base64) in the log",
+                    n.id
+                );
+                assert!(
+                    !text.contains(&b64.encode(&secret[..15])),
+                    "{}: key bytes (base64) in the log",
+                    n.id
+                );
+            }
+        }
+    }
+}
+
+/// Waits `d` while asserting every running node keeps running.
+pub fn hold(c: &mut Cluster, d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for n in c.nodes.iter_mut().filter(|n| n.running()) {
+        n.server.as_mut().unwrap().assert_running();
+    }
+}
+
+/// A path inside the cluster's root.
+pub fn path_in(c: &Cluster, p: &str) -> PathBuf {
+    c.root.join(p)
+}

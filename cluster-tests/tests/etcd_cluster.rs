@@ -1,0 +1,429 @@
+//! The cluster over a real etcd: several real `stek node` processes on loopback, checked
+//! against rotation.md's invariants after every step.
+
+#![allow(clippy::unwrap_used)] // test harness code: a panic is the failure report
+
+use std::time::{Duration, Instant};
+
+use cluster_tests::cluster::{
+    assert_no_key_bytes_in_logs, check_invariants, etcdctl, hold, Cluster, History, LEASE_TTL,
+};
+use tracing::info;
+
+const BIN: &str = env!("CARGO_BIN_EXE_stek-test-node");
+
+fn out_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn rotate_ok(c: &Cluster, via: usize) {
+    let out = c.rotate_wait(via, "30s");
+    assert!(
+        out.status.success(),
+        "rotate --wait failed: {}",
+        out_text(&out)
+    );
+}
+
+#[test]
+fn three_nodes_bootstrap_then_20_rotations_keep_every_invariant() {
+    let mut c = Cluster::new(BIN, "etcd-20", 3);
+    c.start_all();
+    info!("--- three nodes start: one leader, one active and one staged key everywhere");
+    let status = c.wait_converged(Duration::from_secs(30));
+    assert_eq!(status["generation"], 1);
+    let keys = status["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(keys
+        .iter()
+        .any(|k| k["state"] == "active" && k["epoch"] == 1));
+    assert!(keys
+        .iter()
+        .any(|k| k["state"] == "staged" && k["epoch"] == 2));
+    let leaders: Vec<_> = c
+        .nodes
+        .iter()
+        .filter(|n| n.log_text().contains("leader elected"))
+        .collect();
+    assert_eq!(leaders.len(), 1, "exactly one node was ever elected");
+    let mut history = History::default();
+    check_invariants(&c, &status, &mut history);
+
+    for i in 1..=20 {
+        info!("--- rotation {i} of 20");
+        rotate_ok(&c, i % 3);
+        let status = c.wait_converged(Duration::from_secs(10));
+        check_invariants(&c, &status, &mut history);
+    }
+    assert_eq!(history.actives.last().unwrap().0, 21);
+    assert_eq!(c.activated_epochs(), (2..=21).collect::<Vec<_>>());
+    info!("--- no key bytes in any node's log");
+    assert_no_key_bytes_in_logs(&c, &history);
+}
+
+#[test]
+fn leader_sigkill_new_leader_within_lease_ttl_and_no_epoch_repeats() {
+    let mut c = Cluster::new(BIN, "etcd-kill", 3);
+    c.start_all();
+    let status = c.wait_converged(Duration::from_secs(30));
+    let mut history = History::default();
+    check_invariants(&c, &status, &mut history);
+    rotate_ok(&c, 0);
+    let status = c.wait_converged(Duration::from_secs(10));
+    check_invariants(&c, &status, &mut history);
+    let leader = status["leader"].as_str().unwrap().to_owned();
+    let li = c.nodes.iter().position(|n| n.id == leader).unwrap();
+    info!("--- SIGKILL the leader {leader}");
+    let killed = Instant::now();
+    c.kill(li);
+    let other = (li + 1) % 3;
+    let mut new_leader = String::new();
+    cluster_tests::wait_until(LEASE_TTL + Duration::from_secs(2), "a new leader", || {
+        let s = c.status(other);
+        new_leader = s["leader"].as_str().unwrap_or_default().to_owned();
+        !new_leader.is_empty() && new_leader != leader
+    });
+    info!("new leader {new_leader} after {:?}", killed.elapsed());
+    info!("--- the next rotation works once the dead member's lease expired");
+    rotate_ok(&c, other);
+    let status = c.wait_converged(Duration::from_secs(10));
+    check_invariants(&c, &status, &mut history);
+    let dead = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node_id"] == leader.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        dead["live"], false,
+        "status shows the killed leader as not live"
+    );
+    let epochs = c.activated_epochs();
+    let mut dedup = epochs.clone();
+    dedup.dedup();
+    assert_eq!(epochs, dedup, "an epoch was activated twice");
+    assert_eq!(epochs, vec![2, 3]);
+}
+
+#[test]
+fn failing_reload_blocks_rotation_and_status_names_the_member_until_it_is_stopped() {
+    let mut c = Cluster::new(BIN, "etcd-block", 2);
+    let flag = c.root.join("n3-reload-fails");
+    let script = format!("test ! -e {}", flag.display());
+    let bad = c.add_node(Some(&["sh", "-c", &script]));
+    c.start_all();
+    c.wait_converged(Duration::from_secs(30));
+    info!("--- n3's reload starts failing; the next rotation happens but n3 cannot apply it");
+    std::fs::write(&flag, b"").unwrap();
+    let out = c.rotate_wait(0, "6s");
+    assert!(!out.status.success());
+    let text = out_text(&out);
+    assert!(
+        text.contains("n3"),
+        "rotate names the member that did not apply: {text}"
+    );
+    assert!(text.contains("exit status 1"), "and why: {text}");
+    info!("--- the following rotation is blocked by n3, and status says so");
+    let out = c.rotate_wait(0, "4s");
+    assert!(!out.status.success());
+    let text = out_text(&out);
+    assert!(
+        text.contains("waits for members") && text.contains("n3"),
+        "{text}"
+    );
+    let status = c.status(0);
+    assert_eq!(status["rotation"]["state"], "waiting", "{status}");
+    assert_eq!(
+        status["rotation"]["blocked_by"][0]["node_id"], "n3",
+        "{status}"
+    );
+    let n3 = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node_id"] == "n3")
+        .unwrap();
+    assert!(
+        n3["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("reload command"),
+        "{n3}"
+    );
+    let human = out_text(&c.cli(0, &["status"]));
+    assert!(human.contains("blocked by n3"), "{human}");
+    info!("--- n3 stops; once its lease expires the rotation proceeds");
+    c.kill(bad);
+    let out = c.rotate_wait(0, "30s");
+    assert!(out.status.success(), "{}", out_text(&out));
+    let status = c.wait_converged(Duration::from_secs(10));
+    let mut history = History::default();
+    check_invariants(&c, &status, &mut history);
+}
+
+#[test]
+fn etcd_outage_changes_no_file_and_rotation_resumes_afterwards() {
+    let mut c = Cluster::new(BIN, "etcd-outage", 3);
+    c.start_all();
+    c.wait_converged(Duration::from_secs(30));
+    rotate_ok(&c, 0);
+    let status = c.wait_converged(Duration::from_secs(10));
+    let mut history = History::default();
+    check_invariants(&c, &status, &mut history);
+    let before: Vec<_> = c.nodes.iter().map(|n| n.files_with_mtimes()).collect();
+    info!("--- etcd stopped for 30 s");
+    c.etcd.stop();
+    let out = c.cli(0, &["status"]);
+    assert!(!out.status.success());
+    assert!(
+        out_text(&out).contains(&c.etcd.endpoint()),
+        "an unreachable etcd names the endpoints tried: {}",
+        out_text(&out)
+    );
+    hold(&mut c, Duration::from_secs(30));
+    for (n, b) in c.nodes.iter().zip(&before) {
+        assert_eq!(
+            &n.files_with_mtimes(),
+            b,
+            "I4: {} changed its files while etcd was down",
+            n.id
+        );
+        assert!(
+            n.log_text().contains("keeping the keys on disk"),
+            "{}",
+            n.id
+        );
+    }
+    info!("--- etcd back: rotation works");
+    c.etcd.restart();
+    rotate_ok(&c, 1);
+    let status = c.wait_converged(Duration::from_secs(20));
+    check_invariants(&c, &status, &mut history);
+}
+
+#[test]
+fn a_late_node_catches_up_to_the_current_ring_before_it_acknowledges() {
+    let mut c = Cluster::new(BIN, "etcd-late", 3);
+    c.start(0);
+    c.start(1);
+    c.wait_converged(Duration::from_secs(30));
+    for _ in 0..3 {
+        rotate_ok(&c, 0);
+    }
+    let status = c.wait_converged(Duration::from_secs(10));
+    let generation = status["generation"].as_u64().unwrap();
+    info!("--- n3 starts late, at generation {generation}");
+    c.start(2);
+    let status = c.wait_converged(Duration::from_secs(20));
+    let mut history = History::default();
+    check_invariants(&c, &status, &mut history);
+    let log = c.nodes[2].log_text();
+    let first_applied = log
+        .lines()
+        .find(|l| l.contains("applied ring to every target"))
+        .expect("n3 applied a ring");
+    assert!(
+        first_applied.contains(&format!("generation={generation}")),
+        "the first ring n3 applied is the current one: {first_applied}"
+    );
+    rotate_ok(&c, 2);
+    let status = c.wait_converged(Duration::from_secs(10));
+    check_invariants(&c, &status, &mut history);
+}
+
+#[test]
+fn three_concurrent_rotate_calls_advance_epochs_by_one_per_rotation() {
+    let mut c = Cluster::new(BIN, "etcd-concurrent", 3);
+    c.start_all();
+    let status = c.wait_converged(Duration::from_secs(30));
+    let mut history = History::default();
+    check_invariants(&c, &status, &mut history);
+    info!("--- three rotate --wait at once, through three nodes");
+    let outs: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3)
+            .map(|i| {
+                s.spawn({
+                    let c = &c;
+                    move || c.rotate_wait(i, "30s")
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for o in &outs {
+        assert!(o.status.success(), "{}", out_text(o));
+    }
+    let status = c.wait_converged(Duration::from_secs(10));
+    let epochs = c.activated_epochs();
+    assert!(!epochs.is_empty() && epochs.len() <= 3, "{epochs:?}");
+    assert_eq!(
+        epochs,
+        (2..2 + epochs.len() as u64).collect::<Vec<_>>(),
+        "strictly +1 per rotation"
+    );
+    let active = status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["state"] == "active")
+        .unwrap()["epoch"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(active, *epochs.last().unwrap());
+    assert_eq!(status["pending_requests"], 0);
+}
+
+#[test]
+fn garbage_records_are_rejected_and_logged_and_the_cluster_keeps_working() {
+    let mut c = Cluster::new(BIN, "etcd-garbage", 3);
+    c.start_all();
+    c.wait_converged(Duration::from_secs(30));
+    rotate_ok(&c, 0);
+    let status = c.wait_converged(Duration::from_secs(10));
+    let mut history = History::default();
+    check_invariants(&c, &status, &mut history);
+    let before: Vec<_> = c.nodes.iter().map(|n| n.files()).collect();
+    let prefix = format!("/stek/{}/", c.name);
+    info!("--- garbage in the ring, a member record and an unknown key");
+    for (key, value) in [
+        ("ring", "garbage"),
+        ("members/ghost", "{not json"),
+        ("nonsense", "x"),
+    ] {
+        let out = etcdctl(
+            &c.etcd.endpoint(),
+            &["put", &format!("{prefix}{key}"), value],
+        );
+        assert!(out.status.success(), "{}", out_text(&out));
+    }
+    // The records that stay must be logged by every node. The bad ring is replaced by the
+    // leader within moments, so a follower may never read it; the leader must have.
+    cluster_tests::wait_until(
+        Duration::from_secs(10),
+        "every node to log the bad records",
+        || {
+            c.nodes.iter().all(|n| {
+                let log = n.log_text();
+                log.contains(&format!("{prefix}members/ghost"))
+                    && log.contains(&format!("{prefix}nonsense"))
+            })
+        },
+    );
+    cluster_tests::wait_until(
+        Duration::from_secs(10),
+        "the leader to replace the bad ring",
+        || {
+            c.nodes.iter().any(|n| {
+                let log = n.log_text();
+                log.lines().any(|l| {
+                    l.contains("rejected a record") && l.contains(&format!("{prefix}ring"))
+                }) && log.contains("replaced a malformed ring record")
+            })
+        },
+    );
+    info!("--- the leader restored the last valid ring; keys on disk never changed");
+    let status = c.wait_converged(Duration::from_secs(10));
+    for (n, b) in c.nodes.iter().zip(&before) {
+        assert_eq!(
+            &n.files(),
+            b,
+            "{} changed its keys because of a bad record",
+            n.id
+        );
+    }
+    let rejected = status["rejected_records"].as_array().unwrap();
+    assert!(
+        rejected
+            .iter()
+            .all(|r| r["key"] != format!("{prefix}ring").as_str()),
+        "{status}"
+    );
+    assert!(
+        rejected
+            .iter()
+            .any(|r| r["key"] == format!("{prefix}nonsense").as_str()),
+        "{status}"
+    );
+    check_invariants(&c, &status, &mut history);
+    rotate_ok(&c, 1);
+    let status = c.wait_converged(Duration::from_secs(10));
+    check_invariants(&c, &status, &mut history);
+}
+
+/// I3 at the store: after a leader loses its lease and another node takes over, the old
+/// leader's write (with its old term) is refused, and the new leader's succeeds.
+#[test]
+fn a_deposed_leaders_write_is_refused_by_the_store() {
+    use stek_coord::etcd::Etcd;
+    use stek_coord::{CoordError, Coordinator, RingSlot};
+    use stek_core::{KeyRing, OsKeySource, Policy};
+    let c = Cluster::new(BIN, "etcd-fence", 0);
+    let policy = Policy {
+        interval: Duration::from_secs(3600),
+        retain: 1,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = Etcd::connect(&[c.etcd.endpoint()], &c.name).await.unwrap();
+        let lease_a = store.grant_lease(LEASE_TTL).await.unwrap();
+        let term_a = store
+            .campaign(lease_a, "a")
+            .await
+            .unwrap()
+            .expect("a leads");
+        let ring = KeyRing::bootstrap(std::time::SystemTime::now(), &policy, &mut OsKeySource);
+        store
+            .write_ring(term_a, "a", &ring, &policy, &[])
+            .await
+            .unwrap();
+
+        info!("--- a's lease ends (as if it stalled past its TTL); b is elected");
+        store.revoke(lease_a).await.unwrap();
+        let lease_b = store.grant_lease(LEASE_TTL).await.unwrap();
+        let term_b = store
+            .campaign(lease_b, "b")
+            .await
+            .unwrap()
+            .expect("b leads");
+        assert_ne!(term_a, term_b);
+        assert_eq!(
+            store.campaign(lease_a, "a").await.unwrap(),
+            None,
+            "one leader at a time"
+        );
+
+        info!("--- a, deposed, writes with its old term: refused");
+        let rotated = ring
+            .rotated(std::time::SystemTime::now(), &policy, &mut OsKeySource)
+            .unwrap();
+        let err = store
+            .write_ring(term_a, "a", &rotated, &policy, &[])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CoordError::Fenced(t) if t == term_a), "{err}");
+        let RingSlot::Valid(stored) = store.snapshot().await.unwrap().ring else {
+            panic!("the ring must still be readable")
+        };
+        assert_eq!(
+            stored.ring.generation(),
+            1,
+            "the refused write left no trace"
+        );
+        store
+            .write_ring(term_b, "b", &rotated, &policy, &[])
+            .await
+            .unwrap();
+        let snap = store.snapshot().await.unwrap();
+        assert_eq!(snap.valid_ring().unwrap().ring.generation(), 2);
+        assert_eq!(snap.valid_ring().unwrap().written_by, "b");
+        assert_eq!(snap.leader.unwrap().node_id, "b");
+    });
+}
