@@ -161,10 +161,9 @@ impl Coordinator for Etcd {
                     Ok(m) if m.node_id == id => {
                         records.insert(id.to_owned(), m);
                     }
-                    Ok(_) => snap.rejected.push((
-                        full,
-                        records::RecordError::Policy("member record names another node".into()),
-                    )),
+                    Ok(m) => snap
+                        .rejected
+                        .push((full, records::RecordError::WrongMember(m.node_id))),
                     Err(e) => snap.rejected.push((full, e)),
                 }
             } else if rest.starts_with("requests/") {
@@ -174,10 +173,7 @@ impl Coordinator for Etcd {
                 }
                 snap.requests.push(full);
             } else {
-                snap.rejected.push((
-                    full,
-                    records::RecordError::Policy("unknown key under the cluster prefix".into()),
-                ));
+                snap.rejected.push((full, records::RecordError::UnknownKey));
             }
         }
         let ids: std::collections::BTreeSet<String> =

@@ -49,6 +49,12 @@ pub enum RecordError {
     /// The policy stored with the ring is unusable.
     #[error("ring record policy: {0}")]
     Policy(String),
+    /// A key under the cluster prefix that stek never writes.
+    #[error("unknown key under the cluster prefix (not written by stek); delete it")]
+    UnknownKey,
+    /// A member record stored under another node's key.
+    #[error("member record names node \"{0}\", not the node its key is for")]
+    WrongMember(String),
     /// The ring breaks an invariant.
     #[error("ring record breaks an invariant: {0}")]
     Ring(#[from] stek_core::ring::RingError),
