@@ -165,6 +165,8 @@ pub struct Cluster {
     pub bin: PathBuf,
     /// The keyspace namespace.
     pub name: String,
+    /// The lease TTL of nodes added from now on.
+    pub lease_ttl: Duration,
 }
 
 /// The lease TTL the tests run with.
@@ -182,6 +184,7 @@ impl Cluster {
             nodes: Vec::new(),
             bin: PathBuf::from(bin),
             name: format!("t{}", rand::random::<u32>()),
+            lease_ttl: LEASE_TTL,
         };
         for _ in 0..n {
             c.add_node(None);
@@ -208,7 +211,7 @@ impl Cluster {
                  reload_timeout = \"5s\"\nreload_attempts = 1\n",
                 cluster = self.name,
                 ep = self.etcd.endpoint(),
-                ttl = LEASE_TTL.as_secs(),
+                ttl = self.lease_ttl.as_secs(),
                 keys = keys.display(),
             ),
         )

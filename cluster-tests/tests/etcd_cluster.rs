@@ -427,3 +427,36 @@ fn a_deposed_leaders_write_is_refused_by_the_store() {
         assert_eq!(snap.leader.unwrap().node_id, "b");
     });
 }
+
+/// Graceful stop releases the leadership and the lease at once. The lease here is 30 s, so a
+/// new leader and a not-live member within the 10 s bound cannot come from expiry.
+#[test]
+fn graceful_stop_hands_over_leadership_at_once() {
+    let mut c = Cluster::new(BIN, "etcd-graceful", 0);
+    c.lease_ttl = Duration::from_secs(30);
+    for _ in 0..3 {
+        c.add_node(None);
+    }
+    c.start_all();
+    let status = c.wait_converged(Duration::from_secs(30));
+    let leader = status["leader"].as_str().unwrap().to_owned();
+    let li = c.nodes.iter().position(|n| n.id == leader).unwrap();
+    let other = (li + 1) % 3;
+    info!("--- SIGTERM the leader {leader}");
+    c.stop(li);
+    let mut s = serde_json::Value::Null;
+    cluster_tests::wait_until(Duration::from_secs(10), "a new leader", || {
+        s = c.status(other);
+        s["leader"].as_str().is_some_and(|l| l != leader)
+    });
+    let gone = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node_id"] == leader.as_str())
+        .unwrap()["live"]
+        .clone();
+    assert_eq!(gone, false, "the stopped member's lease was revoked");
+    assert!(c.nodes[li].log_text().contains("leadership released"));
+    rotate_ok(&c, other);
+}
