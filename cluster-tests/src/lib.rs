@@ -21,6 +21,7 @@ use stek_core::{KeyRing, OsKeySource, Policy};
 use stek_node::{Config, Target};
 
 pub mod cluster;
+pub mod conformance;
 pub mod scenario;
 pub mod tls;
 

@@ -1,0 +1,178 @@
+//! One conformance suite for every `Coordinator` backend: election, fencing, membership and
+//! liveness, ring writes, watch, acknowledgements and rotation requests. A backend passes when
+//! every check here holds against a real instance of its store.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use stek_coord::{ChangeStream, CoordError, Coordinator, MemberRecord, RingSlot};
+use stek_core::{KeyRing, OsKeySource, Policy};
+use tracing::info;
+
+fn policy() -> Policy {
+    Policy {
+        interval: Duration::from_secs(3600),
+        retain: 1,
+    }
+}
+
+/// Now, to the millisecond: the store keeps times in milliseconds.
+fn now_ms() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(MemberRecord::now_ms())
+}
+
+fn record(id: &str, applied: u64) -> MemberRecord {
+    MemberRecord {
+        node_id: id.into(),
+        version: "test".into(),
+        targets: vec!["nginx".into()],
+        applied_generation: applied,
+        last_error: None,
+        updated_at_ms: MemberRecord::now_ms(),
+    }
+}
+
+/// Runs every check; `make` returns a new handle on one fresh, empty cluster namespace (several
+/// handles play several nodes).
+pub async fn run_all<C, F, Fut>(make: F)
+where
+    C: Coordinator,
+    F: Fn() -> Fut,
+    Fut: Future<Output = C>,
+{
+    let a = make().await;
+    let b = make().await;
+    let ttl = Duration::from_secs(3);
+
+    info!("--- conformance: an empty namespace");
+    let snap = a.snapshot().await.unwrap();
+    assert!(snap.leader.is_none() && snap.members.is_empty() && snap.requests.is_empty());
+    assert_eq!(snap.ring, RingSlot::Absent);
+
+    info!("--- conformance: election, one leader at a time");
+    let lease_a = a.grant_lease(ttl).await.unwrap();
+    let _keep_a = a.keep_alive(lease_a, ttl).await.unwrap();
+    let lease_b = b.grant_lease(ttl).await.unwrap();
+    let _keep_b = b.keep_alive(lease_b, ttl).await.unwrap();
+    let term_a = a
+        .campaign(lease_a, "a")
+        .await
+        .unwrap()
+        .expect("a is elected");
+    assert_eq!(b.campaign(lease_b, "b").await.unwrap(), None);
+    let snap = b.snapshot().await.unwrap();
+    let leader = snap.leader.expect("a leads");
+    assert_eq!((leader.node_id.as_str(), leader.term), ("a", term_a));
+
+    info!("--- conformance: ring write, watch and request service");
+    let mut watch = b.watch(snap.revision).await.unwrap();
+    let req = b.request_rotation("b").await.unwrap();
+    let changed = tokio::time::timeout(Duration::from_secs(5), watch.changed())
+        .await
+        .expect("the watch reports the request")
+        .unwrap();
+    assert!(changed > snap.revision);
+    assert_eq!(a.snapshot().await.unwrap().requests, vec![req.clone()]);
+    let ring = KeyRing::bootstrap(now_ms(), &policy(), &mut OsKeySource);
+    a.write_ring(term_a, "a", &ring, &policy(), std::slice::from_ref(&req))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), watch.changed())
+        .await
+        .expect("the watch reports the ring")
+        .unwrap();
+    let snap = b.snapshot().await.unwrap();
+    assert!(
+        snap.requests.is_empty(),
+        "served requests are deleted with the write"
+    );
+    let stored = snap.valid_ring().expect("a valid ring");
+    assert_eq!(stored.ring, ring);
+    assert_eq!(stored.written_by, "a");
+
+    info!("--- conformance: membership, acknowledgement, liveness");
+    a.register(lease_a, &record("a", 0)).await.unwrap();
+    b.register(lease_b, &record("b", 0)).await.unwrap();
+    b.ack(&record("b", ring.generation())).await.unwrap();
+    let snap = a.snapshot().await.unwrap();
+    let views = snap.member_views();
+    assert_eq!(views.len(), 2);
+    assert!(views.iter().all(|m| m.live));
+    assert_eq!(
+        views
+            .iter()
+            .find(|m| m.id == "b")
+            .unwrap()
+            .applied_generation,
+        1
+    );
+
+    info!("--- conformance: a kept-alive lease outlives its TTL");
+    tokio::time::sleep(ttl + Duration::from_secs(1)).await;
+    let snap = a.snapshot().await.unwrap();
+    assert!(snap.member_views().iter().all(|m| m.live));
+    assert_eq!(snap.leader.unwrap().node_id, "a");
+
+    info!("--- conformance: a lease that is not renewed expires; the record stays, not live");
+    let c = make().await;
+    let lease_c = c.grant_lease(Duration::from_secs(2)).await.unwrap();
+    c.register(lease_c, &record("c", 1)).await.unwrap();
+    let mut expired = false;
+    for _ in 0..40 {
+        let snap = a.snapshot().await.unwrap();
+        let m = snap
+            .members
+            .iter()
+            .find(|m| m.record.node_id == "c")
+            .unwrap();
+        if !m.live {
+            assert_eq!(m.record.applied_generation, 1);
+            expired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(expired, "c's lease did not expire within 10 s");
+
+    info!("--- conformance: fencing, a deposed leader's write is refused");
+    a.revoke(lease_a).await.unwrap();
+    let snap = b.snapshot().await.unwrap();
+    assert!(
+        snap.leader.is_none(),
+        "revoking the lease ends the leadership"
+    );
+    assert!(
+        !snap
+            .members
+            .iter()
+            .find(|m| m.record.node_id == "a")
+            .unwrap()
+            .live
+    );
+    let term_b = b
+        .campaign(lease_b, "b")
+        .await
+        .unwrap()
+        .expect("b is elected");
+    assert_ne!(term_b, term_a);
+    let next = ring
+        .rotated(now_ms(), &policy(), &mut OsKeySource)
+        .unwrap();
+    match a.write_ring(term_a, "a", &next, &policy(), &[]).await {
+        Err(CoordError::Fenced(t)) => assert_eq!(t, term_a),
+        other => panic!("a deposed leader's write must be fenced, got {other:?}"),
+    }
+    assert_eq!(b.snapshot().await.unwrap().valid_ring().unwrap().ring, ring);
+    b.write_ring(term_b, "b", &next, &policy(), &[])
+        .await
+        .unwrap();
+    assert_eq!(a.snapshot().await.unwrap().valid_ring().unwrap().ring, next);
+
+    info!("--- conformance: resign");
+    b.resign(term_b).await.unwrap();
+    assert!(a.snapshot().await.unwrap().leader.is_none());
+    match b.write_ring(term_b, "b", &next, &policy(), &[]).await {
+        Err(CoordError::Fenced(_)) => {}
+        other => panic!("a resigned leader's write must be fenced, got {other:?}"),
+    }
+}
