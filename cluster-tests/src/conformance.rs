@@ -155,9 +155,7 @@ where
         .unwrap()
         .expect("b is elected");
     assert_ne!(term_b, term_a);
-    let next = ring
-        .rotated(now_ms(), &policy(), &mut OsKeySource)
-        .unwrap();
+    let next = ring.rotated(now_ms(), &policy(), &mut OsKeySource).unwrap();
     match a.write_ring(term_a, "a", &next, &policy(), &[]).await {
         Err(CoordError::Fenced(t)) => assert_eq!(t, term_a),
         other => panic!("a deposed leader's write must be fenced, got {other:?}"),

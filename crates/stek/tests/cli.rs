@@ -217,3 +217,80 @@ fn regression_demo_with_closed_stdout_still_removes_its_key_files() {
         "{dir} left behind with key files"
     );
 }
+
+#[test]
+fn node_refuses_to_start_on_a_target_that_is_not_a_ram_disk() {
+    let disk = tempfile::Builder::new()
+        .prefix("stek-cli-node-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    fs::set_permissions(disk.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    let cfg = write_config(
+        disk.path(),
+        &format!(
+            "node_id = \"a\"\n[etcd]\nendpoints = [\"http://127.0.0.1:9\"]\n[[target]]\nformat = \"httpd\"\npath = \"{}/httpd.key\"\n",
+            disk.path().display()
+        ),
+    );
+    let out = stek(&["node", "--config", &cfg]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("not on a RAM disk"), "{t}");
+    assert!(!disk.path().join("httpd.key").exists());
+}
+
+#[test]
+fn node_with_unreachable_etcd_names_the_endpoints_and_writes_nothing() {
+    let d = shm_dir();
+    let keys = d.path().join("keys");
+    fs::create_dir(&keys).unwrap();
+    fs::set_permissions(&keys, fs::Permissions::from_mode(0o700)).unwrap();
+    // Port 9 (discard) on loopback: nothing listens there.
+    let cfg = write_config(
+        d.path(),
+        &format!(
+            "node_id = \"a\"\n[etcd]\nendpoints = [\"http://127.0.0.1:9\"]\n[[target]]\nformat = \"dnsdist\"\npath = \"{}/d.keys\"\n",
+            keys.display()
+        ),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stek"))
+        .args(["node", "--config", &cfg])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the node keeps retrying"
+    );
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("http://127.0.0.1:9"), "{log}");
+    assert!(log.contains("retrying"), "{log}");
+    assert_eq!(
+        fs::read_dir(&keys).unwrap().count(),
+        0,
+        "no key invented without the store (I4)"
+    );
+    let status = stek(&["status", "--config", &cfg]);
+    assert_eq!(status.status.code(), Some(1));
+    assert!(
+        text(&status).contains("tried [http://127.0.0.1:9]"),
+        "{}",
+        text(&status)
+    );
+}
+
+#[test]
+fn cluster_commands_without_etcd_section_say_what_to_add() {
+    let d = shm_dir();
+    let cfg = write_config(d.path(), "node_id = \"a\"\n");
+    for cmd in ["node", "status", "rotate"] {
+        let out = stek(&[cmd, "--config", &cfg]);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {t}");
+        assert!(t.contains("add [etcd]"), "{cmd}: {t}");
+    }
+}
