@@ -24,3 +24,43 @@ fn etcd_backend_passes_the_conformance_suite() {
         }
     }));
 }
+
+#[test]
+fn raft_backend_passes_the_conformance_suite() {
+    use std::collections::BTreeMap;
+    use stek_coord::raft::client::RaftClient;
+    use stek_coord::raft::peer::Peer;
+    init_logging();
+    let peers: BTreeMap<String, String> = (1..=3)
+        .map(|i| {
+            (
+                format!("p{i}"),
+                format!("127.0.0.1:{}", cluster_tests::free_port()),
+            )
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    rt.block_on(async {
+        let mut running = Vec::new();
+        for (name, addr) in &peers {
+            running.push(
+                Peer::start("conformance", name, addr, &peers)
+                    .await
+                    .expect("peer starts"),
+            );
+        }
+        let addrs: Vec<String> = peers.values().cloned().collect();
+        conformance::run_all(|| {
+            let addrs = addrs.clone();
+            async move { RaftClient::new("conformance", addrs, None) }
+        })
+        .await;
+        for p in running {
+            p.shutdown().await;
+        }
+    });
+}

@@ -10,10 +10,7 @@ use etcd_client::{
 use stek_core::{KeyRing, Policy};
 
 use crate::records::{self, MemberRecord, RequestRecord};
-use crate::{
-    ChangeStream, CoordError, Coordinator, KeepAlive, Leader, LeaseId, Member, RingSlot, Snapshot,
-    Term,
-};
+use crate::{ChangeStream, CoordError, Coordinator, KeepAlive, Leader, LeaseId, Snapshot, Term};
 
 /// A cluster's view of etcd.
 #[derive(Clone)]
@@ -124,17 +121,10 @@ impl Coordinator for Etcd {
             .get(self.prefix.as_str(), Some(GetOptions::new().with_prefix()))
             .await
             .map_err(|e| self.unreachable(e))?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        let mut snap = Snapshot {
-            revision,
-            leader: None,
-            ring: RingSlot::Absent,
-            members: Vec::new(),
-            requests: Vec::new(),
-            rejected: Vec::new(),
+        let mut raw = crate::RawSnapshot {
+            revision: resp.header().map_or(0, |h| h.revision()),
+            ..Default::default()
         };
-        let mut alive = std::collections::BTreeSet::new();
-        let mut records = std::collections::BTreeMap::new();
         for kv in resp.kvs() {
             let Some(rest) = kv.key().strip_prefix(self.prefix.as_bytes()) else {
                 continue;
@@ -142,55 +132,24 @@ impl Coordinator for Etcd {
             let rest = String::from_utf8_lossy(rest).into_owned();
             let full = format!("{}{rest}", self.prefix);
             if rest == "leader" {
-                snap.leader = Some(Leader {
+                raw.leader = Some(Leader {
                     node_id: String::from_utf8_lossy(kv.value()).into_owned(),
                     term: Term(kv.create_revision()),
                 });
             } else if rest == "ring" {
-                snap.ring = match records::decode_ring(kv.value()) {
-                    Ok(r) => RingSlot::Valid(r),
-                    Err(e) => {
-                        snap.rejected.push((full, e.clone()));
-                        RingSlot::Rejected(e)
-                    }
-                };
+                raw.ring = Some((full, kv.value().to_vec()));
             } else if let Some(id) = rest.strip_prefix("alive/") {
-                alive.insert(id.to_owned());
+                raw.alive.insert(id.to_owned());
             } else if let Some(id) = rest.strip_prefix("members/") {
-                match MemberRecord::decode(kv.value()) {
-                    Ok(m) if m.node_id == id => {
-                        records.insert(id.to_owned(), m);
-                    }
-                    Ok(m) => snap
-                        .rejected
-                        .push((full, records::RecordError::WrongMember(m.node_id))),
-                    Err(e) => snap.rejected.push((full, e)),
-                }
+                raw.members
+                    .push((full.clone(), id.to_owned(), kv.value().to_vec()));
             } else if rest.starts_with("requests/") {
-                if let Err(e) = RequestRecord::decode(kv.value()) {
-                    // Still served (and so deleted) by the next rotation.
-                    snap.rejected.push((full.clone(), e));
-                }
-                snap.requests.push(full);
+                raw.requests.push((full, kv.value().to_vec()));
             } else {
-                snap.rejected.push((full, records::RecordError::UnknownKey));
+                raw.unknown.push(full);
             }
         }
-        let ids: std::collections::BTreeSet<String> =
-            alive.iter().chain(records.keys()).cloned().collect();
-        for id in ids {
-            let live = alive.contains(&id);
-            let record = records.remove(&id).unwrap_or_else(|| MemberRecord {
-                node_id: id.clone(),
-                version: String::new(),
-                targets: Vec::new(),
-                applied_generation: 0,
-                last_error: Some("no readable member record".into()),
-                updated_at_ms: 0,
-            });
-            snap.members.push(Member { record, live });
-        }
-        Ok(snap)
+        Ok(raw.check())
     }
 
     async fn watch(&self, revision: i64) -> Result<EtcdWatch, CoordError> {

@@ -22,6 +22,7 @@ use std::time::Duration;
 use stek_core::{KeyRing, MemberView, Policy};
 
 pub mod etcd;
+pub mod raft;
 pub mod records;
 
 pub use records::{MemberRecord, RecordError, RequestRecord, StoredRing};
@@ -99,6 +100,83 @@ impl Snapshot {
     }
 }
 
+/// Raw records from a backend, turned into a checked [`Snapshot`] the same way for every
+/// backend.
+#[derive(Debug, Default)]
+pub(crate) struct RawSnapshot {
+    pub revision: i64,
+    pub leader: Option<Leader>,
+    /// (full key, value)
+    pub ring: Option<(String, Vec<u8>)>,
+    /// node ids whose liveness lease holds
+    pub alive: std::collections::BTreeSet<String>,
+    /// (full key, node id from the key, value)
+    pub members: Vec<(String, String, Vec<u8>)>,
+    /// (full key, value)
+    pub requests: Vec<(String, Vec<u8>)>,
+    /// full keys stek does not know
+    pub unknown: Vec<String>,
+}
+
+impl RawSnapshot {
+    pub(crate) fn check(self) -> Snapshot {
+        let mut snap = Snapshot {
+            revision: self.revision,
+            leader: self.leader,
+            ring: RingSlot::Absent,
+            members: Vec::new(),
+            requests: Vec::new(),
+            rejected: Vec::new(),
+        };
+        if let Some((key, value)) = self.ring {
+            snap.ring = match records::decode_ring(&value) {
+                Ok(r) => RingSlot::Valid(r),
+                Err(e) => {
+                    snap.rejected.push((key, e.clone()));
+                    RingSlot::Rejected(e)
+                }
+            };
+        }
+        let mut by_id = std::collections::BTreeMap::new();
+        for (key, id, value) in self.members {
+            match MemberRecord::decode(&value) {
+                Ok(m) if m.node_id == id => {
+                    by_id.insert(id, m);
+                }
+                Ok(m) => snap
+                    .rejected
+                    .push((key, RecordError::WrongMember(m.node_id))),
+                Err(e) => snap.rejected.push((key, e)),
+            }
+        }
+        for (key, value) in self.requests {
+            if let Err(e) = RequestRecord::decode(&value) {
+                // Still served (and so deleted) by the next rotation.
+                snap.rejected.push((key.clone(), e));
+            }
+            snap.requests.push(key);
+        }
+        for key in self.unknown {
+            snap.rejected.push((key, RecordError::UnknownKey));
+        }
+        let ids: std::collections::BTreeSet<String> =
+            self.alive.iter().chain(by_id.keys()).cloned().collect();
+        for id in ids {
+            let live = self.alive.contains(&id);
+            let record = by_id.remove(&id).unwrap_or_else(|| MemberRecord {
+                node_id: id.clone(),
+                version: String::new(),
+                targets: Vec::new(),
+                applied_generation: 0,
+                last_error: Some("no readable member record".into()),
+                updated_at_ms: 0,
+            });
+            snap.members.push(Member { record, live });
+        }
+        snap
+    }
+}
+
 /// A coordination failure.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CoordError {
@@ -116,6 +194,12 @@ pub enum CoordError {
     /// The watch ended (compaction, server restart): re-read everything.
     #[error("watch interrupted ({0}); re-reading the whole keyspace")]
     WatchBroken(String),
+    /// The ring changed between the decision and the write; decide again on a fresh read.
+    #[error("the ring changed since this decision was made; deciding again")]
+    Conflict,
+    /// The lease is gone (expired or revoked); join again with a new one.
+    #[error("the liveness lease has expired or was revoked")]
+    LeaseExpired,
 }
 
 /// A held liveness lease.

@@ -1,0 +1,297 @@
+//! The embedded coordinator as a [`Coordinator`]: every call goes to the Raft leader (found
+//! through any peer, following redirects), so reads are linearizable and liveness is the
+//! leader's view.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stek_core::{KeyRing, Policy};
+use tokio::sync::Mutex;
+
+use super::net::{call, Reply, Request};
+use super::store::{Applied, Command, Data};
+use crate::records::{self, MemberRecord, RequestRecord};
+use crate::{
+    ChangeStream, CoordError, Coordinator, KeepAlive, Leader, LeaseId, RawSnapshot, Snapshot, Term,
+};
+
+/// How long one call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to keep looking for a leader (an election takes about a second).
+const FIND_LEADER: Duration = Duration::from_secs(4);
+
+/// A client of the embedded coordinator.
+#[derive(Debug, Clone)]
+pub struct RaftClient {
+    peers: Vec<String>,
+    prefix: String,
+    hint: Arc<Mutex<Option<String>>>,
+}
+
+impl RaftClient {
+    /// A client for cluster `cluster` reaching the group through `peers` (addresses); `home`,
+    /// if given, is tried first.
+    pub fn new(cluster: &str, peers: Vec<String>, home: Option<String>) -> Self {
+        Self {
+            peers,
+            prefix: format!("/stek/{cluster}/"),
+            hint: Arc::new(Mutex::new(home)),
+        }
+    }
+
+    fn endpoints(&self) -> String {
+        format!("raft peers [{}]", self.peers.join(", "))
+    }
+
+    async fn request(&self, req: &Request) -> Result<Reply, CoordError> {
+        let deadline = Instant::now() + FIND_LEADER;
+        let mut last = String::from("no peer answered");
+        loop {
+            let hint = self.hint.lock().await.clone();
+            let mut order: Vec<String> = hint.iter().cloned().collect();
+            order.extend(
+                self.peers
+                    .iter()
+                    .filter(|p| hint.as_ref() != Some(p))
+                    .cloned(),
+            );
+            for addr in order {
+                let mut target = addr;
+                for _ in 0..3 {
+                    match call(&target, req, CALL_TIMEOUT).await {
+                        Ok(Reply::NotLeader(Some(leader))) if leader != target => target = leader,
+                        Ok(Reply::NotLeader(_)) => {
+                            last = "the group has no leader (election in progress, or quorum lost)"
+                                .into();
+                            break;
+                        }
+                        Ok(Reply::Error(e)) => {
+                            last = e;
+                            break;
+                        }
+                        Ok(reply) => {
+                            *self.hint.lock().await = Some(target);
+                            return Ok(reply);
+                        }
+                        Err(e) => {
+                            last = format!("{target}: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(CoordError::Unreachable {
+                    endpoints: self.endpoints(),
+                    reason: last,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn write(&self, cmd: Command) -> Result<Applied, CoordError> {
+        match self.request(&Request::Write(cmd)).await? {
+            Reply::Applied(a) => Ok(a),
+            other => Err(self.odd(other)),
+        }
+    }
+
+    fn odd(&self, reply: Reply) -> CoordError {
+        CoordError::Unreachable {
+            endpoints: self.endpoints(),
+            reason: format!("unexpected answer {reply:?}"),
+        }
+    }
+
+    fn snapshot_of(&self, data: Data) -> Snapshot {
+        let p = &self.prefix;
+        RawSnapshot {
+            revision: i64::try_from(data.revision).unwrap_or(i64::MAX),
+            leader: data.leader.map(|s| Leader {
+                node_id: s.node_id,
+                term: Term(i64::try_from(s.term).unwrap_or(i64::MAX)),
+            }),
+            ring: data.ring.map(|v| (format!("{p}ring"), v)),
+            alive: data.alive.into_keys().collect(),
+            members: data
+                .members
+                .into_iter()
+                .map(|(id, v)| (format!("{p}members/{id}"), id, v))
+                .collect(),
+            requests: data.requests.into_iter().collect(),
+            unknown: Vec::new(),
+        }
+        .check()
+    }
+}
+
+/// Waits on the leader's revision.
+#[derive(Debug)]
+pub struct RaftWatch {
+    client: RaftClient,
+    after: u64,
+}
+
+impl ChangeStream for RaftWatch {
+    async fn changed(&mut self) -> Result<i64, CoordError> {
+        loop {
+            let req = Request::Wait {
+                after: self.after,
+                timeout_ms: 5_000,
+            };
+            match self.client.request(&req).await {
+                Ok(Reply::Revision(r)) if r > self.after => {
+                    self.after = r;
+                    return Ok(i64::try_from(r).unwrap_or(i64::MAX));
+                }
+                // A new leader may be behind or ahead; either way re-read everything.
+                Ok(Reply::Revision(r)) if r < self.after => {
+                    return Err(CoordError::WatchBroken("the leader changed".into()))
+                }
+                Ok(Reply::Revision(_)) => {}
+                Ok(other) => return Err(CoordError::WatchBroken(format!("{other:?}"))),
+                Err(e) => return Err(CoordError::WatchBroken(e.to_string())),
+            }
+        }
+    }
+}
+
+impl Coordinator for RaftClient {
+    type Watch = RaftWatch;
+
+    async fn snapshot(&self) -> Result<Snapshot, CoordError> {
+        match self.request(&Request::State).await? {
+            Reply::State(data) => Ok(self.snapshot_of(data)),
+            other => Err(self.odd(other)),
+        }
+    }
+
+    async fn watch(&self, revision: i64) -> Result<RaftWatch, CoordError> {
+        Ok(RaftWatch {
+            client: self.clone(),
+            after: u64::try_from(revision).unwrap_or(0),
+        })
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, CoordError> {
+        let lease = i64::from(rand::random::<u32>()) << 16 | i64::from(rand::random::<u16>());
+        let ttl_ms = u64::try_from(ttl.max(Duration::from_secs(2)).as_millis()).unwrap_or(u64::MAX);
+        self.write(Command::Grant { lease, ttl_ms }).await?;
+        Ok(LeaseId(lease))
+    }
+
+    async fn keep_alive(&self, lease: LeaseId, ttl: Duration) -> Result<KeepAlive, CoordError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let client = self.clone();
+        let task = tokio::spawn(async move {
+            let period = (ttl / 3).max(Duration::from_millis(300));
+            let mut last_ok = Instant::now();
+            let reason = loop {
+                if last_ok.elapsed() >= ttl {
+                    break format!("no renewal for {ttl:?}: the lease has expired");
+                }
+                match client.request(&Request::Heartbeat { lease: lease.0 }).await {
+                    Ok(Reply::Applied(Applied::Ok)) => last_ok = Instant::now(),
+                    Ok(Reply::Applied(Applied::NoLease)) => {
+                        break "the group says the lease has expired".to_owned()
+                    }
+                    _ => {}
+                }
+                tokio::time::sleep(period).await;
+            };
+            let _ = tx.send(reason);
+        });
+        Ok(KeepAlive { lost: rx, task })
+    }
+
+    async fn register(&self, lease: LeaseId, member: &MemberRecord) -> Result<(), CoordError> {
+        match self
+            .write(Command::Register {
+                lease: lease.0,
+                node_id: member.node_id.clone(),
+                value: member.encode(),
+            })
+            .await?
+        {
+            Applied::NoLease => Err(CoordError::LeaseExpired),
+            _ => Ok(()),
+        }
+    }
+
+    async fn ack(&self, member: &MemberRecord) -> Result<(), CoordError> {
+        self.write(Command::PutMember {
+            node_id: member.node_id.clone(),
+            value: member.encode(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn campaign(&self, lease: LeaseId, node_id: &str) -> Result<Option<Term>, CoordError> {
+        match self
+            .write(Command::Campaign {
+                lease: lease.0,
+                node_id: node_id.to_owned(),
+            })
+            .await?
+        {
+            Applied::Elected(t) => Ok(Some(Term(i64::try_from(t).unwrap_or(i64::MAX)))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn write_ring(
+        &self,
+        term: Term,
+        written_by: &str,
+        ring: &KeyRing,
+        policy: &Policy,
+        served_requests: &[String],
+    ) -> Result<(), CoordError> {
+        let value = records::encode_ring(ring, policy, written_by);
+        let cmd = Command::WriteRing {
+            term: u64::try_from(term.0).unwrap_or(0),
+            value: value.to_vec(),
+            served: served_requests.to_vec(),
+        };
+        match self.write(cmd).await? {
+            Applied::Ok => Ok(()),
+            Applied::Stale => Err(CoordError::Conflict),
+            _ => Err(CoordError::Fenced(term)),
+        }
+    }
+
+    async fn resign(&self, term: Term) -> Result<(), CoordError> {
+        self.write(Command::Resign {
+            term: u64::try_from(term.0).unwrap_or(0),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<(), CoordError> {
+        self.write(Command::Revoke { lease: lease.0 })
+            .await
+            .map(|_| ())
+    }
+
+    async fn request_rotation(&self, by: &str) -> Result<String, CoordError> {
+        let now = MemberRecord::now_ms();
+        let key = format!(
+            "{}requests/{now:013}-{:08x}",
+            self.prefix,
+            rand::random::<u32>()
+        );
+        let record = RequestRecord {
+            requested_by: by.to_owned(),
+            requested_at_ms: now,
+        };
+        self.write(Command::PutRequest {
+            key: key.clone(),
+            value: record.encode(),
+        })
+        .await?;
+        Ok(key)
+    }
+}

@@ -1,0 +1,205 @@
+//! Peer traffic: one request per TCP connection, each message a 4-byte big-endian length and a
+//! JSON body. Carries Raft's own RPCs and the coordinator's client calls. (Plain TCP for now:
+//! the ring it carries holds key bytes, so peer listeners must stay on a trusted network until
+//! mutual TLS lands.)
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::store::{Applied, Command, Data};
+use super::TypeConfig;
+
+/// The largest message accepted.
+const MAX_FRAME: u32 = 64 << 20;
+
+/// A request to a peer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Raft: replicate entries.
+    Append(AppendEntriesRequest<TypeConfig>),
+    /// Raft: election.
+    Vote(VoteRequest<u64>),
+    /// Raft: snapshot transfer.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Client: a change (leader only).
+    Write(Command),
+    /// Client: the linearizable state (leader only).
+    State,
+    /// Client: wait until the state's revision passes `after` (leader only).
+    Wait {
+        /// The revision already seen.
+        after: u64,
+        /// How long to wait at most.
+        timeout_ms: u64,
+    },
+    /// Client: renew a lease (leader only).
+    Heartbeat {
+        /// The lease.
+        lease: i64,
+    },
+}
+
+/// A peer's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// Raft: replicate entries.
+    Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    /// Raft: election.
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    /// Raft: snapshot transfer.
+    InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    /// Client: what a write or heartbeat did.
+    Applied(Applied),
+    /// Client: the state.
+    State(Data),
+    /// Client: the current revision.
+    Revision(u64),
+    /// Client: ask the leader instead (its peer address, if known).
+    NotLeader(Option<String>),
+    /// Client: something failed on the peer.
+    Error(String),
+}
+
+/// Sends one request and reads the reply.
+pub async fn call(addr: &str, req: &Request, timeout: Duration) -> std::io::Result<Reply> {
+    let work = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        write_frame(&mut stream, &serde_json::to_vec(req)?).await?;
+        let body = read_frame(&mut stream).await?;
+        Ok::<_, std::io::Error>(serde_json::from_slice(&body)?)
+    };
+    tokio::time::timeout(timeout, work).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{addr} did not answer within {timeout:?}"),
+        )
+    })?
+}
+
+/// Writes one frame.
+pub async fn write_frame(stream: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("message too large"))?;
+    stream.write_all(&len.to_be_bytes()).await?;
+    stream.write_all(body).await?;
+    stream.flush().await
+}
+
+/// Reads one frame.
+pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len);
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a peer sent a {len}-byte message; the limit is {MAX_FRAME}"),
+        ));
+    }
+    let mut body = vec![0u8; len as usize];
+    stream.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// Raft's view of the network: a connection to one peer per RPC.
+#[derive(Debug, Clone, Default)]
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerLink;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerLink {
+        PeerLink {
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+/// Raft RPCs to one peer.
+#[derive(Debug)]
+pub struct PeerLink {
+    target: u64,
+    addr: String,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<u64, BasicNode, RaftError<u64, E>>;
+
+impl PeerLink {
+    async fn send<E: std::error::Error>(
+        &self,
+        req: Request,
+        option: &RPCOption,
+    ) -> Result<Reply, RpcErr<E>> {
+        call(&self.addr, &req, option.hard_ttl())
+            .await
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                } else {
+                    RPCError::Network(NetworkError::new(&e))
+                }
+            })
+    }
+
+    fn unexpected<E: std::error::Error>(&self, reply: Reply) -> RpcErr<E> {
+        let e = std::io::Error::other(format!(
+            "unexpected reply from peer {}: {reply:?}",
+            self.target
+        ));
+        RPCError::Network(NetworkError::new(&e))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerLink {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
+        match self.send(Request::Append(rpc), &option).await? {
+            Reply::Append(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
+        match self.send(Request::InstallSnapshot(rpc), &option).await? {
+            Reply::InstallSnapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RpcErr> {
+        match self.send(Request::Vote(rpc), &option).await? {
+            Reply::Vote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(other)),
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! One peer of the embedded coordinator: the Raft instance, its listener (Raft RPCs and client
+//! calls), and, while it is the Raft leader, the lease clock.
+//!
+//! Leases are replicated (granted, revoked, and which keys they hold); their deadlines are not:
+//! the Raft leader keeps them in memory from heartbeats and revokes a lease, through the log,
+//! once it expires. A new Raft leader starts every lease's clock afresh, as etcd does on a
+//! leader change, so a live member is never taken for dead because the leader changed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, Raft, ServerState};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use super::net::{read_frame, write_frame, Network, Reply, Request};
+use super::store::{Applied, Command, MemStore};
+use super::TypeConfig;
+use crate::CoordError;
+
+/// How often the lease clock runs on the leader.
+const LEASE_TICK: Duration = Duration::from_millis(200);
+
+/// A running peer. Dropping it does not stop it: call [`Peer::shutdown`].
+#[derive(Clone)]
+pub struct Peer {
+    raft: Raft<TypeConfig>,
+    store: MemStore,
+    id: u64,
+    addrs: Arc<BTreeMap<u64, String>>,
+    deadlines: Arc<Mutex<HashMap<i64, Instant>>>,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Raft ids for peer names: their position in name order, from 1. Every peer computes the same
+/// mapping from the same `peers` table.
+pub fn raft_ids(peers: &BTreeMap<String, String>) -> BTreeMap<String, u64> {
+    peers.keys().cloned().zip(1u64..).collect()
+}
+
+impl Peer {
+    /// Starts the peer `name` listening on `listen`, in the group `peers` (name to address).
+    pub async fn start(
+        cluster: &str,
+        name: &str,
+        listen: &str,
+        peers: &BTreeMap<String, String>,
+    ) -> Result<Self, CoordError> {
+        let ids = raft_ids(peers);
+        let id = *ids.get(name).ok_or_else(|| CoordError::Unreachable {
+            endpoints: listen.to_owned(),
+            reason: format!("node {name} is not in the raft peers table"),
+        })?;
+        let addrs: BTreeMap<u64, String> = peers.iter().map(|(n, a)| (ids[n], a.clone())).collect();
+        let config = Config {
+            cluster_name: format!("stek-{cluster}"),
+            heartbeat_interval: 150,
+            election_timeout_min: 600,
+            election_timeout_max: 1200,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().map_err(|e| CoordError::Unreachable {
+            endpoints: listen.to_owned(),
+            reason: e.to_string(),
+        })?);
+        let store = MemStore::default();
+        let (log, sm) = openraft::storage::Adaptor::new(store.clone());
+        let raft =
+            Raft::new(id, config, Network, log, sm)
+                .await
+                .map_err(|e| CoordError::Unreachable {
+                    endpoints: listen.to_owned(),
+                    reason: e.to_string(),
+                })?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| CoordError::Unreachable {
+                endpoints: listen.to_owned(),
+                reason: format!("cannot listen: {e}"),
+            })?;
+        let peer = Self {
+            raft,
+            store,
+            id,
+            addrs: Arc::new(addrs),
+            deadlines: Arc::default(),
+            tasks: Arc::default(),
+        };
+        let serve = tokio::spawn(peer.clone().serve(listener));
+        let clock = tokio::spawn(peer.clone().lease_clock());
+        peer.tasks.lock().await.extend([serve, clock]);
+        // Every peer proposes the same initial membership; only an empty group accepts it, so a
+        // peer that restarts into a running group simply catches up from the leader.
+        let members: BTreeMap<u64, BasicNode> = peer
+            .addrs
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .collect();
+        match peer.raft.initialize(members).await {
+            Ok(()) => info!(peer = name, "raft group initialised"),
+            Err(e) => debug!(peer = name, "raft group already initialised: {e}"),
+        }
+        Ok(peer)
+    }
+
+    /// Stops the Raft instance and the listener.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+        for t in self.tasks.lock().await.drain(..) {
+            t.abort();
+        }
+    }
+
+    fn leader_addr(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader.and_then(|l| self.addrs.get(&l).cloned())
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    async fn serve(self, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = me.handle(stream).await {
+                            debug!("peer connection: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!("raft listener: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, mut stream: TcpStream) -> std::io::Result<()> {
+        let body = read_frame(&mut stream).await?;
+        let req: Request = serde_json::from_slice(&body)?;
+        let reply = self.answer(req).await;
+        write_frame(&mut stream, &serde_json::to_vec(&reply)?).await
+    }
+
+    async fn answer(&self, req: Request) -> Reply {
+        match req {
+            Request::Append(r) => Reply::Append(self.raft.append_entries(r).await),
+            Request::Vote(r) => Reply::Vote(self.raft.vote(r).await),
+            Request::InstallSnapshot(r) => {
+                Reply::InstallSnapshot(self.raft.install_snapshot(r).await)
+            }
+            Request::Write(cmd) => match self.raft.client_write(cmd).await {
+                Ok(resp) => Reply::Applied(resp.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    Reply::NotLeader(f.leader_node.map(|n| n.addr))
+                }
+                Err(e) => Reply::Error(e.to_string()),
+            },
+            Request::State => match self.raft.ensure_linearizable().await {
+                Ok(_) => Reply::State(self.store.data().await),
+                Err(_) => Reply::NotLeader(self.leader_addr()),
+            },
+            Request::Wait { after, timeout_ms } => {
+                if !self.is_leader() {
+                    return Reply::NotLeader(self.leader_addr());
+                }
+                let mut rx = self.store.revisions();
+                let limit = Duration::from_millis(timeout_ms.min(30_000));
+                let reached = tokio::time::timeout(limit, async {
+                    let r = rx.wait_for(|r| *r > after).await.map(|r| *r);
+                    r.ok()
+                })
+                .await
+                .ok()
+                .flatten();
+                Reply::Revision(reached.unwrap_or(after))
+            }
+            Request::Heartbeat { lease } => {
+                if !self.is_leader() {
+                    return Reply::NotLeader(self.leader_addr());
+                }
+                let ttl = self.store.data().await.leases.get(&lease).copied();
+                match ttl {
+                    Some(ttl) => {
+                        let deadline = Instant::now() + Duration::from_millis(ttl);
+                        self.deadlines.lock().await.insert(lease, deadline);
+                        Reply::Applied(Applied::Ok)
+                    }
+                    None => Reply::Applied(Applied::NoLease),
+                }
+            }
+        }
+    }
+
+    /// On the leader: starts clocks for leases it has not heard of (fresh for all after a
+    /// leader change) and revokes those that ran out.
+    async fn lease_clock(self) {
+        let mut led_term: Option<u64> = None;
+        loop {
+            tokio::time::sleep(LEASE_TICK).await;
+            let m = self.raft.metrics().borrow().clone();
+            if m.state != ServerState::Leader {
+                led_term = None;
+                self.deadlines.lock().await.clear();
+                continue;
+            }
+            if led_term != Some(m.current_term) {
+                led_term = Some(m.current_term);
+                self.deadlines.lock().await.clear();
+            }
+            let leases = self.store.data().await.leases;
+            let now = Instant::now();
+            let expired: Vec<i64> = {
+                let mut d = self.deadlines.lock().await;
+                d.retain(|l, _| leases.contains_key(l));
+                for (lease, ttl) in &leases {
+                    d.entry(*lease)
+                        .or_insert_with(|| now + Duration::from_millis(*ttl));
+                }
+                d.iter()
+                    .filter(|(_, t)| **t <= now)
+                    .map(|(l, _)| *l)
+                    .collect()
+            };
+            for lease in expired {
+                self.deadlines.lock().await.remove(&lease);
+                match self.raft.client_write(Command::Revoke { lease }).await {
+                    Ok(_) => info!(lease, "lease expired"),
+                    Err(e) => debug!(lease, "could not expire lease: {e}"),
+                }
+            }
+        }
+    }
+}
