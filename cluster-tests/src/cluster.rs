@@ -81,11 +81,23 @@ pub fn etcdctl(endpoint: &str, args: &[&str]) -> Output {
         .expect("etcdctl runs (apt-get install etcd-client)")
 }
 
+/// Which coordinator the nodes use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A private etcd.
+    Etcd,
+    /// The embedded Raft group (no external service).
+    Raft,
+}
+
 /// One `stek node` process and its files.
 #[derive(Debug)]
 pub struct Node {
     /// Its node id.
     pub id: String,
+    /// Its Raft peer address (embedded backend).
+    pub raft_addr: String,
+    reload: Vec<String>,
     /// Its config file.
     pub config: PathBuf,
     /// Its nginx slot directory (the target the checker reads).
@@ -157,8 +169,10 @@ impl Node {
 pub struct Cluster {
     /// The test's directory.
     pub root: TestDir,
-    /// The etcd.
-    pub etcd: EtcdServer,
+    /// The coordinator in use.
+    pub backend: Backend,
+    /// The etcd (etcd backend only).
+    pub etcd: Option<EtcdServer>,
     /// The nodes.
     pub nodes: Vec<Node>,
     /// The stek CLI binary under test.
@@ -173,13 +187,21 @@ pub struct Cluster {
 pub const LEASE_TTL: Duration = Duration::from_secs(3);
 
 impl Cluster {
-    /// etcd plus `n` configured (not yet started) nodes `n1..`.
+    /// An etcd-backed cluster with `n` configured (not yet started) nodes `n1..`.
     pub fn new(bin: &str, tag: &str, n: usize) -> Self {
+        Self::with_backend(bin, tag, n, Backend::Etcd)
+    }
+
+    /// A cluster on `backend` with `n` configured (not yet started) nodes `n1..`. With the
+    /// embedded backend every node must be added before the first one starts (the peers
+    /// table lists them all).
+    pub fn with_backend(bin: &str, tag: &str, n: usize, backend: Backend) -> Self {
         crate::init_logging();
         let root = TestDir::new(tag);
-        let etcd = EtcdServer::start(&root);
+        let etcd = (backend == Backend::Etcd).then(|| EtcdServer::start(&root));
         let mut c = Self {
             root,
+            backend,
             etcd,
             nodes: Vec::new(),
             bin: PathBuf::from(bin),
@@ -192,6 +214,11 @@ impl Cluster {
         c
     }
 
+    /// The etcd (etcd backend only).
+    pub fn etcd(&mut self) -> &mut EtcdServer {
+        self.etcd.as_mut().expect("this cluster runs on etcd")
+    }
+
     /// Adds a node; `reload` overrides its reload argv (default: `true`).
     pub fn add_node(&mut self, reload: Option<&[&str]>) -> usize {
         let i = self.nodes.len() + 1;
@@ -200,25 +227,16 @@ impl Cluster {
         let keys = dir.join("nginx");
         fs::create_dir_all(&keys).unwrap();
         fs::set_permissions(&keys, fs::Permissions::from_mode(0o700)).unwrap();
-        let reload = crate::argv_toml(reload.unwrap_or(&["true"]));
-        let config = dir.join("stek.toml");
-        fs::write(
-            &config,
-            format!(
-                "cluster = \"{cluster}\"\nnode_id = \"{id}\"\n[etcd]\nendpoints = [\"{ep}\"]\n\
-                 [rotation]\ninterval = \"1h\"\nretain = 1\nlease_ttl = \"{ttl}s\"\n\
-                 [[target]]\nformat = \"nginx\"\npath = \"{keys}\"\nreload = {reload}\n\
-                 reload_timeout = \"5s\"\nreload_attempts = 1\n",
-                cluster = self.name,
-                ep = self.etcd.endpoint(),
-                ttl = self.lease_ttl.as_secs(),
-                keys = keys.display(),
-            ),
-        )
-        .unwrap();
+        let reload = reload
+            .unwrap_or(&["true"])
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         self.nodes.push(Node {
             id,
-            config,
+            raft_addr: format!("127.0.0.1:{}", free_port()),
+            reload,
+            config: dir.join("stek.toml"),
             keys,
             dir,
             server: None,
@@ -227,8 +245,45 @@ impl Cluster {
         i - 1
     }
 
+    /// Writes node `i`'s config (the peers table lists every node added so far).
+    fn write_config(&self, i: usize) {
+        let node = &self.nodes[i];
+        let coordination = match &self.etcd {
+            Some(etcd) => format!("[etcd]\nendpoints = [\"{}\"]\n", etcd.endpoint()),
+            None => {
+                let peers: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| format!("{} = \"{}\"", n.id, n.raft_addr))
+                    .collect();
+                format!(
+                    "[raft]\nlisten = \"{}\"\npeers = {{ {} }}\n",
+                    node.raft_addr,
+                    peers.join(", ")
+                )
+            }
+        };
+        let reload: Vec<&str> = node.reload.iter().map(String::as_str).collect();
+        fs::write(
+            &node.config,
+            format!(
+                "cluster = \"{cluster}\"\nnode_id = \"{id}\"\n{coordination}\
+                 [rotation]\ninterval = \"1h\"\nretain = 1\nlease_ttl = \"{ttl}s\"\n\
+                 [[target]]\nformat = \"nginx\"\npath = \"{keys}\"\nreload = {reload}\n\
+                 reload_timeout = \"5s\"\nreload_attempts = 1\n",
+                cluster = self.name,
+                id = node.id,
+                ttl = self.lease_ttl.as_secs(),
+                keys = node.keys.display(),
+                reload = crate::argv_toml(&reload),
+            ),
+        )
+        .unwrap();
+    }
+
     /// Starts node `i` (0-based).
     pub fn start(&mut self, i: usize) {
+        self.write_config(i);
         let bin = self.bin.clone();
         let node = &mut self.nodes[i];
         node.starts += 1;
@@ -264,6 +319,7 @@ impl Cluster {
 
     /// Runs the CLI with `args` against node `i`'s config.
     pub fn cli(&self, i: usize, args: &[&str]) -> Output {
+        self.write_config(i);
         let mut cmd = Command::new(&self.bin);
         cmd.arg(args[0])
             .arg("--config")
@@ -283,6 +339,16 @@ impl Cluster {
         serde_json::from_slice(&out.stdout).expect("status --json is JSON")
     }
 
+    /// Like [`Cluster::status`], but `None` while the store does not answer (an election).
+    pub fn try_status(&self, i: usize) -> Option<Value> {
+        let out = self.cli(i, &["status", "--json"]);
+        if out.status.success() {
+            serde_json::from_slice(&out.stdout).ok()
+        } else {
+            None
+        }
+    }
+
     /// The first running node's index.
     pub fn any_running(&self) -> usize {
         self.nodes
@@ -296,7 +362,10 @@ impl Cluster {
         let i = self.any_running();
         let mut last = Value::Null;
         wait_until(within, "the cluster to converge", || {
-            last = self.status(i);
+            let Some(s) = self.try_status(i) else {
+                return false;
+            };
+            last = s;
             let g = last["generation"].as_u64();
             let ok = !last["leader"].is_null()
                 && g.is_some()

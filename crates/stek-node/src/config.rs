@@ -65,6 +65,7 @@ struct RawConfig {
     cluster: Option<String>,
     node_id: Option<String>,
     etcd: Option<RawEtcd>,
+    raft: Option<RawRaft>,
     #[serde(default)]
     rotation: RawRotation,
     #[serde(default)]
@@ -77,6 +78,17 @@ struct RawEtcd {
     endpoints: Vec<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRaft {
+    listen: Option<String>,
+    #[serde(default)]
+    peers: std::collections::BTreeMap<String, String>,
+}
+
+/// The embedded coordinator's default peer address (single-box mode).
+pub const DEFAULT_RAFT_LISTEN: &str = "127.0.0.1:7701";
+
 /// Where the cluster coordinates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Coordination {
@@ -85,8 +97,13 @@ pub enum Coordination {
         /// Client URLs, e.g. `http://127.0.0.1:2379`.
         endpoints: Vec<String>,
     },
-    /// No `[etcd]` section: the embedded coordinator (not available yet).
-    Embedded,
+    /// The embedded coordinator: the peers' own Raft group (the default without `[etcd]`).
+    Raft {
+        /// This peer's listener for Raft and client traffic.
+        listen: String,
+        /// Every peer of the group by node id, this one included.
+        peers: std::collections::BTreeMap<String, String>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,14 +237,18 @@ impl Config {
                 ),
             ));
         }
-        let coordination = match raw.etcd {
-            None => Coordination::Embedded,
-            Some(e) => {
+        let coordination = match (raw.etcd, raw.raft) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "raft".into(),
+                    "both [etcd] and [raft] are set; keep one: [etcd] to coordinate through etcd, [raft] (or neither) for the embedded coordinator".into(),
+                ))
+            }
+            (Some(e), None) => {
                 if e.endpoints.is_empty() {
                     return Err(invalid(
                         "etcd.endpoints".into(),
-                        "is empty; list at least one client URL, e.g. [\"http://127.0.0.1:2379\"]"
-                            .into(),
+                        "is empty; list at least one client URL, e.g. [\"http://127.0.0.1:2379\"]".into(),
                     ));
                 }
                 for ep in &e.endpoints {
@@ -237,21 +258,53 @@ impl Config {
                             format!("\"{ep}\" is not an http:// URL such as \"http://127.0.0.1:2379\" (TLS to etcd is not supported yet)"),
                         )
                     })?;
-                    let port_ok = rest.rsplit_once(':').is_some_and(|(host, port)| {
-                        !host.is_empty() && port.parse::<u16>().is_ok()
-                    });
-                    if !port_ok {
+                    if !is_host_port(rest) {
                         return Err(invalid(
                             "etcd.endpoints".into(),
-                            format!(
-                                "\"{ep}\" needs a host and a port, e.g. \"http://127.0.0.1:2379\""
-                            ),
+                            format!("\"{ep}\" needs a host and a port, e.g. \"http://127.0.0.1:2379\""),
                         ));
                     }
                 }
                 Coordination::Etcd {
                     endpoints: e.endpoints,
                 }
+            }
+            (None, raft) => {
+                let raft = raft.unwrap_or(RawRaft {
+                    listen: None,
+                    peers: Default::default(),
+                });
+                let listen = raft
+                    .listen
+                    .or_else(|| raft.peers.get(&node_id).cloned())
+                    .unwrap_or_else(|| DEFAULT_RAFT_LISTEN.to_owned());
+                if !is_host_port(&listen) {
+                    return Err(invalid(
+                        "raft.listen".into(),
+                        format!("\"{listen}\" is not host:port, e.g. \"127.0.0.1:7701\""),
+                    ));
+                }
+                let mut peers = raft.peers;
+                if peers.is_empty() {
+                    // Single-box mode: a one-node group.
+                    peers.insert(node_id.clone(), listen.clone());
+                }
+                if !peers.contains_key(&node_id) {
+                    return Err(invalid(
+                        "raft.peers".into(),
+                        format!("does not list this node (node_id = \"{node_id}\"); every peer, this one included, must be in the table with the address the others reach it at"),
+                    ));
+                }
+                for (name, addr) in &peers {
+                    check_name(name).map_err(|m| invalid("raft.peers".into(), m))?;
+                    if !is_host_port(addr) {
+                        return Err(invalid(
+                            "raft.peers".into(),
+                            format!("{name} = \"{addr}\" is not host:port, e.g. \"127.0.0.1:7702\""),
+                        ));
+                    }
+                }
+                Coordination::Raft { listen, peers }
             }
         };
         let mut targets = Vec::with_capacity(raw.target.len());
@@ -282,6 +335,11 @@ impl Config {
             targets,
         })
     }
+}
+
+fn is_host_port(s: &str) -> bool {
+    s.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 fn check_name(s: &str) -> Result<(), String> {
@@ -576,13 +634,39 @@ group = "0"
                 endpoints: vec!["http://127.0.0.1:2379".into()]
             }
         );
-        assert_eq!(parse("").unwrap().coordination, Coordination::Embedded);
+        let Coordination::Raft { listen, peers } = parse("node_id = \"a\"\n").unwrap().coordination
+        else {
+            panic!("no [etcd]: the embedded coordinator")
+        };
+        assert_eq!(listen, DEFAULT_RAFT_LISTEN);
+        assert_eq!(
+            peers.get("a").map(String::as_str),
+            Some(DEFAULT_RAFT_LISTEN)
+        );
         let m = err("[etcd]\nendpoints = []\n");
         assert!(m.contains("etcd.endpoints: is empty"), "{m}");
         let m = err("[etcd]\nendpoints = [\"127.0.0.1:2379\"]\n");
         assert!(m.contains("is not an http:// URL"), "{m}");
         let m = err("[etcd]\nendpoints = [\"http://etcd\"]\n");
         assert!(m.contains("needs a host and a port"), "{m}");
+    }
+
+    #[test]
+    fn raft_section_is_checked() {
+        let c = parse("node_id = \"n2\"\n[raft]\nlisten = \"127.0.0.1:7702\"\npeers = { n1 = \"127.0.0.1:7701\", n2 = \"127.0.0.1:7702\", n3 = \"127.0.0.1:7703\" }\n").unwrap();
+        let Coordination::Raft { listen, peers } = c.coordination else {
+            panic!("raft")
+        };
+        assert_eq!(listen, "127.0.0.1:7702");
+        assert_eq!(peers.len(), 3);
+        let m = err("node_id = \"n9\"\n[raft]\npeers = { n1 = \"127.0.0.1:7701\" }\n");
+        assert!(m.contains("raft.peers: does not list this node"), "{m}");
+        let m = err("node_id = \"n1\"\n[raft]\npeers = { n1 = \"localhost\" }\n");
+        assert!(m.contains("is not host:port"), "{m}");
+        let m = err(
+            "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n[raft]\nlisten = \"127.0.0.1:1\"\n",
+        );
+        assert!(m.contains("keep one"), "{m}");
     }
 
     #[test]

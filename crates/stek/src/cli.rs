@@ -15,7 +15,7 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
-    /// More detail in logs (-v debug, -vv trace). RUST_LOG overrides.
+    /// More detail in logs (-v debug and Raft warnings, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
@@ -131,9 +131,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Sets up tracing on stderr.
 pub fn init_logging(cli: &Cli) {
+    // openraft reports every unreachable peer as an error many times a second; stek reports
+    // what matters (quorum lost, store unreachable) itself. -v brings Raft's own logs back.
     let default = match cli.verbose {
-        0 => "info",
-        1 => "debug",
+        0 => "info,openraft=off",
+        1 => "debug,openraft=warn",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

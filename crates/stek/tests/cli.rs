@@ -284,13 +284,19 @@ fn node_with_unreachable_etcd_names_the_endpoints_and_writes_nothing() {
 }
 
 #[test]
-fn cluster_commands_without_etcd_section_say_what_to_add() {
+fn without_etcd_the_cli_uses_the_embedded_group_and_names_the_peers_it_tried() {
     let d = shm_dir();
-    let cfg = write_config(d.path(), "node_id = \"a\"\n");
-    for cmd in ["node", "status", "rotate"] {
-        let out = stek(&[cmd, "--config", &cfg]);
-        let t = text(&out);
-        assert_eq!(out.status.code(), Some(2), "{cmd}: {t}");
-        assert!(t.contains("add [etcd]"), "{cmd}: {t}");
-    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = write_config(
+        d.path(),
+        &format!("node_id = \"a\"\n[raft]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let out = stek(&["status", "--config", &cfg]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains(&format!("raft peers [127.0.0.1:{port}]")), "{t}");
 }

@@ -15,10 +15,10 @@ use crate::{
     ChangeStream, CoordError, Coordinator, KeepAlive, Leader, LeaseId, RawSnapshot, Snapshot, Term,
 };
 
-/// How long one call may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one call may take (a wait may take its own timeout on top).
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to keep looking for a leader (an election takes about a second).
-const FIND_LEADER: Duration = Duration::from_secs(4);
+const FIND_LEADER: Duration = Duration::from_secs(8);
 
 /// A client of the embedded coordinator.
 #[derive(Debug, Clone)]
@@ -57,8 +57,14 @@ impl RaftClient {
             );
             for addr in order {
                 let mut target = addr;
+                let limit = match req {
+                    Request::Wait { timeout_ms, .. } => {
+                        CALL_TIMEOUT + Duration::from_millis(*timeout_ms)
+                    }
+                    _ => CALL_TIMEOUT,
+                };
                 for _ in 0..3 {
-                    match call(&target, req, CALL_TIMEOUT).await {
+                    match call(&target, req, limit).await {
                         Ok(Reply::NotLeader(Some(leader))) if leader != target => target = leader,
                         Ok(Reply::NotLeader(_)) => {
                             last = "the group has no leader (election in progress, or quorum lost)"

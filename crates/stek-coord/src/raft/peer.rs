@@ -131,6 +131,24 @@ impl Peer {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
+    /// Whether this peer may serve reads: it leads, and it has applied an entry of its own term,
+    /// which implies it applied everything committed before it. (openraft's
+    /// `ensure_linearizable` stalls for a long time when a voter is down, starving clients.)
+    /// Reads are never what keeps the ring safe: writes are fenced on the leader's term and must
+    /// carry a newer ring.
+    /// On refusal, the address of the peer to ask instead, if known.
+    fn can_read(&self) -> Result<(), Option<String>> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            return Err(m.current_leader.and_then(|l| self.addrs.get(&l).cloned()));
+        }
+        if m.last_applied.map(|l| l.leader_id.term) != Some(m.current_term) {
+            // Leading, but not caught up yet: ask again in a moment.
+            return Err(None);
+        }
+        Ok(())
+    }
+
     async fn serve(self, listener: TcpListener) {
         loop {
             match listener.accept().await {
@@ -171,13 +189,13 @@ impl Peer {
                 }
                 Err(e) => Reply::Error(e.to_string()),
             },
-            Request::State => match self.raft.ensure_linearizable().await {
-                Ok(_) => Reply::State(self.store.data().await),
-                Err(_) => Reply::NotLeader(self.leader_addr()),
+            Request::State => match self.can_read() {
+                Ok(()) => Reply::State(self.store.data().await),
+                Err(leader) => Reply::NotLeader(leader),
             },
             Request::Wait { after, timeout_ms } => {
-                if !self.is_leader() {
-                    return Reply::NotLeader(self.leader_addr());
+                if let Err(leader) = self.can_read() {
+                    return Reply::NotLeader(leader);
                 }
                 let mut rx = self.store.revisions();
                 let limit = Duration::from_millis(timeout_ms.min(30_000));

@@ -7,21 +7,32 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::bail;
 use serde::Serialize;
 use stek_coord::etcd::Etcd;
+use stek_coord::raft::client::RaftClient;
 use stek_coord::{Coordinator, RingSlot, Snapshot};
 use stek_core::{decide_at, Decision, Policy};
 use stek_node::config::Coordination;
-use stek_node::{Config, ConfigError};
+use stek_node::Config;
 
-/// The etcd endpoints of a config, or a config error that says what to add.
-pub fn etcd_endpoints(config: &Config) -> Result<Vec<String>, ConfigError> {
+/// Runs `f` with a client of the config's coordinator (etcd, or the embedded group's peers).
+async fn with_store<T, F>(config: &Config, f: F) -> anyhow::Result<T>
+where
+    F: AsyncStoreFn<T>,
+{
     match &config.coordination {
-        Coordination::Etcd { endpoints } => Ok(endpoints.clone()),
-        Coordination::Embedded => Err(ConfigError::Invalid {
-            path: config.path.clone(),
-            key: "etcd".into(),
-            message: "there is no [etcd] section, and this version has no embedded coordinator yet; add [etcd] with endpoints = [\"http://HOST:2379\"]".into(),
-        }),
+        Coordination::Etcd { endpoints } => {
+            let etcd = Etcd::connect(endpoints, &config.cluster).await?;
+            f.call(&etcd).await
+        }
+        Coordination::Raft { peers, .. } => {
+            let client = RaftClient::new(&config.cluster, peers.values().cloned().collect(), None);
+            f.call(&client).await
+        }
     }
+}
+
+/// A job that can run against any coordinator (a generic async closure).
+trait AsyncStoreFn<T> {
+    async fn call<C: Coordinator>(self, store: &C) -> anyhow::Result<T>;
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -215,13 +226,17 @@ fn print_text(s: &Status) {
     }
 }
 
+struct ReadSnapshot;
+
+impl AsyncStoreFn<Snapshot> for ReadSnapshot {
+    async fn call<C: Coordinator>(self, store: &C) -> anyhow::Result<Snapshot> {
+        Ok(store.snapshot().await?)
+    }
+}
+
 pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    let endpoints = etcd_endpoints(&config)?;
-    let snap = runtime()?.block_on(async {
-        let etcd = Etcd::connect(&endpoints, &config.cluster).await?;
-        etcd.snapshot().await
-    })?;
+    let snap = runtime()?.block_on(with_store(&config, ReadSnapshot))?;
     let s = status_of(&config.cluster, &snap, &config.policy);
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -231,21 +246,24 @@ pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn rotate(path: &Path, wait: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
-    let config = Config::load(path)?;
-    let endpoints = etcd_endpoints(&config)?;
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| config.node_id.clone());
-    runtime()?.block_on(async {
-        let etcd = Etcd::connect(&endpoints, &config.cluster).await?;
-        let key = etcd.request_rotation(&format!("cli@{host}")).await?;
+struct Rotate<'a> {
+    config: &'a Config,
+    wait: bool,
+    timeout: Duration,
+}
+
+impl AsyncStoreFn<ExitCode> for Rotate<'_> {
+    async fn call<C: Coordinator>(self, store: &C) -> anyhow::Result<ExitCode> {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| self.config.node_id.clone());
+        let key = store.request_rotation(&format!("cli@{host}")).await?;
         println!("rotation requested ({key})");
-        if !wait {
-            return anyhow::Ok(ExitCode::SUCCESS);
+        if !self.wait {
+            return Ok(ExitCode::SUCCESS);
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + self.timeout;
         let mut served_at: Option<u64> = None;
         loop {
-            let snap = etcd.snapshot().await?;
+            let snap = store.snapshot().await?;
             if served_at.is_none() && !snap.requests.contains(&key) {
                 // The rotation that served the request is this ring or an earlier one.
                 served_at = snap.valid_ring().map(|r| r.ring.generation());
@@ -254,12 +272,11 @@ pub fn rotate(path: &Path, wait: bool, timeout: Duration) -> anyhow::Result<Exit
                 }
             }
             if let Some(g) = served_at {
-                let lagging: Vec<_> = snap
+                let lagging = snap
                     .members
                     .iter()
-                    .filter(|m| m.live && m.record.applied_generation < g)
-                    .collect();
-                if lagging.is_empty() {
+                    .any(|m| m.live && m.record.applied_generation < g);
+                if !lagging {
                     let active = snap
                         .valid_ring()
                         .map(|r| {
@@ -275,15 +292,27 @@ pub fn rotate(path: &Path, wait: bool, timeout: Duration) -> anyhow::Result<Exit
                 }
             }
             if Instant::now() >= deadline {
-                let why = reason(&snap, served_at, &config.policy);
+                let why = reason(&snap, served_at, &self.config.policy);
                 bail!(
                     "rotation not complete after {}: {why}",
-                    humantime::format_duration(timeout)
+                    humantime::format_duration(self.timeout)
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    })
+    }
+}
+
+pub fn rotate(path: &Path, wait: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    runtime()?.block_on(with_store(
+        &config,
+        Rotate {
+            config: &config,
+            wait,
+            timeout,
+        },
+    ))
 }
 
 fn reason(snap: &Snapshot, served_at: Option<u64>, policy: &Policy) -> String {

@@ -4,6 +4,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use stek_coord::etcd::Etcd;
+use stek_coord::raft::client::RaftClient;
+use stek_coord::raft::peer::Peer;
+use stek_node::config::Coordination;
 use stek_node::Config;
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
@@ -15,14 +18,30 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             tracing::warn!(target = t.index, format = t.format.info().name, "{w}");
         }
     }
-    let endpoints = super::cluster::etcd_endpoints(&config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let etcd = Etcd::connect(&endpoints, &config.cluster).await?;
-        stek_node::node::run(&config, etcd, shutdown_signal()).await;
+        match &config.coordination {
+            Coordination::Etcd { endpoints } => {
+                let etcd = Etcd::connect(endpoints, &config.cluster).await?;
+                stek_node::node::run(&config, etcd, shutdown_signal()).await;
+            }
+            Coordination::Raft { listen, peers } => {
+                if peers.len() == 1 {
+                    tracing::info!(
+                        "embedded coordinator, single box: a one-node group on {listen}"
+                    );
+                }
+                let peer = Peer::start(&config.cluster, &config.node_id, listen, peers).await?;
+                let home = peers.get(&config.node_id).cloned();
+                let client =
+                    RaftClient::new(&config.cluster, peers.values().cloned().collect(), home);
+                stek_node::node::run(&config, client, shutdown_signal()).await;
+                peer.shutdown().await;
+            }
+        }
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

@@ -1,12 +1,15 @@
-//! The cluster over a real etcd: several real `stek node` processes on loopback, checked
-//! against rotation.md's invariants after every step.
+//! The cluster: several real `stek node` processes on loopback, on a real etcd and on the
+//! embedded Raft group, checked against rotation.md's invariants after every step. Each
+//! scenario runs on both coordinators; the etcd outage, etcdctl garbage and store-level fencing
+//! tests are etcd's own.
 
 #![allow(clippy::unwrap_used)] // test harness code: a panic is the failure report
 
 use std::time::{Duration, Instant};
 
 use cluster_tests::cluster::{
-    assert_no_key_bytes_in_logs, check_invariants, etcdctl, hold, Cluster, History, LEASE_TTL,
+    assert_no_key_bytes_in_logs, check_invariants, etcdctl, hold, Backend, Cluster, History,
+    LEASE_TTL,
 };
 use tracing::info;
 
@@ -29,9 +32,28 @@ fn rotate_ok(c: &Cluster, via: usize) {
     );
 }
 
-#[test]
-fn three_nodes_bootstrap_then_20_rotations_keep_every_invariant() {
-    let mut c = Cluster::new(BIN, "etcd-20", 3);
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod etcd {
+            $(#[test] fn $scenario() { super::$scenario(super::Backend::Etcd) })*
+        }
+        mod raft {
+            $(#[test] fn $scenario() { super::$scenario(super::Backend::Raft) })*
+        }
+    };
+}
+
+on_both_backends!(
+    three_nodes_bootstrap_then_20_rotations_keep_every_invariant,
+    leader_sigkill_new_leader_within_lease_ttl_and_no_epoch_repeats,
+    failing_reload_blocks_rotation_and_status_names_the_member_until_it_is_stopped,
+    a_late_node_catches_up_to_the_current_ring_before_it_acknowledges,
+    three_concurrent_rotate_calls_advance_epochs_by_one_per_rotation,
+    graceful_stop_hands_over_leadership_at_once,
+);
+
+fn three_nodes_bootstrap_then_20_rotations_keep_every_invariant(backend: Backend) {
+    let mut c = Cluster::with_backend(BIN, &format!("20-{backend:?}"), 3, backend);
     c.start_all();
     info!("--- three nodes start: one leader, one active and one staged key everywhere");
     let status = c.wait_converged(Duration::from_secs(30));
@@ -65,9 +87,8 @@ fn three_nodes_bootstrap_then_20_rotations_keep_every_invariant() {
     assert_no_key_bytes_in_logs(&c, &history);
 }
 
-#[test]
-fn leader_sigkill_new_leader_within_lease_ttl_and_no_epoch_repeats() {
-    let mut c = Cluster::new(BIN, "etcd-kill", 3);
+fn leader_sigkill_new_leader_within_lease_ttl_and_no_epoch_repeats(backend: Backend) {
+    let mut c = Cluster::with_backend(BIN, &format!("kill-{backend:?}"), 3, backend);
     c.start_all();
     let status = c.wait_converged(Duration::from_secs(30));
     let mut history = History::default();
@@ -82,11 +103,21 @@ fn leader_sigkill_new_leader_within_lease_ttl_and_no_epoch_repeats() {
     c.kill(li);
     let other = (li + 1) % 3;
     let mut new_leader = String::new();
-    cluster_tests::wait_until(LEASE_TTL + Duration::from_secs(2), "a new leader", || {
-        let s = c.status(other);
-        new_leader = s["leader"].as_str().unwrap_or_default().to_owned();
-        !new_leader.is_empty() && new_leader != leader
-    });
+    // etcd: the lease expires. Raft: if the killed node also led the Raft group, an election
+    // (at most 1.2 s) comes first, then the new Raft leader's lease clock.
+    let election = match backend {
+        Backend::Etcd => Duration::ZERO,
+        Backend::Raft => Duration::from_millis(1200),
+    };
+    cluster_tests::wait_until(
+        LEASE_TTL + election + Duration::from_secs(2),
+        "a new leader",
+        || {
+            let s = c.status(other);
+            new_leader = s["leader"].as_str().unwrap_or_default().to_owned();
+            !new_leader.is_empty() && new_leader != leader
+        },
+    );
     info!("new leader {new_leader} after {:?}", killed.elapsed());
     info!("--- the next rotation works once the dead member's lease expired");
     rotate_ok(&c, other);
@@ -110,9 +141,10 @@ fn leader_sigkill_new_leader_within_lease_ttl_and_no_epoch_repeats() {
     assert_eq!(epochs, vec![2, 3]);
 }
 
-#[test]
-fn failing_reload_blocks_rotation_and_status_names_the_member_until_it_is_stopped() {
-    let mut c = Cluster::new(BIN, "etcd-block", 2);
+fn failing_reload_blocks_rotation_and_status_names_the_member_until_it_is_stopped(
+    backend: Backend,
+) {
+    let mut c = Cluster::with_backend(BIN, &format!("block-{backend:?}"), 2, backend);
     let flag = c.root.join("n3-reload-fails");
     let script = format!("test ! -e {}", flag.display());
     let bad = c.add_node(Some(&["sh", "-c", &script]));
@@ -177,11 +209,11 @@ fn etcd_outage_changes_no_file_and_rotation_resumes_afterwards() {
     check_invariants(&c, &status, &mut history);
     let before: Vec<_> = c.nodes.iter().map(|n| n.files_with_mtimes()).collect();
     info!("--- etcd stopped for 30 s");
-    c.etcd.stop();
+    c.etcd().stop();
     let out = c.cli(0, &["status"]);
     assert!(!out.status.success());
     assert!(
-        out_text(&out).contains(&c.etcd.endpoint()),
+        out_text(&out).contains(&c.etcd().endpoint()),
         "an unreachable etcd names the endpoints tried: {}",
         out_text(&out)
     );
@@ -200,15 +232,14 @@ fn etcd_outage_changes_no_file_and_rotation_resumes_afterwards() {
         );
     }
     info!("--- etcd back: rotation works");
-    c.etcd.restart();
+    c.etcd().restart();
     rotate_ok(&c, 1);
     let status = c.wait_converged(Duration::from_secs(20));
     check_invariants(&c, &status, &mut history);
 }
 
-#[test]
-fn a_late_node_catches_up_to_the_current_ring_before_it_acknowledges() {
-    let mut c = Cluster::new(BIN, "etcd-late", 3);
+fn a_late_node_catches_up_to_the_current_ring_before_it_acknowledges(backend: Backend) {
+    let mut c = Cluster::with_backend(BIN, &format!("late-{backend:?}"), 3, backend);
     c.start(0);
     c.start(1);
     c.wait_converged(Duration::from_secs(30));
@@ -236,9 +267,8 @@ fn a_late_node_catches_up_to_the_current_ring_before_it_acknowledges() {
     check_invariants(&c, &status, &mut history);
 }
 
-#[test]
-fn three_concurrent_rotate_calls_advance_epochs_by_one_per_rotation() {
-    let mut c = Cluster::new(BIN, "etcd-concurrent", 3);
+fn three_concurrent_rotate_calls_advance_epochs_by_one_per_rotation(backend: Backend) {
+    let mut c = Cluster::with_backend(BIN, &format!("concurrent-{backend:?}"), 3, backend);
     c.start_all();
     let status = c.wait_converged(Duration::from_secs(30));
     let mut history = History::default();
@@ -296,7 +326,7 @@ fn garbage_records_are_rejected_and_logged_and_the_cluster_keeps_working() {
         ("nonsense", "x"),
     ] {
         let out = etcdctl(
-            &c.etcd.endpoint(),
+            &c.etcd.as_ref().unwrap().endpoint(),
             &["put", &format!("{prefix}{key}"), value],
         );
         assert!(out.status.success(), "{}", out_text(&out));
@@ -372,7 +402,9 @@ fn a_deposed_leaders_write_is_refused_by_the_store() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let store = Etcd::connect(&[c.etcd.endpoint()], &c.name).await.unwrap();
+        let store = Etcd::connect(&[c.etcd.as_ref().unwrap().endpoint()], &c.name)
+            .await
+            .unwrap();
         let lease_a = store.grant_lease(LEASE_TTL).await.unwrap();
         let term_a = store
             .campaign(lease_a, "a")
@@ -430,9 +462,8 @@ fn a_deposed_leaders_write_is_refused_by_the_store() {
 
 /// Graceful stop releases the leadership and the lease at once. The lease here is 30 s, so a
 /// new leader and a not-live member within the 10 s bound cannot come from expiry.
-#[test]
-fn graceful_stop_hands_over_leadership_at_once() {
-    let mut c = Cluster::new(BIN, "etcd-graceful", 0);
+fn graceful_stop_hands_over_leadership_at_once(backend: Backend) {
+    let mut c = Cluster::with_backend(BIN, &format!("graceful-{backend:?}"), 0, backend);
     c.lease_ttl = Duration::from_secs(30);
     for _ in 0..3 {
         c.add_node(None);
@@ -446,7 +477,10 @@ fn graceful_stop_hands_over_leadership_at_once() {
     c.stop(li);
     let mut s = serde_json::Value::Null;
     cluster_tests::wait_until(Duration::from_secs(10), "a new leader", || {
-        s = c.status(other);
+        let Some(now) = c.try_status(other) else {
+            return false;
+        };
+        s = now;
         s["leader"].as_str().is_some_and(|l| l != leader)
     });
     let gone = s["members"]
