@@ -494,3 +494,59 @@ fn graceful_stop_hands_over_leadership_at_once(backend: Backend) {
     assert!(c.nodes[li].log_text().contains("leadership released"));
     rotate_ok(&c, other);
 }
+
+/// Embedded coordinator: a peer that restarts comes back with an empty log (nothing was on
+/// disk) and catches up from the others; if every peer restarts at once, the keys are gone with
+/// the memory that held them, and the cluster starts a new ring.
+#[test]
+fn raft_a_restarted_peer_catches_up_and_a_full_restart_starts_a_new_ring() {
+    let mut c = Cluster::with_backend(BIN, "raft-restart", 3, Backend::Raft);
+    c.start_all();
+    c.wait_converged(Duration::from_secs(30));
+    for _ in 0..2 {
+        rotate_ok(&c, 0);
+    }
+    let status = c.wait_converged(Duration::from_secs(10));
+    let mut history = History::default();
+    check_invariants(&c, &status, &mut history);
+    let follower = c
+        .nodes
+        .iter()
+        .position(|n| status["leader"] != n.id.as_str())
+        .unwrap();
+    info!(
+        "--- SIGKILL follower {} and start it again",
+        c.nodes[follower].id
+    );
+    c.kill(follower);
+    c.start(follower);
+    let status = c.wait_converged(Duration::from_secs(30));
+    check_invariants(&c, &status, &mut history);
+    rotate_ok(&c, follower);
+    let status = c.wait_converged(Duration::from_secs(10));
+    check_invariants(&c, &status, &mut history);
+    let before = status["keys"].clone();
+
+    info!("--- every peer stops; the ring lived only in their memory");
+    for i in 0..3 {
+        c.stop(i);
+    }
+    c.start_all();
+    let status = c.wait_converged(Duration::from_secs(30));
+    assert_eq!(status["generation"], 1, "a new ring: {status}");
+    let fps = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["fingerprint"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(
+        fps(&status["keys"])
+            .iter()
+            .all(|f| !fps(&before).contains(f)),
+        "the new ring shares no key with the old one"
+    );
+    let mut fresh = History::default();
+    check_invariants(&c, &status, &mut fresh);
+}

@@ -97,29 +97,33 @@ pub enum Command {
     /// List the server formats stek writes: layout, key sizes and which key encrypts.
     Formats,
 
-    /// Rotate keys on this box for a while and show the ring (no cluster, no servers needed).
+    /// Run a local cluster: peers on loopback with the embedded coordinator, rotating.
     ///
-    /// Creates a private directory on /dev/shm, writes every server format into it from one
-    /// ring, rotates every --interval, prints the ring after each step, and removes the
-    /// directory at the end or on Ctrl-C (unless --keep).
+    /// Starts --peers `stek node` processes that coordinate through their own Raft group (no
+    /// external service), with key directories in a new private directory on /dev/shm, and a
+    /// rotation interval of --interval. Shows the leader, the ring and each peer's applied
+    /// generation live. If nginx and openssl are installed, it also starts one nginx per peer
+    /// and, after every rotation, resumes a ticket from one box on another. Ends with exit 0 once
+    /// every peer has applied --rotations rotations; Ctrl-C stops it early. Everything it
+    /// started is stopped and its directory removed (unless --keep).
     Demo {
-        /// How many rotations to run.
+        /// How many peers.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=7))]
+        peers: u32,
+
+        /// How many rotations every peer must apply before the demo ends.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         rotations: u32,
 
-        /// Time between rotations (e.g. 2s, 500ms).
-        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        /// Time between rotations (at least 1s).
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
         interval: Duration,
 
-        /// Retiring keys kept for decryption.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
-        retain: u64,
+        /// Do not start nginx even if it is installed.
+        #[arg(long)]
+        no_nginx: bool,
 
-        /// Directory for the key files (must be on tmpfs/ramfs; default: a new one in /dev/shm).
-        #[arg(long, value_name = "DIR")]
-        dir: Option<PathBuf>,
-
-        /// Leave the key files in place at the end.
+        /// Leave the directory (configs, logs, key files) in place at the end.
         #[arg(long)]
         keep: bool,
     },

@@ -129,49 +129,58 @@ fn snippet_prints_directives_for_every_target() {
     assert!(t.contains("tls-ticket-keys /run/stek/h.keys"), "{t}");
 }
 
+fn demo_dir(first_line: &str) -> String {
+    first_line.rsplit(' ').next().unwrap().trim().to_owned()
+}
+
+/// The README's first command, bounded: three peers on the embedded coordinator, at least three
+/// rotations applied by every peer, real cross-box resumption through nginx when installed.
 #[test]
-fn demo_rotates_writes_every_format_and_cleans_up() {
-    let out = stek(&["demo", "--rotations", "3", "--interval", "100ms"]);
+fn demo_runs_a_local_cluster_with_real_rotations_and_cleans_up() {
+    let out = stek(&["demo", "--rotations", "3", "--interval", "1s"]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("generation 1 (bootstrap)"), "{t}");
-    assert_eq!(t.matches("(rotation)").count(), 3, "{t}");
-    assert!(t.contains("3 rotation(s)"), "{t}");
-    let dir = t
-        .lines()
-        .find_map(|l| l.strip_prefix("removed "))
-        .expect("demo says what it removed");
-    assert!(!Path::new(dir).exists(), "{dir} still exists");
+    assert!(t.contains("3 peers on the embedded coordinator"), "{t}");
+    assert!(t.contains("3 rotation(s) applied by every peer"), "{t}");
+    let dir = demo_dir(t.lines().next().unwrap());
+    assert!(!Path::new(&dir).exists(), "{dir} left behind");
+    if t.contains("nginx per peer") {
+        assert!(t.contains(", 0 failed"), "{t}");
+        assert!(t.matches(": yes").count() >= 3, "{t}");
+    }
 }
 
 #[test]
-fn demo_keep_leaves_every_format_on_disk() {
-    let d = shm_dir();
-    let dir = d.path().join("demo");
+fn demo_keep_leaves_configs_logs_and_key_files() {
     let out = stek(&[
         "demo",
         "--rotations",
         "1",
         "--interval",
-        "50ms",
+        "1s",
+        "--no-nginx",
         "--keep",
-        "--dir",
-        &dir.display().to_string(),
     ]);
-    assert!(out.status.success(), "{}", text(&out));
-    for (file, len) in [
-        ("nginx/0.key", 80),
-        ("nginx/2.key", 80),
-        ("ats.key", 3 * 48),
-        ("httpd.key", 48),
-        ("dnsdist.keys", 3 * 80),
-    ] {
-        let m = fs::metadata(dir.join(file)).unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let dir = demo_dir(t.lines().next().unwrap());
+    let n1 = Path::new(&dir).join("n1");
+    for (file, len) in [("keys/0.key", 80), ("keys/2.key", 80)] {
+        let m = fs::metadata(n1.join(file)).unwrap();
         assert_eq!(m.len(), len, "{file}");
         assert_eq!(m.permissions().mode() & 0o777, 0o600, "{file}");
     }
-    let haproxy = fs::read_to_string(dir.join("haproxy.keys")).unwrap();
-    assert_eq!(haproxy.lines().count(), 3);
+    assert_eq!(
+        fs::read_to_string(n1.join("keys/haproxy.keys"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    assert!(fs::read_to_string(n1.join("node.log"))
+        .unwrap()
+        .contains("applied ring"));
+    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -190,20 +199,32 @@ fn help_explains_each_command() {
 fn regression_demo_with_closed_stdout_still_removes_its_key_files() {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_stek"))
-        .args(["demo", "--rotations", "50", "--interval", "50ms"])
+        .args([
+            "demo",
+            "--rotations",
+            "50",
+            "--interval",
+            "1s",
+            "--no-nginx",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let dir = first.rsplit(' ').next().unwrap().trim().to_owned();
+    reader.read_line(&mut first).unwrap();
+    let dir = demo_dir(&first);
     assert!(dir.starts_with("/dev/shm/stek-demo-"), "{first}");
-    assert!(Path::new(&dir).exists());
-    drop(child.stdout.take()); // the reader goes away, like `head` does
+    // Wait until the peers have written keys, then go away like `head` does.
+    let keys = Path::new(&dir).join("n1/keys/0.key");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !keys.exists() {
+        assert!(std::time::Instant::now() < deadline, "no keys written");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(reader);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;

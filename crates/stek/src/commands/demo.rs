@@ -1,36 +1,52 @@
-//! `stek demo`: rotates a key ring on this box and writes every server format to a RAM disk,
-//! printing the ring after each step. Uses the same decision function, formats and writer as a
-//! node; there is no cluster yet, so this box is the only (and always acknowledging) member.
+//! `stek demo`: a local cluster doing real rotations on the embedded coordinator, with a live
+//! view, and (when nginx and openssl are installed) one nginx per peer to show a ticket from
+//! one box resuming on another.
 
 use std::fs;
 use std::io::{self, Write};
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use stek_core::{decide_at, next_ring, Decision, KeyRing, MemberView, OsKeySource, Policy};
-use stek_node::Config;
+use anyhow::{bail, Context};
+use stek_coord::raft::client::RaftClient;
+use stek_coord::{Coordinator, Snapshot};
+use stek_core::Fingerprint;
 
 pub struct Options {
-    pub rotations: u32,
+    pub peers: usize,
+    pub rotations: u64,
     pub interval: Duration,
-    pub retain: usize,
-    pub dir: Option<PathBuf>,
+    pub nginx: bool,
     pub keep: bool,
 }
 
-/// Removes the demo directory on every exit path unless asked to keep it.
-struct Cleanup {
+/// Everything the demo started: stopped and removed on every exit path (even a closed stdout).
+struct Demo {
     dir: PathBuf,
     keep: bool,
+    children: Vec<(String, Child)>,
 }
 
-impl Drop for Cleanup {
+impl Drop for Demo {
     fn drop(&mut self) {
-        // Never panics: stdout may be a closed pipe (`stek demo | head`), and the key files must
-        // be removed regardless.
+        for (_, child) in &mut self.children {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (_, child) in &mut self.children {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Never panics: stdout may be a closed pipe (`stek demo | head`).
         let mut out = io::stdout();
         if self.keep {
             let _ = writeln!(out, "kept {}", self.dir.display());
@@ -40,138 +56,388 @@ impl Drop for Cleanup {
     }
 }
 
-pub fn run(o: Options) -> anyhow::Result<ExitCode> {
-    let dir = o
-        .dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("/dev/shm/stek-demo-{}", std::process::id())));
-    let created = !dir.exists();
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let _cleanup = Cleanup {
-        dir: dir.clone(),
-        keep: o.keep || !created,
-    };
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot make {} private", dir.display()))?;
-    fs::create_dir_all(dir.join("nginx"))?;
-    fs::set_permissions(dir.join("nginx"), fs::Permissions::from_mode(0o700))?;
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
 
-    let d = dir.display();
-    let toml = format!(
-        "cluster = \"demo\"\nnode_id = \"demo-1\"\n[rotation]\ninterval = \"{}\"\nretain = {}\n\
-         [[target]]\nformat = \"nginx\"\npath = \"{d}/nginx\"\n\
-         [[target]]\nformat = \"haproxy\"\npath = \"{d}/haproxy.keys\"\n\
-         [[target]]\nformat = \"ats\"\npath = \"{d}/ats.key\"\n\
-         [[target]]\nformat = \"httpd\"\npath = \"{d}/httpd.key\"\n\
-         [[target]]\nformat = \"dnsdist\"\npath = \"{d}/dnsdist.keys\"\n\
-         [[target]]\nformat = \"envoy\"\npath = \"{d}/envoy-sds.json\"\n",
-        humantime::format_duration(o.interval),
-        o.retain
-    );
-    let config = Config::parse(&dir.join("demo.toml"), &toml)?;
-    for t in &config.targets {
-        t.preflight()?;
+fn in_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+fn private_dir(p: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
+    fs::set_permissions(p, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private", p.display()))?;
+    Ok(())
+}
+
+struct Peer {
+    name: String,
+    dir: PathBuf,
+    raft: String,
+    tls_port: Option<u16>,
+}
+
+pub fn run(o: Options) -> anyhow::Result<ExitCode> {
+    if o.interval < Duration::from_secs(1) {
+        bail!("--interval must be at least 1s");
     }
-    let policy = Policy {
-        interval: o.interval,
-        retain: o.retain,
+    let dir = PathBuf::from(format!("/dev/shm/stek-demo-{}", std::process::id()));
+    private_dir(&dir)?;
+    let mut demo = Demo {
+        dir: dir.clone(),
+        keep: o.keep,
+        children: Vec::new(),
     };
-    println!(
-        "stek demo: {} rotations every {} on this box, writing {} formats to {d}",
-        o.rotations,
-        humantime::format_duration(o.interval),
-        config.targets.len()
-    );
-    println!("(single box: the cluster arrives with `stek node`; Ctrl-C stops and cleans up)");
-    for t in &config.targets {
-        // Server facts only: the demo deliberately runs no reload commands.
-        for w in t.format.warnings() {
-            println!("warning: {}: {w}", t.format.info().name);
-        }
+    let tls = o.nginx && in_path("nginx") && in_path("openssl");
+    let peers: Vec<Peer> = (1..=o.peers)
+        .map(|i| {
+            Ok(Peer {
+                name: format!("n{i}"),
+                dir: dir.join(format!("n{i}")),
+                raft: format!("127.0.0.1:{}", free_port()?),
+                tls_port: if tls { Some(free_port()?) } else { None },
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let table: Vec<String> = peers
+        .iter()
+        .map(|p| format!("{} = \"{}\"", p.name, p.raft))
+        .collect();
+    let (cert, key) = if tls {
+        self_signed(&dir)?
+    } else {
+        (PathBuf::new(), PathBuf::new())
+    };
+    let exe = std::env::current_exe().context("cannot find the stek binary")?;
+    for p in &peers {
+        private_dir(&p.dir.join("keys"))?;
+        let d = p.dir.display();
+        let reload = if tls {
+            write_nginx_conf(p, &cert, &key)?;
+            // nginx starts once the first keys exist; until then there is nothing to reload.
+            format!(
+                "reload = [\"sh\", \"-c\", \"if [ -e {d}/nginx.pid ]; then exec nginx -p {d}/ -c {d}/nginx.conf -s reload; fi\"]\n"
+            )
+        } else {
+            String::new()
+        };
+        fs::write(
+            p.dir.join("stek.toml"),
+            format!(
+                "cluster = \"demo\"\nnode_id = \"{name}\"\n[raft]\nlisten = \"{raft}\"\npeers = {{ {table} }}\n\
+                 [rotation]\ninterval = \"{interval}\"\nretain = 1\nlease_ttl = \"3s\"\n\
+                 [[target]]\nformat = \"nginx\"\npath = \"{d}/keys\"\n{reload}\
+                 [[target]]\nformat = \"haproxy\"\npath = \"{d}/keys/haproxy.keys\"\n",
+                name = p.name,
+                raft = p.raft,
+                table = table.join(", "),
+                interval = humantime::format_duration(o.interval),
+            ),
+        )?;
+        let log = fs::File::create(p.dir.join("node.log"))?;
+        let child = Command::new(&exe)
+            .args(["node", "--config"])
+            .arg(p.dir.join("stek.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start a stek node")?;
+        demo.children.push((p.name.clone(), child));
     }
-    println!();
+    println!(
+        "stek demo: {} peers on the embedded coordinator (Raft on {}), rotating every {}, in {}",
+        o.peers,
+        peers
+            .iter()
+            .map(|p| p.raft.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        humantime::format_duration(o.interval),
+        dir.display()
+    );
+    if tls {
+        println!(
+            "nginx per peer on 127.0.0.1:{}",
+            peers
+                .iter()
+                .filter_map(|p| p.tls_port)
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", 127.0.0.1:")
+        );
+    } else {
+        println!("(nginx or openssl not installed, or --no-nginx: key files only, no TLS check)");
+    }
+    println!("Ctrl-C stops the demo and removes what it created.\n");
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let mut ring: Option<KeyRing> = None;
-        let mut rotations = 0;
-        let started = Instant::now();
+    let client = RaftClient::new("demo", peers.iter().map(|p| p.raft.clone()).collect(), None);
+    let limit =
+        o.interval * u32::try_from(o.rotations + 3).unwrap_or(u32::MAX) + Duration::from_secs(60);
+    let started = Instant::now();
+    let mut nginx_started = false;
+    let mut last_epoch = 0;
+    let mut resumed = 0u32;
+    let mut failed = 0u32;
+    let mut probe = 0usize;
+    let outcome = rt.block_on(async {
         loop {
-            let now = SystemTime::now();
-            let me = MemberView {
-                id: config.node_id.clone(),
-                live: true,
-                applied_generation: ring.as_ref().map_or(0, KeyRing::generation),
-                last_error: None,
-            };
-            // The demo asks for a rotation at every tick, like `stek rotate` would.
-            let decision = decide_at(now, ring.as_ref(), &policy, &[me], ring.is_some());
-            if let Some(next) = next_ring(&decision, ring.as_ref(), now, &policy, &mut OsKeySource)? {
-                let t0 = Instant::now();
-                for t in &config.targets {
-                    t.apply(&next).await?;
-                }
-                if matches!(decision, Decision::Rotate(_)) {
-                    rotations += 1;
-                }
-                let shown = print_ring(&next, &decision, t0.elapsed(), config.targets.len());
-                ring = Some(next);
-                if shown.is_err() {
-                    // Nobody is reading any more (closed pipe): stop and clean up quietly.
-                    return anyhow::Ok(());
-                }
-            }
-            if rotations >= o.rotations {
-                break;
-            }
             tokio::select! {
-                _ = tokio::time::sleep(o.interval) => {}
-                _ = tokio::signal::ctrl_c() => {
-                    println!("interrupted");
-                    break;
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::signal::ctrl_c() => return Ok::<_, anyhow::Error>(false),
+            }
+            for (name, child) in &mut demo.children {
+                if let Ok(Some(status)) = child.try_wait() {
+                    bail!(
+                        "{name} exited with {status}; see {}",
+                        dir.join(name.as_str()).join("node.log").display()
+                    );
+                }
+            }
+            if started.elapsed() > limit {
+                bail!(
+                    "the peers did not reach {} rotations within {}",
+                    o.rotations,
+                    humantime::format_duration(limit)
+                );
+            }
+            let Ok(snap) = client.snapshot().await else {
+                continue;
+            };
+            if tls && !nginx_started && peers.iter().all(|p| p.dir.join("keys/0.key").exists()) {
+                for p in &peers {
+                    let d = format!("{}/", p.dir.display());
+                    let child = Command::new("nginx")
+                        .args(["-p", &d, "-c"])
+                        .arg(p.dir.join("nginx.conf"))
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .context("cannot start nginx")?;
+                    demo.children.push((format!("nginx-{}", p.name), child));
+                }
+                nginx_started = true;
+            }
+            let Some(stored) = snap.valid_ring() else {
+                continue;
+            };
+            let epoch = stored.ring.active().epoch;
+            let applied = |s: &Snapshot| -> bool {
+                s.members.iter().filter(|m| m.live).count() == peers.len()
+                    && s.members
+                        .iter()
+                        .all(|m| m.record.applied_generation == stored.ring.generation())
+            };
+            if epoch != last_epoch && applied(&snap) {
+                last_epoch = epoch;
+                if view(&snap, started.elapsed()).is_err() {
+                    // Nobody reads any more (closed pipe): stop and clean up quietly.
+                    return Ok(false);
+                }
+                if nginx_started {
+                    // A ticket from one box, resumed on the next one.
+                    let from = &peers[probe % peers.len()];
+                    let to = &peers[(probe + 1) % peers.len()];
+                    probe += 1;
+                    match cross_box(&dir, from, to) {
+                        Ok((true, fp)) => {
+                            resumed += 1;
+                            let _ = writeln!(
+                                io::stdout(),
+                                "  ticket from {} (key {fp}) resumed on {}: yes",
+                                from.name,
+                                to.name
+                            );
+                        }
+                        Ok((false, fp)) => {
+                            failed += 1;
+                            let _ = writeln!(
+                                io::stdout(),
+                                "  ticket from {} (key {fp}) resumed on {}: NO",
+                                from.name,
+                                to.name
+                            );
+                        }
+                        Err(e) => {
+                            let _ = writeln!(io::stdout(), "  resumption check skipped: {e}");
+                        }
+                    }
+                }
+                if epoch > o.rotations {
+                    return Ok(true);
                 }
             }
         }
-        let _ = writeln!(
-            io::stdout(),
-            "{rotations} rotation(s) in {:.1}s; every target always held the active, staged and retained keys",
-            started.elapsed().as_secs_f64()
-        );
-        anyhow::Ok(())
     })?;
+    let rotations = last_epoch.saturating_sub(1);
+    let mut out = io::stdout();
+    let _ = writeln!(
+        out,
+        "\n{rotations} rotation(s) applied by every peer in {:.1}s{}",
+        started.elapsed().as_secs_f64(),
+        if nginx_started {
+            format!("; cross-box resumption: {resumed} resumed, {failed} failed")
+        } else {
+            String::new()
+        }
+    );
+    if !outcome {
+        let _ = writeln!(out, "interrupted");
+    }
+    if failed > 0 {
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_ring(
-    ring: &KeyRing,
-    decision: &Decision,
-    took: Duration,
-    targets: usize,
-) -> io::Result<()> {
-    let what = match decision {
-        Decision::Bootstrap => "bootstrap".to_owned(),
-        Decision::Rotate(_) => "rotation".to_owned(),
-        other => format!("{other:?}"),
-    };
+fn view(snap: &Snapshot, at: Duration) -> io::Result<()> {
     let mut out = io::stdout().lock();
+    let Some(stored) = snap.valid_ring() else {
+        return Ok(());
+    };
+    let applied: Vec<String> = snap
+        .members
+        .iter()
+        .map(|m| {
+            format!(
+                "{}:{}{}",
+                m.record.node_id,
+                m.record.applied_generation,
+                if m.live { "" } else { "(down)" }
+            )
+        })
+        .collect();
+    let keys: Vec<String> = stored
+        .ring
+        .keys()
+        .iter()
+        .rev()
+        .map(|k| format!("{} {} {}", k.epoch, k.state, k.fingerprint()))
+        .collect();
     writeln!(
         out,
-        "generation {} ({what}): applied to {targets} targets in {:.1} ms",
-        ring.generation(),
-        took.as_secs_f64() * 1000.0
+        "[{:>5.1}s] leader {} | generation {} | applied {} | keys: {}",
+        at.as_secs_f64(),
+        snap.leader.as_ref().map_or("-", |l| l.node_id.as_str()),
+        stored.ring.generation(),
+        applied.join(" "),
+        keys.join(", ")
     )?;
-    writeln!(out, "  {:<6} {:<9} fingerprint", "epoch", "state")?;
-    for k in ring.keys().iter().rev() {
-        writeln!(
-            out,
-            "  {:<6} {:<9} {}",
-            k.epoch,
-            k.state.to_string(),
-            k.fingerprint()
-        )?;
-    }
-    writeln!(out)?;
     out.flush()
+}
+
+fn self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?
+        .success();
+    if !ok {
+        bail!("openssl could not make a self-signed certificate");
+    }
+    Ok((cert, key))
+}
+
+fn write_nginx_conf(p: &Peer, cert: &Path, key: &Path) -> anyhow::Result<()> {
+    let d = p.dir.display();
+    let format = stek_core::formats::build(
+        "nginx",
+        &stek_core::FormatOptions {
+            key_size: None,
+            slots: None,
+            retain: 1,
+        },
+    )?;
+    let snippet = format.snippet(&format!("{d}/keys"));
+    fs::write(
+        p.dir.join("nginx.conf"),
+        format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/tmp-body;\n  proxy_temp_path {d}/tmp-proxy;\n\
+             fastcgi_temp_path {d}/tmp-fcgi;\n  uwsgi_temp_path {d}/tmp-uwsgi;\n  scgi_temp_path {d}/tmp-scgi;\n\
+             server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
+             ssl_session_cache off;\n{snippet}    location / {{ return 200 \"{name}\\n\"; }}\n  }}\n}}\n",
+            port = p.tls_port.unwrap_or_default(),
+            cert = cert.display(),
+            key = key.display(),
+            name = p.name,
+        ),
+    )?;
+    Ok(())
+}
+
+/// Takes a TLS 1.2 ticket from `from`'s nginx and presents it to `to`'s; returns whether it
+/// resumed, and the fingerprint of the key that encrypted it.
+fn cross_box(dir: &Path, from: &Peer, to: &Peer) -> anyhow::Result<(bool, String)> {
+    let sess = dir.join("probe-session.pem");
+    let _ = fs::remove_file(&sess);
+    let s_client = |port: u16, arg: &str| -> anyhow::Result<String> {
+        let out = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+                "-tls1_2",
+                arg,
+            ])
+            .arg(&sess)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    s_client(from.tls_port.unwrap_or_default(), "-sess_out")?;
+    let dump = Command::new("openssl")
+        .args(["sess_id", "-noout", "-text", "-in"])
+        .arg(&sess)
+        .output()?;
+    let name = ticket_name(&String::from_utf8_lossy(&dump.stdout))
+        .context("no session ticket from nginx")?;
+    let out = s_client(to.tls_port.unwrap_or_default(), "-sess_in")?;
+    Ok((
+        out.contains("\nReused,"),
+        Fingerprint::of_name(&name).to_string(),
+    ))
+}
+
+fn ticket_name(dump: &str) -> Option<[u8; 16]> {
+    let mut lines = dump
+        .lines()
+        .skip_while(|l| !l.trim().starts_with("TLS session ticket:"));
+    lines.next()?;
+    let first = lines.next()?;
+    let hex: String = first.split_once(" - ")?.1.chars().take(47).collect();
+    let bytes: Vec<u8> = hex
+        .replace('-', " ")
+        .split_whitespace()
+        .filter_map(|t| u8::from_str_radix(t, 16).ok())
+        .collect();
+    let mut name = [0u8; 16];
+    name.copy_from_slice(bytes.get(..16)?);
+    Some(name)
 }

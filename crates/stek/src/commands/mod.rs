@@ -27,16 +27,16 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Snippet { config } => snippet::run(&config),
         Command::Formats => formats::run(),
         Command::Demo {
+            peers,
             rotations,
             interval,
-            retain,
-            dir,
+            no_nginx,
             keep,
         } => demo::run(demo::Options {
-            rotations,
+            peers: usize::try_from(peers)?,
+            rotations: u64::from(rotations),
             interval,
-            retain: usize::try_from(retain)?,
-            dir,
+            nginx: !no_nginx,
             keep,
         }),
     }
