@@ -321,3 +321,93 @@ fn without_etcd_the_cli_uses_the_embedded_group_and_names_the_peers_it_tried() {
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains(&format!("raft peers [127.0.0.1:{port}]")), "{t}");
 }
+
+/// Single-box mode: no [etcd], no peers: a one-node Raft group that bootstraps and rotates.
+#[test]
+fn a_node_without_etcd_or_peers_runs_a_one_node_group() {
+    let d = shm_dir();
+    let keys = d.path().join("keys");
+    fs::create_dir(&keys).unwrap();
+    fs::set_permissions(&keys, fs::Permissions::from_mode(0o700)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = write_config(
+        d.path(),
+        &format!(
+            "node_id = \"solo\"\n[raft]\nlisten = \"127.0.0.1:{port}\"\n[rotation]\nlease_ttl = \"2s\"\n[[target]]\nformat = \"httpd\"\npath = \"{}/httpd.key\"\n",
+            keys.display()
+        ),
+    );
+    let mut node = Command::new(env!("CARGO_BIN_EXE_stek"))
+        .args(["node", "--config", &cfg])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = stek(&["rotate", "--config", &cfg, "--wait", "--timeout", "20s"]);
+    let status = stek(&["status", "--config", &cfg, "--json"]);
+    let key = fs::metadata(keys.join("httpd.key")).map(|m| m.len());
+    let _ = terminate(node.id());
+    let _ = node.wait();
+    assert!(out.status.success(), "{}", text(&out));
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(s["leader"], "solo");
+    assert_eq!(s["generation"], 2, "bootstrap, then one rotation: {s}");
+    assert_eq!(key.unwrap(), 48);
+}
+
+/// SIGTERM, as a service manager would stop the node.
+fn terminate(pid: u32) -> std::io::Result<()> {
+    let status = Command::new("kill").arg(pid.to_string()).status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("kill failed"))
+    }
+}
+
+/// Ctrl-C (SIGINT) stops the demo, its peers and nginx, and removes its directory.
+#[test]
+fn demo_stops_cleanly_on_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stek"))
+        .args(["demo", "--rotations", "50", "--interval", "1s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let dir = demo_dir(&line);
+    // Until the first rotation is shown.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line.contains("generation 2") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no rotation shown");
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {rest}");
+    assert!(rest.contains("interrupted"), "{rest}");
+    assert!(!Path::new(&dir).exists(), "{dir} left behind");
+    let ps = Command::new("pgrep").args(["-f", &dir]).output().unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+}
