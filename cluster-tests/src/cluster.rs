@@ -441,6 +441,18 @@ pub fn check_invariants(c: &Cluster, status: &Value, history: &mut History) {
         .map(|k| k["fingerprint"].as_str().unwrap().to_owned())
         .collect();
 
+    // A panic anywhere (even in a background task that did not kill the process) is a bug.
+    for n in &c.nodes {
+        for starts in 1..=n.starts {
+            let text =
+                fs::read_to_string(n.dir.join(format!("node-{starts}.log"))).unwrap_or_default();
+            assert!(
+                !text.contains("panicked at"),
+                "{} panicked (run {starts}):\n{text}",
+                n.id
+            );
+        }
+    }
     let running: Vec<&Node> = c.nodes.iter().filter(|n| n.running()).collect();
     let reference = running[0].files();
     for n in &running {
