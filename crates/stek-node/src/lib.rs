@@ -13,6 +13,7 @@ pub mod command;
 pub mod config;
 pub mod haproxy_runtime;
 pub mod httpd;
+pub mod hygiene;
 pub mod node;
 pub mod target;
 pub mod writer;

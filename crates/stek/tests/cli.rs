@@ -349,6 +349,9 @@ fn a_node_without_etcd_or_peers_runs_a_one_node_group() {
         .unwrap();
     let out = stek(&["rotate", "--config", &cfg, "--wait", "--timeout", "20s"]);
     let status = stek(&["status", "--config", &cfg, "--json"]);
+    // Memory hygiene: no core dumps, and (as root, as CI runs) memory locked.
+    let limits = fs::read_to_string(format!("/proc/{}/limits", node.id())).unwrap();
+    let proc_status = fs::read_to_string(format!("/proc/{}/status", node.id())).unwrap();
     let key = fs::metadata(keys.join("httpd.key")).map(|m| m.len());
     let _ = terminate(node.id());
     let _ = node.wait();
@@ -357,6 +360,26 @@ fn a_node_without_etcd_or_peers_runs_a_one_node_group() {
     assert_eq!(s["leader"], "solo");
     assert_eq!(s["generation"], 2, "bootstrap, then one rotation: {s}");
     assert_eq!(key.unwrap(), 48);
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
+    if nix_is_root() {
+        let locked = proc_status
+            .lines()
+            .find(|l| l.starts_with("VmLck:"))
+            .unwrap();
+        let kb: u64 = locked.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(kb > 0, "memory is not locked: {locked}");
+    }
+}
+
+fn nix_is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
 }
 
 /// SIGTERM, as a service manager would stop the node.

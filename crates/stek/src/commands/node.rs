@@ -11,6 +11,13 @@ use stek_node::Config;
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
+    let protection = stek_node::hygiene::protect_process();
+    if !protection.core_dumps_disabled {
+        tracing::warn!("could not disable core dumps: a crash could write key bytes to disk");
+    }
+    if let Err(why) = &protection.memory_locked {
+        tracing::warn!("key pages are not locked in memory: {why}");
+    }
     // Refuse to start rather than write keys where they must not go (I5).
     for t in &config.targets {
         t.preflight()?;
