@@ -43,6 +43,31 @@ pub struct Blocker {
     pub last_error: Option<String>,
 }
 
+impl std::fmt::Display for Blocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe_blocker(
+            &self.member,
+            self.applied_generation,
+            self.needed_generation,
+            self.last_error.as_deref(),
+        ))
+    }
+}
+
+/// "n3 (applied 4, needs 5: reload failed ...)": how logs, `status` and `rotate` name a member
+/// that blocks a step.
+pub fn describe_blocker(
+    member: &str,
+    applied: u64,
+    needed: u64,
+    last_error: Option<&str>,
+) -> String {
+    match last_error {
+        Some(e) => format!("{member} (applied {applied}, needs {needed}: {e})"),
+        None => format!("{member} (applied {applied}, needs {needed})"),
+    }
+}
+
 /// The leader's next step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -270,6 +295,21 @@ mod tests {
         assert_eq!(
             blocked_by[0].last_error.as_deref(),
             Some("reload failed: exit status 1")
+        );
+    }
+
+    #[test]
+    fn a_blocker_reads_as_member_generations_and_error() {
+        let b = Blocker {
+            member: "n3".into(),
+            applied_generation: 4,
+            needed_generation: 5,
+            last_error: Some("reload failed".into()),
+        };
+        assert_eq!(b.to_string(), "n3 (applied 4, needs 5: reload failed)");
+        assert_eq!(
+            describe_blocker("n1", 0, 1, None),
+            "n1 (applied 0, needs 1)"
         );
     }
 

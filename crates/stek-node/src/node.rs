@@ -363,21 +363,7 @@ impl<C: Coordinator> Node<'_, C> {
                 Some(Instant::now() + left)
             }
             (Decision::Wait { reason, blocked_by }, None) => {
-                let who: Vec<String> = blocked_by
-                    .iter()
-                    .map(|b| {
-                        format!(
-                            "{} (applied {}, needs {}{})",
-                            b.member,
-                            b.applied_generation,
-                            b.needed_generation,
-                            b.last_error
-                                .as_deref()
-                                .map(|e| format!(": {e}"))
-                                .unwrap_or_default()
-                        )
-                    })
-                    .collect();
+                let who: Vec<String> = blocked_by.iter().map(ToString::to_string).collect();
                 let msg = format!("{reason:?} rotation waits for {}", who.join(", "));
                 if self.last_wait.as_deref() != Some(msg.as_str()) {
                     warn!("{msg}");

@@ -9,6 +9,7 @@ use serde::Serialize;
 use stek_coord::etcd::Etcd;
 use stek_coord::raft::client::RaftClient;
 use stek_coord::{Coordinator, RingSlot, Snapshot};
+use stek_core::rotation::describe_blocker;
 use stek_core::{decide_at, Decision, Policy};
 use stek_node::config::Coordination;
 use stek_node::Config;
@@ -183,14 +184,13 @@ fn print_text(s: &Status) {
     println!("rotation   {}", s.rotation.state);
     for b in &s.rotation.blocked_by {
         println!(
-            "  blocked by {}: applied generation {}, needs {}{}",
-            b.node_id,
-            b.applied_generation,
-            b.needed_generation,
-            b.last_error
-                .as_deref()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default()
+            "  blocked by {}",
+            describe_blocker(
+                &b.node_id,
+                b.applied_generation,
+                b.needed_generation,
+                b.last_error.as_deref()
+            )
         );
     }
     if s.pending_requests > 0 {
@@ -328,15 +328,11 @@ fn reason(snap: &Snapshot, served_at: Option<u64>, policy: &Policy) -> String {
                 s.rotation
                     .blocked_by
                     .iter()
-                    .map(|b| format!(
-                        "{} (applied {}, needs {}{})",
-                        b.node_id,
+                    .map(|b| describe_blocker(
+                        &b.node_id,
                         b.applied_generation,
                         b.needed_generation,
-                        b.last_error
-                            .as_deref()
-                            .map(|e| format!(": {e}"))
-                            .unwrap_or_default()
+                        b.last_error.as_deref()
                     ))
                     .collect()
             )
@@ -345,22 +341,20 @@ fn reason(snap: &Snapshot, served_at: Option<u64>, policy: &Policy) -> String {
             "the request is still pending (rotation state: {})",
             s.rotation.state
         ),
-        Some(g) => {
-            format!(
+        Some(g) => format!(
             "the rotation happened (generation {g}) but these live members have not applied it: {}",
             list(
                 s.members
                     .iter()
                     .filter(|m| m.live && m.applied_generation < g)
-                    .map(|m| format!(
-                        "{} (applied {}{})",
-                        m.node_id,
+                    .map(|m| describe_blocker(
+                        &m.node_id,
                         m.applied_generation,
-                        m.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                        g,
+                        m.last_error.as_deref()
                     ))
                     .collect()
             )
-        )
-        }
+        ),
     }
 }
