@@ -23,6 +23,106 @@ pub struct EtcdServer {
     client_port: u16,
     peer_port: u16,
     server: Option<Server>,
+    /// TLS material when the etcd serves https with client-cert-auth.
+    pub tls: Option<EtcdTls>,
+}
+
+/// Files of a TLS etcd: CA, client certificate and key (0600), and the root password file.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// Client certificate (CN=root).
+    pub cert: PathBuf,
+    /// Client key, mode 0600.
+    pub key: PathBuf,
+    /// The etcd root user's password, mode 0600.
+    pub password_file: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn make_tls(dir: &std::path::Path) -> EtcdTls {
+    let p = |n: &str| dir.join(n).display().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=stek-test-ca",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+    ]);
+    fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
+        let cn = if name == "server" {
+            "/CN=etcd"
+        } else {
+            "/CN=root"
+        };
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            cn,
+            "-keyout",
+            &p(&format!("{name}.key")),
+            "-out",
+            &p(&format!("{name}.csr")),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &p(&format!("{name}.csr")),
+            "-CA",
+            &p("ca.pem"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &p(ext),
+            "-out",
+            &p(&format!("{name}.pem")),
+        ]);
+    }
+    let password_file = dir.join("root.password");
+    fs::write(&password_file, "stek-test-root-pw\n").unwrap();
+    for f in [dir.join("client.key"), password_file.clone()] {
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    EtcdTls {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("client.pem"),
+        key: dir.join("client.key"),
+        password_file,
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+    }
 }
 
 impl EtcdServer {
@@ -34,14 +134,77 @@ impl EtcdServer {
             client_port: free_port(),
             peer_port: free_port(),
             server: None,
+            tls: None,
         };
         e.restart();
         e
     }
 
+    /// Starts etcd serving only https with client-cert-auth, then turns on etcd auth with a
+    /// root user whose password is in `tls.password_file`.
+    pub fn start_secured(root: &TestDir) -> Self {
+        crate::require_binary("etcd");
+        let dir = root.subdir("etcd");
+        let tls = make_tls(&dir);
+        let mut e = Self {
+            dir,
+            client_port: free_port(),
+            peer_port: free_port(),
+            server: None,
+            tls: Some(tls),
+        };
+        e.restart();
+        let pw = "root:stek-test-root-pw";
+        let out = e.ctl(&["user", "add", pw]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = e.ctl(&["auth", "enable"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        e
+    }
+
+    /// etcdctl with this etcd's endpoint and TLS flags.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint()))
+            .arg("--command-timeout=3s");
+        if let Some(t) = &self.tls {
+            cmd.arg(format!("--cacert={}", t.ca.display()))
+                .arg(format!("--cert={}", t.cert.display()))
+                .arg(format!("--key={}", t.key.display()));
+        }
+        cmd.args(args)
+            .output()
+            .expect("etcdctl runs (apt-get install etcd-client)")
+    }
+
     /// The client URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The `[etcd]` section a node uses to reach this etcd.
+    pub fn config_section(&self) -> String {
+        let mut s = format!("[etcd]\nendpoints = [\"{}\"]\n", self.endpoint());
+        if let Some(t) = &self.tls {
+            s += &format!(
+                "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nuser = \"root\"\npassword_file = \"{}\"\n",
+                t.ca.display(),
+                t.cert.display(),
+                t.key.display(),
+                t.password_file.display()
+            );
+        }
+        s
     }
 
     /// Starts (again) on the same ports and data dir.
@@ -55,12 +218,20 @@ impl EtcdServer {
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("test={peer}")]);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.server_cert)
+                .arg("--key-file")
+                .arg(&t.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
         let log = self.dir.join(format!("etcd-{}.log", rand::random::<u16>()));
         self.server = Some(Server::spawn("etcd", cmd, log));
         wait_for_port(self.client_port, Duration::from_secs(20));
-        let endpoint = self.endpoint();
         wait_until(Duration::from_secs(20), "etcd to be healthy", || {
-            etcdctl(&endpoint, &["endpoint", "health"]).status.success()
+            self.ctl(&["endpoint", "health"]).status.success()
         });
     }
 
@@ -192,6 +363,26 @@ impl Cluster {
         Self::with_backend(bin, tag, n, Backend::Etcd)
     }
 
+    /// A cluster on an etcd that serves only TLS with client certificates and etcd auth.
+    pub fn secured(bin: &str, tag: &str, n: usize) -> Self {
+        crate::init_logging();
+        let root = TestDir::new(tag);
+        let etcd = Some(EtcdServer::start_secured(&root));
+        let mut c = Self {
+            root,
+            backend: Backend::Etcd,
+            etcd,
+            nodes: Vec::new(),
+            bin: PathBuf::from(bin),
+            name: format!("t{}", rand::random::<u32>()),
+            lease_ttl: LEASE_TTL,
+        };
+        for _ in 0..n {
+            c.add_node(None);
+        }
+        c
+    }
+
     /// A cluster on `backend` with `n` configured (not yet started) nodes `n1..`. With the
     /// embedded backend every node must be added before the first one starts (the peers
     /// table lists them all).
@@ -249,7 +440,7 @@ impl Cluster {
     fn write_config(&self, i: usize) {
         let node = &self.nodes[i];
         let coordination = match &self.etcd {
-            Some(etcd) => format!("[etcd]\nendpoints = [\"{}\"]\n", etcd.endpoint()),
+            Some(etcd) => etcd.config_section(),
             None => {
                 let peers: Vec<String> = self
                     .nodes

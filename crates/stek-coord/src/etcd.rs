@@ -29,15 +29,57 @@ impl std::fmt::Debug for Etcd {
     }
 }
 
+/// How to reach a secured etcd: TLS trust, a client certificate, a user.
+#[derive(Default)]
+pub struct EtcdSecurity {
+    /// PEM of the CA that signed etcd's certificate (https endpoints).
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM of the client certificate and of its key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// etcd user and password.
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSecurity")
+            .field("tls", &self.ca_pem.is_some())
+            .field("client_cert", &self.identity.is_some())
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
 impl Etcd {
     /// Connects (lazily: a down etcd shows up at the first request) to `endpoints` for cluster
     /// `cluster`.
     pub async fn connect(endpoints: &[String], cluster: &str) -> Result<Self, CoordError> {
+        Self::connect_secured(endpoints, cluster, EtcdSecurity::default()).await
+    }
+
+    /// Connects with TLS (server verification, optional client certificate) and/or an etcd
+    /// user, as `security` says.
+    pub async fn connect_secured(
+        endpoints: &[String],
+        cluster: &str,
+        security: EtcdSecurity,
+    ) -> Result<Self, CoordError> {
         let shown = format!("[{}]", endpoints.join(", "));
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(3));
+        if let Some(ca) = security.ca_pem {
+            let mut tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(ca));
+            if let Some((cert, key)) = security.identity {
+                tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(tls);
+        }
+        if let Some((user, password)) = security.user {
+            options = options.with_user(user, password);
+        }
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|e| CoordError::Unreachable {

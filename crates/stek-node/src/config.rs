@@ -76,6 +76,87 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawEtcd {
     endpoints: Vec<String>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+/// How a node authenticates to etcd and checks etcd's certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdAccess {
+    /// CA that signed etcd's server certificate (https endpoints).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and its key, for etcd's client-cert-auth.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// etcd user and the file holding its password.
+    pub user: Option<(String, PathBuf)>,
+}
+
+/// The secrets an [`EtcdAccess`] points to, read from their files.
+#[derive(Default)]
+pub struct EtcdSecrets {
+    /// PEM of the CA.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM of the client certificate and of its key.
+    pub identity: Option<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>)>,
+    /// User and password.
+    pub user: Option<(String, zeroize::Zeroizing<String>)>,
+}
+
+impl std::fmt::Debug for EtcdSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSecrets")
+            .field("ca", &self.ca_pem.is_some())
+            .field("identity", &self.identity.is_some())
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+impl EtcdAccess {
+    /// Reads the files, refusing secret files (client key, password) that other users can read.
+    pub fn read(&self, config: &Path) -> Result<EtcdSecrets, ConfigError> {
+        let read = |key: &str, p: &Path, secret: bool| -> Result<Vec<u8>, ConfigError> {
+            let invalid = |message: String| ConfigError::Invalid {
+                path: config.to_owned(),
+                key: format!("etcd.{key}"),
+                message,
+            };
+            let meta = std::fs::metadata(p)
+                .map_err(|e| invalid(format!("cannot read {}: {e}", p.display())))?;
+            if secret && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
+                return Err(invalid(format!(
+                    "{} is readable by other users (mode {:o}); it holds a secret: run chmod 600 {}",
+                    p.display(),
+                    std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+                    p.display()
+                )));
+            }
+            std::fs::read(p).map_err(|e| invalid(format!("cannot read {}: {e}", p.display())))
+        };
+        let mut out = EtcdSecrets::default();
+        if let Some(ca) = &self.ca_file {
+            out.ca_pem = Some(read("ca_file", ca, false)?);
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            let cert = read("cert_file", cert, false)?;
+            let key = zeroize::Zeroizing::new(read("key_file", key, true)?);
+            out.identity = Some((cert, key));
+        }
+        if let Some((user, file)) = &self.user {
+            let bytes = zeroize::Zeroizing::new(read("password_file", file, true)?);
+            let text = String::from_utf8(bytes.to_vec()).map_err(|_| ConfigError::Invalid {
+                path: config.to_owned(),
+                key: "etcd.password_file".into(),
+                message: format!("{} is not UTF-8 text", file.display()),
+            })?;
+            let password = zeroize::Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_owned());
+            out.user = Some((user.clone(), password));
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,8 +175,10 @@ pub const DEFAULT_RAFT_LISTEN: &str = "127.0.0.1:7701";
 pub enum Coordination {
     /// An etcd cluster.
     Etcd {
-        /// Client URLs, e.g. `http://127.0.0.1:2379`.
+        /// Client URLs, e.g. `http://127.0.0.1:2379` or `https://...` with `ca_file`.
         endpoints: Vec<String>,
+        /// TLS and authentication.
+        access: EtcdAccess,
     },
     /// The embedded coordinator: the peers' own Raft group (the default without `[etcd]`).
     Raft {
@@ -251,22 +334,69 @@ impl Config {
                         "is empty; list at least one client URL, e.g. [\"http://127.0.0.1:2379\"]".into(),
                     ));
                 }
+                let https = e.endpoints.iter().any(|ep| ep.starts_with("https://"));
                 for ep in &e.endpoints {
-                    let rest = ep.strip_prefix("http://").ok_or_else(|| {
-                        invalid(
-                            "etcd.endpoints".into(),
-                            format!("\"{ep}\" is not an http:// URL such as \"http://127.0.0.1:2379\" (TLS to etcd is not supported yet)"),
-                        )
-                    })?;
+                    let rest = ep
+                        .strip_prefix("http://")
+                        .or_else(|| ep.strip_prefix("https://"))
+                        .ok_or_else(|| {
+                            invalid(
+                                "etcd.endpoints".into(),
+                                format!("\"{ep}\" is not an http:// or https:// URL such as \"https://10.0.0.1:2379\""),
+                            )
+                        })?;
                     if !is_host_port(rest) {
                         return Err(invalid(
                             "etcd.endpoints".into(),
                             format!("\"{ep}\" needs a host and a port, e.g. \"http://127.0.0.1:2379\""),
                         ));
                     }
+                    if https != ep.starts_with("https://") {
+                        return Err(invalid(
+                            "etcd.endpoints".into(),
+                            "mixes http:// and https:// endpoints; use one scheme for all".into(),
+                        ));
+                    }
                 }
+                if https && e.ca_file.is_none() {
+                    return Err(invalid(
+                        "etcd.ca_file".into(),
+                        "https:// endpoints need ca_file, the CA that signed etcd's certificate".into(),
+                    ));
+                }
+                if !https && (e.ca_file.is_some() || e.cert_file.is_some()) {
+                    return Err(invalid(
+                        "etcd.endpoints".into(),
+                        "ca_file and cert_file need https:// endpoints".into(),
+                    ));
+                }
+                let client_cert = match (e.cert_file, e.key_file) {
+                    (Some(c), Some(k)) => Some((c, k)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(invalid(
+                            "etcd.key_file".into(),
+                            "cert_file and key_file go together: set both, or neither".into(),
+                        ))
+                    }
+                };
+                let user = match (e.user, e.password_file) {
+                    (Some(u), Some(p)) => Some((u, p)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(invalid(
+                            "etcd.password_file".into(),
+                            "user and password_file go together: set both, or neither".into(),
+                        ))
+                    }
+                };
                 Coordination::Etcd {
                     endpoints: e.endpoints,
+                    access: EtcdAccess {
+                        ca_file: e.ca_file,
+                        client_cert,
+                        user,
+                    },
                 }
             }
             (None, raft) => {
@@ -631,7 +761,8 @@ group = "0"
         assert_eq!(
             c.coordination,
             Coordination::Etcd {
-                endpoints: vec!["http://127.0.0.1:2379".into()]
+                endpoints: vec!["http://127.0.0.1:2379".into()],
+                access: EtcdAccess::default(),
             }
         );
         let Coordination::Raft { listen, peers } = parse("node_id = \"a\"\n").unwrap().coordination
@@ -646,7 +777,16 @@ group = "0"
         let m = err("[etcd]\nendpoints = []\n");
         assert!(m.contains("etcd.endpoints: is empty"), "{m}");
         let m = err("[etcd]\nendpoints = [\"127.0.0.1:2379\"]\n");
-        assert!(m.contains("is not an http:// URL"), "{m}");
+        assert!(m.contains("is not an http:// or https:// URL"), "{m}");
+        let m = err("[etcd]\nendpoints = [\"https://127.0.0.1:2379\"]\n");
+        assert!(
+            m.contains("etcd.ca_file: https:// endpoints need ca_file"),
+            "{m}"
+        );
+        let m = err("[etcd]\nendpoints = [\"https://127.0.0.1:2379\"]\nca_file = \"/ca.pem\"\ncert_file = \"/c.pem\"\n");
+        assert!(m.contains("cert_file and key_file go together"), "{m}");
+        let m = err("[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\nuser = \"stek\"\n");
+        assert!(m.contains("user and password_file go together"), "{m}");
         let m = err("[etcd]\nendpoints = [\"http://etcd\"]\n");
         assert!(m.contains("needs a host and a port"), "{m}");
     }
@@ -667,6 +807,31 @@ group = "0"
             "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n[raft]\nlisten = \"127.0.0.1:1\"\n",
         );
         assert!(m.contains("keep one"), "{m}");
+    }
+
+    #[test]
+    fn secret_files_readable_by_others_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let pw = d.path().join("password");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let access = EtcdAccess {
+            ca_file: None,
+            client_cert: None,
+            user: Some(("stek".into(), pw.clone())),
+        };
+        let m = access
+            .read(Path::new("/etc/stek/stek.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("etcd.password_file"), "{m}");
+        assert!(m.contains("chmod 600"), "{m}");
+        assert!(!m.contains("s3cret"), "{m}");
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let secrets = access.read(Path::new("/etc/stek/stek.toml")).unwrap();
+        assert_eq!(secrets.user.as_ref().unwrap().1.as_str(), "s3cret");
+        assert!(!format!("{secrets:?}").contains("s3cret"));
     }
 
     #[test]

@@ -20,8 +20,8 @@ where
     F: AsyncStoreFn<T>,
 {
     match &config.coordination {
-        Coordination::Etcd { endpoints } => {
-            let etcd = Etcd::connect(endpoints, &config.cluster).await?;
+        Coordination::Etcd { endpoints, access } => {
+            let etcd = connect_etcd(config, endpoints, access).await?;
             f.call(&etcd).await
         }
         Coordination::Raft { peers, .. } => {
@@ -29,6 +29,27 @@ where
             f.call(&client).await
         }
     }
+}
+
+/// Connects to etcd with the config's TLS and credentials (secret files checked first).
+pub async fn connect_etcd(
+    config: &Config,
+    endpoints: &[String],
+    access: &stek_node::config::EtcdAccess,
+) -> anyhow::Result<Etcd> {
+    let secrets = access.read(&config.path)?;
+    let security = stek_coord::etcd::EtcdSecurity {
+        ca_pem: secrets.ca_pem.clone(),
+        identity: secrets
+            .identity
+            .as_ref()
+            .map(|(c, k)| (c.clone(), k.to_vec())),
+        user: secrets
+            .user
+            .as_ref()
+            .map(|(u, p)| (u.clone(), p.to_string())),
+    };
+    Ok(Etcd::connect_secured(endpoints, &config.cluster, security).await?)
 }
 
 /// A job that can run against any coordinator (a generic async closure).

@@ -3,7 +3,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use stek_coord::etcd::Etcd;
 use stek_coord::raft::client::RaftClient;
 use stek_coord::raft::peer::Peer;
 use stek_node::config::Coordination;
@@ -31,8 +30,8 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         .build()?;
     rt.block_on(async {
         match &config.coordination {
-            Coordination::Etcd { endpoints } => {
-                let etcd = Etcd::connect(endpoints, &config.cluster).await?;
+            Coordination::Etcd { endpoints, access } => {
+                let etcd = super::cluster::connect_etcd(&config, endpoints, access).await?;
                 stek_node::node::run(&config, etcd, shutdown_signal()).await;
             }
             Coordination::Raft { listen, peers } => {
