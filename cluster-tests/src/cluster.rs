@@ -51,6 +51,77 @@ fn openssl(args: &[&str]) {
     );
 }
 
+/// A CA and one certificate for every Raft peer (SAN 127.0.0.1, server and client use), key 0600.
+#[derive(Debug, Clone)]
+pub struct PeerPki {
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// The peers' certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+}
+
+/// Makes a [`PeerPki`] in `dir`.
+pub fn make_peer_pki(dir: &std::path::Path) -> PeerPki {
+    let p = |n: &str| dir.join(n).display().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=stek-peer-ca",
+        "-keyout",
+        &p("peer-ca.key"),
+        "-out",
+        &p("peer-ca.pem"),
+    ]);
+    fs::write(
+        dir.join("peer.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=stek-peer",
+        "-keyout",
+        &p("peer.key"),
+        "-out",
+        &p("peer.csr"),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("peer.csr"),
+        "-CA",
+        &p("peer-ca.pem"),
+        "-CAkey",
+        &p("peer-ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p("peer.ext"),
+        "-out",
+        &p("peer.pem"),
+    ]);
+    fs::set_permissions(dir.join("peer.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    PeerPki {
+        ca: dir.join("peer-ca.pem"),
+        cert: dir.join("peer.pem"),
+        key: dir.join("peer.key"),
+    }
+}
+
 fn make_tls(dir: &std::path::Path) -> EtcdTls {
     let p = |n: &str| dir.join(n).display().to_string();
     openssl(&[
@@ -352,6 +423,8 @@ pub struct Cluster {
     pub name: String,
     /// The lease TTL of nodes added from now on.
     pub lease_ttl: Duration,
+    /// Mutual TLS between Raft peers (embedded backend), when set.
+    pub peer_pki: Option<PeerPki>,
 }
 
 /// The lease TTL the tests run with.
@@ -376,6 +449,7 @@ impl Cluster {
             bin: PathBuf::from(bin),
             name: format!("t{}", rand::random::<u32>()),
             lease_ttl: LEASE_TTL,
+            peer_pki: None,
         };
         for _ in 0..n {
             c.add_node(None);
@@ -398,6 +472,7 @@ impl Cluster {
             bin: PathBuf::from(bin),
             name: format!("t{}", rand::random::<u32>()),
             lease_ttl: LEASE_TTL,
+            peer_pki: None,
         };
         for _ in 0..n {
             c.add_node(None);
@@ -447,11 +522,20 @@ impl Cluster {
                     .iter()
                     .map(|n| format!("{} = \"{}\"", n.id, n.raft_addr))
                     .collect();
-                format!(
+                let mut section = format!(
                     "[raft]\nlisten = \"{}\"\npeers = {{ {} }}\n",
                     node.raft_addr,
                     peers.join(", ")
-                )
+                );
+                if let Some(pki) = &self.peer_pki {
+                    section += &format!(
+                        "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                        pki.ca.display(),
+                        pki.cert.display(),
+                        pki.key.display()
+                    );
+                }
+                section
             }
         };
         let reload: Vec<&str> = node.reload.iter().map(String::as_str).collect();

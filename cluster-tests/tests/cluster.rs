@@ -605,3 +605,73 @@ fn etcd_over_tls_with_client_certificates_and_auth() {
         "the password is not echoed: {text}"
     );
 }
+
+/// Raft peers over mutual TLS: the cluster forms and rotates; a client without a certificate,
+/// or with one from another CA, is refused; a key file others can read stops a node at start.
+#[test]
+fn raft_peers_over_mutual_tls() {
+    use std::os::unix::fs::PermissionsExt;
+    use stek_coord::raft::net::{call, Request};
+    use stek_coord::raft::tls::PeerTls;
+    let mut c = Cluster::with_backend(BIN, "raft-mtls", 3, Backend::Raft);
+    let pki = cluster_tests::cluster::make_peer_pki(&c.root.subdir("pki"));
+    c.peer_pki = Some(pki.clone());
+    c.start_all();
+    let status = c.wait_converged(Duration::from_secs(30));
+    let mut history = History::default();
+    check_invariants(&c, &status, &mut history);
+    rotate_ok(&c, 2);
+    let status = c.wait_converged(Duration::from_secs(10));
+    check_invariants(&c, &status, &mut history);
+    assert!(
+        !c.nodes[0].log_text().contains("not encrypted"),
+        "with TLS configured there is no plaintext warning"
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let peer = c.nodes[0].raft_addr.clone();
+    info!("--- a client without TLS gets nothing");
+    let plain = rt.block_on(call(&peer, &Request::State, Duration::from_secs(3), None));
+    assert!(
+        plain.is_err(),
+        "a plaintext request was answered: {plain:?}"
+    );
+    info!("--- a client whose certificate comes from another CA is refused");
+    let other = cluster_tests::cluster::make_peer_pki(&c.root.subdir("other-pki"));
+    let pem = |p: &std::path::Path| fs::read(p).unwrap();
+    // Trusts the real CA (so it would accept the server) but presents a foreign certificate.
+    let intruder = PeerTls::from_pem(&pem(&pki.ca), &pem(&other.cert), &pem(&other.key)).unwrap();
+    let refused = rt.block_on(call(
+        &peer,
+        &Request::State,
+        Duration::from_secs(3),
+        Some(&intruder),
+    ));
+    assert!(
+        refused.is_err(),
+        "a foreign certificate was accepted: {refused:?}"
+    );
+    cluster_tests::wait_until(
+        Duration::from_secs(5),
+        "the peer to log the refusal",
+        || {
+            c.nodes[0]
+                .log_text()
+                .contains("refused a peer connection without a valid certificate")
+        },
+    );
+
+    info!("--- a peer key readable by others: the node refuses to start");
+    fs::set_permissions(&pki.key, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = c.cli(0, &["node"]);
+    fs::set_permissions(&pki.key, fs::Permissions::from_mode(0o600)).unwrap();
+    let text = out_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("raft.key_file") && text.contains("chmod 600"),
+        "{text}"
+    );
+}

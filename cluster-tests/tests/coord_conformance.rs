@@ -27,6 +27,21 @@ fn etcd_backend_passes_the_conformance_suite() {
 
 #[test]
 fn raft_backend_passes_the_conformance_suite() {
+    raft_conformance(None);
+}
+
+#[test]
+fn raft_backend_over_mutual_tls_passes_the_conformance_suite() {
+    let root = TestDir::new("conformance-raft-tls");
+    let pki = cluster_tests::cluster::make_peer_pki(root.path());
+    let pem = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let tls =
+        stek_coord::raft::tls::PeerTls::from_pem(&pem(&pki.ca), &pem(&pki.cert), &pem(&pki.key))
+            .expect("peer TLS");
+    raft_conformance(Some(tls));
+}
+
+fn raft_conformance(tls: Option<stek_coord::raft::tls::PeerTls>) {
     use std::collections::BTreeMap;
     use stek_coord::raft::client::RaftClient;
     use stek_coord::raft::peer::Peer;
@@ -48,7 +63,7 @@ fn raft_backend_passes_the_conformance_suite() {
         let mut running = Vec::new();
         for (name, addr) in &peers {
             running.push(
-                Peer::start("conformance", name, addr, &peers)
+                Peer::start("conformance", name, addr, &peers, tls.clone())
                     .await
                     .expect("peer starts"),
             );
@@ -56,7 +71,8 @@ fn raft_backend_passes_the_conformance_suite() {
         let addrs: Vec<String> = peers.values().cloned().collect();
         conformance::run_all(|| {
             let addrs = addrs.clone();
-            async move { RaftClient::new("conformance", addrs, None) }
+            let tls = tls.clone();
+            async move { RaftClient::new("conformance", addrs, None).with_tls(tls) }
         })
         .await;
         for p in running {

@@ -118,23 +118,8 @@ impl std::fmt::Debug for EtcdSecrets {
 impl EtcdAccess {
     /// Reads the files, refusing secret files (client key, password) that other users can read.
     pub fn read(&self, config: &Path) -> Result<EtcdSecrets, ConfigError> {
-        let read = |key: &str, p: &Path, secret: bool| -> Result<Vec<u8>, ConfigError> {
-            let invalid = |message: String| ConfigError::Invalid {
-                path: config.to_owned(),
-                key: format!("etcd.{key}"),
-                message,
-            };
-            let meta = std::fs::metadata(p)
-                .map_err(|e| invalid(format!("cannot read {}: {e}", p.display())))?;
-            if secret && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
-                return Err(invalid(format!(
-                    "{} is readable by other users (mode {:o}); it holds a secret: run chmod 600 {}",
-                    p.display(),
-                    std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
-                    p.display()
-                )));
-            }
-            std::fs::read(p).map_err(|e| invalid(format!("cannot read {}: {e}", p.display())))
+        let read = |key: &str, p: &Path, secret: bool| {
+            read_config_file(config, &format!("etcd.{key}"), p, secret)
         };
         let mut out = EtcdSecrets::default();
         if let Some(ca) = &self.ca_file {
@@ -165,6 +150,77 @@ struct RawRaft {
     listen: Option<String>,
     #[serde(default)]
     peers: std::collections::BTreeMap<String, String>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+/// Mutual TLS between Raft peers: the cluster CA, and this peer's certificate and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftTls {
+    /// The CA every peer's certificate is signed by.
+    pub ca_file: PathBuf,
+    /// This peer's certificate (server and client).
+    pub cert_file: PathBuf,
+    /// Its key; must not be readable by other users.
+    pub key_file: PathBuf,
+}
+
+/// The PEM contents a [`RaftTls`] points to.
+pub struct RaftTlsPem {
+    /// The CA.
+    pub ca: Vec<u8>,
+    /// This peer's certificate.
+    pub cert: Vec<u8>,
+    /// Its key (zeroized on drop).
+    pub key: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for RaftTlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RaftTlsPem(..)")
+    }
+}
+
+impl RaftTls {
+    /// Reads the three files, refusing a key file others can read.
+    pub fn read(&self, config: &Path) -> Result<RaftTlsPem, ConfigError> {
+        Ok(RaftTlsPem {
+            ca: read_config_file(config, "raft.ca_file", &self.ca_file, false)?,
+            cert: read_config_file(config, "raft.cert_file", &self.cert_file, false)?,
+            key: zeroize::Zeroizing::new(read_config_file(
+                config,
+                "raft.key_file",
+                &self.key_file,
+                true,
+            )?),
+        })
+    }
+}
+
+/// Reads a file named by the config; a `secret` file must not be readable by other users.
+fn read_config_file(
+    config: &Path,
+    key: &str,
+    p: &Path,
+    secret: bool,
+) -> Result<Vec<u8>, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        path: config.to_owned(),
+        key: key.to_owned(),
+        message,
+    };
+    let meta =
+        std::fs::metadata(p).map_err(|e| invalid(format!("cannot read {}: {e}", p.display())))?;
+    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+    if secret && mode & 0o077 != 0 {
+        return Err(invalid(format!(
+            "{} is readable by other users (mode {mode:o}); it holds a secret: run chmod 600 {}",
+            p.display(),
+            p.display()
+        )));
+    }
+    std::fs::read(p).map_err(|e| invalid(format!("cannot read {}: {e}", p.display())))
 }
 
 /// The embedded coordinator's default peer address (single-box mode).
@@ -186,6 +242,8 @@ pub enum Coordination {
         listen: String,
         /// Every peer of the group by node id, this one included.
         peers: std::collections::BTreeMap<String, String>,
+        /// Mutual TLS between peers, when configured.
+        tls: Option<RaftTls>,
     },
 }
 
@@ -403,7 +461,24 @@ impl Config {
                 let raft = raft.unwrap_or(RawRaft {
                     listen: None,
                     peers: Default::default(),
+                    ca_file: None,
+                    cert_file: None,
+                    key_file: None,
                 });
+                let tls = match (raft.ca_file, raft.cert_file, raft.key_file) {
+                    (Some(ca_file), Some(cert_file), Some(key_file)) => Some(RaftTls {
+                        ca_file,
+                        cert_file,
+                        key_file,
+                    }),
+                    (None, None, None) => None,
+                    _ => {
+                        return Err(invalid(
+                            "raft.ca_file".into(),
+                            "ca_file, cert_file and key_file go together: set all three for mutual TLS between peers, or none".into(),
+                        ))
+                    }
+                };
                 let listen = raft
                     .listen
                     .or_else(|| raft.peers.get(&node_id).cloned())
@@ -434,7 +509,7 @@ impl Config {
                         ));
                     }
                 }
-                Coordination::Raft { listen, peers }
+                Coordination::Raft { listen, peers, tls }
             }
         };
         let mut targets = Vec::with_capacity(raw.target.len());
@@ -765,7 +840,8 @@ group = "0"
                 access: EtcdAccess::default(),
             }
         );
-        let Coordination::Raft { listen, peers } = parse("node_id = \"a\"\n").unwrap().coordination
+        let Coordination::Raft { listen, peers, .. } =
+            parse("node_id = \"a\"\n").unwrap().coordination
         else {
             panic!("no [etcd]: the embedded coordinator")
         };
@@ -794,7 +870,7 @@ group = "0"
     #[test]
     fn raft_section_is_checked() {
         let c = parse("node_id = \"n2\"\n[raft]\nlisten = \"127.0.0.1:7702\"\npeers = { n1 = \"127.0.0.1:7701\", n2 = \"127.0.0.1:7702\", n3 = \"127.0.0.1:7703\" }\n").unwrap();
-        let Coordination::Raft { listen, peers } = c.coordination else {
+        let Coordination::Raft { listen, peers, .. } = c.coordination else {
             panic!("raft")
         };
         assert_eq!(listen, "127.0.0.1:7702");

@@ -26,6 +26,7 @@ pub struct RaftClient {
     peers: Vec<String>,
     prefix: String,
     hint: Arc<Mutex<Option<String>>>,
+    tls: Option<Arc<super::tls::PeerTls>>,
 }
 
 impl RaftClient {
@@ -36,7 +37,14 @@ impl RaftClient {
             peers,
             prefix: format!("/stek/{cluster}/"),
             hint: Arc::new(Mutex::new(home)),
+            tls: None,
         }
+    }
+
+    /// Talks to the peers over mutual TLS.
+    pub fn with_tls(mut self, tls: Option<super::tls::PeerTls>) -> Self {
+        self.tls = tls.map(Arc::new);
+        self
     }
 
     fn endpoints(&self) -> String {
@@ -64,7 +72,7 @@ impl RaftClient {
                     _ => CALL_TIMEOUT,
                 };
                 for _ in 0..3 {
-                    match call(&target, req, limit).await {
+                    match call(&target, req, limit, self.tls.as_deref()).await {
                         Ok(Reply::NotLeader(Some(leader))) if leader != target => target = leader,
                         Ok(Reply::NotLeader(_)) => {
                             last = "the group has no leader (election in progress, or quorum lost)"

@@ -5,6 +5,7 @@ pub mod client;
 pub mod net;
 pub mod peer;
 pub mod store;
+pub mod tls;
 
 use std::io::Cursor;
 

@@ -15,8 +15,12 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use super::tls::PeerTls;
 
 use super::store::{Applied, Command, Data};
 use super::TypeConfig;
@@ -72,14 +76,28 @@ pub enum Reply {
     Error(String),
 }
 
-/// Sends one request and reads the reply.
-pub async fn call(addr: &str, req: &Request, timeout: Duration) -> std::io::Result<Reply> {
+/// Sends one request and reads the reply (over mutual TLS when `tls` is given).
+pub async fn call(
+    addr: &str,
+    req: &Request,
+    timeout: Duration,
+    tls: Option<&PeerTls>,
+) -> std::io::Result<Reply> {
     let work = async {
-        let mut stream = TcpStream::connect(addr).await?;
+        let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        write_frame(&mut stream, &serde_json::to_vec(req)?).await?;
-        let body = read_frame(&mut stream).await?;
-        Ok::<_, std::io::Error>(serde_json::from_slice(&body)?)
+        match tls {
+            Some(tls) => {
+                let name = PeerTls::server_name(addr).map_err(std::io::Error::other)?;
+                let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+                let mut stream = connector.connect(name, stream).await?;
+                exchange(&mut stream, req).await
+            }
+            None => {
+                let mut stream = stream;
+                exchange(&mut stream, req).await
+            }
+        }
     };
     tokio::time::timeout(timeout, work).await.map_err(|_| {
         std::io::Error::new(
@@ -89,8 +107,23 @@ pub async fn call(addr: &str, req: &Request, timeout: Duration) -> std::io::Resu
     })?
 }
 
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    req: &Request,
+) -> std::io::Result<Reply> {
+    write_frame(stream, &serde_json::to_vec(req)?).await?;
+    let body = read_frame(stream).await?;
+    let reply = serde_json::from_slice(&body)?;
+    // Close our side cleanly (a TLS close_notify) so the peer sees no truncation.
+    let _ = stream.shutdown().await;
+    Ok(reply)
+}
+
 /// Writes one frame.
-pub async fn write_frame(stream: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
+pub async fn write_frame<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    body: &[u8],
+) -> std::io::Result<()> {
     let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("message too large"))?;
     stream.write_all(&len.to_be_bytes()).await?;
     stream.write_all(body).await?;
@@ -98,7 +131,7 @@ pub async fn write_frame(stream: &mut TcpStream, body: &[u8]) -> std::io::Result
 }
 
 /// Reads one frame.
-pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+pub async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len);
@@ -115,7 +148,10 @@ pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 
 /// Raft's view of the network: a connection to one peer per RPC.
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct Network {
+    /// Mutual TLS, when configured.
+    pub tls: Option<Arc<PeerTls>>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerLink;
@@ -124,6 +160,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerLink {
             target,
             addr: node.addr.clone(),
+            tls: self.tls.clone(),
         }
     }
 }
@@ -133,6 +170,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerLink {
     target: u64,
     addr: String,
+    tls: Option<Arc<PeerTls>>,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<u64, BasicNode, RaftError<u64, E>>;
@@ -143,7 +181,7 @@ impl PeerLink {
         req: Request,
         option: &RPCOption,
     ) -> Result<Reply, RpcErr<E>> {
-        call(&self.addr, &req, option.hard_ttl())
+        call(&self.addr, &req, option.hard_ttl(), self.tls.as_deref())
             .await
             .map_err(|e| {
                 if e.kind() == std::io::ErrorKind::ConnectionRefused {

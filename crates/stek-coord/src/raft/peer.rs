@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, Raft, ServerState};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
 use super::net::{read_frame, write_frame, Network, Reply, Request};
 use super::store::{Applied, Command, MemStore};
+use super::tls::PeerTls;
 use super::TypeConfig;
 use crate::CoordError;
 
@@ -56,7 +57,9 @@ impl Peer {
         name: &str,
         listen: &str,
         peers: &BTreeMap<String, String>,
+        tls: Option<PeerTls>,
     ) -> Result<Self, CoordError> {
+        let tls = tls.map(Arc::new);
         let ids = raft_ids(peers);
         let id = *ids.get(name).ok_or_else(|| CoordError::Unreachable {
             endpoints: listen.to_owned(),
@@ -76,8 +79,9 @@ impl Peer {
         })?);
         let store = MemStore::default();
         let (log, sm) = openraft::storage::Adaptor::new(store.clone());
+        let network = Network { tls: tls.clone() };
         let raft =
-            Raft::new(id, config, Network, log, sm)
+            Raft::new(id, config, network, log, sm)
                 .await
                 .map_err(|e| CoordError::Unreachable {
                     endpoints: listen.to_owned(),
@@ -97,7 +101,7 @@ impl Peer {
             deadlines: Arc::default(),
             tasks: Arc::default(),
         };
-        let serve = tokio::spawn(peer.clone().serve(listener));
+        let serve = tokio::spawn(peer.clone().serve(listener, tls));
         let clock = tokio::spawn(peer.clone().lease_clock());
         peer.tasks.lock().await.extend([serve, clock]);
         // Every peer proposes the same initial membership; only an empty group accepts it, so a
@@ -149,13 +153,28 @@ impl Peer {
         Ok(())
     }
 
-    async fn serve(self, listener: TcpListener) {
+    async fn serve(self, listener: TcpListener, tls: Option<Arc<PeerTls>>) {
+        let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone()));
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => {
+                Ok((stream, from)) => {
                     let me = self.clone();
+                    let acceptor = acceptor.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = me.handle(stream).await {
+                        let served = match acceptor {
+                            Some(a) => match a.accept(stream).await {
+                                Ok(mut s) => me.handle(&mut s).await,
+                                Err(e) => {
+                                    warn!(%from, "refused a peer connection without a valid certificate: {e}");
+                                    return;
+                                }
+                            },
+                            None => {
+                                let mut s = stream;
+                                me.handle(&mut s).await
+                            }
+                        };
+                        if let Err(e) = served {
                             debug!("peer connection: {e}");
                         }
                     });
@@ -168,11 +187,16 @@ impl Peer {
         }
     }
 
-    async fn handle(&self, mut stream: TcpStream) -> std::io::Result<()> {
-        let body = read_frame(&mut stream).await?;
+    async fn handle<S>(&self, stream: &mut S) -> std::io::Result<()>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let body = read_frame(stream).await?;
         let req: Request = serde_json::from_slice(&body)?;
         let reply = self.answer(req).await;
-        write_frame(&mut stream, &serde_json::to_vec(&reply)?).await
+        write_frame(stream, &serde_json::to_vec(&reply)?).await?;
+        let _ = tokio::io::AsyncWriteExt::shutdown(stream).await;
+        Ok(())
     }
 
     async fn answer(&self, req: Request) -> Reply {

@@ -24,8 +24,9 @@ where
             let etcd = connect_etcd(config, endpoints, access).await?;
             f.call(&etcd).await
         }
-        Coordination::Raft { peers, .. } => {
-            let client = RaftClient::new(&config.cluster, peers.values().cloned().collect(), None);
+        Coordination::Raft { peers, tls, .. } => {
+            let client = RaftClient::new(&config.cluster, peers.values().cloned().collect(), None)
+                .with_tls(peer_tls(config, tls.as_ref())?);
             f.call(&client).await
         }
     }
@@ -50,6 +51,20 @@ pub async fn connect_etcd(
             .map(|(u, p)| (u.clone(), p.to_string())),
     };
     Ok(Etcd::connect_secured(endpoints, &config.cluster, security).await?)
+}
+
+/// The peers' mutual TLS from the config's files (key file checked first).
+pub fn peer_tls(
+    config: &Config,
+    tls: Option<&stek_node::config::RaftTls>,
+) -> anyhow::Result<Option<stek_coord::raft::tls::PeerTls>> {
+    let Some(tls) = tls else {
+        return Ok(None);
+    };
+    let pem = tls.read(&config.path)?;
+    let built = stek_coord::raft::tls::PeerTls::from_pem(&pem.ca, &pem.cert, &pem.key)
+        .map_err(|e| anyhow::anyhow!("config {}: raft TLS: {e}", config.path.display()))?;
+    Ok(Some(built))
 }
 
 /// A job that can run against any coordinator (a generic async closure).

@@ -34,16 +34,19 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
                 let etcd = super::cluster::connect_etcd(&config, endpoints, access).await?;
                 stek_node::node::run(&config, etcd, shutdown_signal()).await;
             }
-            Coordination::Raft { listen, peers } => {
+            Coordination::Raft { listen, peers, tls } => {
                 if peers.len() == 1 {
-                    tracing::info!(
-                        "embedded coordinator, single box: a one-node group on {listen}"
-                    );
+                    tracing::info!("embedded coordinator, single box: a one-node group on {listen}");
                 }
-                let peer = Peer::start(&config.cluster, &config.node_id, listen, peers).await?;
+                let tls = super::cluster::peer_tls(&config, tls.as_ref())?;
+                if tls.is_none() && peers.len() > 1 {
+                    tracing::warn!("Raft peer traffic is not encrypted: set [raft] ca_file, cert_file and key_file for mutual TLS");
+                }
+                let peer =
+                    Peer::start(&config.cluster, &config.node_id, listen, peers, tls.clone()).await?;
                 let home = peers.get(&config.node_id).cloned();
-                let client =
-                    RaftClient::new(&config.cluster, peers.values().cloned().collect(), home);
+                let client = RaftClient::new(&config.cluster, peers.values().cloned().collect(), home)
+                    .with_tls(tls);
                 stek_node::node::run(&config, client, shutdown_signal()).await;
                 peer.shutdown().await;
             }

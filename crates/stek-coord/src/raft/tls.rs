@@ -1,0 +1,72 @@
+//! Mutual TLS between the embedded coordinator's peers (and its clients): every connection
+//! presents a certificate signed by the cluster's CA and checks the other side's.
+
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// The peer TLS configuration, both directions.
+#[derive(Clone)]
+pub struct PeerTls {
+    pub(crate) server: Arc<ServerConfig>,
+    pub(crate) client: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerTls(mutual)")
+    }
+}
+
+impl PeerTls {
+    /// Builds both sides from PEM: the CA every peer trusts, and this peer's certificate and
+    /// key (used as server certificate and as client certificate).
+    pub fn from_pem(ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(ca_pem) {
+            let ca = ca.map_err(|e| format!("ca_file: {e}"))?;
+            roots.add(ca).map_err(|e| format!("ca_file: {e}"))?;
+        }
+        if roots.is_empty() {
+            return Err("ca_file holds no certificate".into());
+        }
+        let roots = Arc::new(roots);
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("cert_file: {e}"))?;
+        if chain.is_empty() {
+            return Err("cert_file holds no certificate".into());
+        }
+        let key = || PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("key_file: {e}"));
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| format!("ca_file: {e}"))?;
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key()?)
+            .map_err(|e| format!("cert_file/key_file: {e}"))?;
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key()?)
+            .map_err(|e| format!("cert_file/key_file: {e}"))?;
+        Ok(Self {
+            server: Arc::new(server),
+            client: Arc::new(client),
+        })
+    }
+
+    /// The name a peer's certificate must carry for address `addr` (its host: an IP or a name).
+    pub(crate) fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        ServerName::try_from(host.to_owned()).map_err(|e| format!("{addr}: {e}"))
+    }
+}
