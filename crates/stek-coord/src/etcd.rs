@@ -177,6 +177,7 @@ impl Coordinator for Etcd {
                 raw.leader = Some(Leader {
                     node_id: String::from_utf8_lossy(kv.value()).into_owned(),
                     term: Term(kv.create_revision()),
+                    lease: LeaseId(kv.lease()),
                 });
             } else if rest == "ring" {
                 raw.ring = Some((full, kv.value().to_vec()));

@@ -38,6 +38,9 @@ pub struct Leader {
     pub node_id: String,
     /// Its term.
     pub term: Term,
+    /// The lease the leadership is bound to: a node that finds its own node id under its own
+    /// current lease holds the leadership even if the reply to its campaign was lost.
+    pub lease: LeaseId,
 }
 
 /// The ring key's content.

@@ -294,6 +294,12 @@ impl<C: Coordinator> Node<'_, C> {
                 }
             }
             (Some(l), Some(term)) if l.node_id == *me && l.term == term => {}
+            (Some(l), None) if l.node_id == *me && Some(l.lease) == self.lease => {
+                // Our campaign was applied but its reply was lost (a timeout, a retry that
+                // answered "not elected"): the leadership under our own lease is ours.
+                info!(target: "audit", node = %me, term = l.term.0, "leader elected (campaign reply was lost)");
+                self.term = Some(l.term);
+            }
             (Some(_), Some(term)) => {
                 info!(target: "audit", node = %me, term = term.0, "leadership lost");
                 self.term = None;

@@ -125,6 +125,7 @@ impl RaftClient {
             leader: data.leader.map(|s| Leader {
                 node_id: s.node_id,
                 term: Term(i64::try_from(s.term).unwrap_or(i64::MAX)),
+                lease: LeaseId(s.lease),
             }),
             ring: data.ring.map(|v| (format!("{p}ring"), v)),
             alive: data.alive.into_keys().collect(),
