@@ -440,21 +440,8 @@ impl Cluster {
     pub fn secured(bin: &str, tag: &str, n: usize) -> Self {
         crate::init_logging();
         let root = TestDir::new(tag);
-        let etcd = Some(EtcdServer::start_secured(&root));
-        let mut c = Self {
-            root,
-            backend: Backend::Etcd,
-            etcd,
-            nodes: Vec::new(),
-            bin: PathBuf::from(bin),
-            name: format!("t{}", rand::random::<u32>()),
-            lease_ttl: LEASE_TTL,
-            peer_pki: None,
-        };
-        for _ in 0..n {
-            c.add_node(None);
-        }
-        c
+        let etcd = EtcdServer::start_secured(&root);
+        Self::build(bin, root, n, Backend::Etcd, Some(etcd))
     }
 
     /// A cluster on `backend` with `n` configured (not yet started) nodes `n1..`. With the
@@ -464,6 +451,16 @@ impl Cluster {
         crate::init_logging();
         let root = TestDir::new(tag);
         let etcd = (backend == Backend::Etcd).then(|| EtcdServer::start(&root));
+        Self::build(bin, root, n, backend, etcd)
+    }
+
+    fn build(
+        bin: &str,
+        root: TestDir,
+        n: usize,
+        backend: Backend,
+        etcd: Option<EtcdServer>,
+    ) -> Self {
         let mut c = Self {
             root,
             backend,

@@ -325,12 +325,7 @@ impl Coordinator for Etcd {
 
     async fn request_rotation(&self, by: &str) -> Result<String, CoordError> {
         let mut client = self.client.clone();
-        let now = MemberRecord::now_ms();
-        let key = self.key(&format!("requests/{now:013}-{:08x}", rand::random::<u32>()));
-        let record = RequestRecord {
-            requested_by: by.to_owned(),
-            requested_at_ms: now,
-        };
+        let (key, record) = RequestRecord::new_keyed(&self.prefix, by);
         client
             .put(key.as_str(), record.encode(), None)
             .await

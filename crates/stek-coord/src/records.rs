@@ -283,6 +283,19 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
+    /// A new request by `by`, and its key under `prefix` (time-ordered, unique).
+    pub fn new_keyed(prefix: &str, by: &str) -> (String, Self) {
+        let now = MemberRecord::now_ms();
+        let key = format!("{prefix}requests/{now:013}-{:08x}", rand::random::<u32>());
+        (
+            key,
+            Self {
+                requested_by: by.to_owned(),
+                requested_at_ms: now,
+            },
+        )
+    }
+
     /// Encodes for the store.
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a request record always serialises")

@@ -22,6 +22,14 @@ fn text(o: &Output) -> String {
     )
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn shm_dir() -> tempfile::TempDir {
     let d = tempfile::Builder::new()
         .prefix("stek-cli-")
@@ -307,11 +315,7 @@ fn node_with_unreachable_etcd_names_the_endpoints_and_writes_nothing() {
 #[test]
 fn without_etcd_the_cli_uses_the_embedded_group_and_names_the_peers_it_tried() {
     let d = shm_dir();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let cfg = write_config(
         d.path(),
         &format!("node_id = \"a\"\n[raft]\nlisten = \"127.0.0.1:{port}\"\n"),
@@ -329,11 +333,7 @@ fn a_node_without_etcd_or_peers_runs_a_one_node_group() {
     let keys = d.path().join("keys");
     fs::create_dir(&keys).unwrap();
     fs::set_permissions(&keys, fs::Permissions::from_mode(0o700)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let cfg = write_config(
         d.path(),
         &format!(

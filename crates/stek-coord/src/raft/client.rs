@@ -292,16 +292,7 @@ impl Coordinator for RaftClient {
     }
 
     async fn request_rotation(&self, by: &str) -> Result<String, CoordError> {
-        let now = MemberRecord::now_ms();
-        let key = format!(
-            "{}requests/{now:013}-{:08x}",
-            self.prefix,
-            rand::random::<u32>()
-        );
-        let record = RequestRecord {
-            requested_by: by.to_owned(),
-            requested_at_ms: now,
-        };
+        let (key, record) = RequestRecord::new_keyed(&self.prefix, by);
         self.write(Command::PutRequest {
             key: key.clone(),
             value: record.encode(),
