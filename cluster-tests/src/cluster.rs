@@ -62,9 +62,10 @@ pub struct PeerPki {
     pub key: PathBuf,
 }
 
-/// Makes a [`PeerPki`] in `dir`.
-pub fn make_peer_pki(dir: &std::path::Path) -> PeerPki {
+/// A self-signed CA `name`.pem / `name`.key in `dir`.
+fn make_ca(dir: &std::path::Path, name: &str, cn: &str) {
     let p = |n: &str| dir.join(n).display().to_string();
+    let subj = format!("/CN={cn}");
     openssl(&[
         "req",
         "-x509",
@@ -74,47 +75,65 @@ pub fn make_peer_pki(dir: &std::path::Path) -> PeerPki {
         "-days",
         "2",
         "-subj",
-        "/CN=stek-peer-ca",
+        &subj,
         "-keyout",
-        &p("peer-ca.key"),
+        &p(&format!("{name}.key")),
         "-out",
-        &p("peer-ca.pem"),
+        &p(&format!("{name}.pem")),
     ]);
-    fs::write(
-        dir.join("peer.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
-    )
-    .unwrap();
+}
+
+/// A key and a certificate `name`.key / `name`.pem signed by CA `ca`, with extensions `ext`.
+fn sign(dir: &std::path::Path, ca: &str, name: &str, cn: &str, ext: &str) {
+    let p = |n: &str| dir.join(n).display().to_string();
+    fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+    let subj = format!("/CN={cn}");
     openssl(&[
         "req",
         "-newkey",
         "rsa:2048",
         "-nodes",
         "-subj",
-        "/CN=stek-peer",
+        &subj,
         "-keyout",
-        &p("peer.key"),
+        &p(&format!("{name}.key")),
         "-out",
-        &p("peer.csr"),
+        &p(&format!("{name}.csr")),
     ]);
     openssl(&[
         "x509",
         "-req",
         "-in",
-        &p("peer.csr"),
+        &p(&format!("{name}.csr")),
         "-CA",
-        &p("peer-ca.pem"),
+        &p(&format!("{ca}.pem")),
         "-CAkey",
-        &p("peer-ca.key"),
+        &p(&format!("{ca}.key")),
         "-CAcreateserial",
         "-days",
         "2",
         "-extfile",
-        &p("peer.ext"),
+        &p(&format!("{name}.ext")),
         "-out",
-        &p("peer.pem"),
+        &p(&format!("{name}.pem")),
     ]);
-    fs::set_permissions(dir.join("peer.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(
+        dir.join(format!("{name}.key")),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+}
+
+/// Makes a [`PeerPki`] in `dir`.
+pub fn make_peer_pki(dir: &std::path::Path) -> PeerPki {
+    make_ca(dir, "peer-ca", "stek-peer-ca");
+    sign(
+        dir,
+        "peer-ca",
+        "peer",
+        "stek-peer",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+    );
     PeerPki {
         ca: dir.join("peer-ca.pem"),
         cert: dir.join("peer.pem"),
@@ -123,69 +142,18 @@ pub fn make_peer_pki(dir: &std::path::Path) -> PeerPki {
 }
 
 fn make_tls(dir: &std::path::Path) -> EtcdTls {
-    let p = |n: &str| dir.join(n).display().to_string();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=stek-test-ca",
-        "-keyout",
-        &p("ca.key"),
-        "-out",
-        &p("ca.pem"),
-    ]);
-    fs::write(
-        dir.join("server.ext"),
+    make_ca(dir, "ca", "stek-test-ca");
+    sign(
+        dir,
+        "ca",
+        "server",
+        "etcd",
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
-        let cn = if name == "server" {
-            "/CN=etcd"
-        } else {
-            "/CN=root"
-        };
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            cn,
-            "-keyout",
-            &p(&format!("{name}.key")),
-            "-out",
-            &p(&format!("{name}.csr")),
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &p(&format!("{name}.csr")),
-            "-CA",
-            &p("ca.pem"),
-            "-CAkey",
-            &p("ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &p(ext),
-            "-out",
-            &p(&format!("{name}.pem")),
-        ]);
-    }
+    );
+    sign(dir, "ca", "client", "root", "extendedKeyUsage=clientAuth\n");
     let password_file = dir.join("root.password");
     fs::write(&password_file, "stek-test-root-pw\n").unwrap();
-    for f in [dir.join("client.key"), password_file.clone()] {
-        fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    fs::set_permissions(&password_file, fs::Permissions::from_mode(0o600)).unwrap();
     EtcdTls {
         ca: dir.join("ca.pem"),
         cert: dir.join("client.pem"),

@@ -30,6 +30,16 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A private directory on the build disk: persistent storage, not a RAM disk.
+fn disk_dir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("stek-cli-disk-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    d
+}
+
 fn shm_dir() -> tempfile::TempDir {
     let d = tempfile::Builder::new()
         .prefix("stek-cli-")
@@ -69,11 +79,7 @@ fn check_accepts_a_good_config_and_prints_httpd_warning() {
 
 #[test]
 fn check_reports_persistent_storage_and_exits_1() {
-    let disk = tempfile::Builder::new()
-        .prefix("stek-cli-disk-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
-    fs::set_permissions(disk.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    let disk = disk_dir();
     let cfg = write_config(
         disk.path(),
         &format!(
@@ -249,11 +255,7 @@ fn regression_demo_with_closed_stdout_still_removes_its_key_files() {
 
 #[test]
 fn node_refuses_to_start_on_a_target_that_is_not_a_ram_disk() {
-    let disk = tempfile::Builder::new()
-        .prefix("stek-cli-node-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
-    fs::set_permissions(disk.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    let disk = disk_dir();
     let cfg = write_config(
         disk.path(),
         &format!(
