@@ -5,7 +5,8 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
-use stek_coord::{ChangeStream, CoordError, Coordinator, MemberRecord, RingSlot};
+use stek_coord::seal::Identity;
+use stek_coord::{ChangeStream, CoordError, Coordinator, MemberRecord, RingSlot, StoredRing};
 use stek_core::{KeyRing, OsKeySource, Policy};
 use tracing::info;
 
@@ -29,7 +30,21 @@ fn record(id: &str, applied: u64) -> MemberRecord {
         applied_generation: applied,
         last_error: None,
         updated_at_ms: MemberRecord::now_ms(),
+        public_key: None,
+        unsealable_generation: None,
     }
+}
+
+/// `ring` sealed by `by` for member "b".
+fn sealed(ring: &KeyRing, by: &str, b: &Identity) -> StoredRing {
+    StoredRing::seal(
+        "conformance",
+        ring,
+        &policy(),
+        by,
+        &[("b".into(), *b.public())],
+    )
+    .0
 }
 
 /// Runs every check; `make` returns a new handle on one fresh, empty cluster namespace (several
@@ -42,6 +57,7 @@ where
 {
     let a = make().await;
     let b = make().await;
+    let b_id = Identity::generate();
     let ttl = Duration::from_secs(3);
 
     info!("--- conformance: an empty namespace");
@@ -74,9 +90,13 @@ where
     assert!(changed > snap.revision);
     assert_eq!(a.snapshot().await.unwrap().requests, vec![req.clone()]);
     let ring = KeyRing::bootstrap(now_ms(), &policy(), &mut OsKeySource);
-    a.write_ring(term_a, "a", &ring, &policy(), std::slice::from_ref(&req))
-        .await
-        .unwrap();
+    a.write_ring(
+        term_a,
+        &sealed(&ring, "a", &b_id),
+        std::slice::from_ref(&req),
+    )
+    .await
+    .unwrap();
     tokio::time::timeout(Duration::from_secs(5), watch.changed())
         .await
         .expect("the watch reports the ring")
@@ -87,8 +107,9 @@ where
         "served requests are deleted with the write"
     );
     let stored = snap.valid_ring().expect("a valid ring");
-    assert_eq!(stored.ring, ring);
+    assert_eq!(stored.ring, ring.meta());
     assert_eq!(stored.written_by, "a");
+    assert_eq!(stored.open("conformance", "b", &b_id).unwrap(), ring);
 
     info!("--- conformance: membership, acknowledgement, liveness");
     a.register(lease_a, &record("a", 0)).await.unwrap();
@@ -156,20 +177,21 @@ where
         .expect("b is elected");
     assert_ne!(term_b, term_a);
     let next = ring.rotated(now_ms(), &policy(), &mut OsKeySource).unwrap();
-    match a.write_ring(term_a, "a", &next, &policy(), &[]).await {
+    match a.write_ring(term_a, &sealed(&next, "a", &b_id), &[]).await {
         Err(CoordError::Fenced(t)) => assert_eq!(t, term_a),
         other => panic!("a deposed leader's write must be fenced, got {other:?}"),
     }
-    assert_eq!(b.snapshot().await.unwrap().valid_ring().unwrap().ring, ring);
-    b.write_ring(term_b, "b", &next, &policy(), &[])
+    let shown = |s: &stek_coord::Snapshot| s.valid_ring().unwrap().ring.clone();
+    assert_eq!(shown(&b.snapshot().await.unwrap()), ring.meta());
+    b.write_ring(term_b, &sealed(&next, "b", &b_id), &[])
         .await
         .unwrap();
-    assert_eq!(a.snapshot().await.unwrap().valid_ring().unwrap().ring, next);
+    assert_eq!(shown(&a.snapshot().await.unwrap()), next.meta());
 
     info!("--- conformance: resign");
     b.resign(term_b).await.unwrap();
     assert!(a.snapshot().await.unwrap().leader.is_none());
-    match b.write_ring(term_b, "b", &next, &policy(), &[]).await {
+    match b.write_ring(term_b, &sealed(&next, "b", &b_id), &[]).await {
         Err(CoordError::Fenced(_)) => {}
         other => panic!("a resigned leader's write must be fenced, got {other:?}"),
     }

@@ -391,9 +391,12 @@ fn garbage_records_are_rejected_and_logged_and_the_cluster_keeps_working() {
 #[test]
 fn a_deposed_leaders_write_is_refused_by_the_store() {
     use stek_coord::etcd::Etcd;
-    use stek_coord::{CoordError, Coordinator, RingSlot};
+    use stek_coord::{CoordError, Coordinator, RingSlot, StoredRing};
     use stek_core::{KeyRing, OsKeySource, Policy};
     let c = Cluster::new(BIN, "etcd-fence", 0);
+    let seal = |ring: &KeyRing, policy: &Policy, by: &str| {
+        StoredRing::seal(&c.name, ring, policy, by, &[]).0
+    };
     let policy = Policy {
         interval: Duration::from_secs(3600),
         retain: 1,
@@ -414,7 +417,7 @@ fn a_deposed_leaders_write_is_refused_by_the_store() {
             .expect("a leads");
         let ring = KeyRing::bootstrap(std::time::SystemTime::now(), &policy, &mut OsKeySource);
         store
-            .write_ring(term_a, "a", &ring, &policy, &[])
+            .write_ring(term_a, &seal(&ring, &policy, "a"), &[])
             .await
             .unwrap();
 
@@ -438,7 +441,7 @@ fn a_deposed_leaders_write_is_refused_by_the_store() {
             .rotated(std::time::SystemTime::now(), &policy, &mut OsKeySource)
             .unwrap();
         let err = store
-            .write_ring(term_a, "a", &rotated, &policy, &[])
+            .write_ring(term_a, &seal(&rotated, &policy, "a"), &[])
             .await
             .unwrap_err();
         assert!(matches!(err, CoordError::Fenced(t) if t == term_a), "{err}");
@@ -451,7 +454,7 @@ fn a_deposed_leaders_write_is_refused_by_the_store() {
             "the refused write left no trace"
         );
         store
-            .write_ring(term_b, "b", &rotated, &policy, &[])
+            .write_ring(term_b, &seal(&rotated, &policy, "b"), &[])
             .await
             .unwrap();
         let snap = store.snapshot().await.unwrap();

@@ -7,10 +7,13 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
     WatchStream,
 };
-use stek_core::{KeyRing, Policy};
 
-use crate::records::{self, MemberRecord, RequestRecord};
+use crate::records::{self, MemberRecord, RequestRecord, StoredRing};
 use crate::{ChangeStream, CoordError, Coordinator, KeepAlive, Leader, LeaseId, Snapshot, Term};
+
+/// The largest ring record stek writes: etcd refuses requests above `--max-request-bytes`
+/// (1.5 MiB by default), and the transaction also carries the served requests' deletions.
+pub const MAX_RING_RECORD: usize = 1_400_000;
 
 /// A cluster's view of etcd.
 #[derive(Clone)]
@@ -283,14 +286,18 @@ impl Coordinator for Etcd {
     async fn write_ring(
         &self,
         term: Term,
-        written_by: &str,
-        ring: &KeyRing,
-        policy: &Policy,
+        ring: &StoredRing,
         served_requests: &[String],
-    ) -> Result<(), CoordError> {
+    ) -> Result<i64, CoordError> {
         let mut client = self.client.clone();
-        let value = records::encode_ring(ring, policy, written_by);
-        let mut ops = vec![TxnOp::put(self.key("ring"), value.to_vec(), None)];
+        let value = records::encode_ring(ring);
+        if value.len() > MAX_RING_RECORD {
+            return Err(CoordError::TooLarge {
+                bytes: value.len(),
+                limit: MAX_RING_RECORD,
+            });
+        }
+        let mut ops = vec![TxnOp::put(self.key("ring"), value, None)];
         ops.extend(
             served_requests
                 .iter()
@@ -298,10 +305,31 @@ impl Coordinator for Etcd {
         );
         let txn = Txn::new().when([self.leader_is(term)]).and_then(ops);
         let resp = client.txn(txn).await.map_err(|e| self.unreachable(e))?;
-        if resp.succeeded() {
-            Ok(())
-        } else {
-            Err(CoordError::Fenced(term))
+        match (resp.succeeded(), resp.header()) {
+            (true, Some(h)) => Ok(h.revision()),
+            (true, None) => Ok(0),
+            (false, _) => Err(CoordError::Fenced(term)),
+        }
+    }
+
+    async fn purge_history(&self, revision: i64) -> Result<(), CoordError> {
+        let mut client = self.client.clone();
+        match client
+            .compact(
+                revision,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Someone (etcd's auto-compaction, another leader) compacted past it already.
+            Err(e)
+                if e.to_string()
+                    .contains("required revision has been compacted") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(self.unreachable(e)),
         }
     }
 

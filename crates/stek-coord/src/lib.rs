@@ -19,11 +19,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use stek_core::{KeyRing, MemberView, Policy};
+use stek_core::MemberView;
 
 pub mod etcd;
 pub mod raft;
 pub mod records;
+pub mod seal;
 
 pub use records::{MemberRecord, RecordError, RequestRecord, StoredRing};
 
@@ -173,6 +174,8 @@ impl RawSnapshot {
                 applied_generation: 0,
                 last_error: Some("no readable member record".into()),
                 updated_at_ms: 0,
+                public_key: None,
+                unsealable_generation: None,
             });
             snap.members.push(Member { record, live });
         }
@@ -203,6 +206,14 @@ pub enum CoordError {
     /// The lease is gone (expired or revoked); join again with a new one.
     #[error("the liveness lease has expired or was revoked")]
     LeaseExpired,
+    /// A record above the store's request size limit.
+    #[error("the ring record would be {bytes} bytes, above the {limit}-byte limit of one store request; lower [rotation] retain or split the cluster (docs/architecture.md, \"Record sizes\")")]
+    TooLarge {
+        /// The record's size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// A held liveness lease.
@@ -258,16 +269,19 @@ pub trait Coordinator: Send + Sync + 'static {
         node_id: &str,
     ) -> impl Future<Output = Result<Option<Term>, CoordError>> + Send;
 
-    /// Writes a ring and removes the rotation requests it served, in one transaction fenced by
-    /// `term`.
+    /// Writes a sealed ring and removes the rotation requests it served, in one transaction
+    /// fenced by `term`. Returns the store revision of the write.
     fn write_ring(
         &self,
         term: Term,
-        written_by: &str,
-        ring: &KeyRing,
-        policy: &Policy,
+        ring: &StoredRing,
         served_requests: &[String],
-    ) -> impl Future<Output = Result<(), CoordError>> + Send;
+    ) -> impl Future<Output = Result<i64, CoordError>> + Send;
+
+    /// Makes every version of every record older than `revision` unreadable, where the store
+    /// keeps such history (etcd's compaction; the Raft log's purge). Records current at
+    /// `revision` stay.
+    fn purge_history(&self, revision: i64) -> impl Future<Output = Result<(), CoordError>> + Send;
 
     /// Gives up the leadership if `term` still holds it.
     fn resign(&self, term: Term) -> impl Future<Output = Result<(), CoordError>> + Send;

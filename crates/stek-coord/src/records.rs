@@ -4,19 +4,19 @@
 //! quotes the record (it may hold key bytes): serde's messages can echo a value, so only their
 //! category and position are kept.
 //!
-//! Until sealed distribution lands, the ring record holds the key bytes (base64): whoever can
-//! read the keyspace can read the keys. See docs/security notes in the README.
+//! The ring record holds no key bytes in the clear: the ring's public description (epochs,
+//! states, fingerprints, schedule) and its keys sealed for each live member ([`crate::seal`]).
 
-use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use stek_core::{KeyRing, KeyState, Policy, RingKey, TicketKey};
-use zeroize::Zeroizing;
+use stek_core::{Fingerprint, KeyRing, KeyState, Policy, RingKey, RingMeta};
+
+use crate::seal::{self, Envelope, Identity, MemberKey, MemberKeyId, SealError, SealedCopy};
 
 /// The record format version this build writes and reads.
-pub const RING_RECORD_VERSION: u32 = 1;
+pub const RING_RECORD_VERSION: u32 = 2;
 
 /// Why a record from the store was rejected. Never contains the record's bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,16 +36,26 @@ pub enum RecordError {
     /// A version this build does not know.
     #[error("ring record version {0} is not supported by this stek (it reads version {RING_RECORD_VERSION}); upgrade stek on this node")]
     Version(u32),
-    /// A key field with the wrong length or encoding.
-    #[error("key epoch {epoch}: field {field} is not {len} bytes of base64")]
-    KeyField {
-        /// Which key.
-        epoch: u64,
-        /// Which field.
-        field: &'static str,
+    /// A key's fingerprint is not 8 hex digits.
+    #[error("key epoch {0}: fingerprint is not 8 hex digits")]
+    Fingerprint(u64),
+    /// A sealed field with the wrong length or encoding.
+    #[error("{what} is not {len} bytes of base64")]
+    SealedField {
+        /// Which field (and whose copy).
+        what: String,
         /// Expected length.
         len: usize,
     },
+    /// A copy's recipient is not a public key id.
+    #[error("the sealed copy for \"{0}\" names no valid public key id")]
+    Recipient(String),
+    /// Two copies for one member.
+    #[error("the ring holds two sealed copies for \"{0}\"")]
+    DuplicateCopy(String),
+    /// A member record's public key is not an X25519 key.
+    #[error("member record's public_key is not a 32-byte X25519 public key in base64; the leader seals nothing for this member until it re-registers")]
+    PublicKey,
     /// The policy stored with the ring is unusable.
     #[error("ring record policy: {0}")]
     Policy(String),
@@ -82,41 +92,12 @@ fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-/// Base64 text of key bytes: zeroized on drop, never printed.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-struct B64(Zeroizing<String>);
-
-impl fmt::Debug for B64 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("B64(..)")
-    }
+fn b64_decode(text: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
-impl B64 {
-    fn encode(bytes: &[u8]) -> Self {
-        let mut s = Zeroizing::new(String::new());
-        base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut s);
-        Self(s)
-    }
-
-    fn decode<const N: usize>(
-        &self,
-        epoch: u64,
-        field: &'static str,
-    ) -> Result<[u8; N], RecordError> {
-        let err = || RecordError::KeyField {
-            epoch,
-            field,
-            len: N,
-        };
-        let bytes = Zeroizing::new(
-            base64::engine::general_purpose::STANDARD
-                .decode(self.0.as_bytes())
-                .map_err(|_| err())?,
-        );
-        <[u8; N]>::try_from(bytes.as_slice()).map_err(|_| err())
-    }
+fn b64_encode(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -127,9 +108,7 @@ struct KeyRecord {
     created_at_ms: u64,
     staged_in: u64,
     retired_in: Option<u64>,
-    name: B64,
-    aes: B64,
-    hmac: B64,
+    fingerprint: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -137,6 +116,16 @@ struct KeyRecord {
 struct PolicyRecord {
     interval_ms: u64,
     retain: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CopyRecord {
+    member: String,
+    recipient: String,
+    generation: u64,
+    enc: String,
+    key: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -149,31 +138,75 @@ struct RingRecord {
     policy: PolicyRecord,
     written_by: String,
     keys: Vec<KeyRecord>,
+    sealed_keys: String,
+    copies: Vec<CopyRecord>,
 }
 
-/// A ring read from the store, with the policy it was written under and by whom.
+/// A ring as the store holds it: its public description, the policy it was written under, by
+/// whom, and its keys sealed for each member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRing {
-    /// The ring.
-    pub ring: KeyRing,
+    /// The ring's description (fingerprints, no key bytes).
+    pub ring: RingMeta,
     /// The policy in force when it was written.
     pub policy: Policy,
     /// The leader that wrote it.
     pub written_by: String,
+    /// The keys, sealed.
+    pub envelope: Envelope,
 }
 
-/// Serialises a ring for the store. The buffer is zeroized on drop.
-pub fn encode_ring(ring: &KeyRing, policy: &Policy, written_by: &str) -> Zeroizing<Vec<u8>> {
+impl StoredRing {
+    /// Seals `ring` for `recipients` (member id, public key); also returns the members no copy
+    /// could be made for, and why.
+    pub fn seal(
+        cluster: &str,
+        ring: &KeyRing,
+        policy: &Policy,
+        written_by: &str,
+        recipients: &[(String, MemberKey)],
+    ) -> (Self, Vec<SealError>) {
+        let (envelope, failed) = seal::seal(cluster, ring, recipients);
+        (
+            Self {
+                ring: ring.meta().to_millis(),
+                policy: *policy,
+                written_by: written_by.to_owned(),
+                envelope,
+            },
+            failed,
+        )
+    }
+
+    /// Opens `member`'s copy with its identity: the ring with its key bytes.
+    pub fn open(
+        &self,
+        cluster: &str,
+        member: &str,
+        identity: &Identity,
+    ) -> Result<KeyRing, SealError> {
+        seal::open(cluster, member, identity, &self.ring, &self.envelope)
+    }
+
+    /// `member`'s copy, if the ring holds one.
+    pub fn copy_for(&self, member: &str) -> Option<&SealedCopy> {
+        self.envelope.copies.iter().find(|c| c.member == member)
+    }
+}
+
+/// Serialises a stored ring for the store. It holds no key bytes in the clear.
+pub fn encode_ring(stored: &StoredRing) -> Vec<u8> {
+    let ring = &stored.ring;
     let record = RingRecord {
         version: RING_RECORD_VERSION,
         generation: ring.generation(),
         last_epoch: ring.last_epoch(),
         next_rotation_at_ms: ms(ring.next_rotation_at()),
         policy: PolicyRecord {
-            interval_ms: u64::try_from(policy.interval.as_millis()).unwrap_or(u64::MAX),
-            retain: policy.retain,
+            interval_ms: u64::try_from(stored.policy.interval.as_millis()).unwrap_or(u64::MAX),
+            retain: stored.policy.retain,
         },
-        written_by: written_by.to_owned(),
+        written_by: stored.written_by.clone(),
         keys: ring
             .keys()
             .iter()
@@ -183,16 +216,24 @@ pub fn encode_ring(ring: &KeyRing, policy: &Policy, written_by: &str) -> Zeroizi
                 created_at_ms: ms(k.created_at),
                 staged_in: k.staged_in,
                 retired_in: k.retired_in,
-                name: B64::encode(k.key.name()),
-                aes: B64::encode(k.key.aes256()),
-                hmac: B64::encode(k.key.hmac256()),
+                fingerprint: k.key.to_string(),
+            })
+            .collect(),
+        sealed_keys: b64_encode(&stored.envelope.sealed_keys),
+        copies: stored
+            .envelope
+            .copies
+            .iter()
+            .map(|c| CopyRecord {
+                member: c.member.clone(),
+                recipient: c.recipient.to_string(),
+                generation: c.generation,
+                enc: b64_encode(&c.enc),
+                key: b64_encode(&c.sealed_dek),
             })
             .collect(),
     };
-    Zeroizing::new(
-        serde_json::to_vec(&record)
-            .expect("a ring record always serialises: plain numbers and strings"),
-    )
+    serde_json::to_vec(&record).expect("a ring record always serialises: plain numbers and strings")
 }
 
 /// Parses and checks a ring record; a malformed one is rejected, never applied.
@@ -210,29 +251,56 @@ pub fn decode_ring(bytes: &[u8]) -> Result<StoredRing, RecordError> {
         .map_err(|e| RecordError::Policy(e.to_string()))?;
     let mut keys = Vec::with_capacity(record.keys.len());
     for k in &record.keys {
-        let name = k.name.decode::<16>(k.epoch, "name")?;
-        let aes = Zeroizing::new(k.aes.decode::<32>(k.epoch, "aes")?);
-        let hmac = Zeroizing::new(k.hmac.decode::<32>(k.epoch, "hmac")?);
         keys.push(RingKey {
             epoch: k.epoch,
             state: k.state,
             created_at: from_ms(k.created_at_ms),
             staged_in: k.staged_in,
             retired_in: k.retired_in,
-            key: TicketKey::from_parts(name, *aes, *hmac),
+            key: Fingerprint::from_hex(&k.fingerprint).ok_or(RecordError::Fingerprint(k.epoch))?,
         });
     }
-    let ring = KeyRing::from_parts(
+    let ring = RingMeta::from_parts(
         record.generation,
         keys,
         record.last_epoch,
         from_ms(record.next_rotation_at_ms),
         &policy,
     )?;
+    let sealed_len = ring.keys().len() * seal::KEY_BYTES + seal::TAG_LEN;
+    let sealed_keys = b64_decode(&record.sealed_keys)
+        .filter(|b| b.len() == sealed_len)
+        .ok_or_else(|| RecordError::SealedField {
+            what: "sealed_keys".into(),
+            len: sealed_len,
+        })?;
+    let mut copies: Vec<SealedCopy> = Vec::with_capacity(record.copies.len());
+    for c in record.copies {
+        fn fixed<const N: usize>(text: &str, what: String) -> Result<[u8; N], RecordError> {
+            b64_decode(text)
+                .and_then(|b| <[u8; N]>::try_from(b.as_slice()).ok())
+                .ok_or(RecordError::SealedField { what, len: N })
+        }
+        if copies.iter().any(|x| x.member == c.member) {
+            return Err(RecordError::DuplicateCopy(c.member));
+        }
+        copies.push(SealedCopy {
+            recipient: MemberKeyId::from_hex(&c.recipient)
+                .ok_or_else(|| RecordError::Recipient(c.member.clone()))?,
+            generation: c.generation,
+            enc: fixed(&c.enc, format!("the sealed copy for \"{}\": enc", c.member))?,
+            sealed_dek: fixed(&c.key, format!("the sealed copy for \"{}\": key", c.member))?,
+            member: c.member,
+        });
+    }
     Ok(StoredRing {
         ring,
         policy,
         written_by: record.written_by,
+        envelope: Envelope {
+            sealed_keys,
+            copies,
+        },
     })
 }
 
@@ -252,6 +320,13 @@ pub struct MemberRecord {
     pub last_error: Option<String>,
     /// When it last wrote this record.
     pub updated_at_ms: u64,
+    /// Its sealing public key (base64 X25519), made in memory when it started; the leader
+    /// seals every ring for it. Checked when the record is read.
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// A ring generation whose copy for this member did not open: the leader reseals.
+    #[serde(default)]
+    pub unsealable_generation: Option<u64>,
 }
 
 impl MemberRecord {
@@ -261,9 +336,18 @@ impl MemberRecord {
             .expect("a member record always serialises: plain strings and numbers")
     }
 
-    /// Parses a member record.
+    /// Parses a member record; a public key that is not 32 bytes of base64 rejects it.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        serde_json::from_slice(bytes).map_err(|e| shape("member", &e))
+        let record: Self = serde_json::from_slice(bytes).map_err(|e| shape("member", &e))?;
+        if record.public_key.is_some() && record.sealing_key().is_none() {
+            return Err(RecordError::PublicKey);
+        }
+        Ok(record)
+    }
+
+    /// The member's sealing public key, if it published a valid one.
+    pub fn sealing_key(&self) -> Option<MemberKey> {
+        self.public_key.as_deref().and_then(MemberKey::from_base64)
     }
 
     /// Now, for `updated_at_ms`.
@@ -319,23 +403,51 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ring_round_trips_through_the_record() {
+    fn sealed(members: &[(&str, &Identity)]) -> (KeyRing, StoredRing) {
         let p = policy();
         let r1 = KeyRing::bootstrap(SystemTime::now(), &p, &mut OsKeySource);
         let r2 = r1.rotated(SystemTime::now(), &p, &mut OsKeySource).unwrap();
-        let bytes = encode_ring(&r2, &p, "n1");
-        let back = decode_ring(&bytes).unwrap();
+        let recipients: Vec<(String, MemberKey)> = members
+            .iter()
+            .map(|(id, who)| ((*id).to_owned(), *who.public()))
+            .collect();
+        let (stored, failed) = StoredRing::seal("c1", &r2, &p, "n1", &recipients);
+        assert!(failed.is_empty());
+        (r2, stored)
+    }
+
+    #[test]
+    fn ring_round_trips_through_the_record_and_opens_for_each_member() {
+        let (a, b) = (Identity::generate(), Identity::generate());
+        let (ring, stored) = sealed(&[("a", &a), ("b", &b)]);
+        let back = decode_ring(&encode_ring(&stored)).unwrap();
+        assert_eq!(back, stored);
         assert_eq!(back.written_by, "n1");
-        assert_eq!(back.policy, p);
-        assert_eq!(back.ring.generation(), r2.generation());
-        assert_eq!(back.ring.last_epoch(), r2.last_epoch());
-        for (a, b) in back.ring.keys().iter().zip(r2.keys()) {
-            assert_eq!(a.key, b.key);
-            assert_eq!(
-                (a.epoch, a.state, a.staged_in, a.retired_in),
-                (b.epoch, b.state, b.staged_in, b.retired_in)
-            );
+        assert_eq!(back.policy, policy());
+        assert_eq!(back.ring, ring.meta().to_millis());
+        for (id, who) in [("a", &a), ("b", &b)] {
+            let opened = back.open("c1", id, who).unwrap();
+            assert_eq!(opened, ring.to_millis(), "{id}");
+        }
+    }
+
+    #[test]
+    fn the_record_holds_no_key_bytes_in_any_encoding() {
+        use base64::Engine as _;
+        let a = Identity::generate();
+        let (ring, stored) = sealed(&[("a", &a)]);
+        let record = encode_ring(&stored);
+        let text = String::from_utf8(record.clone()).unwrap();
+        for k in ring.keys() {
+            for part in [&k.key.name()[..], k.key.aes256(), k.key.hmac256()] {
+                for w in part.windows(8) {
+                    assert!(!record.windows(8).any(|r| r == w), "raw key bytes");
+                }
+                let hex: String = part[..8].iter().map(|b| format!("{b:02x}")).collect();
+                assert!(!text.contains(&hex), "hex key bytes");
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&part[..12]);
+                assert!(!text.contains(&b64), "base64 key bytes");
+            }
         }
     }
 
@@ -352,29 +464,72 @@ mod tests {
     }
 
     #[test]
-    fn a_record_that_breaks_an_invariant_is_rejected() {
-        let p = policy();
-        let r = KeyRing::bootstrap(SystemTime::now(), &p, &mut OsKeySource);
-        let bytes = encode_ring(&r, &p, "n1");
-        let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        v["keys"][1]["state"] = "active".into();
-        let err = decode_ring(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+    fn a_record_that_breaks_an_invariant_or_a_length_is_rejected() {
+        let a = Identity::generate();
+        let (_, stored) = sealed(&[("a", &a)]);
+        let bytes = encode_ring(&stored);
+        let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            f(&mut v);
+            match decode_ring(&serde_json::to_vec(&v).unwrap()) {
+                Ok(_) => panic!("accepted: {v}"),
+                Err(e) => e,
+            }
+        };
+        let err = edit(&|v| v["keys"][2]["state"] = "active".into());
         assert!(matches!(err, RecordError::Ring(_)), "{err}");
-        let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        v["keys"][0]["aes"] = "AAAA".into();
-        let err = decode_ring(&serde_json::to_vec(&v).unwrap())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("field aes is not 32 bytes"), "{err}");
-        let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        v["version"] = 7.into();
-        let err = decode_ring(&serde_json::to_vec(&v).unwrap())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("version 7"), "{err}");
-        let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        v["policy"]["retain"] = 0.into();
-        assert!(decode_ring(&serde_json::to_vec(&v).unwrap()).is_err());
+        let err = edit(&|v| v["keys"][0]["fingerprint"] = "xyz".into()).to_string();
+        assert!(err.contains("fingerprint is not 8 hex digits"), "{err}");
+        let err = edit(&|v| v["sealed_keys"] = "AAAA".into()).to_string();
+        assert!(err.contains("sealed_keys is not"), "{err}");
+        let err = edit(&|v| v["copies"][0]["enc"] = "AAAA".into()).to_string();
+        assert!(
+            err.contains("sealed copy for \"a\": enc is not 32 bytes"),
+            "{err}"
+        );
+        let err = edit(&|v| v["copies"][0]["recipient"] = "nope".into()).to_string();
+        assert!(err.contains("no valid public key id"), "{err}");
+        let err = edit(&|v| {
+            let c = v["copies"][0].clone();
+            v["copies"].as_array_mut().unwrap().push(c);
+        });
+        assert_eq!(err, RecordError::DuplicateCopy("a".into()));
+        let err = edit(&|v| v["version"] = 1.into()).to_string();
+        assert!(err.contains("version 1"), "{err}");
+        let err = edit(&|v| v["policy"]["retain"] = 0.into());
+        assert!(matches!(err, RecordError::Policy(_)), "{err}");
+        // A v1 record (key bytes in the clear) is refused, never applied.
+        let err = edit(&|v| {
+            v["keys"][0]["aes"] = "AAAA".into();
+        });
+        assert!(matches!(err, RecordError::Shape { .. }), "{err}");
+    }
+
+    /// docs/architecture.md, "Record sizes": one record for 1000 members stays well inside
+    /// etcd's default request limit for every retain up to 6.
+    #[test]
+    fn a_ring_sealed_for_1000_members_fits_one_store_request() {
+        let ids: Vec<Identity> = (0..1000).map(|_| Identity::generate()).collect();
+        for retain in [1usize, 6] {
+            let p = Policy {
+                interval: Duration::from_secs(60),
+                retain,
+            };
+            let mut r = KeyRing::bootstrap(SystemTime::now(), &p, &mut OsKeySource);
+            for _ in 0..retain + 1 {
+                r = r.rotated(SystemTime::now(), &p, &mut OsKeySource).unwrap();
+            }
+            assert_eq!(r.keys().len(), p.max_keys());
+            let recipients: Vec<(String, MemberKey)> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, who)| (format!("node-{i:04}.example.internal"), *who.public()))
+                .collect();
+            let (stored, _) = StoredRing::seal("production-edge", &r, &p, "node-0000", &recipients);
+            let len = encode_ring(&stored).len();
+            eprintln!("retain {retain}: {len} bytes for 1000 members");
+            assert!(len < crate::etcd::MAX_RING_RECORD / 4, "{len}");
+        }
     }
 
     #[test]
@@ -386,9 +541,20 @@ mod tests {
             applied_generation: 3,
             last_error: Some("reload failed".into()),
             updated_at_ms: 1,
+            public_key: Some(Identity::generate().public().to_base64()),
+            unsealable_generation: Some(3),
         };
         assert_eq!(MemberRecord::decode(&m.encode()).unwrap(), m);
+        assert!(m.sealing_key().is_some());
         assert!(MemberRecord::decode(b"{}").is_err());
+        let wrong = MemberRecord {
+            public_key: Some("AAAA".into()),
+            ..m
+        };
+        assert_eq!(
+            MemberRecord::decode(&wrong.encode()),
+            Err(RecordError::PublicKey)
+        );
         let r = RequestRecord {
             requested_by: "cli".into(),
             requested_at_ms: 2,

@@ -53,6 +53,18 @@ impl Fingerprint {
         let digest = Sha256::digest(name);
         Self([digest[0], digest[1], digest[2], digest[3]])
     }
+
+    /// Parses the 8 hex digits [`Display`](fmt::Display) prints.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        if text.len() != 8 || !text.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 4];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(out))
+    }
 }
 
 impl fmt::Display for Fingerprint {
@@ -207,5 +219,9 @@ pub(crate) mod tests {
         assert_eq!(fp.len(), 8);
         assert_eq!(fp, Fingerprint::of_name(&[1; 16]).to_string());
         assert_ne!(fp, patterned(2).fingerprint().to_string());
+        assert_eq!(Fingerprint::from_hex(&fp), Some(key.fingerprint()));
+        for bad in ["", "0123456", "0123456789", "0123456g", "é1234567"] {
+            assert_eq!(Fingerprint::from_hex(bad), None, "{bad}");
+        }
     }
 }

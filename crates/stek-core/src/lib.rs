@@ -12,5 +12,5 @@ pub mod rotation;
 
 pub use formats::{Format, FormatOptions, Rendered, REGISTRY};
 pub use key::{Fingerprint, KeySource, OsKeySource, TicketKey};
-pub use ring::{KeyRing, KeyState, Policy, RingKey};
+pub use ring::{KeyMaterial, KeyRing, KeyState, Policy, RingKey, RingMeta};
 pub use rotation::{decide_at, next_ring, Decision, MemberView};

@@ -34,9 +34,41 @@ impl fmt::Display for KeyState {
     }
 }
 
+/// What a ring holds for each key: the key itself ([`TicketKey`], on a node that opened the
+/// ring), or only its [`Fingerprint`] (the ring's public description, which the store, `status`
+/// and the leader's decisions see). Every rule about states, epochs and generations holds for
+/// both.
+pub trait KeyMaterial: Clone + PartialEq + Eq + fmt::Debug {
+    /// The key's printable identity.
+    fn fingerprint(&self) -> Fingerprint;
+
+    /// Whether two keys share a name (as far as this material can tell).
+    fn same_name(&self, other: &Self) -> bool;
+}
+
+impl KeyMaterial for TicketKey {
+    fn fingerprint(&self) -> Fingerprint {
+        TicketKey::fingerprint(self)
+    }
+
+    fn same_name(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl KeyMaterial for Fingerprint {
+    fn fingerprint(&self) -> Fingerprint {
+        *self
+    }
+
+    fn same_name(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
 /// One key in the ring with its lifecycle bookkeeping.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RingKey {
+pub struct RingKey<K = TicketKey> {
     /// Grows by one with every key the cluster creates; never reused.
     pub epoch: u64,
     /// Where the key is in its lifecycle.
@@ -47,14 +79,26 @@ pub struct RingKey {
     pub staged_in: u64,
     /// The generation in which a newer key replaced it as the encrypting key, once retiring.
     pub retired_in: Option<u64>,
-    /// The key bytes.
-    pub key: TicketKey,
+    /// The key bytes (or, in a [`RingMeta`], only the key's fingerprint).
+    pub key: K,
 }
 
-impl RingKey {
+impl<K: KeyMaterial> RingKey<K> {
     /// The printable identity of the key.
     pub fn fingerprint(&self) -> Fingerprint {
         self.key.fingerprint()
+    }
+
+    /// The same bookkeeping with other key material.
+    pub fn with_key<L>(&self, key: L) -> RingKey<L> {
+        RingKey {
+            epoch: self.epoch,
+            state: self.state,
+            created_at: self.created_at,
+            staged_in: self.staged_in,
+            retired_in: self.retired_in,
+            key,
+        }
     }
 }
 
@@ -98,15 +142,19 @@ pub enum PolicyError {
 
 /// The cluster's key ring at one generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyRing {
+pub struct KeyRing<K = TicketKey> {
     generation: u64,
     /// Sorted by epoch, oldest first.
-    keys: Vec<RingKey>,
+    keys: Vec<RingKey<K>>,
     /// The highest epoch ever issued, kept even after that key is dropped, so that no epoch is
     /// ever used twice.
     last_epoch: u64,
     next_rotation_at: SystemTime,
 }
+
+/// A ring's public description: every key's bookkeeping and fingerprint, no key bytes. What
+/// the store shows to anyone but the members that can open their sealed copy.
+pub type RingMeta = KeyRing<Fingerprint>;
 
 impl KeyRing {
     /// The very first ring of a cluster: one active and one staged key (generation 1).
@@ -128,90 +176,50 @@ impl KeyRing {
         }
     }
 
-    /// Rebuilds a ring from parts (the store's record), checking every invariant that a ring
-    /// alone can show, so a malformed record is rejected rather than applied.
-    pub fn from_parts(
-        generation: u64,
-        mut keys: Vec<RingKey>,
-        last_epoch: u64,
-        next_rotation_at: SystemTime,
+    /// A fresh ring that continues `old`'s numbering: one active and one staged key with new
+    /// epochs, at the next generation. For when no live member can open the stored ring (every
+    /// member that held it restarted, so its keys are gone): as after a bootstrap, tickets
+    /// issued before it no longer resume.
+    pub fn rekeyed<L>(
+        old: &KeyRing<L>,
+        now: SystemTime,
         policy: &Policy,
-    ) -> Result<Self, RingError> {
-        keys.sort_by_key(|k| k.epoch);
-        let ring = Self {
-            generation,
-            keys,
-            last_epoch,
-            next_rotation_at,
-        };
-        ring.check(policy)?;
-        Ok(ring)
-    }
-
-    /// Builds a ring without checking it; only for transitions that preserve the invariants by
-    /// construction (callers in this crate re-check in tests).
-    pub(crate) fn from_parts_unchecked(
-        generation: u64,
-        keys: Vec<RingKey>,
-        last_epoch: u64,
-        next_rotation_at: SystemTime,
+        source: &mut dyn KeySource,
     ) -> Self {
+        let generation = old.generation + 1;
+        let first = old.last_epoch + 1;
+        let mut key = |epoch, state| RingKey {
+            epoch,
+            state,
+            created_at: now,
+            staged_in: generation,
+            retired_in: None,
+            key: TicketKey::generate(source),
+        };
+        let keys = vec![
+            key(first, KeyState::Active),
+            key(first + 1, KeyState::Staged),
+        ];
         Self {
             generation,
             keys,
-            last_epoch,
-            next_rotation_at,
+            last_epoch: first + 1,
+            next_rotation_at: now + policy.interval,
         }
     }
 
-    /// The highest epoch this cluster ever issued; the next key gets `last_epoch() + 1`.
-    pub fn last_epoch(&self) -> u64 {
-        self.last_epoch
-    }
-
-    /// Grows with every change to the ring; nodes acknowledge the generation they applied.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    /// When the next scheduled rotation is due.
-    pub fn next_rotation_at(&self) -> SystemTime {
-        self.next_rotation_at
-    }
-
-    /// Every key, oldest epoch first.
-    pub fn keys(&self) -> &[RingKey] {
-        &self.keys
-    }
-
-    /// The key that encrypts new tickets.
-    pub fn active(&self) -> &RingKey {
-        self.keys
-            .iter()
-            .find(|k| k.state == KeyState::Active)
-            .expect("every ring is checked to hold exactly one active key when it is built")
-    }
-
-    /// The pre-distributed next key, if any.
-    pub fn staged(&self) -> Option<&RingKey> {
-        self.keys.iter().find(|k| k.state == KeyState::Staged)
-    }
-
-    /// Retiring keys, newest first.
-    pub fn retiring(&self) -> impl Iterator<Item = &RingKey> {
-        self.keys
-            .iter()
-            .rev()
-            .filter(|k| k.state == KeyState::Retiring)
-    }
-
-    /// The keys in the order most servers want them: active, staged, then retiring newest
-    /// first. Formats reorder from here.
-    pub fn by_role(&self) -> Vec<&RingKey> {
-        let mut out = vec![self.active()];
-        out.extend(self.staged());
-        out.extend(self.retiring());
-        out
+    /// The ring's public description (fingerprints instead of key bytes).
+    pub fn meta(&self) -> RingMeta {
+        KeyRing {
+            generation: self.generation,
+            keys: self
+                .keys
+                .iter()
+                .map(|k| k.with_key(k.key.fingerprint()))
+                .collect(),
+            last_epoch: self.last_epoch,
+            next_rotation_at: self.next_rotation_at,
+        }
     }
 
     /// The ring after one rotation: staged becomes active, active retires, a fresh key is
@@ -260,6 +268,132 @@ impl KeyRing {
         };
         let expired = ring.expired_epochs(policy);
         Ok(ring.without(&expired))
+    }
+}
+
+impl RingMeta {
+    /// The ring this description stands for, given the bytes of each of its keys. `None`
+    /// unless every key is found and matches its fingerprint.
+    pub fn with_keys(
+        &self,
+        mut key_of: impl FnMut(&RingKey<Fingerprint>) -> Option<TicketKey>,
+    ) -> Option<KeyRing> {
+        let mut keys = Vec::with_capacity(self.keys.len());
+        for k in &self.keys {
+            let key = key_of(k).filter(|key| key.fingerprint() == k.key)?;
+            keys.push(k.with_key(key));
+        }
+        Some(KeyRing {
+            generation: self.generation,
+            keys,
+            last_epoch: self.last_epoch,
+            next_rotation_at: self.next_rotation_at,
+        })
+    }
+}
+
+impl<K: KeyMaterial> KeyRing<K> {
+    /// Rebuilds a ring from parts (the store's record), checking every invariant that a ring
+    /// alone can show, so a malformed record is rejected rather than applied.
+    pub fn from_parts(
+        generation: u64,
+        mut keys: Vec<RingKey<K>>,
+        last_epoch: u64,
+        next_rotation_at: SystemTime,
+        policy: &Policy,
+    ) -> Result<Self, RingError> {
+        keys.sort_by_key(|k| k.epoch);
+        let ring = Self {
+            generation,
+            keys,
+            last_epoch,
+            next_rotation_at,
+        };
+        ring.check(policy)?;
+        Ok(ring)
+    }
+
+    /// Builds a ring without checking it; only for transitions that preserve the invariants by
+    /// construction (callers in this crate re-check in tests).
+    pub(crate) fn from_parts_unchecked(
+        generation: u64,
+        keys: Vec<RingKey<K>>,
+        last_epoch: u64,
+        next_rotation_at: SystemTime,
+    ) -> Self {
+        Self {
+            generation,
+            keys,
+            last_epoch,
+            next_rotation_at,
+        }
+    }
+
+    /// The ring with its times cut to whole milliseconds, as the store records them.
+    pub fn to_millis(&self) -> Self {
+        let cut = |t: SystemTime| {
+            let ms = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+        };
+        let mut ring = self.clone();
+        ring.next_rotation_at = cut(ring.next_rotation_at);
+        for k in &mut ring.keys {
+            k.created_at = cut(k.created_at);
+        }
+        ring
+    }
+
+    /// The highest epoch this cluster ever issued; the next key gets `last_epoch() + 1`.
+    pub fn last_epoch(&self) -> u64 {
+        self.last_epoch
+    }
+
+    /// Grows with every change to the ring; nodes acknowledge the generation they applied.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// When the next scheduled rotation is due.
+    pub fn next_rotation_at(&self) -> SystemTime {
+        self.next_rotation_at
+    }
+
+    /// Every key, oldest epoch first.
+    pub fn keys(&self) -> &[RingKey<K>] {
+        &self.keys
+    }
+
+    /// The key that encrypts new tickets.
+    pub fn active(&self) -> &RingKey<K> {
+        self.keys
+            .iter()
+            .find(|k| k.state == KeyState::Active)
+            .expect("every ring is checked to hold exactly one active key when it is built")
+    }
+
+    /// The pre-distributed next key, if any.
+    pub fn staged(&self) -> Option<&RingKey<K>> {
+        self.keys.iter().find(|k| k.state == KeyState::Staged)
+    }
+
+    /// Retiring keys, newest first.
+    pub fn retiring(&self) -> impl Iterator<Item = &RingKey<K>> {
+        self.keys
+            .iter()
+            .rev()
+            .filter(|k| k.state == KeyState::Retiring)
+    }
+
+    /// The keys in the order most servers want them: active, staged, then retiring newest
+    /// first. Formats reorder from here.
+    pub fn by_role(&self) -> Vec<&RingKey<K>> {
+        let mut out = vec![self.active()];
+        out.extend(self.staged());
+        out.extend(self.retiring());
+        out
     }
 
     /// Retiring keys beyond `retain` (oldest ones), which a later ring may drop.
@@ -350,10 +484,7 @@ impl KeyRing {
             }
         }
         for (i, a) in self.keys.iter().enumerate() {
-            if self.keys[i + 1..]
-                .iter()
-                .any(|b| b.key.name() == a.key.name())
-            {
+            if self.keys[i + 1..].iter().any(|b| b.key.same_name(&a.key)) {
                 return Err(RingError::DuplicateName(a.fingerprint()));
             }
         }

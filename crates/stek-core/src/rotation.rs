@@ -6,7 +6,7 @@
 use std::time::SystemTime;
 
 use crate::key::KeySource;
-use crate::ring::{KeyRing, Policy, RingError};
+use crate::ring::{KeyMaterial, KeyRing, Policy, RingError};
 
 /// What the leader knows about one member at the moment it decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,9 +98,9 @@ pub enum Decision {
 /// holds it as staged (I1); a retiring key is dropped only once every live member applied the
 /// ring in which its successor became active (I2), which the staged acknowledgement already
 /// implies for the keys a rotation drops.
-pub fn decide_at(
+pub fn decide_at<K: KeyMaterial>(
     now: SystemTime,
-    ring: Option<&KeyRing>,
+    ring: Option<&KeyRing<K>>,
     policy: &Policy,
     members: &[MemberView],
     rotation_requested: bool,
@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn no_ring_means_bootstrap() {
         assert_eq!(
-            decide_at(t(0), None, &policy(1), &[], false),
+            decide_at::<crate::TicketKey>(t(0), None, &policy(1), &[], false),
             Decision::Bootstrap
         );
         let ring = next_ring(&Decision::Bootstrap, None, t(0), &policy(1), &mut seeded(1))

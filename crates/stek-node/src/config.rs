@@ -81,6 +81,8 @@ struct RawEtcd {
     key_file: Option<PathBuf>,
     user: Option<String>,
     password_file: Option<PathBuf>,
+    #[serde(default)]
+    compact_history: bool,
 }
 
 /// How a node authenticates to etcd and checks etcd's certificate.
@@ -317,6 +319,9 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// The coordination store.
     pub coordination: Coordination,
+    /// `[etcd] compact_history`: after a ring write drops keys, the leader compacts etcd's
+    /// history up to that write, so no revision holding their sealed copies stays readable.
+    pub compact_history: bool,
     /// The TLS servers on this box.
     pub targets: Vec<Target>,
 }
@@ -378,6 +383,7 @@ impl Config {
                 ),
             ));
         }
+        let compact_history = raw.etcd.as_ref().is_some_and(|e| e.compact_history);
         let coordination = match (raw.etcd, raw.raft) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -537,6 +543,7 @@ impl Config {
             policy,
             lease_ttl: raw.rotation.lease_ttl,
             coordination,
+            compact_history,
             targets,
         })
     }

@@ -10,11 +10,12 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
+use stek_coord::seal::{Identity, MemberKey, SealError};
 use stek_coord::{
-    ChangeStream, CoordError, Coordinator, KeepAlive, LeaseId, MemberRecord, RingSlot, Snapshot,
-    StoredRing, Term,
+    ChangeStream, CoordError, Coordinator, KeepAlive, LeaseId, Member, MemberRecord, RingSlot,
+    Snapshot, StoredRing, Term,
 };
-use stek_core::{decide_at, next_ring, Decision, KeyRing, OsKeySource};
+use stek_core::{decide_at, next_ring, Decision, KeyRing, OsKeySource, RingMeta};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
@@ -30,11 +31,14 @@ pub async fn run<C: Coordinator>(config: &Config, coord: C, shutdown: impl Futur
     let mut node = Node {
         config,
         coord,
+        identity: Identity::generate(),
         lease: None,
         term: None,
+        opened: None,
+        seal_error: None,
         applied: None,
         last_error: None,
-        last_good: None,
+        last_reseal: None,
         apply_retry: None,
         apply_backoff: BACKOFF_MIN,
         logged: BTreeSet::new(),
@@ -44,7 +48,7 @@ pub async fn run<C: Coordinator>(config: &Config, coord: C, shutdown: impl Futur
     let mut watch: Option<C::Watch> = None;
     let mut backoff = BACKOFF_MIN;
     tokio::pin!(shutdown);
-    info!(node = %config.node_id, cluster = %config.cluster, targets = config.targets.len(), "stek node starting");
+    info!(node = %config.node_id, cluster = %config.cluster, targets = config.targets.len(), public_key = %node.identity.public().id(), "stek node starting");
     loop {
         // Lease and registration.
         if node.lease.is_none() {
@@ -132,14 +136,21 @@ async fn sleep_or_shutdown(
 struct Node<'a, C> {
     config: &'a Config,
     coord: C,
+    /// This process's sealing key pair: in memory only, new at every start.
+    identity: Identity,
     lease: Option<LeaseId>,
     term: Option<Term>,
+    /// The last ring this node opened from its own sealed copy. A leader also rewrites it over
+    /// a malformed record.
+    opened: Option<KeyRing>,
+    /// Why this node's copy of the stored ring (of that generation) did not open.
+    seal_error: Option<(u64, SealError)>,
     /// The last ring applied to every target.
     applied: Option<KeyRing>,
     /// Why the last apply failed.
     last_error: Option<String>,
-    /// The last valid ring seen in the store: a leader rewrites it over a malformed record.
-    last_good: Option<StoredRing>,
+    /// When this leader last resealed an unchanged ring (rate limit).
+    last_reseal: Option<Instant>,
     apply_retry: Option<Instant>,
     apply_backoff: Duration,
     /// Rejections already logged (key, error), so each is logged once.
@@ -160,8 +171,15 @@ impl<C: Coordinator> Node<'_, C> {
                 .map(|t| t.format.info().name.to_owned())
                 .collect(),
             applied_generation: self.applied.as_ref().map_or(0, KeyRing::generation),
-            last_error: self.last_error.clone(),
+            last_error: match &self.seal_error {
+                Some((generation, e)) if !matches!(e, SealError::NoCopy { .. }) => {
+                    Some(format!("generation {generation}: {e}"))
+                }
+                _ => self.last_error.clone(),
+            },
             updated_at_ms: MemberRecord::now_ms(),
+            public_key: Some(self.identity.public().to_base64()),
+            unsealable_generation: self.seal_error.as_ref().map(|(g, _)| *g),
         }
     }
 
@@ -200,23 +218,24 @@ impl<C: Coordinator> Node<'_, C> {
                 error!(key = %key, "rejected a record from the store: {e}; it is not applied");
             }
         }
-        match &snap.ring {
-            RingSlot::Valid(stored) => {
-                self.last_good = Some(stored.clone());
-                let current = self.applied.as_ref().map(KeyRing::generation);
-                let retry_due = self.apply_retry.is_none_or(|t| Instant::now() >= t);
-                if current != Some(stored.ring.generation()) && retry_due {
-                    self.apply(&stored.ring).await;
-                }
-                if let Some(t) = self.apply_retry {
-                    wake = wake.min(t);
-                }
+        if let RingSlot::Valid(stored) = &snap.ring {
+            self.open(stored);
+            let generation = stored.ring.generation();
+            let opened = self
+                .opened
+                .as_ref()
+                .filter(|r| r.generation() == generation);
+            let current = self.applied.as_ref().map(KeyRing::generation);
+            let retry_due = self.apply_retry.is_none_or(|t| Instant::now() >= t);
+            if let Some(ring) = opened.filter(|_| current != Some(generation) && retry_due) {
+                let ring = ring.clone();
+                self.apply(&ring).await;
             }
-            RingSlot::Rejected(_) => {
-                // Logged above; the files on disk stay as they are.
+            if let Some(t) = self.apply_retry {
+                wake = wake.min(t);
             }
-            RingSlot::Absent => {}
         }
+        // A rejected ring was logged above; the files on disk stay as they are.
         // Make sure the store holds our latest acknowledgement (it may have failed before).
         let mine = snap
             .members
@@ -224,9 +243,9 @@ impl<C: Coordinator> Node<'_, C> {
             .find(|m| m.record.node_id == self.config.node_id);
         let want = self.record();
         let stale = mine.is_none_or(|m| {
-            m.record.applied_generation != want.applied_generation
-                || m.record.last_error != want.last_error
-                || !m.live
+            let mut stored = m.record.clone();
+            stored.updated_at_ms = want.updated_at_ms;
+            stored != want || !m.live
         });
         if stale {
             let written = match (mine.is_some_and(|m| m.live), self.lease) {
@@ -247,7 +266,46 @@ impl<C: Coordinator> Node<'_, C> {
         wake
     }
 
+    /// Opens this node's copy of a stored ring it has not opened yet.
+    fn open(&mut self, stored: &StoredRing) {
+        let generation = stored.ring.generation();
+        if self.opened.as_ref().map(KeyRing::generation) == Some(generation)
+            || self
+                .seal_error
+                .as_ref()
+                .is_some_and(|(g, _)| *g == generation)
+        {
+            return;
+        }
+        match stored.open(&self.config.cluster, &self.config.node_id, &self.identity) {
+            Ok(ring) => {
+                debug!(generation, "opened this node's sealed copy of the ring");
+                self.opened = Some(ring);
+                self.seal_error = None;
+            }
+            Err(e @ SealError::NoCopy { .. }) => {
+                info!(generation, "{e}");
+                self.seal_error = Some((generation, e));
+            }
+            Err(e) => {
+                error!(generation, "{e}; keeping the keys on disk");
+                self.seal_error = Some((generation, e));
+            }
+        }
+    }
+
     async fn apply(&mut self, ring: &KeyRing) {
+        if let Some(applied) = &self.applied {
+            if applied.keys() == ring.keys() {
+                // Resealed (a member joined, or a copy was replaced): same keys, same files.
+                debug!(
+                    generation = ring.generation(),
+                    "same keys as the applied ring; nothing to write"
+                );
+                self.applied = Some(ring.clone());
+                return;
+            }
+        }
         let mut failures = Vec::new();
         for t in &self.config.targets {
             if let Err(e) = t.apply(ring).await {
@@ -274,12 +332,16 @@ impl<C: Coordinator> Node<'_, C> {
 
     /// The leader's part; returns when it wants to decide again.
     async fn lead(&mut self, snap: &Snapshot) -> Option<Instant> {
-        let me = &self.config.node_id;
+        let me = self.config.node_id.clone();
         match (&snap.leader, self.term) {
             (None, _) => {
                 self.term = None;
                 let lease = self.lease?;
-                match self.coord.campaign(lease, me).await {
+                if let Some(holder) = self.defer_to(snap) {
+                    debug!("not campaigning: this node cannot open the ring but {holder} can");
+                    return None;
+                }
+                match self.coord.campaign(lease, &me).await {
                     Ok(Some(term)) => {
                         info!(target: "audit", node = %me, term = term.0, "leader elected");
                         self.term = Some(term);
@@ -293,8 +355,8 @@ impl<C: Coordinator> Node<'_, C> {
                     }
                 }
             }
-            (Some(l), Some(term)) if l.node_id == *me && l.term == term => {}
-            (Some(l), None) if l.node_id == *me && Some(l.lease) == self.lease => {
+            (Some(l), Some(term)) if l.node_id == me && l.term == term => {}
+            (Some(l), None) if l.node_id == me && Some(l.lease) == self.lease => {
                 // Our campaign was applied but its reply was lost (a timeout, a retry that
                 // answered "not elected"): the leadership under our own lease is ours.
                 info!(target: "audit", node = %me, term = l.term.0, "leader elected (campaign reply was lost)");
@@ -310,26 +372,23 @@ impl<C: Coordinator> Node<'_, C> {
         let term = self.term?;
         let policy = self.config.policy;
         let now = SystemTime::now();
-        let ring = match &snap.ring {
-            RingSlot::Valid(s) => Some(&s.ring),
-            RingSlot::Absent => None,
+        let (ring, stored) = match &snap.ring {
+            RingSlot::Valid(stored) => match self.plaintext(&stored.ring) {
+                Some(ring) => (Some(ring), Some(stored)),
+                None => return self.cannot_open(term, stored, snap, now).await,
+            },
+            RingSlot::Absent => (None, None),
             RingSlot::Rejected(e) => {
                 // Never bootstrap over a bad record: nodes would switch to keys nobody else
-                // holds. Rewrite the last good ring instead (next generation, same keys).
-                let Some(good) = self.last_good.clone() else {
-                    error!("the ring record is malformed ({e}) and this leader has never seen a valid one; an operator must restore it");
+                // holds. Rewrite the last ring this node opened (next generation, same keys).
+                let Some(good) = self.opened.clone() else {
+                    error!("the ring record is malformed ({e}) and this leader has never opened a valid one; an operator must restore it");
                     return Some(Instant::now() + BACKOFF_MAX);
                 };
-                let repaired = good
-                    .ring
-                    .with_next_rotation_at(good.ring.next_rotation_at());
-                let repaired = renumber_after(repaired, snap);
-                match self
-                    .coord
-                    .write_ring(term, me, &repaired, &good.policy, &[])
-                    .await
-                {
-                    Ok(()) => warn!(
+                let repaired =
+                    renumber_after(good.with_next_rotation_at(good.next_rotation_at()), snap);
+                match self.write(term, &repaired, snap, &[]).await {
+                    Ok(_) => warn!(
                         generation = repaired.generation(),
                         "replaced a malformed ring record with the last valid ring"
                     ),
@@ -339,36 +398,67 @@ impl<C: Coordinator> Node<'_, C> {
             }
         };
         let members = snap.member_views();
-        let decision = decide_at(now, ring, &policy, &members, !snap.requests.is_empty());
-        let next = match next_ring(&decision, ring, now, &policy, &mut OsKeySource) {
+        let decision = decide_at(
+            now,
+            ring.as_ref(),
+            &policy,
+            &members,
+            !snap.requests.is_empty(),
+        );
+        let next = match next_ring(&decision, ring.as_ref(), now, &policy, &mut OsKeySource) {
             Ok(n) => n,
             Err(e) => {
                 error!("cannot compute the next ring: {e}");
                 return Some(Instant::now() + BACKOFF_MAX);
             }
         };
-        match (&decision, next) {
-            (_, Some(new)) => {
-                let served: &[String] = if matches!(decision, Decision::Rotate(_)) {
-                    &snap.requests
-                } else {
-                    &[]
-                };
-                match self.coord.write_ring(term, me, &new, &policy, served).await {
-                    Ok(()) => {
-                        self.last_wait = None;
-                        audit_decision(&decision, &new, me, served.len());
-                    }
+        if let Some(new) = next {
+            let served: &[String] = if matches!(decision, Decision::Rotate(_)) {
+                &snap.requests
+            } else {
+                &[]
+            };
+            match self.write(term, &new, snap, served).await {
+                Ok(revision) => {
+                    self.last_wait = None;
+                    audit_decision(&decision, &new, &me, served.len());
+                    self.purge(ring.as_ref(), &new, revision).await;
+                }
+                Err(e) => self.write_failed(e),
+            }
+            return Some(Instant::now() + BACKOFF_MIN);
+        }
+        // Nothing to change in the ring; seal it again if a live member lacks a usable copy
+        // (it joined, restarted, or reported that its copy does not open).
+        if let (Some(ring), Some(stored)) = (&ring, stored) {
+            let lacking = lacking_copies(stored, &snap.members);
+            let rested = self
+                .last_reseal
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            if !lacking.is_empty() && rested {
+                self.last_reseal = Some(Instant::now());
+                let resealed = ring.with_next_rotation_at(ring.next_rotation_at());
+                match self.write(term, &resealed, snap, &[]).await {
+                    Ok(_) => info!(
+                        generation = resealed.generation(),
+                        "sealed the ring for {}",
+                        lacking.join(", ")
+                    ),
                     Err(e) => self.write_failed(e),
                 }
-                Some(Instant::now() + BACKOFF_MIN)
+                return Some(Instant::now() + BACKOFF_MIN);
             }
-            (Decision::Idle { until }, None) => {
+            if !lacking.is_empty() {
+                return Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+        match decision {
+            Decision::Idle { until } => {
                 self.last_wait = None;
                 let left = until.duration_since(now).unwrap_or_default();
                 Some(Instant::now() + left)
             }
-            (Decision::Wait { reason, blocked_by }, None) => {
+            Decision::Wait { reason, blocked_by } => {
                 let who: Vec<String> = blocked_by.iter().map(ToString::to_string).collect();
                 let msg = format!("{reason:?} rotation waits for {}", who.join(", "));
                 if self.last_wait.as_deref() != Some(msg.as_str()) {
@@ -377,7 +467,124 @@ impl<C: Coordinator> Node<'_, C> {
                 }
                 Some(Instant::now() + Duration::from_secs(1))
             }
-            (_, None) => Some(Instant::now() + BACKOFF_MIN),
+            _ => Some(Instant::now() + BACKOFF_MIN),
+        }
+    }
+
+    /// The stored ring with its key bytes: this node's opened copy, or, when its copy of this
+    /// generation did not open, the same keys it opened before (a reseal it could not read).
+    fn plaintext(&self, meta: &RingMeta) -> Option<KeyRing> {
+        let known: Vec<&KeyRing> = self.opened.iter().chain(self.applied.iter()).collect();
+        if let Some(r) = known.iter().find(|r| r.generation() == meta.generation()) {
+            return Some((*r).clone());
+        }
+        meta.with_keys(|k| {
+            known.iter().find_map(|r| {
+                r.keys()
+                    .iter()
+                    .find(|x| x.epoch == k.epoch && x.fingerprint() == k.key)
+                    .map(|x| x.key.clone())
+            })
+        })
+    }
+
+    /// A live member other than this node that holds a usable copy of the stored ring, when
+    /// this node cannot open it: that member should lead.
+    fn defer_to(&self, snap: &Snapshot) -> Option<String> {
+        let RingSlot::Valid(stored) = &snap.ring else {
+            return None;
+        };
+        if self.plaintext(&stored.ring).is_some() {
+            return None;
+        }
+        snap.members
+            .iter()
+            .filter(|m| m.live && m.record.node_id != self.config.node_id)
+            .find(|m| holds_copy(stored, m))
+            .map(|m| m.record.node_id.clone())
+    }
+
+    /// Leading while this node cannot open the stored ring: hand over to a member that can,
+    /// or, if no live member can, start a new ring (the old keys are gone with the processes
+    /// that held them).
+    async fn cannot_open(
+        &mut self,
+        term: Term,
+        stored: &StoredRing,
+        snap: &Snapshot,
+        now: SystemTime,
+    ) -> Option<Instant> {
+        let me = self.config.node_id.clone();
+        if let Some(holder) = self.defer_to(snap) {
+            info!(target: "audit", node = %me, term = term.0, "leadership released: this node cannot open the ring, {holder} can");
+            if let Err(e) = self.coord.resign(term).await {
+                warn!("could not release the leadership: {e}");
+            }
+            self.term = None;
+            return Some(Instant::now() + BACKOFF_MIN);
+        }
+        let rekeyed = KeyRing::rekeyed(&stored.ring, now, &self.config.policy, &mut OsKeySource);
+        let rekeyed = renumber_after(rekeyed, snap);
+        match self.write(term, &rekeyed, snap, &snap.requests).await {
+            Ok(revision) => {
+                error!(target: "audit", generation = rekeyed.generation(), leader = %me, active = %rekeyed.active().fingerprint(), "no live member can open the stored ring (every member that held it has restarted): created new keys; tickets issued before now will not resume");
+                self.purge(None, &rekeyed, revision).await;
+            }
+            Err(e) => self.write_failed(e),
+        }
+        Some(Instant::now() + BACKOFF_MIN)
+    }
+
+    /// Seals `ring` for every live member that published a public key and writes it.
+    async fn write(
+        &mut self,
+        term: Term,
+        ring: &KeyRing,
+        snap: &Snapshot,
+        served: &[String],
+    ) -> Result<i64, CoordError> {
+        let recipients: Vec<(String, MemberKey)> = snap
+            .members
+            .iter()
+            .filter(|m| m.live)
+            .filter_map(|m| Some((m.record.node_id.clone(), m.record.sealing_key()?)))
+            .collect();
+        let (stored, failed) = StoredRing::seal(
+            &self.config.cluster,
+            ring,
+            &self.config.policy,
+            &self.config.node_id,
+            &recipients,
+        );
+        for e in failed {
+            if self.logged.insert(("seal".into(), e.to_string())) {
+                error!("{e}");
+            }
+        }
+        self.coord.write_ring(term, &stored, served).await
+    }
+
+    /// After a write that removed keys, compacts the store's history up to it when the config
+    /// allows, so that no old revision still holds their sealed copies.
+    async fn purge(&mut self, before: Option<&KeyRing>, after: &KeyRing, revision: i64) {
+        let dropped: Vec<u64> = before
+            .map(|b| {
+                b.keys()
+                    .iter()
+                    .map(|k| k.epoch)
+                    .filter(|e| !after.keys().iter().any(|k| k.epoch == *e))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rekeyed = before.is_none() && after.generation() > 1;
+        if !self.config.compact_history || (dropped.is_empty() && !rekeyed) || revision <= 0 {
+            return;
+        }
+        match self.coord.purge_history(revision).await {
+            Ok(()) => {
+                info!(target: "audit", revision, epochs = ?dropped, "store history compacted: no revision before this ring is readable")
+            }
+            Err(e) => warn!("could not compact the store's history up to revision {revision}: {e}; the next key drop tries again"),
         }
     }
 
@@ -390,6 +597,26 @@ impl<C: Coordinator> Node<'_, C> {
             other => warn!("leader write failed: {other}"),
         }
     }
+}
+
+/// Whether `m` holds a copy of `stored` that it should be able to open: sealed to the public
+/// key it publishes now, and not reported as unopenable.
+fn holds_copy(stored: &StoredRing, m: &Member) -> bool {
+    let generation = stored.ring.generation();
+    m.record.sealing_key().is_some_and(|key| {
+        stored
+            .copy_for(&m.record.node_id)
+            .is_some_and(|c| c.recipient == key.id())
+    }) && m.record.unsealable_generation != Some(generation)
+}
+
+/// Live members with a public key but no usable copy of the stored ring.
+fn lacking_copies(stored: &StoredRing, members: &[Member]) -> Vec<String> {
+    members
+        .iter()
+        .filter(|m| m.live && m.record.sealing_key().is_some() && !holds_copy(stored, m))
+        .map(|m| m.record.node_id.clone())
+        .collect()
 }
 
 /// A repaired ring must have a generation above every generation members acknowledged, so

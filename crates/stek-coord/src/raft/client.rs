@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stek_core::{KeyRing, Policy};
 use tokio::sync::Mutex;
 
 use super::net::{call, Reply, Request};
 use super::store::{Applied, Command, Data};
 use crate::records::{self, MemberRecord, RequestRecord};
+use crate::StoredRing;
 use crate::{
     ChangeStream, CoordError, Coordinator, KeepAlive, Leader, LeaseId, RawSnapshot, Snapshot, Term,
 };
@@ -259,22 +259,25 @@ impl Coordinator for RaftClient {
     async fn write_ring(
         &self,
         term: Term,
-        written_by: &str,
-        ring: &KeyRing,
-        policy: &Policy,
+        ring: &StoredRing,
         served_requests: &[String],
-    ) -> Result<(), CoordError> {
-        let value = records::encode_ring(ring, policy, written_by);
+    ) -> Result<i64, CoordError> {
         let cmd = Command::WriteRing {
             term: u64::try_from(term.0).unwrap_or(0),
-            value: value.to_vec(),
+            value: records::encode_ring(ring),
             served: served_requests.to_vec(),
         };
         match self.write(cmd).await? {
-            Applied::Ok => Ok(()),
+            Applied::Ok => Ok(0),
             Applied::Stale => Err(CoordError::Conflict),
             _ => Err(CoordError::Fenced(term)),
         }
+    }
+
+    /// Peers purge their logs on their own (every [`super::peer::RAFT_LOG_KEPT`] entries, into
+    /// a snapshot that holds only current records), so there is nothing to ask for.
+    async fn purge_history(&self, _revision: i64) -> Result<(), CoordError> {
+        Ok(())
     }
 
     async fn resign(&self, term: Term) -> Result<(), CoordError> {

@@ -20,6 +20,9 @@ use super::net::{read_frame, write_frame, Network, Reply, Request};
 use super::store::{Applied, Command, MemStore};
 use super::tls::PeerTls;
 use super::TypeConfig;
+
+/// How many log entries a peer holds before it folds them into a snapshot and purges them.
+pub const RAFT_LOG_KEPT: u64 = 64;
 use crate::CoordError;
 
 /// How often the lease clock runs on the leader.
@@ -71,6 +74,10 @@ impl Peer {
             heartbeat_interval: 150,
             election_timeout_min: 600,
             election_timeout_max: 1200,
+            // History purge: the log (which holds every past ring record, sealed) is folded
+            // into a snapshot every 64 entries and nothing before the snapshot is kept.
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(RAFT_LOG_KEPT),
+            max_in_snapshot_log_to_keep: 0,
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| CoordError::Unreachable {

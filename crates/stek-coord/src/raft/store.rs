@@ -471,7 +471,9 @@ mod tests {
         let r2 = r1
             .rotated(std::time::SystemTime::now(), &p, &mut OsKeySource)
             .unwrap();
-        let enc = |r: &KeyRing| crate::records::encode_ring(r, &p, "a").to_vec();
+        let enc = |r: &KeyRing| {
+            crate::records::encode_ring(&crate::StoredRing::seal("c", r, &p, "a", &[]).0)
+        };
         let mut d = Data::default();
         assert_eq!(
             d.apply(&Command::Campaign {
