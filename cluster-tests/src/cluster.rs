@@ -225,6 +225,57 @@ impl EtcdServer {
             .expect("etcdctl runs (apt-get install etcd-client)")
     }
 
+    /// The store's current revision.
+    pub fn revision(&self) -> i64 {
+        let out = self.ctl(&["get", "/", "-w", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["header"]["revision"].as_i64().unwrap()
+    }
+
+    /// Every key and value under `prefix` as of `revision`, raw; `None` once compacted.
+    pub fn dump_at(&self, prefix: &str, revision: i64) -> Option<Vec<u8>> {
+        let out = self.ctl(&["get", prefix, "--prefix", &format!("--rev={revision}")]);
+        if out.status.success() {
+            return Some(out.stdout);
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("compacted"),
+            "etcdctl get --rev={revision}: {err}"
+        );
+        None
+    }
+
+    /// The raw value of `key` now.
+    pub fn get(&self, key: &str) -> Vec<u8> {
+        let out = self.ctl(&["get", key, "--print-value-only"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut v = out.stdout;
+        if v.last() == Some(&b'\n') {
+            v.pop();
+        }
+        v
+    }
+
+    /// Puts `value` under `key`.
+    pub fn put(&self, key: &str, value: &[u8]) {
+        let out = self.ctl(&["put", key, &String::from_utf8_lossy(value)]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The client URL.
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
@@ -393,6 +444,10 @@ pub struct Cluster {
     pub lease_ttl: Duration,
     /// Mutual TLS between Raft peers (embedded backend), when set.
     pub peer_pki: Option<PeerPki>,
+    /// Lines added to every node's `[etcd]` section (e.g. `compact_history = true`).
+    pub etcd_extra: String,
+    /// The nodes' `RUST_LOG`.
+    pub log_filter: String,
 }
 
 /// The lease TTL the tests run with.
@@ -438,6 +493,8 @@ impl Cluster {
             name: format!("t{}", rand::random::<u32>()),
             lease_ttl: LEASE_TTL,
             peer_pki: None,
+            etcd_extra: String::new(),
+            log_filter: "info".into(),
         };
         for _ in 0..n {
             c.add_node(None);
@@ -480,7 +537,7 @@ impl Cluster {
     fn write_config(&self, i: usize) {
         let node = &self.nodes[i];
         let coordination = match &self.etcd {
-            Some(etcd) => etcd.config_section(),
+            Some(etcd) => etcd.config_section() + &self.etcd_extra,
             None => {
                 let peers: Vec<String> = self
                     .nodes
@@ -525,12 +582,13 @@ impl Cluster {
     pub fn start(&mut self, i: usize) {
         self.write_config(i);
         let bin = self.bin.clone();
+        let filter = self.log_filter.clone();
         let node = &mut self.nodes[i];
         node.starts += 1;
         let mut cmd = Command::new(&bin);
         cmd.args(["node", "--config"])
             .arg(&node.config)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", filter);
         node.server = Some(Server::spawn(&node.id, cmd, node.log_path()));
     }
 
@@ -550,6 +608,26 @@ impl Cluster {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+    }
+
+    /// SIGSTOP (the process freezes; its lease runs on) or SIGCONT.
+    pub fn pause(&self, i: usize, paused: bool) {
+        let signal = if paused {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        let s = self.nodes[i].server.as_ref().expect("node runs");
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(s.pid() as i32), signal).unwrap();
+    }
+
+    /// Every key file's bytes any node ever wrote, by the checker's history plus now.
+    pub fn key_windows(&self, history: &History) -> crate::leaks::KeyWindows {
+        let mut all: Vec<Vec<u8>> = history.seen.clone();
+        for n in self.nodes.iter().filter(|n| n.running()) {
+            all.extend(n.files().into_values());
+        }
+        crate::leaks::KeyWindows::of(all.iter().map(Vec::as_slice))
     }
 
     /// SIGTERM and wait (graceful stop).
@@ -624,6 +702,17 @@ impl Cluster {
     /// `stek rotate --wait` through node `i`.
     pub fn rotate_wait(&self, i: usize, timeout: &str) -> Output {
         self.cli(i, &["rotate", "--wait", "--timeout", timeout])
+    }
+
+    /// `stek rotate --wait` through node `i`, which must succeed.
+    pub fn rotate_ok(&self, i: usize) {
+        let out = self.rotate_wait(i, "30s");
+        assert!(
+            out.status.success(),
+            "rotate --wait failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// A leader's log lines "key activated", as epochs, from every node's logs.

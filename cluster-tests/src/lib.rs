@@ -22,6 +22,7 @@ use stek_node::{Config, Target};
 
 pub mod cluster;
 pub mod conformance;
+pub mod leaks;
 pub mod scenario;
 pub mod tls;
 

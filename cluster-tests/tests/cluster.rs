@@ -24,15 +24,6 @@ fn out_text(o: &std::process::Output) -> String {
     )
 }
 
-fn rotate_ok(c: &Cluster, via: usize) {
-    let out = c.rotate_wait(via, "30s");
-    assert!(
-        out.status.success(),
-        "rotate --wait failed: {}",
-        out_text(&out)
-    );
-}
-
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
         mod etcd {
@@ -58,7 +49,8 @@ fn three_nodes_bootstrap_then_20_rotations_keep_every_invariant(backend: Backend
     c.start_all();
     info!("--- three nodes start: one leader, one active and one staged key everywhere");
     let status = c.wait_converged(Duration::from_secs(30));
-    assert_eq!(status["generation"], 1);
+    // Generation 1 is the bootstrap; members that registered after it got their sealed copies
+    // in reseals (same keys, later generations).
     let keys = status["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 2);
     assert!(keys
@@ -78,7 +70,7 @@ fn three_nodes_bootstrap_then_20_rotations_keep_every_invariant(backend: Backend
 
     for i in 1..=20 {
         info!("--- rotation {i} of 20");
-        rotate_ok(&c, i % 3);
+        c.rotate_ok(i % 3);
         let status = c.wait_converged(Duration::from_secs(10));
         check_invariants(&c, &status, &mut history);
     }
@@ -94,7 +86,7 @@ fn leader_sigkill_new_leader_within_lease_ttl_and_no_epoch_repeats(backend: Back
     let status = c.wait_converged(Duration::from_secs(30));
     let mut history = History::default();
     check_invariants(&c, &status, &mut history);
-    rotate_ok(&c, 0);
+    c.rotate_ok(0);
     let status = c.wait_converged(Duration::from_secs(10));
     check_invariants(&c, &status, &mut history);
     let leader = status["leader"].as_str().unwrap().to_owned();
@@ -121,7 +113,7 @@ fn leader_sigkill_new_leader_within_lease_ttl_and_no_epoch_repeats(backend: Back
     );
     info!("new leader {new_leader} after {:?}", killed.elapsed());
     info!("--- the next rotation works once the dead member's lease expired");
-    rotate_ok(&c, other);
+    c.rotate_ok(other);
     let status = c.wait_converged(Duration::from_secs(10));
     check_invariants(&c, &status, &mut history);
     let dead = status["members"]
@@ -204,7 +196,7 @@ fn etcd_outage_changes_no_file_and_rotation_resumes_afterwards() {
     let mut c = Cluster::new(BIN, "etcd-outage", 3);
     c.start_all();
     c.wait_converged(Duration::from_secs(30));
-    rotate_ok(&c, 0);
+    c.rotate_ok(0);
     let status = c.wait_converged(Duration::from_secs(10));
     let mut history = History::default();
     check_invariants(&c, &status, &mut history);
@@ -234,7 +226,7 @@ fn etcd_outage_changes_no_file_and_rotation_resumes_afterwards() {
     }
     info!("--- etcd back: rotation works");
     c.etcd().restart();
-    rotate_ok(&c, 1);
+    c.rotate_ok(1);
     let status = c.wait_converged(Duration::from_secs(20));
     check_invariants(&c, &status, &mut history);
 }
@@ -245,25 +237,43 @@ fn a_late_node_catches_up_to_the_current_ring_before_it_acknowledges(backend: Ba
     c.start(1);
     c.wait_converged(Duration::from_secs(30));
     for _ in 0..3 {
-        rotate_ok(&c, 0);
+        c.rotate_ok(0);
     }
     let status = c.wait_converged(Duration::from_secs(10));
     let generation = status["generation"].as_u64().unwrap();
+    let active = status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["state"] == "active")
+        .unwrap()["fingerprint"]
+        .clone();
     info!("--- n3 starts late, at generation {generation}");
     c.start(2);
     let status = c.wait_converged(Duration::from_secs(20));
     let mut history = History::default();
     check_invariants(&c, &status, &mut history);
+    // The leader sealed the unchanged ring for n3 (a later generation, same keys); n3 applied
+    // that, and nothing older: it never served a ring the others had left behind.
+    let now = status["generation"].as_u64().unwrap();
+    assert!(now > generation, "a reseal for n3: {status}");
+    assert!(status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["state"] == "active" && k["fingerprint"] == active));
     let log = c.nodes[2].log_text();
-    let first_applied = log
+    let applied: Vec<&str> = log
         .lines()
-        .find(|l| l.contains("applied ring to every target"))
-        .expect("n3 applied a ring");
+        .filter(|l| l.contains("applied ring to every target"))
+        .collect();
+    assert_eq!(applied.len(), 1, "n3 wrote its files once: {applied:?}");
     assert!(
-        first_applied.contains(&format!("generation={generation}")),
-        "the first ring n3 applied is the current one: {first_applied}"
+        applied[0].contains(&format!("generation={now}")),
+        "the first ring n3 applied is the current one: {}",
+        applied[0]
     );
-    rotate_ok(&c, 2);
+    c.rotate_ok(2);
     let status = c.wait_converged(Duration::from_secs(10));
     check_invariants(&c, &status, &mut history);
 }
@@ -314,7 +324,7 @@ fn garbage_records_are_rejected_and_logged_and_the_cluster_keeps_working() {
     let mut c = Cluster::new(BIN, "etcd-garbage", 3);
     c.start_all();
     c.wait_converged(Duration::from_secs(30));
-    rotate_ok(&c, 0);
+    c.rotate_ok(0);
     let status = c.wait_converged(Duration::from_secs(10));
     let mut history = History::default();
     check_invariants(&c, &status, &mut history);
@@ -381,7 +391,7 @@ fn garbage_records_are_rejected_and_logged_and_the_cluster_keeps_working() {
         "{status}"
     );
     check_invariants(&c, &status, &mut history);
-    rotate_ok(&c, 1);
+    c.rotate_ok(1);
     let status = c.wait_converged(Duration::from_secs(10));
     check_invariants(&c, &status, &mut history);
 }
@@ -496,7 +506,7 @@ fn graceful_stop_hands_over_leadership_at_once(backend: Backend) {
         .clone();
     assert_eq!(gone, false, "the stopped member's lease was revoked");
     assert!(c.nodes[li].log_text().contains("leadership released"));
-    rotate_ok(&c, other);
+    c.rotate_ok(other);
 }
 
 /// Embedded coordinator: a peer that restarts comes back with an empty log (nothing was on
@@ -508,7 +518,7 @@ fn raft_a_restarted_peer_catches_up_and_a_full_restart_starts_a_new_ring() {
     c.start_all();
     c.wait_converged(Duration::from_secs(30));
     for _ in 0..2 {
-        rotate_ok(&c, 0);
+        c.rotate_ok(0);
     }
     let status = c.wait_converged(Duration::from_secs(10));
     let mut history = History::default();
@@ -526,7 +536,7 @@ fn raft_a_restarted_peer_catches_up_and_a_full_restart_starts_a_new_ring() {
     c.start(follower);
     let status = c.wait_converged(Duration::from_secs(30));
     check_invariants(&c, &status, &mut history);
-    rotate_ok(&c, follower);
+    c.rotate_ok(follower);
     let status = c.wait_converged(Duration::from_secs(10));
     check_invariants(&c, &status, &mut history);
     let before = status["keys"].clone();
@@ -537,7 +547,16 @@ fn raft_a_restarted_peer_catches_up_and_a_full_restart_starts_a_new_ring() {
     }
     c.start_all();
     let status = c.wait_converged(Duration::from_secs(30));
-    assert_eq!(status["generation"], 1, "a new ring: {status}");
+    let epochs: Vec<u64> = status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["epoch"].as_u64().unwrap())
+        .collect();
+    assert!(
+        epochs.contains(&1) && epochs.contains(&2),
+        "a new ring, bootstrapped: {status}"
+    );
     let fps = |v: &serde_json::Value| -> Vec<String> {
         v.as_array()
             .unwrap()
@@ -566,7 +585,7 @@ fn etcd_over_tls_with_client_certificates_and_auth() {
     let status = c.wait_converged(Duration::from_secs(30));
     let mut history = History::default();
     check_invariants(&c, &status, &mut history);
-    rotate_ok(&c, 1);
+    c.rotate_ok(1);
     let status = c.wait_converged(Duration::from_secs(10));
     check_invariants(&c, &status, &mut history);
 
@@ -623,7 +642,7 @@ fn raft_peers_over_mutual_tls() {
     let status = c.wait_converged(Duration::from_secs(30));
     let mut history = History::default();
     check_invariants(&c, &status, &mut history);
-    rotate_ok(&c, 2);
+    c.rotate_ok(2);
     let status = c.wait_converged(Duration::from_secs(10));
     check_invariants(&c, &status, &mut history);
     assert!(

@@ -1,0 +1,307 @@
+//! Keys never in the clear outside a node (issue 5), against a real etcd and real `stek node`
+//! processes: the keyspace and its whole history hold no key bytes; compaction leaves no
+//! readable revision with a dropped key's copy; wrong public keys and moved or replayed copies
+//! are rejected with a clear log line while the node keeps serving; trace-level logs hold no
+//! key bytes; a full restart (every private key gone) starts new keys.
+
+#![allow(clippy::unwrap_used)] // test harness code: a panic is the failure report
+
+use std::time::Duration;
+
+use cluster_tests::cluster::{check_invariants, Backend, Cluster, History};
+use cluster_tests::wait_until;
+use serde_json::Value;
+use tracing::info;
+
+const BIN: &str = env!("CARGO_BIN_EXE_stek-test-node");
+
+fn start(c: &mut Cluster) -> History {
+    c.start_all();
+    let status = c.wait_converged(Duration::from_secs(30));
+    let mut history = History::default();
+    check_invariants(c, &status, &mut history);
+    history
+}
+
+fn rotate_and_check(c: &Cluster, via: usize, history: &mut History) -> Value {
+    c.rotate_ok(via);
+    let status = c.wait_converged(Duration::from_secs(15));
+    check_invariants(c, &status, history);
+    status
+}
+
+fn follower(c: &Cluster, status: &Value) -> usize {
+    c.nodes
+        .iter()
+        .position(|n| status["leader"] != n.id.as_str())
+        .unwrap()
+}
+
+fn epochs(ring: &Value) -> Vec<u64> {
+    ring["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["epoch"].as_u64().unwrap())
+        .collect()
+}
+
+/// Ten rotations on three nodes logging at trace level; then every key and value under the
+/// prefix at every revision etcd still has, and every log line, is searched for every 16-byte
+/// window of every key the nodes ever wrote (raw, base64 and hex).
+fn no_key_bytes_in_the_store_its_history_or_trace_logs(backend: Backend) {
+    let mut c = Cluster::with_backend(BIN, &format!("dump-{backend:?}"), 3, backend);
+    c.log_filter = "trace".into();
+    let mut history = start(&mut c);
+    for i in 0..10 {
+        rotate_and_check(&c, i % 3, &mut history);
+    }
+    let needles = c.key_windows(&history);
+    assert!(needles.keys() >= 12, "{} keys seen", needles.keys());
+    if let Some(etcd) = &c.etcd {
+        let prefix = format!("/stek/{}/", c.name);
+        let newest = etcd.revision();
+        let mut readable = 0;
+        for rev in 1..=newest {
+            let Some(dump) = etcd.dump_at(&prefix, rev) else {
+                continue;
+            };
+            readable += 1;
+            if let Some(found) = needles.find(&dump) {
+                panic!("revision {rev} of the keyspace holds {found}");
+            }
+        }
+        info!("searched {readable} revisions of the keyspace: no key bytes");
+        assert!(
+            readable > 30,
+            "the history was searched ({readable} revisions)"
+        );
+    }
+    let mut searched = 0;
+    for n in &c.nodes {
+        let log = n.log_text();
+        searched += log.len();
+        // The filter took: the most verbose lines each backend emits are there (etcd's client
+        // stack logs at TRACE; openraft's most verbose is DEBUG).
+        assert!(log.contains(" DEBUG "), "{} logged at trace level", n.id);
+        for line in log.lines() {
+            if let Some(found) = needles.find(line.as_bytes()) {
+                panic!("{}'s trace log holds {found}: {line}", n.id);
+            }
+        }
+    }
+    info!("searched {searched} bytes of trace logs: no key bytes");
+}
+
+#[test]
+fn etcd_no_key_bytes_in_the_store_its_history_or_trace_logs() {
+    no_key_bytes_in_the_store_its_history_or_trace_logs(Backend::Etcd);
+}
+
+#[test]
+fn raft_no_key_bytes_in_trace_logs() {
+    no_key_bytes_in_the_store_its_history_or_trace_logs(Backend::Raft);
+}
+
+/// With `compact_history = true`, once a key is dropped the leader compacts etcd's history up to
+/// that write: no readable revision of the keyspace holds a ring with a dropped key.
+#[test]
+fn compact_history_leaves_no_readable_revision_with_a_dropped_key() {
+    let mut c = Cluster::new(BIN, "compact", 3);
+    c.etcd_extra = "compact_history = true\n".into();
+    let mut history = start(&mut c);
+    let mut dropped = Vec::new();
+    let mut before = Vec::new();
+    for i in 0..4 {
+        let status = rotate_and_check(&c, i % 3, &mut history);
+        let now = epochs(&status);
+        dropped.extend(before.iter().filter(|e| !now.contains(e)).copied());
+        before = now;
+    }
+    assert!(!dropped.is_empty(), "keys were dropped");
+    let etcd = c.etcd.as_ref().unwrap();
+    let ring_key = format!("/stek/{}/ring", c.name);
+    wait_until(
+        Duration::from_secs(10),
+        "the history to be compacted",
+        || {
+            c.nodes
+                .iter()
+                .any(|n| n.log_text().contains("store history compacted"))
+        },
+    );
+    let newest = etcd.revision();
+    let (mut compacted, mut readable) = (0, 0);
+    for rev in 1..=newest {
+        match etcd.dump_at(&ring_key, rev) {
+            None => compacted += 1,
+            Some(dump) if dump.is_empty() => readable += 1,
+            Some(dump) => {
+                readable += 1;
+                let text = String::from_utf8(dump).unwrap();
+                let record: Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+                let held = epochs(&record);
+                assert!(
+                    held.iter().all(|e| !dropped.contains(e)),
+                    "revision {rev} still holds a dropped key's sealed copy: epochs {held:?}, dropped {dropped:?}"
+                );
+            }
+        }
+    }
+    info!("{compacted} revisions compacted, {readable} readable, none with a dropped key");
+    assert!(compacted > 0 && readable > 0);
+}
+
+/// A member record with a malformed public key is rejected (logged by every node); one with a
+/// valid but wrong key gets the member a copy it cannot open, which it says in its log, while
+/// it keeps serving; it republishes its own key and the leader reseals.
+#[test]
+fn wrong_public_keys_are_rejected_and_the_member_recovers() {
+    let mut c = Cluster::new(BIN, "seal-wrongkey", 3);
+    c.lease_ttl = Duration::from_secs(10);
+    let mut history = start(&mut c);
+    let status = rotate_and_check(&c, 0, &mut history);
+    let b = follower(&c, &status);
+    let b_id = c.nodes[b].id.clone();
+    let etcd = c.etcd.as_ref().unwrap();
+    let member_key = format!("/stek/{}/members/{b_id}", c.name);
+    let mut record: Value = serde_json::from_slice(&etcd.get(&member_key)).unwrap();
+
+    info!("--- {b_id}'s member record gets a public key that is not 32 bytes");
+    record["public_key"] = "AAAA".into();
+    etcd.put(&member_key, &serde_json::to_vec(&record).unwrap());
+    wait_until(Duration::from_secs(10), "the record to be rejected", || {
+        c.nodes.iter().any(|n| {
+            n.log_text()
+                .contains("public_key is not a 32-byte X25519 public key")
+        })
+    });
+    let status = c.wait_converged(Duration::from_secs(15));
+    check_invariants(&c, &status, &mut history);
+
+    info!("--- {b_id} frozen; its record names another node's valid public key");
+    let before = c.nodes[b].files();
+    let foreign = "jJV1+Qkx8BXIJNqljjS8CnDkmK4pbCGKJ0hfQEoDrC0=";
+    c.pause(b, true);
+    let mut record: Value = serde_json::from_slice(&etcd.get(&member_key)).unwrap();
+    record["public_key"] = foreign.into();
+    etcd.put(&member_key, &serde_json::to_vec(&record).unwrap());
+    let ring_key = format!("/stek/{}/ring", c.name);
+    let foreign_id = stek_coord::seal::MemberKey::from_base64(foreign)
+        .unwrap()
+        .id()
+        .to_string();
+    wait_until(
+        Duration::from_secs(5),
+        "the leader to seal for the wrong key",
+        || {
+            let ring: Value = serde_json::from_slice(&etcd.get(&ring_key)).unwrap();
+            ring["copies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|cp| cp["member"] == b_id.as_str() && cp["recipient"] == foreign_id.as_str())
+        },
+    );
+    c.pause(b, false);
+    wait_until(
+        Duration::from_secs(10),
+        "b to log the copy it cannot open",
+        || c.nodes[b].log_text().contains("but this node's key is"),
+    );
+    assert_eq!(c.nodes[b].files(), before, "{b_id} kept serving its keys");
+    let status = c.wait_converged(Duration::from_secs(15));
+    check_invariants(&c, &status, &mut history);
+    rotate_and_check(&c, b, &mut history);
+}
+
+/// A copy replayed from an older generation into the current ring is rejected by its member
+/// (which keeps serving and says so), and the leader reseals for it.
+#[test]
+fn a_replayed_copy_is_rejected_and_the_leader_reseals() {
+    let mut c = Cluster::new(BIN, "seal-replay", 3);
+    c.lease_ttl = Duration::from_secs(10);
+    let mut history = start(&mut c);
+    let status = rotate_and_check(&c, 0, &mut history);
+    let b = follower(&c, &status);
+    let b_id = c.nodes[b].id.clone();
+    let a = (0..3).find(|i| *i != b).unwrap();
+    let etcd = c.etcd.as_ref().unwrap();
+    let ring_key = format!("/stek/{}/ring", c.name);
+    let old: Value = serde_json::from_slice(&etcd.get(&ring_key)).unwrap();
+    let copy_of = |ring: &Value| -> Value {
+        ring["copies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|cp| cp["member"] == b_id.as_str())
+            .cloned()
+            .unwrap()
+    };
+    let old_copy = copy_of(&old);
+
+    info!("--- {b_id} frozen; a rotation; its copy in the new ring replaced by its old one");
+    c.pause(b, true);
+    let out = c.cli(a, &["rotate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut ring = Value::Null;
+    wait_until(Duration::from_secs(5), "the rotation to be written", || {
+        ring = serde_json::from_slice(&etcd.get(&ring_key)).unwrap();
+        ring["generation"].as_u64() > old["generation"].as_u64()
+    });
+    for cp in ring["copies"].as_array_mut().unwrap() {
+        if cp["member"] == b_id.as_str() {
+            *cp = old_copy.clone();
+        }
+    }
+    etcd.put(&ring_key, &serde_json::to_vec(&ring).unwrap());
+    c.pause(b, false);
+    wait_until(
+        Duration::from_secs(10),
+        "b to reject the replayed copy",
+        || c.nodes[b].log_text().contains("a replayed copy; rejected"),
+    );
+    info!("--- the leader reseals; {b_id} applies the rotation");
+    let status = c.wait_converged(Duration::from_secs(15));
+    let tampered = ring["generation"].as_u64().unwrap();
+    assert!(status["generation"].as_u64().unwrap() > tampered);
+    check_invariants(&c, &status, &mut history);
+    let log = c.nodes[b].log_text();
+    assert!(
+        !log.contains(&format!(
+            "applied ring to every target generation={tampered} "
+        )),
+        "{b_id} never applied the ring whose copy it rejected"
+    );
+}
+
+/// On etcd the ring outlives the nodes, but its copies open only with private keys that lived
+/// in their memory: after every node restarts, nobody can open it, and the leader starts new
+/// keys whose epochs continue the old ones (no epoch reused).
+#[test]
+fn a_full_restart_on_etcd_creates_new_keys_that_continue_the_epochs() {
+    let mut c = Cluster::new(BIN, "seal-restart", 3);
+    let mut history = start(&mut c);
+    let status = rotate_and_check(&c, 0, &mut history);
+    let old = epochs(&status);
+    for i in 0..3 {
+        c.stop(i);
+    }
+    c.start_all();
+    let status = c.wait_converged(Duration::from_secs(30));
+    let new = epochs(&status);
+    assert!(
+        new.iter().all(|e| e > old.iter().max().unwrap()),
+        "new keys continue the epochs: {old:?} then {new:?}"
+    );
+    assert!(c.nodes.iter().any(|n| n
+        .log_text()
+        .contains("no live member can open the stored ring")));
+    let mut fresh = History::default();
+    check_invariants(&c, &status, &mut fresh);
+    rotate_and_check(&c, 1, &mut fresh);
+}
