@@ -61,11 +61,14 @@ fn decodings(haystack: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
         // alignments so a 16-byte window is found wherever it starts.
         for skip in 0..4 {
             let mut text: Vec<u8> = run[skip..].to_vec();
-            text.truncate(text.len() / 4 * 4);
-            for engine in [
-                &base64::engine::general_purpose::STANDARD_NO_PAD,
-                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            ] {
+            if text.len() % 4 == 1 {
+                text.pop();
+            }
+            for alphabet in [&base64::alphabet::STANDARD, &base64::alphabet::URL_SAFE] {
+                let lenient = base64::engine::GeneralPurposeConfig::new()
+                    .with_decode_allow_trailing_bits(true)
+                    .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent);
+                let engine = base64::engine::GeneralPurpose::new(alphabet, lenient);
                 if let Ok(d) = engine.decode(&text) {
                     out.push(("base64", d));
                 }
