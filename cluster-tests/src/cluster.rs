@@ -783,6 +783,21 @@ pub fn check_invariants(c: &Cluster, status: &Value, history: &mut History) {
         }
     }
     let running: Vec<&Node> = c.nodes.iter().filter(|n| n.running()).collect();
+    // Issue 5: every running member holds a copy of the ring it can open.
+    for n in &running {
+        let sealed = status["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["node_id"] == n.id.as_str())
+            .map(|m| m["sealed_copy"].clone());
+        assert_eq!(
+            sealed,
+            Some(Value::Bool(true)),
+            "{} has no usable sealed copy: {status}",
+            n.id
+        );
+    }
     let reference = running[0].files();
     for n in &running {
         let files = n.files();

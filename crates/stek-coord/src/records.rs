@@ -192,6 +192,16 @@ impl StoredRing {
     pub fn copy_for(&self, member: &str) -> Option<&SealedCopy> {
         self.envelope.copies.iter().find(|c| c.member == member)
     }
+
+    /// Whether the member should be able to open its copy: there is one, sealed to the public
+    /// key it publishes now, and it has not reported this generation's copy as unopenable.
+    pub fn usable_copy_for(&self, member: &MemberRecord) -> bool {
+        let generation = self.ring.generation();
+        member.sealing_key().is_some_and(|key| {
+            self.copy_for(&member.node_id)
+                .is_some_and(|c| c.recipient == key.id())
+        }) && member.unsealable_generation != Some(generation)
+    }
 }
 
 /// Serialises a stored ring for the store. It holds no key bytes in the clear.

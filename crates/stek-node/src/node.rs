@@ -500,7 +500,7 @@ impl<C: Coordinator> Node<'_, C> {
         snap.members
             .iter()
             .filter(|m| m.live && m.record.node_id != self.config.node_id)
-            .find(|m| holds_copy(stored, m))
+            .find(|m| stored.usable_copy_for(&m.record))
             .map(|m| m.record.node_id.clone())
     }
 
@@ -599,22 +599,13 @@ impl<C: Coordinator> Node<'_, C> {
     }
 }
 
-/// Whether `m` holds a copy of `stored` that it should be able to open: sealed to the public
-/// key it publishes now, and not reported as unopenable.
-fn holds_copy(stored: &StoredRing, m: &Member) -> bool {
-    let generation = stored.ring.generation();
-    m.record.sealing_key().is_some_and(|key| {
-        stored
-            .copy_for(&m.record.node_id)
-            .is_some_and(|c| c.recipient == key.id())
-    }) && m.record.unsealable_generation != Some(generation)
-}
-
 /// Live members with a public key but no usable copy of the stored ring.
 fn lacking_copies(stored: &StoredRing, members: &[Member]) -> Vec<String> {
     members
         .iter()
-        .filter(|m| m.live && m.record.sealing_key().is_some() && !holds_copy(stored, m))
+        .filter(|m| {
+            m.live && m.record.sealing_key().is_some() && !stored.usable_copy_for(&m.record)
+        })
         .map(|m| m.record.node_id.clone())
         .collect()
 }

@@ -115,6 +115,8 @@ struct MemberStatus {
     last_error: Option<String>,
     version: String,
     targets: Vec<String>,
+    /// The stored ring holds a copy sealed to this member's current public key.
+    sealed_copy: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -176,6 +178,10 @@ fn status_of(cluster: &str, snap: &Snapshot, config_policy: &Policy) -> Status {
                 last_error: m.record.last_error.clone(),
                 version: m.record.version.clone(),
                 targets: m.record.targets.clone(),
+                sealed_copy: match &snap.ring {
+                    RingSlot::Valid(s) => s.usable_copy_for(&m.record),
+                    _ => false,
+                },
             })
             .collect(),
         keys: ring
@@ -234,15 +240,16 @@ fn print_text(s: &Status) {
     }
     println!("\nmembers");
     println!(
-        "  {:<20} {:<5} {:>7}  last error",
-        "node", "live", "applied"
+        "  {:<20} {:<5} {:>7}  {:<6} last error",
+        "node", "live", "applied", "sealed"
     );
     for m in &s.members {
         println!(
-            "  {:<20} {:<5} {:>7}  {}",
+            "  {:<20} {:<5} {:>7}  {:<6} {}",
             m.node_id,
             if m.live { "yes" } else { "no" },
             m.applied_generation,
+            if m.sealed_copy { "yes" } else { "no" },
             m.last_error.as_deref().unwrap_or("-")
         );
     }
