@@ -358,6 +358,8 @@ pub struct Node {
     pub id: String,
     /// Its Raft peer address (embedded backend).
     pub raft_addr: String,
+    /// Its admin listener (/metrics, /healthz, /readyz).
+    pub admin_addr: String,
     reload: Vec<String>,
     /// Its config file.
     pub config: PathBuf,
@@ -448,6 +450,8 @@ pub struct Cluster {
     pub etcd_extra: String,
     /// The nodes' `RUST_LOG`.
     pub log_filter: String,
+    /// Nodes log JSON lines (`--log-format json`).
+    pub log_json: bool,
 }
 
 /// The lease TTL the tests run with.
@@ -495,6 +499,7 @@ impl Cluster {
             peer_pki: None,
             etcd_extra: String::new(),
             log_filter: "info".into(),
+            log_json: false,
         };
         for _ in 0..n {
             c.add_node(None);
@@ -523,6 +528,7 @@ impl Cluster {
         self.nodes.push(Node {
             id,
             raft_addr: format!("127.0.0.1:{}", free_port()),
+            admin_addr: format!("127.0.0.1:{}", free_port()),
             reload,
             config: dir.join("stek.toml"),
             keys,
@@ -565,11 +571,12 @@ impl Cluster {
             &node.config,
             format!(
                 "cluster = \"{cluster}\"\nnode_id = \"{id}\"\n{coordination}\
-                 [rotation]\ninterval = \"1h\"\nretain = 1\nlease_ttl = \"{ttl}s\"\n\
+                 [admin]\nlisten = \"{admin}\"\n[rotation]\ninterval = \"1h\"\nretain = 1\nlease_ttl = \"{ttl}s\"\n\
                  [[target]]\nformat = \"nginx\"\npath = \"{keys}\"\nreload = {reload}\n\
                  reload_timeout = \"5s\"\nreload_attempts = 1\n",
                 cluster = self.name,
                 id = node.id,
+                admin = node.admin_addr,
                 ttl = self.lease_ttl.as_secs(),
                 keys = node.keys.display(),
                 reload = crate::argv_toml(&reload),
@@ -586,6 +593,9 @@ impl Cluster {
         let node = &mut self.nodes[i];
         node.starts += 1;
         let mut cmd = Command::new(&bin);
+        if self.log_json {
+            cmd.args(["--log-format", "json"]);
+        }
         cmd.args(["node", "--config"])
             .arg(&node.config)
             .env("RUST_LOG", filter);
@@ -608,6 +618,16 @@ impl Cluster {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+    }
+
+    /// GET `path` from node `i`'s admin listener: (status, body).
+    pub fn admin_get(&self, i: usize, path: &str) -> (u16, String) {
+        crate::http_get(&self.nodes[i].admin_addr, path)
+    }
+
+    /// [`Cluster::admin_get`], or `None` while the node's listener is not up.
+    pub fn try_admin_get(&self, i: usize, path: &str) -> Option<(u16, String)> {
+        crate::try_http_get(&self.nodes[i].admin_addr, path)
     }
 
     /// SIGSTOP (the process freezes; its lease runs on) or SIGCONT.

@@ -111,6 +111,32 @@ pub fn wait_for_port(port: u16, within: Duration) {
 }
 
 /// Polls `check` every 100 ms until it is true; panics after `within` naming `what`.
+/// A plain HTTP/1.0 GET on loopback: (status, body). Panics if nothing answers in 5 s.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    try_http_get(addr, path).unwrap_or_else(|| panic!("nothing listens on {addr}"))
+}
+
+/// [`http_get`], or `None` when nothing listens on `addr` (yet).
+pub fn try_http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set a read timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send the request");
+    let mut reply = String::new();
+    stream
+        .read_to_string(&mut reply)
+        .unwrap_or_else(|e| panic!("read from {addr}: {e}"));
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status from {addr}: {head}"));
+    Some((status, body.to_owned()))
+}
+
 pub fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check() {

@@ -77,6 +77,8 @@ pub struct Snapshot {
     pub members: Vec<Member>,
     /// Keys of pending rotation requests.
     pub requests: Vec<String>,
+    /// Who asked for each readable pending request: (key, requested_by).
+    pub requested_by: Vec<(String, String)>,
     /// Keys whose records were rejected, and why (logged; never applied).
     pub rejected: Vec<(String, RecordError)>,
 }
@@ -130,6 +132,7 @@ impl RawSnapshot {
             ring: RingSlot::Absent,
             members: Vec::new(),
             requests: Vec::new(),
+            requested_by: Vec::new(),
             rejected: Vec::new(),
         };
         if let Some((key, value)) = self.ring {
@@ -154,9 +157,10 @@ impl RawSnapshot {
             }
         }
         for (key, value) in self.requests {
-            if let Err(e) = RequestRecord::decode(&value) {
+            match RequestRecord::decode(&value) {
+                Ok(r) => snap.requested_by.push((key.clone(), r.requested_by)),
                 // Still served (and so deleted) by the next rotation.
-                snap.rejected.push((key.clone(), e));
+                Err(e) => snap.rejected.push((key.clone(), e)),
             }
             snap.requests.push(key);
         }

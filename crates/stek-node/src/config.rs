@@ -67,10 +67,22 @@ struct RawConfig {
     etcd: Option<RawEtcd>,
     raft: Option<RawRaft>,
     #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
     rotation: RawRotation,
     #[serde(default)]
     target: Vec<RawTarget>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    enabled: Option<bool>,
+    listen: Option<String>,
+}
+
+/// Where the admin HTTP listener (/metrics, /healthz, /readyz) binds by default: loopback only.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9477";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -319,6 +331,8 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// The coordination store.
     pub coordination: Coordination,
+    /// The admin listener's address; `None` when `[admin] enabled = false`.
+    pub admin_listen: Option<std::net::SocketAddr>,
     /// `[etcd] compact_history`: after a ring write drops keys, the leader compacts etcd's
     /// history up to that write, so no revision holding their sealed copies stays readable.
     pub compact_history: bool,
@@ -384,6 +398,17 @@ impl Config {
             ));
         }
         let compact_history = raw.etcd.as_ref().is_some_and(|e| e.compact_history);
+        let admin_listen = if raw.admin.enabled.unwrap_or(true) {
+            let text = raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+            Some(text.parse().map_err(|_| {
+                invalid(
+                    "admin.listen".into(),
+                    format!("\"{text}\" is not an address:port such as \"{DEFAULT_ADMIN_LISTEN}\""),
+                )
+            })?)
+        } else {
+            None
+        };
         let coordination = match (raw.etcd, raw.raft) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -543,6 +568,7 @@ impl Config {
             policy,
             lease_ttl: raw.rotation.lease_ttl,
             coordination,
+            admin_listen,
             compact_history,
             targets,
         })

@@ -5,10 +5,12 @@
 //! - [`command`]: the reload/verify runner (argv, timeout, retries).
 //! - [`haproxy_runtime`]: HAProxy's stats-socket ticket key API.
 //! - [`target`]: one TLS server, applying a ring end to end.
+//! - [`admin`]: the admin HTTP listener and the node's Prometheus metrics.
 //!
 //! Depends on `stek-core` for keys, rings and formats; never the other way round. Knows nothing
 //! of the CLI.
 
+pub mod admin;
 pub mod command;
 pub mod config;
 pub mod haproxy_runtime;
@@ -19,4 +21,4 @@ pub mod target;
 pub mod writer;
 
 pub use config::{Config, ConfigError};
-pub use target::{ApplyError, Target};
+pub use target::{Applied, ApplyError, Target};

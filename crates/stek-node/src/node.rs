@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use stek_coord::seal::{Identity, MemberKey, SealError};
@@ -18,6 +19,7 @@ use stek_coord::{
 use stek_core::{decide_at, next_ring, Decision, KeyRing, OsKeySource, RingMeta};
 use tracing::{debug, error, info, warn};
 
+use crate::admin::{unix, ErrorLabels, MemberLabels, Metrics, TargetLabels};
 use crate::config::Config;
 
 /// How often the node re-reads everything even without an event.
@@ -26,11 +28,20 @@ const RESYNC: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
 
-/// Runs a node until `shutdown` resolves; then resigns and revokes its lease at once.
-pub async fn run<C: Coordinator>(config: &Config, coord: C, shutdown: impl Future<Output = ()>) {
+/// Runs a node until `shutdown` resolves; then resigns and revokes its lease at once. Keeps
+/// `metrics` (served by [`crate::admin`]) current on every pass.
+pub async fn run<C: Coordinator>(
+    config: &Config,
+    coord: C,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut node = Node {
         config,
         coord,
+        metrics,
+        live_seen: BTreeSet::new(),
+        requests_seen: BTreeSet::new(),
         identity: Identity::generate(),
         lease: None,
         term: None,
@@ -67,8 +78,12 @@ pub async fn run<C: Coordinator>(config: &Config, coord: C, shutdown: impl Futur
             }
         }
         let snap = match node.coord.snapshot().await {
-            Ok(s) => s,
+            Ok(s) => {
+                node.metrics.store_up.set(1);
+                s
+            }
             Err(e) => {
+                node.metrics.store_up.set(0);
                 warn!("{e}; keeping the keys on disk, retrying in {backoff:?}");
                 watch = None;
                 if sleep_or_shutdown(backoff, &mut shutdown).await {
@@ -136,6 +151,11 @@ async fn sleep_or_shutdown(
 struct Node<'a, C> {
     config: &'a Config,
     coord: C,
+    metrics: Arc<Metrics>,
+    /// Members the leader saw live on its last pass (to audit the ones that go).
+    live_seen: BTreeSet<String>,
+    /// Rotation requests already audited.
+    requests_seen: BTreeSet<String>,
     /// This process's sealing key pair: in memory only, new at every start.
     identity: Identity,
     lease: Option<LeaseId>,
@@ -263,7 +283,80 @@ impl<C: Coordinator> Node<'_, C> {
         if let Some(t) = self.lead(snap).await {
             wake = wake.min(t);
         }
+        self.observe(snap);
         wake
+    }
+
+    /// Updates the metrics and the readiness from a pass over `snap`.
+    fn observe(&self, snap: &Snapshot) {
+        let m = &self.metrics;
+        let now = SystemTime::now();
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        m.leader.set(i64::from(self.term.is_some()));
+        let applied = self.applied.as_ref().map_or(0, KeyRing::generation);
+        m.applied_generation.set(gauge(applied));
+        m.members.set(gauge(snap.members.len() as u64));
+        m.members_live
+            .set(gauge(snap.members.iter().filter(|m| m.live).count() as u64));
+        m.rotation_blocker.clear();
+        m.rotation_blocked.set(0);
+        let RingSlot::Valid(stored) = &snap.ring else {
+            m.sealed_copy_ok.set(0);
+            m.set_ready(Err(match &snap.ring {
+                RingSlot::Rejected(e) => format!("the stored ring is malformed ({e})"),
+                _ => "no ring in the store yet".into(),
+            }));
+            return;
+        };
+        let ring = &stored.ring;
+        m.ring_generation.set(gauge(ring.generation()));
+        m.active_key_age.set(
+            now.duration_since(ring.active().created_at)
+                .unwrap_or_default()
+                .as_secs_f64(),
+        );
+        let started = ring
+            .next_rotation_at()
+            .checked_sub(stored.policy.interval)
+            .unwrap_or(ring.next_rotation_at());
+        m.last_rotation.set(unix(started));
+        m.next_rotation.set(unix(ring.next_rotation_at()));
+        let opened = self
+            .opened
+            .as_ref()
+            .is_some_and(|r| r.generation() == ring.generation());
+        m.sealed_copy_ok.set(i64::from(opened));
+        let views = snap.member_views();
+        if let Decision::Wait { blocked_by, .. } = decide_at(
+            now,
+            Some(ring),
+            &stored.policy,
+            &views,
+            !snap.requests.is_empty(),
+        ) {
+            m.rotation_blocked.set(1);
+            for b in blocked_by {
+                m.rotation_blocker
+                    .get_or_create(&MemberLabels { member: b.member })
+                    .set(1);
+            }
+        }
+        m.set_ready(
+            if applied == ring.generation() && self.last_error.is_none() {
+                Ok(format!("applied generation {applied}"))
+            } else if let Some((generation, e)) = &self.seal_error {
+                Err(format!(
+                    "cannot open its copy of generation {generation}: {e}"
+                ))
+            } else if let Some(e) = &self.last_error {
+                Err(format!("generation {} not applied: {e}", ring.generation()))
+            } else {
+                Err(format!(
+                    "applying generation {} (applied {applied})",
+                    ring.generation()
+                ))
+            },
+        );
     }
 
     /// Opens this node's copy of a stored ring it has not opened yet.
@@ -308,8 +401,30 @@ impl<C: Coordinator> Node<'_, C> {
         }
         let mut failures = Vec::new();
         for t in &self.config.targets {
-            if let Err(e) = t.apply(ring).await {
-                failures.push(e.to_string());
+            let target = TargetLabels {
+                target: t.index.to_string(),
+                format: t.format.info().name.to_owned(),
+            };
+            match t.apply(ring).await {
+                Ok(applied) => {
+                    if let Some(d) = applied.reload {
+                        self.metrics
+                            .reload_duration
+                            .get_or_create(&target)
+                            .observe(d.as_secs_f64());
+                    }
+                }
+                Err(e) => {
+                    self.metrics
+                        .target_errors
+                        .get_or_create(&ErrorLabels {
+                            target: target.target,
+                            format: target.format,
+                            stage: e.stage().to_owned(),
+                        })
+                        .inc();
+                    failures.push(e.to_string());
+                }
             }
         }
         if failures.is_empty() {
@@ -370,6 +485,7 @@ impl<C: Coordinator> Node<'_, C> {
             (Some(_), None) => return None,
         }
         let term = self.term?;
+        self.audit_membership(snap);
         let policy = self.config.policy;
         let now = SystemTime::now();
         let (ring, stored) = match &snap.ring {
@@ -421,7 +537,10 @@ impl<C: Coordinator> Node<'_, C> {
             match self.write(term, &new, snap, served).await {
                 Ok(revision) => {
                     self.last_wait = None;
-                    audit_decision(&decision, &new, &me, served.len());
+                    if matches!(decision, Decision::Rotate(_)) {
+                        self.metrics.rotations.inc();
+                    }
+                    audit_decision(&decision, ring.as_ref(), &new, &me, &snap.requested_by);
                     self.purge(ring.as_ref(), &new, revision).await;
                 }
                 Err(e) => self.write_failed(e),
@@ -469,6 +588,29 @@ impl<C: Coordinator> Node<'_, C> {
             }
             _ => Some(Instant::now() + BACKOFF_MIN),
         }
+    }
+
+    /// Audits, as the leader sees them, members that stopped being live and rotation requests.
+    fn audit_membership(&mut self, snap: &Snapshot) {
+        let live: BTreeSet<String> = snap
+            .members
+            .iter()
+            .filter(|m| m.live)
+            .map(|m| m.record.node_id.clone())
+            .collect();
+        if !self.live_seen.is_empty() {
+            for gone in self.live_seen.difference(&live) {
+                info!(target: "audit", member = %gone, leader = %self.config.node_id, "member expired: its liveness lease ended (it left, or stopped renewing)");
+            }
+        }
+        self.live_seen = live;
+        for (key, by) in &snap.requested_by {
+            if self.requests_seen.insert(key.clone()) {
+                info!(target: "audit", requested_by = %by, request = %key, leader = %self.config.node_id, "rotation requested");
+            }
+        }
+        self.requests_seen
+            .retain(|k| snap.requests.iter().any(|r| r == k));
     }
 
     /// The stored ring with its key bytes: this node's opened copy, or, when its copy of this
@@ -626,23 +768,38 @@ fn renumber_after(ring: KeyRing, snap: &Snapshot) -> KeyRing {
     r
 }
 
-fn audit_decision(decision: &Decision, ring: &KeyRing, leader: &str, served: usize) {
+fn audit_decision(
+    decision: &Decision,
+    before: Option<&KeyRing>,
+    ring: &KeyRing,
+    leader: &str,
+    requested_by: &[(String, String)],
+) {
+    let generation = ring.generation();
     match decision {
         Decision::Bootstrap => {
             for k in ring.keys() {
-                info!(target: "audit", epoch = k.epoch, fingerprint = %k.fingerprint(), state = %k.state, generation = ring.generation(), leader, "key created at bootstrap");
+                info!(target: "audit", epoch = k.epoch, fingerprint = %k.fingerprint(), state = %k.state, generation, leader, "key created at bootstrap");
             }
         }
         Decision::Rotate(reason) => {
+            let by: Vec<&str> = requested_by.iter().map(|(_, b)| b.as_str()).collect();
             let active = ring.active();
-            info!(target: "audit", epoch = active.epoch, fingerprint = %active.fingerprint(), generation = ring.generation(), leader, reason = ?reason, requests = served, "key activated");
+            info!(target: "audit", epoch = active.epoch, fingerprint = %active.fingerprint(), generation, leader, reason = ?reason, requested_by = ?by, "key activated");
+            if let Some(prev) = before.map(KeyRing::active) {
+                info!(target: "audit", epoch = prev.epoch, fingerprint = %prev.fingerprint(), generation, leader, "key retired");
+            }
             if let Some(s) = ring.staged() {
-                info!(target: "audit", epoch = s.epoch, fingerprint = %s.fingerprint(), generation = ring.generation(), "key staged");
+                info!(target: "audit", epoch = s.epoch, fingerprint = %s.fingerprint(), generation, leader, "key staged");
             }
         }
-        Decision::Drop(epochs) => {
-            info!(target: "audit", epochs = ?epochs, generation = ring.generation(), leader, "keys dropped");
-        }
         _ => {}
+    }
+    for gone in before
+        .into_iter()
+        .flat_map(KeyRing::keys)
+        .filter(|k| !ring.keys().iter().any(|n| n.epoch == k.epoch))
+    {
+        info!(target: "audit", epoch = gone.epoch, fingerprint = %gone.fingerprint(), generation, leader, "key dropped");
     }
 }

@@ -78,6 +78,24 @@ pub enum ApplyError {
     },
 }
 
+impl ApplyError {
+    /// `write` (render or file write: the old files are intact) or `reload` (reload, runtime
+    /// push or verify: the files are new but the server may not use them).
+    pub fn stage(&self) -> &'static str {
+        match self {
+            ApplyError::Render { .. } | ApplyError::Write { .. } => "write",
+            ApplyError::Command { .. } | ApplyError::Runtime { .. } => "reload",
+        }
+    }
+}
+
+/// What a successful apply measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Applied {
+    /// How long the reload command or runtime push took, when there was one.
+    pub reload: Option<std::time::Duration>,
+}
+
 impl Target {
     /// The directory whose file system and permissions matter.
     pub fn directory(&self) -> PathBuf {
@@ -94,7 +112,7 @@ impl Target {
     }
 
     /// Renders, writes, delivers and verifies `ring` on this target.
-    pub async fn apply(&self, ring: &KeyRing) -> Result<(), ApplyError> {
+    pub async fn apply(&self, ring: &KeyRing) -> Result<Applied, ApplyError> {
         let format = self.format.info().name;
         let rendered = self
             .format
@@ -123,6 +141,8 @@ impl Target {
             format,
             source,
         };
+        let started = std::time::Instant::now();
+        let mut applied = Applied::default();
         match (self.format.info().delivery, &self.runtime) {
             (Delivery::HaproxyRuntime, Some(runtime)) => {
                 let wanted = self
@@ -137,17 +157,19 @@ impl Target {
                         format,
                         source,
                     })?;
+                applied.reload = Some(started.elapsed());
             }
             _ => {
                 if let Some(reload) = &self.reload {
                     reload.run(Purpose::Reload).await.map_err(command_err)?;
+                    applied.reload = Some(started.elapsed());
                 }
             }
         }
         if let Some(verify) = &self.verify {
             verify.run(Purpose::Verify).await.map_err(command_err)?;
         }
-        Ok(())
+        Ok(applied)
     }
 
     /// What the operator must know about this target at start-up.

@@ -280,7 +280,8 @@ fn node_with_unreachable_etcd_names_the_endpoints_and_writes_nothing() {
     let cfg = write_config(
         d.path(),
         &format!(
-            "node_id = \"a\"\n[etcd]\nendpoints = [\"http://127.0.0.1:9\"]\n[[target]]\nformat = \"dnsdist\"\npath = \"{}/d.keys\"\n",
+            "node_id = \"a\"\n[etcd]\nendpoints = [\"http://127.0.0.1:9\"]\n[admin]\nlisten = \"127.0.0.1:{}\"\n[[target]]\nformat = \"dnsdist\"\npath = \"{}/d.keys\"\n",
+            free_port(),
             keys.display()
         ),
     );
@@ -339,7 +340,8 @@ fn a_node_without_etcd_or_peers_runs_a_one_node_group() {
     let cfg = write_config(
         d.path(),
         &format!(
-            "node_id = \"solo\"\n[raft]\nlisten = \"127.0.0.1:{port}\"\n[rotation]\nlease_ttl = \"2s\"\n[[target]]\nformat = \"httpd\"\npath = \"{}/httpd.key\"\n",
+            "node_id = \"solo\"\n[raft]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n[rotation]\nlease_ttl = \"2s\"\n[[target]]\nformat = \"httpd\"\npath = \"{}/httpd.key\"\n",
+            free_port(),
             keys.display()
         ),
     );

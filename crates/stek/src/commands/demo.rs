@@ -77,6 +77,8 @@ struct Peer {
     name: String,
     dir: PathBuf,
     raft: String,
+    /// Its admin listener (/metrics, /healthz, /readyz).
+    admin: String,
     tls_port: Option<u16>,
 }
 
@@ -98,6 +100,7 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
                 name: format!("n{i}"),
                 dir: dir.join(format!("n{i}")),
                 raft: format!("127.0.0.1:{}", free_port()?),
+                admin: format!("127.0.0.1:{}", free_port()?),
                 tls_port: if tls { Some(free_port()?) } else { None },
             })
         })
@@ -128,11 +131,13 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
             p.dir.join("stek.toml"),
             format!(
                 "cluster = \"demo\"\nnode_id = \"{name}\"\n[raft]\nlisten = \"{raft}\"\npeers = {{ {table} }}\n\
+                 [admin]\nlisten = \"{admin}\"\n\
                  [rotation]\ninterval = \"{interval}\"\nretain = 1\nlease_ttl = \"3s\"\n\
                  [[target]]\nformat = \"nginx\"\npath = \"{d}/keys\"\n{reload}\
                  [[target]]\nformat = \"haproxy\"\npath = \"{d}/keys/haproxy.keys\"\n",
                 name = p.name,
                 raft = p.raft,
+                admin = p.admin,
                 table = table.join(", "),
                 interval = humantime::format_duration(o.interval),
             ),
@@ -158,6 +163,14 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
             .join(" "),
         humantime::format_duration(o.interval),
         dir.display()
+    );
+    println!(
+        "metrics: {}",
+        peers
+            .iter()
+            .map(|p| format!("http://{}/metrics", p.admin))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     if tls {
         println!(

@@ -3,10 +3,13 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use std::sync::Arc;
 use stek_coord::raft::client::RaftClient;
 use stek_coord::raft::peer::Peer;
 use stek_node::config::Coordination;
-use stek_node::Config;
+
+use stek_node::admin::Metrics;
+use stek_node::{Config, ConfigError};
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
@@ -29,10 +32,21 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        let metrics = Arc::new(Metrics::new());
+        if let Some(listen) = config.admin_listen {
+            let bound = stek_node::admin::serve(listen, metrics.clone())
+                .await
+                .map_err(|e| ConfigError::Invalid {
+                    path: config.path.clone(),
+                    key: "admin.listen".into(),
+                    message: format!("cannot listen on {listen}: {e}; choose another address, or set [admin] enabled = false"),
+                })?;
+            tracing::info!("admin listener on http://{bound}: /metrics /healthz /readyz");
+        }
         match &config.coordination {
             Coordination::Etcd { endpoints, access } => {
                 let etcd = super::cluster::connect_etcd(&config, endpoints, access).await?;
-                stek_node::node::run(&config, etcd, shutdown_signal()).await;
+                stek_node::node::run(&config, etcd, metrics, shutdown_signal()).await;
             }
             Coordination::Raft { listen, peers, tls } => {
                 if peers.len() == 1 {
@@ -47,7 +61,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
                 let home = peers.get(&config.node_id).cloned();
                 let client = RaftClient::new(&config.cluster, peers.values().cloned().collect(), home)
                     .with_tls(tls);
-                stek_node::node::run(&config, client, shutdown_signal()).await;
+                stek_node::node::run(&config, client, metrics, shutdown_signal()).await;
                 peer.shutdown().await;
             }
         }
