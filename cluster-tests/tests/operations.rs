@@ -98,7 +98,12 @@ fn every_documented_metric_is_served_and_moves_on_rotation_as_documented() {
     assert_eq!(c.admin_get(0, "/nope").0, 404);
 
     let before = scrape_all(&c);
-    c.rotate_ok(1);
+    let out = c.rotate_wait(1, "30s");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    // Not a terminal: one plain progress line per change, ending with everyone applied.
+    assert!(text.contains("applied 3/3 live members\n"), "{text}");
+    assert!(!text.contains('\r'), "{text}");
     let status = c.wait_converged(Duration::from_secs(15));
     check_invariants(&c, &status, &mut history);
     let after = scrape_all(&c);

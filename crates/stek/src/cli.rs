@@ -127,6 +127,20 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+
+    /// Print a shell completion script.
+    ///
+    /// bash: `stek completions bash > /etc/bash_completion.d/stek`;
+    /// zsh: `stek completions zsh > "${fpath[1]}/_stek"`;
+    /// fish: `stek completions fish > ~/.config/fish/completions/stek.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the manual page (roff), e.g. `stek man > /usr/local/share/man/man1/stek.1`.
+    Man,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -162,6 +176,39 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_and_the_man_page_cover_every_subcommand() {
+        let mut cmd = Cli::command();
+        let names: Vec<String> = cmd
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "stek", &mut out);
+            let text = String::from_utf8(out).unwrap();
+            for n in &names {
+                assert!(text.contains(n.as_str()), "{shell:?} completion lacks {n}");
+            }
+        }
+        let mut roff = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut roff)
+            .unwrap();
+        let roff = String::from_utf8(roff).unwrap();
+        assert!(
+            roff.starts_with(".ie") || roff.contains(".TH stek"),
+            "{roff}"
+        );
+        for n in &names {
+            assert!(roff.contains(n.as_str()), "man page lacks {n}");
+        }
     }
 
     #[test]

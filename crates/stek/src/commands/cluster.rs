@@ -305,6 +305,7 @@ impl AsyncStoreFn<ExitCode> for Rotate<'_> {
         }
         let deadline = Instant::now() + self.timeout;
         let mut served_at: Option<u64> = None;
+        let mut progress = Progress::new();
         loop {
             let snap = store.snapshot().await?;
             if served_at.is_none() && !snap.requests.contains(&key) {
@@ -315,11 +316,15 @@ impl AsyncStoreFn<ExitCode> for Rotate<'_> {
                 }
             }
             if let Some(g) = served_at {
-                let lagging = snap
-                    .members
+                let live: Vec<_> = snap.members.iter().filter(|m| m.live).collect();
+                let waiting: Vec<&str> = live
                     .iter()
-                    .any(|m| m.live && m.record.applied_generation < g);
-                if !lagging {
+                    .filter(|m| m.record.applied_generation < g)
+                    .map(|m| m.record.node_id.as_str())
+                    .collect();
+                progress.show(live.len() - waiting.len(), live.len(), &waiting);
+                if waiting.is_empty() {
+                    progress.finish();
                     let active = snap
                         .valid_ring()
                         .map(|r| {
@@ -335,6 +340,7 @@ impl AsyncStoreFn<ExitCode> for Rotate<'_> {
                 }
             }
             if Instant::now() >= deadline {
+                progress.finish();
                 let why = reason(&snap, served_at, &self.config.policy);
                 bail!(
                     "rotation not complete after {}: {why}",
@@ -342,6 +348,54 @@ impl AsyncStoreFn<ExitCode> for Rotate<'_> {
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// "applied 2/3 live members": one line rewritten in place on a terminal, one plain line per
+/// change otherwise (logs, CI).
+struct Progress {
+    terminal: bool,
+    last: Option<(usize, usize)>,
+    drawn: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            terminal: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            last: None,
+            drawn: false,
+        }
+    }
+
+    fn show(&mut self, applied: usize, live: usize, waiting: &[&str]) {
+        if self.last == Some((applied, live)) {
+            return;
+        }
+        self.last = Some((applied, live));
+        let line = if waiting.is_empty() {
+            format!("applied {applied}/{live} live members")
+        } else {
+            format!(
+                "applied {applied}/{live} live members (waiting for {})",
+                waiting.join(", ")
+            )
+        };
+        if self.terminal {
+            use std::io::Write as _;
+            print!("\r\x1b[2K{line}");
+            let _ = std::io::stdout().flush();
+            self.drawn = true;
+        } else {
+            println!("{line}");
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.drawn {
+            println!();
+            self.drawn = false;
         }
     }
 }

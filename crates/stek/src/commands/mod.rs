@@ -26,6 +26,16 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check { config } => check::run(&config),
         Command::Snippet { config } => snippet::run(&config),
         Command::Formats => formats::run(),
+        Command::Completions { shell } => {
+            let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "stek", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo {
             peers,
             rotations,
