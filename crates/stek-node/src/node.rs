@@ -283,6 +283,10 @@ impl<C: Coordinator> Node<'_, C> {
         if let Some(t) = self.lead(snap).await {
             wake = wake.min(t);
         }
+        if self.term.is_none() {
+            // A later leadership starts its own view of who is live.
+            self.live_seen.clear();
+        }
         self.observe(snap);
         wake
     }
