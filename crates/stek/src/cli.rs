@@ -75,12 +75,13 @@ pub enum Command {
         timeout: Duration,
     },
 
-    /// Validate a config file and every target's directory; print what to fix.
+    /// Validate a config file and the environment; print what to fix.
     ///
-    /// Checks every key of the config, that each target directory exists, is on a RAM disk
-    /// (tmpfs or ramfs) and is closed to other users, and prints the warnings a node would print
-    /// at start-up. Exits 0 when everything is usable, 2 when the config is invalid, 1 when a
-    /// target directory is not.
+    /// One line per check: the config; each target directory (exists, on a RAM disk, closed to
+    /// other users); reload and verify programs; the owner and group files get; secret files
+    /// (client key, password, peer key) closed to others; the store (etcd answers with its
+    /// leader and ring; or which Raft peers answer). Exits 0 when everything is usable
+    /// (warnings allowed), 1 when something must be fixed, 2 when the config is invalid.
     Check {
         /// The node's TOML config.
         #[arg(long, short = 'c', value_name = "FILE")]
