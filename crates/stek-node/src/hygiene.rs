@@ -3,7 +3,6 @@
 
 use nix::sys::mman::{mlockall, MlockAllFlags};
 use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
-use nix::unistd::Uid;
 
 /// What [`protect_process`] achieved, for the start-up log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,15 +24,48 @@ pub fn protect_process() -> Protection {
     }
 }
 
+/// Whether CAP_IPC_LOCK (bit 14) is in this process's effective capability set.
+fn has_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_owned();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
 fn lock_memory() -> Result<(), String> {
     // With a finite RLIMIT_MEMLOCK and no CAP_IPC_LOCK, MCL_FUTURE would make later
     // allocations fail once the limit is reached: only lock when the limit cannot bite.
+    // Being root is not enough: root in a container or a sandboxed unit may lack the
+    // capability, and then the limit applies to it too.
     let (soft, _) = getrlimit(Resource::RLIMIT_MEMLOCK).map_err(|e| e.to_string())?;
-    if soft != RLIM_INFINITY && !Uid::effective().is_root() {
+    if soft != RLIM_INFINITY && !has_ipc_lock() {
         return Err(format!(
-            "RLIMIT_MEMLOCK is {soft} bytes and stek is not root; give it CAP_IPC_LOCK and LimitMEMLOCK=infinity (systemd) so key pages cannot be swapped out"
+            "RLIMIT_MEMLOCK is {soft} bytes and stek lacks CAP_IPC_LOCK; give it CAP_IPC_LOCK and LimitMEMLOCK=infinity (systemd) so key pages cannot be swapped out"
         ));
     }
     mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE)
         .map_err(|e| format!("mlockall failed: {e}; key pages may be swapped out"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_capability_check_reads_this_process() {
+        // Root in this test environment has every capability; a non-root run has none. Either
+        // way the answer must match what the kernel reports for the effective set.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+        let caps = u64::from_str_radix(line["CapEff:".len()..].trim(), 16).unwrap();
+        assert_eq!(has_ipc_lock(), caps & (1 << 14) != 0);
+    }
 }
