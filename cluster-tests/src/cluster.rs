@@ -360,12 +360,16 @@ pub struct Node {
     pub raft_addr: String,
     /// Its admin listener (/metrics, /healthz, /readyz).
     pub admin_addr: String,
-    reload: Vec<String>,
+    /// More config (e.g. `[[target]]` sections) appended to its config file.
+    pub extra_toml: String,
+    /// Its nginx target's reload argv.
+    pub reload: Vec<String>,
     /// Its config file.
     pub config: PathBuf,
     /// Its nginx slot directory (the target the checker reads).
     pub keys: PathBuf,
-    dir: PathBuf,
+    /// Its directory (config, logs).
+    pub dir: PathBuf,
     server: Option<Server>,
     starts: u32,
 }
@@ -452,6 +456,8 @@ pub struct Cluster {
     pub log_filter: String,
     /// Nodes log JSON lines (`--log-format json`).
     pub log_json: bool,
+    /// `[rotation] interval` of the nodes.
+    pub interval: String,
 }
 
 /// The lease TTL the tests run with.
@@ -500,6 +506,7 @@ impl Cluster {
             etcd_extra: String::new(),
             log_filter: "info".into(),
             log_json: false,
+            interval: "1h".into(),
         };
         for _ in 0..n {
             c.add_node(None);
@@ -529,6 +536,7 @@ impl Cluster {
             id,
             raft_addr: format!("127.0.0.1:{}", free_port()),
             admin_addr: format!("127.0.0.1:{}", free_port()),
+            extra_toml: String::new(),
             reload,
             config: dir.join("stek.toml"),
             keys,
@@ -571,12 +579,14 @@ impl Cluster {
             &node.config,
             format!(
                 "cluster = \"{cluster}\"\nnode_id = \"{id}\"\n{coordination}\
-                 [admin]\nlisten = \"{admin}\"\n[rotation]\ninterval = \"1h\"\nretain = 1\nlease_ttl = \"{ttl}s\"\n\
+                 [admin]\nlisten = \"{admin}\"\n[rotation]\ninterval = \"{interval}\"\nretain = 1\nlease_ttl = \"{ttl}s\"\n\
                  [[target]]\nformat = \"nginx\"\npath = \"{keys}\"\nreload = {reload}\n\
-                 reload_timeout = \"5s\"\nreload_attempts = 1\n",
+                 reload_timeout = \"5s\"\nreload_attempts = 1\n{extra}",
                 cluster = self.name,
                 id = node.id,
                 admin = node.admin_addr,
+                interval = self.interval,
+                extra = node.extra_toml,
                 ttl = self.lease_ttl.as_secs(),
                 keys = node.keys.display(),
                 reload = crate::argv_toml(&reload),

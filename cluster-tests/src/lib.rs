@@ -24,6 +24,7 @@ pub mod cluster;
 pub mod conformance;
 pub mod leaks;
 pub mod scenario;
+pub mod servers;
 pub mod tls;
 
 /// Logs test phases so a failure reads as a story.

@@ -4,66 +4,20 @@
 
 #![allow(clippy::unwrap_used)] // test harness code: a panic is the failure report
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use cluster_tests::scenario::{ticket_sharing, wait_for_encrypting_key, TargetPool, BOTH};
+use cluster_tests::servers::Haproxy;
 use cluster_tests::tls::{resume, take_ticket, ticket_key_name, Handshake, Tls};
 use cluster_tests::{
-    apply_all, free_port, hex, init_logging, require_binary, self_signed_cert, wait_for_port,
-    write_first_ring, RingDriver, Server, TestDir,
+    apply_all, hex, init_logging, require_binary, self_signed_cert, write_first_ring, RingDriver,
+    TestDir,
 };
 use stek_core::KeyRing;
 use stek_node::haproxy_runtime::RuntimeTarget;
 
-struct Instance {
-    dir: PathBuf,
-    port: u16,
-    server: Option<Server>,
-}
-
-impl Instance {
-    fn new(root: &TestDir, tag: &str, combined: &Path, keys: &Path) -> Self {
-        let dir = root.subdir(tag);
-        let port = free_port();
-        let d = dir.display();
-        let cfg = format!(
-            "global\n  pidfile {d}/haproxy.pid\n  stats socket {d}/admin.sock mode 600 level admin\n\
-             tune.ssl.cachesize 0\n\
-             defaults\n  mode http\n  timeout connect 5s\n  timeout client 5s\n  timeout server 5s\n\
-             frontend fe\n  bind 127.0.0.1:{port} ssl crt {crt} tls-ticket-keys {keys}\n\
-             http-request return status 200 content-type text/plain string ok\n",
-            crt = combined.display(),
-            keys = keys.display(),
-        );
-        std::fs::write(dir.join("haproxy.cfg"), cfg).unwrap();
-        Self {
-            dir,
-            port,
-            server: None,
-        }
-    }
-
-    fn start(&mut self) {
-        let mut cmd = Command::new("haproxy");
-        cmd.args(["-W", "-db", "-f"])
-            .arg(self.dir.join("haproxy.cfg"));
-        self.server = Some(Server::spawn("haproxy", cmd, self.dir.join("haproxy.log")));
-        wait_for_port(self.port, Duration::from_secs(10));
-        self.server.as_mut().unwrap().assert_running();
-    }
-
-    fn pid(&self) -> u32 {
-        self.server.as_ref().expect("started").pid()
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("admin.sock")
-    }
-}
-
-fn setup(tag: &str) -> (TestDir, PathBuf, Instance, Instance) {
+fn setup(tag: &str) -> (TestDir, PathBuf, Haproxy, Haproxy) {
     init_logging();
     require_binary("haproxy");
     require_binary("openssl");
@@ -71,8 +25,8 @@ fn setup(tag: &str) -> (TestDir, PathBuf, Instance, Instance) {
     let (_, _, combined) = self_signed_cert(root.path());
     let keys_dir = root.subdir("keys");
     let keys = keys_dir.join("haproxy.keys");
-    let a = Instance::new(&root, "a", &combined, &keys);
-    let b = Instance::new(&root, "b", &combined, &keys);
+    let a = Haproxy::new(root.subdir("a"), &combined, &keys);
+    let b = Haproxy::new(root.subdir("b"), &combined, &keys);
     (root, keys, a, b)
 }
 
@@ -110,7 +64,7 @@ fn haproxy_runtime_api_applies_rings_without_reload() {
     write_first_ring(&root, &initial);
     a.start();
     b.start();
-    let target = |i: &Instance| {
+    let target = |i: &Haproxy| {
         format!(
             "[[target]]\nformat = \"haproxy-runtime\"\npath = \"{}\"\nsocket = \"{}\"\n",
             keys.display(),
@@ -123,11 +77,7 @@ fn haproxy_runtime_api_applies_rings_without_reload() {
     ticket_sharing(&root, &mut pool, BOTH, Duration::from_secs(5));
     assert_eq!((a.pid(), b.pid()), (pid_a, pid_b), "no restart happened");
     assert!(
-        !a.server
-            .as_ref()
-            .unwrap()
-            .log_text()
-            .contains("Reloading HAProxy"),
+        !a.log_text().contains("Reloading HAProxy"),
         "the runtime target must not reload HAProxy"
     );
 
@@ -182,16 +132,8 @@ fn haproxy_runtime_api_applies_rings_without_reload() {
         Duration::from_secs(10),
         "HAProxy A to log its reload",
         || {
-            a.server
-                .as_ref()
-                .unwrap()
-                .log_text()
-                .contains("Loading success.\n")
-                && a.server
-                    .as_ref()
-                    .unwrap()
-                    .log_text()
-                    .contains("Reloading HAProxy")
+            a.log_text().contains("Loading success.\n")
+                && a.log_text().contains("Reloading HAProxy")
         },
     );
     std::thread::sleep(Duration::from_millis(300));

@@ -4,107 +4,48 @@
 
 #![allow(clippy::unwrap_used)] // test harness code: a panic is the failure report
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use cluster_tests::scenario::{ticket_sharing, TargetPool, BOTH};
+use cluster_tests::servers::Nginx;
 use cluster_tests::tls::Tls;
 use cluster_tests::{
-    apply_all, argv_toml, free_port, init_logging, require_binary, self_signed_cert,
-    targets_from_toml, wait_for_port, Server, TestDir,
+    apply_all, argv_toml, init_logging, require_binary, self_signed_cert, targets_from_toml,
+    TestDir,
 };
 
-struct Instance {
-    dir: PathBuf,
-    conf: PathBuf,
-    port: u16,
-    server: Option<Server>,
-}
-
-fn instance(root: &TestDir, tag: &str, cert: &Path, key: &Path) -> Instance {
+fn instance(root: &TestDir, tag: &str, cert: &Path, key: &Path) -> Nginx {
     instance_for_retain(root, tag, cert, key, 1)
 }
 
-fn instance_for_retain(
-    root: &TestDir,
-    tag: &str,
-    cert: &Path,
-    key: &Path,
-    retain: usize,
-) -> Instance {
+/// An nginx whose slot directory is `<dir>/keys`.
+fn instance_for_retain(root: &TestDir, tag: &str, cert: &Path, key: &Path, retain: usize) -> Nginx {
     let dir = root.subdir(tag);
-    let port = free_port();
     std::fs::create_dir_all(dir.join("keys")).unwrap();
     let mode = std::os::unix::fs::PermissionsExt::from_mode(0o700);
     std::fs::set_permissions(dir.join("keys"), mode).unwrap();
-    Instance {
-        conf: dir.join("nginx.conf"),
-        dir,
-        port,
-        server: None,
-    }
-    .with_conf(cert, key, retain)
+    let keys = dir.join("keys");
+    Nginx::new(dir, &keys, cert, key, retain)
 }
 
-impl Instance {
-    fn with_conf(self, cert: &Path, key: &Path, retain: usize) -> Self {
-        // The snippet stek prints for this target, used as is.
-        let snippet = cluster_tests::snippet("nginx", &self.dir.join("keys"), retain);
-        let d = self.dir.display();
-        let conf = format!(
-            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
-             ssl_session_cache off;\n{snippet}\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
-            port = self.port,
-            cert = cert.display(),
-            key = key.display(),
+fn target_toml(n: &Nginx, with_reload: bool) -> String {
+    let reload = n.argv(&["-s", "reload"]);
+    let verify = n.argv(&["-t", "-q"]);
+    let refs = |v: &[String]| argv_toml(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut s = format!(
+        "[[target]]\nformat = \"nginx\"\npath = \"{}/keys\"\n",
+        n.dir.display()
+    );
+    if with_reload {
+        s += &format!(
+            "reload = {}\nverify = {}\nreload_timeout = \"10s\"\n",
+            refs(&reload),
+            refs(&verify)
         );
-        std::fs::write(&self.conf, conf).unwrap();
-        self
     }
-
-    fn nginx_argv(&self, extra: &[&str]) -> Vec<String> {
-        let mut v = vec![
-            "nginx".to_owned(),
-            "-p".to_owned(),
-            format!("{}/", self.dir.display()),
-            "-c".to_owned(),
-            self.conf.display().to_string(),
-        ];
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
-    }
-
-    fn start(&mut self) {
-        let argv = self.nginx_argv(&["-e", &format!("{}/error.log", self.dir.display())]);
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..]);
-        self.server = Some(Server::spawn("nginx", cmd, self.dir.join("stdout.log")));
-        wait_for_port(self.port, Duration::from_secs(10));
-        self.server.as_mut().unwrap().assert_running();
-    }
-
-    fn target_toml(&self, with_reload: bool) -> String {
-        let reload = self.nginx_argv(&["-s", "reload"]);
-        let verify = self.nginx_argv(&["-t", "-q"]);
-        let refs = |v: &[String]| argv_toml(&v.iter().map(String::as_str).collect::<Vec<_>>());
-        let mut s = format!(
-            "[[target]]\nformat = \"nginx\"\npath = \"{}/keys\"\n",
-            self.dir.display()
-        );
-        if with_reload {
-            s += &format!(
-                "reload = {}\nverify = {}\nreload_timeout = \"10s\"\n",
-                refs(&reload),
-                refs(&verify)
-            );
-        }
-        s
-    }
+    s
 }
 
 #[test]
@@ -124,7 +65,11 @@ fn nginx_instances_share_tickets_through_rotations() {
         ports: (a.port, b.port),
         targets: targets_from_toml(
             root.path(),
-            &format!("{rotation}{}{}", a.target_toml(false), b.target_toml(false)),
+            &format!(
+                "{rotation}{}{}",
+                target_toml(&a, false),
+                target_toml(&b, false)
+            ),
         ),
     };
     apply_all(&pool.targets, cluster_tests::RingDriver::new(1).ring());
@@ -132,7 +77,11 @@ fn nginx_instances_share_tickets_through_rotations() {
     b.start();
     pool.targets = targets_from_toml(
         root.path(),
-        &format!("{rotation}{}{}", a.target_toml(true), b.target_toml(true)),
+        &format!(
+            "{rotation}{}{}",
+            target_toml(&a, true),
+            target_toml(&b, true)
+        ),
     );
     ticket_sharing(&root, &mut pool, BOTH, Duration::from_secs(20));
 }
@@ -154,14 +103,14 @@ fn regression_nginx_reload_exit_status_lies_and_verify_catches_it() {
     apply_all(
         &targets_from_toml(
             root.path(),
-            &format!("[rotation]\nretain = 2\n{}", a.target_toml(false)),
+            &format!("[rotation]\nretain = 2\n{}", target_toml(&a, false)),
         ),
         driver.ring(),
     );
     a.start();
     let before = driver.active_name();
-    let pid = a.server.as_ref().unwrap().pid().to_string();
-    let verify = a.nginx_argv(&["-t", "-q"]);
+    let pid = a.pid().to_string();
+    let verify = a.argv(&["-t", "-q"]);
     let refs = |v: &[String]| argv_toml(&v.iter().map(String::as_str).collect::<Vec<_>>());
     let lowered = format!(
         "[rotation]\nretain = 1\n[[target]]\nformat = \"nginx\"\npath = \"{}/keys\"\n\
@@ -193,7 +142,7 @@ fn regression_nginx_reload_exit_status_lies_and_verify_catches_it() {
         "the stale slot's key bytes must be gone"
     );
     let signal_reload = Command::new("nginx")
-        .args(&a.nginx_argv(&["-s", "reload"])[1..])
+        .args(&a.argv(&["-s", "reload"])[1..])
         .stderr(std::process::Stdio::null())
         .status()
         .unwrap();
@@ -212,7 +161,7 @@ fn regression_nginx_reload_exit_status_lies_and_verify_catches_it() {
                 .unwrap_or(false)
         },
     );
-    a.server.as_mut().unwrap().assert_running();
+    a.assert_running();
     let s = cluster_tests::tls::take_ticket(a.port, Tls::V12, &root.join("after.pem"));
     assert_eq!(
         cluster_tests::hex(&cluster_tests::tls::ticket_key_name(&s)),
