@@ -87,7 +87,17 @@ where
         .await
         .expect("the watch reports the request")
         .unwrap();
-    assert!(changed > snap.revision);
+    assert!(changed.revision > snap.revision);
+    if let Some(keys) = &changed.keys {
+        assert!(
+            keys.iter().any(|k| k.starts_with("requests/")),
+            "the change names the request's key: {keys:?}"
+        );
+        assert!(
+            !changed.concerns_follower("b"),
+            "a request is the leader's business"
+        );
+    }
     assert_eq!(a.snapshot().await.unwrap().requests, vec![req.clone()]);
     let ring = KeyRing::bootstrap(now_ms(), &policy(), &mut OsKeySource);
     a.write_ring(

@@ -9,7 +9,9 @@ use etcd_client::{
 };
 
 use crate::records::{self, MemberRecord, RequestRecord, StoredRing};
-use crate::{ChangeStream, CoordError, Coordinator, KeepAlive, Leader, LeaseId, Snapshot, Term};
+use crate::{
+    Change, ChangeStream, CoordError, Coordinator, KeepAlive, Leader, LeaseId, Snapshot, Term,
+};
 
 /// The largest ring record stek writes: etcd refuses requests above `--max-request-bytes`
 /// (1.5 MiB by default), and the transaction also carries the served requests' deletions.
@@ -125,6 +127,7 @@ impl Etcd {
 /// A change stream over an etcd watch.
 pub struct EtcdWatch {
     stream: WatchStream,
+    prefix: String,
 }
 
 impl std::fmt::Debug for EtcdWatch {
@@ -134,7 +137,7 @@ impl std::fmt::Debug for EtcdWatch {
 }
 
 impl ChangeStream for EtcdWatch {
-    async fn changed(&mut self) -> Result<i64, CoordError> {
+    async fn changed(&mut self) -> Result<Change, CoordError> {
         loop {
             match self.stream.message().await {
                 Ok(Some(resp)) => {
@@ -147,7 +150,21 @@ impl ChangeStream for EtcdWatch {
                         return Err(CoordError::WatchBroken(why));
                     }
                     if !resp.events().is_empty() {
-                        return Ok(resp.header().map_or(0, |h| h.revision()));
+                        let keys = resp
+                            .events()
+                            .iter()
+                            .filter_map(|e| e.kv())
+                            .map(|kv| {
+                                let key = String::from_utf8_lossy(kv.key());
+                                key.strip_prefix(self.prefix.as_str())
+                                    .unwrap_or(&key)
+                                    .to_owned()
+                            })
+                            .collect();
+                        return Ok(Change {
+                            revision: resp.header().map_or(0, |h| h.revision()),
+                            keys: Some(keys),
+                        });
                     }
                 }
                 Ok(None) => return Err(CoordError::WatchBroken("stream closed".into())),
@@ -211,7 +228,10 @@ impl Coordinator for Etcd {
             )
             .await
             .map_err(|e| self.unreachable(e))?;
-        Ok(EtcdWatch { stream })
+        Ok(EtcdWatch {
+            stream,
+            prefix: self.prefix.clone(),
+        })
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, CoordError> {

@@ -224,11 +224,38 @@ pub enum CoordError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseId(pub i64);
 
+/// What changed under the prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The store revision of the change.
+    pub revision: i64,
+    /// The changed keys relative to the prefix (`ring`, `members/n2`, ...), when the backend
+    /// says; `None` means "something", to be re-read in full.
+    pub keys: Option<Vec<String>>,
+}
+
+impl Change {
+    /// Whether a node that does not lead must re-read the keyspace for this change: the ring,
+    /// the leadership or its own records changed, or the backend did not say what.
+    pub fn concerns_follower(&self, node_id: &str) -> bool {
+        self.keys.as_ref().is_none_or(|keys| {
+            keys.iter().any(|k| {
+                k == "ring"
+                    || k == "leader"
+                    || k.strip_prefix("members/") == Some(node_id)
+                    || k.strip_prefix("alive/") == Some(node_id)
+                    || !(k.starts_with("members/")
+                        || k.starts_with("alive/")
+                        || k.starts_with("requests/"))
+            })
+        })
+    }
+}
+
 /// Notified when something under the prefix changed.
 pub trait ChangeStream: Send {
-    /// Waits for the next change; returns its revision. An error means: re-read everything
-    /// and watch again.
-    fn changed(&mut self) -> impl Future<Output = Result<i64, CoordError>> + Send;
+    /// Waits for the next change. An error means: re-read everything and watch again.
+    fn changed(&mut self) -> impl Future<Output = Result<Change, CoordError>> + Send;
 }
 
 /// What the node runtime needs from a coordination store.
@@ -309,5 +336,40 @@ pub struct KeepAlive {
 impl Drop for KeepAlive {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_follower_reads_again_only_for_what_concerns_it() {
+        let change = |keys: &[&str]| Change {
+            revision: 1,
+            keys: Some(keys.iter().map(|k| (*k).to_owned()).collect()),
+        };
+        for quiet in [
+            &["members/n2"][..],
+            &["alive/n3", "members/n3"],
+            &["requests/0001-ab"],
+        ] {
+            assert!(!change(quiet).concerns_follower("n1"), "{quiet:?}");
+        }
+        for loud in [
+            &["ring"][..],
+            &["leader"],
+            &["members/n1"],
+            &["alive/n1"],
+            &["members/n2", "ring"],
+            &["nonsense"],
+        ] {
+            assert!(change(loud).concerns_follower("n1"), "{loud:?}");
+        }
+        let unknown = Change {
+            revision: 1,
+            keys: None,
+        };
+        assert!(unknown.concerns_follower("n1"));
     }
 }

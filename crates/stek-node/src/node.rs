@@ -60,7 +60,7 @@ pub async fn run<C: Coordinator>(
     let mut backoff = BACKOFF_MIN;
     tokio::pin!(shutdown);
     info!(node = %config.node_id, cluster = %config.cluster, targets = config.targets.len(), public_key = %node.identity.public().id(), "stek node starting");
-    loop {
+    'run: loop {
         // Lease and registration.
         if node.lease.is_none() {
             keepalive = None;
@@ -102,36 +102,49 @@ pub async fn run<C: Coordinator>(
             }
         }
         let deadline = tokio::time::Instant::from_std(wake.min(Instant::now() + RESYNC));
-        let lost = async {
-            match keepalive.as_mut() {
-                Some(k) => (&mut k.lost)
-                    .await
-                    .unwrap_or_else(|_| "keep-alive stopped".into()),
-                None => std::future::pending().await,
-            }
-        };
-        let changed = async {
-            match watch.as_mut() {
-                Some(w) => w.changed().await.map(|_| ()),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = &mut shutdown => break,
-            r = changed => {
-                if let Err(e) = r {
-                    debug!("{e}");
-                    watch = None;
+        // Wait for a reason to read again. A follower sleeps through changes that cannot
+        // concern it (other members' acknowledgements and leases, requests): with N members a
+        // rotation brings N acknowledgements, and re-reading N records for each would cost every
+        // node O(N^2) per rotation. The leader reads on every change.
+        loop {
+            let lost = async {
+                match keepalive.as_mut() {
+                    Some(k) => (&mut k.lost)
+                        .await
+                        .unwrap_or_else(|_| "keep-alive stopped".into()),
+                    None => std::future::pending().await,
                 }
-            }
-            reason = lost => {
-                warn!("liveness lease lost ({reason}); rejoining");
-                node.lease = None;
-                if let Some(term) = node.term.take() {
-                    let _ = node.coord.resign(term).await;
+            };
+            let changed = async {
+                match watch.as_mut() {
+                    Some(w) => w.changed().await,
+                    None => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                _ = &mut shutdown => break 'run,
+                r = changed => match r {
+                    Ok(change) => {
+                        if node.term.is_some() || change.concerns_follower(&config.node_id) {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        debug!("{e}");
+                        watch = None;
+                        break;
+                    }
+                },
+                reason = lost => {
+                    warn!("liveness lease lost ({reason}); rejoining");
+                    node.lease = None;
+                    if let Some(term) = node.term.take() {
+                        let _ = node.coord.resign(term).await;
+                    }
+                    break;
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
             }
-            _ = tokio::time::sleep_until(deadline) => {}
         }
     }
     node.leave().await;

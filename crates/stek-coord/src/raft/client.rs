@@ -12,7 +12,8 @@ use super::store::{Applied, Command, Data};
 use crate::records::{self, MemberRecord, RequestRecord};
 use crate::StoredRing;
 use crate::{
-    ChangeStream, CoordError, Coordinator, KeepAlive, Leader, LeaseId, RawSnapshot, Snapshot, Term,
+    Change, ChangeStream, CoordError, Coordinator, KeepAlive, Leader, LeaseId, RawSnapshot,
+    Snapshot, Term,
 };
 
 /// How long one call may take (a wait may take its own timeout on top).
@@ -149,7 +150,7 @@ pub struct RaftWatch {
 }
 
 impl ChangeStream for RaftWatch {
-    async fn changed(&mut self) -> Result<i64, CoordError> {
+    async fn changed(&mut self) -> Result<Change, CoordError> {
         loop {
             let req = Request::Wait {
                 after: self.after,
@@ -158,7 +159,11 @@ impl ChangeStream for RaftWatch {
             match self.client.request(&req).await {
                 Ok(Reply::Revision(r)) if r > self.after => {
                     self.after = r;
-                    return Ok(i64::try_from(r).unwrap_or(i64::MAX));
+                    // The peer protocol says that something changed, not what.
+                    return Ok(Change {
+                        revision: i64::try_from(r).unwrap_or(i64::MAX),
+                        keys: None,
+                    });
                 }
                 // A new leader may be behind or ahead; either way re-read everything.
                 Ok(Reply::Revision(r)) if r < self.after => {
