@@ -274,10 +274,11 @@ fn the_audit_trail_in_json_covers_a_rotation_and_a_leader_change() {
     wait_until(Duration::from_secs(10), "a new leader", || {
         find(&audit_lines(&c), "leader elected").len() == 2
     });
-    let new_leader = find(&audit_lines(&c), "leader elected")[1]["fields"]["node"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let new_leader = find(&audit_lines(&c), "leader elected")
+        .iter()
+        .map(|v| v["fields"]["node"].as_str().unwrap().to_owned())
+        .find(|n| *n != c.nodes[leader].id)
+        .unwrap();
     let survivor = c.nodes.iter().position(|n| n.id == new_leader).unwrap();
     let victim = (0..3).find(|i| *i != leader && *i != survivor).unwrap();
     c.kill(victim);

@@ -32,20 +32,10 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let metrics = Arc::new(Metrics::new());
-        if let Some(listen) = config.admin_listen {
-            let bound = stek_node::admin::serve(listen, metrics.clone())
-                .await
-                .map_err(|e| ConfigError::Invalid {
-                    path: config.path.clone(),
-                    key: "admin.listen".into(),
-                    message: format!("cannot listen on {listen}: {e}; choose another address, or set [admin] enabled = false"),
-                })?;
-            tracing::info!("admin listener on http://{bound}: /metrics /healthz /readyz");
-        }
         match &config.coordination {
             Coordination::Etcd { endpoints, access } => {
                 let etcd = super::cluster::connect_etcd(&config, endpoints, access).await?;
+                let metrics = admin(&config).await?;
                 stek_node::node::run(&config, etcd, metrics, shutdown_signal()).await;
             }
             Coordination::Raft { listen, peers, tls } => {
@@ -56,6 +46,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
                 if tls.is_none() && peers.len() > 1 {
                     tracing::warn!("Raft peer traffic is not encrypted: set [raft] ca_file, cert_file and key_file for mutual TLS");
                 }
+                let metrics = admin(&config).await?;
                 let peer =
                     Peer::start(&config.cluster, &config.node_id, listen, peers, tls.clone()).await?;
                 let home = peers.get(&config.node_id).cloned();
@@ -68,6 +59,23 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the admin listener (after every secret was read and checked, so that a bad input is
+/// what the operator is told about first).
+async fn admin(config: &Config) -> anyhow::Result<Arc<Metrics>> {
+    let metrics = Arc::new(Metrics::new());
+    if let Some(listen) = config.admin_listen {
+        let bound = stek_node::admin::serve(listen, metrics.clone())
+            .await
+            .map_err(|e| ConfigError::Invalid {
+                path: config.path.clone(),
+                key: "admin.listen".into(),
+                message: format!("cannot listen on {listen}: {e}; choose another address, or set [admin] enabled = false"),
+            })?;
+        tracing::info!("admin listener on http://{bound}: /metrics /healthz /readyz");
+    }
+    Ok(metrics)
 }
 
 async fn shutdown_signal() {
