@@ -51,7 +51,12 @@ fn lock_memory() -> Result<(), String> {
             "RLIMIT_MEMLOCK is {soft} bytes and stek lacks CAP_IPC_LOCK; give it CAP_IPC_LOCK and LimitMEMLOCK=infinity (systemd) so key pages cannot be swapped out"
         ));
     }
-    mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE)
+    // MCL_ONFAULT (Linux 4.4+) locks pages as they are touched instead of faulting in every
+    // mapping at once: without it, thread stacks and reserved heap count fully in the RSS.
+    let all = MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE;
+    let on_fault = MlockAllFlags::from_bits_retain(libc::MCL_ONFAULT);
+    mlockall(all | on_fault)
+        .or_else(|_| mlockall(all))
         .map_err(|e| format!("mlockall failed: {e}; key pages may be swapped out"))
 }
 
