@@ -159,17 +159,11 @@ impl Tracker {
         }
     }
 
-    /// Watches from `revision` until `done(view)` or `within` passes; returns whether it held,
-    /// and the store writes and value bytes seen.
-    async fn wait(
-        &mut self,
-        v: &mut View,
-        revision: i64,
-        within: Duration,
-        mut done: impl FnMut(&View) -> bool,
-    ) -> (bool, u64, u64) {
-        let mut stream = self
-            .client
+    /// A watch from `revision`, opened before the action it is to observe: etcd serves a
+    /// watch that starts in the past from a catch-up loop that runs every 100 ms, which would
+    /// be measured instead of stek.
+    async fn watch(&mut self, revision: i64) -> etcd_client::WatchStream {
+        self.client
             .watch(
                 self.prefix.as_str(),
                 Some(
@@ -179,7 +173,18 @@ impl Tracker {
                 ),
             )
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Consumes `stream` until `done(view)` or `within` passes; returns whether it held, and
+    /// the store writes and value bytes seen.
+    async fn wait(
+        &mut self,
+        v: &mut View,
+        mut stream: etcd_client::WatchStream,
+        within: Duration,
+        mut done: impl FnMut(&View) -> bool,
+    ) -> (bool, u64, u64) {
         let deadline = tokio::time::Instant::now() + within;
         let (mut writes, mut bytes) = (0u64, 0u64);
         let mut ok = done(v);
@@ -266,8 +271,9 @@ async fn etcd_latency(
         prefix: format!("/stek/{cluster}/"),
     };
     let (mut view, rev) = tracker.view().await;
+    let stream = tracker.watch(rev).await;
     let (ok, _, _) = tracker
-        .wait(&mut view, rev, budget, |v| {
+        .wait(&mut view, stream, budget, |v| {
             v.alive.values().filter(|l| **l).count() == n
                 && v.ring_generation > 0
                 && v.all_applied(v.ring_generation)
@@ -292,11 +298,12 @@ async fn etcd_latency(
             break;
         }
         let (mut v, rev) = tracker.view().await;
+        let stream = tracker.watch(rev).await;
         let before = v.ring_generation;
         let t0 = Instant::now();
         store.request_rotation("bench").await.unwrap();
         let (ok, writes, bytes) = tracker
-            .wait(&mut v, rev, budget, |v| {
+            .wait(&mut v, stream, budget, |v| {
                 v.ring_generation > before && v.requests == 0 && v.all_applied(v.ring_generation)
             })
             .await;
@@ -342,8 +349,9 @@ async fn failover(endpoint: &str, dir: &Path) -> (Option<Duration>, Option<Durat
         prefix: format!("/stek/{cluster}/"),
     };
     let (mut v, rev) = tracker.view().await;
+    let stream = tracker.watch(rev).await;
     tracker
-        .wait(&mut v, rev, Duration::from_secs(30), |v| {
+        .wait(&mut v, stream, Duration::from_secs(30), |v| {
             v.leader.is_some() && v.all_applied(v.ring_generation.max(1))
         })
         .await;
@@ -356,12 +364,13 @@ async fn failover(endpoint: &str, dir: &Path) -> (Option<Duration>, Option<Durat
     let i = nodes.iter().position(|n| n.id == leader).unwrap();
     let killed = nodes.remove(i);
     let (mut v, rev) = tracker.view().await;
+    let stream = tracker.watch(rev).await;
     let before = v.ring_generation;
     let t0 = Instant::now();
     killed.task.abort();
     store.request_rotation("bench").await.unwrap();
     let (ok, _, _) = tracker
-        .wait(&mut v, rev, Duration::from_secs(30), |v| {
+        .wait(&mut v, stream, Duration::from_secs(30), |v| {
             v.ring_generation > before
                 && v.requests == 0
                 && v.leader.as_deref() != Some(leader.as_str())
@@ -372,13 +381,14 @@ async fn failover(endpoint: &str, dir: &Path) -> (Option<Duration>, Option<Durat
 
     // Graceful stop of the new leader.
     let (mut v, rev) = tracker.view().await;
+    let stream = tracker.watch(rev).await;
     let leader = v.leader.clone().unwrap_or_default();
     let i = nodes.iter().position(|n| n.id == leader).unwrap();
     let mut stopping = nodes.remove(i);
     let t0 = Instant::now();
     let _ = stopping.stop.take().unwrap().send(());
     let (ok, _, _) = tracker
-        .wait(&mut v, rev, Duration::from_secs(30), |v| {
+        .wait(&mut v, stream, Duration::from_secs(30), |v| {
             v.leader.as_ref().is_some_and(|l| *l != leader)
         })
         .await;
@@ -588,11 +598,15 @@ fn main() {
                 1000 => Duration::from_secs(2),
                 _ => Duration::ZERO,
             };
+            let ratio = p99l.as_secs_f64() / p99.as_secs_f64().max(1e-9);
             let verdict = match (&l.failed, target.is_zero()) {
                 (Some(why), _) => format!("not measured: {why}"),
                 (None, true) => String::new(),
-                (None, false) if p99l <= target && (n != 3 || p99l.as_secs_f64() <= 5.0 * p99.as_secs_f64()) => "met".into(),
-                (None, false) => format!("missed by {}", ms(p99l.saturating_sub(target))),
+                (None, false) if p99l > target => format!("missed by {}", ms(p99l - target)),
+                (None, false) if n == 3 && ratio > 5.0 => format!(
+                    "time met; ratio missed: {ratio:.1}x etcd's round trip, target 5x"
+                ),
+                (None, false) => "met".into(),
             };
             writeln!(
                 out,
