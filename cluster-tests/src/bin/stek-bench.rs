@@ -287,7 +287,18 @@ async fn etcd_latency(
         writes: 0.0,
         bytes: 0.0,
         ring_bytes: view.ring_bytes,
-        failed: (!ok).then(|| format!("did not converge within {budget:?}")),
+        failed: (!ok).then(|| {
+            let live = view.alive.values().filter(|l| **l).count();
+            let applied = view
+                .applied
+                .values()
+                .filter(|g| **g >= view.ring_generation)
+                .count();
+            format!(
+                "did not converge within {budget:?}: {live} of {n} live, {applied} at ring generation {}",
+                view.ring_generation
+            )
+        }),
     };
     let store = Etcd::connect(&[endpoint.to_owned()], &cluster)
         .await
@@ -322,12 +333,20 @@ async fn etcd_latency(
     result.writes = total_writes as f64 / k;
     result.bytes = total_bytes as f64 / k;
     result.samples.sort();
+    // Stop every node at once, give them 20 s together to resign and revoke, then abort.
+    let mut tasks = Vec::new();
     for mut node in nodes {
         if let Some(s) = node.stop.take() {
             let _ = s.send(());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut node.task).await;
-        node.task.abort();
+        tasks.push(node.task);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for t in &mut tasks {
+        let _ = tokio::time::timeout_at(deadline, t).await;
+    }
+    for t in tasks {
+        t.abort();
     }
     result
 }
@@ -561,8 +580,22 @@ fn main() {
     let ns: &[(usize, usize, u64)] = if quick {
         &[(3, 5, 60)]
     } else {
-        &[(3, 30, 60), (10, 30, 60), (100, 10, 120), (1000, 3, 300)]
+        &[(3, 30, 60), (10, 30, 60), (100, 10, 120), (1000, 3, 240)]
     };
+    let results = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/benchmark-results.md"
+    ));
+    let target = if quick {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/benchmark-results-quick.md"
+        ))
+    } else {
+        results
+    };
+    // Written after every section, so a run cut short keeps what it measured.
+    let save = |out: &str| std::fs::write(&target, out).unwrap();
     let mut out = String::new();
     let machine = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -625,8 +658,10 @@ fn main() {
             )
             .unwrap();
             eprintln!("N = {n}: p50 {} p99 {} {}", ms(p50), ms(p99l), l.failed.unwrap_or_default());
+            save(&out);
         }
 
+        save(&out);
         let raft = raft_latency(&keys, if quick { 5 } else { 30 }).await;
         writeln!(
             out,
@@ -637,6 +672,7 @@ fn main() {
         )
         .unwrap();
 
+        save(&out);
         let (kill, graceful, ttl) = failover(&endpoint, &keys).await;
         let show = |d: Option<Duration>| d.map_or("did not happen within 30 s".into(), ms);
         writeln!(
@@ -659,18 +695,6 @@ fn main() {
         None => writeln!(out, "## Footprint\n\nnot measured: build the `stek-test-node` binary next to stek-bench (`cargo build --release -p cluster-tests --bins`).\n").unwrap(),
     }
     print!("{out}");
-    let results = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../docs/benchmark-results.md"
-    ));
-    let target = if quick {
-        PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../target/benchmark-results-quick.md"
-        ))
-    } else {
-        results
-    };
     std::fs::write(&target, &out).unwrap();
     eprintln!("written to {}", target.display());
 }
