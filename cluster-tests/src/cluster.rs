@@ -898,6 +898,16 @@ pub fn check_invariants(c: &Cluster, status: &Value, history: &mut History) {
     );
 }
 
+/// The active key of a `stek status --json` document.
+pub fn active_key(status: &Value) -> &Value {
+    status["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["state"] == "active")
+        .expect("an active key")
+}
+
 /// I6: no node's log holds key bytes (hex or base64 of any key file ever seen, or of its
 /// secret halves).
 pub fn assert_no_key_bytes_in_logs(c: &Cluster, history: &History) {

@@ -9,8 +9,8 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use cluster_tests::cluster::{
-    assert_no_key_bytes_in_logs, check_invariants, etcdctl, hold, Backend, Cluster, History,
-    LEASE_TTL,
+    active_key, assert_no_key_bytes_in_logs, check_invariants, etcdctl, hold, Backend, Cluster,
+    History, LEASE_TTL,
 };
 use tracing::info;
 
@@ -241,13 +241,7 @@ fn a_late_node_catches_up_to_the_current_ring_before_it_acknowledges(backend: Ba
     }
     let status = c.wait_converged(Duration::from_secs(10));
     let generation = status["generation"].as_u64().unwrap();
-    let active = status["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["state"] == "active")
-        .unwrap()["fingerprint"]
-        .clone();
+    let active = active_key(&status)["fingerprint"].clone();
     info!("--- n3 starts late, at generation {generation}");
     c.start(2);
     let status = c.wait_converged(Duration::from_secs(20));
@@ -307,14 +301,7 @@ fn three_concurrent_rotate_calls_advance_epochs_by_one_per_rotation(backend: Bac
         (2..2 + epochs.len() as u64).collect::<Vec<_>>(),
         "strictly +1 per rotation"
     );
-    let active = status["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["state"] == "active")
-        .unwrap()["epoch"]
-        .as_u64()
-        .unwrap();
+    let active = active_key(&status)["epoch"].as_u64().unwrap();
     assert_eq!(active, *epochs.last().unwrap());
     assert_eq!(status["pending_requests"], 0);
 }

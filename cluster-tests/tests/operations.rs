@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use cluster_tests::cluster::{check_invariants, Cluster, History};
+use cluster_tests::cluster::{active_key, check_invariants, Cluster, History};
 use cluster_tests::wait_until;
 use serde_json::Value;
 use tracing::info;
@@ -218,14 +218,7 @@ fn the_audit_trail_in_json_covers_a_rotation_and_a_leader_change() {
     c.log_json = true;
     c.start_all();
     let status = c.wait_converged(Duration::from_secs(30));
-    let old_epoch = status["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["state"] == "active")
-        .unwrap()["epoch"]
-        .as_u64()
-        .unwrap();
+    let old_epoch = active_key(&status)["epoch"].as_u64().unwrap();
     c.rotate_ok(2);
     c.wait_converged(Duration::from_secs(15));
     let lines = audit_lines(&c);
