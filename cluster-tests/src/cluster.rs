@@ -734,6 +734,25 @@ impl Cluster {
         self.cli(i, &["rotate", "--wait", "--timeout", timeout])
     }
 
+    /// Starts every node, waits for them to converge and checks the invariants: the history
+    /// the checker carries on from there.
+    pub fn start_checked(&mut self) -> History {
+        self.start_all();
+        // A bound, not a speed claim: trace-level logging of a Raft group is slow on 2 cores.
+        let status = self.wait_converged(Duration::from_secs(60));
+        let mut history = History::default();
+        check_invariants(self, &status, &mut history);
+        history
+    }
+
+    /// One rotation through node `via`, then convergence and the invariant checker.
+    pub fn rotate_and_check(&self, via: usize, history: &mut History) -> Value {
+        self.rotate_ok(via);
+        let status = self.wait_converged(Duration::from_secs(30));
+        check_invariants(self, &status, history);
+        status
+    }
+
     /// `stek rotate --wait` through node `i`, which must succeed.
     pub fn rotate_ok(&self, i: usize) {
         let out = self.rotate_wait(i, "30s");

@@ -194,12 +194,8 @@ fn failing_reload_blocks_rotation_and_status_names_the_member_until_it_is_stoppe
 #[test]
 fn etcd_outage_changes_no_file_and_rotation_resumes_afterwards() {
     let mut c = Cluster::new(BIN, "etcd-outage", 3);
-    c.start_all();
-    c.wait_converged(Duration::from_secs(30));
-    c.rotate_ok(0);
-    let status = c.wait_converged(Duration::from_secs(10));
-    let mut history = History::default();
-    check_invariants(&c, &status, &mut history);
+    let mut history = c.start_checked();
+    c.rotate_and_check(0, &mut history);
     let before: Vec<_> = c.nodes.iter().map(|n| n.files_with_mtimes()).collect();
     info!("--- etcd stopped for 30 s");
     c.etcd().stop();
@@ -309,12 +305,8 @@ fn three_concurrent_rotate_calls_advance_epochs_by_one_per_rotation(backend: Bac
 #[test]
 fn garbage_records_are_rejected_and_logged_and_the_cluster_keeps_working() {
     let mut c = Cluster::new(BIN, "etcd-garbage", 3);
-    c.start_all();
-    c.wait_converged(Duration::from_secs(30));
-    c.rotate_ok(0);
-    let status = c.wait_converged(Duration::from_secs(10));
-    let mut history = History::default();
-    check_invariants(&c, &status, &mut history);
+    let mut history = c.start_checked();
+    c.rotate_and_check(0, &mut history);
     let before: Vec<_> = c.nodes.iter().map(|n| n.files()).collect();
     let prefix = format!("/stek/{}/", c.name);
     info!("--- garbage in the ring, a member record and an unknown key");

@@ -15,22 +15,6 @@ use tracing::info;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stek-test-node");
 
-fn start(c: &mut Cluster) -> History {
-    c.start_all();
-    // Bounds, not speed claims: trace-level logging of a whole Raft group is slow on 2 cores.
-    let status = c.wait_converged(Duration::from_secs(60));
-    let mut history = History::default();
-    check_invariants(c, &status, &mut history);
-    history
-}
-
-fn rotate_and_check(c: &Cluster, via: usize, history: &mut History) -> Value {
-    c.rotate_ok(via);
-    let status = c.wait_converged(Duration::from_secs(30));
-    check_invariants(c, &status, history);
-    status
-}
-
 fn follower(c: &Cluster, status: &Value) -> usize {
     c.nodes
         .iter()
@@ -53,9 +37,9 @@ fn epochs(ring: &Value) -> Vec<u64> {
 fn no_key_bytes_in_the_store_its_history_or_trace_logs(backend: Backend) {
     let mut c = Cluster::with_backend(BIN, &format!("dump-{backend:?}"), 3, backend);
     c.log_filter = "trace".into();
-    let mut history = start(&mut c);
+    let mut history = c.start_checked();
     for i in 0..10 {
-        rotate_and_check(&c, i % 3, &mut history);
+        c.rotate_and_check(i % 3, &mut history);
     }
     let needles = c.key_windows(&history);
     assert!(needles.keys() >= 12, "{} keys seen", needles.keys());
@@ -110,11 +94,11 @@ fn raft_no_key_bytes_in_trace_logs() {
 fn compact_history_leaves_no_readable_revision_with_a_dropped_key() {
     let mut c = Cluster::new(BIN, "compact", 3);
     c.etcd_extra = "compact_history = true\n".into();
-    let mut history = start(&mut c);
+    let mut history = c.start_checked();
     let mut dropped = Vec::new();
     let mut before = Vec::new();
     for i in 0..4 {
-        let status = rotate_and_check(&c, i % 3, &mut history);
+        let status = c.rotate_and_check(i % 3, &mut history);
         let now = epochs(&status);
         dropped.extend(before.iter().filter(|e| !now.contains(e)).copied());
         before = now;
@@ -160,8 +144,8 @@ fn compact_history_leaves_no_readable_revision_with_a_dropped_key() {
 fn wrong_public_keys_are_rejected_and_the_member_recovers() {
     let mut c = Cluster::new(BIN, "seal-wrongkey", 3);
     c.lease_ttl = Duration::from_secs(10);
-    let mut history = start(&mut c);
-    let status = rotate_and_check(&c, 0, &mut history);
+    let mut history = c.start_checked();
+    let status = c.rotate_and_check(0, &mut history);
     let b = follower(&c, &status);
     let b_id = c.nodes[b].id.clone();
     let etcd = c.etcd.as_ref().unwrap();
@@ -213,7 +197,7 @@ fn wrong_public_keys_are_rejected_and_the_member_recovers() {
     assert_eq!(c.nodes[b].files(), before, "{b_id} kept serving its keys");
     let status = c.wait_converged(Duration::from_secs(15));
     check_invariants(&c, &status, &mut history);
-    rotate_and_check(&c, b, &mut history);
+    c.rotate_and_check(b, &mut history);
 }
 
 /// How a test tampers with a frozen member's copy in a freshly written ring.
@@ -230,8 +214,8 @@ enum Tamper {
 fn a_tampered_copy_is_rejected_and_the_leader_reseals(tamper: Tamper) {
     let mut c = Cluster::new(BIN, &format!("seal-{tamper:?}"), 3);
     c.lease_ttl = Duration::from_secs(10);
-    let mut history = start(&mut c);
-    let status = rotate_and_check(&c, 0, &mut history);
+    let mut history = c.start_checked();
+    let status = c.rotate_and_check(0, &mut history);
     let b = follower(&c, &status);
     let b_id = c.nodes[b].id.clone();
     let a = (0..3).find(|i| *i != b).unwrap();
@@ -315,8 +299,8 @@ fn a_copy_moved_from_another_member_is_rejected_and_the_leader_reseals() {
 #[test]
 fn a_full_restart_on_etcd_creates_new_keys_that_continue_the_epochs() {
     let mut c = Cluster::new(BIN, "seal-restart", 3);
-    let mut history = start(&mut c);
-    let status = rotate_and_check(&c, 0, &mut history);
+    let mut history = c.start_checked();
+    let status = c.rotate_and_check(0, &mut history);
     let old = epochs(&status);
     for i in 0..3 {
         c.stop(i);
@@ -333,5 +317,5 @@ fn a_full_restart_on_etcd_creates_new_keys_that_continue_the_epochs() {
         .contains("no live member can open the stored ring")));
     let mut fresh = History::default();
     check_invariants(&c, &status, &mut fresh);
-    rotate_and_check(&c, 1, &mut fresh);
+    c.rotate_and_check(1, &mut fresh);
 }
