@@ -309,10 +309,12 @@ fn garbage_records_are_rejected_and_logged_and_the_cluster_keeps_working() {
     c.rotate_and_check(0, &mut history);
     let before: Vec<_> = c.nodes.iter().map(|n| n.files()).collect();
     let prefix = format!("/stek/{}/", c.name);
-    info!("--- garbage in the ring, a member record and an unknown key");
+    info!("--- garbage in the ring, a member record, a rotation request and an unknown key");
     for (key, value) in [
         ("ring", "garbage"),
         ("members/ghost", "{not json"),
+        // Must not count as a request: a rotation would change every file below.
+        ("requests/bad", "\u{1}"),
         ("nonsense", "x"),
     ] {
         let out = etcdctl(

@@ -75,8 +75,12 @@ pub struct Snapshot {
     pub ring: RingSlot,
     /// Every member that has a record or a lease, sorted by node id.
     pub members: Vec<Member>,
-    /// Keys of pending rotation requests.
+    /// Keys of pending rotation requests (readable ones only).
     pub requests: Vec<String>,
+    /// Keys of request records that do not decode: never taken as a request (a malformed
+    /// record is never acted on); the next rotation's write deletes them with the requests it
+    /// serves.
+    pub unreadable_requests: Vec<String>,
     /// Who asked for each readable pending request: (key, requested_by).
     pub requested_by: Vec<(String, String)>,
     /// Keys whose records were rejected, and why (logged; never applied).
@@ -132,6 +136,7 @@ impl RawSnapshot {
             ring: RingSlot::Absent,
             members: Vec::new(),
             requests: Vec::new(),
+            unreadable_requests: Vec::new(),
             requested_by: Vec::new(),
             rejected: Vec::new(),
         };
@@ -158,11 +163,15 @@ impl RawSnapshot {
         }
         for (key, value) in self.requests {
             match RequestRecord::decode(&value) {
-                Ok(r) => snap.requested_by.push((key.clone(), r.requested_by)),
-                // Still served (and so deleted) by the next rotation.
-                Err(e) => snap.rejected.push((key.clone(), e)),
+                Ok(r) => {
+                    snap.requested_by.push((key.clone(), r.requested_by));
+                    snap.requests.push(key);
+                }
+                Err(e) => {
+                    snap.rejected.push((key.clone(), e));
+                    snap.unreadable_requests.push(key);
+                }
             }
-            snap.requests.push(key);
         }
         for key in self.unknown {
             snap.rejected.push((key, RecordError::UnknownKey));
@@ -371,5 +380,36 @@ mod tests {
             keys: None,
         };
         assert!(unknown.concerns_follower("n1"));
+    }
+
+    #[test]
+    fn an_unreadable_request_is_rejected_and_never_taken_as_a_request() {
+        let good = RequestRecord::new_keyed("/stek/c/", "cli@a");
+        let raw = RawSnapshot {
+            requests: vec![
+                ("/stek/c/requests/bad".into(), b"\x01\x02".to_vec()),
+                (good.0.clone(), good.1.encode()),
+            ],
+            ..RawSnapshot::default()
+        };
+        let snap = raw.check();
+        assert_eq!(snap.requests, vec![good.0.clone()]);
+        assert_eq!(snap.requested_by, vec![(good.0, "cli@a".to_owned())]);
+        assert_eq!(
+            snap.unreadable_requests,
+            vec!["/stek/c/requests/bad".to_owned()]
+        );
+        assert_eq!(snap.rejected.len(), 1);
+        assert_eq!(snap.rejected[0].0, "/stek/c/requests/bad");
+
+        let only_bad = RawSnapshot {
+            requests: vec![("/stek/c/requests/bad".into(), b"{".to_vec())],
+            ..RawSnapshot::default()
+        }
+        .check();
+        assert!(
+            only_bad.requests.is_empty(),
+            "a malformed request must not rotate"
+        );
     }
 }

@@ -139,7 +139,10 @@ pub async fn run<C: Coordinator>(
                     warn!("liveness lease lost ({reason}); rejoining");
                     node.lease = None;
                     if let Some(term) = node.term.take() {
-                        let _ = node.coord.resign(term).await;
+                        // The leadership was bound to that lease: it is gone with it, whether
+                        // or not the store hears the resignation.
+                        info!(target: "audit", node = %config.node_id, term = term.0, "leadership lost: the liveness lease ended");
+                        let _ = tokio::time::timeout(Duration::from_secs(3), node.coord.resign(term)).await;
                     }
                     break;
                 }
@@ -546,12 +549,17 @@ impl<C: Coordinator> Node<'_, C> {
             }
         };
         if let Some(new) = next {
-            let served: &[String] = if matches!(decision, Decision::Rotate(_)) {
-                &snap.requests
+            // A rotation serves every pending request, and takes unreadable ones away with them.
+            let served: Vec<String> = if matches!(decision, Decision::Rotate(_)) {
+                snap.requests
+                    .iter()
+                    .chain(&snap.unreadable_requests)
+                    .cloned()
+                    .collect()
             } else {
-                &[]
+                Vec::new()
             };
-            match self.write(term, &new, snap, served).await {
+            match self.write(term, &new, snap, &served).await {
                 Ok(revision) => {
                     self.last_wait = None;
                     if matches!(decision, Decision::Rotate(_)) {
