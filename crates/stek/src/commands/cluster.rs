@@ -83,6 +83,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 struct Status {
     cluster: String,
     leader: Option<String>,
+    /// The leadership's term: the store refuses ring writes under any other.
+    leader_term: Option<i64>,
     generation: Option<u64>,
     next_rotation_at: Option<String>,
     rotation: RotationStatus,
@@ -164,6 +166,7 @@ fn status_of(cluster: &str, snap: &Snapshot, config_policy: &Policy) -> Status {
     Status {
         cluster: cluster.to_owned(),
         leader: snap.leader.as_ref().map(|l| l.node_id.clone()),
+        leader_term: snap.leader.as_ref().map(|l| l.term.0),
         generation: ring.map(|r| r.generation()),
         next_rotation_at: ring
             .map(|r| humantime::format_rfc3339_seconds(r.next_rotation_at()).to_string()),
@@ -215,7 +218,10 @@ fn status_of(cluster: &str, snap: &Snapshot, config_policy: &Policy) -> Status {
 
 fn print_text(s: &Status) {
     println!("cluster    {}", s.cluster);
-    println!("leader     {}", s.leader.as_deref().unwrap_or("(none)"));
+    match (&s.leader, s.leader_term) {
+        (Some(l), Some(t)) => println!("leader     {l} (term {t})"),
+        _ => println!("leader     (none)"),
+    }
     match s.generation {
         Some(g) => println!("generation {g}"),
         None => println!("generation (no ring yet)"),
