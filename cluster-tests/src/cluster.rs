@@ -14,6 +14,7 @@ use serde_json::Value;
 use stek_core::Fingerprint;
 use tracing::info;
 
+use crate::netns::{exec_in, Host, Net};
 use crate::{free_port, wait_for_port, wait_until, Server, TestDir};
 
 /// A private etcd.
@@ -25,6 +26,10 @@ pub struct EtcdServer {
     server: Option<Server>,
     /// TLS material when the etcd serves https with client-cert-auth.
     pub tls: Option<EtcdTls>,
+    /// The host it runs on, when in a test network (else 127.0.0.1 here).
+    host: Option<Host>,
+    /// The host etcdctl runs on, when in a test network.
+    ctl_host: Option<Host>,
 }
 
 /// Files of a TLS etcd: CA, client certificate and key (0600), and the root password file.
@@ -168,12 +173,22 @@ impl EtcdServer {
     /// Starts etcd with its data dir under `root`.
     pub fn start(root: &TestDir) -> Self {
         crate::require_binary("etcd");
+        Self::start_on(root, None)
+    }
+
+    /// Starts etcd on `hosts.0` of a test network, driven by etcdctl on `hosts.1`; here on
+    /// 127.0.0.1 when `None`.
+    pub fn start_on(root: &TestDir, hosts: Option<(Host, Host)>) -> Self {
+        crate::require_binary("etcd");
+        let (host, ctl_host) = hosts.unzip();
         let mut e = Self {
             dir: root.subdir("etcd"),
             client_port: free_port(),
             peer_port: free_port(),
             server: None,
             tls: None,
+            host,
+            ctl_host,
         };
         e.restart();
         e
@@ -191,6 +206,8 @@ impl EtcdServer {
             peer_port: free_port(),
             server: None,
             tls: Some(tls),
+            host: None,
+            ctl_host: None,
         };
         e.restart();
         let pw = "root:stek-test-root-pw";
@@ -211,7 +228,7 @@ impl EtcdServer {
 
     /// etcdctl with this etcd's endpoint and TLS flags.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new("etcdctl");
+        let mut cmd = exec_in(self.ctl_host.as_ref(), "etcdctl");
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint()))
             .arg("--command-timeout=3s");
@@ -279,7 +296,11 @@ impl EtcdServer {
     /// The client URL.
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.client_port)
+        format!("{scheme}://{}:{}", self.ip(), self.client_port)
+    }
+
+    fn ip(&self) -> &str {
+        self.host.as_ref().map_or("127.0.0.1", |h| h.ip.as_str())
     }
 
     /// The `[etcd]` section a node uses to reach this etcd.
@@ -299,8 +320,8 @@ impl EtcdServer {
 
     /// Starts (again) on the same ports and data dir.
     pub fn restart(&mut self) {
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut cmd = Command::new("etcd");
+        let peer = format!("http://{}:{}", self.ip(), self.peer_port);
+        let mut cmd = exec_in(self.host.as_ref(), "etcd");
         cmd.args(["--name", "test", "--data-dir"])
             .arg(self.dir.join("data"))
             .args(["--listen-client-urls", &self.endpoint()])
@@ -319,7 +340,9 @@ impl EtcdServer {
         }
         let log = self.dir.join(format!("etcd-{}.log", rand::random::<u16>()));
         self.server = Some(Server::spawn("etcd", cmd, log));
-        wait_for_port(self.client_port, Duration::from_secs(20));
+        if self.host.is_none() {
+            wait_for_port(self.client_port, Duration::from_secs(20));
+        }
         wait_until(Duration::from_secs(20), "etcd to be healthy", || {
             self.ctl(&["endpoint", "health"]).status.success()
         });
@@ -328,6 +351,16 @@ impl EtcdServer {
     /// Stops etcd (its data stays).
     pub fn stop(&mut self) {
         self.server = None;
+    }
+
+    /// SIGKILL (its data stays).
+    pub fn kill(&mut self) {
+        if let Some(s) = self.server.take() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(s.pid() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
@@ -458,6 +491,9 @@ pub struct Cluster {
     pub log_json: bool,
     /// `[rotation] interval` of the nodes.
     pub interval: String,
+    /// The test network, when every node (and etcd) runs on a host of its own: node `nX` on
+    /// host `nX`, etcd on `etcd`, the CLI and etcdctl on `ctl`. Dropped last.
+    pub net: Option<Net>,
 }
 
 /// The lease TTL the tests run with.
@@ -474,7 +510,7 @@ impl Cluster {
         crate::init_logging();
         let root = TestDir::new(tag);
         let etcd = EtcdServer::start_secured(&root);
-        Self::build(bin, root, n, Backend::Etcd, Some(etcd))
+        Self::build(bin, root, n, Backend::Etcd, Some(etcd), None)
     }
 
     /// A cluster on `backend` with `n` configured (not yet started) nodes `n1..`. With the
@@ -484,7 +520,25 @@ impl Cluster {
         crate::init_logging();
         let root = TestDir::new(tag);
         let etcd = (backend == Backend::Etcd).then(|| EtcdServer::start(&root));
-        Self::build(bin, root, n, backend, etcd)
+        Self::build(bin, root, n, backend, etcd, None)
+    }
+
+    /// Like [`Cluster::with_backend`], but every node, etcd and the CLI each on a host of a
+    /// test network ([`Net`]), so that faults can cut them apart. Needs root.
+    pub fn in_network(bin: &str, tag: &str, n: usize, backend: Backend) -> Self {
+        crate::init_logging();
+        let root = TestDir::new(tag);
+        let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let mut hosts = vec!["ctl", "etcd"];
+        hosts.extend(ids.iter().map(String::as_str));
+        let net = Net::new(&hosts);
+        let etcd = (backend == Backend::Etcd).then(|| {
+            EtcdServer::start_on(
+                &root,
+                Some((net.host("etcd").clone(), net.host("ctl").clone())),
+            )
+        });
+        Self::build(bin, root, n, backend, etcd, Some(net))
     }
 
     fn build(
@@ -493,6 +547,7 @@ impl Cluster {
         n: usize,
         backend: Backend,
         etcd: Option<EtcdServer>,
+        net: Option<Net>,
     ) -> Self {
         let mut c = Self {
             root,
@@ -507,11 +562,24 @@ impl Cluster {
             log_filter: "info".into(),
             log_json: false,
             interval: "1h".into(),
+            net,
         };
         for _ in 0..n {
             c.add_node(None);
         }
         c
+    }
+
+    /// Host `name` of the test network, if the cluster runs in one.
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.net.as_ref().map(|n| n.host(name))
+    }
+
+    /// The test network (clusters made by [`Cluster::in_network`] only).
+    pub fn net(&self) -> &Net {
+        self.net
+            .as_ref()
+            .expect("this cluster runs in a test network")
     }
 
     /// The etcd (etcd backend only).
@@ -532,9 +600,11 @@ impl Cluster {
             .iter()
             .map(|s| s.to_string())
             .collect();
+        let ip = self.host(&id).map_or("127.0.0.1", |h| h.ip.as_str());
+        let raft_addr = format!("{ip}:{}", free_port());
         self.nodes.push(Node {
             id,
-            raft_addr: format!("127.0.0.1:{}", free_port()),
+            raft_addr,
             admin_addr: format!("127.0.0.1:{}", free_port()),
             extra_toml: String::new(),
             reload,
@@ -598,11 +668,10 @@ impl Cluster {
     /// Starts node `i` (0-based).
     pub fn start(&mut self, i: usize) {
         self.write_config(i);
-        let bin = self.bin.clone();
+        let mut cmd = exec_in(self.host(&self.nodes[i].id), &self.bin);
         let filter = self.log_filter.clone();
         let node = &mut self.nodes[i];
         node.starts += 1;
-        let mut cmd = Command::new(&bin);
         if self.log_json {
             cmd.args(["--log-format", "json"]);
         }
@@ -668,7 +737,7 @@ impl Cluster {
     /// Runs the CLI with `args` against node `i`'s config.
     pub fn cli(&self, i: usize, args: &[&str]) -> Output {
         self.write_config(i);
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = exec_in(self.host("ctl"), &self.bin);
         cmd.arg(args[0])
             .arg("--config")
             .arg(&self.nodes[i].config)

@@ -3,7 +3,8 @@
 //!
 //! Every directory lives under /dev/shm (a tmpfs, as stek requires for key files) and is removed
 //! on drop; every server process runs in its own process group, killed on drop; every wait is
-//! bounded. Nothing here listens on or connects to anything but 127.0.0.1.
+//! bounded. Nothing here listens on or connects to anything but 127.0.0.1, except inside the
+//! network namespaces a test makes itself (`netns`).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -23,9 +24,12 @@ use stek_node::{Config, Target};
 pub mod cluster;
 pub mod conformance;
 pub mod leaks;
+pub mod netns;
+pub mod resumption;
 pub mod scenario;
 pub mod servers;
 pub mod tls;
+pub mod watcher;
 
 /// Logs test phases so a failure reads as a story.
 pub fn init_logging() {
@@ -111,7 +115,6 @@ pub fn wait_for_port(port: u16, within: Duration) {
     });
 }
 
-/// Polls `check` every 100 ms until it is true; panics after `within` naming `what`.
 /// A plain HTTP/1.0 GET on loopback: (status, body). Panics if nothing answers in 5 s.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     try_http_get(addr, path).unwrap_or_else(|| panic!("nothing listens on {addr}"))
@@ -138,6 +141,7 @@ pub fn try_http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body.to_owned()))
 }
 
+/// Polls `check` every 100 ms until it is true; panics after `within` naming `what`.
 pub fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check() {

@@ -1,13 +1,10 @@
 //! Cross-box resumption soak (issue 7, part 1): three boxes, each with a real nginx and a real
 //! HAProxy fed through its runtime API, stek rotating every 2 s on the embedded coordinator
 //! for 60 s (`STEK_SOAK_SECS` for longer). Client threads take tickets from random boxes and
-//! resume them on other boxes over TLS 1.2 and 1.3, and classify every attempt against the
-//! key files of the box that resumed it:
-//!
-//! - inside the decrypt window: the ticket's key was in that box's files before and after the
-//!   attempt; it must resume;
-//! - outside: the key had been gone from that box's files for over 1.5 s; it must not resume;
-//! - anything else (the key arrived or left during the attempt) is counted, not judged.
+//! resume them on other boxes over TLS 1.2 and 1.3, and judge every attempt against the key
+//! files of the box that resumed it (`cluster_tests::resumption`): inside the decrypt window
+//! (the key was there before and after) it must resume; outside it (gone for 1.5 s) it must
+//! not.
 //!
 //! Then, on the same servers, two baselines: per-box independent keys (what servers do by
 //! default) and a naive rotation (every 2 s a new key pushed to every box at once, previous key
@@ -16,16 +13,12 @@
 
 #![allow(clippy::unwrap_used)] // test harness code: a panic is the failure report
 
-use std::collections::{BTreeSet, VecDeque};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use base64::Engine as _;
 use cluster_tests::cluster::{Backend, Cluster};
+use cluster_tests::resumption::{clients_for, Endpoint, Fleet, Judging, Keys, Tally};
 use cluster_tests::servers::{Haproxy, Nginx};
-use cluster_tests::tls::{resume, take_ticket, ticket_bytes, Handshake, Session, Tls};
 use cluster_tests::{
     apply_all, argv_toml, require_binary, self_signed_cert, targets_from_toml, wait_until,
     RingDriver, TestDir,
@@ -34,16 +27,6 @@ use stek_core::{KeyRing, KeyState, OsKeySource, Policy, RingKey, TicketKey};
 use tracing::info;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stek-test-node");
-/// Client threads (each one s_client at a time).
-const CLIENTS: usize = 3;
-
-type Name = [u8; 16];
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Nginx,
-    Haproxy,
-}
 
 /// One box: its two servers and where stek writes their keys.
 struct Box_ {
@@ -54,39 +37,6 @@ struct Box_ {
 }
 
 impl Box_ {
-    fn port(&self, kind: Kind) -> u16 {
-        match kind {
-            Kind::Nginx => self.nginx.port,
-            Kind::Haproxy => self.haproxy.port,
-        }
-    }
-
-    /// The key names in the files stek wrote for `kind` on this box.
-    fn names(&self, kind: Kind) -> BTreeSet<Name> {
-        let mut out = BTreeSet::new();
-        match kind {
-            Kind::Nginx => {
-                for e in std::fs::read_dir(&self.nginx_keys).into_iter().flatten() {
-                    let bytes = std::fs::read(e.unwrap().path()).unwrap_or_default();
-                    if bytes.len() >= 16 {
-                        out.insert(bytes[..16].try_into().unwrap());
-                    }
-                }
-            }
-            Kind::Haproxy => {
-                let text = std::fs::read_to_string(&self.haproxy_keys).unwrap_or_default();
-                for line in text.lines() {
-                    if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(line) {
-                        if bytes.len() >= 16 {
-                            out.insert(bytes[..16].try_into().unwrap());
-                        }
-                    }
-                }
-            }
-        }
-        out
-    }
-
     /// The targets that feed this box's servers, outside stek's node (for the baselines).
     fn target_toml(&self) -> String {
         format!(
@@ -108,183 +58,24 @@ impl Box_ {
     }
 }
 
-/// What the clients counted. `attempts`/`resumed` count fresh tickets (resumed on another box
-/// right after they were issued); the window counts cover fresh and aged tickets alike.
-#[derive(Debug, Default, Clone)]
-struct Tally {
-    attempts: u64,
-    resumed: u64,
-    aged_attempts: u64,
-    aged_resumed: u64,
-    inside: u64,
-    inside_failed: u64,
-    outside: u64,
-    outside_resumed: u64,
-    undecided: u64,
-}
-
-impl Tally {
-    fn rate(&self) -> f64 {
-        if self.attempts == 0 {
-            0.0
-        } else {
-            self.resumed as f64 / self.attempts as f64
-        }
-    }
-}
-
-/// Recent key-name snapshots per (box, kind), to tell "gone for a while" from "just left".
-#[derive(Default)]
-struct Seen {
-    history: Vec<VecDeque<(Instant, BTreeSet<Name>)>>,
-}
-
-impl Seen {
-    fn slot(box_: usize, kind: Kind) -> usize {
-        box_ * 2 + usize::from(kind == Kind::Haproxy)
-    }
-
-    fn record(&mut self, slot: usize, names: BTreeSet<Name>) {
-        if self.history.len() <= slot {
-            self.history.resize_with(slot + 1, VecDeque::new);
-        }
-        let h = &mut self.history[slot];
-        h.push_back((Instant::now(), names));
-        while h
-            .front()
-            .is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(10))
-        {
-            h.pop_front();
-        }
-    }
-
-    /// True if every snapshot of the last `span` lacks `name` and one is at least that old.
-    fn gone_for(&self, slot: usize, name: &Name, span: Duration) -> bool {
-        let h = &self.history[slot];
-        let old_enough = h.iter().any(|(t, _)| t.elapsed() >= span);
-        old_enough
-            && h.iter()
-                .filter(|(t, _)| t.elapsed() <= span + Duration::from_millis(500))
-                .all(|(_, n)| !n.contains(name))
-    }
-}
-
-fn ticket_name(s: &Session) -> Option<Name> {
-    let bytes = ticket_bytes(&s.path)?;
-    (bytes.len() >= 16).then(|| bytes[..16].try_into().unwrap())
-}
-
-/// Client threads until `stop`: a ticket from one random box, resumed on another.
-fn run_clients(dir: &Path, boxes: &Arc<Vec<Box_>>, stop: &Arc<AtomicBool>, judge: bool) -> Tally {
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let threads: Vec<_> = (0..CLIENTS)
-        .map(|t| {
-            let (boxes, stop, tally, seen) =
-                (boxes.clone(), stop.clone(), tally.clone(), seen.clone());
-            let dir = dir.to_owned();
-            std::thread::spawn(move || {
-                // Sessions kept to be resumed later (aged tickets), oldest first.
-                let mut pool: VecDeque<(Session, Name, Kind, usize)> = VecDeque::new();
-                // Bounded: at most 10,000 attempts per thread, and the stop flag.
-                for i in 0..10_000u32 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let a = rand::random::<usize>() % boxes.len();
-                    let kind = if rand::random() { Kind::Nginx } else { Kind::Haproxy };
-                    let tls = if rand::random() { Tls::V12 } else { Tls::V13 };
-                    let out = dir.join(format!("c{t}-{i}.pem"));
-                    let fresh = take_ticket(boxes[a].port(kind), tls, &out);
-                    let Some(fresh_name) = ticket_name(&fresh) else {
-                        continue;
-                    };
-                    pool.push_back((fresh.clone(), fresh_name, kind, a));
-                    while pool.len() > 24 {
-                        if let Some((old, ..)) = pool.pop_front() {
-                            let _ = std::fs::remove_file(&old.path);
-                        }
-                    }
-                    // Every other attempt resumes a random older session instead (seconds old:
-                    // its key may be retiring, or gone).
-                    let aged = i % 2 == 1 && pool.len() > 4;
-                    let (session, name, kind, a) = if aged {
-                        pool[rand::random::<usize>() % (pool.len() - 1)].clone()
-                    } else {
-                        (fresh, fresh_name, kind, a)
-                    };
-                    let b = (a + 1 + rand::random::<usize>() % (boxes.len() - 1)) % boxes.len();
-                    let slot = Seen::slot(b, kind);
-                    let before = boxes[b].names(kind);
-                    seen.lock().unwrap().record(slot, before.clone());
-                    let got = resume(boxes[b].port(kind), &session);
-                    let after = boxes[b].names(kind);
-                    let mut seen = seen.lock().unwrap();
-                    seen.record(slot, after.clone());
-                    let mut t = tally.lock().unwrap();
-                    let reused = got == Handshake::Reused;
-                    if aged {
-                        t.aged_attempts += 1;
-                        t.aged_resumed += u64::from(reused);
-                    } else {
-                        t.attempts += 1;
-                        t.resumed += u64::from(reused);
-                    }
-                    if !judge {
-                        continue;
-                    }
-                    if before.contains(&name) && after.contains(&name) {
-                        t.inside += 1;
-                        if !reused {
-                            t.inside_failed += 1;
-                            tracing::error!(
-                                "inside the window, not resumed: {kind:?} {tls:?} box {a} -> {b} (aged {aged})"
-                            );
-                        }
-                    } else if seen.gone_for(slot, &name, Duration::from_millis(1500)) {
-                        t.outside += 1;
-                        if reused {
-                            t.outside_resumed += 1;
-                            tracing::error!(
-                                "outside the window, resumed: {kind:?} {tls:?} box {a} -> {b} (aged {aged})"
-                            );
-                        }
-                    } else {
-                        t.undecided += 1;
-                    }
-                }
-                for (old, ..) in pool {
-                    let _ = std::fs::remove_file(&old.path);
-                }
+/// The nginx of every box, then the HAProxy of every box.
+fn fleet(boxes: &[Box_]) -> Fleet {
+    vec![
+        boxes
+            .iter()
+            .map(|b| Endpoint {
+                port: b.nginx.port,
+                keys: Keys::NginxDir(b.nginx_keys.clone()),
             })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    let t = tally.lock().unwrap().clone();
-    t
-}
-
-/// Runs the clients for `d` while `during` runs on this thread (checking `stop` itself).
-fn clients_for(
-    dir: &Path,
-    boxes: &Arc<Vec<Box_>>,
-    d: Duration,
-    judge: bool,
-    mut during: impl FnMut(&AtomicBool),
-) -> Tally {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (dir2, boxes2, stop2) = (dir.to_owned(), boxes.clone(), stop.clone());
-    let clients = std::thread::spawn(move || run_clients(&dir2, &boxes2, &stop2, judge));
-    let end = Instant::now() + d;
-    let flag = AtomicBool::new(false);
-    while Instant::now() < end {
-        during(&flag);
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    stop.store(true, Ordering::Relaxed);
-    clients.join().unwrap()
+            .collect(),
+        boxes
+            .iter()
+            .map(|b| Endpoint {
+                port: b.haproxy.port,
+                keys: Keys::HaproxyFile(b.haproxy_keys.clone()),
+            })
+            .collect(),
+    ]
 }
 
 /// A ring with only `active` encrypting and `previous` decrypting: no staged key.
@@ -367,12 +158,20 @@ fn soak_cross_box_resumption_with_rotations_every_2s_and_two_baselines() {
         b.haproxy.start();
     }
     c.wait_converged(Duration::from_secs(60));
-    let boxes = Arc::new(boxes);
     let dir = TestDir::new("soak-client");
 
     info!("--- stek: rotating every 2 s for {secs} s");
     let first = c.status(0)["generation"].as_u64().unwrap();
-    let stek = clients_for(dir.path(), &boxes, Duration::from_secs(secs), true, |_| {});
+    let stek = clients_for(
+        dir.path(),
+        fleet(&boxes),
+        Duration::from_secs(secs),
+        Some(Judging {
+            settle: Duration::ZERO,
+            gone: Duration::from_millis(1500),
+        }),
+        || {},
+    );
     let status = c.status(0);
     let rotations = c.activated_epochs().len();
     info!(
@@ -395,7 +194,13 @@ fn soak_cross_box_resumption_with_rotations_every_2s_and_two_baselines() {
     for t in &targets {
         apply_all(t, RingDriver::new(1).ring());
     }
-    let independent = clients_for(dir.path(), &boxes, Duration::from_secs(15), false, |_| {});
+    let independent = clients_for(
+        dir.path(),
+        fleet(&boxes),
+        Duration::from_secs(15),
+        None,
+        || {},
+    );
     info!("independent: {independent:?}");
 
     info!("--- baseline 2: naive rotation every 2 s (new key everywhere at once, no staging)");
@@ -410,14 +215,20 @@ fn soak_cross_box_resumption_with_rotations_every_2s_and_two_baselines() {
     };
     push(generation, &active, &previous);
     let mut last = Instant::now();
-    let naive = clients_for(dir.path(), &boxes, Duration::from_secs(20), false, |_| {
-        if last.elapsed() >= Duration::from_secs(2) {
-            last = Instant::now();
-            previous = std::mem::replace(&mut active, TicketKey::generate(&mut OsKeySource));
-            generation += 2;
-            push(generation, &active, &previous);
-        }
-    });
+    let naive = clients_for(
+        dir.path(),
+        fleet(&boxes),
+        Duration::from_secs(20),
+        None,
+        || {
+            if last.elapsed() >= Duration::from_secs(2) {
+                last = Instant::now();
+                previous = std::mem::replace(&mut active, TicketKey::generate(&mut OsKeySource));
+                generation += 2;
+                push(generation, &active, &previous);
+            }
+        },
+    );
     info!("naive: {naive:?}");
 
     let line = |mode: &str, t: &Tally| {
