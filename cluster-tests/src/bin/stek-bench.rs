@@ -577,11 +577,21 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let ns: &[(usize, usize, u64)] = if quick {
+    let all: &[(usize, usize, u64)] = if quick {
         &[(3, 5, 60)]
     } else {
         &[(3, 30, 60), (10, 30, 60), (100, 10, 120), (1000, 3, 240)]
     };
+    // STEK_BENCH_NS=1000 (or 3,100) measures only those N, for working on one of them; the
+    // figures go to target/benchmark-results-partial.md, not to docs/.
+    let only: Option<Vec<usize>> = std::env::var("STEK_BENCH_NS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    let ns: Vec<(usize, usize, u64)> = all
+        .iter()
+        .copied()
+        .filter(|(n, ..)| only.as_ref().is_none_or(|o| o.contains(n)))
+        .collect();
     let results = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../docs/benchmark-results.md"
@@ -590,6 +600,11 @@ fn main() {
         PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../target/benchmark-results-quick.md"
+        ))
+    } else if only.is_some() {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/benchmark-results-partial.md"
         ))
     } else {
         results
@@ -621,7 +636,7 @@ fn main() {
         eprintln!("bare etcd rtt p50 {} p99 {}", ms(p50), ms(p99));
 
         writeln!(out, "## Rotation latency (request to every member applied), etcd\n\n| N | rotations | p50 | p99 | p99 / etcd p99 | to converge at start | store writes / rotation | bytes / rotation | ring record | target p99 | |\n|---|---|---|---|---|---|---|---|---|---|---|").unwrap();
-        for &(n, rotations, budget) in ns {
+        for &(n, rotations, budget) in &ns {
             eprintln!("N = {n}: starting");
             let l = etcd_latency(&endpoint, &keys, n, rotations, Duration::from_secs(budget)).await;
             let (p50, p99l) = (percentile(&l.samples, 0.5), percentile(&l.samples, 0.99));

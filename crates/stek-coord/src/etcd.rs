@@ -161,8 +161,17 @@ impl ChangeStream for EtcdWatch {
                                     .to_owned()
                             })
                             .collect();
+                        // The events' own revision: the header's is the store's revision when
+                        // the response was sent, which may be later.
+                        let revision = resp
+                            .events()
+                            .iter()
+                            .filter_map(|e| e.kv())
+                            .map(|kv| kv.mod_revision())
+                            .max()
+                            .unwrap_or_else(|| resp.header().map_or(0, |h| h.revision()));
                         return Ok(Change {
-                            revision: resp.header().map_or(0, |h| h.revision()),
+                            revision,
                             keys: Some(keys),
                         });
                     }

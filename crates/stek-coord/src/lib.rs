@@ -236,7 +236,8 @@ pub struct LeaseId(pub i64);
 /// What changed under the prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    /// The store revision of the change.
+    /// The store revision of the change (0: unknown). A change at or below the revision of a
+    /// later read is already in that read.
     pub revision: i64,
     /// The changed keys relative to the prefix (`ring`, `members/n2`, ...), when the backend
     /// says; `None` means "something", to be re-read in full.

@@ -102,10 +102,12 @@ pub async fn run<C: Coordinator>(
             }
         }
         let deadline = tokio::time::Instant::from_std(wake.min(Instant::now() + RESYNC));
-        // Wait for a reason to read again. A follower sleeps through changes that cannot
-        // concern it (other members' acknowledgements and leases, requests): with N members a
-        // rotation brings N acknowledgements, and re-reading N records for each would cost every
-        // node O(N^2) per rotation. The leader reads on every change.
+        let read_at = snap.revision;
+        // Wait for a reason to read again. Changes the last read already saw are skipped: the
+        // watch queues every change made while we read, and with N members a rotation brings N
+        // acknowledgements, so reading again for each would cost the leader O(N) reads of N
+        // records. A follower also sleeps through changes that cannot concern it (other
+        // members' acknowledgements and leases, requests). The leader reads on every new change.
         loop {
             let lost = async {
                 match keepalive.as_mut() {
@@ -125,7 +127,8 @@ pub async fn run<C: Coordinator>(
                 _ = &mut shutdown => break 'run,
                 r = changed => match r {
                     Ok(change) => {
-                        if node.term.is_some() || change.concerns_follower(&config.node_id) {
+                        let new = change.revision == 0 || change.revision > read_at;
+                        if new && (node.term.is_some() || change.concerns_follower(&config.node_id)) {
                             break;
                         }
                     }
