@@ -137,6 +137,26 @@ where
             .applied_generation,
         1
     );
+    // A member's own read: the same ring and leader, its own record and liveness, and no one
+    // else's record (a backend may read everything instead, and then says so).
+    for _ in 0..2 {
+        // Twice: the second read may come from a cache of the unchanged ring.
+        let own = b.snapshot_of_member("b").await.unwrap();
+        assert_eq!(own.valid_ring().unwrap().ring, ring.meta());
+        assert_eq!(own.leader.as_ref().map(|l| l.term), Some(term_a));
+        let b_rec = own
+            .members
+            .iter()
+            .find(|m| m.record.node_id == "b")
+            .unwrap();
+        assert!(b_rec.live);
+        assert_eq!(b_rec.record.applied_generation, 1);
+        if own.partial {
+            assert_eq!(own.members.len(), 1, "only b's record");
+        } else {
+            assert_eq!(own.members.len(), 2);
+        }
+    }
 
     info!("--- conformance: a kept-alive lease outlives its TTL");
     tokio::time::sleep(ttl + Duration::from_secs(1)).await;

@@ -737,21 +737,23 @@ impl Suite {
                  a garbage request and garbage frames to every peer"
             }
         };
-        // Everyone sees the garbage and the leader repairs the ring.
+        // The leader sees the garbage at once and repairs the ring. (A follower reads other
+        // members' records, and so logs theirs, only at its full read every 30 s.)
+        let leader = self.wait_leader(0, None);
         let c = &self.c;
         let seen = std::panic::catch_unwind(AssertUnwindSafe(|| {
             wait_until(
                 Duration::from_secs(20),
-                "every node to reject the garbage",
+                "the leader to reject the garbage",
                 || {
-                    c.nodes
-                        .iter()
-                        .all(|n| n.log_text().contains("rejected a record from the store"))
+                    c.nodes[leader]
+                        .log_text()
+                        .contains("rejected a record from the store")
                 },
             );
         }));
         if seen.is_err() {
-            self.violation("a node did not log the malformed records".into());
+            self.violation("the leader did not log the malformed records".into());
         }
         let status = self.status(0);
         let rejected = status["rejected_records"].as_array().map_or(0, Vec::len);

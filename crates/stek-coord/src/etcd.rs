@@ -23,7 +23,13 @@ pub struct Etcd {
     client: Client,
     prefix: String,
     endpoints: String,
+    /// The last ring record read, by its mod revision: a member's read fetches the ring's bytes
+    /// (hundreds of KB with many members) only when it changed.
+    ring_cache: RingCache,
 }
+
+/// The last ring record read: (mod revision, bytes).
+type RingCache = std::sync::Arc<std::sync::Mutex<Option<(i64, Vec<u8>)>>>;
 
 impl std::fmt::Debug for Etcd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,6 +101,7 @@ impl Etcd {
             client,
             prefix: format!("/stek/{cluster}/"),
             endpoints: shown,
+            ring_cache: std::sync::Arc::default(),
         })
     }
 
@@ -183,6 +190,38 @@ impl ChangeStream for EtcdWatch {
     }
 }
 
+impl Etcd {
+    /// Files one key-value read under the prefix into `raw`.
+    fn add(&self, raw: &mut crate::RawSnapshot, kv: &etcd_client::KeyValue) {
+        let Some(rest) = kv.key().strip_prefix(self.prefix.as_bytes()) else {
+            return;
+        };
+        let rest = String::from_utf8_lossy(rest).into_owned();
+        let full = format!("{}{rest}", self.prefix);
+        if rest == "leader" {
+            raw.leader = Some(Leader {
+                node_id: String::from_utf8_lossy(kv.value()).into_owned(),
+                term: Term(kv.create_revision()),
+                lease: LeaseId(kv.lease()),
+            });
+        } else if rest == "ring" {
+            raw.ring = Some((full, kv.value().to_vec()));
+            if let Ok(mut c) = self.ring_cache.lock() {
+                *c = Some((kv.mod_revision(), kv.value().to_vec()));
+            }
+        } else if let Some(id) = rest.strip_prefix("alive/") {
+            raw.alive.insert(id.to_owned());
+        } else if let Some(id) = rest.strip_prefix("members/") {
+            raw.members
+                .push((full.clone(), id.to_owned(), kv.value().to_vec()));
+        } else if rest.starts_with("requests/") {
+            raw.requests.push((full, kv.value().to_vec()));
+        } else {
+            raw.unknown.push(full);
+        }
+    }
+}
+
 impl Coordinator for Etcd {
     type Watch = EtcdWatch;
 
@@ -197,28 +236,50 @@ impl Coordinator for Etcd {
             ..Default::default()
         };
         for kv in resp.kvs() {
-            let Some(rest) = kv.key().strip_prefix(self.prefix.as_bytes()) else {
-                continue;
-            };
-            let rest = String::from_utf8_lossy(rest).into_owned();
-            let full = format!("{}{rest}", self.prefix);
-            if rest == "leader" {
-                raw.leader = Some(Leader {
-                    node_id: String::from_utf8_lossy(kv.value()).into_owned(),
-                    term: Term(kv.create_revision()),
-                    lease: LeaseId(kv.lease()),
-                });
-            } else if rest == "ring" {
-                raw.ring = Some((full, kv.value().to_vec()));
-            } else if let Some(id) = rest.strip_prefix("alive/") {
-                raw.alive.insert(id.to_owned());
-            } else if let Some(id) = rest.strip_prefix("members/") {
-                raw.members
-                    .push((full.clone(), id.to_owned(), kv.value().to_vec()));
-            } else if rest.starts_with("requests/") {
-                raw.requests.push((full, kv.value().to_vec()));
-            } else {
-                raw.unknown.push(full);
+            self.add(&mut raw, kv);
+        }
+        Ok(raw.check())
+    }
+
+    async fn snapshot_of_member(&self, node_id: &str) -> Result<Snapshot, CoordError> {
+        let mut client = self.client.clone();
+        let cached = self.ring_cache.lock().ok().and_then(|c| c.clone());
+        // One transaction, so every read is at one revision: if the ring is still the cached
+        // one, read the rest; otherwise read the ring too.
+        let others = || {
+            vec![
+                TxnOp::get(self.key("leader"), None),
+                TxnOp::get(self.key(&format!("members/{node_id}")), None),
+                TxnOp::get(self.key(&format!("alive/{node_id}")), None),
+            ]
+        };
+        let mut with_ring = others();
+        with_ring.push(TxnOp::get(self.key("ring"), None));
+        let cached_rev = cached.as_ref().map_or(-1, |(rev, _)| *rev);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                self.key("ring"),
+                CompareOp::Equal,
+                cached_rev,
+            )])
+            .and_then(others())
+            .or_else(with_ring);
+        let resp = client.txn(txn).await.map_err(|e| self.unreachable(e))?;
+        let mut raw = crate::RawSnapshot {
+            revision: resp.header().map_or(0, |h| h.revision()),
+            partial: true,
+            ..Default::default()
+        };
+        if resp.succeeded() {
+            if let Some((_, value)) = cached {
+                raw.ring = Some((self.key("ring"), value));
+            }
+        }
+        for op in resp.op_responses() {
+            if let etcd_client::TxnOpResponse::Get(get) = op {
+                for kv in get.kvs() {
+                    self.add(&mut raw, kv);
+                }
             }
         }
         Ok(raw.check())
@@ -237,6 +298,30 @@ impl Coordinator for Etcd {
             )
             .await
             .map_err(|e| self.unreachable(e))?;
+        Ok(EtcdWatch {
+            stream,
+            prefix: self.prefix.clone(),
+        })
+    }
+
+    async fn watch_member(&self, revision: i64, node_id: &str) -> Result<EtcdWatch, CoordError> {
+        let mut client = self.client.clone();
+        let from = || Some(WatchOptions::new().with_start_revision(revision + 1));
+        // Four exact keys on one stream: no other member's acknowledgement reaches this node.
+        let mut stream = client
+            .watch(self.key("ring"), from())
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        for key in [
+            "leader".to_owned(),
+            format!("members/{node_id}"),
+            format!("alive/{node_id}"),
+        ] {
+            stream
+                .watch(self.key(&key), from())
+                .await
+                .map_err(|e| self.unreachable(e))?;
+        }
         Ok(EtcdWatch {
             stream,
             prefix: self.prefix.clone(),

@@ -85,6 +85,9 @@ pub struct Snapshot {
     pub requested_by: Vec<(String, String)>,
     /// Keys whose records were rejected, and why (logged; never applied).
     pub rejected: Vec<(String, RecordError)>,
+    /// Read by [`Coordinator::snapshot_of_member`]: `members` holds at most that member, and
+    /// `requests` and unknown keys were not read.
+    pub partial: bool,
 }
 
 impl Snapshot {
@@ -126,6 +129,8 @@ pub(crate) struct RawSnapshot {
     pub requests: Vec<(String, Vec<u8>)>,
     /// full keys stek does not know
     pub unknown: Vec<String>,
+    /// only one member's records were read
+    pub partial: bool,
 }
 
 impl RawSnapshot {
@@ -139,6 +144,7 @@ impl RawSnapshot {
             unreadable_requests: Vec::new(),
             requested_by: Vec::new(),
             rejected: Vec::new(),
+            partial: self.partial,
         };
         if let Some((key, value)) = self.ring {
             snap.ring = match records::decode_ring(&value) {
@@ -245,6 +251,19 @@ pub struct Change {
 }
 
 impl Change {
+    /// Whether a follower must read every member's record for this change, rather than only
+    /// its own records, the ring and the leader: the leadership changed, a key stek does not
+    /// know appeared, or the backend did not say what changed.
+    pub fn needs_full_read(&self, node_id: &str) -> bool {
+        self.keys.as_ref().is_none_or(|keys| {
+            keys.iter().any(|k| {
+                k != "ring"
+                    && k.strip_prefix("members/") != Some(node_id)
+                    && k.strip_prefix("alive/") != Some(node_id)
+            })
+        })
+    }
+
     /// Whether a node that does not lead must re-read the keyspace for this change: the ring,
     /// the leadership or its own records changed, or the backend did not say what.
     pub fn concerns_follower(&self, node_id: &str) -> bool {
@@ -276,8 +295,32 @@ pub trait Coordinator: Send + Sync + 'static {
     /// Reads everything under the cluster prefix.
     fn snapshot(&self) -> impl Future<Output = Result<Snapshot, CoordError>> + Send;
 
+    /// Reads what a follower needs: the ring, the leader, and `node_id`'s own member record and
+    /// liveness, at one revision, without every other member's record. With N members a ring
+    /// change wakes N followers; each reading all N records would cost the store O(N^2). The
+    /// default reads everything (a backend whose reads cost the same either way).
+    fn snapshot_of_member(
+        &self,
+        node_id: &str,
+    ) -> impl Future<Output = Result<Snapshot, CoordError>> + Send {
+        let _ = node_id;
+        self.snapshot()
+    }
+
     /// Watches the prefix for changes after `revision`.
     fn watch(&self, revision: i64) -> impl Future<Output = Result<Self::Watch, CoordError>> + Send;
+
+    /// Watches, after `revision`, only what concerns follower `node_id`: the ring, the leader
+    /// and its own records. With N members a rotation brings N acknowledgements; a prefix watch
+    /// on every node would carry N^2 events. The default watches everything.
+    fn watch_member(
+        &self,
+        revision: i64,
+        node_id: &str,
+    ) -> impl Future<Output = Result<Self::Watch, CoordError>> + Send {
+        let _ = node_id;
+        self.watch(revision)
+    }
 
     /// Grants a liveness lease.
     fn grant_lease(
@@ -381,6 +424,13 @@ mod tests {
             keys: None,
         };
         assert!(unknown.concerns_follower("n1"));
+        assert!(unknown.needs_full_read("n1"));
+        for own in [&["ring"][..], &["members/n1"], &["alive/n1", "ring"]] {
+            assert!(!change(own).needs_full_read("n1"), "{own:?}");
+        }
+        for full in [&["leader"][..], &["ring", "leader"], &["nonsense"]] {
+            assert!(change(full).needs_full_read("n1"), "{full:?}");
+        }
     }
 
     #[test]

@@ -22,8 +22,12 @@ use tracing::{debug, error, info, warn};
 use crate::admin::{unix, ErrorLabels, MemberLabels, Metrics, TargetLabels};
 use crate::config::Config;
 
-/// How often the node re-reads everything even without an event.
+/// How often the node reads again even without an event.
 const RESYNC: Duration = Duration::from_secs(10);
+/// How often a follower reads every member's record (for its membership metrics, and to log
+/// malformed records it does not use) even when nothing asks for it; between, it reads only
+/// what concerns it.
+const FULL_READ: Duration = Duration::from_secs(30);
 /// Backoff bounds for store errors and failed applies.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
@@ -58,6 +62,12 @@ pub async fn run<C: Coordinator>(
     let mut keepalive: Option<KeepAlive> = None;
     let mut watch: Option<C::Watch> = None;
     let mut backoff = BACKOFF_MIN;
+    // A follower reads only its own records and the ring and leader (see
+    // `Coordinator::snapshot_of_member`), and everything at least every FULL_READ, or when the
+    // leadership or the keyspace's shape may have changed.
+    let mut want_full = true;
+    let mut last_full: Option<Instant> = None;
+    let mut watch_all = false;
     tokio::pin!(shutdown);
     info!(node = %config.node_id, cluster = %config.cluster, targets = config.targets.len(), public_key = %node.identity.public().id(), "stek node starting");
     'run: loop {
@@ -77,8 +87,18 @@ pub async fn run<C: Coordinator>(
                 }
             }
         }
-        let snap = match node.coord.snapshot().await {
+        let full_due = last_full.is_none_or(|t| t.elapsed() >= FULL_READ);
+        let read = if node.term.is_none() && !want_full && !full_due {
+            node.read_as_follower().await
+        } else {
+            node.coord.snapshot().await
+        };
+        let snap = match read {
             Ok(s) => {
+                if !s.partial {
+                    last_full = Some(Instant::now());
+                }
+                want_full = false;
                 node.metrics.store_up.set(1);
                 s
             }
@@ -86,6 +106,7 @@ pub async fn run<C: Coordinator>(
                 node.metrics.store_up.set(0);
                 warn!("{e}; keeping the keys on disk, retrying in {backoff:?}");
                 watch = None;
+                want_full = true;
                 if sleep_or_shutdown(backoff, &mut shutdown).await {
                     break;
                 }
@@ -95,8 +116,21 @@ pub async fn run<C: Coordinator>(
         };
         backoff = BACKOFF_MIN;
         let wake = node.reconcile(&snap).await;
+        // A leader watches every change; a follower only its own records, the ring and the
+        // leader. A change of role changes the watch.
+        if watch_all != node.term.is_some() {
+            watch = None;
+        }
         if watch.is_none() {
-            match node.coord.watch(snap.revision).await {
+            watch_all = node.term.is_some();
+            let w = if watch_all {
+                node.coord.watch(snap.revision).await
+            } else {
+                node.coord
+                    .watch_member(snap.revision, &config.node_id)
+                    .await
+            };
+            match w {
                 Ok(w) => watch = Some(w),
                 Err(e) => warn!("cannot watch the keyspace: {e}"),
             }
@@ -129,18 +163,21 @@ pub async fn run<C: Coordinator>(
                     Ok(change) => {
                         let new = change.revision == 0 || change.revision > read_at;
                         if new && (node.term.is_some() || change.concerns_follower(&config.node_id)) {
+                            want_full = change.needs_full_read(&config.node_id);
                             break;
                         }
                     }
                     Err(e) => {
                         debug!("{e}");
                         watch = None;
+                        want_full = true;
                         break;
                     }
                 },
                 reason = lost => {
                     warn!("liveness lease lost ({reason}); rejoining");
                     node.lease = None;
+                    want_full = true;
                     if let Some(term) = node.term.take() {
                         // The leadership was bound to that lease: it is gone with it, whether
                         // or not the store hears the resignation.
@@ -220,6 +257,30 @@ impl<C: Coordinator> Node<'_, C> {
             public_key: Some(self.identity.public().to_base64()),
             unsealable_generation: self.seal_error.as_ref().map(|(g, _)| *g),
         }
+    }
+
+    /// A follower's read: its own records, the ring and the leader. If that shows no other
+    /// leader (an election to join) or a ring it cannot open (it may have to defer to a member
+    /// that can), it reads everything, as those decisions need every member.
+    async fn read_as_follower(&self) -> Result<Snapshot, CoordError> {
+        let snap = self.coord.snapshot_of_member(&self.config.node_id).await?;
+        let other_leader = snap
+            .leader
+            .as_ref()
+            .is_some_and(|l| l.node_id != self.config.node_id);
+        let opens = match &snap.ring {
+            RingSlot::Valid(stored) => {
+                self.plaintext(&stored.ring).is_some()
+                    || stored
+                        .open(&self.config.cluster, &self.config.node_id, &self.identity)
+                        .is_ok()
+            }
+            _ => false,
+        };
+        if !snap.partial || (other_leader && opens) {
+            return Ok(snap);
+        }
+        self.coord.snapshot().await
     }
 
     async fn join(&mut self) -> Result<KeepAlive, CoordError> {
@@ -318,11 +379,13 @@ impl<C: Coordinator> Node<'_, C> {
         m.leader.set(i64::from(self.term.is_some()));
         let applied = self.applied.as_ref().map_or(0, KeyRing::generation);
         m.applied_generation.set(gauge(applied));
-        m.members.set(gauge(snap.members.len() as u64));
-        m.members_live
-            .set(gauge(snap.members.iter().filter(|m| m.live).count() as u64));
-        m.rotation_blocker.clear();
-        m.rotation_blocked.set(0);
+        if !snap.partial {
+            m.members.set(gauge(snap.members.len() as u64));
+            m.members_live
+                .set(gauge(snap.members.iter().filter(|m| m.live).count() as u64));
+            m.rotation_blocker.clear();
+            m.rotation_blocked.set(0);
+        }
         let RingSlot::Valid(stored) = &snap.ring else {
             m.sealed_copy_ok.set(0);
             m.set_ready(Err(match &snap.ring {
@@ -350,7 +413,9 @@ impl<C: Coordinator> Node<'_, C> {
             .is_some_and(|r| r.generation() == ring.generation());
         m.sealed_copy_ok.set(i64::from(opened));
         let views = snap.member_views();
-        if let Decision::Wait { blocked_by, .. } = decide_at(
+        if snap.partial {
+            // Membership figures stay as the last full read left them.
+        } else if let Decision::Wait { blocked_by, .. } = decide_at(
             now,
             Some(ring),
             &stored.policy,

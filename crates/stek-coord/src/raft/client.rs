@@ -137,6 +137,7 @@ impl RaftClient {
                 .collect(),
             requests: data.requests.into_iter().collect(),
             unknown: Vec::new(),
+            partial: false,
         }
         .check()
     }
