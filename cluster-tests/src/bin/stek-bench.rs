@@ -676,6 +676,11 @@ fn main() {
             save(&out);
         }
 
+        if !quick {
+            out.push_str("\n### What bounds the misses\n\n\
+- The ratio at N = 3: a rotation is about six store round trips one after another (the request's put, the leader's read, the ring write, the member's read, its file write and reload, its acknowledgement), so its floor is about 6x etcd's bare round trip; 5x is below what this protocol can reach.\n\
+- N = 1000: the ring is one record holding a sealed copy for every member (the \"ring record\" column). etcd's watch pushes it to all N members and each parses it, so every ring write moves about N x that size (some 190 MB at N = 1000) through etcd and the members' JSON parser, on the same 2 cores as etcd (both run at full load during a rotation). Followers already watch and read only the ring, the leader and their own records; the next step is one key per member's copy, so that each member reads about 1 KB (docs/architecture.md, \"Record sizes\").\n");
+        }
         save(&out);
         let raft = raft_latency(&keys, if quick { 5 } else { 30 }).await;
         writeln!(

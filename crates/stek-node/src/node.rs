@@ -1,9 +1,11 @@
 //! The node loop: keep a liveness lease, watch the cluster's keyspace, apply every new ring to
 //! every target and acknowledge it, and, while leading, make the rotation decisions.
 //!
-//! Every wake-up (a watch event, a timer, a lost lease) re-reads the whole keyspace and
-//! reconciles against it, so a broken or compacted watch needs no special recovery, and a
-//! record that is malformed is simply never applied. When the store is unreachable nothing on
+//! Every wake-up (a watch event, a timer, a lost lease) reads the store again and reconciles
+//! against it, so a broken or compacted watch needs no special recovery, and a record that is
+//! malformed is simply never applied. A leader reads everything; a follower reads its own
+//! records, the ring and the leader, and everything when a decision needs every member (see
+//! `Node::read_as_follower`) and every `FULL_READ`. When the store is unreachable nothing on
 //! disk changes (I4): the node keeps its files and retries with backoff.
 
 use std::collections::BTreeSet;
