@@ -482,9 +482,7 @@ impl Suite {
         self.c.net().cut(&id);
         let mut what = format!("cut {id}");
         if leader {
-            let new = self.wait_leader(via, Some(victim));
-            what += &format!("; {} leads", self.c.nodes[new].id);
-            self.refused_under(term.unwrap(), &mut what);
+            self.deposed(via, victim, term, &mut what);
         }
         // The first rotation may only need the staged key every box had; the second needs
         // the cut box's lease to have ended.
@@ -493,17 +491,32 @@ impl Suite {
         self.files_unchanged(victim, &files, "while it was cut off from the store");
         self.c.net().heal(&id);
         if leader {
-            let c = &self.c;
-            let lost = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                wait_until(LEASE_TTL * 10, "the old leader to log its loss", || {
-                    c.nodes[victim].log_text().contains("leadership lost")
-                })
-            }));
-            if lost.is_err() {
-                self.violation(format!("{id} never logged that it lost the leadership"));
-            }
+            self.logs_lost_leadership(victim);
         }
         what
+    }
+
+    /// With the leader `victim` cut off or frozen: another node must lead, and a write under
+    /// the old leader's `term` must be refused.
+    fn deposed(&mut self, via: usize, victim: usize, term: Option<i64>, what: &mut String) {
+        let new = self.wait_leader(via, Some(victim));
+        *what += &format!("; {} leads", self.c.nodes[new].id);
+        self.refused_under(term.expect("a leader had a term"), what);
+    }
+
+    /// Once back, the deposed leader `victim` must say in its audit log that it lost the
+    /// leadership.
+    fn logs_lost_leadership(&mut self, victim: usize) {
+        let c = &self.c;
+        let lost = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            wait_until(LEASE_TTL * 10, "the old leader to log its loss", || {
+                c.nodes[victim].log_text().contains("leadership lost")
+            })
+        }));
+        if lost.is_err() {
+            let id = &self.c.nodes[victim].id;
+            self.violation(format!("{id} never logged that it lost the leadership"));
+        }
     }
 
     /// A write under the deposed leader's `term`, sent to the store now: must be refused.
@@ -583,12 +596,13 @@ impl Suite {
         self.c.pause(victim, true);
         let mut what = format!("SIGSTOP {id}");
         if leader {
-            let new = self.wait_leader(via, Some(victim));
-            what += &format!("; {} leads", self.c.nodes[new].id);
-            self.refused_under(term.unwrap(), &mut what);
+            self.deposed(via, victim, term, &mut what);
         }
         self.rotate_during(via, "a member frozen");
         self.c.pause(victim, false);
+        if leader {
+            self.logs_lost_leadership(victim);
+        }
         what + "; SIGCONT"
     }
 
