@@ -142,13 +142,19 @@ impl Watcher {
     }
 
     /// Stops; the number of views judged.
-    pub fn stop(mut self) -> u64 {
+    pub fn stop(&mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             t.join().unwrap();
         }
         let samples = self.state.lock().unwrap().samples;
         samples
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -168,7 +174,7 @@ mod tests {
         let (da, db) = (t.join("a"), t.join("b"));
         write(&da, a);
         write(&db, b);
-        let w = Watcher::start(vec![("a".into(), da), ("b".into(), db)]);
+        let mut w = Watcher::start(vec![("a".into(), da), ("b".into(), db)]);
         if exclude_b {
             w.exclude(1);
         }

@@ -341,6 +341,14 @@ impl Suite {
         (l, f)
     }
 
+    /// The node a fault hits (the leader, or a random follower) and a healthy node to go
+    /// through while it lasts.
+    fn victim(&self, leader: bool) -> (usize, usize) {
+        let (l, f) = self.follower();
+        let victim = if leader { l } else { f };
+        (victim, self.other(victim))
+    }
+
     /// Records a violation (it does not stop the suite).
     fn violation(&mut self, what: String) {
         tracing::error!("VIOLATION: {what}");
@@ -472,9 +480,7 @@ impl Suite {
 
     /// Cuts a follower's (or the leader's) cable for two rotations' worth of time.
     fn partition(&mut self, leader: bool) -> String {
-        let (l, f) = self.follower();
-        let victim = if leader { l } else { f };
-        let via = self.other(victim);
+        let (victim, via) = self.victim(leader);
         let term = self.status(via)["leader_term"].as_i64();
         let id = self.c.nodes[victim].id.clone();
         let files = self.c.nodes[victim].files_with_mtimes();
@@ -553,9 +559,7 @@ impl Suite {
     /// SIGKILL of a follower or the leader, a rotation (or for the leader, the schedule
     /// check), then a restart.
     fn kill(&mut self, leader: bool) -> String {
-        let (l, f) = self.follower();
-        let victim = if leader { l } else { f };
-        let via = self.other(victim);
+        let (victim, via) = self.victim(leader);
         let id = self.c.nodes[victim].id.clone();
         let before = self.status(via);
         self.watcher.exclude(victim);
@@ -587,9 +591,7 @@ impl Suite {
 
     /// SIGSTOP past the lease, then SIGCONT.
     fn pause(&mut self, leader: bool) -> String {
-        let (l, f) = self.follower();
-        let victim = if leader { l } else { f };
-        let via = self.other(victim);
+        let (victim, via) = self.victim(leader);
         let term = self.status(via)["leader_term"].as_i64();
         let id = self.c.nodes[victim].id.clone();
         self.watcher.exclude(victim);
@@ -790,8 +792,7 @@ impl Suite {
 
     fn finish(mut self, backend: Backend, took: Duration) {
         let tally = self.clients.take().unwrap().stop();
-        let watcher = std::mem::replace(&mut self.watcher, Watcher::start(Vec::new()));
-        let samples = watcher.stop();
+        let samples = self.watcher.stop();
         // I3 over the whole run: no epoch was activated twice.
         let epochs = self.c.activated_epochs();
         let mut unique = epochs.clone();

@@ -270,12 +270,11 @@ impl<C: Coordinator> Node<'_, C> {
             .leader
             .as_ref()
             .is_some_and(|l| l.node_id != self.config.node_id);
+        // Whether it can open the ring, judged without decrypting (reconcile opens it once): it
+        // holds these keys already, or a copy is sealed to its key and has not failed to open.
         let opens = match &snap.ring {
             RingSlot::Valid(stored) => {
-                self.plaintext(&stored.ring).is_some()
-                    || stored
-                        .open(&self.config.cluster, &self.config.node_id, &self.identity)
-                        .is_ok()
+                self.plaintext(&stored.ring).is_some() || stored.usable_copy_for(&self.record())
             }
             _ => false,
         };
