@@ -775,27 +775,46 @@ impl Cluster {
     }
 
     /// Waits until a leader exists and every running node applied the current generation.
+    /// On timeout the panic shows the last status read, and each node's last log lines.
     pub fn wait_converged(&self, within: Duration) -> Value {
         let i = self.any_running();
+        let deadline = Instant::now() + within;
         let mut last = Value::Null;
-        wait_until(within, "the cluster to converge", || {
-            let Some(s) = self.try_status(i) else {
-                return false;
-            };
-            last = s;
-            let g = last["generation"].as_u64();
-            let ok = !last["leader"].is_null()
-                && g.is_some()
-                && self.nodes.iter().filter(|n| n.running()).all(|n| {
-                    last["members"].as_array().unwrap().iter().any(|m| {
-                        m["node_id"] == n.id.as_str()
-                            && m["live"] == true
-                            && m["applied_generation"].as_u64() == g
+        loop {
+            if let Some(s) = self.try_status(i) {
+                last = s;
+                let g = last["generation"].as_u64();
+                let ok = !last["leader"].is_null()
+                    && g.is_some()
+                    && self.nodes.iter().filter(|n| n.running()).all(|n| {
+                        last["members"].as_array().unwrap().iter().any(|m| {
+                            m["node_id"] == n.id.as_str()
+                                && m["live"] == true
+                                && m["applied_generation"].as_u64() == g
+                        })
+                    });
+                if ok {
+                    return last;
+                }
+            }
+            if Instant::now() >= deadline {
+                let tails: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        let log = n.log_text();
+                        let lines: Vec<&str> = log.lines().collect();
+                        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+                        format!("--- {} (last lines)\n{tail}", n.id)
                     })
-                });
-            ok
-        });
-        last
+                    .collect();
+                panic!(
+                    "timed out after {within:?} waiting for the cluster to converge; last status: {last}\n{}",
+                    tails.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// `stek rotate --wait` through node `i`.
