@@ -15,7 +15,7 @@ use stek_core::Fingerprint;
 use tracing::info;
 
 use crate::netns::{exec_in, Host, Net};
-use crate::{free_port, wait_for_port, wait_until, Server, TestDir};
+use crate::{free_port, Server, TestDir};
 
 /// A private etcd.
 #[derive(Debug)]
@@ -339,13 +339,12 @@ impl EtcdServer {
                 .arg("--client-cert-auth");
         }
         let log = self.dir.join(format!("etcd-{}.log", rand::random::<u16>()));
-        self.server = Some(Server::spawn("etcd", cmd, log));
-        if self.host.is_none() {
-            wait_for_port(self.client_port, Duration::from_secs(20));
-        }
-        wait_until(Duration::from_secs(20), "etcd to be healthy", || {
+        let mut server = Server::spawn("etcd", cmd, log);
+        server.wait_listening(&[self.client_port, self.peer_port], Duration::from_secs(20));
+        server.wait_for(Duration::from_secs(20), "etcd to be healthy", || {
             self.ctl(&["endpoint", "health"]).status.success()
         });
+        self.server = Some(server);
     }
 
     /// Stops etcd (its data stays).
@@ -665,7 +664,7 @@ impl Cluster {
         .unwrap();
     }
 
-    /// Starts node `i` (0-based).
+    /// Starts node `i` (0-based) and waits until it listens on its own ports.
     pub fn start(&mut self, i: usize) {
         self.write_config(i);
         let mut cmd = exec_in(self.host(&self.nodes[i].id), &self.bin);
@@ -678,7 +677,16 @@ impl Cluster {
         cmd.args(["node", "--config"])
             .arg(&node.config)
             .env("RUST_LOG", filter);
-        node.server = Some(Server::spawn(&node.id, cmd, node.log_path()));
+        let server = node
+            .server
+            .insert(Server::spawn(&node.id, cmd, node.log_path()));
+        // The admin listener is bound before the store is reached, the Raft listener right
+        // after: once both are the node's own, its ports are settled.
+        let mut ports = vec![port_of(&node.admin_addr)];
+        if self.etcd.is_none() {
+            ports.push(port_of(&node.raft_addr));
+        }
+        server.wait_listening(&ports, Duration::from_secs(30));
     }
 
     /// Starts every node.
@@ -1056,4 +1064,11 @@ pub fn hold(c: &mut Cluster, d: Duration) {
 /// A path inside the cluster's root.
 pub fn path_in(c: &Cluster, p: &str) -> PathBuf {
     c.root.join(p)
+}
+
+/// The port of a `host:port` address.
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {addr}"))
 }

@@ -9,15 +9,11 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::fs;
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use stek_core::{KeyRing, OsKeySource, Policy};
 use stek_node::{Config, Target};
 
@@ -25,11 +21,14 @@ pub mod cluster;
 pub mod conformance;
 pub mod leaks;
 pub mod netns;
+pub mod process;
 pub mod resumption;
 pub mod scenario;
 pub mod servers;
 pub mod tls;
 pub mod watcher;
+
+pub use process::{free_port, Server};
 
 /// Logs test phases so a failure reads as a story.
 pub fn init_logging() {
@@ -99,22 +98,6 @@ impl Drop for TestDir {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits until `port` on 127.0.0.1 accepts connections.
-pub fn wait_for_port(port: u16, within: Duration) {
-    wait_until(within, &format!("127.0.0.1:{port} to accept"), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-}
-
 /// A plain HTTP/1.0 GET on loopback: (status, body). Panics if nothing answers in 5 s.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     try_http_get(addr, path).unwrap_or_else(|| panic!("nothing listens on {addr}"))
@@ -145,10 +128,13 @@ pub fn try_http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 pub fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            let exited = process::exited_servers();
+            if exited.is_empty() {
+                panic!("timed out after {within:?} waiting for {what}");
+            }
+            panic!("timed out after {within:?} waiting for {what}; meanwhile these servers exited:\n{exited}");
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -174,71 +160,6 @@ pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     both.extend(fs::read(&key).unwrap());
     fs::write(&combined, both).unwrap();
     (cert, key, combined)
-}
-
-/// A server process in its own process group; SIGTERM then SIGKILL to the group on drop.
-#[derive(Debug)]
-pub struct Server {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Server {
-    /// Starts `cmd` in a new process group with stdout/stderr to `log`.
-    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Self {
-        let out = fs::File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        cmd.stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Self {
-            name: name.to_owned(),
-            child,
-            log,
-        }
-    }
-
-    /// The process id (also its process group id).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The output captured so far, for failure messages.
-    pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Panics with the log if the process already exited.
-    pub fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "{} exited early with {status}; its output:\n{}",
-                self.name,
-                self.log_text()
-            );
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let pgid = Pid::from_raw(self.child.id() as i32);
-        let _ = killpg(pgid, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = killpg(pgid, Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
 }
 
 /// A sequence of rings as the leader would produce them, starting from a fresh bootstrap.

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::{free_port, wait_for_port, Server};
+use crate::process::socket_accepts;
+use crate::{free_port, Server};
 
 /// One nginx serving TLS on 127.0.0.1 with stek's slot files as its ticket keys.
 #[derive(Debug)]
@@ -82,14 +83,15 @@ impl Nginx {
         self.server.as_mut().expect("started").assert_running();
     }
 
-    /// Starts it and waits for its port.
+    /// Starts it and waits until it listens on its port itself.
     pub fn start(&mut self) {
         let argv = self.argv(&["-e", &format!("{}/error.log", self.dir.display())]);
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]);
-        self.server = Some(Server::spawn("nginx", cmd, self.dir.join("stdout.log")));
-        wait_for_port(self.port, Duration::from_secs(10));
-        self.server.as_mut().expect("just started").assert_running();
+        let server = self
+            .server
+            .insert(Server::spawn("nginx", cmd, self.dir.join("stdout.log")));
+        server.wait_listening(&[self.port], Duration::from_secs(20));
     }
 }
 
@@ -128,14 +130,21 @@ impl Haproxy {
         }
     }
 
-    /// Starts it and waits for its port.
+    /// Starts it and waits until it listens on its port and its stats socket accepts.
     pub fn start(&mut self) {
         let mut cmd = Command::new("haproxy");
         cmd.args(["-W", "-db", "-f"])
             .arg(self.dir.join("haproxy.cfg"));
-        self.server = Some(Server::spawn("haproxy", cmd, self.dir.join("haproxy.log")));
-        wait_for_port(self.port, Duration::from_secs(10));
-        self.server.as_mut().expect("just started").assert_running();
+        let server =
+            self.server
+                .insert(Server::spawn("haproxy", cmd, self.dir.join("haproxy.log")));
+        server.wait_listening(&[self.port], Duration::from_secs(20));
+        let socket = self.dir.join("admin.sock");
+        server.wait_for(
+            Duration::from_secs(20),
+            "its stats socket to accept",
+            || socket_accepts(&socket),
+        );
     }
 
     /// The master's pid.

@@ -18,7 +18,7 @@ use std::time::Duration;
 use cluster_tests::tls::{resume, take_ticket, ticket_key_name, Handshake, Tls};
 use cluster_tests::{
     apply_all, argv_toml, free_port, hex, init_logging, require_binary, self_signed_cert,
-    targets_from_toml, wait_for_port, wait_until, RingDriver, Server, TestDir,
+    targets_from_toml, wait_until, RingDriver, Server, TestDir,
 };
 
 /// MPM settings that keep httpd at one child process for its whole life, so every ticket is
@@ -65,14 +65,14 @@ impl Instance {
         cmd.arg("-f")
             .arg(self.dir.join("httpd.conf"))
             .arg("-DFOREGROUND");
-        self.server = Some(Server::spawn("apache2", cmd, self.dir.join("stdout.log")));
-        wait_for_port(self.port, Duration::from_secs(10));
-        wait_until(
-            Duration::from_secs(10),
+        let mut server = Server::spawn("apache2", cmd, self.dir.join("stdout.log"));
+        server.wait_listening(&[self.port], Duration::from_secs(20));
+        server.wait_for(
+            Duration::from_secs(20),
             "httpd to resume normal operations",
             || self.restarts() >= 1,
         );
-        self.server.as_mut().unwrap().assert_running();
+        self.server = Some(server);
     }
 
     /// AH00489 "resuming normal operations" is logged once per (re)start.

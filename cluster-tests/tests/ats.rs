@@ -13,8 +13,8 @@ use std::time::Duration;
 use cluster_tests::scenario::{ticket_sharing, TargetPool, BOTH};
 use cluster_tests::tls::{take_ticket, Tls};
 use cluster_tests::{
-    argv_toml, free_port, init_logging, require_binary, self_signed_cert, wait_until,
-    write_first_ring, Server, TestDir,
+    argv_toml, free_port, init_logging, require_binary, self_signed_cert, write_first_ring, Server,
+    TestDir,
 };
 
 struct Instance {
@@ -124,13 +124,9 @@ impl Instance {
         cmd.arg(self.runroot())
             .args(["--nosyslog", "--bind_stdout", &out, "--bind_stderr", &out])
             .env("TS_RUNROOT", self.dir.join("runroot.yaml"));
-        self.server = Some(Server::spawn(
-            "traffic_manager",
-            cmd,
-            self.dir.join("manager.log"),
-        ));
+        let mut server = Server::spawn("traffic_manager", cmd, self.dir.join("manager.log"));
         let diags = self.dir.join("var/log/diags.log");
-        wait_until(
+        server.wait_for(
             Duration::from_secs(60),
             "Traffic Server to initialise",
             || {
@@ -139,12 +135,15 @@ impl Instance {
                     .unwrap_or(false)
             },
         );
-        self.server.as_mut().unwrap().assert_running();
-        // traffic_manager holds the port before traffic_server serves it: a real handshake.
+        // traffic_manager holds the port before traffic_server serves it: the port is the
+        // group's own, then a real handshake.
+        server.wait_listening(&[self.port], Duration::from_secs(30));
         let probe = self.dir.join("ready.pem");
-        wait_until(Duration::from_secs(30), "a TLS handshake with ATS", || {
-            std::panic::catch_unwind(|| take_ticket(self.port, Tls::V12, &probe)).is_ok()
+        let port = self.port;
+        server.wait_for(Duration::from_secs(30), "a TLS handshake with ATS", || {
+            std::panic::catch_unwind(|| take_ticket(port, Tls::V12, &probe)).is_ok()
         });
+        self.server = Some(server);
     }
 
     fn target_toml(&self, with_reload: bool) -> String {

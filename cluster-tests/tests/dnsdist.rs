@@ -11,14 +11,16 @@ use std::time::Duration;
 use cluster_tests::scenario::{ticket_sharing, TargetPool, BOTH};
 use cluster_tests::tls::{take_ticket, Tls};
 use cluster_tests::{
-    argv_toml, free_port, init_logging, require_binary, self_signed_cert, wait_until,
-    write_first_ring, Server, TestDir,
+    argv_toml, free_port, init_logging, require_binary, self_signed_cert, write_first_ring, Server,
+    TestDir,
 };
 
 struct Instance {
     dir: PathBuf,
     conf: PathBuf,
+    dns_port: u16,
     dot_port: u16,
+    console_port: u16,
     keys: PathBuf,
     server: Option<Server>,
 }
@@ -49,7 +51,9 @@ impl Instance {
         Self {
             dir,
             conf,
+            dns_port: dns,
             dot_port: dot,
+            console_port: console,
             keys,
             server: None,
         }
@@ -71,13 +75,18 @@ impl Instance {
         cmd.arg("-C")
             .arg(&self.conf)
             .args(["--supervised", "--disable-syslog"]);
-        self.server = Some(Server::spawn("dnsdist", cmd, self.dir.join("dnsdist.log")));
+        let server =
+            self.server
+                .insert(Server::spawn("dnsdist", cmd, self.dir.join("dnsdist.log")));
+        server.wait_listening(
+            &[self.dns_port, self.dot_port, self.console_port],
+            Duration::from_secs(20),
+        );
         let probe = self.dir.join("ready.pem");
         let port = self.dot_port;
-        wait_until(Duration::from_secs(20), "dnsdist to serve DoT", || {
+        server.wait_for(Duration::from_secs(20), "dnsdist to serve DoT", || {
             std::panic::catch_unwind(|| take_ticket(port, Tls::V12, &probe)).is_ok()
         });
-        self.server.as_mut().unwrap().assert_running();
     }
 
     fn target_toml(&self, with_reload: bool) -> String {

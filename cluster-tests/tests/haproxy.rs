@@ -146,3 +146,31 @@ fn haproxy_runtime_api_applies_rings_without_reload() {
     wait_for_encrypting_key(&root, a.port, Tls::V12, active, Duration::from_secs(10));
     assert_eq!(resume(b.port, &before), Handshake::Reused);
 }
+
+/// The soak's lost HAProxy (issue 12): its TLS port was also given to another listener, so
+/// HAProxy exited ("cannot bind socket") leaving a stats socket file with no process behind
+/// it, while a check that the port accepts was answered by the other listener. The harness
+/// now requires the port to be HAProxy's own and reports its exit status and log.
+#[test]
+fn an_haproxy_whose_port_is_taken_fails_to_start_with_its_exit_status_and_log() {
+    let (root, keys, mut a, _) = setup("haproxy-taken");
+    write_first_ring(
+        &root,
+        &format!(
+            "{ROTATION}[[target]]\nformat = \"haproxy\"\npath = \"{}\"\n",
+            keys.display()
+        ),
+    );
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", a.port)).unwrap();
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a.start()))
+        .expect_err("HAProxy cannot be up: another process holds its port");
+    let message = failed.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("haproxy (pid"), "{message}");
+    assert!(message.contains("exited with exit status: 1"), "{message}");
+    assert!(message.contains("cannot bind socket"), "{message}");
+    assert!(
+        a.socket().exists() && !cluster_tests::process::socket_accepts(&a.socket()),
+        "the soak's symptom: a stats socket file with nobody behind it"
+    );
+    drop(squatter);
+}

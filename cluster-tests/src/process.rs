@@ -1,0 +1,472 @@
+//! Test servers as processes: ports no other process can take between the pick and the bind,
+//! a check that the server we started (not some other process) listens on them, and failure
+//! messages that carry a server's exit status and the tail of its log.
+//!
+//! **Ports.** [`free_port`] hands out loopback ports *below* the kernel's ephemeral range
+//! (`net.ipv4.ip_local_port_range`), so no outgoing connection and no `bind(0)` of any process
+//! (a node's Raft client, an `openssl s_client`, `stek demo`) can be given one. Each port is
+//! reserved by an exclusive `flock` on `/dev/shm/stek-test-ports/<port>`, held until the test
+//! process exits: two picks never return the same port, in one test binary or across the
+//! binaries and nextest processes of one machine. A port that another program already binds is
+//! skipped (a bind on 127.0.0.1 is tried before it is handed out).
+//!
+//! **Up.** [`Server::wait_listening`] waits until a process of the server's own process group
+//! holds a listening socket on every port it was given (read from `/proc/<pid>/net/tcp*` and
+//! the group's file descriptors, so it works inside a test network namespace too). A port that
+//! merely accepts is not enough: another process may be the one answering.
+//!
+//! **Dead.** Every live [`Server`] is registered; [`exited_servers`] describes the ones that
+//! have exited (status and log tail), and `wait_until`'s timeout message includes it, so a
+//! test that times out because a server died says so.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+/// Where the port reservations live (a tmpfs: they vanish with the machine).
+const PORT_LOCKS: &str = "/dev/shm/stek-test-ports";
+
+/// Lines of a server's log shown when it fails.
+const LOG_TAIL: usize = 25;
+
+/// The reservations this process holds (the locks are released when it exits).
+static RESERVED: Mutex<Vec<Flock<fs::File>>> = Mutex::new(Vec::new());
+
+/// The ports [`free_port`] draws from: below the ephemeral range when there is room for it.
+fn port_range() -> (u16, u16) {
+    static RANGE: OnceLock<(u16, u16)> = OnceLock::new();
+    *RANGE.get_or_init(|| {
+        let ephemeral = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| {
+                let mut it = s.split_whitespace().map(|v| v.parse::<u16>().ok());
+                Some((it.next()??, it.next()??))
+            })
+            .unwrap_or((32768, 60999));
+        match ephemeral {
+            (lo, _) if lo >= 12000 => (10000, lo - 1),
+            (_, hi) if hi <= 55000 => (hi + 1, 65535),
+            // An unusual kernel setting leaves no room outside it: the reservation and the
+            // bind check still keep picks apart, only outgoing connections are not excluded.
+            _ => (10000, 65535),
+        }
+    })
+}
+
+/// A TCP port on 127.0.0.1 that no other test (in this process or another) is given, that
+/// nothing listened on when it was picked, and that is outside the kernel's ephemeral range.
+/// The caller's server binds it next.
+pub fn free_port() -> u16 {
+    let (lo, hi) = port_range();
+    if fs::create_dir(PORT_LOCKS).is_ok() {
+        // Shared by every user's tests, like /tmp.
+        let _ = fs::set_permissions(PORT_LOCKS, fs::Permissions::from_mode(0o1777));
+    }
+    for _ in 0..1000 {
+        let port = lo + (rand::random::<u32>() % u32::from(hi - lo + 1)) as u16;
+        let path = format!("{PORT_LOCKS}/{port}");
+        // flock needs only a readable descriptor: a file another user created is still usable.
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .or_else(|_| fs::File::open(&path));
+        let Ok(file) = opened else {
+            continue;
+        };
+        let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+            continue; // another test holds it
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue; // some other program uses it; the lock is dropped here
+        }
+        RESERVED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(lock);
+        return port;
+    }
+    panic!("no free port in {lo}..={hi} after 1000 tries (reservations in {PORT_LOCKS})");
+}
+
+/// The inodes of the TCP sockets listening on `port` in `pid`'s network namespace.
+fn listening_inodes(pid: u32, port: u16) -> BTreeSet<u64> {
+    let mut inodes = BTreeSet::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+        for f in text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        {
+            let listens = f.len() > 9 && f[3] == "0A";
+            let on_port = f.get(1).and_then(|a| a.rsplit_once(':')).map(|(_, p)| p)
+                == Some(&format!("{port:04X}"));
+            if listens && on_port {
+                inodes.extend(f[9].parse::<u64>().ok());
+            }
+        }
+    }
+    inodes
+}
+
+/// Every process id, with its process group.
+fn processes() -> Vec<(u32, u32)> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let pgrp = rest.split_whitespace().nth(2)?.parse().ok()?;
+            Some((pid, pgrp))
+        })
+        .collect()
+}
+
+/// Whether `pid` holds one of `inodes` as an open socket.
+fn holds_any(pid: u32, inodes: &BTreeSet<u64>) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_str()?;
+            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .any(|inode: u64| inodes.contains(&inode))
+}
+
+/// Who listens on `port` in `pid`'s network namespace, for failure messages.
+fn describe_listeners(pid: u32, port: u16) -> String {
+    let inodes = listening_inodes(pid, port);
+    if inodes.is_empty() {
+        return format!("nothing listens on port {port}");
+    }
+    let holders: Vec<String> = processes()
+        .into_iter()
+        .filter(|&(p, _)| holds_any(p, &inodes))
+        .map(|(p, _)| {
+            let cmd = fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            format!("pid {p} ({})", cmd.trim())
+        })
+        .collect();
+    format!("port {port} is held by {}", holders.join(", "))
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The process behind a [`Server`], shared with the registry of live servers.
+#[derive(Debug)]
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn exited_report(&self, status: ExitStatus) -> String {
+        format!(
+            "{} (pid {}) exited with {status}; the last lines of {}:\n{}",
+            self.name,
+            self.child.id(),
+            self.log.display(),
+            tail(&fs::read_to_string(&self.log).unwrap_or_default(), LOG_TAIL)
+        )
+    }
+}
+
+/// Every live server, so that a timeout anywhere can say which of them died.
+static LIVE: Mutex<Vec<Weak<Mutex<Proc>>>> = Mutex::new(Vec::new());
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One paragraph per registered server that has exited (its status and log tail); empty when
+/// every server still runs.
+pub fn exited_servers() -> String {
+    let mut live = lock(&LIVE);
+    live.retain(|w| w.strong_count() > 0);
+    live.iter()
+        .filter_map(Weak::upgrade)
+        .filter_map(|p| {
+            let mut p = lock(&p);
+            let status = p.exit_status()?;
+            Some(p.exited_report(status))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A server process in its own process group; SIGTERM then SIGKILL to the group on drop.
+#[derive(Debug)]
+pub struct Server {
+    proc: Arc<Mutex<Proc>>,
+    pid: u32,
+}
+
+impl Server {
+    /// Starts `cmd` in a new process group with stdout/stderr to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Self {
+        let out = fs::File::create(&log)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        let err = out.try_clone().expect("duplicate the log's descriptor");
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        let pid = child.id();
+        let proc = Arc::new(Mutex::new(Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        }));
+        lock(&LIVE).push(Arc::downgrade(&proc));
+        Self { proc, pid }
+    }
+
+    /// The process id (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The output captured so far, for failure messages.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&lock(&self.proc).log).unwrap_or_default()
+    }
+
+    /// Its log file.
+    pub fn log_path(&self) -> PathBuf {
+        lock(&self.proc).log.clone()
+    }
+
+    /// Its exit status, once it exited.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        lock(&self.proc).exit_status()
+    }
+
+    /// Panics with the exit status and the log's tail if the process already exited.
+    pub fn assert_running(&mut self) {
+        let mut p = lock(&self.proc);
+        if let Some(status) = p.exit_status() {
+            panic!("{}", p.exited_report(status));
+        }
+    }
+
+    /// Whether a process of this server's group listens on `port` (in its network namespace).
+    pub fn listens_on(&self, port: u16) -> bool {
+        group_listens(self.pid, port)
+    }
+
+    /// Waits until `ready()`, checking every 50 ms that the server still runs. Panics with its
+    /// exit status and log tail if it exits first, or with its log tail after `within`.
+    pub fn wait_for(&mut self, within: Duration, what: &str, ready: impl FnMut() -> bool) {
+        if !self.ready_before_exit(within, ready) {
+            self.timed_out(within, what, "");
+        }
+    }
+
+    /// Waits until this server itself listens on every one of `ports`. Panics with its exit
+    /// status and log tail if it exits first, or, after `within`, with who holds each port.
+    pub fn wait_listening(&mut self, ports: &[u16], within: Duration) {
+        let pid = self.pid;
+        if !self.ready_before_exit(within, || ports.iter().all(|&p| group_listens(pid, p))) {
+            let who: Vec<String> = ports
+                .iter()
+                .filter(|&&p| !group_listens(pid, p))
+                .map(|&p| describe_listeners(pid, p))
+                .collect();
+            self.timed_out(
+                within,
+                &format!("it to listen on {ports:?}"),
+                &who.join("; "),
+            );
+        }
+    }
+
+    fn ready_before_exit(&mut self, within: Duration, mut ready: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            self.assert_running();
+            if ready() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn timed_out(&self, within: Duration, what: &str, detail: &str) -> ! {
+        let p = lock(&self.proc);
+        panic!(
+            "{} (pid {}) runs, but timed out after {within:?} waiting for {what}{}{detail}; the last lines of {}:\n{}",
+            p.name,
+            self.pid,
+            if detail.is_empty() { "" } else { ": " },
+            p.log.display(),
+            tail(&fs::read_to_string(&p.log).unwrap_or_default(), LOG_TAIL)
+        );
+    }
+}
+
+/// Whether a process of process group `pgid` holds a socket listening on `port`, in the
+/// network namespace of the group's leader.
+fn group_listens(pgid: u32, port: u16) -> bool {
+    let inodes = listening_inodes(pgid, port);
+    !inodes.is_empty()
+        && processes()
+            .into_iter()
+            .filter(|&(_, group)| group == pgid)
+            .any(|(p, _)| holds_any(p, &inodes))
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pgid = Pid::from_raw(self.pid as i32);
+        let _ = killpg(pgid, Signal::SIGTERM);
+        let mut p = lock(&self.proc);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = p.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = p.child.wait();
+    }
+}
+
+/// Whether `path` is a Unix socket that accepts a connection now.
+pub fn socket_accepts(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_never_handed_out_twice_and_lie_outside_the_ephemeral_range() {
+        let (lo, hi) = port_range();
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        assert!(ports.iter().all(|p| (lo..=hi).contains(p)));
+        // Another process cannot take a reserved port either: the lock is held.
+        let port = ports[0];
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(format!("{PORT_LOCKS}/{port}"))
+            .unwrap();
+        assert!(Flock::lock(file, FlockArg::LockExclusiveNonblock).is_err());
+    }
+
+    #[test]
+    fn a_server_is_up_only_when_it_listens_itself_and_its_death_is_reported() {
+        let port = free_port();
+        // Someone else listens on the port: accepting is not enough.
+        let squatter = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let log = std::env::temp_dir().join(format!("stek-proc-test-{}.log", std::process::id()));
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo starting; sleep 30"]);
+        let mut s = Server::spawn("sleeper", cmd, log.clone());
+        assert!(!s.listens_on(port));
+        let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            s.wait_listening(&[port], Duration::from_millis(300))
+        }))
+        .unwrap_err();
+        let msg = err.downcast_ref::<String>().unwrap();
+        assert!(msg.contains("is held by pid"), "{msg}");
+        assert!(msg.contains("starting"), "{msg}");
+        drop(squatter);
+
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo bind failed: Address already in use; exit 3"]);
+        let mut dead = Server::spawn("quitter", cmd, log.with_extension("2"));
+        let start = Instant::now();
+        while dead.exit_status().is_none() && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let report = exited_servers();
+        assert!(report.contains("quitter"), "{report}");
+        assert!(report.contains("exit status: 3"), "{report}");
+        assert!(report.contains("Address already in use"), "{report}");
+        assert!(!report.contains("sleeper"), "{report}");
+        let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            dead.wait_listening(&[port], Duration::from_secs(5))
+        }))
+        .unwrap_err();
+        let msg = err.downcast_ref::<String>().unwrap();
+        assert!(msg.contains("exited with exit status: 3"), "{msg}");
+        drop(dead);
+        drop(s);
+        let _ = fs::remove_file(&log);
+        let _ = fs::remove_file(log.with_extension("2"));
+    }
+
+    /// Not a test: the listener that `a_listening_server_is_recognised_as_itself` starts as a
+    /// process of its own (this test binary, run again), when STEK_TEST_LISTEN names a port.
+    #[test]
+    #[ignore = "a helper process, started by another test"]
+    fn listen_helper() {
+        if let Some(port) = std::env::var("STEK_TEST_LISTEN")
+            .ok()
+            .and_then(|p| p.parse::<u16>().ok())
+        {
+            let _l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+            std::thread::sleep(Duration::from_secs(30));
+        }
+    }
+
+    #[test]
+    fn a_listening_server_is_recognised_as_itself() {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("stek-proc-listen-{}.log", std::process::id()));
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--exact",
+            "process::tests::listen_helper",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("STEK_TEST_LISTEN", port.to_string());
+        let mut s = Server::spawn("listener", cmd, log.clone());
+        s.wait_listening(&[port], Duration::from_secs(10));
+        assert!(s.listens_on(port));
+        drop(s);
+        let _ = fs::remove_file(&log);
+    }
+}
