@@ -817,8 +817,9 @@ impl Cluster {
                     })
                     .collect();
                 panic!(
-                    "timed out after {within:?} waiting for the cluster to converge; last status: {last}\n{}",
-                    tails.join("\n")
+                    "timed out after {within:?} waiting for the cluster to converge; last status: {last}\n{}{}",
+                    tails.join("\n"),
+                    crate::process::exited_note()
                 );
             }
             std::thread::sleep(Duration::from_millis(100));

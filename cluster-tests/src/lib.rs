@@ -128,13 +128,11 @@ pub fn try_http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 pub fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check() {
-        if Instant::now() >= deadline {
-            let exited = process::exited_servers();
-            if exited.is_empty() {
-                panic!("timed out after {within:?} waiting for {what}");
-            }
-            panic!("timed out after {within:?} waiting for {what}; meanwhile these servers exited:\n{exited}");
-        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}{}",
+            process::exited_note()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -225,6 +225,16 @@ pub fn exited_servers() -> String {
         .join("\n")
 }
 
+/// For a timeout message: "; meanwhile these servers exited: ..." or nothing.
+pub fn exited_note() -> String {
+    let exited = exited_servers();
+    if exited.is_empty() {
+        String::new()
+    } else {
+        format!("; meanwhile these servers exited:\n{exited}")
+    }
+}
+
 /// A server process in its own process group; SIGTERM then SIGKILL to the group on drop.
 #[derive(Debug)]
 pub struct Server {
