@@ -27,19 +27,20 @@ pub struct Options {
 struct Demo {
     dir: PathBuf,
     keep: bool,
-    children: Vec<(String, Child)>,
+    /// Name, log file, process.
+    children: Vec<(String, PathBuf, Child)>,
 }
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        for (_, child) in &mut self.children {
+        for (_, _, child) in &mut self.children {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        for (_, child) in &mut self.children {
+        for (_, _, child) in &mut self.children {
             while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -56,8 +57,23 @@ impl Drop for Demo {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A port nothing listens on now, never one handed out before in this run (the kernel may give
+/// a released port again), for a peer's listener to bind next.
+fn free_port(taken: &mut std::collections::BTreeSet<u16>) -> anyhow::Result<u16> {
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if taken.insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on 127.0.0.1")
+}
+
+/// The last lines of a child's log, for the message when it exits.
+fn log_tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
 fn in_path(program: &str) -> bool {
@@ -94,14 +110,19 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
         children: Vec::new(),
     };
     let tls = o.nginx && in_path("nginx") && in_path("openssl");
+    let mut taken = std::collections::BTreeSet::new();
     let peers: Vec<Peer> = (1..=o.peers)
         .map(|i| {
             Ok(Peer {
                 name: format!("n{i}"),
                 dir: dir.join(format!("n{i}")),
-                raft: format!("127.0.0.1:{}", free_port()?),
-                admin: format!("127.0.0.1:{}", free_port()?),
-                tls_port: if tls { Some(free_port()?) } else { None },
+                raft: format!("127.0.0.1:{}", free_port(&mut taken)?),
+                admin: format!("127.0.0.1:{}", free_port(&mut taken)?),
+                tls_port: if tls {
+                    Some(free_port(&mut taken)?)
+                } else {
+                    None
+                },
             })
         })
         .collect::<anyhow::Result<_>>()?;
@@ -151,7 +172,8 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
             .stderr(log)
             .spawn()
             .context("cannot start a stek node")?;
-        demo.children.push((p.name.clone(), child));
+        demo.children
+            .push((p.name.clone(), p.dir.join("node.log"), child));
     }
     println!(
         "stek demo: {} peers on the embedded coordinator (Raft on {}), rotating every {}, in {}",
@@ -205,11 +227,12 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 _ = tokio::signal::ctrl_c() => return Ok::<_, anyhow::Error>(false),
             }
-            for (name, child) in &mut demo.children {
+            for (name, log, child) in &mut demo.children {
                 if let Ok(Some(status)) = child.try_wait() {
                     bail!(
-                        "{name} exited with {status}; see {}",
-                        dir.join(name.as_str()).join("node.log").display()
+                        "{name} exited with {status}; the last lines of {}:\n{}",
+                        log.display(),
+                        log_tail(log)
                     );
                 }
             }
@@ -226,15 +249,18 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
             if tls && !nginx_started && peers.iter().all(|p| p.dir.join("keys/0.key").exists()) {
                 for p in &peers {
                     let d = format!("{}/", p.dir.display());
+                    let log = p.dir.join("nginx.log");
+                    let out = fs::File::create(&log)?;
                     let child = Command::new("nginx")
                         .args(["-p", &d, "-c"])
                         .arg(p.dir.join("nginx.conf"))
                         .stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
+                        .stdout(out.try_clone()?)
+                        .stderr(out)
                         .spawn()
                         .context("cannot start nginx")?;
-                    demo.children.push((format!("nginx-{}", p.name), child));
+                    demo.children
+                        .push((format!("nginx-{}", p.name), log, child));
                 }
                 nginx_started = true;
             }
