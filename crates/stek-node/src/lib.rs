@@ -18,6 +18,8 @@ pub mod httpd;
 pub mod hygiene;
 pub mod node;
 pub mod target;
+#[cfg(test)]
+mod test_support;
 pub mod writer;
 
 pub use config::{Config, ConfigError};
