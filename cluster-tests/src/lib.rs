@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod conformance;
 pub mod leaks;
 pub mod netns;
+pub mod ports;
 pub mod process;
 pub mod resumption;
 pub mod scenario;
@@ -28,7 +29,8 @@ pub mod servers;
 pub mod tls;
 pub mod watcher;
 
-pub use process::{free_port, Server};
+pub use ports::free_port;
+pub use process::Server;
 
 /// Logs test phases so a failure reads as a story.
 pub fn init_logging() {

@@ -23,13 +23,11 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+// The cluster tests' port reservations (this crate cannot depend on cluster-tests): ports no
+// other test or outgoing connection can take before the node binds them.
+#[path = "../../../cluster-tests/src/ports.rs"]
+mod ports;
+use ports::free_port;
 
 /// A private directory on the build disk: persistent storage, not a RAM disk.
 fn disk_dir() -> tempfile::TempDir {
