@@ -14,7 +14,7 @@
 
 use std::fs;
 use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::sync::{Mutex, OnceLock};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -57,31 +57,36 @@ pub fn free_port() -> u16 {
     }
     for _ in 0..1000 {
         let port = lo + (random() % u64::from(hi - lo + 1)) as u16;
-        let path = format!("{PORT_LOCKS}/{port}");
-        // flock needs only a readable descriptor: a file another user created is still usable.
-        let opened = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .or_else(|_| fs::File::open(&path));
-        let Ok(file) = opened else {
-            continue;
-        };
-        let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
-            continue; // another test holds it
-        };
-        if TcpListener::bind(("127.0.0.1", port)).is_err() {
-            continue; // some other program uses it; the lock is dropped here
+        if let Some(lock) = reserve(port) {
+            RESERVED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(lock);
+            return port;
         }
-        RESERVED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(lock);
-        return port;
     }
     panic!("no free port in {lo}..={hi} after 1000 tries (reservations in {PORT_LOCKS})");
+}
+
+/// The lock on `port`, if no other test holds it and nothing listens on it now.
+fn reserve(port: u16) -> Option<Flock<fs::File>> {
+    let path = format!("{PORT_LOCKS}/{port}");
+    // flock needs only a readable descriptor: a file another user created is still usable.
+    // The directory is shared: never follow a link someone else put there.
+    let open = |write: bool| {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .create(write)
+            .truncate(false)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+    };
+    let file = open(true).or_else(|_| open(false)).ok()?;
+    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).ok()?;
+    // Some other program may use it (the lock is dropped with this return).
+    TcpListener::bind(("127.0.0.1", port)).ok()?;
+    Some(lock)
 }
 
 /// A random number (std's randomly keyed hasher over a counter: no rand dependency).
@@ -111,5 +116,22 @@ mod tests {
             .open(format!("{PORT_LOCKS}/{port}"))
             .unwrap();
         assert!(Flock::lock(file, FlockArg::LockExclusiveNonblock).is_err());
+    }
+
+    #[test]
+    fn a_link_planted_in_the_shared_directory_is_never_followed() {
+        let _ = free_port(); // makes the directory
+        let (lo, hi) = port_range();
+        // A port nobody holds (its lock is released at once).
+        let port = (lo..=hi).find(|&p| reserve(p).is_some()).unwrap();
+        let lock_path = format!("{PORT_LOCKS}/{port}");
+        let target = std::env::temp_dir().join(format!("stek-port-link-{}", std::process::id()));
+        // What another user could do: replace the lock file with a link to a file of theirs.
+        fs::remove_file(&lock_path).unwrap();
+        std::os::unix::fs::symlink(&target, &lock_path).unwrap();
+        assert!(reserve(port).is_none(), "a planted link was used as a lock");
+        assert!(!target.exists(), "the link was followed");
+        fs::remove_file(&lock_path).unwrap();
+        assert!(reserve(port).is_some(), "the port itself is free");
     }
 }
