@@ -1,5 +1,6 @@
-//! Test-only helpers: tests that need something a developer's machine may lack (root) skip
-//! with a printed reason there, and fail under CI, where a skip would hide a regression.
+//! Test-only helpers: tests that need something a developer's machine may lack (root, a
+//! server) skip with a printed reason there, and fail under CI, where a skip would hide a
+//! regression. Also used by the `stek` crate's CLI tests, through `#[path]`.
 
 use std::io::Write;
 
@@ -12,7 +13,8 @@ fn ci() -> Option<String> {
 }
 
 /// Returns `met`. When it is false: panics under CI, naming what is missing and how to get it;
-/// elsewhere prints `SKIPPED <test>: <missing>` so the caller can return early.
+/// elsewhere prints `SKIPPED <test>: <missing>` so the caller can return early (or leave out
+/// the part of the test that needs it).
 pub(crate) fn require(met: bool, missing: &str, how: &str) -> bool {
     if met {
         return true;

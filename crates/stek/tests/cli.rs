@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used)] // test harness code: a panic is the failure report
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -29,6 +28,12 @@ fn text(o: &Output) -> String {
 mod ports;
 use ports::free_port;
 
+// Skips with a printed reason where a program is missing, fails under CI (shared with stek-node).
+#[path = "../../stek-node/src/test_support.rs"]
+#[allow(dead_code)]
+mod test_support;
+use test_support::require;
+
 /// A private directory on the build disk: persistent storage, not a RAM disk.
 fn disk_dir() -> tempfile::TempDir {
     let d = tempfile::Builder::new()
@@ -48,37 +53,9 @@ fn shm_dir() -> tempfile::TempDir {
     d
 }
 
-/// `CI`'s value when it forbids skipping: set to anything but empty, `false` or `0`.
-fn ci() -> Option<String> {
-    std::env::var("CI").ok().filter(|v| {
-        let v = v.trim();
-        !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false")
-    })
-}
-
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-}
-
-/// Returns `met`, for a part of a test that needs a program a developer may lack. When it is
-/// false: panics under CI (`.ci/run` installs everything), else prints `SKIPPED <test> (<part>)`
-/// so the test leaves that part out.
-fn require(met: bool, part: &str, missing: &str, how: &str) -> bool {
-    if met {
-        return true;
-    }
-    let thread = std::thread::current();
-    let test = thread.name().unwrap_or("test");
-    if let Some(ci) = ci() {
-        panic!("{test} ({part}): {missing}; CI={ci}, so this fails instead of skipping: {how}");
-    }
-    // Straight to stderr: the test harness swallows `eprintln!` from a passing test.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test} ({part}): {missing} ({how}; CI=true makes this a failure)"
-    );
-    false
 }
 
 fn write_config(dir: &Path, body: &str) -> String {
@@ -105,8 +82,7 @@ fn check_accepts_a_good_config_and_prints_httpd_warning() {
     // Debian's apache2 is 2.4.x: the cross-instance bug must be named.
     if require(
         on_path("apache2") || on_path("httpd"),
-        "the httpd version check",
-        "neither apache2 nor httpd on PATH",
+        "the httpd version check: neither apache2 nor httpd on PATH",
         "apt-get install apache2",
     ) {
         assert!(t.contains("NEVER resume on another"), "{t}");
@@ -191,8 +167,7 @@ fn demo_dir(first_line: &str) -> String {
 fn demo_runs_a_local_cluster_with_real_rotations_and_cleans_up() {
     let tls = require(
         on_path("nginx") && on_path("openssl"),
-        "cross-box resumption through nginx",
-        "nginx or openssl not on PATH",
+        "cross-box resumption through nginx: nginx or openssl not on PATH",
         "apt-get install nginx openssl",
     );
     let out = stek(&["demo", "--rotations", "3", "--interval", "1s"]);
