@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_tests::cluster::EtcdServer;
-use cluster_tests::{free_port, TestDir};
+use cluster_tests::{free_port, Server, TestDir};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use stek_coord::etcd::Etcd;
 use stek_coord::records::{decode_ring, MemberRecord};
@@ -523,17 +523,15 @@ fn footprint(endpoint: &str, dir: &Path, idle: Duration) -> Option<(u64, f64)> {
             &format!("[etcd]\nendpoints = [\"{endpoint}\"]\n"),
             10,
         );
-        let child = std::process::Command::new(&bin)
-            .args(["node", "--config"])
-            .arg(&config.path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        children.push(child);
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(["node", "--config"]).arg(&config.path);
+        children.push(Server::spawn(&id, cmd, dir.join(format!("{id}.log"))));
     }
     std::thread::sleep(Duration::from_secs(5));
-    let pid = children[1].id();
+    for c in &mut children {
+        c.assert_running(); // a node that died is reported with its exit status and log
+    }
+    let pid = children[1].pid();
     let cpu = |pid: u32| -> Option<u64> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -550,10 +548,7 @@ fn footprint(endpoint: &str, dir: &Path, idle: Duration) -> Option<(u64, f64)> {
         .trim_end_matches(" kB")
         .parse()
         .ok()?;
-    for mut c in children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    drop(children); // SIGTERM, then SIGKILL
     let ticks = 100.0; // USER_HZ on Linux
     let pct = (after - before) as f64 / ticks / idle.as_secs_f64() * 100.0;
     Some((rss, pct))
