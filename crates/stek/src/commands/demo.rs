@@ -57,9 +57,27 @@ impl Drop for Demo {
     }
 }
 
-/// A port nothing listens on now, never one handed out before in this run (the kernel may give
-/// a released port again), for a peer's listener to bind next.
+/// A port nothing listens on now, never one handed out before in this run, for a peer's
+/// listener to bind next. Taken below the kernel's ephemeral range, so that no outgoing
+/// connection (the peers connect to each other as they start) can be given it first.
 fn free_port(taken: &mut std::collections::BTreeSet<u16>) -> anyhow::Result<u16> {
+    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low > 11000 {
+        let (low, span) = (10000u32, u32::from(ephemeral_low) - 10000);
+        // Another demo on this machine starts elsewhere in the range.
+        let start = std::process::id().wrapping_mul(7919) % span;
+        for i in 0..span {
+            let port = (low + (start + i) % span) as u16;
+            if !taken.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                taken.insert(port);
+                return Ok(port);
+            }
+        }
+    }
+    // No room below the ephemeral range: let the kernel choose.
     for _ in 0..100 {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         if taken.insert(port) {
