@@ -1,13 +1,13 @@
 //! Loopback ports for test servers that no other process can take between the pick and the
 //! bind.
 //!
-//! [`free_port`] hands out loopback ports *below* the kernel's ephemeral range
+//! [`free_port`] hands out loopback ports from 20000 up to the kernel's ephemeral range
 //! (`net.ipv4.ip_local_port_range`), so no outgoing connection and no `bind(0)` of any process
-//! (a node's Raft client, an `openssl s_client`, `stek demo`) can be given one. Each port is
-//! reserved by an exclusive `flock` on `/dev/shm/stek-test-ports/<port>`, held until the test
-//! process exits: two picks never return the same port, in one test binary or across the
-//! binaries and nextest processes of one machine. A port that another program already binds is
-//! skipped (a bind on 127.0.0.1 is tried before it is handed out).
+//! (a node's Raft client, an `openssl s_client`) can be given one; `stek demo` keeps below
+//! 20000. Each port is reserved by an exclusive `flock` on `/dev/shm/stek-test-ports/<port>`,
+//! held until the test process exits: two picks never return the same port, in one test binary
+//! or across the binaries and nextest processes of one machine. A port that another program
+//! already binds is skipped (a bind on 127.0.0.1 is tried before it is handed out).
 //!
 //! Used by the cluster tests and, through `#[path]`, by the `stek` crate's CLI tests (which
 //! cannot depend on this crate): std and nix only.
@@ -37,7 +37,9 @@ fn port_range() -> (u16, u16) {
             })
             .unwrap_or((32768, 60999));
         match ephemeral {
-            (lo, _) if lo >= 12000 => (10000, lo - 1),
+            // 10000-19999 is left to `stek demo` (which the CLI tests run), which picks its
+            // ports by a bind check alone and cannot see these reservations.
+            (lo, _) if lo >= 22000 => (20000, lo - 1),
             (_, hi) if hi <= 55000 => (hi + 1, 65535),
             // An unusual kernel setting leaves no room outside it: the reservation and the
             // bind check still keep picks apart, only outgoing connections are not excluded.
