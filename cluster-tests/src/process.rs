@@ -16,11 +16,13 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 /// Lines of a server's log shown when it fails.
@@ -103,24 +105,42 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// The process behind a [`Server`], shared with the registry of live servers.
+/// What the registry of live servers knows of a [`Server`]: enough to report it, nothing to
+/// lock (a report never waits for a server that is being stopped).
 #[derive(Debug)]
 struct Proc {
     name: String,
-    child: Child,
+    /// The test (thread) that started it: a timeout reports only its own test's servers.
+    test: Option<String>,
+    pid: u32,
     log: PathBuf,
+    /// Set before the process is reaped, after which its pid may belong to another process.
+    reaped: AtomicBool,
 }
 
 impl Proc {
-    fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
+    /// How it ended, once it did. The process is not reaped (`WNOWAIT`): until the [`Server`]
+    /// is dropped its pid, and so its process group id, cannot be given to another process,
+    /// so the group signals of `Drop` never reach a stranger.
+    fn exit_status(&self) -> Option<String> {
+        if self.reaped.load(Ordering::SeqCst) {
+            return None;
+        }
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        match waitid(Id::Pid(Pid::from_raw(self.pid as i32)), flags) {
+            Ok(WaitStatus::Exited(_, code)) => Some(format!("exit status: {code}")),
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                Some(format!("signal: {} ({signal})", signal as i32))
+            }
+            _ => None,
+        }
     }
 
-    fn exited_report(&self, status: ExitStatus) -> String {
+    fn exited_report(&self, status: &str) -> String {
         format!(
             "{} (pid {}) exited with {status}; the last lines of {}:\n{}",
             self.name,
-            self.child.id(),
+            self.pid,
             self.log.display(),
             tail(&fs::read_to_string(&self.log).unwrap_or_default(), LOG_TAIL)
         )
@@ -128,24 +148,25 @@ impl Proc {
 }
 
 /// Every live server, so that a timeout anywhere can say which of them died.
-static LIVE: Mutex<Vec<Weak<Mutex<Proc>>>> = Mutex::new(Vec::new());
+static LIVE: Mutex<Vec<Weak<Proc>>> = Mutex::new(Vec::new());
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+fn live() -> std::sync::MutexGuard<'static, Vec<Weak<Proc>>> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One paragraph per registered server that has exited (its status and log tail); empty when
-/// every server still runs.
+/// One paragraph per server started by the calling test (every server, outside a named test
+/// thread) that has exited: its status and log tail. Empty when they all run.
 pub fn exited_servers() -> String {
-    let mut live = lock(&LIVE);
-    live.retain(|w| w.strong_count() > 0);
-    live.iter()
-        .filter_map(Weak::upgrade)
-        .filter_map(|p| {
-            let mut p = lock(&p);
-            let status = p.exit_status()?;
-            Some(p.exited_report(status))
-        })
+    let test = std::thread::current().name().map(str::to_owned);
+    let procs: Vec<Arc<Proc>> = {
+        let mut live = live();
+        live.retain(|w| w.strong_count() > 0);
+        live.iter().filter_map(Weak::upgrade).collect()
+    };
+    procs
+        .iter()
+        .filter(|p| test.is_none() || p.test == test)
+        .filter_map(|p| Some(p.exited_report(&p.exit_status()?)))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -163,8 +184,8 @@ pub fn exited_note() -> String {
 /// A server process in its own process group; SIGTERM then SIGKILL to the group on drop.
 #[derive(Debug)]
 pub struct Server {
-    proc: Arc<Mutex<Proc>>,
-    pid: u32,
+    proc: Arc<Proc>,
+    child: Child,
 }
 
 impl Server {
@@ -180,47 +201,47 @@ impl Server {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        let pid = child.id();
-        let proc = Arc::new(Mutex::new(Proc {
+        let proc = Arc::new(Proc {
             name: name.to_owned(),
-            child,
+            test: std::thread::current().name().map(str::to_owned),
+            pid: child.id(),
             log,
-        }));
-        lock(&LIVE).push(Arc::downgrade(&proc));
-        Self { proc, pid }
+            reaped: AtomicBool::new(false),
+        });
+        live().push(Arc::downgrade(&proc));
+        Self { proc, child }
     }
 
     /// The process id (also its process group id).
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.proc.pid
     }
 
     /// The output captured so far, for failure messages.
     pub fn log_text(&self) -> String {
-        fs::read_to_string(&lock(&self.proc).log).unwrap_or_default()
+        fs::read_to_string(&self.proc.log).unwrap_or_default()
     }
 
     /// Its log file.
     pub fn log_path(&self) -> PathBuf {
-        lock(&self.proc).log.clone()
+        self.proc.log.clone()
     }
 
-    /// Its exit status, once it exited.
-    pub fn exit_status(&mut self) -> Option<ExitStatus> {
-        lock(&self.proc).exit_status()
+    /// How it ended ("exit status: 1", "signal: 9 (SIGKILL)"), once it did.
+    pub fn exit_status(&self) -> Option<String> {
+        self.proc.exit_status()
     }
 
     /// Panics with the exit status and the log's tail if the process already exited.
     pub fn assert_running(&mut self) {
-        let mut p = lock(&self.proc);
-        if let Some(status) = p.exit_status() {
-            panic!("{}", p.exited_report(status));
+        if let Some(status) = self.proc.exit_status() {
+            panic!("{}", self.proc.exited_report(&status));
         }
     }
 
     /// Whether a process of this server's group listens on `port` (in its network namespace).
     pub fn listens_on(&self, port: u16) -> bool {
-        group_listens(self.pid, port)
+        group_listens(self.pid(), port)
     }
 
     /// Waits until `ready()`, checking every 50 ms that the server still runs. Panics with its
@@ -234,7 +255,7 @@ impl Server {
     /// Waits until this server itself listens on every one of `ports`. Panics with its exit
     /// status and log tail if it exits first, or, after `within`, with who holds each port.
     pub fn wait_listening(&mut self, ports: &[u16], within: Duration) {
-        let pid = self.pid;
+        let pid = self.pid();
         if !self.ready_before_exit(within, || ports.iter().all(|&p| group_listens(pid, p))) {
             let who: Vec<String> = ports
                 .iter()
@@ -264,11 +285,11 @@ impl Server {
     }
 
     fn timed_out(&self, within: Duration, what: &str, detail: &str) -> ! {
-        let p = lock(&self.proc);
+        let p = &self.proc;
         panic!(
             "{} (pid {}) runs, but timed out after {within:?} waiting for {what}{}{detail}; the last lines of {}:\n{}",
             p.name,
-            self.pid,
+            p.pid,
             if detail.is_empty() { "" } else { ": " },
             p.log.display(),
             tail(&fs::read_to_string(&p.log).unwrap_or_default(), LOG_TAIL)
@@ -289,18 +310,16 @@ fn group_listens(pgid: u32, port: u16) -> bool {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let pgid = Pid::from_raw(self.pid as i32);
+        // The process is still unreaped here, so its group id is still its own.
+        let pgid = Pid::from_raw(self.proc.pid as i32);
         let _ = killpg(pgid, Signal::SIGTERM);
-        let mut p = lock(&self.proc);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = p.child.try_wait() {
-                break;
-            }
+        while self.proc.exit_status().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = killpg(pgid, Signal::SIGKILL);
-        let _ = p.child.wait();
+        self.proc.reaped.store(true, Ordering::SeqCst);
+        let _ = self.child.wait();
     }
 }
 
@@ -341,6 +360,13 @@ mod tests {
         while dead.exit_status().is_none() && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Seen as exited, yet not reaped: its pid (and group id) stays its own until the drop,
+        // so the drop's group signals cannot reach a process that reused the pid.
+        let stat = fs::read_to_string(format!("/proc/{}/stat", dead.pid())).unwrap();
+        let state = stat[stat.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .next();
+        assert_eq!(state, Some("Z"), "{stat}");
         let report = exited_servers();
         assert!(report.contains("quitter"), "{report}");
         assert!(report.contains("exit status: 3"), "{report}");
