@@ -1,16 +1,16 @@
-//! Test servers as processes: a check that the server we started (not some other process) listens on them, and failure
-//! messages that carry a server's exit status and the tail of its log.
-//!
-//! **Ports** come from [`crate::ports`].
+//! Test servers as processes: a server counts as up only when it listens on its ports itself,
+//! and a failure message carries its exit status and the tail of its log. Ports come from
+//! [`crate::ports`].
 //!
 //! **Up.** [`Server::wait_listening`] waits until a process of the server's own process group
 //! holds a listening socket on every port it was given (read from `/proc/<pid>/net/tcp*` and
 //! the group's file descriptors, so it works inside a test network namespace too). A port that
 //! merely accepts is not enough: another process may be the one answering.
 //!
-//! **Dead.** Every live [`Server`] is registered; [`exited_servers`] describes the ones that
-//! have exited (status and log tail), and `wait_until`'s timeout message includes it, so a
-//! test that times out because a server died says so.
+//! **Dead.** Every live [`Server`] is registered; [`exited_servers`] describes the calling
+//! test's servers that have exited (status and log tail), and the harness's timeouts include
+//! it, so a test that times out because a server died says so. A server is reaped only when it
+//! is dropped, so its process group id is never another process's when the drop signals it.
 
 use std::collections::BTreeSet;
 use std::fs;
