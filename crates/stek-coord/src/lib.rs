@@ -22,6 +22,7 @@ use std::time::Duration;
 use stek_core::MemberView;
 
 pub mod etcd;
+pub mod identity;
 pub mod raft;
 pub mod records;
 pub mod seal;
