@@ -67,6 +67,68 @@ pub struct PeerPki {
     pub key: PathBuf,
 }
 
+/// A cluster CA made as `stek ca init` makes it, in `dir` (ca.pem, ca.key 0600).
+#[derive(Debug, Clone)]
+pub struct ClusterCa {
+    /// The directory holding ca.pem and ca.key.
+    pub dir: PathBuf,
+}
+
+impl ClusterCa {
+    /// Makes the CA of cluster `cluster` in `dir`.
+    pub fn new(dir: &std::path::Path, cluster: &str) -> Self {
+        let ca = stek_coord::identity::init_ca(cluster, Duration::from_secs(86_400)).unwrap();
+        fs::write(dir.join("ca.pem"), &ca.cert).unwrap();
+        write_secret(&dir.join("ca.key"), ca.key.as_bytes());
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// The CA certificate.
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Issues `role`'s certificate into `out` (`<name>.pem`, `<name>.key` 0600), naming `hosts`.
+    pub fn issue(&self, role: &stek_coord::identity::Role, hosts: &[&str], out: &std::path::Path) {
+        let name = match role {
+            stek_coord::identity::Role::Member(n) | stek_coord::identity::Role::Operator(n) => n,
+        };
+        let issued = stek_coord::identity::issue(
+            &fs::read_to_string(self.cert()).unwrap(),
+            &fs::read_to_string(self.dir.join("ca.key")).unwrap(),
+            role,
+            &hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>(),
+            Duration::from_secs(86_400),
+        )
+        .unwrap();
+        fs::create_dir_all(out).unwrap();
+        fs::write(out.join(format!("{name}.pem")), &issued.cert).unwrap();
+        write_secret(&out.join(format!("{name}.key")), issued.key.as_bytes());
+    }
+
+    /// Issues member `id`'s certificate (naming `ip`) into `out`.
+    pub fn issue_member(&self, id: &str, ip: &str, out: &std::path::Path) {
+        self.issue(&stek_coord::identity::Role::Member(id.to_owned()), &[ip], out);
+    }
+
+    /// The `[identity]` section of member `id` whose files are in `dir`.
+    pub fn identity_section(&self, id: &str, dir: &std::path::Path) -> String {
+        format!(
+            "[identity]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            self.cert().display(),
+            dir.join(format!("{id}.pem")).display(),
+            dir.join(format!("{id}.key")).display()
+        )
+    }
+}
+
+fn write_secret(path: &std::path::Path, bytes: &[u8]) {
+    fs::write(path, bytes).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// A self-signed CA `name`.pem / `name`.key in `dir`.
 fn make_ca(dir: &std::path::Path, name: &str, cn: &str) {
     let p = |n: &str| dir.join(n).display().to_string();
@@ -480,8 +542,10 @@ pub struct Cluster {
     pub name: String,
     /// The lease TTL of nodes added from now on.
     pub lease_ttl: Duration,
-    /// Mutual TLS between Raft peers (embedded backend), when set.
-    pub peer_pki: Option<PeerPki>,
+    /// The cluster CA (`stek ca init`): every node added gets a member certificate of it
+    /// naming its id and its Raft address, and an `[identity]` section. `None` (set before
+    /// adding nodes) runs the nodes with `insecure = true` instead.
+    pub ca: Option<ClusterCa>,
     /// Lines added to every node's `[etcd]` section (e.g. `compact_history = true`).
     pub etcd_extra: String,
     /// The nodes' `RUST_LOG`.
@@ -556,17 +620,24 @@ impl Cluster {
             bin: PathBuf::from(bin),
             name: format!("t{}", rand::random::<u32>()),
             lease_ttl: LEASE_TTL,
-            peer_pki: None,
+            ca: None,
             etcd_extra: String::new(),
             log_filter: "info".into(),
             log_json: false,
             interval: "1h".into(),
             net,
         };
+        c.ca = Some(ClusterCa::new(&c.root.subdir("ca"), &c.name));
         for _ in 0..n {
             c.add_node(None);
         }
         c
+    }
+
+    /// Runs nodes added from now on (and every node's next start) with `insecure = true` and
+    /// no `[identity]`.
+    pub fn insecure(&mut self) {
+        self.ca = None;
     }
 
     /// Host `name` of the test network, if the cluster runs in one.
@@ -601,6 +672,9 @@ impl Cluster {
             .collect();
         let ip = self.host(&id).map_or("127.0.0.1", |h| h.ip.as_str());
         let raft_addr = format!("{ip}:{}", free_port());
+        if let Some(ca) = &self.ca {
+            ca.issue_member(&id, ip, &dir.join("identity"));
+        }
         self.nodes.push(Node {
             id,
             raft_addr,
@@ -627,27 +701,22 @@ impl Cluster {
                     .iter()
                     .map(|n| format!("{} = \"{}\"", n.id, n.raft_addr))
                     .collect();
-                let mut section = format!(
+                format!(
                     "[raft]\nlisten = \"{}\"\npeers = {{ {} }}\n",
                     node.raft_addr,
                     peers.join(", ")
-                );
-                if let Some(pki) = &self.peer_pki {
-                    section += &format!(
-                        "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-                        pki.ca.display(),
-                        pki.cert.display(),
-                        pki.key.display()
-                    );
-                }
-                section
+                )
             }
+        };
+        let (top, identity) = match &self.ca {
+            Some(ca) => ("", ca.identity_section(&node.id, &node.dir.join("identity"))),
+            None => ("insecure = true\n", String::new()),
         };
         let reload: Vec<&str> = node.reload.iter().map(String::as_str).collect();
         fs::write(
             &node.config,
             format!(
-                "cluster = \"{cluster}\"\nnode_id = \"{id}\"\n{coordination}\
+                "cluster = \"{cluster}\"\nnode_id = \"{id}\"\n{top}{coordination}{identity}\
                  [admin]\nlisten = \"{admin}\"\n[rotation]\ninterval = \"{interval}\"\nretain = 1\nlease_ttl = \"{ttl}s\"\n\
                  [[target]]\nformat = \"nginx\"\npath = \"{keys}\"\nreload = {reload}\n\
                  reload_timeout = \"5s\"\nreload_attempts = 1\n{extra}",

@@ -32,6 +32,8 @@ fn record(id: &str, applied: u64) -> MemberRecord {
         updated_at_ms: MemberRecord::now_ms(),
         public_key: None,
         unsealable_generation: None,
+        certificate: None,
+        key_signature: None,
     }
 }
 

@@ -612,16 +612,20 @@ fn etcd_over_tls_with_client_certificates_and_auth() {
     );
 }
 
-/// Raft peers over mutual TLS: the cluster forms and rotates; a client without a certificate,
-/// or with one from another CA, is refused; a key file others can read stops a node at start.
+/// Raft peers over mutual TLS from `[identity]`: the cluster forms and rotates. At the peer
+/// listener: a client without TLS, or with a certificate of another CA, gets nothing; a valid
+/// member certificate cannot act for another node id (register, acknowledge, campaign,
+/// replicate or ask for votes as it); an operator certificate reads and requests rotations
+/// but cannot register, campaign, write a ring or replicate. A key file others can read stops
+/// a node at start.
 #[test]
 fn raft_peers_over_mutual_tls() {
     use std::os::unix::fs::PermissionsExt;
-    use stek_coord::raft::net::{call, Request};
+    use stek_coord::identity::Role;
+    use stek_coord::raft::net::{call, Reply, Request};
+    use stek_coord::raft::store::Command;
     use stek_coord::raft::tls::PeerTls;
     let mut c = Cluster::with_backend(BIN, "raft-mtls", 3, Backend::Raft);
-    let pki = cluster_tests::cluster::make_peer_pki(&c.root.subdir("pki"));
-    c.peer_pki = Some(pki.clone());
     c.start_all();
     let status = c.wait_converged(Duration::from_secs(30));
     let mut history = History::default();
@@ -629,55 +633,151 @@ fn raft_peers_over_mutual_tls() {
     c.rotate_ok(2);
     let status = c.wait_converged(Duration::from_secs(10));
     check_invariants(&c, &status, &mut history);
-    assert!(
-        !c.nodes[0].log_text().contains("not encrypted"),
-        "with TLS configured there is no plaintext warning"
-    );
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let peer = c.nodes[0].raft_addr.clone();
-    info!("--- a client without TLS gets nothing");
-    let plain = rt.block_on(call(&peer, &Request::State, Duration::from_secs(3), None));
-    assert!(
-        plain.is_err(),
-        "a plaintext request was answered: {plain:?}"
-    );
-    info!("--- a client whose certificate comes from another CA is refused");
-    let other = cluster_tests::cluster::make_peer_pki(&c.root.subdir("other-pki"));
+    let leader_id = status["leader"].as_str().unwrap().to_owned();
+    let leader = c.nodes.iter().position(|n| n.id == leader_id).unwrap();
+    let peer = c.nodes[leader].raft_addr.clone();
+    let ca = c.ca.clone().unwrap();
     let pem = |p: &std::path::Path| fs::read(p).unwrap();
-    // Trusts the real CA (so it would accept the server) but presents a foreign certificate.
-    let intruder = PeerTls::from_pem(&pem(&pki.ca), &pem(&other.cert), &pem(&other.key)).unwrap();
-    let refused = rt.block_on(call(
-        &peer,
-        &Request::State,
-        Duration::from_secs(3),
-        Some(&intruder),
-    ));
-    assert!(
-        refused.is_err(),
-        "a foreign certificate was accepted: {refused:?}"
-    );
-    cluster_tests::wait_until(
-        Duration::from_secs(5),
-        "the peer to log the refusal",
-        || {
-            c.nodes[0]
-                .log_text()
-                .contains("refused a peer connection without a valid certificate")
-        },
-    );
+    let ask = |tls: Option<&PeerTls>, req: &Request| {
+        rt.block_on(call(&peer, req, Duration::from_secs(3), tls))
+    };
+    info!("--- a client without TLS gets nothing");
+    let plain = ask(None, &Request::State);
+    assert!(plain.is_err(), "a plaintext request was answered: {plain:?}");
 
-    info!("--- a peer key readable by others: the node refuses to start");
-    fs::set_permissions(&pki.key, fs::Permissions::from_mode(0o644)).unwrap();
+    info!("--- a client whose certificate comes from another CA (same cluster name) is refused");
+    let other = cluster_tests::cluster::ClusterCa::new(&c.root.subdir("other-ca"), &c.name);
+    let other_dir = c.root.subdir("other-n1");
+    other.issue_member("n1", "127.0.0.1", &other_dir);
+    let intruder = PeerTls::from_pem(
+        &pem(&ca.cert()),
+        &pem(&other_dir.join("n1.pem")),
+        &pem(&other_dir.join("n1.key")),
+    )
+    .unwrap();
+    let refused = ask(Some(&intruder), &Request::State);
+    assert!(refused.is_err(), "a foreign certificate was accepted: {refused:?}");
+    cluster_tests::wait_until(Duration::from_secs(5), "the peer to log the refusal", || {
+        c.nodes[leader]
+            .log_text()
+            .contains("refused a peer connection without a valid certificate")
+    });
+
+    let tls_of = |dir: &std::path::Path, name: &str| {
+        PeerTls::from_pem(
+            &pem(&ca.cert()),
+            &pem(&dir.join(format!("{name}.pem"))),
+            &pem(&dir.join(format!("{name}.key"))),
+        )
+        .unwrap()
+    };
+    let refused_with = |reply: std::io::Result<Reply>, what: &str, words: &str| match reply {
+        Ok(Reply::Error(e)) => assert!(e.contains("refused") && e.contains(words), "{what}: {e}"),
+        other => panic!("{what} was not refused: {other:?}"),
+    };
+    let victim = c.nodes[(leader + 1) % 3].id.clone();
+    let actor = c.nodes[(leader + 2) % 3].id.clone();
+    info!("--- member {actor}'s valid certificate acting for {victim}");
+    let member = tls_of(&c.nodes[(leader + 2) % 3].dir.join("identity"), &actor);
+    let foreign_record = stek_coord::MemberRecord {
+        node_id: victim.clone(),
+        version: "x".into(),
+        targets: vec![],
+        applied_generation: 99,
+        last_error: None,
+        updated_at_ms: 0,
+        public_key: None,
+        unsealable_generation: None,
+        certificate: None,
+        key_signature: None,
+    };
+    for (what, cmd) in [
+        ("register", Command::Register { lease: 1, node_id: victim.clone(), value: foreign_record.encode() }),
+        ("acknowledge", Command::PutMember { node_id: victim.clone(), value: foreign_record.encode() }),
+        ("campaign", Command::Campaign { lease: 1, node_id: victim.clone() }),
+    ] {
+        refused_with(
+            ask(Some(&member), &Request::Write(cmd)),
+            what,
+            &format!("member {actor} may not act for member {victim}"),
+        );
+    }
+    let victim_raft = stek_coord::raft::peer::raft_ids(
+        &c.nodes.iter().map(|n| (n.id.clone(), n.raft_addr.clone())).collect(),
+    )[&victim];
+    let vote = openraft::Vote::new(u64::MAX / 2, victim_raft);
+    refused_with(
+        ask(
+            Some(&member),
+            &Request::Vote(openraft::raft::VoteRequest { vote, last_log_id: None }),
+        ),
+        "a vote request in another peer's name",
+        "not for itself",
+    );
+    refused_with(
+        ask(
+            Some(&member),
+            &Request::Append(openraft::raft::AppendEntriesRequest {
+                vote,
+                prev_log_id: None,
+                entries: vec![],
+                leader_commit: None,
+            }),
+        ),
+        "replication in another peer's name",
+        "not for itself",
+    );
+    let after = c.status(0);
+    assert!(
+        after["members"].as_array().unwrap().iter().all(|m| m["applied_generation"] != 99),
+        "a refused write reached the store: {after}"
+    );
+    assert_eq!(after["leader"], status["leader"], "{after}");
+
+    info!("--- an operator certificate reads and requests rotations, nothing else");
+    let op_dir = c.root.subdir("operator");
+    ca.issue(&Role::Operator("alice".into()), &[], &op_dir);
+    let operator = tls_of(&op_dir, "alice");
+    assert!(
+        matches!(ask(Some(&operator), &Request::State), Ok(Reply::State(_))),
+        "an operator reads the state"
+    );
+    for (what, req) in [
+        ("register", Request::Write(Command::Register { lease: 1, node_id: "alice".into(), value: foreign_record.encode() })),
+        ("campaign", Request::Write(Command::Campaign { lease: 1, node_id: "alice".into() })),
+        ("grant a lease", Request::Write(Command::Grant { lease: 7, ttl_ms: 1000 })),
+        ("write a ring", Request::Write(Command::WriteRing { term: 1, value: b"{}".to_vec(), served: vec![] })),
+        ("replicate", Request::Append(openraft::raft::AppendEntriesRequest { vote, prev_log_id: None, entries: vec![], leader_commit: None })),
+    ] {
+        refused_with(ask(Some(&operator), &req), what, "operator alice may only read and request rotations");
+    }
+    let generation = after["generation"].as_u64().unwrap();
+    let (cert, key) = (op_dir.join("alice.pem"), op_dir.join("alice.key"));
+    let out = c.cli(
+        0,
+        &["rotate", "--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "operator rotate: {}", out_text(&out));
+    cluster_tests::wait_until(Duration::from_secs(20), "the operator's rotation", || {
+        c.try_status(0)
+            .and_then(|s| s["generation"].as_u64())
+            .is_some_and(|g| g > generation)
+    });
+
+    info!("--- a key readable by others: the node refuses to start");
+    let key = c.nodes[0].dir.join("identity").join("n1.key");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
     let out = c.cli(0, &["node"]);
-    fs::set_permissions(&pki.key, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
     let text = out_text(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(
-        text.contains("raft.key_file") && text.contains("chmod 600"),
+        text.contains("identity.key_file") && text.contains("chmod 600"),
         "{text}"
     );
 }

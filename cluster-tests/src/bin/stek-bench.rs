@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_tests::cluster::EtcdServer;
+use cluster_tests::cluster::{ClusterCa, EtcdServer};
 use cluster_tests::{free_port, Server, TestDir};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use stek_coord::etcd::Etcd;
@@ -57,12 +57,28 @@ struct NodeTask {
     task: JoinHandle<()>,
 }
 
+/// A node's config, with `[identity]`: a member certificate from the cluster's CA (made in
+/// `dir` on first use), so that the figures include signing and verifying.
 fn node_config(dir: &Path, cluster: &str, id: &str, coordination: &str, ttl: u64) -> Config {
     let keys = dir.join(id);
     std::fs::create_dir_all(&keys).unwrap();
     std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let ca_dir = dir.join(format!("ca-{cluster}"));
+    let ca = if ca_dir.join("ca.pem").exists() {
+        ClusterCa { dir: ca_dir }
+    } else {
+        std::fs::create_dir_all(&ca_dir).unwrap();
+        ClusterCa::new(&ca_dir, cluster)
+    };
+    let host = coordination
+        .split("listen = \"")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .unwrap_or("127.0.0.1");
+    ca.issue_member(id, host, &keys);
+    let identity = ca.identity_section(id, &keys);
     let text = format!(
-        "cluster = \"{cluster}\"\nnode_id = \"{id}\"\n{coordination}\
+        "cluster = \"{cluster}\"\nnode_id = \"{id}\"\n{coordination}{identity}\
          [admin]\nenabled = false\n[rotation]\ninterval = \"1h\"\nretain = 1\nlease_ttl = \"{ttl}s\"\n\
          [[target]]\nformat = \"envoy\"\npath = \"{}/envoy.keys\"\n",
         keys.display()
@@ -75,9 +91,13 @@ fn node_config(dir: &Path, cluster: &str, id: &str, coordination: &str, ttl: u64
 fn spawn_node<C: Coordinator>(config: Config, coord: C) -> NodeTask {
     let (stop, stopped) = oneshot::channel::<()>();
     let id = config.node_id.clone();
+    let identity = config.identity.as_ref().map(|files| {
+        let role = stek_coord::identity::Role::Member(config.node_id.clone());
+        files.load(&config.path, &config.cluster, &role).unwrap().1
+    });
     let task = tokio::spawn(async move {
         let metrics = Arc::new(Metrics::new());
-        stek_node::node::run(&config, coord, metrics, async {
+        stek_node::node::run(&config, coord, metrics, identity.as_ref(), async {
             let _ = stopped.await;
         })
         .await;

@@ -540,6 +540,15 @@ impl Credentials {
     }
 }
 
+/// A node's trust and credentials together: what `[identity]` loads.
+#[derive(Debug)]
+pub struct NodeIdentity {
+    /// Whom it trusts.
+    pub trust: Trust,
+    /// Who it is.
+    pub creds: Credentials,
+}
+
 /// What a member signs to enroll: its cluster, its node id and the sealing public key it
 /// publishes. A copy is sealed only to a key so signed.
 pub fn member_binding(cluster: &str, node_id: &str, sealing_key: &[u8]) -> Vec<u8> {

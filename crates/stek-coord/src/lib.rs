@@ -27,7 +27,7 @@ pub mod raft;
 pub mod records;
 pub mod seal;
 
-pub use records::{MemberRecord, RecordError, RequestRecord, StoredRing};
+pub use records::{MemberRecord, RecordError, RequestRecord, RingSignature, StoredRing};
 
 /// A leader's term: the store revision at which it took the leader key. Writes carry it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +89,19 @@ pub struct Snapshot {
     /// Read by [`Coordinator::snapshot_of_member`]: `members` holds at most that member, and
     /// `requests` and unknown keys were not read.
     pub partial: bool,
+    /// Members taken out by [`Snapshot::authenticate`]: never sealed for, never counted.
+    pub refused: Vec<Refused>,
+}
+
+/// A member record whose enrollment did not verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The node id it claims.
+    pub node_id: String,
+    /// Whether a liveness lease holds for it.
+    pub live: bool,
+    /// Why it was refused.
+    pub reason: String,
 }
 
 impl Snapshot {
@@ -103,6 +116,31 @@ impl Snapshot {
                 last_error: m.record.last_error.clone(),
             })
             .collect()
+    }
+
+    /// With `[identity]`: rejects a ring that the member it names as writer did not sign with
+    /// a valid certificate of the cluster, and takes out of `members` every member whose
+    /// certificate or key signature does not verify (listed in `refused`). What remains is what
+    /// a node may act on: copies are sealed only to enrolled members, and only they count for
+    /// rotation decisions.
+    pub fn authenticate(&mut self, trust: &identity::Trust, now: std::time::SystemTime) {
+        if let RingSlot::Valid(stored) = &self.ring {
+            if let Err(e) = stored.verify(trust, now) {
+                self.rejected.push(("ring".into(), e.clone()));
+                self.ring = RingSlot::Rejected(e);
+            }
+        }
+        let members = std::mem::take(&mut self.members);
+        for m in members {
+            match m.record.verify_enrollment(trust, now) {
+                Ok(_) => self.members.push(m),
+                Err(e) => self.refused.push(Refused {
+                    node_id: m.record.node_id.clone(),
+                    live: m.live,
+                    reason: e.to_string(),
+                }),
+            }
+        }
     }
 
     /// The valid ring, if any.
@@ -146,6 +184,7 @@ impl RawSnapshot {
             requested_by: Vec::new(),
             rejected: Vec::new(),
             partial: self.partial,
+            refused: Vec::new(),
         };
         if let Some((key, value)) = self.ring {
             snap.ring = match records::decode_ring(&value) {
@@ -196,6 +235,8 @@ impl RawSnapshot {
                 updated_at_ms: 0,
                 public_key: None,
                 unsealable_generation: None,
+                certificate: None,
+                key_signature: None,
             });
             snap.members.push(Member { record, live });
         }

@@ -13,6 +13,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use stek_core::{Fingerprint, KeyRing, KeyState, Policy, RingKey, RingMeta};
 
+use crate::identity::{self, Credentials, IdentityError, Trust, Verified};
 use crate::seal::{self, Envelope, Identity, MemberKey, MemberKeyId, SealError, SealedCopy};
 
 /// The record format version this build writes and reads.
@@ -68,6 +69,20 @@ pub enum RecordError {
     /// The ring breaks an invariant.
     #[error("ring record breaks an invariant: {0}")]
     Ring(#[from] stek_core::ring::RingError),
+    /// A signature or certificate field that is not base64.
+    #[error("{0} is not base64")]
+    Base64(&'static str),
+    /// The ring's signature does not verify (or it has none).
+    #[error("ring record not signed by a member of this cluster: {0}; a node applies only rings its leader signed")]
+    Unsigned(IdentityError),
+    /// A ring older than one this node has already seen.
+    #[error("ring generation {got} is older than generation {seen}, which this node has already seen: a replayed ring, never applied")]
+    Rollback {
+        /// The record's generation.
+        got: u64,
+        /// The newest valid generation seen.
+        seen: u64,
+    },
 }
 
 fn shape(what: &'static str, e: &serde_json::Error) -> RecordError {
@@ -133,6 +148,9 @@ struct CopyRecord {
 struct RingRecord {
     version: u32,
     generation: u64,
+    /// The writer's leadership term.
+    #[serde(default)]
+    term: i64,
     last_epoch: u64,
     next_rotation_at_ms: u64,
     policy: PolicyRecord,
@@ -140,6 +158,12 @@ struct RingRecord {
     keys: Vec<KeyRecord>,
     sealed_keys: String,
     copies: Vec<CopyRecord>,
+    /// The writer's certificate (base64 DER), with `[identity]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    certificate: Option<String>,
+    /// The writer's signature over the record with this field absent (base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signature: Option<String>,
 }
 
 /// A ring as the store holds it: its public description, the policy it was written under, by
@@ -152,8 +176,21 @@ pub struct StoredRing {
     pub policy: Policy,
     /// The leader that wrote it.
     pub written_by: String,
+    /// The writer's leadership term (0 when written without one).
+    pub term: i64,
     /// The keys, sealed.
     pub envelope: Envelope,
+    /// The writer's certificate and signature, with `[identity]`.
+    pub signature: Option<RingSignature>,
+}
+
+/// A ring writer's certificate and its signature over the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingSignature {
+    /// The writer's certificate (DER).
+    pub certificate: Vec<u8>,
+    /// ECDSA P-256 SHA-256 over [`StoredRing::signing_bytes`].
+    pub signature: Vec<u8>,
 }
 
 impl StoredRing {
@@ -172,10 +209,52 @@ impl StoredRing {
                 ring: ring.meta().to_millis(),
                 policy: *policy,
                 written_by: written_by.to_owned(),
+                term: 0,
                 envelope,
+                signature: None,
             },
             failed,
         )
+    }
+
+    /// What the writer signs: the cluster and the whole record with its certificate but without
+    /// the signature. A record decodes to exactly the fields it encodes from, so a verifier
+    /// rebuilds these bytes from what it decoded.
+    pub fn signing_bytes(&self, cluster: &str) -> Vec<u8> {
+        let mut msg = b"stek ring record v2\0".to_vec();
+        msg.extend_from_slice(&(cluster.len() as u32).to_be_bytes());
+        msg.extend_from_slice(cluster.as_bytes());
+        msg.extend_from_slice(&encode(self, false));
+        msg
+    }
+
+    /// Signs the record as `creds` (this node's member certificate).
+    pub fn sign(&mut self, cluster: &str, creds: &Credentials) {
+        self.signature = Some(RingSignature {
+            certificate: creds.cert_der().to_vec(),
+            signature: Vec::new(),
+        });
+        let sig = creds.sign(&self.signing_bytes(cluster));
+        if let Some(s) = self.signature.as_mut() {
+            s.signature = sig;
+        }
+    }
+
+    /// Checks that the member named `written_by` signed this record, with a certificate of
+    /// this cluster's CA that is valid now and not revoked.
+    pub fn verify(&self, trust: &Trust, now: SystemTime) -> Result<Verified, RecordError> {
+        let s = self.signature.as_ref().ok_or(RecordError::Unsigned(
+            IdentityError::Signature(format!("{} (the record carries no signature)", self.written_by)),
+        ))?;
+        trust
+            .verify_member_signature(
+                &s.certificate,
+                &self.written_by,
+                &self.signing_bytes(trust.cluster()),
+                &s.signature,
+                now,
+            )
+            .map_err(RecordError::Unsigned)
     }
 
     /// Opens `member`'s copy with its identity: the ring with its key bytes.
@@ -206,10 +285,15 @@ impl StoredRing {
 
 /// Serialises a stored ring for the store. It holds no key bytes in the clear.
 pub fn encode_ring(stored: &StoredRing) -> Vec<u8> {
+    encode(stored, true)
+}
+
+fn encode(stored: &StoredRing, with_signature: bool) -> Vec<u8> {
     let ring = &stored.ring;
     let record = RingRecord {
         version: RING_RECORD_VERSION,
         generation: ring.generation(),
+        term: stored.term,
         last_epoch: ring.last_epoch(),
         next_rotation_at_ms: ms(ring.next_rotation_at()),
         policy: PolicyRecord {
@@ -242,6 +326,12 @@ pub fn encode_ring(stored: &StoredRing) -> Vec<u8> {
                 key: b64_encode(&c.sealed_dek),
             })
             .collect(),
+        certificate: stored.signature.as_ref().map(|s| b64_encode(&s.certificate)),
+        signature: stored
+            .signature
+            .as_ref()
+            .filter(|_| with_signature)
+            .map(|s| b64_encode(&s.signature)),
     };
     serde_json::to_vec(&record).expect("a ring record always serialises: plain numbers and strings")
 }
@@ -303,14 +393,24 @@ pub fn decode_ring(bytes: &[u8]) -> Result<StoredRing, RecordError> {
             member: c.member,
         });
     }
+    let signature = match (record.certificate, record.signature) {
+        (Some(c), Some(s)) => Some(RingSignature {
+            certificate: b64_decode(&c).ok_or(RecordError::Base64("the ring's certificate"))?,
+            signature: b64_decode(&s).ok_or(RecordError::Base64("the ring's signature"))?,
+        }),
+        // A certificate without a signature (or the reverse) is an unsigned record.
+        _ => None,
+    };
     Ok(StoredRing {
         ring,
         policy,
         written_by: record.written_by,
+        term: record.term,
         envelope: Envelope {
             sealed_keys,
             copies,
         },
+        signature,
     })
 }
 
@@ -337,6 +437,13 @@ pub struct MemberRecord {
     /// A ring generation whose copy for this member did not open: the leader reseals.
     #[serde(default)]
     pub unsealable_generation: Option<u64>,
+    /// Its certificate (base64 DER), with `[identity]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// Its signature (base64) over [`identity::member_binding`] of its cluster, node id and
+    /// `public_key`: the leader seals only to a key so signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_signature: Option<String>,
 }
 
 impl MemberRecord {
@@ -353,6 +460,33 @@ impl MemberRecord {
             return Err(RecordError::PublicKey);
         }
         Ok(record)
+    }
+
+    /// Signs the record's sealing public key as `creds`, for cluster `cluster`.
+    pub fn enroll(&mut self, cluster: &str, creds: &Credentials) {
+        let key = self.sealing_key().map(|k| k.to_bytes()).unwrap_or_default();
+        let msg = identity::member_binding(cluster, &self.node_id, &key);
+        self.certificate = Some(b64_encode(creds.cert_der()));
+        self.key_signature = Some(b64_encode(&creds.sign(&msg)));
+    }
+
+    /// Checks that the member's certificate is this cluster's, names this member, is valid now
+    /// and not revoked, and that it signed the published sealing key.
+    pub fn verify_enrollment(&self, trust: &Trust, now: SystemTime) -> Result<Verified, IdentityError> {
+        let missing = |what: &str| IdentityError::Signature(format!("{} (the record carries no {what})", self.node_id));
+        let key = self.sealing_key().ok_or_else(|| missing("sealing public key"))?;
+        let cert = self
+            .certificate
+            .as_deref()
+            .ok_or_else(|| missing("certificate"))?;
+        let cert = b64_decode(cert).ok_or_else(|| missing("readable certificate"))?;
+        let sig = self
+            .key_signature
+            .as_deref()
+            .and_then(b64_decode)
+            .ok_or_else(|| missing("key signature"))?;
+        let msg = identity::member_binding(trust.cluster(), &self.node_id, &key.to_bytes());
+        trust.verify_member_signature(&cert, &self.node_id, &msg, &sig, now)
     }
 
     /// The member's sealing public key, if it published a valid one.
@@ -553,6 +687,8 @@ mod tests {
             updated_at_ms: 1,
             public_key: Some(Identity::generate().public().to_base64()),
             unsealable_generation: Some(3),
+            certificate: None,
+            key_signature: None,
         };
         assert_eq!(MemberRecord::decode(&m.encode()).unwrap(), m);
         assert!(m.sealing_key().is_some());

@@ -100,6 +100,11 @@ impl MemberKey {
         Some(Self(<[u8; 32]>::try_from(bytes.as_slice()).ok()?))
     }
 
+    /// The raw 32 bytes.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0
+    }
+
     /// A short identity of the key for copies, logs and status.
     pub fn id(&self) -> MemberKeyId {
         let digest = Sha256::digest(self.0);

@@ -82,6 +82,12 @@ pub struct Metrics {
     pub store_up: Gauge,
     /// Rotations this node performed as leader.
     pub rotations: Counter,
+    /// 1 while this node runs with `insecure = true` (no `[identity]` on a store others reach).
+    pub insecure: Gauge,
+    /// Member records whose enrollment did not verify (never sealed for).
+    pub members_refused: Gauge,
+    /// 1 while the stored ring is rejected (unsigned, forged, edited, replayed, malformed).
+    pub ring_rejected: Gauge,
     /// Failed applies per target and stage.
     pub target_errors: Family<ErrorLabels, Counter>,
     /// Duration of each successful reload (or runtime push) per target.
@@ -113,6 +119,9 @@ impl Metrics {
         let sealed_copy_ok = Gauge::default();
         let store_up = Gauge::default();
         let rotations = Counter::default();
+        let insecure = Gauge::default();
+        let members_refused = Gauge::default();
+        let ring_rejected = Gauge::default();
         let target_errors = Family::<ErrorLabels, Counter>::default();
         let reload_duration =
             Family::<TargetLabels, Histogram>::new_with_constructor(reload_histogram as fn() -> _);
@@ -185,6 +194,21 @@ impl Metrics {
             rotations.clone(),
         );
         registry.register(
+            "insecure",
+            "1 while this node runs with insecure = true: no [identity], so anyone who reaches the store or a peer can enroll and read every key",
+            insecure.clone(),
+        );
+        registry.register(
+            "members_refused",
+            "Member records whose certificate or key signature does not verify: never sealed for, never counted",
+            members_refused.clone(),
+        );
+        registry.register(
+            "ring_rejected",
+            "1 while the stored ring is rejected (unsigned, signed by a non-member, edited, replayed or malformed); nodes keep the keys they have",
+            ring_rejected.clone(),
+        );
+        registry.register(
             "target_errors",
             "Failed applies of a ring to a target, by stage (write or reload)",
             target_errors.clone(),
@@ -210,6 +234,9 @@ impl Metrics {
             sealed_copy_ok,
             store_up,
             rotations,
+            insecure,
+            members_refused,
+            ring_rejected,
             target_errors,
             reload_duration,
             ready: Mutex::new(Err("starting: the ring has not been read yet".into())),

@@ -66,6 +66,9 @@ struct RawConfig {
     node_id: Option<String>,
     etcd: Option<RawEtcd>,
     raft: Option<RawRaft>,
+    identity: Option<RawIdentity>,
+    #[serde(default)]
+    insecure: bool,
     #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
@@ -169,46 +172,92 @@ struct RawRaft {
     key_file: Option<PathBuf>,
 }
 
-/// Mutual TLS between Raft peers: the cluster CA, and this peer's certificate and key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    ca_file: PathBuf,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    #[serde(default)]
+    revoked: Vec<String>,
+}
+
+/// `[identity]`: the cluster CA, this node's certificate and key (made by `stek ca`), and the
+/// serial numbers of revoked certificates. Used to sign (member records, rings), to verify
+/// every other member, and for mutual TLS between Raft peers and with the CLI.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RaftTls {
-    /// The CA every peer's certificate is signed by.
+pub struct IdentityFiles {
+    /// The cluster CA's certificate.
     pub ca_file: PathBuf,
-    /// This peer's certificate (server and client).
+    /// This node's certificate.
     pub cert_file: PathBuf,
     /// Its key; must not be readable by other users.
     pub key_file: PathBuf,
+    /// Serial numbers (hex) of certificates no longer trusted.
+    pub revoked: Vec<String>,
 }
 
-/// The PEM contents a [`RaftTls`] points to.
-pub struct RaftTlsPem {
+/// The PEM contents [`IdentityFiles`] point to.
+pub struct IdentityPem {
     /// The CA.
     pub ca: Vec<u8>,
-    /// This peer's certificate.
+    /// This node's certificate.
     pub cert: Vec<u8>,
     /// Its key (zeroized on drop).
     pub key: zeroize::Zeroizing<Vec<u8>>,
 }
 
-impl std::fmt::Debug for RaftTlsPem {
+impl std::fmt::Debug for IdentityPem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RaftTlsPem(..)")
+        f.write_str("IdentityPem(..)")
     }
 }
 
-impl RaftTls {
+impl IdentityFiles {
     /// Reads the three files, refusing a key file others can read.
-    pub fn read(&self, config: &Path) -> Result<RaftTlsPem, ConfigError> {
-        Ok(RaftTlsPem {
-            ca: read_config_file(config, "raft.ca_file", &self.ca_file, false)?,
-            cert: read_config_file(config, "raft.cert_file", &self.cert_file, false)?,
+    pub fn read(&self, config: &Path) -> Result<IdentityPem, ConfigError> {
+        Ok(IdentityPem {
+            ca: read_config_file(config, "identity.ca_file", &self.ca_file, false)?,
+            cert: read_config_file(config, "identity.cert_file", &self.cert_file, false)?,
             key: zeroize::Zeroizing::new(read_config_file(
                 config,
-                "raft.key_file",
+                "identity.key_file",
                 &self.key_file,
                 true,
             )?),
         })
+    }
+
+    /// Reads and checks the files for node `node_id` of `cluster`: the CA is that cluster's,
+    /// the certificate is its and names `role`, valid now and not revoked, and the key is the
+    /// certificate's.
+    pub fn load(
+        &self,
+        config: &Path,
+        cluster: &str,
+        role: &stek_coord::identity::Role,
+    ) -> Result<(IdentityPem, stek_coord::identity::NodeIdentity), ConfigError> {
+        let pem = self.read(config)?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: config.to_owned(),
+            key: format!("identity.{key}"),
+            message,
+        };
+        let trust = stek_coord::identity::Trust::new(&pem.ca, cluster, &self.revoked)
+            .map_err(|e| invalid("ca_file", e.to_string()))?;
+        let creds = stek_coord::identity::Credentials::new(&trust, &pem.cert, &pem.key)
+            .map_err(|e| invalid("cert_file", format!("{}: {e}", self.cert_file.display())))?;
+        if creds.role() != role {
+            return Err(invalid(
+                "cert_file",
+                format!(
+                    "{} is the certificate of {}, not of {role}; issue one with `stek ca issue`",
+                    self.cert_file.display(),
+                    creds.role()
+                ),
+            ));
+        }
+        Ok((pem, stek_coord::identity::NodeIdentity { trust, creds }))
     }
 }
 
@@ -237,8 +286,10 @@ fn read_config_file(
     std::fs::read(p).map_err(|e| invalid(format!("cannot read {}: {e}", p.display())))
 }
 
-/// The embedded coordinator's default peer address (single-box mode).
-pub const DEFAULT_RAFT_LISTEN: &str = "127.0.0.1:7701";
+/// Where the single-box default listens: a Unix socket in a root-only directory, so that no
+/// TCP port is open and only root (the CLI run with sudo) reaches the one-node group.
+/// `{cluster}` is replaced by the cluster name.
+pub const DEFAULT_RAFT_SOCKET: &str = "unix:/run/stek/{cluster}.sock";
 
 /// Where the cluster coordinates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,8 +307,6 @@ pub enum Coordination {
         listen: String,
         /// Every peer of the group by node id, this one included.
         peers: std::collections::BTreeMap<String, String>,
-        /// Mutual TLS between peers, when configured.
-        tls: Option<RaftTls>,
     },
 }
 
@@ -331,6 +380,12 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// The coordination store.
     pub coordination: Coordination,
+    /// `[identity]`: who this node is, and whom it trusts.
+    pub identity: Option<IdentityFiles>,
+    /// `insecure = true`: runs a multi-peer or etcd cluster without `[identity]`, so that
+    /// anyone who can reach the store or a peer can enroll and read every key. Logged at every
+    /// start, shown by `stek status` and the `stek_insecure` metric.
+    pub insecure: bool,
     /// The admin listener's address; `None` when `[admin] enabled = false`.
     pub admin_listen: Option<std::net::SocketAddr>,
     /// `[etcd] compact_history`: after a ring write drops keys, the leader compacts etcd's
@@ -496,29 +551,37 @@ impl Config {
                     cert_file: None,
                     key_file: None,
                 });
-                let tls = match (raft.ca_file, raft.cert_file, raft.key_file) {
-                    (Some(ca_file), Some(cert_file), Some(key_file)) => Some(RaftTls {
-                        ca_file,
-                        cert_file,
-                        key_file,
-                    }),
-                    (None, None, None) => None,
-                    _ => {
-                        return Err(invalid(
-                            "raft.ca_file".into(),
-                            "ca_file, cert_file and key_file go together: set all three for mutual TLS between peers, or none".into(),
-                        ))
-                    }
-                };
+                if raft.ca_file.is_some() || raft.cert_file.is_some() || raft.key_file.is_some() {
+                    return Err(invalid(
+                        "raft.ca_file".into(),
+                        "[raft] ca_file, cert_file and key_file have moved to [identity] (the same three keys, plus revoked), and the certificates must name the cluster and the node: make them with `stek ca init` and `stek ca issue --node ID --host ADDR` (docs/security.md, \"PKI walk-through\")".into(),
+                    ));
+                }
                 let listen = raft
                     .listen
                     .or_else(|| raft.peers.get(&node_id).cloned())
-                    .unwrap_or_else(|| DEFAULT_RAFT_LISTEN.to_owned());
-                if !is_host_port(&listen) {
-                    return Err(invalid(
-                        "raft.listen".into(),
-                        format!("\"{listen}\" is not host:port, e.g. \"127.0.0.1:7701\""),
-                    ));
+                    .unwrap_or_else(|| DEFAULT_RAFT_SOCKET.replace("{cluster}", &cluster));
+                match listen.strip_prefix("unix:") {
+                    Some(path) if !path.starts_with('/') => {
+                        return Err(invalid(
+                            "raft.listen".into(),
+                            format!("\"{listen}\": a Unix socket needs an absolute path, e.g. \"unix:/run/stek/{cluster}.sock\""),
+                        ))
+                    }
+                    Some(_) if raft.peers.len() > 1 => {
+                        return Err(invalid(
+                            "raft.listen".into(),
+                            format!("\"{listen}\" is a Unix socket, which other peers cannot reach; a group of several peers listens on host:port"),
+                        ))
+                    }
+                    Some(_) => {}
+                    None if !is_host_port(&listen) => {
+                        return Err(invalid(
+                            "raft.listen".into(),
+                            format!("\"{listen}\" is not host:port, e.g. \"127.0.0.1:7701\", or unix:/path"),
+                        ))
+                    }
+                    None => {}
                 }
                 let mut peers = raft.peers;
                 if peers.is_empty() {
@@ -533,16 +596,45 @@ impl Config {
                 }
                 for (name, addr) in &peers {
                     check_name(name).map_err(|m| invalid("raft.peers".into(), m))?;
-                    if !is_host_port(addr) {
+                    if !is_host_port(addr) && !(peers.len() == 1 && addr == &listen) {
                         return Err(invalid(
                             "raft.peers".into(),
                             format!("{name} = \"{addr}\" is not host:port, e.g. \"127.0.0.1:7702\""),
                         ));
                     }
                 }
-                Coordination::Raft { listen, peers, tls }
+                Coordination::Raft { listen, peers }
             }
         };
+        let identity = raw.identity.map(|i| IdentityFiles {
+            ca_file: i.ca_file,
+            cert_file: i.cert_file,
+            key_file: i.key_file,
+            revoked: i.revoked,
+        });
+        if let Some(i) = &identity {
+            for r in &i.revoked {
+                if stek_coord::identity::normalise_serial(r).is_none() {
+                    return Err(invalid(
+                        "identity.revoked".into(),
+                        format!("\"{r}\" is not a certificate serial number in hex (as `stek status` and `openssl x509 -serial` print it)"),
+                    ));
+                }
+            }
+        }
+        let open_door = match &coordination {
+            Coordination::Etcd { .. } => Some("etcd"),
+            Coordination::Raft { listen, .. } if !listen.starts_with("unix:") => {
+                Some("a Raft listener on TCP")
+            }
+            Coordination::Raft { .. } => None,
+        };
+        if let (Some(door), None, false) = (open_door, &identity, raw.insecure) {
+            return Err(invalid(
+                "identity".into(),
+                format!("{door} needs [identity]: without it anyone who can reach the store or a peer can enroll a key of their own and read every ticket key. Make a CA and certificates with `stek ca init` and `stek ca issue` (docs/security.md, \"PKI walk-through\"), or set insecure = true to run without (a warning at every start)"),
+            ));
+        }
         let mut targets = Vec::with_capacity(raw.target.len());
         for (i, t) in raw.target.into_iter().enumerate() {
             let key = |k: &str| format!("target[{i}].{k}");
@@ -568,6 +660,8 @@ impl Config {
             policy,
             lease_ttl: raw.rotation.lease_ttl,
             coordination,
+            identity,
+            insecure: raw.insecure,
             admin_listen,
             compact_history,
             targets,
@@ -865,7 +959,7 @@ group = "0"
 
     #[test]
     fn etcd_endpoints_are_checked() {
-        let c = parse("[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n").unwrap();
+        let c = parse("insecure = true\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n").unwrap();
         assert_eq!(
             c.coordination,
             Coordination::Etcd {
@@ -878,10 +972,10 @@ group = "0"
         else {
             panic!("no [etcd]: the embedded coordinator")
         };
-        assert_eq!(listen, DEFAULT_RAFT_LISTEN);
+        assert_eq!(listen, "unix:/run/stek/default.sock");
         assert_eq!(
             peers.get("a").map(String::as_str),
-            Some(DEFAULT_RAFT_LISTEN)
+            Some("unix:/run/stek/default.sock")
         );
         let m = err("[etcd]\nendpoints = []\n");
         assert!(m.contains("etcd.endpoints: is empty"), "{m}");
@@ -902,7 +996,7 @@ group = "0"
 
     #[test]
     fn raft_section_is_checked() {
-        let c = parse("node_id = \"n2\"\n[raft]\nlisten = \"127.0.0.1:7702\"\npeers = { n1 = \"127.0.0.1:7701\", n2 = \"127.0.0.1:7702\", n3 = \"127.0.0.1:7703\" }\n").unwrap();
+        let c = parse("node_id = \"n2\"\ninsecure = true\n[raft]\nlisten = \"127.0.0.1:7702\"\npeers = { n1 = \"127.0.0.1:7701\", n2 = \"127.0.0.1:7702\", n3 = \"127.0.0.1:7703\" }\n").unwrap();
         let Coordination::Raft { listen, peers, .. } = c.coordination else {
             panic!("raft")
         };
@@ -916,6 +1010,39 @@ group = "0"
             "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n[raft]\nlisten = \"127.0.0.1:1\"\n",
         );
         assert!(m.contains("keep one"), "{m}");
+    }
+
+    /// A store or a peer listener that others can reach needs `[identity]` (or an explicit
+    /// `insecure = true`); the single-box default listens on a Unix socket and needs neither.
+    #[test]
+    fn reachable_coordination_needs_identity_or_insecure() {
+        let etcd = "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n";
+        let m = err(etcd);
+        assert!(m.contains("identity: etcd needs [identity]"), "{m}");
+        assert!(m.contains("stek ca init") && m.contains("insecure = true"), "{m}");
+        let raft = "node_id = \"n1\"\n[raft]\nlisten = \"127.0.0.1:7701\"\n";
+        let m = err(raft);
+        assert!(m.contains("a Raft listener on TCP needs [identity]"), "{m}");
+        let c = parse(&format!("insecure = true\n{raft}")).unwrap();
+        assert!(c.insecure && c.identity.is_none());
+        let c = parse(&format!(
+            "node_id = \"n1\"\n{}[identity]\nca_file = \"/ca.pem\"\ncert_file = \"/n1.pem\"\nkey_file = \"/n1.key\"\nrevoked = [\"0A:1B\"]\n",
+            &raft["node_id = \"n1\"\n".len()..]
+        ))
+        .unwrap();
+        assert_eq!(c.identity.unwrap().revoked, vec!["0A:1B".to_owned()]);
+        let m = err("insecure = true\n[identity]\nca_file = \"/ca.pem\"\ncert_file = \"/n1.pem\"\nkey_file = \"/n1.key\"\nrevoked = [\"zz\"]\n");
+        assert!(m.contains("identity.revoked: \"zz\" is not a certificate serial"), "{m}");
+        // The single-box default: a one-node group on a Unix socket, no identity needed.
+        let c = parse("cluster = \"edge\"\n").unwrap();
+        assert!(matches!(&c.coordination, Coordination::Raft { listen, .. } if listen == "unix:/run/stek/edge.sock"));
+        let m = err("[raft]\nlisten = \"unix:run/x.sock\"\n");
+        assert!(m.contains("needs an absolute path"), "{m}");
+        let m = err("node_id = \"a\"\n[raft]\nlisten = \"unix:/run/x.sock\"\npeers = { a = \"unix:/run/x.sock\", b = \"127.0.0.1:2\" }\n");
+        assert!(m.contains("other peers cannot reach"), "{m}");
+        // The old [raft] TLS keys say where they went.
+        let m = err("insecure = true\n[raft]\nca_file = \"/ca.pem\"\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n");
+        assert!(m.contains("moved to [identity]") && m.contains("stek ca issue"), "{m}");
     }
 
     #[test]

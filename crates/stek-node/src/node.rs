@@ -13,10 +13,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use stek_coord::identity::NodeIdentity;
 use stek_coord::seal::{Identity, MemberKey, SealError};
 use stek_coord::{
-    ChangeStream, CoordError, Coordinator, KeepAlive, LeaseId, Member, MemberRecord, RingSlot,
-    Snapshot, StoredRing, Term,
+    ChangeStream, CoordError, Coordinator, KeepAlive, LeaseId, Member, MemberRecord, RecordError,
+    RingSlot, Snapshot, StoredRing, Term,
 };
 use stek_core::{decide_at, next_ring, Decision, KeyRing, OsKeySource, RingMeta};
 use tracing::{debug, error, info, warn};
@@ -35,17 +36,23 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
 
 /// Runs a node until `shutdown` resolves; then resigns and revokes its lease at once. Keeps
-/// `metrics` (served by [`crate::admin`]) current on every pass.
+/// `metrics` (served by [`crate::admin`]) current on every pass. With `identity`
+/// (`[identity]`), the node signs its member record and every ring it writes, and acts only on
+/// rings its leader signed and members whose enrollment verifies.
 pub async fn run<C: Coordinator>(
     config: &Config,
     coord: C,
     metrics: Arc<Metrics>,
+    identity: Option<&NodeIdentity>,
     shutdown: impl Future<Output = ()>,
 ) {
+    metrics.insecure.set(i64::from(config.insecure && identity.is_none()));
     let mut node = Node {
         config,
         coord,
         metrics,
+        pki: identity,
+        newest_seen: 0,
         live_seen: BTreeSet::new(),
         requests_seen: BTreeSet::new(),
         identity: Identity::generate(),
@@ -93,7 +100,10 @@ pub async fn run<C: Coordinator>(
         let read = if node.term.is_none() && !want_full && !full_due {
             node.read_as_follower().await
         } else {
-            node.coord.snapshot().await
+            match node.coord.snapshot().await {
+                Ok(s) => Ok(node.authenticated(s)),
+                Err(e) => Err(e),
+            }
         };
         let snap = match read {
             Ok(s) => {
@@ -210,6 +220,11 @@ struct Node<'a, C> {
     config: &'a Config,
     coord: C,
     metrics: Arc<Metrics>,
+    /// `[identity]`: signs this node's records and rings, verifies everyone else's.
+    pki: Option<&'a NodeIdentity>,
+    /// The newest ring generation this process accepted: an older ring is a replay, never
+    /// applied (no rollback).
+    newest_seen: u64,
     /// Members the leader saw live on its last pass (to audit the ones that go).
     live_seen: BTreeSet<String>,
     /// Rotation requests already audited.
@@ -239,6 +254,14 @@ struct Node<'a, C> {
 
 impl<C: Coordinator> Node<'_, C> {
     fn record(&self) -> MemberRecord {
+        let mut record = self.bare_record();
+        if let Some(pki) = self.pki {
+            record.enroll(&self.config.cluster, &pki.creds);
+        }
+        record
+    }
+
+    fn bare_record(&self) -> MemberRecord {
         MemberRecord {
             node_id: self.config.node_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -258,14 +281,40 @@ impl<C: Coordinator> Node<'_, C> {
             updated_at_ms: MemberRecord::now_ms(),
             public_key: Some(self.identity.public().to_base64()),
             unsealable_generation: self.seal_error.as_ref().map(|(g, _)| *g),
+            certificate: None,
+            key_signature: None,
         }
+    }
+
+    /// What this node may act on in a read: with `[identity]`, only a ring its writer signed
+    /// and members whose enrollment verifies ([`Snapshot::authenticate`]); and never a ring
+    /// older than one it accepted before (a replay).
+    fn authenticated(&mut self, mut snap: Snapshot) -> Snapshot {
+        if let Some(pki) = self.pki {
+            snap.authenticate(&pki.trust, SystemTime::now());
+        }
+        if let RingSlot::Valid(stored) = &snap.ring {
+            let generation = stored.ring.generation();
+            if generation < self.newest_seen {
+                let e = RecordError::Rollback {
+                    got: generation,
+                    seen: self.newest_seen,
+                };
+                snap.rejected.push(("ring".into(), e.clone()));
+                snap.ring = RingSlot::Rejected(e);
+            } else {
+                self.newest_seen = generation;
+            }
+        }
+        snap
     }
 
     /// A follower's read: its own records, the ring and the leader. If that shows no other
     /// leader (an election to join) or a ring it cannot open (it may have to defer to a member
     /// that can), it reads everything, as those decisions need every member.
-    async fn read_as_follower(&self) -> Result<Snapshot, CoordError> {
+    async fn read_as_follower(&mut self) -> Result<Snapshot, CoordError> {
         let snap = self.coord.snapshot_of_member(&self.config.node_id).await?;
+        let snap = self.authenticated(snap);
         let other_leader = snap
             .leader
             .as_ref()
@@ -281,7 +330,8 @@ impl<C: Coordinator> Node<'_, C> {
         if !snap.partial || (other_leader && opens) {
             return Ok(snap);
         }
-        self.coord.snapshot().await
+        let snap = self.coord.snapshot().await?;
+        Ok(self.authenticated(snap))
     }
 
     async fn join(&mut self) -> Result<KeepAlive, CoordError> {
@@ -317,6 +367,11 @@ impl<C: Coordinator> Node<'_, C> {
         for (key, e) in &snap.rejected {
             if self.logged.insert((key.clone(), e.to_string())) {
                 error!(key = %key, "rejected a record from the store: {e}; it is not applied");
+            }
+        }
+        for r in &snap.refused {
+            if self.logged.insert((format!("members/{}", r.node_id), r.reason.clone())) {
+                error!(target: "audit", member = %r.node_id, live = r.live, "member refused: {}; no key is sealed for it and it does not count for rotations", r.reason);
             }
         }
         if let RingSlot::Valid(stored) = &snap.ring {
@@ -378,6 +433,11 @@ impl<C: Coordinator> Node<'_, C> {
         let now = SystemTime::now();
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         m.leader.set(i64::from(self.term.is_some()));
+        m.ring_rejected
+            .set(i64::from(matches!(snap.ring, RingSlot::Rejected(_))));
+        if !snap.partial {
+            m.members_refused.set(gauge(snap.refused.len() as u64));
+        }
         let applied = self.applied.as_ref().map_or(0, KeyRing::generation);
         m.applied_generation.set(gauge(applied));
         if !snap.partial {
@@ -582,24 +642,37 @@ impl<C: Coordinator> Node<'_, C> {
                 Some(ring) => (Some(ring), Some(stored)),
                 None => return self.cannot_open(term, stored, snap, now).await,
             },
-            RingSlot::Absent => (None, None),
-            RingSlot::Rejected(e) => {
-                // Never bootstrap over a bad record: nodes would switch to keys nobody else
-                // holds. Rewrite the last ring this node opened (next generation, same keys).
-                let Some(good) = self.opened.clone() else {
-                    error!("the ring record is malformed ({e}) and this leader has never opened a valid one; an operator must restore it");
-                    return Some(Instant::now() + BACKOFF_MAX);
+            RingSlot::Absent | RingSlot::Rejected(_) => {
+                // Never bootstrap over a missing or bad record while keys are held: nodes would
+                // switch to keys nobody else holds. Rewrite the last ring this node opened
+                // (same keys, a generation above any seen), or hand over to a member that holds
+                // keys; bootstrap only when nobody does.
+                let why = match &snap.ring {
+                    RingSlot::Rejected(e) => format!("the ring record is rejected ({e})"),
+                    _ => "the ring record is missing".to_owned(),
                 };
-                let repaired =
-                    renumber_after(good.with_next_rotation_at(good.next_rotation_at()), snap);
-                match self.write(term, &repaired, snap, &[]).await {
-                    Ok(_) => warn!(
-                        generation = repaired.generation(),
-                        "replaced a malformed ring record with the last valid ring"
-                    ),
-                    Err(e) => self.write_failed(e),
+                if let Some(good) = self.opened.clone().or_else(|| self.applied.clone()) {
+                    let repaired = renumber_after(
+                        good.with_next_rotation_at(good.next_rotation_at()),
+                        snap,
+                        self.newest_seen,
+                    );
+                    match self.write(term, &repaired, snap, &[]).await {
+                        Ok(_) => warn!(target: "audit", generation = repaired.generation(), leader = %me, "{why}: rewrote the last valid ring this leader holds"),
+                        Err(e) => self.write_failed(e),
+                    }
+                    return Some(Instant::now() + BACKOFF_MIN);
                 }
-                return Some(Instant::now() + BACKOFF_MIN);
+                if let Some(holder) = self.key_holder(snap, 0) {
+                    return self.hand_over(term, &holder, &why).await;
+                }
+                if let RingSlot::Rejected(_) = &snap.ring {
+                    if self.logged.insert(("ring-repair".into(), why.clone())) {
+                        error!("{why}, and no live member holds keys to rewrite it with; an operator must restore it or delete it (a new ring is then made)");
+                    }
+                    return Some(Instant::now() + BACKOFF_MAX);
+                }
+                (None, None)
             }
         };
         let members = snap.member_views();
@@ -724,11 +797,15 @@ impl<C: Coordinator> Node<'_, C> {
         })
     }
 
-    /// A live member other than this node that holds a usable copy of the stored ring, when
-    /// this node cannot open it: that member should lead.
+    /// A live member other than this node that should lead instead, because this node cannot
+    /// open the stored ring and it can (a usable copy), or because it acknowledged a newer
+    /// generation than the store holds (the ring was replayed, restored from a backup or
+    /// deleted) and this node holds no keys of its own.
     fn defer_to(&self, snap: &Snapshot) -> Option<String> {
-        let RingSlot::Valid(stored) = &snap.ring else {
-            return None;
+        let stored = match &snap.ring {
+            RingSlot::Valid(stored) => stored,
+            _ if self.opened.is_some() || self.applied.is_some() => return None,
+            _ => return self.key_holder(snap, 0),
         };
         if self.plaintext(&stored.ring).is_some() {
             return None;
@@ -738,6 +815,27 @@ impl<C: Coordinator> Node<'_, C> {
             .filter(|m| m.live && m.record.node_id != self.config.node_id)
             .find(|m| stored.usable_copy_for(&m.record))
             .map(|m| m.record.node_id.clone())
+            .or_else(|| self.key_holder(snap, stored.ring.generation()))
+    }
+
+    /// A live member other than this node that acknowledged a generation above `above`: it
+    /// holds keys the store no longer shows.
+    fn key_holder(&self, snap: &Snapshot, above: u64) -> Option<String> {
+        snap.members
+            .iter()
+            .filter(|m| m.live && m.record.node_id != self.config.node_id)
+            .find(|m| m.record.applied_generation > above)
+            .map(|m| m.record.node_id.clone())
+    }
+
+    /// Gives the leadership up so that `holder` takes it.
+    async fn hand_over(&mut self, term: Term, holder: &str, why: &str) -> Option<Instant> {
+        info!(target: "audit", node = %self.config.node_id, term = term.0, "leadership released: {why}; {holder} holds keys and should lead");
+        if let Err(e) = self.coord.resign(term).await {
+            warn!("could not release the leadership: {e}");
+        }
+        self.term = None;
+        Some(Instant::now() + BACKOFF_MIN)
     }
 
     /// Leading while this node cannot open the stored ring: hand over to a member that can,
@@ -752,15 +850,12 @@ impl<C: Coordinator> Node<'_, C> {
     ) -> Option<Instant> {
         let me = self.config.node_id.clone();
         if let Some(holder) = self.defer_to(snap) {
-            info!(target: "audit", node = %me, term = term.0, "leadership released: this node cannot open the ring, {holder} can");
-            if let Err(e) = self.coord.resign(term).await {
-                warn!("could not release the leadership: {e}");
-            }
-            self.term = None;
-            return Some(Instant::now() + BACKOFF_MIN);
+            return self
+                .hand_over(term, &holder, "this node cannot open the ring")
+                .await;
         }
         let rekeyed = KeyRing::rekeyed(&stored.ring, now, &self.config.policy, &mut OsKeySource);
-        let rekeyed = renumber_after(rekeyed, snap);
+        let rekeyed = renumber_after(rekeyed, snap, self.newest_seen);
         match self.write(term, &rekeyed, snap, &snap.requests).await {
             Ok(revision) => {
                 error!(target: "audit", generation = rekeyed.generation(), leader = %me, active = %rekeyed.active().fingerprint(), "no live member can open the stored ring (every member that held it has restarted): created new keys; tickets issued before now will not resume");
@@ -785,13 +880,17 @@ impl<C: Coordinator> Node<'_, C> {
             .filter(|m| m.live)
             .filter_map(|m| Some((m.record.node_id.clone(), m.record.sealing_key()?)))
             .collect();
-        let (stored, failed) = StoredRing::seal(
+        let (mut stored, failed) = StoredRing::seal(
             &self.config.cluster,
             ring,
             &self.config.policy,
             &self.config.node_id,
             &recipients,
         );
+        stored.term = term.0;
+        if let Some(pki) = self.pki {
+            stored.sign(&self.config.cluster, &pki.creds);
+        }
         for e in failed {
             if self.logged.insert(("seal".into(), e.to_string())) {
                 error!("{e}");
@@ -847,14 +946,16 @@ fn lacking_copies(stored: &StoredRing, members: &[Member]) -> Vec<String> {
 }
 
 /// A repaired ring must have a generation above every generation members acknowledged, so
-/// that they apply it and acknowledge again.
-fn renumber_after(ring: KeyRing, snap: &Snapshot) -> KeyRing {
+/// that they apply it and acknowledge again, and above `floor` (the newest this node saw), so
+/// that no node takes it for a replay.
+fn renumber_after(ring: KeyRing, snap: &Snapshot, floor: u64) -> KeyRing {
     let highest = snap
         .members
         .iter()
         .map(|m| m.record.applied_generation)
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .max(floor);
     let mut r = ring;
     while r.generation() <= highest {
         r = r.with_next_rotation_at(r.next_rotation_at());

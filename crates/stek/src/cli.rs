@@ -55,6 +55,9 @@ pub enum Command {
         /// Print one JSON document (documented in docs/status.md).
         #[arg(long)]
         json: bool,
+
+        #[command(flatten)]
+        cert: CertArgs,
     },
 
     /// Ask the leader to rotate now.
@@ -73,6 +76,9 @@ pub enum Command {
         /// How long --wait may take.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
+
+        #[command(flatten)]
+        cert: CertArgs,
     },
 
     /// Validate a config file and the environment; print what to fix.
@@ -129,6 +135,16 @@ pub enum Command {
         keep: bool,
     },
 
+    /// Make the cluster's CA and its certificates (members and operators).
+    ///
+    /// Every member's `[identity]` names the CA and its own certificate: members sign their
+    /// records and rings with it, and talk to each other over mutual TLS with it. Keep ca.key
+    /// offline once the certificates are issued. Walk-through: docs/security.md.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+
     /// Print a shell completion script.
     ///
     /// bash: `stek completions bash > /etc/bash_completion.d/stek`;
@@ -142,6 +158,62 @@ pub enum Command {
 
     /// Print the manual page (roff), e.g. `stek man > /usr/local/share/man/man1/stek.1`.
     Man,
+}
+
+/// A certificate to present instead of the config's `[identity]` one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CertArgs {
+    /// An operator's certificate (`stek ca issue --operator`), presented to the embedded
+    /// coordinator's peers instead of this box's member certificate: it may read and request
+    /// rotations, nothing else.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Its key (mode 600).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+/// `stek ca` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Make a new CA for one cluster: DIR/ca.pem (the certificate every node trusts) and
+    /// DIR/ca.key (mode 0600, to keep offline). Refuses to overwrite either.
+    Init {
+        /// The cluster it is for (the nodes' `cluster`).
+        #[arg(long, value_name = "NAME")]
+        cluster: String,
+        /// The directory to write to (made 0700 if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// How long the CA is valid.
+        #[arg(long, default_value = "3650d", value_parser = parse_duration)]
+        valid_for: Duration,
+    },
+
+    /// Issue a member's certificate (--node ID) or an operator's (--operator NAME): DIR2/ID.pem
+    /// and DIR2/ID.key (0600). A member's names the cluster and the node id, and with --host the
+    /// names or IPs its Raft listener is reached at; an operator's can only read the cluster's
+    /// state and request rotations, never act as a member. Refuses to overwrite.
+    Issue {
+        /// The directory holding ca.pem and ca.key.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The member's node id.
+        #[arg(long, value_name = "ID", conflicts_with = "operator", required_unless_present = "operator")]
+        node: Option<String>,
+        /// The operator's name.
+        #[arg(long, value_name = "NAME")]
+        operator: Option<String>,
+        /// A DNS name or IP address peers reach this member's Raft listener at (repeatable).
+        #[arg(long, value_name = "H", conflicts_with = "operator")]
+        host: Vec<String>,
+        /// The directory to write to (made 0700 if missing).
+        #[arg(long, value_name = "DIR2")]
+        out: PathBuf,
+        /// How long the certificate is valid.
+        #[arg(long, default_value = "365d", value_parser = parse_duration)]
+        valid_for: Duration,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -1,7 +1,7 @@
-//! Peer traffic: one request per TCP connection, each message a 4-byte big-endian length and a
-//! JSON body. Carries Raft's own RPCs and the coordinator's client calls. (Plain TCP for now:
-//! the ring it carries holds key bytes, so peer listeners must stay on a trusted network until
-//! mutual TLS lands.)
+//! Peer traffic: one request per connection, each message a 4-byte big-endian length and a
+//! JSON body. Carries Raft's own RPCs and the coordinator's client calls: over mutual TLS
+//! between peers (`[identity]`), or over a Unix socket in a root-only directory for the
+//! single-box default (an address `unix:/path`), where the kernel says who connected.
 
 use std::time::Duration;
 
@@ -84,6 +84,10 @@ pub async fn call(
     tls: Option<&PeerTls>,
 ) -> std::io::Result<Reply> {
     let work = async {
+        if let Some(path) = addr.strip_prefix("unix:") {
+            let mut stream = tokio::net::UnixStream::connect(path).await?;
+            return exchange(&mut stream, req).await;
+        }
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         match tls {
@@ -117,6 +121,68 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     // Close our side cleanly (a TLS close_notify) so the peer sees no truncation.
     let _ = stream.shutdown().await;
     Ok(reply)
+}
+
+/// A peer's listener: TCP, or a Unix socket for the single-box default.
+#[derive(Debug)]
+pub enum Listener {
+    /// host:port.
+    Tcp(tokio::net::TcpListener),
+    /// `unix:/path`: the socket, mode 0600 in a directory only its owner can enter.
+    Unix(tokio::net::UnixListener, std::path::PathBuf),
+}
+
+impl Listener {
+    /// Binds `addr`. A Unix socket's directory is made 0700 if missing and refused if another
+    /// user owns it or can enter it; a socket a live process still answers on is refused, a
+    /// stale one (a killed node's) replaced.
+    pub async fn bind(addr: &str) -> std::io::Result<Self> {
+        let Some(path) = addr.strip_prefix("unix:") else {
+            return Ok(Self::Tcp(tokio::net::TcpListener::bind(addr).await?));
+        };
+        use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+        let path = std::path::PathBuf::from(path);
+        let dir = path
+            .parent()
+            .ok_or_else(|| std::io::Error::other(format!("{}: no directory", path.display())))?;
+        if std::fs::symlink_metadata(dir).is_err() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        let meta = std::fs::symlink_metadata(dir)?;
+        let me = nix::unistd::geteuid().as_raw();
+        if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o077 != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} must be a directory of uid {me} that no other user can enter (it is uid {}, mode {:o}); its socket gives full control of the cluster: chown it and chmod 700, or choose another [raft] listen = \"unix:/...\"",
+                    dir.display(),
+                    meta.uid(),
+                    meta.mode() & 0o7777
+                ),
+            ));
+        }
+        if let Ok(m) = std::fs::symlink_metadata(&path) {
+            if !m.file_type().is_socket() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket; remove it", path.display()),
+                ));
+            }
+            if tokio::net::UnixStream::connect(&path).await.is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("{} is in use: another stek node of this cluster runs on this box", path.display()),
+                ));
+            }
+            std::fs::remove_file(&path)?;
+        }
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(Self::Unix(listener, path))
+    }
 }
 
 /// Writes one frame.

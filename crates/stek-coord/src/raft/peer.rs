@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, Raft, ServerState};
-use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
-use super::net::{read_frame, write_frame, Network, Reply, Request};
+use super::net::{read_frame, write_frame, Listener, Network, Reply, Request};
+use crate::identity::Role;
 use super::store::{Applied, Command, MemStore};
 use super::tls::PeerTls;
 use super::TypeConfig;
@@ -35,6 +35,7 @@ pub struct Peer {
     store: MemStore,
     id: u64,
     addrs: Arc<BTreeMap<u64, String>>,
+    ids: Arc<BTreeMap<String, u64>>,
     deadlines: Arc<Mutex<HashMap<i64, Instant>>>,
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
@@ -44,6 +45,33 @@ impl std::fmt::Debug for Peer {
         f.debug_struct("Peer")
             .field("id", &self.id)
             .finish_non_exhaustive()
+    }
+}
+
+/// Who is at the other end of a connection.
+#[derive(Debug)]
+enum Caller {
+    /// The Unix socket: a process of this node's own user.
+    Local,
+    /// Plain TCP (`insecure = true`): anyone.
+    Insecure,
+    /// TLS without `[identity]` trust (tests): any certificate of the CA.
+    AnyCertificate,
+    /// A verified certificate.
+    Cert(Role),
+    /// A certificate of the CA that does not make its holder anyone (revoked, no stek role).
+    Refused(String),
+}
+
+impl Caller {
+    fn of(trust: &crate::identity::Trust, certs: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Self {
+        match certs.and_then(|c| c.first()) {
+            None => Self::Refused("no client certificate".into()),
+            Some(der) => match trust.verify(der, std::time::SystemTime::now()) {
+                Ok(v) => Self::Cert(v.role),
+                Err(e) => Self::Refused(e.to_string()),
+            },
+        }
     }
 }
 
@@ -94,7 +122,7 @@ impl Peer {
                     endpoints: listen.to_owned(),
                     reason: e.to_string(),
                 })?;
-        let listener = TcpListener::bind(listen)
+        let listener = Listener::bind(listen)
             .await
             .map_err(|e| CoordError::Unreachable {
                 endpoints: listen.to_owned(),
@@ -105,6 +133,7 @@ impl Peer {
             store,
             id,
             addrs: Arc::new(addrs),
+            ids: Arc::new(ids),
             deadlines: Arc::default(),
             tasks: Arc::default(),
         };
@@ -160,50 +189,132 @@ impl Peer {
         Ok(())
     }
 
-    async fn serve(self, listener: TcpListener, tls: Option<Arc<PeerTls>>) {
-        let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone()));
+    async fn serve(self, listener: Listener, tls: Option<Arc<PeerTls>>) {
+        let acceptor = tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone()));
+        let trust = tls.and_then(|t| t.trust.clone());
         loop {
-            match listener.accept().await {
-                Ok((stream, from)) => {
-                    let me = self.clone();
-                    let acceptor = acceptor.clone();
-                    tokio::spawn(async move {
-                        let served = match acceptor {
-                            Some(a) => match a.accept(stream).await {
-                                Ok(mut s) => me.handle(&mut s).await,
-                                Err(e) => {
-                                    warn!(%from, "refused a peer connection without a valid certificate: {e}");
-                                    return;
-                                }
-                            },
-                            None => {
-                                let mut s = stream;
-                                me.handle(&mut s).await
-                            }
-                        };
-                        if let Err(e) = served {
-                            debug!("peer connection: {e}");
+            let me = self.clone();
+            match &listener {
+                Listener::Unix(l, _) => match l.accept().await {
+                    Ok((mut stream, _)) => {
+                        // The socket's directory lets only our uid in; the kernel's word on
+                        // the caller is checked as well.
+                        let uid = stream.peer_cred().map(|c| c.uid()).ok();
+                        if uid != Some(nix::unistd::geteuid().as_raw()) {
+                            warn!(?uid, "refused a local connection from another user");
+                            continue;
                         }
-                    });
-                }
-                Err(e) => {
-                    warn!("raft listener: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                        tokio::spawn(async move {
+                            if let Err(e) = me.handle(&mut stream, &Caller::Local).await {
+                                debug!("local connection: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        warn!("raft socket: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Listener::Tcp(l) => match l.accept().await {
+                    Ok((stream, from)) => {
+                        let acceptor = acceptor.clone();
+                        let trust = trust.clone();
+                        tokio::spawn(async move {
+                            let served = match acceptor {
+                                Some(a) => match a.accept(stream).await {
+                                    Ok(mut s) => {
+                                        let caller = match &trust {
+                                            Some(trust) => Caller::of(trust, s.get_ref().1.peer_certificates()),
+                                            None => Caller::AnyCertificate,
+                                        };
+                                        me.handle(&mut s, &caller).await
+                                    }
+                                    Err(e) => {
+                                        warn!(%from, "refused a peer connection without a valid certificate: {e}");
+                                        return;
+                                    }
+                                },
+                                None => {
+                                    let mut s = stream;
+                                    me.handle(&mut s, &Caller::Insecure).await
+                                }
+                            };
+                            if let Err(e) = served {
+                                debug!("peer connection: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        warn!("raft listener: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
             }
         }
     }
 
-    async fn handle<S>(&self, stream: &mut S) -> std::io::Result<()>
+    async fn handle<S>(&self, stream: &mut S, caller: &Caller) -> std::io::Result<()>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let body = read_frame(stream).await?;
         let req: Request = serde_json::from_slice(&body)?;
-        let reply = self.answer(req).await;
+        let reply = match self.authorize(caller, &req) {
+            Ok(()) => self.answer(req).await,
+            Err(why) => {
+                warn!(caller = ?caller, "refused a request: {why}");
+                Reply::Error(format!("refused: {why}"))
+            }
+        };
         write_frame(stream, &serde_json::to_vec(&reply)?).await?;
         let _ = tokio::io::AsyncWriteExt::shutdown(stream).await;
         Ok(())
+    }
+
+    /// Whether `caller` may make `req`. Replication, votes and snapshots come only from the
+    /// peer the certificate names, acting for itself; a member registers, acknowledges and
+    /// campaigns only as itself; an operator only reads and requests rotations.
+    fn authorize(&self, caller: &Caller, req: &Request) -> Result<(), String> {
+        let role = match caller {
+            Caller::Local | Caller::Insecure | Caller::AnyCertificate => return Ok(()),
+            Caller::Refused(why) => return Err(why.clone()),
+            Caller::Cert(role) => role,
+        };
+        let raft_leader = match req {
+            Request::Append(r) => Some(r.vote.leader_id().voted_for()),
+            Request::Vote(r) => Some(r.vote.leader_id().voted_for()),
+            Request::InstallSnapshot(r) => Some(r.vote.leader_id().voted_for()),
+            _ => None,
+        };
+        match (role, req) {
+            (Role::Operator(_), Request::State | Request::Wait { .. }) => Ok(()),
+            (Role::Operator(_), Request::Write(Command::PutRequest { .. })) => Ok(()),
+            (Role::Operator(name), _) => Err(format!(
+                "operator {name} may only read and request rotations"
+            )),
+            (Role::Member(id), _) if raft_leader.is_some() => {
+                let own = self.ids.get(id).copied();
+                if own.is_some() && raft_leader == Some(own) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "member {id} sent a Raft message for peer {:?}, not for itself",
+                        raft_leader.flatten()
+                    ))
+                }
+            }
+            (
+                Role::Member(id),
+                Request::Write(
+                    Command::Register { node_id, .. }
+                    | Command::PutMember { node_id, .. }
+                    | Command::Campaign { node_id, .. },
+                ),
+            ) if node_id != id => Err(format!("member {id} may not act for member {node_id}")),
+            (Role::Member(_), _) => Ok(()),
+        }
     }
 
     async fn answer(&self, req: Request) -> Reply {

@@ -8,11 +8,14 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-/// The peer TLS configuration, both directions.
+/// The peer TLS configuration, both directions, and whom the certificates make who.
 #[derive(Clone)]
 pub struct PeerTls {
     pub(crate) server: Arc<ServerConfig>,
     pub(crate) client: Arc<ClientConfig>,
+    /// With it, a peer authorises every request by the caller's certificate (member or
+    /// operator, and which); without, any certificate of the CA may do anything.
+    pub(crate) trust: Option<Arc<crate::identity::Trust>>,
 }
 
 impl std::fmt::Debug for PeerTls {
@@ -60,7 +63,14 @@ impl PeerTls {
         Ok(Self {
             server: Arc::new(server),
             client: Arc::new(client),
+            trust: None,
         })
+    }
+
+    /// Authorises requests by certificate under `trust` (see `Peer`'s `authorize`).
+    pub fn with_trust(mut self, trust: crate::identity::Trust) -> Self {
+        self.trust = Some(Arc::new(trust));
+        self
     }
 
     /// The name a peer's certificate must carry for address `addr` (its host: an IP or a name).

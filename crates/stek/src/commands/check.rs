@@ -19,7 +19,7 @@ use std::time::Duration;
 use nix::unistd::{Group, User};
 use stek_coord::raft::client::RaftClient;
 use stek_coord::{Coordinator, RingSlot, Snapshot};
-use stek_node::config::{Coordination, EtcdAccess, RaftTls};
+use stek_node::config::{Coordination, EtcdAccess};
 use stek_node::writer::{WriteError, WriteOptions};
 use stek_node::{Config, ConfigError, Target};
 
@@ -259,17 +259,49 @@ fn program_finding(index: usize, key: &str, program: &str, found: Option<PathBuf
 }
 
 async fn check_store(config: &Config, report: &mut Report) {
+    check_identity(config, report);
     match &config.coordination {
         Coordination::Etcd { endpoints, access } => {
             check_etcd(config, endpoints, access, report).await
         }
-        Coordination::Raft { listen, peers, tls } => {
-            check_raft(config, listen, peers, tls.as_ref(), report).await
-        }
+        Coordination::Raft { listen, peers } => check_raft(config, listen, peers, report).await,
     }
 }
 
-/// A file the config names could not be used. [`EtcdAccess::read`] and [`RaftTls::read`] decide
+/// `[identity]`: the files load, the CA is this cluster's, the certificate names this node, is
+/// valid and not revoked; or `insecure = true`, said plainly.
+fn check_identity(config: &Config, report: &mut Report) {
+    let Some(files) = &config.identity else {
+        if config.insecure {
+            report.add(
+                "identity",
+                Finding::Warning("insecure = true: no [identity], so anyone who can reach the store or a peer can enroll and read every ticket key; make certificates with `stek ca` (docs/security.md)".into()),
+            );
+        } else {
+            report.add(
+                "identity",
+                Finding::Ok("single box: the one-node group listens only on a root-only Unix socket".into()),
+            );
+        }
+        return;
+    };
+    let role = stek_coord::identity::Role::Member(config.node_id.clone());
+    match files.load(&config.path, &config.cluster, &role) {
+        Ok((_, id)) => report.add(
+            "identity",
+            Finding::Ok(format!(
+                "{} is member {}'s certificate (serial {}) from the CA in {}; the key is its own and closed to other users",
+                files.cert_file.display(),
+                config.node_id,
+                id.creds.serial(),
+                files.ca_file.display()
+            )),
+        ),
+        Err(e) => report.add("identity", file_finding(&e)),
+    }
+}
+
+/// A file the config names could not be used. [`EtcdAccess::read`] and `IdentityFiles::load` decide
 /// (a secret file readable by others is refused there); this only splits their message into
 /// what is wrong and the command that fixes it.
 fn file_finding(e: &ConfigError) -> Finding {
@@ -396,6 +428,12 @@ enum Probe {
 }
 
 async fn probe(addr: &str) -> Probe {
+    if let Some(path) = addr.strip_prefix("unix:") {
+        return match tokio::net::UnixStream::connect(path).await {
+            Ok(_) => Probe::Answered,
+            Err(e) => Probe::Silent(format!("{path}: {e}")),
+        };
+    }
     let resolved = match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::lookup_host(addr)).await {
         Ok(Ok(found)) => found.collect::<Vec<_>>(),
         Ok(Err(e)) => return Probe::Unresolved(e.to_string()),
@@ -465,46 +503,12 @@ async fn check_raft(
     config: &Config,
     listen: &str,
     peers: &std::collections::BTreeMap<String, String>,
-    tls: Option<&RaftTls>,
     report: &mut Report,
 ) {
-    let mut tls_ok = true;
-    let peer_tls = match tls {
-        None => {
-            if peers.len() > 1 {
-                report.add(
-                    "raft TLS",
-                    Finding::Warning("Raft peer traffic is not encrypted: set [raft] ca_file, cert_file and key_file for mutual TLS".into()),
-                );
-            }
-            None
-        }
-        Some(t) => match super::cluster::peer_tls(config, Some(t)) {
-            Ok(built) => {
-                report.add(
-                    "raft TLS",
-                    Finding::Ok(format!(
-                        "{}, {} and {} load, the key is closed to other users",
-                        t.ca_file.display(),
-                        t.cert_file.display(),
-                        t.key_file.display()
-                    )),
-                );
-                built
-            }
-            Err(e) => {
-                tls_ok = false;
-                let finding = match e.downcast_ref::<ConfigError>() {
-                    Some(c) => file_finding(c),
-                    None => Finding::problem(
-                        format!("{e:#}"),
-                        "give a PEM CA, a certificate signed by it for this peer's address, and its private key",
-                    ),
-                };
-                report.add("raft TLS", finding);
-                None
-            }
-        },
+    let (peer_tls, tls_ok) = match super::cluster::peer_tls(config) {
+        Ok(built) => (built, true),
+        // Reported under "identity".
+        Err(_) => (None, false),
     };
     let mut probes = tokio::task::JoinSet::new();
     for (id, addr) in peers {
@@ -532,7 +536,7 @@ async fn check_raft(
         };
         report.add(&label, peer_finding(this_node, id, addr, peers.len(), p));
     }
-    if this_silent {
+    if this_silent && !listen.starts_with("unix:") {
         report.add(
             "raft listen",
             listen_finding(listen, std::net::TcpListener::bind(listen)),

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use serde::Serialize;
 use stek_coord::etcd::Etcd;
 use stek_coord::raft::client::RaftClient;
@@ -14,22 +14,75 @@ use stek_core::{decide_at, Decision, Policy};
 use stek_node::config::Coordination;
 use stek_node::Config;
 
+/// Whose certificate the CLI presents: the config's `[identity]` (a member's, on its box), or
+/// `--cert`/`--key` (an operator's, from `stek ca issue --operator`).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// `--cert` and `--key`.
+    pub operator: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
 /// Runs `f` with a client of the config's coordinator (etcd, or the embedded group's peers).
-async fn with_store<T, F>(config: &Config, f: F) -> anyhow::Result<T>
+async fn with_store<T, F>(config: &Config, access: &Access, f: F) -> anyhow::Result<T>
 where
     F: AsyncStoreFn<T>,
 {
     match &config.coordination {
-        Coordination::Etcd { endpoints, access } => {
-            let etcd = connect_etcd(config, endpoints, access).await?;
+        Coordination::Etcd { endpoints, access: etcd_access } => {
+            if access.operator.is_some() {
+                bail!("--cert and --key are for the embedded coordinator; with [etcd], an operator uses the etcd credentials in the config (an etcd user whose role reads the cluster's prefix and writes its requests/, docs/security.md)");
+            }
+            let etcd = connect_etcd(config, endpoints, etcd_access).await?;
             f.call(&etcd).await
         }
-        Coordination::Raft { peers, tls, .. } => {
+        Coordination::Raft { peers, .. } => {
+            let tls = match &access.operator {
+                None => peer_tls(config)?,
+                Some((cert, key)) => Some(operator_tls(config, cert, key)?),
+            };
             let client = RaftClient::new(&config.cluster, peers.values().cloned().collect(), None)
-                .with_tls(peer_tls(config, tls.as_ref())?);
+                .with_tls(tls);
             f.call(&client).await
         }
     }
+}
+
+/// Mutual TLS with `--cert`/`--key` (any role of the cluster's CA: the peers decide what it
+/// may do) and the config's CA.
+fn operator_tls(
+    config: &Config,
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<stek_coord::raft::tls::PeerTls> {
+    let Some(files) = &config.identity else {
+        bail!("--cert needs the cluster's CA: the config has no [identity] ca_file");
+    };
+    let files = stek_node::config::IdentityFiles {
+        cert_file: cert.to_owned(),
+        key_file: key.to_owned(),
+        ..files.clone()
+    };
+    let pem = files.read(&config.path)?;
+    let trust = stek_coord::identity::Trust::new(&pem.ca, &config.cluster, &files.revoked)?;
+    let creds = stek_coord::identity::Credentials::new(&trust, &pem.cert, &pem.key)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
+    tracing::debug!(role = %creds.role(), "presenting --cert");
+    stek_coord::raft::tls::PeerTls::from_pem(&pem.ca, &pem.cert, &pem.key)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))
+}
+
+/// The config's trust (`[identity]` CA and revocations), to check what the store holds.
+fn trust_of(config: &Config) -> anyhow::Result<Option<stek_coord::identity::Trust>> {
+    let Some(files) = &config.identity else {
+        return Ok(None);
+    };
+    let ca = std::fs::read(&files.ca_file)
+        .with_context(|| format!("cannot read [identity] ca_file {}", files.ca_file.display()))?;
+    Ok(Some(stek_coord::identity::Trust::new(
+        &ca,
+        &config.cluster,
+        &files.revoked,
+    )?))
 }
 
 /// Connects to etcd with the config's TLS and credentials (secret files checked first).
@@ -53,18 +106,30 @@ pub async fn connect_etcd(
     Ok(Etcd::connect_secured(endpoints, &config.cluster, security).await?)
 }
 
-/// The peers' mutual TLS from the config's files (key file checked first).
-pub fn peer_tls(
+/// This node's `[identity]`, checked: its CA is the cluster's, its certificate names this
+/// node as a member, is valid now and not revoked, and the key is the certificate's.
+pub fn load_identity(
     config: &Config,
-    tls: Option<&stek_node::config::RaftTls>,
-) -> anyhow::Result<Option<stek_coord::raft::tls::PeerTls>> {
-    let Some(tls) = tls else {
+) -> anyhow::Result<Option<stek_coord::identity::NodeIdentity>> {
+    let Some(files) = &config.identity else {
         return Ok(None);
     };
-    let pem = tls.read(&config.path)?;
+    let role = stek_coord::identity::Role::Member(config.node_id.clone());
+    let (_, identity) = files.load(&config.path, &config.cluster, &role)?;
+    Ok(Some(identity))
+}
+
+/// Mutual TLS between Raft peers (and with the CLI) from `[identity]`, authorising requests by
+/// certificate (key file checked first).
+pub fn peer_tls(config: &Config) -> anyhow::Result<Option<stek_coord::raft::tls::PeerTls>> {
+    let Some(files) = &config.identity else {
+        return Ok(None);
+    };
+    let role = stek_coord::identity::Role::Member(config.node_id.clone());
+    let (pem, identity) = files.load(&config.path, &config.cluster, &role)?;
     let built = stek_coord::raft::tls::PeerTls::from_pem(&pem.ca, &pem.cert, &pem.key)
-        .map_err(|e| anyhow::anyhow!("config {}: raft TLS: {e}", config.path.display()))?;
-    Ok(Some(built))
+        .map_err(|e| anyhow::anyhow!("config {}: [identity]: {e}", config.path.display()))?;
+    Ok(Some(built.with_trust(identity.trust)))
 }
 
 /// A job that can run against any coordinator (a generic async closure).
@@ -92,6 +157,20 @@ struct Status {
     keys: Vec<KeyStatus>,
     pending_requests: usize,
     rejected_records: Vec<Rejected>,
+    /// Member records whose certificate or key signature does not verify: no key is sealed
+    /// for them and they do not count for rotations.
+    refused_members: Vec<RefusedMember>,
+    /// Who signed the stored ring, when it verified (`[identity]`).
+    ring_signed_by: Option<String>,
+    /// The config runs with `insecure = true` and no `[identity]`.
+    insecure: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct RefusedMember {
+    node_id: String,
+    live: bool,
+    reason: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -205,6 +284,17 @@ fn status_of(cluster: &str, snap: &Snapshot, config_policy: &Policy) -> Status {
             })
             .unwrap_or_default(),
         pending_requests: snap.requests.len(),
+        refused_members: snap
+            .refused
+            .iter()
+            .map(|r| RefusedMember {
+                node_id: r.node_id.clone(),
+                live: r.live,
+                reason: r.reason.clone(),
+            })
+            .collect(),
+        ring_signed_by: None,
+        insecure: false,
         rejected_records: snap
             .rejected
             .iter()
@@ -270,8 +360,25 @@ fn print_text(s: &Status) {
             humantime::format_duration(Duration::from_secs(k.age_seconds))
         );
     }
+    if !s.refused_members.is_empty() {
+        println!("\nrefused members (no key is sealed for them; they do not count for rotations)");
+        for r in &s.refused_members {
+            println!(
+                "  {:<20} {:<5} {}",
+                r.node_id,
+                if r.live { "live" } else { "-" },
+                r.reason
+            );
+        }
+    }
     for r in &s.rejected_records {
         println!("\nrejected record {}: {}", r.key, r.error);
+    }
+    if let Some(by) = &s.ring_signed_by {
+        println!("\nring signed by {by}");
+    }
+    if s.insecure {
+        println!("\nINSECURE: insecure = true and no [identity]: anyone who can reach the store or a peer can enroll and read every ticket key");
     }
 }
 
@@ -283,10 +390,20 @@ impl AsyncStoreFn<Snapshot> for ReadSnapshot {
     }
 }
 
-pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+pub fn status(path: &Path, json: bool, access: &Access) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    let snap = runtime()?.block_on(with_store(&config, ReadSnapshot))?;
-    let s = status_of(&config.cluster, &snap, &config.policy);
+    let trust = trust_of(&config)?;
+    let mut snap = runtime()?.block_on(with_store(&config, access, ReadSnapshot))?;
+    let mut signed_by = None;
+    if let Some(trust) = &trust {
+        snap.authenticate(trust, SystemTime::now());
+        if let Some(ring) = snap.valid_ring() {
+            signed_by = Some(format!("member {} (term {})", ring.written_by, ring.term));
+        }
+    }
+    let mut s = status_of(&config.cluster, &snap, &config.policy);
+    s.ring_signed_by = signed_by;
+    s.insecure = config.insecure && config.identity.is_none();
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
@@ -406,10 +523,16 @@ impl Progress {
     }
 }
 
-pub fn rotate(path: &Path, wait: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
+pub fn rotate(
+    path: &Path,
+    wait: bool,
+    timeout: Duration,
+    access: &Access,
+) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     runtime()?.block_on(with_store(
         &config,
+        access,
         Rotate {
             config: &config,
             wait,

@@ -6,6 +6,7 @@ use stek_node::ConfigError;
 
 use crate::cli::Command;
 
+mod ca;
 mod check;
 mod cluster;
 mod demo;
@@ -17,13 +18,19 @@ mod snippet;
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Node { config } => node::run(&config),
-        Command::Status { config, json } => cluster::status(&config, json),
+        Command::Status {
+            config,
+            json,
+            cert,
+        } => cluster::status(&config, json, &access(cert)),
         Command::Rotate {
             config,
             wait,
             timeout,
-        } => cluster::rotate(&config, wait, timeout),
+            cert,
+        } => cluster::rotate(&config, wait, timeout, &access(cert)),
         Command::Check { config } => check::run(&config),
+        Command::Ca { command } => ca::run(command),
         Command::Snippet { config } => snippet::run(&config),
         Command::Formats => formats::run(),
         Command::Completions { shell } => {
@@ -49,6 +56,12 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             nginx: !no_nginx,
             keep,
         }),
+    }
+}
+
+fn access(cert: crate::cli::CertArgs) -> cluster::Access {
+    cluster::Access {
+        operator: cert.cert.zip(cert.key),
     }
 }
 

@@ -27,6 +27,10 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             tracing::warn!(target = t.index, format = t.format.info().name, "{w}");
         }
     }
+    let identity = super::cluster::load_identity(&config)?;
+    if identity.is_none() && config.insecure {
+        tracing::warn!("insecure = true: no [identity], so anyone who can reach the coordination store or a peer can enroll a key of their own and read every ticket key; see docs/security.md");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -36,23 +40,29 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             Coordination::Etcd { endpoints, access } => {
                 let etcd = super::cluster::connect_etcd(&config, endpoints, access).await?;
                 let metrics = admin(&config).await?;
-                stek_node::node::run(&config, etcd, metrics, shutdown_signal()).await;
+                stek_node::node::run(&config, etcd, metrics, identity.as_ref(), shutdown_signal()).await;
             }
-            Coordination::Raft { listen, peers, tls } => {
+            Coordination::Raft { listen, peers } => {
                 if peers.len() == 1 {
                     tracing::info!("embedded coordinator, single box: a one-node group on {listen}");
                 }
-                let tls = super::cluster::peer_tls(&config, tls.as_ref())?;
-                if tls.is_none() && peers.len() > 1 {
-                    tracing::warn!("Raft peer traffic is not encrypted: set [raft] ca_file, cert_file and key_file for mutual TLS");
+                if let (Some(id), Some((host, _))) = (&identity, listen.rsplit_once(':')) {
+                    if !listen.starts_with("unix:") && !id.creds.names_host(host) {
+                        return Err(ConfigError::Invalid {
+                            path: config.path.clone(),
+                            key: "identity.cert_file".into(),
+                            message: format!("the certificate does not name {host}, where peers reach this node's Raft listener ({listen}); issue it with `stek ca issue --node {} --host {host}`", config.node_id),
+                        }.into());
+                    }
                 }
+                let tls = super::cluster::peer_tls(&config)?;
                 let metrics = admin(&config).await?;
                 let peer =
                     Peer::start(&config.cluster, &config.node_id, listen, peers, tls.clone()).await?;
                 let home = peers.get(&config.node_id).cloned();
                 let client = RaftClient::new(&config.cluster, peers.values().cloned().collect(), home)
                     .with_tls(tls);
-                stek_node::node::run(&config, client, metrics, shutdown_signal()).await;
+                stek_node::node::run(&config, client, metrics, identity.as_ref(), shutdown_signal()).await;
                 peer.shutdown().await;
             }
         }
