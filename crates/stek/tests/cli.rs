@@ -32,7 +32,7 @@ use ports::free_port;
 #[path = "../../stek-node/src/test_support.rs"]
 #[allow(dead_code)]
 mod test_support;
-use test_support::require;
+use test_support::{needs_root, require};
 
 /// A private directory on the build disk: persistent storage, not a RAM disk.
 fn disk_dir() -> tempfile::TempDir {
@@ -279,7 +279,7 @@ fn node_refuses_to_start_on_a_target_that_is_not_a_ram_disk() {
     let cfg = write_config(
         disk.path(),
         &format!(
-            "node_id = \"a\"\n[etcd]\nendpoints = [\"http://127.0.0.1:9\"]\n[[target]]\nformat = \"httpd\"\npath = \"{}/httpd.key\"\n",
+            "node_id = \"a\"\ninsecure = true\n[etcd]\nendpoints = [\"http://127.0.0.1:9\"]\n[[target]]\nformat = \"httpd\"\npath = \"{}/httpd.key\"\n",
             disk.path().display()
         ),
     );
@@ -300,7 +300,7 @@ fn node_with_unreachable_etcd_names_the_endpoints_and_writes_nothing() {
     let cfg = write_config(
         d.path(),
         &format!(
-            "node_id = \"a\"\n[etcd]\nendpoints = [\"http://127.0.0.1:9\"]\n[admin]\nlisten = \"127.0.0.1:{}\"\n[[target]]\nformat = \"dnsdist\"\npath = \"{}/d.keys\"\n",
+            "node_id = \"a\"\ninsecure = true\n[etcd]\nendpoints = [\"http://127.0.0.1:9\"]\n[admin]\nlisten = \"127.0.0.1:{}\"\n[[target]]\nformat = \"dnsdist\"\npath = \"{}/d.keys\"\n",
             free_port(),
             keys.display()
         ),
@@ -341,7 +341,7 @@ fn without_etcd_the_cli_uses_the_embedded_group_and_names_the_peers_it_tried() {
     let port = free_port();
     let cfg = write_config(
         d.path(),
-        &format!("node_id = \"a\"\n[raft]\nlisten = \"127.0.0.1:{port}\"\n"),
+        &format!("node_id = \"a\"\ninsecure = true\n[raft]\nlisten = \"127.0.0.1:{port}\"\n"),
     );
     let out = stek(&["status", "--config", &cfg]);
     let t = text(&out);
@@ -349,22 +349,46 @@ fn without_etcd_the_cli_uses_the_embedded_group_and_names_the_peers_it_tried() {
     assert!(t.contains(&format!("raft peers [127.0.0.1:{port}]")), "{t}");
 }
 
-/// Single-box mode: no [etcd], no peers: a one-node Raft group that bootstraps and rotates.
+/// TCP ports process `pid` listens on (its socket inodes against /proc/net/tcp{,6}).
+fn tcp_listen_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+                let port = f[1].rsplit(':').next().unwrap();
+                ports.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    ports
+}
+
+/// Single-box mode: no [etcd], no peers: a one-node Raft group that bootstraps and rotates,
+/// reached only through a Unix socket in a directory only root can enter. No TCP port is
+/// open but the admin listener, and an unprivileged local user (nobody) reaches nothing.
 #[test]
 fn a_node_without_etcd_or_peers_runs_a_one_node_group() {
     let d = shm_dir();
     let keys = d.path().join("keys");
     fs::create_dir(&keys).unwrap();
     fs::set_permissions(&keys, fs::Permissions::from_mode(0o700)).unwrap();
-    let port = free_port();
-    let cfg = write_config(
-        d.path(),
-        &format!(
-            "node_id = \"solo\"\n[raft]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n[rotation]\nlease_ttl = \"2s\"\n[[target]]\nformat = \"httpd\"\npath = \"{}/httpd.key\"\n",
-            free_port(),
-            keys.display()
-        ),
+    let admin = free_port();
+    let socket = d.path().join("run").join("solo.sock");
+    let body = format!(
+        "node_id = \"solo\"\n[raft]\nlisten = \"unix:{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[rotation]\nlease_ttl = \"2s\"\n[[target]]\nformat = \"httpd\"\npath = \"{}/httpd.key\"\n",
+        socket.display(),
+        keys.display()
     );
+    let cfg = write_config(d.path(), &body);
     let mut node = Command::new(env!("CARGO_BIN_EXE_stek"))
         .args(["node", "--config", &cfg])
         .stdout(std::process::Stdio::null())
@@ -373,6 +397,33 @@ fn a_node_without_etcd_or_peers_runs_a_one_node_group() {
         .unwrap();
     let out = stek(&["rotate", "--config", &cfg, "--wait", "--timeout", "20s"]);
     let status = stek(&["status", "--config", &cfg, "--json"]);
+    let listening = tcp_listen_ports(node.id());
+    let socket_mode = fs::metadata(&socket).map(|m| m.permissions().mode() & 0o777);
+    let dir_mode = fs::metadata(socket.parent().unwrap()).map(|m| m.permissions().mode() & 0o777);
+    // An unprivileged local user with the same config (a world-readable copy) reaches nothing.
+    let as_nobody = if nix_is_root() {
+        let open = tempfile::Builder::new().prefix("stek-cli-open-").tempdir_in("/dev/shm").unwrap();
+        fs::set_permissions(open.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = open.path().join("stek.toml");
+        fs::write(&copy, &body).unwrap();
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o644)).unwrap();
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        let out = std::os::unix::process::CommandExt::uid(
+            std::os::unix::process::CommandExt::gid(
+                &mut Command::new(env!("CARGO_BIN_EXE_stek")),
+                nobody.gid.as_raw(),
+            ),
+            nobody.uid.as_raw(),
+        )
+        .args(["rotate", "--config", copy.to_str().unwrap()])
+        .current_dir("/")
+        .output()
+        .unwrap();
+        Some(out)
+    } else {
+        None
+    };
+    let after = stek(&["status", "--config", &cfg, "--json"]);
     // Memory hygiene: no core dumps, and (as root, as CI runs) memory locked.
     let limits = fs::read_to_string(format!("/proc/{}/limits", node.id())).unwrap();
     let proc_status = fs::read_to_string(format!("/proc/{}/status", node.id())).unwrap();
@@ -384,6 +435,19 @@ fn a_node_without_etcd_or_peers_runs_a_one_node_group() {
     assert_eq!(s["leader"], "solo");
     assert_eq!(s["generation"], 2, "bootstrap, then one rotation: {s}");
     assert_eq!(key.unwrap(), 48);
+    assert_eq!(listening, vec![admin], "only the admin listener is on TCP");
+    assert_eq!(socket_mode.unwrap(), 0o600);
+    assert_eq!(dir_mode.unwrap(), 0o700);
+    if let Some(out) = as_nobody {
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{t}");
+        assert!(t.contains("Permission denied"), "{t}");
+        let a: serde_json::Value = serde_json::from_slice(&after.stdout).unwrap();
+        assert_eq!(a["pending_requests"], 0, "{a}");
+        assert_eq!(a["generation"], 2, "nobody's request never reached the group: {a}");
+    } else {
+        needs_root("run the CLI as nobody against the node's socket");
+    }
     let core = limits
         .lines()
         .find(|l| l.starts_with("Max core file size"))

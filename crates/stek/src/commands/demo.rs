@@ -101,6 +101,20 @@ fn in_path(program: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Writes a secret file, mode 0600 from its creation.
+fn write_private(p: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(p)
+        .with_context(|| format!("cannot create {}", p.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
 fn private_dir(p: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
     fs::set_permissions(p, fs::Permissions::from_mode(0o700))
@@ -155,8 +169,24 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
         (PathBuf::new(), PathBuf::new())
     };
     let exe = std::env::current_exe().context("cannot find the stek binary")?;
+    // A throwaway cluster CA and a member certificate per peer, in the demo's own directory:
+    // peers talk over mutual TLS and sign what they write, as a real cluster does.
+    let pki = dir.join("pki");
+    private_dir(&pki)?;
+    let ca = stek_coord::identity::init_ca("demo", Duration::from_secs(86_400))?;
+    write_private(&pki.join("ca.key"), ca.key.as_bytes())?;
+    fs::write(pki.join("ca.pem"), &ca.cert)?;
     for p in &peers {
         private_dir(&p.dir.join("keys"))?;
+        let member = stek_coord::identity::issue(
+            &ca.cert,
+            &ca.key,
+            &stek_coord::identity::Role::Member(p.name.clone()),
+            &["127.0.0.1".to_owned()],
+            Duration::from_secs(86_400),
+        )?;
+        fs::write(p.dir.join("member.pem"), &member.cert)?;
+        write_private(&p.dir.join("member.key"), member.key.as_bytes())?;
         let d = p.dir.display();
         let reload = if tls {
             write_nginx_conf(p, &cert, &key)?;
@@ -171,11 +201,13 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
             p.dir.join("stek.toml"),
             format!(
                 "cluster = \"demo\"\nnode_id = \"{name}\"\n[raft]\nlisten = \"{raft}\"\npeers = {{ {table} }}\n\
+                 [identity]\nca_file = \"{ca}\"\ncert_file = \"{d}/member.pem\"\nkey_file = \"{d}/member.key\"\n\
                  [admin]\nlisten = \"{admin}\"\n\
                  [rotation]\ninterval = \"{interval}\"\nretain = 1\nlease_ttl = \"3s\"\n\
                  [[target]]\nformat = \"nginx\"\npath = \"{d}/keys\"\n{reload}\
                  [[target]]\nformat = \"haproxy\"\npath = \"{d}/keys/haproxy.keys\"\n",
                 name = p.name,
+                ca = pki.join("ca.pem").display(),
                 raft = p.raft,
                 admin = p.admin,
                 table = table.join(", "),
@@ -231,7 +263,24 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = RaftClient::new("demo", peers.iter().map(|p| p.raft.clone()).collect(), None);
+    // The demo watches the group as an operator: its certificate reads, nothing more.
+    let operator = stek_coord::identity::issue(
+        &ca.cert,
+        &ca.key,
+        &stek_coord::identity::Role::Operator("demo".into()),
+        &[],
+        Duration::from_secs(86_400),
+    )?;
+    let trust = stek_coord::identity::Trust::new(ca.cert.as_bytes(), "demo", &[])?;
+    let operator_tls = stek_coord::raft::tls::PeerTls::from_pem(
+        ca.cert.as_bytes(),
+        operator.cert.as_bytes(),
+        operator.key.as_bytes(),
+    )
+    .map_err(anyhow::Error::msg)?
+    .with_trust(trust);
+    let client = RaftClient::new("demo", peers.iter().map(|p| p.raft.clone()).collect(), None)
+        .with_tls(Some(operator_tls));
     let limit =
         o.interval * u32::try_from(o.rotations + 3).unwrap_or(u32::MAX) + Duration::from_secs(60);
     let started = Instant::now();
