@@ -110,7 +110,11 @@ impl ClusterCa {
 
     /// Issues member `id`'s certificate (naming `ip`) into `out`.
     pub fn issue_member(&self, id: &str, ip: &str, out: &std::path::Path) {
-        self.issue(&stek_coord::identity::Role::Member(id.to_owned()), &[ip], out);
+        self.issue(
+            &stek_coord::identity::Role::Member(id.to_owned()),
+            &[ip],
+            out,
+        );
     }
 
     /// The `[identity]` section of member `id` whose files are in `dir`.
@@ -709,7 +713,10 @@ impl Cluster {
             }
         };
         let (top, identity) = match &self.ca {
-            Some(ca) => ("", ca.identity_section(&node.id, &node.dir.join("identity"))),
+            Some(ca) => (
+                "",
+                ca.identity_section(&node.id, &node.dir.join("identity")),
+            ),
             None => ("insecure = true\n", String::new()),
         };
         let reload: Vec<&str> = node.reload.iter().map(String::as_str).collect();

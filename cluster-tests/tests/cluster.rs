@@ -648,7 +648,10 @@ fn raft_peers_over_mutual_tls() {
     };
     info!("--- a client without TLS gets nothing");
     let plain = ask(None, &Request::State);
-    assert!(plain.is_err(), "a plaintext request was answered: {plain:?}");
+    assert!(
+        plain.is_err(),
+        "a plaintext request was answered: {plain:?}"
+    );
 
     info!("--- a client whose certificate comes from another CA (same cluster name) is refused");
     let other = cluster_tests::cluster::ClusterCa::new(&c.root.subdir("other-ca"), &c.name);
@@ -661,12 +664,19 @@ fn raft_peers_over_mutual_tls() {
     )
     .unwrap();
     let refused = ask(Some(&intruder), &Request::State);
-    assert!(refused.is_err(), "a foreign certificate was accepted: {refused:?}");
-    cluster_tests::wait_until(Duration::from_secs(5), "the peer to log the refusal", || {
-        c.nodes[leader]
-            .log_text()
-            .contains("refused a peer connection without a valid certificate")
-    });
+    assert!(
+        refused.is_err(),
+        "a foreign certificate was accepted: {refused:?}"
+    );
+    cluster_tests::wait_until(
+        Duration::from_secs(5),
+        "the peer to log the refusal",
+        || {
+            c.nodes[leader]
+                .log_text()
+                .contains("refused a peer connection without a valid certificate")
+        },
+    );
 
     let tls_of = |dir: &std::path::Path, name: &str| {
         PeerTls::from_pem(
@@ -697,9 +707,28 @@ fn raft_peers_over_mutual_tls() {
         key_signature: None,
     };
     for (what, cmd) in [
-        ("register", Command::Register { lease: 1, node_id: victim.clone(), value: foreign_record.encode() }),
-        ("acknowledge", Command::PutMember { node_id: victim.clone(), value: foreign_record.encode() }),
-        ("campaign", Command::Campaign { lease: 1, node_id: victim.clone() }),
+        (
+            "register",
+            Command::Register {
+                lease: 1,
+                node_id: victim.clone(),
+                value: foreign_record.encode(),
+            },
+        ),
+        (
+            "acknowledge",
+            Command::PutMember {
+                node_id: victim.clone(),
+                value: foreign_record.encode(),
+            },
+        ),
+        (
+            "campaign",
+            Command::Campaign {
+                lease: 1,
+                node_id: victim.clone(),
+            },
+        ),
     ] {
         refused_with(
             ask(Some(&member), &Request::Write(cmd)),
@@ -708,13 +737,19 @@ fn raft_peers_over_mutual_tls() {
         );
     }
     let victim_raft = stek_coord::raft::peer::raft_ids(
-        &c.nodes.iter().map(|n| (n.id.clone(), n.raft_addr.clone())).collect(),
+        &c.nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.raft_addr.clone()))
+            .collect(),
     )[&victim];
     let vote = openraft::Vote::new(u64::MAX / 2, victim_raft);
     refused_with(
         ask(
             Some(&member),
-            &Request::Vote(openraft::raft::VoteRequest { vote, last_log_id: None }),
+            &Request::Vote(openraft::raft::VoteRequest {
+                vote,
+                last_log_id: None,
+            }),
         ),
         "a vote request in another peer's name",
         "not for itself",
@@ -734,7 +769,11 @@ fn raft_peers_over_mutual_tls() {
     );
     let after = c.status(0);
     assert!(
-        after["members"].as_array().unwrap().iter().all(|m| m["applied_generation"] != 99),
+        after["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["applied_generation"] != 99),
         "a refused write reached the store: {after}"
     );
     assert_eq!(after["leader"], status["leader"], "{after}");
@@ -748,19 +787,63 @@ fn raft_peers_over_mutual_tls() {
         "an operator reads the state"
     );
     for (what, req) in [
-        ("register", Request::Write(Command::Register { lease: 1, node_id: "alice".into(), value: foreign_record.encode() })),
-        ("campaign", Request::Write(Command::Campaign { lease: 1, node_id: "alice".into() })),
-        ("grant a lease", Request::Write(Command::Grant { lease: 7, ttl_ms: 1000 })),
-        ("write a ring", Request::Write(Command::WriteRing { term: 1, value: b"{}".to_vec(), served: vec![] })),
-        ("replicate", Request::Append(openraft::raft::AppendEntriesRequest { vote, prev_log_id: None, entries: vec![], leader_commit: None })),
+        (
+            "register",
+            Request::Write(Command::Register {
+                lease: 1,
+                node_id: "alice".into(),
+                value: foreign_record.encode(),
+            }),
+        ),
+        (
+            "campaign",
+            Request::Write(Command::Campaign {
+                lease: 1,
+                node_id: "alice".into(),
+            }),
+        ),
+        (
+            "grant a lease",
+            Request::Write(Command::Grant {
+                lease: 7,
+                ttl_ms: 1000,
+            }),
+        ),
+        (
+            "write a ring",
+            Request::Write(Command::WriteRing {
+                term: 1,
+                value: b"{}".to_vec(),
+                served: vec![],
+            }),
+        ),
+        (
+            "replicate",
+            Request::Append(openraft::raft::AppendEntriesRequest {
+                vote,
+                prev_log_id: None,
+                entries: vec![],
+                leader_commit: None,
+            }),
+        ),
     ] {
-        refused_with(ask(Some(&operator), &req), what, "operator alice may only read and request rotations");
+        refused_with(
+            ask(Some(&operator), &req),
+            what,
+            "operator alice may only read and request rotations",
+        );
     }
     let generation = after["generation"].as_u64().unwrap();
     let (cert, key) = (op_dir.join("alice.pem"), op_dir.join("alice.key"));
     let out = c.cli(
         0,
-        &["rotate", "--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()],
+        &[
+            "rotate",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
     );
     assert!(out.status.success(), "operator rotate: {}", out_text(&out));
     cluster_tests::wait_until(Duration::from_secs(20), "the operator's rotation", || {

@@ -137,12 +137,15 @@ fn compact_history_leaves_no_readable_revision_with_a_dropped_key() {
     assert!(compacted > 0 && readable > 0);
 }
 
-/// A member record with a malformed public key is rejected (logged by every node); one with a
-/// valid but wrong key gets the member a copy it cannot open, which it says in its log, while
+/// Without `[identity]`: a member record with a malformed public key is rejected (logged by
+/// every node); one with a valid but wrong key gets the member a copy it cannot open, which it says in its log, while
 /// it keeps serving; it republishes its own key and the leader reseals.
 #[test]
 fn wrong_public_keys_are_rejected_and_the_member_recovers() {
     let mut c = Cluster::new(BIN, "seal-wrongkey", 3);
+    // The sealing layer on its own: with [identity] the forged key is refused before any copy
+    // is sealed (tests/identity.rs).
+    c.insecure();
     c.lease_ttl = Duration::from_secs(10);
     let mut history = c.start_checked();
     let status = c.rotate_and_check(0, &mut history);
@@ -209,10 +212,13 @@ enum Tamper {
     Moved,
 }
 
-/// A tampered copy in the current ring is rejected by its member, which keeps serving the keys
+/// Without `[identity]`: a tampered copy in the current ring is rejected by its member, which keeps serving the keys
 /// it has, says why in its log, never applies that ring, and gets a fresh copy from the leader.
 fn a_tampered_copy_is_rejected_and_the_leader_reseals(tamper: Tamper) {
     let mut c = Cluster::new(BIN, &format!("seal-{tamper:?}"), 3);
+    // The sealing layer on its own: with [identity] the edited ring fails its signature at
+    // every node first (tests/identity.rs).
+    c.insecure();
     c.lease_ttl = Duration::from_secs(10);
     let mut history = c.start_checked();
     let status = c.rotate_and_check(0, &mut history);

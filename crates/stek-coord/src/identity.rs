@@ -151,7 +151,9 @@ pub fn init_ca(cluster: &str, valid_for: Duration) -> Result<IssuedPem, Identity
     dn.push(DnType::CommonName, format!("stek cluster CA for {cluster}"));
     params.distinguished_name = dn;
     params.subject_alt_names = vec![SanType::URI(
-        format!("{SCHEME}{cluster}").try_into().map_err(issue_error)?,
+        format!("{SCHEME}{cluster}")
+            .try_into()
+            .map_err(issue_error)?,
     )];
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -468,12 +470,12 @@ impl Credentials {
         let verified = trust.verify(&cert, SystemTime::now())?;
         let key = match PrivateKeyDer::from_pem_slice(key_pem) {
             Ok(PrivateKeyDer::Pkcs8(k)) => k,
-            Ok(_) => {
-                return Err(IdentityError::Pem {
-                    what: "key_file".into(),
-                    reason: "is not a PKCS#8 key (\"BEGIN PRIVATE KEY\"); use one made by `stek ca issue`".into(),
-                })
-            }
+            Ok(_) => return Err(IdentityError::Pem {
+                what: "key_file".into(),
+                reason:
+                    "is not a PKCS#8 key (\"BEGIN PRIVATE KEY\"); use one made by `stek ca issue`"
+                        .into(),
+            }),
             Err(e) => {
                 return Err(IdentityError::Pem {
                     what: "key_file".into(),
@@ -615,7 +617,10 @@ mod tests {
             .trust
             .verify_member_signature(&der(&n1.cert), "n2", &msg, &sig, now)
             .unwrap_err();
-        assert!(err.to_string().contains("names member n1, not member n2"), "{err}");
+        assert!(
+            err.to_string().contains("names member n1, not member n2"),
+            "{err}"
+        );
         let other = member_binding("c1", "n1", &[8; 32]);
         assert!(matches!(
             p.trust
@@ -666,7 +671,11 @@ mod tests {
             Err(IdentityError::Chain(_))
         ));
         // Revoked by serial, written the way openssl prints it.
-        let serial = p.trust.verify(&der(&n1.cert), SystemTime::now()).unwrap().serial;
+        let serial = p
+            .trust
+            .verify(&der(&n1.cert), SystemTime::now())
+            .unwrap()
+            .serial;
         let colons: Vec<String> = serial
             .as_bytes()
             .chunks(2)

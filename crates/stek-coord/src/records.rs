@@ -243,9 +243,13 @@ impl StoredRing {
     /// Checks that the member named `written_by` signed this record, with a certificate of
     /// this cluster's CA that is valid now and not revoked.
     pub fn verify(&self, trust: &Trust, now: SystemTime) -> Result<Verified, RecordError> {
-        let s = self.signature.as_ref().ok_or(RecordError::Unsigned(
-            IdentityError::Signature(format!("{} (the record carries no signature)", self.written_by)),
-        ))?;
+        let s = self
+            .signature
+            .as_ref()
+            .ok_or(RecordError::Unsigned(IdentityError::Signature(format!(
+                "{} (the record carries no signature)",
+                self.written_by
+            ))))?;
         trust
             .verify_member_signature(
                 &s.certificate,
@@ -326,7 +330,10 @@ fn encode(stored: &StoredRing, with_signature: bool) -> Vec<u8> {
                 key: b64_encode(&c.sealed_dek),
             })
             .collect(),
-        certificate: stored.signature.as_ref().map(|s| b64_encode(&s.certificate)),
+        certificate: stored
+            .signature
+            .as_ref()
+            .map(|s| b64_encode(&s.certificate)),
         signature: stored
             .signature
             .as_ref()
@@ -472,9 +479,17 @@ impl MemberRecord {
 
     /// Checks that the member's certificate is this cluster's, names this member, is valid now
     /// and not revoked, and that it signed the published sealing key.
-    pub fn verify_enrollment(&self, trust: &Trust, now: SystemTime) -> Result<Verified, IdentityError> {
-        let missing = |what: &str| IdentityError::Signature(format!("{} (the record carries no {what})", self.node_id));
-        let key = self.sealing_key().ok_or_else(|| missing("sealing public key"))?;
+    pub fn verify_enrollment(
+        &self,
+        trust: &Trust,
+        now: SystemTime,
+    ) -> Result<Verified, IdentityError> {
+        let missing = |what: &str| {
+            IdentityError::Signature(format!("{} (the record carries no {what})", self.node_id))
+        };
+        let key = self
+            .sealing_key()
+            .ok_or_else(|| missing("sealing public key"))?;
         let cert = self
             .certificate
             .as_deref()

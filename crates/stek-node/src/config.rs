@@ -959,7 +959,8 @@ group = "0"
 
     #[test]
     fn etcd_endpoints_are_checked() {
-        let c = parse("insecure = true\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n").unwrap();
+        let c =
+            parse("insecure = true\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n").unwrap();
         assert_eq!(
             c.coordination,
             Coordination::Etcd {
@@ -1019,7 +1020,10 @@ group = "0"
         let etcd = "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n";
         let m = err(etcd);
         assert!(m.contains("identity: etcd needs [identity]"), "{m}");
-        assert!(m.contains("stek ca init") && m.contains("insecure = true"), "{m}");
+        assert!(
+            m.contains("stek ca init") && m.contains("insecure = true"),
+            "{m}"
+        );
         let raft = "node_id = \"n1\"\n[raft]\nlisten = \"127.0.0.1:7701\"\n";
         let m = err(raft);
         assert!(m.contains("a Raft listener on TCP needs [identity]"), "{m}");
@@ -1032,17 +1036,25 @@ group = "0"
         .unwrap();
         assert_eq!(c.identity.unwrap().revoked, vec!["0A:1B".to_owned()]);
         let m = err("insecure = true\n[identity]\nca_file = \"/ca.pem\"\ncert_file = \"/n1.pem\"\nkey_file = \"/n1.key\"\nrevoked = [\"zz\"]\n");
-        assert!(m.contains("identity.revoked: \"zz\" is not a certificate serial"), "{m}");
+        assert!(
+            m.contains("identity.revoked: \"zz\" is not a certificate serial"),
+            "{m}"
+        );
         // The single-box default: a one-node group on a Unix socket, no identity needed.
         let c = parse("cluster = \"edge\"\n").unwrap();
-        assert!(matches!(&c.coordination, Coordination::Raft { listen, .. } if listen == "unix:/run/stek/edge.sock"));
+        assert!(
+            matches!(&c.coordination, Coordination::Raft { listen, .. } if listen == "unix:/run/stek/edge.sock")
+        );
         let m = err("[raft]\nlisten = \"unix:run/x.sock\"\n");
         assert!(m.contains("needs an absolute path"), "{m}");
         let m = err("node_id = \"a\"\n[raft]\nlisten = \"unix:/run/x.sock\"\npeers = { a = \"unix:/run/x.sock\", b = \"127.0.0.1:2\" }\n");
         assert!(m.contains("other peers cannot reach"), "{m}");
         // The old [raft] TLS keys say where they went.
         let m = err("insecure = true\n[raft]\nca_file = \"/ca.pem\"\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n");
-        assert!(m.contains("moved to [identity]") && m.contains("stek ca issue"), "{m}");
+        assert!(
+            m.contains("moved to [identity]") && m.contains("stek ca issue"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -46,7 +46,9 @@ pub async fn run<C: Coordinator>(
     identity: Option<&NodeIdentity>,
     shutdown: impl Future<Output = ()>,
 ) {
-    metrics.insecure.set(i64::from(config.insecure && identity.is_none()));
+    metrics
+        .insecure
+        .set(i64::from(config.insecure && identity.is_none()));
     let mut node = Node {
         config,
         coord,
@@ -370,7 +372,10 @@ impl<C: Coordinator> Node<'_, C> {
             }
         }
         for r in &snap.refused {
-            if self.logged.insert((format!("members/{}", r.node_id), r.reason.clone())) {
+            if self
+                .logged
+                .insert((format!("members/{}", r.node_id), r.reason.clone()))
+            {
                 error!(target: "audit", member = %r.node_id, live = r.live, "member refused: {}; no key is sealed for it and it does not count for rotations", r.reason);
             }
         }
@@ -658,7 +663,9 @@ impl<C: Coordinator> Node<'_, C> {
                         self.newest_seen,
                     );
                     match self.write(term, &repaired, snap, &[]).await {
-                        Ok(_) => warn!(target: "audit", generation = repaired.generation(), leader = %me, "{why}: rewrote the last valid ring this leader holds"),
+                        Ok(_) => {
+                            warn!(target: "audit", generation = repaired.generation(), leader = %me, "{why}: rewrote the last valid ring this leader holds")
+                        }
                         Err(e) => self.write_failed(e),
                     }
                     return Some(Instant::now() + BACKOFF_MIN);

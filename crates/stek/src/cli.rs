@@ -199,7 +199,12 @@ pub enum CaCommand {
         #[arg(long, value_name = "DIR")]
         ca: PathBuf,
         /// The member's node id.
-        #[arg(long, value_name = "ID", conflicts_with = "operator", required_unless_present = "operator")]
+        #[arg(
+            long,
+            value_name = "ID",
+            conflicts_with = "operator",
+            required_unless_present = "operator"
+        )]
         node: Option<String>,
         /// The operator's name.
         #[arg(long, value_name = "NAME")]

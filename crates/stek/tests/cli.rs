@@ -361,7 +361,11 @@ fn tcp_listen_ports(pid: u32) -> Vec<u16> {
         .collect();
     let mut ports = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for line in fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+        for line in fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
                 let port = f[1].rsplit(':').next().unwrap();
@@ -402,7 +406,10 @@ fn a_node_without_etcd_or_peers_runs_a_one_node_group() {
     let dir_mode = fs::metadata(socket.parent().unwrap()).map(|m| m.permissions().mode() & 0o777);
     // An unprivileged local user with the same config (a world-readable copy) reaches nothing.
     let as_nobody = if nix_is_root() {
-        let open = tempfile::Builder::new().prefix("stek-cli-open-").tempdir_in("/dev/shm").unwrap();
+        let open = tempfile::Builder::new()
+            .prefix("stek-cli-open-")
+            .tempdir_in("/dev/shm")
+            .unwrap();
         fs::set_permissions(open.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let copy = open.path().join("stek.toml");
         fs::write(&copy, &body).unwrap();
@@ -444,7 +451,10 @@ fn a_node_without_etcd_or_peers_runs_a_one_node_group() {
         assert!(t.contains("Permission denied"), "{t}");
         let a: serde_json::Value = serde_json::from_slice(&after.stdout).unwrap();
         assert_eq!(a["pending_requests"], 0, "{a}");
-        assert_eq!(a["generation"], 2, "nobody's request never reached the group: {a}");
+        assert_eq!(
+            a["generation"], 2,
+            "nobody's request never reached the group: {a}"
+        );
     } else {
         needs_root("run the CLI as nobody against the node's socket");
     }

@@ -174,7 +174,10 @@ impl Listener {
             if tokio::net::UnixStream::connect(&path).await.is_ok() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::AddrInUse,
-                    format!("{} is in use: another stek node of this cluster runs on this box", path.display()),
+                    format!(
+                        "{} is in use: another stek node of this cluster runs on this box",
+                        path.display()
+                    ),
                 ));
             }
             std::fs::remove_file(&path)?;

@@ -16,10 +16,10 @@ use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
 use super::net::{read_frame, write_frame, Listener, Network, Reply, Request};
-use crate::identity::Role;
 use super::store::{Applied, Command, MemStore};
 use super::tls::PeerTls;
 use super::TypeConfig;
+use crate::identity::Role;
 
 /// How many log entries a peer holds before it folds them into a snapshot and purges them.
 pub const RAFT_LOG_KEPT: u64 = 64;
@@ -64,7 +64,10 @@ enum Caller {
 }
 
 impl Caller {
-    fn of(trust: &crate::identity::Trust, certs: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Self {
+    fn of(
+        trust: &crate::identity::Trust,
+        certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+    ) -> Self {
         match certs.and_then(|c| c.first()) {
             None => Self::Refused("no client certificate".into()),
             Some(der) => match trust.verify(der, std::time::SystemTime::now()) {
@@ -226,7 +229,9 @@ impl Peer {
                                 Some(a) => match a.accept(stream).await {
                                     Ok(mut s) => {
                                         let caller = match &trust {
-                                            Some(trust) => Caller::of(trust, s.get_ref().1.peer_certificates()),
+                                            Some(trust) => {
+                                                Caller::of(trust, s.get_ref().1.peer_certificates())
+                                            }
                                             None => Caller::AnyCertificate,
                                         };
                                         me.handle(&mut s, &caller).await

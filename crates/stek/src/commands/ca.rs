@@ -53,7 +53,11 @@ pub fn run(command: CaCommand) -> anyhow::Result<ExitCode> {
                 Role::Member(n) | Role::Operator(n) => n.clone(),
             };
             check_name(
-                if role.member().is_some() { "--node" } else { "--operator" },
+                if role.member().is_some() {
+                    "--node"
+                } else {
+                    "--operator"
+                },
                 &name,
             )?;
             let ca_cert = std::fs::read_to_string(ca.join("ca.pem"))
@@ -62,7 +66,10 @@ pub fn run(command: CaCommand) -> anyhow::Result<ExitCode> {
                 std::fs::read_to_string(ca.join("ca.key"))
                     .with_context(|| format!("cannot read {}", ca.join("ca.key").display()))?,
             );
-            let (cert, key) = (out.join(format!("{name}.pem")), out.join(format!("{name}.key")));
+            let (cert, key) = (
+                out.join(format!("{name}.pem")),
+                out.join(format!("{name}.key")),
+            );
             refuse_existing(&[&cert, &key])?;
             let issued = identity::issue(&ca_cert, &ca_key, &role, &host, valid_for)?;
             make_dir(&out)?;
@@ -97,8 +104,7 @@ pub fn run(command: CaCommand) -> anyhow::Result<ExitCode> {
 fn check_name(flag: &str, s: &str) -> anyhow::Result<()> {
     let ok = !s.is_empty()
         && s.len() <= 128
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !ok {
         bail!("{flag} \"{s}\" is not a valid name; use 1 to 128 letters, digits, '-', '_' or '.'");

@@ -280,7 +280,9 @@ fn check_identity(config: &Config, report: &mut Report) {
         } else {
             report.add(
                 "identity",
-                Finding::Ok("single box: the one-node group listens only on a root-only Unix socket".into()),
+                Finding::Ok(
+                    "single box: the one-node group listens only on a root-only Unix socket".into(),
+                ),
             );
         }
         return;

@@ -28,7 +28,10 @@ where
     F: AsyncStoreFn<T>,
 {
     match &config.coordination {
-        Coordination::Etcd { endpoints, access: etcd_access } => {
+        Coordination::Etcd {
+            endpoints,
+            access: etcd_access,
+        } => {
             if access.operator.is_some() {
                 bail!("--cert and --key are for the embedded coordinator; with [etcd], an operator uses the etcd credentials in the config (an etcd user whose role reads the cluster's prefix and writes its requests/, docs/security.md)");
             }
@@ -416,6 +419,8 @@ struct Rotate<'a> {
     config: &'a Config,
     wait: bool,
     timeout: Duration,
+    /// With `[identity]`: the members to wait for are the enrolled ones only.
+    trust: Option<stek_coord::identity::Trust>,
 }
 
 impl AsyncStoreFn<ExitCode> for Rotate<'_> {
@@ -430,7 +435,10 @@ impl AsyncStoreFn<ExitCode> for Rotate<'_> {
         let mut served_at: Option<u64> = None;
         let mut progress = Progress::new();
         loop {
-            let snap = store.snapshot().await?;
+            let mut snap = store.snapshot().await?;
+            if let Some(trust) = &self.trust {
+                snap.authenticate(trust, SystemTime::now());
+            }
             if served_at.is_none() && !snap.requests.contains(&key) {
                 // The rotation that served the request is this ring or an earlier one.
                 served_at = snap.valid_ring().map(|r| r.ring.generation());
@@ -537,6 +545,7 @@ pub fn rotate(
             config: &config,
             wait,
             timeout,
+            trust: trust_of(&config)?,
         },
     ))
 }

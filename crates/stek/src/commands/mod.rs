@@ -18,11 +18,7 @@ mod snippet;
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Node { config } => node::run(&config),
-        Command::Status {
-            config,
-            json,
-            cert,
-        } => cluster::status(&config, json, &access(cert)),
+        Command::Status { config, json, cert } => cluster::status(&config, json, &access(cert)),
         Command::Rotate {
             config,
             wait,

@@ -1,0 +1,354 @@
+//! Only enrolled members receive keys, and nodes apply only rings their leader signed (issue
+//! 13). Each test is one attack by whoever can write the coordination store (etcd, here with
+//! etcdctl) against three real `stek node` processes running with `[identity]`, and asserts
+//! what the nodes' files, the store and `stek status` show. (The Raft listener's attackers are
+//! in tests/cluster.rs, `raft_peers_over_mutual_tls`; the local user against the single-box
+//! default in crates/stek/tests/cli.rs.)
+
+#![allow(clippy::unwrap_used)] // test harness code: a panic is the failure report
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use cluster_tests::cluster::{active_key, check_invariants, Cluster, History};
+use cluster_tests::wait_until;
+use serde_json::Value;
+use stek_coord::records::{encode_ring, MemberRecord};
+use stek_coord::seal::{Identity, MemberKey};
+use stek_coord::StoredRing;
+use stek_core::{KeyRing, OsKeySource, Policy};
+use tracing::info;
+
+const BIN: &str = env!("CARGO_BIN_EXE_stek-test-node");
+
+/// Three nodes with `[identity]` on etcd, started, one rotation done.
+fn cluster(tag: &str) -> (Cluster, History, Value) {
+    let mut c = Cluster::new(BIN, tag, 3);
+    c.lease_ttl = Duration::from_secs(10);
+    let mut history = c.start_checked();
+    let status = c.rotate_and_check(0, &mut history);
+    (c, history, status)
+}
+
+fn key(c: &Cluster, rest: &str) -> String {
+    format!("/stek/{}/{rest}", c.name)
+}
+
+fn ring_now(c: &Cluster) -> Value {
+    serde_json::from_slice(&c.etcd.as_ref().unwrap().get(&key(c, "ring"))).unwrap()
+}
+
+/// Every node's files, by node.
+fn all_files(c: &Cluster) -> Vec<BTreeMap<String, Vec<u8>>> {
+    c.nodes.iter().map(|n| n.files()).collect()
+}
+
+/// The ring record as of every etcd revision from `from` to now (compacted ones skipped).
+fn rings_since(c: &Cluster, from: i64) -> Vec<Value> {
+    let etcd = c.etcd.as_ref().unwrap();
+    (from..=etcd.revision())
+        .filter_map(|rev| {
+            let out = etcd.ctl(&[
+                "get",
+                &key(c, "ring"),
+                "--print-value-only",
+                &format!("--rev={rev}"),
+            ]);
+            let text = String::from_utf8(out.stdout).ok()?;
+            serde_json::from_str(text.trim()).ok()
+        })
+        .collect()
+}
+
+/// Waits until every node logged `words`.
+fn all_log(c: &Cluster, words: &str, within: Duration) {
+    wait_until(within, &format!("every node to log \"{words}\""), || {
+        c.nodes.iter().all(|n| n.log_text().contains(words))
+    });
+}
+
+/// Waits for the leader to have rewritten a valid ring over the attack (a generation above
+/// `above`, signed) and the cluster to converge on it; returns the status.
+fn repaired(c: &Cluster, above: u64, history: &mut History) -> Value {
+    let mut status = Value::Null;
+    wait_until(
+        Duration::from_secs(30),
+        "a signed ring above the attack",
+        || {
+            status = c.wait_converged(Duration::from_secs(30));
+            status["generation"].as_u64() > Some(above) && status["ring_signed_by"].is_string()
+        },
+    );
+    check_invariants(c, &status, history);
+    status
+}
+
+/// A store writer makes a live member of its own: a liveness key without a lease and a member
+/// record holding its X25519 key, with a real member's certificate and key signature copied
+/// from the store. It is refused (status lists it with the reason, the leader logs it), no
+/// ring at any revision holds a copy sealed to its key, and it does not hold up rotations.
+#[test]
+fn a_store_writer_enrolling_a_fake_member_gets_no_copy() {
+    let (c, mut history, _) = cluster("id-fake-member");
+    let etcd = c.etcd.as_ref().unwrap();
+    let from = etcd.revision();
+    let real: MemberRecord = serde_json::from_slice(&etcd.get(&key(&c, "members/n1"))).unwrap();
+    let attacker = Identity::generate();
+    let fake = MemberRecord {
+        node_id: "mallory".into(),
+        public_key: Some(attacker.public().to_base64()),
+        applied_generation: 0,
+        ..real.clone()
+    };
+    info!("--- mallory enrolls with n1's certificate and signature");
+    etcd.put(&key(&c, "alive/mallory"), b"");
+    etcd.put(&key(&c, "members/mallory"), &fake.encode());
+    info!("--- and n3's record is rewritten with the attacker's key (n3's certificate kept)");
+    let n3: MemberRecord = serde_json::from_slice(&etcd.get(&key(&c, "members/n3"))).unwrap();
+    let hijacked = MemberRecord {
+        public_key: Some(attacker.public().to_base64()),
+        ..n3
+    };
+    etcd.put(&key(&c, "members/n3"), &hijacked.encode());
+    // The leader reads every member; followers read only their own records between full reads.
+    let status = c.status(0);
+    let leader = c
+        .nodes
+        .iter()
+        .position(|n| status["leader"] == n.id.as_str())
+        .unwrap();
+    wait_until(
+        Duration::from_secs(15),
+        "the leader to refuse mallory",
+        || c.nodes[leader].log_text().contains("member refused"),
+    );
+    let status = c.status(0);
+    let refused = status["refused_members"].as_array().unwrap();
+    let mallory = refused.iter().find(|r| r["node_id"] == "mallory").unwrap();
+    assert_eq!(mallory["live"], true, "{status}");
+    assert!(
+        mallory["reason"]
+            .as_str()
+            .unwrap()
+            .contains("names member n1, not member mallory"),
+        "{status}"
+    );
+    assert!(
+        status["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["node_id"] != "mallory"),
+        "a refused member is not a member: {status}"
+    );
+
+    info!("--- rotations go on without waiting for mallory");
+    let status = c.rotate_and_check(1, &mut history);
+    c.rotate_and_check(2, &mut history);
+    assert!(status["rotation"]["blocked_by"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let attacker_id = attacker.public().id().to_string();
+    let rings = rings_since(&c, from);
+    assert!(rings.len() >= 2, "the ring was rewritten since the attack");
+    for ring in &rings {
+        for copy in ring["copies"].as_array().unwrap() {
+            assert_ne!(copy["member"], "mallory", "a copy for mallory: {copy}");
+            assert_ne!(
+                copy["recipient"].as_str(),
+                Some(attacker_id.as_str()),
+                "a copy sealed to the attacker's key at generation {}",
+                ring["generation"]
+            );
+        }
+    }
+    let text = String::from_utf8_lossy(&c.cli(0, &["status"]).stdout).into_owned();
+    assert!(
+        text.contains("refused members") && text.contains("mallory"),
+        "{text}"
+    );
+}
+
+/// A ring of keys the writer chose, sealed to every member's published key, unsigned or signed
+/// with a certificate of another CA naming the leader: no node applies it (their files stay
+/// byte for byte), none of its keys reaches a disk, and the leader writes its own ring back.
+#[test]
+fn a_ring_of_the_writers_own_keys_is_never_applied() {
+    let (c, mut history, status) = cluster("id-forged-ring");
+    let etcd = c.etcd.as_ref().unwrap();
+    let leader = status["leader"].as_str().unwrap().to_owned();
+    let active = active_key(&status)["fingerprint"].clone();
+    let recipients: Vec<(String, MemberKey)> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            let r: MemberRecord =
+                serde_json::from_slice(&etcd.get(&key(&c, &format!("members/{}", n.id)))).unwrap();
+            (n.id.clone(), r.sealing_key().unwrap())
+        })
+        .collect();
+    let policy = Policy {
+        interval: Duration::from_secs(3600),
+        retain: 1,
+    };
+    let other_ca = cluster_tests::cluster::ClusterCa::new(&c.root.subdir("other-ca"), &c.name);
+    let other_dir = c.root.subdir("other-leader");
+    other_ca.issue_member(&leader, "127.0.0.1", &other_dir);
+    let other_trust =
+        stek_coord::identity::Trust::new(&std::fs::read(other_ca.cert()).unwrap(), &c.name, &[])
+            .unwrap();
+    let impostor = stek_coord::identity::Credentials::new(
+        &other_trust,
+        &std::fs::read(other_dir.join(format!("{leader}.pem"))).unwrap(),
+        &std::fs::read(other_dir.join(format!("{leader}.key"))).unwrap(),
+    )
+    .unwrap();
+    for signed in [false, true] {
+        let before = all_files(&c);
+        let now_gen = ring_now(&c)["generation"].as_u64().unwrap();
+        let mut forged = KeyRing::bootstrap(SystemTime::now(), &policy, &mut OsKeySource);
+        while forged.generation() <= now_gen + 5 {
+            forged = forged.with_next_rotation_at(forged.next_rotation_at());
+        }
+        let (mut stored, failed) =
+            StoredRing::seal(&c.name, &forged, &policy, &leader, &recipients);
+        assert!(failed.is_empty());
+        if signed {
+            stored.sign(&c.name, &impostor);
+        }
+        info!(
+            "--- a forged ring, generation {}, signed by another CA: {signed}",
+            forged.generation()
+        );
+        etcd.put(&key(&c, "ring"), &encode_ring(&stored));
+        let words = if signed {
+            "certificate does not verify against the cluster CA"
+        } else {
+            "the record carries no signature"
+        };
+        all_log(&c, words, Duration::from_secs(15));
+        let status = repaired(&c, now_gen, &mut history);
+        assert!(
+            status["generation"].as_u64().unwrap() < forged.generation(),
+            "{status}"
+        );
+        assert_eq!(active_key(&status)["fingerprint"], active, "{status}");
+        assert_eq!(all_files(&c), before, "no node's files changed");
+        let forged_names: Vec<[u8; 16]> = forged.keys().iter().map(|k| *k.key.name()).collect();
+        for n in &c.nodes {
+            assert!(
+                n.key_names()
+                    .iter()
+                    .all(|name| !forged_names.contains(name)),
+                "{} holds a key of the forged ring",
+                n.id
+            );
+        }
+    }
+}
+
+/// A writer who knows no key edits the signed description (rotation pushed to year 9999; the
+/// generation bumped so nodes would take it as new): every node rejects it, the leader writes
+/// its own ring back, and the schedule stays the leader's.
+#[test]
+fn an_edited_description_is_rejected_and_the_leaders_ring_restored() {
+    let (c, mut history, status) = cluster("id-edited");
+    let etcd = c.etcd.as_ref().unwrap();
+    let before = all_files(&c);
+    let next = status["next_rotation_at"].clone();
+    let mut ring = ring_now(&c);
+    let g = ring["generation"].as_u64().unwrap();
+    ring["next_rotation_at_ms"] = 253_402_300_000_000u64.into();
+    ring["generation"] = (g + 1).into();
+    info!("--- rotation pushed to 9999 in the stored ring");
+    etcd.put(&key(&c, "ring"), &serde_json::to_vec(&ring).unwrap());
+    all_log(
+        &c,
+        "signature does not verify against the certificate",
+        Duration::from_secs(15),
+    );
+    // The rewrite numbers above what members acknowledged (g), not above the forgery.
+    let status = repaired(&c, g, &mut history);
+    assert_eq!(status["next_rotation_at"], next, "{status}");
+    assert!(!status["next_rotation_at"]
+        .as_str()
+        .unwrap()
+        .starts_with("9999"));
+    assert_eq!(all_files(&c), before);
+    let leader = &c.nodes[c
+        .nodes
+        .iter()
+        .position(|n| status["leader"] == n.id.as_str())
+        .unwrap()];
+    assert!(
+        leader
+            .log_text()
+            .contains("rewrote the last valid ring this leader holds"),
+        "the leader says what it did"
+    );
+    // The restored ring is the leader's: a rotation still happens when asked.
+    c.rotate_and_check(1, &mut history);
+}
+
+/// An older ring, validly signed by the leader when it was current, put back: no node that saw
+/// a newer one applies it (their files stay), and the leader writes the current ring back
+/// above both.
+#[test]
+fn a_replayed_older_ring_is_never_applied() {
+    let (c, mut history, _) = cluster("id-replay");
+    let etcd = c.etcd.as_ref().unwrap();
+    let old = etcd.get(&key(&c, "ring"));
+    let old_gen = ring_now(&c)["generation"].as_u64().unwrap();
+    c.rotate_and_check(1, &mut history);
+    let status = c.rotate_and_check(2, &mut history);
+    let now_gen = status["generation"].as_u64().unwrap();
+    let active = active_key(&status)["fingerprint"].clone();
+    let before = all_files(&c);
+    info!("--- generation {old_gen} replayed over {now_gen}");
+    etcd.put(&key(&c, "ring"), &old);
+    all_log(
+        &c,
+        &format!("ring generation {old_gen} is older than generation {now_gen}"),
+        Duration::from_secs(15),
+    );
+    let status = repaired(&c, now_gen, &mut history);
+    assert_eq!(active_key(&status)["fingerprint"], active, "{status}");
+    assert_eq!(all_files(&c), before, "the retired keys did not come back");
+}
+
+/// The ring deleted from the store: the leader, which holds the keys, writes them back under a
+/// new generation; it never bootstraps new keys while members hold valid ones.
+#[test]
+fn a_deleted_ring_is_rewritten_never_bootstrapped_over() {
+    let (c, mut history, status) = cluster("id-deleted");
+    let etcd = c.etcd.as_ref().unwrap();
+    let g = status["generation"].as_u64().unwrap();
+    let epochs: Vec<Value> = status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["epoch"].clone())
+        .collect();
+    let before = all_files(&c);
+    info!("--- etcdctl del ring");
+    let out = etcd.ctl(&["del", &key(&c, "ring")]);
+    assert!(out.status.success());
+    let status = repaired(&c, g, &mut history);
+    let after: Vec<Value> = status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["epoch"].clone())
+        .collect();
+    assert_eq!(after, epochs, "the same keys, no bootstrap: {status}");
+    assert_eq!(all_files(&c), before);
+    let leader = &c.nodes[c
+        .nodes
+        .iter()
+        .position(|n| status["leader"] == n.id.as_str())
+        .unwrap()];
+    assert!(leader
+        .log_text()
+        .contains("the ring record is missing: rewrote the last valid ring"));
+}
