@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cluster_tests::cluster::{make_peer_pki, Backend, Cluster, EtcdServer};
+use cluster_tests::cluster::{Backend, Cluster, ClusterCa, EtcdServer};
 use cluster_tests::{free_port, init_logging, TestDir};
 use tracing::info;
 
@@ -99,6 +99,15 @@ impl Drop for DiskDir {
     }
 }
 
+/// An `[identity]` section for node "a" of cluster "check", from a CA made in `dir`; and the
+/// path of its key.
+fn identity(dir: &Path) -> (String, PathBuf) {
+    let ca = ClusterCa::new(&private_dir(dir.join("ca")), "check");
+    let out = private_dir(dir.join("a"));
+    ca.issue_member("a", "127.0.0.1", &out);
+    (ca.identity_section("a", &out), out.join("a.key"))
+}
+
 /// A config with one nginx target writing into `keys`; `target_extra` goes into the target.
 fn config(store: &str, keys: &Path, target_extra: &str) -> String {
     format!(
@@ -112,7 +121,7 @@ fn config(store: &str, keys: &Path, target_extra: &str) -> String {
 fn check_passes_a_good_config_on_etcd_and_names_each_broken_setting() {
     let mut c = Cluster::new(BIN, "check", 1);
     let etcd = c.etcd.as_ref().unwrap();
-    let section = etcd.config_section();
+    let section = etcd.config_section() + &identity(&c.root.subdir("pki")).0;
     let endpoint = etcd.endpoint();
     let keys = private_dir(c.root.join("keys"));
     let good_target = "reload = [\"true\"]\nowner = \"root\"\ngroup = \"root\"\n";
@@ -281,7 +290,11 @@ fn check_reaches_etcd_over_tls_with_auth_and_refuses_secret_files_readable_by_ot
     let keys = private_dir(root.join("keys"));
     let path = write(
         &root.join("check.toml"),
-        &config(&etcd.config_section(), &keys, "reload = [\"true\"]\n"),
+        &config(
+            &(etcd.config_section() + &identity(&root.subdir("pki")).0),
+            &keys,
+            "reload = [\"true\"]\n",
+        ),
     );
 
     info!("--- TLS, client certificate and etcd auth all in use");
@@ -358,7 +371,7 @@ fn check_on_the_embedded_coordinator_probes_each_peer() {
     let up_addr = up.local_addr().unwrap().to_string();
     let peers = format!("peers = {{ a = \"{this}\", b = \"{up_addr}\", c = \"{silent}\" }}\n");
 
-    info!("--- three peers: this one not started, one answering, one silent");
+    info!("--- peers on TCP without [identity]: refused, saying what to do");
     write(
         &path,
         &config(
@@ -368,6 +381,17 @@ fn check_on_the_embedded_coordinator_probes_each_peer() {
         ),
     );
     let (code, text) = check(&path);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("a Raft listener on TCP needs [identity]") && text.contains("stek ca init"),
+        "{text}"
+    );
+
+    info!("--- three peers: this one not started, one answering, one silent");
+    let (id, key) = identity(&root.subdir("pki"));
+    let store = format!("[raft]\nlisten = \"{this}\"\n{peers}{id}");
+    write(&path, &config(&store, &keys, "reload = [\"true\"]\n"));
+    let (code, text) = check(&path);
     assert_eq!(code, Some(0), "peers not started yet are warnings\n{text}");
     for line in [
         format!("raft peer a (this node): warning: {this} does not answer"),
@@ -375,7 +399,8 @@ fn check_on_the_embedded_coordinator_probes_each_peer() {
         format!("raft peer b: ok ({up_addr} answers)"),
         format!("raft peer c: warning: {silent} does not answer"),
         format!("raft listen: ok (this node can listen on {this})"),
-        "raft TLS: warning: Raft peer traffic is not encrypted".to_owned(),
+        "identity: ok (".to_owned(),
+        "is member a's certificate (serial ".to_owned(),
         "raft group: warning: peers answer, but the group".to_owned(),
     ] {
         assert!(text.contains(&line), "expected {line:?} in\n{text}");
@@ -387,7 +412,7 @@ fn check_on_the_embedded_coordinator_probes_each_peer() {
     write(
         &path,
         &config(
-            &format!("[raft]\nlisten = \"{taken_addr}\"\npeers = {{ a = \"{this}\" }}\n"),
+            &format!("insecure = true\n[raft]\nlisten = \"{taken_addr}\"\npeers = {{ a = \"{this}\" }}\n"),
             &keys,
             "reload = [\"true\"]\n",
         ),
@@ -400,37 +425,20 @@ fn check_on_the_embedded_coordinator_probes_each_peer() {
     );
     drop(taken);
 
-    info!("--- mutual TLS: the peer key readable by others");
-    let pki = make_peer_pki(&private_dir(root.join("pki")));
-    let tls = format!(
-        "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-        pki.ca.display(),
-        pki.cert.display(),
-        pki.key.display()
-    );
-    write(
-        &path,
-        &config(
-            &format!("[raft]\nlisten = \"{this}\"\n{peers}{tls}"),
-            &keys,
-            "reload = [\"true\"]\n",
-        ),
-    );
-    let (code, text) = check(&path);
-    assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("raft TLS: ok ("), "{text}");
-    fs::set_permissions(&pki.key, fs::Permissions::from_mode(0o644)).unwrap();
+    info!("--- [identity]: the key readable by others");
+    write(&path, &config(&store, &keys, "reload = [\"true\"]\n"));
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
     let result = check(&path);
     assert_one_problem(
-        "raft key readable by others",
+        "identity key readable by others",
         &result,
-        "raft TLS",
+        "identity",
         &[
             &format!(
-                "raft.key_file: {} is readable by other users (mode 644)",
-                pki.key.display()
+                "identity.key_file: {} is readable by other users (mode 644)",
+                key.display()
             ),
-            &format!("fix: chmod 600 {}", pki.key.display()),
+            &format!("fix: chmod 600 {}", key.display()),
         ],
     );
     assert!(!result.1.contains("PRIVATE KEY"), "{}", result.1);

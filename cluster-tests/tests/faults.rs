@@ -41,6 +41,7 @@ use cluster_tests::watcher::Watcher;
 use cluster_tests::{require_binary, self_signed_cert, wait_until, TestDir};
 use serde_json::Value;
 use stek_coord::raft::net::{call, Reply, Request};
+use stek_coord::raft::tls::PeerTls;
 use stek_coord::raft::store::{Applied, Command as RaftCommand};
 use stek_coord::{CoordError, Coordinator, RingSlot, Term};
 use tracing::info;
@@ -530,6 +531,7 @@ impl Suite {
         let name = self.c.name.clone();
         let endpoint = self.c.etcd.as_ref().map(|e| e.endpoint());
         let peers: Vec<String> = self.c.nodes.iter().map(|n| n.raft_addr.clone()).collect();
+        let tls = outsider_tls(&self.c);
         let result = self.c.net().on_host("ctl", move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -544,7 +546,8 @@ impl Suite {
                         write_under(&store, term).await
                     }
                     None => {
-                        let store = stek_coord::raft::client::RaftClient::new(&name, peers, None);
+                        let store = stek_coord::raft::client::RaftClient::new(&name, peers, None)
+                            .with_tls(tls);
                         write_under(&store, term).await
                     }
                 }
@@ -741,10 +744,11 @@ impl Suite {
                 let term = self.status(0)["leader_term"].as_i64().unwrap();
                 let peers: Vec<String> = self.c.nodes.iter().map(|n| n.raft_addr.clone()).collect();
                 let key = format!("{prefix}requests/zz-garbage");
+                let tls = outsider_tls(&self.c);
                 let ring_reply = self
                     .c
                     .net()
-                    .on_host("ctl", move || raft_writes(&peers, term, key));
+                    .on_host("ctl", move || raft_writes(&peers, term, key, tls.as_ref()));
                 match ring_reply {
                     Ok(()) => {}
                     Err(e) => self.violation(e),
@@ -893,10 +897,35 @@ async fn write_under<C: Coordinator>(store: &C, term: i64) -> Result<(), String>
     }
 }
 
+/// Mutual TLS as member "zz-garbage": a valid certificate of the cluster's CA for a member that
+/// is no Raft peer (the Raft faults' writer: it may write as itself, and the ring write is the
+/// store's to refuse). `None` when the cluster runs insecure.
+fn outsider_tls(c: &Cluster) -> Option<PeerTls> {
+    let ca = c.ca.as_ref()?;
+    let dir = c.root.subdir("zz-garbage");
+    if !dir.join("zz-garbage.pem").exists() {
+        ca.issue_member("zz-garbage", "127.0.0.1", &dir);
+    }
+    let pem = |n: &str| std::fs::read(dir.join(n)).unwrap();
+    Some(
+        PeerTls::from_pem(
+            &std::fs::read(ca.cert()).unwrap(),
+            &pem("zz-garbage.pem"),
+            &pem("zz-garbage.key"),
+        )
+        .unwrap(),
+    )
+}
+
 /// The Raft backend's malformed input: a garbage ring under the leader's own term (the group
 /// must refuse it), a garbage member record and request (accepted by the log, rejected by
 /// every reader), and frames that are not JSON to every peer.
-fn raft_writes(peers: &[String], term: i64, request_key: String) -> Result<(), String> {
+fn raft_writes(
+    peers: &[String],
+    term: i64,
+    request_key: String,
+    tls: Option<&PeerTls>,
+) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -911,7 +940,7 @@ fn raft_writes(peers: &[String], term: i64, request_key: String) -> Result<(), S
                         &target,
                         &Request::Write(cmd.clone()),
                         Duration::from_secs(3),
-                        None,
+                        tls,
                     )
                     .await
                     {
