@@ -558,6 +558,8 @@ pub struct Cluster {
     pub log_json: bool,
     /// `[rotation] interval` of the nodes.
     pub interval: String,
+    /// `[rotation] min_request_interval` of the nodes ("0s": tests rotate back to back).
+    pub min_request_interval: String,
     /// The test network, when every node (and etcd) runs on a host of its own: node `nX` on
     /// host `nX`, etcd on `etcd`, the CLI and etcdctl on `ctl`. Dropped last.
     pub net: Option<Net>,
@@ -629,6 +631,7 @@ impl Cluster {
             log_filter: "info".into(),
             log_json: false,
             interval: "1h".into(),
+            min_request_interval: "0s".into(),
             net,
         };
         c.ca = Some(ClusterCa::new(&c.root.subdir("ca"), &c.name));
@@ -724,13 +727,14 @@ impl Cluster {
             &node.config,
             format!(
                 "cluster = \"{cluster}\"\nnode_id = \"{id}\"\n{top}{coordination}{identity}\
-                 [admin]\nlisten = \"{admin}\"\n[rotation]\ninterval = \"{interval}\"\nretain = 1\nlease_ttl = \"{ttl}s\"\n\
+                 [admin]\nlisten = \"{admin}\"\n[rotation]\ninterval = \"{interval}\"\nretain = 1\nlease_ttl = \"{ttl}s\"\nmin_request_interval = \"{min_request}\"\n\
                  [[target]]\nformat = \"nginx\"\npath = \"{keys}\"\nreload = {reload}\n\
                  reload_timeout = \"5s\"\nreload_attempts = 1\n{extra}",
                 cluster = self.name,
                 id = node.id,
                 admin = node.admin_addr,
                 interval = self.interval,
+                min_request = self.min_request_interval,
                 extra = node.extra_toml,
                 ttl = self.lease_ttl.as_secs(),
                 keys = node.keys.display(),

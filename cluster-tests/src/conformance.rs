@@ -84,7 +84,7 @@ where
 
     info!("--- conformance: ring write, watch and request service");
     let mut watch = b.watch(snap.revision).await.unwrap();
-    let req = b.request_rotation("b").await.unwrap();
+    let req = b.request_rotation("b", None).await.unwrap();
     let changed = tokio::time::timeout(Duration::from_secs(5), watch.changed())
         .await
         .expect("the watch reports the request")

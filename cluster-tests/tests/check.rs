@@ -121,7 +121,8 @@ fn config(store: &str, keys: &Path, target_extra: &str) -> String {
 fn check_passes_a_good_config_on_etcd_and_names_each_broken_setting() {
     let mut c = Cluster::new(BIN, "check", 1);
     let etcd = c.etcd.as_ref().unwrap();
-    let section = etcd.config_section() + &identity(&c.root.subdir("pki")).0;
+    let id = identity(&c.root.subdir("pki")).0;
+    let section = etcd.config_section() + &id;
     let endpoint = etcd.endpoint();
     let keys = private_dir(c.root.join("keys"));
     let good_target = "reload = [\"true\"]\nowner = \"root\"\ngroup = \"root\"\n";
@@ -254,7 +255,7 @@ fn check_passes_a_good_config_on_etcd_and_names_each_broken_setting() {
     write(
         &path,
         &config(
-            &format!("[etcd]\nendpoints = [\"{nobody}\"]\n"),
+            &format!("[etcd]\nendpoints = [\"{nobody}\"]\n{id}"),
             &keys,
             good_target,
         ),

@@ -41,8 +41,8 @@ use cluster_tests::watcher::Watcher;
 use cluster_tests::{require_binary, self_signed_cert, wait_until, TestDir};
 use serde_json::Value;
 use stek_coord::raft::net::{call, Reply, Request};
-use stek_coord::raft::tls::PeerTls;
 use stek_coord::raft::store::{Applied, Command as RaftCommand};
+use stek_coord::raft::tls::PeerTls;
 use stek_coord::{CoordError, Coordinator, RingSlot, Term};
 use tracing::info;
 

@@ -352,3 +352,105 @@ fn a_deleted_ring_is_rewritten_never_bootstrapped_over() {
         .log_text()
         .contains("the ring record is missing: rewrote the last valid ring"));
 }
+
+/// Requests a store writer puts without a signature never rotate (they are rejected, listed by
+/// `stek status`, and change no file); a flood of signed requests (`stek rotate`) rotates at
+/// most once per `min_request_interval`, and every request is served in the end.
+#[test]
+fn unsigned_requests_never_rotate_and_a_flood_rotates_once_per_min_request_interval() {
+    let mut c = Cluster::new(BIN, "id-flood", 3);
+    c.lease_ttl = Duration::from_secs(10);
+    c.min_request_interval = "4s".into();
+    let history = c.start_checked();
+    let etcd = c.etcd.as_ref().unwrap();
+    let status = c.wait_converged(Duration::from_secs(10));
+    let g = status["generation"].as_u64().unwrap();
+    let before = all_files(&c);
+
+    info!("--- 20 unsigned requests written straight into the store");
+    for i in 0..20 {
+        let record = stek_coord::RequestRecord {
+            requested_by: "mallory".into(),
+            requested_at_ms: MemberRecord::now_ms(),
+            certificate: None,
+            signature: None,
+        };
+        etcd.put(
+            &key(&c, &format!("requests/{i:04}-mallory")),
+            &record.encode(),
+        );
+    }
+    let leader = c
+        .nodes
+        .iter()
+        .position(|n| status["leader"] == n.id.as_str())
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the leader to reject them", || {
+        c.nodes[leader]
+            .log_text()
+            .contains("the request carries no signature")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let status = c.status(0);
+    assert_eq!(
+        status["generation"].as_u64(),
+        Some(g),
+        "no rotation: {status}"
+    );
+    assert_eq!(status["pending_requests"], 0, "{status}");
+    let rejected = status["rejected_records"].as_array().unwrap();
+    assert_eq!(
+        rejected
+            .iter()
+            .filter(|r| r["key"].as_str().unwrap().contains("-mallory"))
+            .count(),
+        20,
+        "{status}"
+    );
+    assert_eq!(all_files(&c), before, "no file changed");
+
+    info!("--- a flood of signed requests: 12 x stek rotate");
+    let epoch = |s: &Value| active_key(s)["epoch"].as_u64().unwrap();
+    let first = epoch(&status);
+    let started = std::time::Instant::now();
+    for i in 0..12 {
+        let out = c.cli(i % 3, &["rotate"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    wait_until(
+        Duration::from_secs(30),
+        "every signed request to be served",
+        || {
+            c.try_status(0)
+                .is_some_and(|s| s["pending_requests"] == 0 && epoch(&s) > first)
+        },
+    );
+    let status = c.wait_converged(Duration::from_secs(15));
+    let elapsed = started.elapsed();
+    let rotations = epoch(&status) - first;
+    let allowed = 1 + elapsed.as_secs() / 4;
+    info!("{rotations} rotations for 12 requests in {elapsed:?}");
+    assert!(rotations >= 1, "the requests were served: {status}");
+    assert!(
+        rotations <= allowed,
+        "{rotations} rotations in {elapsed:?}: at most one per 4s was allowed ({allowed})"
+    );
+    // Several rotations since the last check: the checker's epoch history starts afresh.
+    drop(history);
+    check_invariants(&c, &status, &mut History::default());
+    // Requests that came after the first rotation waited; the leader says why.
+    let leader_log = c.nodes[c
+        .nodes
+        .iter()
+        .position(|n| status["leader"] == n.id.as_str())
+        .unwrap()]
+    .log_text();
+    assert!(
+        rotations == 1 || leader_log.contains("requests rotate at most once per 4s"),
+        "the leader says why requests wait"
+    );
+}

@@ -79,7 +79,7 @@ fn node_config(dir: &Path, cluster: &str, id: &str, coordination: &str, ttl: u64
     let identity = ca.identity_section(id, &keys);
     let text = format!(
         "cluster = \"{cluster}\"\nnode_id = \"{id}\"\n{coordination}{identity}\
-         [admin]\nenabled = false\n[rotation]\ninterval = \"1h\"\nretain = 1\nlease_ttl = \"{ttl}s\"\n\
+         [admin]\nenabled = false\n[rotation]\ninterval = \"1h\"\nretain = 1\nlease_ttl = \"{ttl}s\"\nmin_request_interval = \"0s\"\n\
          [[target]]\nformat = \"envoy\"\npath = \"{}/envoy.keys\"\n",
         keys.display()
     );
@@ -332,7 +332,7 @@ async fn etcd_latency(
         let stream = tracker.watch(rev).await;
         let before = v.ring_generation;
         let t0 = Instant::now();
-        store.request_rotation("bench").await.unwrap();
+        store.request_rotation("bench", None).await.unwrap();
         let (ok, writes, bytes) = tracker
             .wait(&mut v, stream, budget, |v| {
                 v.ring_generation > before && v.requests == 0 && v.all_applied(v.ring_generation)
@@ -407,7 +407,7 @@ async fn failover(endpoint: &str, dir: &Path) -> (Option<Duration>, Option<Durat
     let before = v.ring_generation;
     let t0 = Instant::now();
     killed.task.abort();
-    store.request_rotation("bench").await.unwrap();
+    store.request_rotation("bench", None).await.unwrap();
     let (ok, _, _) = tracker
         .wait(&mut v, stream, Duration::from_secs(30), |v| {
             v.ring_generation > before
@@ -496,7 +496,7 @@ async fn raft_latency(dir: &Path, rotations: usize) -> Vec<Duration> {
             .and_then(|s| s.valid_ring().map(|r| r.ring.generation()))
             .unwrap_or(0);
         let t0 = Instant::now();
-        if client.request_rotation("bench").await.is_err() {
+        if client.request_rotation("bench", None).await.is_err() {
             continue;
         }
         // Polled every 2 ms: the Raft client's watch says that, not what, changed.

@@ -465,9 +465,16 @@ impl Coordinator for Etcd {
         Ok(())
     }
 
-    async fn request_rotation(&self, by: &str) -> Result<String, CoordError> {
+    async fn request_rotation(
+        &self,
+        by: &str,
+        signer: Option<&crate::identity::Credentials>,
+    ) -> Result<String, CoordError> {
         let mut client = self.client.clone();
-        let (key, record) = RequestRecord::new_keyed(&self.prefix, by);
+        let (key, mut record) = RequestRecord::new_keyed(&self.prefix, by);
+        if let Some(creds) = signer {
+            record.sign(&key, creds);
+        }
         client
             .put(key.as_str(), record.encode(), None)
             .await

@@ -289,7 +289,7 @@ pub fn normalise_serial(text: &str) -> Option<String> {
         .filter(|c| *c != ':')
         .collect::<String>()
         .to_ascii_lowercase();
-    if hex.is_empty() || hex.len() % 2 != 0 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
     Some(hex.trim_start_matches("00").to_owned())
@@ -419,6 +419,23 @@ impl Trust {
             serial,
             not_after: UNIX_EPOCH + Duration::from_secs(not_after),
         })
+    }
+
+    /// Checks that `der` is a certificate of this cluster (any role) and that it signed `msg`.
+    pub fn verify_signature(
+        &self,
+        der: &[u8],
+        msg: &[u8],
+        signature: &[u8],
+        now: SystemTime,
+    ) -> Result<Verified, IdentityError> {
+        let verified = self.verify(der, now)?;
+        let der = CertificateDer::from(der);
+        let ee = webpki::EndEntityCert::try_from(&der)
+            .map_err(|e| IdentityError::Chain(e.to_string()))?;
+        ee.verify_signature(webpki::ring::ECDSA_P256_SHA256, msg, signature)
+            .map_err(|_| IdentityError::Signature(verified.role.to_string()))?;
+        Ok(verified)
     }
 
     /// Checks that `der` is member `node_id`'s certificate and that it signed `msg`.

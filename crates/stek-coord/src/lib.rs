@@ -84,6 +84,8 @@ pub struct Snapshot {
     pub unreadable_requests: Vec<String>,
     /// Who asked for each readable pending request: (key, requested_by).
     pub requested_by: Vec<(String, String)>,
+    /// The readable pending requests' records, by key (for [`Snapshot::authenticate`]).
+    pub request_records: Vec<(String, RequestRecord)>,
     /// Keys whose records were rejected, and why (logged; never applied).
     pub rejected: Vec<(String, RecordError)>,
     /// Read by [`Coordinator::snapshot_of_member`]: `members` holds at most that member, and
@@ -128,6 +130,44 @@ impl Snapshot {
             if let Err(e) = stored.verify(trust, now) {
                 self.rejected.push(("ring".into(), e.clone()));
                 self.ring = RingSlot::Rejected(e);
+            }
+        }
+        // A rotation request counts only if a member or an operator of this cluster signed it;
+        // any other is rejected (logged, listed) and deleted by the next rotation's write.
+        // A signed request made well before the ring's last rotation (its schedule's start)
+        // was served already: one put back (a replay) is refused too. A minute of slack for
+        // the requester's clock.
+        let last_rotation = self.valid_ring().and_then(|r| {
+            r.ring
+                .next_rotation_at()
+                .checked_sub(r.policy.interval)?
+                .checked_sub(std::time::Duration::from_secs(60))
+        });
+        for (key, record) in std::mem::take(&mut self.request_records) {
+            let at =
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(record.requested_at_ms);
+            let verified = record
+                .verify(&key, trust, now)
+                .and_then(|v| match last_rotation {
+                    Some(last) if at < last => Err(identity::IdentityError::Signature(format!(
+                        "{} (a request made before the last rotation: served already, or replayed)",
+                        v.role
+                    ))),
+                    _ => Ok(v),
+                });
+            match verified {
+                Ok(v) => {
+                    if let Some(by) = self.requested_by.iter_mut().find(|(k, _)| *k == key) {
+                        by.1 = format!("{} ({})", by.1, v.role);
+                    }
+                    self.request_records.push((key, record));
+                }
+                Err(e) => {
+                    self.requests.retain(|k| *k != key);
+                    self.requested_by.retain(|(k, _)| *k != key);
+                    self.rejected.push((key.clone(), RecordError::Unsigned(e)));
+                    self.unreadable_requests.push(key);
+                }
             }
         }
         let members = std::mem::take(&mut self.members);
@@ -182,6 +222,7 @@ impl RawSnapshot {
             requests: Vec::new(),
             unreadable_requests: Vec::new(),
             requested_by: Vec::new(),
+            request_records: Vec::new(),
             rejected: Vec::new(),
             partial: self.partial,
             refused: Vec::new(),
@@ -210,8 +251,10 @@ impl RawSnapshot {
         for (key, value) in self.requests {
             match RequestRecord::decode(&value) {
                 Ok(r) => {
-                    snap.requested_by.push((key.clone(), r.requested_by));
-                    snap.requests.push(key);
+                    snap.requested_by
+                        .push((key.clone(), r.requested_by.clone()));
+                    snap.requests.push(key.clone());
+                    snap.request_records.push((key, r));
                 }
                 Err(e) => {
                     snap.rejected.push((key.clone(), e));
@@ -415,9 +458,13 @@ pub trait Coordinator: Send + Sync + 'static {
     /// Ends a lease at once (its keys disappear).
     fn revoke(&self, lease: LeaseId) -> impl Future<Output = Result<(), CoordError>> + Send;
 
-    /// Asks the leader to rotate now; returns the request's key.
-    fn request_rotation(&self, by: &str)
-        -> impl Future<Output = Result<String, CoordError>> + Send;
+    /// Asks the leader to rotate now, signed by `signer` when given (a leader with
+    /// `[identity]` acts only on signed requests); returns the request's key.
+    fn request_rotation(
+        &self,
+        by: &str,
+        signer: Option<&identity::Credentials>,
+    ) -> impl Future<Output = Result<String, CoordError>> + Send;
 }
 
 /// A running lease keep-alive. Dropping it stops the keep-alive.

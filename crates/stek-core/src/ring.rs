@@ -433,6 +433,14 @@ impl<K: KeyMaterial> KeyRing<K> {
         ring
     }
 
+    /// The same ring under `generation` (which must be above its own, else it is kept): a
+    /// repair numbers its ring above every generation members acknowledged.
+    pub fn renumbered(&self, generation: u64) -> Self {
+        let mut ring = self.clone();
+        ring.generation = generation.max(self.generation);
+        ring
+    }
+
     /// Every invariant a ring shows on its own. A violation is a bug or a malformed record.
     pub fn check(&self, policy: &Policy) -> Result<(), RingError> {
         if self.generation == 0 {

@@ -319,6 +319,8 @@ struct RawRotation {
     retain: usize,
     #[serde(default = "default_lease_ttl", with = "humantime_serde")]
     lease_ttl: Duration,
+    #[serde(default = "default_min_request_interval", with = "humantime_serde")]
+    min_request_interval: Duration,
 }
 
 impl Default for RawRotation {
@@ -327,6 +329,7 @@ impl Default for RawRotation {
             interval: default_interval(),
             retain: default_retain(),
             lease_ttl: default_lease_ttl(),
+            min_request_interval: default_min_request_interval(),
         }
     }
 }
@@ -336,6 +339,9 @@ fn default_interval() -> Duration {
 }
 fn default_retain() -> usize {
     2
+}
+fn default_min_request_interval() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_lease_ttl() -> Duration {
     Duration::from_secs(10)
@@ -378,6 +384,9 @@ pub struct Config {
     pub policy: Policy,
     /// Liveness lease length.
     pub lease_ttl: Duration,
+    /// `[rotation] min_request_interval`: rotation requests (`stek rotate`) rotate at most once
+    /// per this long, however many arrive; the schedule is not affected.
+    pub min_request_interval: Duration,
     /// The coordination store.
     pub coordination: Coordination,
     /// `[identity]`: who this node is, and whom it trusts.
@@ -596,7 +605,8 @@ impl Config {
                 }
                 for (name, addr) in &peers {
                     check_name(name).map_err(|m| invalid("raft.peers".into(), m))?;
-                    if !is_host_port(addr) && !(peers.len() == 1 && addr == &listen) {
+                    let own_socket = peers.len() == 1 && addr == &listen;
+                    if !(is_host_port(addr) || own_socket) {
                         return Err(invalid(
                             "raft.peers".into(),
                             format!("{name} = \"{addr}\" is not host:port, e.g. \"127.0.0.1:7702\""),
@@ -659,6 +669,7 @@ impl Config {
             node_id,
             policy,
             lease_ttl: raw.rotation.lease_ttl,
+            min_request_interval: raw.rotation.min_request_interval,
             coordination,
             identity,
             insecure: raw.insecure,

@@ -19,6 +19,7 @@ use stek_coord::{
     ChangeStream, CoordError, Coordinator, KeepAlive, LeaseId, Member, MemberRecord, RecordError,
     RingSlot, Snapshot, StoredRing, Term,
 };
+use stek_core::rotation::RotateReason;
 use stek_core::{decide_at, next_ring, Decision, KeyRing, OsKeySource, RingMeta};
 use tracing::{debug, error, info, warn};
 
@@ -31,6 +32,9 @@ const RESYNC: Duration = Duration::from_secs(10);
 /// malformed records it does not use) even when nothing asks for it; between, it reads only
 /// what concerns it.
 const FULL_READ: Duration = Duration::from_secs(30);
+/// The largest step a ring's generation may take above the newest one this node accepted: a
+/// signed ring numbered near u64::MAX (a compromised member's) would stop every later write.
+const MAX_GENERATION_STEP: u64 = 1_000_000;
 /// Backoff bounds for store errors and failed applies.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
@@ -54,6 +58,9 @@ pub async fn run<C: Coordinator>(
         coord,
         metrics,
         pki: identity,
+        enrollment: None,
+        own_identity_error: None,
+        last_requested_rotation: None,
         newest_seen: 0,
         live_seen: BTreeSet::new(),
         requests_seen: BTreeSet::new(),
@@ -70,6 +77,11 @@ pub async fn run<C: Coordinator>(
         logged: BTreeSet::new(),
         last_wait: None,
     };
+    if let Some(pki) = identity {
+        let mut enrolled = node.bare_record();
+        enrolled.enroll(&config.cluster, &pki.creds);
+        node.enrollment = enrolled.certificate.zip(enrolled.key_signature);
+    }
     let mut keepalive: Option<KeepAlive> = None;
     let mut watch: Option<C::Watch> = None;
     let mut backoff = BACKOFF_MIN;
@@ -224,6 +236,14 @@ struct Node<'a, C> {
     metrics: Arc<Metrics>,
     /// `[identity]`: signs this node's records and rings, verifies everyone else's.
     pki: Option<&'a NodeIdentity>,
+    /// This process's signed enrollment (certificate, key signature), made once: ECDSA
+    /// signatures differ every time, and the record must not change on every pass.
+    enrollment: Option<(String, String)>,
+    /// Why this node's own certificate no longer verifies (expired, revoked): it then never
+    /// leads, so it never writes a ring the others would refuse.
+    own_identity_error: Option<String>,
+    /// When this leader last rotated because of a request (`min_request_interval`).
+    last_requested_rotation: Option<Instant>,
     /// The newest ring generation this process accepted: an older ring is a replay, never
     /// applied (no rollback).
     newest_seen: u64,
@@ -257,8 +277,9 @@ struct Node<'a, C> {
 impl<C: Coordinator> Node<'_, C> {
     fn record(&self) -> MemberRecord {
         let mut record = self.bare_record();
-        if let Some(pki) = self.pki {
-            record.enroll(&self.config.cluster, &pki.creds);
+        if let Some((cert, sig)) = &self.enrollment {
+            record.certificate = Some(cert.clone());
+            record.key_signature = Some(sig.clone());
         }
         record
     }
@@ -297,15 +318,24 @@ impl<C: Coordinator> Node<'_, C> {
         }
         if let RingSlot::Valid(stored) = &snap.ring {
             let generation = stored.ring.generation();
-            if generation < self.newest_seen {
-                let e = RecordError::Rollback {
+            let step = generation.saturating_sub(self.newest_seen);
+            let refused = if generation < self.newest_seen {
+                Some(RecordError::Rollback {
                     got: generation,
                     seen: self.newest_seen,
-                };
-                snap.rejected.push(("ring".into(), e.clone()));
-                snap.ring = RingSlot::Rejected(e);
+                })
+            } else if self.newest_seen > 0 && step > MAX_GENERATION_STEP {
+                Some(RecordError::Policy(format!(
+                    "generation {generation} jumps more than {MAX_GENERATION_STEP} above generation {}, the newest this node has seen; never applied",
+                    self.newest_seen
+                )))
             } else {
                 self.newest_seen = generation;
+                None
+            };
+            if let Some(e) = refused {
+                snap.rejected.push(("ring".into(), e.clone()));
+                snap.ring = RingSlot::Rejected(e);
             }
         }
         snap
@@ -602,6 +632,24 @@ impl<C: Coordinator> Node<'_, C> {
     /// The leader's part; returns when it wants to decide again.
     async fn lead(&mut self, snap: &Snapshot) -> Option<Instant> {
         let me = self.config.node_id.clone();
+        if let Some(pki) = self.pki {
+            // A node whose own certificate no longer verifies (expired, revoked) would write
+            // rings every other node refuses: it steps down and never campaigns.
+            match pki.trust.verify(pki.creds.cert_der(), SystemTime::now()) {
+                Ok(_) => self.own_identity_error = None,
+                Err(e) => {
+                    let e = e.to_string();
+                    if self.own_identity_error.as_ref() != Some(&e) {
+                        error!(target: "audit", node = %me, "this node's own certificate does not verify ({e}); it does not lead until it gets a valid one (stek ca issue, then restart)");
+                        self.own_identity_error = Some(e);
+                    }
+                    if let Some(term) = self.term.take() {
+                        let _ = self.coord.resign(term).await;
+                    }
+                    return Some(Instant::now() + BACKOFF_MAX);
+                }
+            }
+        }
         match (&snap.leader, self.term) {
             (None, _) => {
                 self.term = None;
@@ -683,13 +731,29 @@ impl<C: Coordinator> Node<'_, C> {
             }
         };
         let members = snap.member_views();
-        let decision = decide_at(
-            now,
-            ring.as_ref(),
-            &policy,
-            &members,
-            !snap.requests.is_empty(),
-        );
+        // Requests rotate at most once per min_request_interval (counted from the last rotation
+        // this leader made for a request), so a flood of requests cannot burn through keys;
+        // they wait and are served together. The schedule is not affected.
+        let requests_due = match self.last_requested_rotation {
+            Some(t) => {
+                let left = self.config.min_request_interval.saturating_sub(t.elapsed());
+                now + left
+            }
+            None => now,
+        };
+        let requested = !snap.requests.is_empty() && now >= requests_due;
+        if !snap.requests.is_empty() && !requested {
+            let msg = format!(
+                "rotation requested; requests rotate at most once per {} ([rotation] min_request_interval): next at {}",
+                humantime_serde::re::humantime::format_duration(self.config.min_request_interval),
+                humantime_serde::re::humantime::format_rfc3339_seconds(requests_due)
+            );
+            if self.last_wait.as_deref() != Some(msg.as_str()) {
+                info!("{msg}");
+                self.last_wait = Some(msg);
+            }
+        }
+        let decision = decide_at(now, ring.as_ref(), &policy, &members, requested);
         let next = match next_ring(&decision, ring.as_ref(), now, &policy, &mut OsKeySource) {
             Ok(n) => n,
             Err(e) => {
@@ -713,6 +777,9 @@ impl<C: Coordinator> Node<'_, C> {
                     self.last_wait = None;
                     if matches!(decision, Decision::Rotate(_)) {
                         self.metrics.rotations.inc();
+                    }
+                    if matches!(decision, Decision::Rotate(RotateReason::Requested)) {
+                        self.last_requested_rotation = Some(Instant::now());
                     }
                     audit_decision(&decision, ring.as_ref(), &new, &me, &snap.requested_by);
                     self.purge(ring.as_ref(), &new, revision).await;
@@ -747,7 +814,12 @@ impl<C: Coordinator> Node<'_, C> {
         }
         match decision {
             Decision::Idle { until } => {
-                self.last_wait = None;
+                let until = if snap.requests.is_empty() {
+                    self.last_wait = None;
+                    until
+                } else {
+                    until.min(requests_due)
+                };
                 let left = until.duration_since(now).unwrap_or_default();
                 Some(Instant::now() + left)
             }
@@ -954,20 +1026,20 @@ fn lacking_copies(stored: &StoredRing, members: &[Member]) -> Vec<String> {
 
 /// A repaired ring must have a generation above every generation members acknowledged, so
 /// that they apply it and acknowledge again, and above `floor` (the newest this node saw), so
-/// that no node takes it for a replay.
+/// that no node takes it for a replay. Acknowledgements are unsigned: one more than
+/// [`MAX_GENERATION_STEP`] above `floor` is ignored, so a forged one cannot push the ring to
+/// the end of the numbering.
 fn renumber_after(ring: KeyRing, snap: &Snapshot, floor: u64) -> KeyRing {
+    let ceiling = floor.saturating_add(MAX_GENERATION_STEP);
     let highest = snap
         .members
         .iter()
         .map(|m| m.record.applied_generation)
+        .filter(|g| *g <= ceiling)
         .max()
         .unwrap_or(0)
         .max(floor);
-    let mut r = ring;
-    while r.generation() <= highest {
-        r = r.with_next_rotation_at(r.next_rotation_at());
-    }
-    r
+    ring.renumbered(highest.saturating_add(1))
 }
 
 fn audit_decision(

@@ -163,9 +163,9 @@ pub enum Command {
 /// A certificate to present instead of the config's `[identity]` one.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CertArgs {
-    /// An operator's certificate (`stek ca issue --operator`), presented to the embedded
-    /// coordinator's peers instead of this box's member certificate: it may read and request
-    /// rotations, nothing else.
+    /// An operator's certificate (`stek ca issue --operator`), used instead of this box's
+    /// member certificate: presented to the embedded coordinator's peers (it may read and
+    /// request rotations, nothing else), and signing `stek rotate`'s request (with etcd too).
     #[arg(long, value_name = "FILE", requires = "key")]
     pub cert: Option<PathBuf>,
     /// Its key (mode 600).

@@ -300,8 +300,15 @@ impl Coordinator for RaftClient {
             .map(|_| ())
     }
 
-    async fn request_rotation(&self, by: &str) -> Result<String, CoordError> {
-        let (key, record) = RequestRecord::new_keyed(&self.prefix, by);
+    async fn request_rotation(
+        &self,
+        by: &str,
+        signer: Option<&crate::identity::Credentials>,
+    ) -> Result<String, CoordError> {
+        let (key, mut record) = RequestRecord::new_keyed(&self.prefix, by);
+        if let Some(creds) = signer {
+            record.sign(&key, creds);
+        }
         self.write(Command::PutRequest {
             key: key.clone(),
             value: record.encode(),

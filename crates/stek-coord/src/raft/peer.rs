@@ -203,9 +203,9 @@ impl Peer {
                 Listener::Unix(l, _) => match l.accept().await {
                     Ok((mut stream, _)) => {
                         // The socket's directory lets only our uid in; the kernel's word on
-                        // the caller is checked as well.
+                        // the caller is checked as well (our uid, or root).
                         let uid = stream.peer_cred().map(|c| c.uid()).ok();
-                        if uid != Some(nix::unistd::geteuid().as_raw()) {
+                        if !uid.is_some_and(|u| u == 0 || u == nix::unistd::geteuid().as_raw()) {
                             warn!(?uid, "refused a local connection from another user");
                             continue;
                         }
@@ -266,7 +266,7 @@ impl Peer {
     {
         let body = read_frame(stream).await?;
         let req: Request = serde_json::from_slice(&body)?;
-        let reply = match self.authorize(caller, &req) {
+        let reply = match self.authorize(caller, &req).await {
             Ok(()) => self.answer(req).await,
             Err(why) => {
                 warn!(caller = ?caller, "refused a request: {why}");
@@ -281,7 +281,7 @@ impl Peer {
     /// Whether `caller` may make `req`. Replication, votes and snapshots come only from the
     /// peer the certificate names, acting for itself; a member registers, acknowledges and
     /// campaigns only as itself; an operator only reads and requests rotations.
-    fn authorize(&self, caller: &Caller, req: &Request) -> Result<(), String> {
+    async fn authorize(&self, caller: &Caller, req: &Request) -> Result<(), String> {
         let role = match caller {
             Caller::Local | Caller::Insecure | Caller::AnyCertificate => return Ok(()),
             Caller::Refused(why) => return Err(why.clone()),
@@ -318,6 +318,43 @@ impl Peer {
                     | Command::Campaign { node_id, .. },
                 ),
             ) if node_id != id => Err(format!("member {id} may not act for member {node_id}")),
+            (
+                Role::Member(id),
+                Request::Write(Command::WriteRing { .. } | Command::Resign { .. }),
+            ) => {
+                // Only the leader writes rings and resigns; the store fences the term too.
+                let data = self.store.data().await;
+                match data.leader.as_ref() {
+                    Some(l) if l.node_id == *id => Ok(()),
+                    _ => Err(format!(
+                        "member {id} does not lead; only the leader writes the ring or resigns"
+                    )),
+                }
+            }
+            (
+                Role::Member(id),
+                Request::Write(Command::Revoke { lease }) | Request::Heartbeat { lease },
+            ) => {
+                // A member renews or ends only a lease no other member holds.
+                let data = self.store.data().await;
+                let holder = data
+                    .alive
+                    .iter()
+                    .find(|(_, l)| **l == *lease)
+                    .map(|(n, _)| n.clone())
+                    .or_else(|| {
+                        data.leader
+                            .as_ref()
+                            .filter(|s| s.lease == *lease)
+                            .map(|s| s.node_id.clone())
+                    });
+                match holder {
+                    Some(other) if other != *id => Err(format!(
+                        "member {id} may not renew or end member {other}'s lease"
+                    )),
+                    _ => Ok(()),
+                }
+            }
             (Role::Member(_), _) => Ok(()),
         }
     }

@@ -130,6 +130,9 @@ pub struct LeaderSlot {
     pub term: u64,
 }
 
+/// The longest lease TTL the group keeps (a day); a longer one is shortened to it.
+pub const MAX_LEASE_TTL_MS: u64 = 24 * 3600 * 1000;
+
 /// The replicated state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Data {
@@ -157,7 +160,12 @@ impl Data {
         let next = self.revision + 1;
         let result = match cmd {
             Command::Grant { lease, ttl_ms } => {
-                self.leases.insert(*lease, *ttl_ms);
+                // A lease id is granted once (a client may not take over another's), and its
+                // TTL is bounded so that no deadline arithmetic can overflow.
+                if self.leases.contains_key(lease) {
+                    return Applied::Ok;
+                }
+                self.leases.insert(*lease, (*ttl_ms).min(MAX_LEASE_TTL_MS));
                 Applied::Ok
             }
             Command::Revoke { lease } => {

@@ -50,13 +50,16 @@ where
     }
 }
 
-/// Mutual TLS with `--cert`/`--key` (any role of the cluster's CA: the peers decide what it
-/// may do) and the config's CA.
-fn operator_tls(
+/// `--cert`/`--key` checked against the config's CA (any role: the peers and the leader decide
+/// what it may do).
+fn operator_files(
     config: &Config,
     cert: &Path,
     key: &Path,
-) -> anyhow::Result<stek_coord::raft::tls::PeerTls> {
+) -> anyhow::Result<(
+    stek_node::config::IdentityPem,
+    stek_coord::identity::Credentials,
+)> {
     let Some(files) = &config.identity else {
         bail!("--cert needs the cluster's CA: the config has no [identity] ca_file");
     };
@@ -70,8 +73,30 @@ fn operator_tls(
     let creds = stek_coord::identity::Credentials::new(&trust, &pem.cert, &pem.key)
         .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
     tracing::debug!(role = %creds.role(), "presenting --cert");
+    Ok((pem, creds))
+}
+
+/// Mutual TLS with `--cert`/`--key` and the config's CA.
+fn operator_tls(
+    config: &Config,
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<stek_coord::raft::tls::PeerTls> {
+    let (pem, _) = operator_files(config, cert, key)?;
     stek_coord::raft::tls::PeerTls::from_pem(&pem.ca, &pem.cert, &pem.key)
         .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))
+}
+
+/// Who signs a rotation request: `--cert`/`--key`, else this box's `[identity]`; nobody
+/// without either (then a leader with `[identity]` ignores the request).
+fn request_signer(
+    config: &Config,
+    access: &Access,
+) -> anyhow::Result<Option<stek_coord::identity::Credentials>> {
+    Ok(match &access.operator {
+        Some((cert, key)) => Some(operator_files(config, cert, key)?.1),
+        None => load_identity(config)?.map(|id| id.creds),
+    })
 }
 
 /// The config's trust (`[identity]` CA and revocations), to check what the store holds.
@@ -421,12 +446,16 @@ struct Rotate<'a> {
     timeout: Duration,
     /// With `[identity]`: the members to wait for are the enrolled ones only.
     trust: Option<stek_coord::identity::Trust>,
+    /// Signs the request.
+    signer: Option<stek_coord::identity::Credentials>,
 }
 
 impl AsyncStoreFn<ExitCode> for Rotate<'_> {
     async fn call<C: Coordinator>(self, store: &C) -> anyhow::Result<ExitCode> {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| self.config.node_id.clone());
-        let key = store.request_rotation(&format!("cli@{host}")).await?;
+        let key = store
+            .request_rotation(&format!("cli@{host}"), self.signer.as_ref())
+            .await?;
         println!("rotation requested ({key})");
         if !self.wait {
             return Ok(ExitCode::SUCCESS);
@@ -546,6 +575,7 @@ pub fn rotate(
             wait,
             timeout,
             trust: trust_of(&config)?,
+            signer: request_signer(&config, access)?,
         },
     ))
 }
