@@ -460,6 +460,8 @@ pub struct Node {
     pub admin_addr: String,
     /// More config (e.g. `[[target]]` sections) appended to its config file.
     pub extra_toml: String,
+    /// Serial numbers in its `[identity] revoked`.
+    pub revoked: Vec<String>,
     /// Its nginx target's reload argv.
     pub reload: Vec<String>,
     /// Its config file.
@@ -687,6 +689,7 @@ impl Cluster {
             raft_addr,
             admin_addr: format!("127.0.0.1:{}", free_port()),
             extra_toml: String::new(),
+            revoked: Vec::new(),
             reload,
             config: dir.join("stek.toml"),
             keys,

@@ -123,6 +123,10 @@ struct Mount {
     source: String,
     target: String,
     nocopy: bool,
+    /// `volume: subpath:` (long syntax only).
+    subpath: Option<String>,
+    /// `read_only: true` or `:ro`.
+    read_only: bool,
 }
 
 /// A service's `volumes:`, in either the short (`src:dst:ro`) or the long syntax.
@@ -143,10 +147,13 @@ fn mounts(c: &Yaml, name: &str) -> Vec<Mount> {
                 } else {
                     MountKind::Volume
                 };
+                let options: Vec<&str> = parts.flat_map(|o| o.split(',')).collect();
                 Mount {
                     kind,
                     target: target.to_owned(),
-                    nocopy: parts.any(|o| o.split(',').any(|o| o == "nocopy")),
+                    nocopy: options.contains(&"nocopy"),
+                    subpath: None,
+                    read_only: options.contains(&"ro"),
                     source,
                 }
             }
@@ -165,6 +172,8 @@ fn mounts(c: &Yaml, name: &str) -> Vec<Mount> {
                     source: field("source"),
                     target: field("target"),
                     nocopy: m["volume"]["nocopy"].as_bool() == Some(true),
+                    subpath: m["volume"]["subpath"].as_str().map(str::to_owned),
+                    read_only: m["read_only"].as_bool() == Some(true),
                 }
             }
             other => panic!("{COMPOSE}: service {name}: cannot read volume entry {other:?}"),
@@ -212,9 +221,50 @@ fn rel(p: &str) -> String {
 fn compose_declares_etcd_three_stek_peers_three_nginx_and_the_client() {
     let c = compose();
     for name in [
-        "etcd", "stek-1", "stek-2", "stek-3", "nginx-1", "nginx-2", "nginx-3", "client",
+        "etcd", "identity", "stek-1", "stek-2", "stek-3", "nginx-1", "nginx-2", "nginx-3", "client",
     ] {
         service(&c, name);
+    }
+}
+
+/// The compose peers run with `[identity]`: a one-shot job makes the CA (whose key volume no
+/// peer mounts) and the certificates; each peer mounts only its own directory, read-only.
+#[test]
+fn compose_peers_run_secured_with_their_own_certificate_only() {
+    let c = compose();
+    let job = service(&c, "identity");
+    let script = words(&job["command"]).join(" ");
+    assert!(
+        script.contains("stek ca init") && script.contains("stek ca issue"),
+        "{COMPOSE}: the identity job must make the CA and the certificates with stek ca: {script}"
+    );
+    for name in keys(&c["services"]) {
+        let ca_key = mounts(&c, &name).iter().any(|m| m.source == "demo-ca");
+        assert_eq!(
+            ca_key,
+            name == "identity",
+            "{COMPOSE}: only the identity job may mount demo-ca (the CA's key); {name} does: {ca_key}"
+        );
+    }
+    for n in 1..=3 {
+        let stek = format!("stek-{n}");
+        let id: Vec<Mount> = mounts(&c, &stek)
+            .into_iter()
+            .filter(|m| m.source == "demo-identity")
+            .collect();
+        assert_eq!(id.len(), 1, "{COMPOSE}: {stek} mounts demo-identity once");
+        assert_eq!(id[0].subpath.as_deref(), Some(stek.as_str()), "{COMPOSE}: {stek} sees only its own certificate");
+        assert!(id[0].read_only, "{COMPOSE}: {stek} mounts its identity read-only");
+        assert_eq!(
+            service(&c, &stek)["depends_on"]["identity"]["condition"].as_str(),
+            Some("service_completed_successfully"),
+            "{COMPOSE}: {stek} starts after the identity job"
+        );
+        let config = load_config(&format!("docs/deploy/compose/{stek}.toml"));
+        let files = config.identity.expect("[identity] in the compose config");
+        assert!(files.cert_file.starts_with(&id[0].target), "{}", files.cert_file.display());
+        assert!(files.cert_file.ends_with(format!("{stek}.pem")));
+        assert!(!config.insecure);
     }
 }
 

@@ -454,3 +454,73 @@ fn unsigned_requests_never_rotate_and_a_flood_rotates_once_per_min_request_inter
         "the leader says why requests wait"
     );
 }
+
+/// A compromised member removed as docs/security.md says: the box stopped, its certificate's
+/// serial added to every other node's `[identity] revoked` and those nodes restarted one at a
+/// time. When the box comes back with its (still unexpired) certificate, it is refused: listed
+/// with the reason, no ring holds a copy for it, rotations go on without it, and after
+/// `retain + 2` rotations none of the keys it holds is in the ring any more.
+#[test]
+fn a_revoked_member_gets_no_future_ring() {
+    let (mut c, _, status) = cluster("id-revoked");
+    let victim = c.nodes.iter().position(|n| status["leader"] != n.id.as_str()).unwrap();
+    let victim_id = c.nodes[victim].id.clone();
+    let ca = c.ca.clone().unwrap();
+    let trust = stek_coord::identity::Trust::new(&std::fs::read(ca.cert()).unwrap(), &c.name, &[]).unwrap();
+    let pem = std::fs::read(c.nodes[victim].dir.join("identity").join(format!("{victim_id}.pem"))).unwrap();
+    let der = stek_coord::identity::pem_to_der(&pem).unwrap();
+    let serial = trust.verify(&der, SystemTime::now()).unwrap().serial;
+    info!("--- {victim_id} (serial {serial}) stopped and revoked on the others");
+    c.stop(victim);
+    let others: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    for &i in &others {
+        c.nodes[i].revoked = vec![serial.clone()];
+        c.stop(i);
+        c.start(i);
+        wait_until(Duration::from_secs(30), "the restarted node to apply the ring again", || {
+            c.try_status(others[0]).is_some_and(|s| {
+                s["members"].as_array().unwrap().iter().any(|m| {
+                    m["node_id"] == c.nodes[i].id.as_str()
+                        && m["live"] == true
+                        && m["applied_generation"] == s["generation"]
+                })
+            })
+        });
+    }
+    let held = c.nodes[victim].key_names();
+    assert!(!held.is_empty());
+    info!("--- {victim_id} comes back with its revoked certificate");
+    c.start(victim);
+    let via = others[0];
+    wait_until(Duration::from_secs(30), "the victim to be refused", || {
+        c.try_status(via).is_some_and(|s| {
+            s["refused_members"].as_array().unwrap().iter().any(|r| {
+                r["node_id"] == victim_id.as_str()
+                    && r["live"] == true
+                    && r["reason"].as_str().unwrap().contains(&format!("serial {serial} is revoked"))
+            })
+        })
+    });
+    // A key stays in the ring for retain + 2 rotations (staged, active, retiring).
+    for _ in 0..3 {
+        let out = c.cli(via, &["rotate", "--wait", "--timeout", "30s"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+    let status = c.status(via);
+    assert!(
+        status["members"].as_array().unwrap().iter().all(|m| m["node_id"] != victim_id.as_str()),
+        "{status}"
+    );
+    let ring = ring_now(&c);
+    for copy in ring["copies"].as_array().unwrap() {
+        assert_ne!(copy["member"], victim_id.as_str(), "a copy for the revoked member: {ring}");
+    }
+    // The keys it still holds are gone from the ring; it never got the new ones.
+    let current: Vec<[u8; 16]> = c.nodes[via].key_names();
+    assert!(
+        held.iter().all(|k| !current.contains(k)),
+        "a key the revoked member holds is still in use"
+    );
+    assert_eq!(c.nodes[victim].key_names(), held, "the revoked member got no new key");
+    assert!(c.nodes[victim].log_text().contains("holds no sealed copy for this node"));
+}

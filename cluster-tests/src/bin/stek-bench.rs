@@ -88,6 +88,31 @@ fn node_config(dir: &Path, cluster: &str, id: &str, coordination: &str, ttl: u64
     Config::parse(&path, &text).unwrap()
 }
 
+/// An operator's credentials from cluster `cluster`'s CA (made by [`node_config`], so call
+/// it after the nodes' configs): nodes with `[identity]` act only on signed requests.
+fn operator(dir: &Path, cluster: &str) -> stek_coord::identity::Credentials {
+    let ca = ClusterCa {
+        dir: dir.join(format!("ca-{cluster}")),
+    };
+    let out = dir.join(format!("operator-{cluster}"));
+    if !out.join("bench.pem").exists() {
+        ca.issue(
+            &stek_coord::identity::Role::Operator("bench".into()),
+            &[],
+            &out,
+        );
+    }
+    let trust =
+        stek_coord::identity::Trust::new(&std::fs::read(ca.cert()).unwrap(), cluster, &[])
+            .unwrap();
+    stek_coord::identity::Credentials::new(
+        &trust,
+        &std::fs::read(out.join("bench.pem")).unwrap(),
+        &std::fs::read(out.join("bench.key")).unwrap(),
+    )
+    .unwrap()
+}
+
 fn spawn_node<C: Coordinator>(config: Config, coord: C) -> NodeTask {
     let (stop, stopped) = oneshot::channel::<()>();
     let id = config.node_id.clone();
@@ -323,6 +348,7 @@ async fn etcd_latency(
     let store = Etcd::connect(&[endpoint.to_owned()], &cluster)
         .await
         .unwrap();
+    let signer = operator(dir, &cluster);
     let (mut total_writes, mut total_bytes) = (0u64, 0u64);
     for _ in 0..rotations {
         if result.failed.is_some() {
@@ -332,7 +358,7 @@ async fn etcd_latency(
         let stream = tracker.watch(rev).await;
         let before = v.ring_generation;
         let t0 = Instant::now();
-        store.request_rotation("bench", None).await.unwrap();
+        store.request_rotation("bench", Some(&signer)).await.unwrap();
         let (ok, writes, bytes) = tracker
             .wait(&mut v, stream, budget, |v| {
                 v.ring_generation > before && v.requests == 0 && v.all_applied(v.ring_generation)
@@ -407,7 +433,10 @@ async fn failover(endpoint: &str, dir: &Path) -> (Option<Duration>, Option<Durat
     let before = v.ring_generation;
     let t0 = Instant::now();
     killed.task.abort();
-    store.request_rotation("bench", None).await.unwrap();
+    store
+        .request_rotation("bench", Some(&operator(dir, cluster)))
+        .await
+        .unwrap();
     let (ok, _, _) = tracker
         .wait(&mut v, stream, Duration::from_secs(30), |v| {
             v.ring_generation > before
@@ -487,6 +516,7 @@ async fn raft_latency(dir: &Path, rotations: usize) -> Vec<Duration> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let signer = operator(dir, "benchraft");
     let mut samples = Vec::new();
     for _ in 0..rotations {
         let before = client
@@ -496,7 +526,11 @@ async fn raft_latency(dir: &Path, rotations: usize) -> Vec<Duration> {
             .and_then(|s| s.valid_ring().map(|r| r.ring.generation()))
             .unwrap_or(0);
         let t0 = Instant::now();
-        if client.request_rotation("bench", None).await.is_err() {
+        if client
+            .request_rotation("bench", Some(&signer))
+            .await
+            .is_err()
+        {
             continue;
         }
         // Polled every 2 ms: the Raft client's watch says that, not what, changed.

@@ -244,6 +244,11 @@ pub fn issue(
     })
 }
 
+/// The first certificate of a PEM file, as DER.
+pub fn pem_to_der(pem: &[u8]) -> Result<Vec<u8>, IdentityError> {
+    Ok(first_cert(pem, "certificate")?.to_vec())
+}
+
 fn first_cert(pem: &[u8], what: &str) -> Result<CertificateDer<'static>, IdentityError> {
     CertificateDer::pem_slice_iter(pem)
         .next()

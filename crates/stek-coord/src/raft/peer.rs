@@ -48,6 +48,16 @@ impl std::fmt::Debug for Peer {
     }
 }
 
+/// Why a request is not carried out.
+#[derive(Debug)]
+enum Refusal {
+    /// Not allowed for this caller: an error reply, logged.
+    Denied(String),
+    /// A ring write or resignation by a member that does not lead: answered as the store's
+    /// term fence answers it (a deposed leader's normal fate).
+    Fenced(String),
+}
+
 /// Who is at the other end of a connection.
 #[derive(Debug)]
 enum Caller {
@@ -268,7 +278,15 @@ impl Peer {
         let req: Request = serde_json::from_slice(&body)?;
         let reply = match self.authorize(caller, &req).await {
             Ok(()) => self.answer(req).await,
-            Err(why) => {
+            Err(Refusal::Fenced(why)) => {
+                // What the store's own fence would answer: the caller does not lead.
+                debug!(caller = ?caller, "fenced a request: {why}");
+                match req {
+                    Request::Write(Command::Resign { .. }) => Reply::Applied(Applied::Ok),
+                    _ => Reply::Applied(Applied::Fenced),
+                }
+            }
+            Err(Refusal::Denied(why)) => {
                 warn!(caller = ?caller, "refused a request: {why}");
                 Reply::Error(format!("refused: {why}"))
             }
@@ -281,10 +299,11 @@ impl Peer {
     /// Whether `caller` may make `req`. Replication, votes and snapshots come only from the
     /// peer the certificate names, acting for itself; a member registers, acknowledges and
     /// campaigns only as itself; an operator only reads and requests rotations.
-    async fn authorize(&self, caller: &Caller, req: &Request) -> Result<(), String> {
+    async fn authorize(&self, caller: &Caller, req: &Request) -> Result<(), Refusal> {
+        use Refusal::Denied;
         let role = match caller {
             Caller::Local | Caller::Insecure | Caller::AnyCertificate => return Ok(()),
-            Caller::Refused(why) => return Err(why.clone()),
+            Caller::Refused(why) => return Err(Denied(why.clone())),
             Caller::Cert(role) => role,
         };
         let raft_leader = match req {
@@ -296,18 +315,18 @@ impl Peer {
         match (role, req) {
             (Role::Operator(_), Request::State | Request::Wait { .. }) => Ok(()),
             (Role::Operator(_), Request::Write(Command::PutRequest { .. })) => Ok(()),
-            (Role::Operator(name), _) => Err(format!(
+            (Role::Operator(name), _) => Err(Denied(format!(
                 "operator {name} may only read and request rotations"
-            )),
+            ))),
             (Role::Member(id), _) if raft_leader.is_some() => {
                 let own = self.ids.get(id).copied();
                 if own.is_some() && raft_leader == Some(own) {
                     Ok(())
                 } else {
-                    Err(format!(
+                    Err(Denied(format!(
                         "member {id} sent a Raft message for peer {:?}, not for itself",
                         raft_leader.flatten()
-                    ))
+                    )))
                 }
             }
             (
@@ -317,7 +336,9 @@ impl Peer {
                     | Command::PutMember { node_id, .. }
                     | Command::Campaign { node_id, .. },
                 ),
-            ) if node_id != id => Err(format!("member {id} may not act for member {node_id}")),
+            ) if node_id != id => Err(Denied(format!(
+                "member {id} may not act for member {node_id}"
+            ))),
             (
                 Role::Member(id),
                 Request::Write(Command::WriteRing { .. } | Command::Resign { .. }),
@@ -326,9 +347,9 @@ impl Peer {
                 let data = self.store.data().await;
                 match data.leader.as_ref() {
                     Some(l) if l.node_id == *id => Ok(()),
-                    _ => Err(format!(
+                    _ => Err(Refusal::Fenced(format!(
                         "member {id} does not lead; only the leader writes the ring or resigns"
-                    )),
+                    ))),
                 }
             }
             (
@@ -349,9 +370,9 @@ impl Peer {
                             .map(|s| s.node_id.clone())
                     });
                 match holder {
-                    Some(other) if other != *id => Err(format!(
+                    Some(other) if other != *id => Err(Denied(format!(
                         "member {id} may not renew or end member {other}'s lease"
-                    )),
+                    ))),
                     _ => Ok(()),
                 }
             }

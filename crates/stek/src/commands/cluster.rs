@@ -45,7 +45,14 @@ where
             };
             let client = RaftClient::new(&config.cluster, peers.values().cloned().collect(), None)
                 .with_tls(tls);
-            f.call(&client).await
+            let local = peers.values().any(|p| p.starts_with("unix:"));
+            f.call(&client).await.map_err(|e| {
+                if local && format!("{e:#}").contains("Permission denied") {
+                    e.context("the single-box group's socket is only for root and the node's user: run this command with sudo")
+                } else {
+                    e
+                }
+            })
         }
     }
 }
