@@ -721,7 +721,13 @@ impl Cluster {
         let (top, identity) = match &self.ca {
             Some(ca) => (
                 "",
-                ca.identity_section(&node.id, &node.dir.join("identity")),
+                ca.identity_section(&node.id, &node.dir.join("identity"))
+                    + &format!(
+                        "revoked = {}\n",
+                        crate::argv_toml(
+                            &node.revoked.iter().map(String::as_str).collect::<Vec<_>>()
+                        )
+                    ),
             ),
             None => ("insecure = true\n", String::new()),
         };

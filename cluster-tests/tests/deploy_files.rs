@@ -253,8 +253,15 @@ fn compose_peers_run_secured_with_their_own_certificate_only() {
             .filter(|m| m.source == "demo-identity")
             .collect();
         assert_eq!(id.len(), 1, "{COMPOSE}: {stek} mounts demo-identity once");
-        assert_eq!(id[0].subpath.as_deref(), Some(stek.as_str()), "{COMPOSE}: {stek} sees only its own certificate");
-        assert!(id[0].read_only, "{COMPOSE}: {stek} mounts its identity read-only");
+        assert_eq!(
+            id[0].subpath.as_deref(),
+            Some(stek.as_str()),
+            "{COMPOSE}: {stek} sees only its own certificate"
+        );
+        assert!(
+            id[0].read_only,
+            "{COMPOSE}: {stek} mounts its identity read-only"
+        );
         assert_eq!(
             service(&c, &stek)["depends_on"]["identity"]["condition"].as_str(),
             Some("service_completed_successfully"),
@@ -262,7 +269,11 @@ fn compose_peers_run_secured_with_their_own_certificate_only() {
         );
         let config = load_config(&format!("docs/deploy/compose/{stek}.toml"));
         let files = config.identity.expect("[identity] in the compose config");
-        assert!(files.cert_file.starts_with(&id[0].target), "{}", files.cert_file.display());
+        assert!(
+            files.cert_file.starts_with(&id[0].target),
+            "{}",
+            files.cert_file.display()
+        );
         assert!(files.cert_file.ends_with(format!("{stek}.pem")));
         assert!(!config.insecure);
     }

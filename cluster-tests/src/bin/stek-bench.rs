@@ -103,8 +103,7 @@ fn operator(dir: &Path, cluster: &str) -> stek_coord::identity::Credentials {
         );
     }
     let trust =
-        stek_coord::identity::Trust::new(&std::fs::read(ca.cert()).unwrap(), cluster, &[])
-            .unwrap();
+        stek_coord::identity::Trust::new(&std::fs::read(ca.cert()).unwrap(), cluster, &[]).unwrap();
     stek_coord::identity::Credentials::new(
         &trust,
         &std::fs::read(out.join("bench.pem")).unwrap(),
@@ -358,7 +357,10 @@ async fn etcd_latency(
         let stream = tracker.watch(rev).await;
         let before = v.ring_generation;
         let t0 = Instant::now();
-        store.request_rotation("bench", Some(&signer)).await.unwrap();
+        store
+            .request_rotation("bench", Some(&signer))
+            .await
+            .unwrap();
         let (ok, writes, bytes) = tracker
             .wait(&mut v, stream, budget, |v| {
                 v.ring_generation > before && v.requests == 0 && v.all_applied(v.ring_generation)

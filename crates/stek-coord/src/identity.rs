@@ -294,7 +294,8 @@ pub fn normalise_serial(text: &str) -> Option<String> {
         .filter(|c| *c != ':')
         .collect::<String>()
         .to_ascii_lowercase();
-    if hex.is_empty() || !hex.len().is_multiple_of(2) || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) || !hex.chars().all(|c| c.is_ascii_hexdigit())
+    {
         return None;
     }
     Some(hex.trim_start_matches("00").to_owned())
