@@ -75,13 +75,6 @@ fn leader_log(c: &Cluster, words: &str) {
     );
 }
 
-/// Waits until every node logged `words`.
-fn all_log(c: &Cluster, words: &str, within: Duration) {
-    wait_until(within, &format!("every node to log \"{words}\""), || {
-        c.nodes.iter().all(|n| n.log_text().contains(words))
-    });
-}
-
 /// Waits for the leader to have rewritten a valid ring over the attack (a generation above
 /// `above`, signed) and the cluster to converge on it; returns the status.
 fn repaired(c: &Cluster, above: u64, history: &mut History) -> Value {
@@ -264,9 +257,10 @@ fn a_ring_of_the_writers_own_keys_is_never_applied() {
     }
 }
 
-/// A writer who knows no key edits the signed description (rotation pushed to year 9999; the
-/// generation bumped so nodes would take it as new): every node rejects it, the leader writes
-/// its own ring back, and the schedule stays the leader's.
+/// A writer who knows no key edits the signed description (rotation pushed to year 9999; then
+/// the retiring key dropped early through the ring's policy; the generation bumped each time
+/// so nodes would take it as new): it is rejected, the leader writes its own ring back, and the
+/// schedule and the keys stay the leader's.
 #[test]
 fn an_edited_description_is_rejected_and_the_leaders_ring_restored() {
     let (c, mut history, status) = cluster("id-edited");
@@ -279,11 +273,8 @@ fn an_edited_description_is_rejected_and_the_leaders_ring_restored() {
     ring["generation"] = (g + 1).into();
     info!("--- rotation pushed to 9999 in the stored ring");
     etcd.put(&key(&c, "ring"), &serde_json::to_vec(&ring).unwrap());
-    all_log(
-        &c,
-        "signature does not verify against the certificate",
-        Duration::from_secs(15),
-    );
+    // The leader reads every write; a follower may see only the repair that follows.
+    leader_log(&c, "signature does not verify against the certificate");
     // The rewrite numbers above what members acknowledged (g), not above the forgery.
     let status = repaired(&c, g, &mut history);
     assert_eq!(status["next_rotation_at"], next, "{status}");
@@ -304,7 +295,33 @@ fn an_edited_description_is_rejected_and_the_leaders_ring_restored() {
         "the leader says what it did"
     );
     // The restored ring is the leader's: a rotation still happens when asked.
-    c.rotate_and_check(1, &mut history);
+    let status = c.rotate_and_check(1, &mut history);
+
+    info!("--- the retiring key dropped early: the ring's retain edited down to 0");
+    let epochs: Vec<Value> = status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["epoch"].clone())
+        .collect();
+    let before = all_files(&c);
+    let mut ring = ring_now(&c);
+    let g = ring["generation"].as_u64().unwrap();
+    ring["policy"]["retain"] = 0.into();
+    ring["generation"] = (g + 1).into();
+    etcd.put(&key(&c, "ring"), &serde_json::to_vec(&ring).unwrap());
+    // Refused as malformed (retain 0 breaks the ring's policy) or as unsigned: either way
+    // never applied, and the leader writes its own ring back with the same keys.
+    leader_log(&c, "rejected a record from the store");
+    let status = repaired(&c, g, &mut history);
+    let after: Vec<Value> = status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["epoch"].clone())
+        .collect();
+    assert_eq!(after, epochs, "no key dropped: {status}");
+    assert_eq!(all_files(&c), before);
 }
 
 /// An older ring, validly signed by the leader when it was current, put back: no node that saw
@@ -323,10 +340,9 @@ fn a_replayed_older_ring_is_never_applied() {
     let before = all_files(&c);
     info!("--- generation {old_gen} replayed over {now_gen}");
     etcd.put(&key(&c, "ring"), &old);
-    all_log(
+    leader_log(
         &c,
         &format!("ring generation {old_gen} is older than generation {now_gen}"),
-        Duration::from_secs(15),
     );
     let status = repaired(&c, now_gen, &mut history);
     assert_eq!(active_key(&status)["fingerprint"], active, "{status}");
