@@ -414,12 +414,14 @@ fn a_node_without_etcd_or_peers_runs_a_one_node_group() {
         let copy = open.path().join("stek.toml");
         fs::write(&copy, &body).unwrap();
         fs::set_permissions(&copy, fs::Permissions::from_mode(0o644)).unwrap();
+        // A copy of the binary nobody can run: the build tree may sit in a directory only
+        // root can enter (CI's clone does).
+        let bin = open.path().join("stek");
+        fs::copy(env!("CARGO_BIN_EXE_stek"), &bin).unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
         let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
         let out = std::os::unix::process::CommandExt::uid(
-            std::os::unix::process::CommandExt::gid(
-                &mut Command::new(env!("CARGO_BIN_EXE_stek")),
-                nobody.gid.as_raw(),
-            ),
+            std::os::unix::process::CommandExt::gid(&mut Command::new(&bin), nobody.gid.as_raw()),
             nobody.uid.as_raw(),
         )
         .args(["rotate", "--config", copy.to_str().unwrap()])
