@@ -462,6 +462,9 @@ pub struct Node {
     pub extra_toml: String,
     /// Serial numbers in its `[identity] revoked`.
     pub revoked: Vec<String>,
+    /// Embedded coordinator: this node runs no Raft peer and reaches the group as a client
+    /// (`[raft] client = true`) through the nodes that are peers.
+    pub raft_client: bool,
     /// Its nginx target's reload argv.
     pub reload: Vec<String>,
     /// Its config file.
@@ -475,6 +478,26 @@ pub struct Node {
 }
 
 impl Node {
+    /// The node's state directory (its sealing key), on /dev/shm like a box's RAM disk.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// The node's Raft data directory (embedded coordinator).
+    pub fn raft_data_dir(&self) -> PathBuf {
+        self.dir.join("raft")
+    }
+
+    /// Wipes what a power loss wipes: the RAM disk (the key directory and the state
+    /// directory), not the Raft data directory. The node must be stopped.
+    pub fn wipe_ram_disk(&self) {
+        assert!(!self.running(), "{} must be stopped first", self.id);
+        let _ = fs::remove_dir_all(self.state_dir());
+        for entry in fs::read_dir(&self.keys).into_iter().flatten().flatten() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+
     /// The log of its current (or last) run.
     pub fn log_text(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
@@ -487,6 +510,11 @@ impl Node {
     /// Whether it runs.
     pub fn running(&self) -> bool {
         self.server.is_some()
+    }
+
+    /// How its process ended, once it has (`None` while it runs or was never started).
+    pub fn exit_status(&self) -> Option<String> {
+        self.server.as_ref().and_then(Server::exit_status)
     }
 
     /// Every slot file's bytes, by name.
@@ -690,6 +718,7 @@ impl Cluster {
             admin_addr: format!("127.0.0.1:{}", free_port()),
             extra_toml: String::new(),
             revoked: Vec::new(),
+            raft_client: false,
             reload,
             config: dir.join("stek.toml"),
             keys,
@@ -709,13 +738,22 @@ impl Cluster {
                 let peers: Vec<String> = self
                     .nodes
                     .iter()
+                    .filter(|n| !n.raft_client)
                     .map(|n| format!("{} = \"{}\"", n.id, n.raft_addr))
                     .collect();
-                format!(
-                    "[raft]\nlisten = \"{}\"\npeers = {{ {} }}\n",
-                    node.raft_addr,
-                    peers.join(", ")
-                )
+                if node.raft_client {
+                    format!(
+                        "[raft]\nclient = true\npeers = {{ {} }}\n",
+                        peers.join(", ")
+                    )
+                } else {
+                    format!(
+                        "[raft]\nlisten = \"{}\"\ndata_dir = \"{}\"\npeers = {{ {} }}\n",
+                        node.raft_addr,
+                        node.raft_data_dir().display(),
+                        peers.join(", ")
+                    )
+                }
             }
         };
         let (top, identity) = match &self.ca {
@@ -735,12 +773,13 @@ impl Cluster {
         fs::write(
             &node.config,
             format!(
-                "cluster = \"{cluster}\"\nnode_id = \"{id}\"\n{top}{coordination}{identity}\
+                "cluster = \"{cluster}\"\nnode_id = \"{id}\"\nstate_dir = \"{state}\"\n{top}{coordination}{identity}\
                  [admin]\nlisten = \"{admin}\"\n[rotation]\ninterval = \"{interval}\"\nretain = 1\nlease_ttl = \"{ttl}s\"\nmin_request_interval = \"{min_request}\"\n\
                  [[target]]\nformat = \"nginx\"\npath = \"{keys}\"\nreload = {reload}\n\
                  reload_timeout = \"5s\"\nreload_attempts = 1\n{extra}",
                 cluster = self.name,
                 id = node.id,
+                state = node.state_dir().display(),
                 admin = node.admin_addr,
                 interval = self.interval,
                 min_request = self.min_request_interval,
@@ -772,10 +811,33 @@ impl Cluster {
         // The admin listener is bound before the store is reached, the Raft listener right
         // after: once both are the node's own, its ports are settled.
         let mut ports = vec![port_of(&node.admin_addr)];
-        if self.etcd.is_none() {
+        if self.etcd.is_none() && !node.raft_client {
             ports.push(port_of(&node.raft_addr));
         }
         server.wait_listening(&ports, Duration::from_secs(30));
+    }
+
+    /// Node `i`'s metric `name` (the first sample's value), read from its admin listener (in
+    /// its own network namespace when it has one). `None` if it does not answer.
+    pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        let addr = self.nodes[i].admin_addr.clone();
+        let get = move || -> Option<String> {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(&addr).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).ok()?;
+            Some(body)
+        };
+        let body = match &self.net {
+            Some(net) => net.on_host(&self.nodes[i].id, get),
+            None => get(),
+        }?;
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
     }
 
     /// Starts every node.
@@ -839,6 +901,18 @@ impl Cluster {
             .arg("--config")
             .arg(&self.nodes[i].config)
             .args(&args[1..]);
+        cmd.output().expect("stek CLI runs")
+    }
+
+    /// Runs a CLI subcommand (`args[0] args[1]`, e.g. `peers list`) with `args[2..]` against
+    /// node `i`'s config.
+    pub fn cli_sub(&self, i: usize, args: &[&str]) -> Output {
+        self.write_config(i);
+        let mut cmd = exec_in(self.host("ctl"), &self.bin);
+        cmd.args(&args[..2])
+            .arg("--config")
+            .arg(&self.nodes[i].config)
+            .args(&args[2..]);
         cmd.output().expect("stek CLI runs")
     }
 

@@ -61,9 +61,11 @@ fn raft_conformance(tls: Option<stek_coord::raft::tls::PeerTls>) {
         .expect("a tokio runtime");
     rt.block_on(async {
         let mut running = Vec::new();
+        let dir = cluster_tests::TestDir::new("conformance-raft");
         for (name, addr) in &peers {
+            let storage = stek_coord::raft::peer::Storage::Durable(dir.subdir(name).join("raft"));
             running.push(
-                Peer::start("conformance", name, addr, &peers, tls.clone())
+                Peer::start("conformance", name, addr, &peers, storage, tls.clone())
                     .await
                     .expect("peer starts"),
             );

@@ -121,9 +121,16 @@ fn spawn_node<C: Coordinator>(config: Config, coord: C) -> NodeTask {
     });
     let task = tokio::spawn(async move {
         let metrics = Arc::new(Metrics::new());
-        stek_node::node::run(&config, coord, metrics, identity.as_ref(), async {
-            let _ = stopped.await;
-        })
+        stek_node::node::run(
+            &config,
+            coord,
+            metrics,
+            identity.as_ref(),
+            stek_coord::seal::Identity::generate(),
+            async {
+                let _ = stopped.await;
+            },
+        )
         .await;
     });
     NodeTask {
@@ -487,7 +494,8 @@ async fn raft_latency(dir: &Path, rotations: usize) -> Vec<Duration> {
             table.join(", ")
         );
         let config = node_config(dir, "benchraft", id, &section, 10);
-        let peer = Peer::start("benchraft", id, addr, &peers, None)
+        let storage = stek_coord::raft::peer::Storage::Durable(dir.join(format!("raft-{id}")));
+        let peer = Peer::start("benchraft", id, addr, &peers, storage, None)
             .await
             .unwrap();
         let client = RaftClient::new(

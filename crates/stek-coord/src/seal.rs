@@ -74,6 +74,25 @@ impl Identity {
         }
     }
 
+    /// The key pair of a stored private key (32 bytes, as [`Identity::secret_bytes`] gives).
+    pub fn from_secret(bytes: &[u8]) -> Option<Self> {
+        use hpke::{Deserializable, Serializable};
+        let private = <Kem as hpke::Kem>::PrivateKey::from_bytes(bytes).ok()?;
+        let public = <Kem as hpke::Kem>::sk_to_pk(&private);
+        let mut raw = [0u8; 32];
+        raw.copy_from_slice(&public.to_bytes());
+        Some(Self {
+            private,
+            public: MemberKey(raw),
+        })
+    }
+
+    /// The private key's bytes, to keep on the box's RAM disk (never anywhere else).
+    pub fn secret_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        use hpke::Serializable;
+        zeroize::Zeroizing::new(self.private.to_bytes().to_vec())
+    }
+
     /// The public half, for the member record.
     pub fn public(&self) -> &MemberKey {
         &self.public

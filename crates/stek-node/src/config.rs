@@ -69,6 +69,7 @@ struct RawConfig {
     identity: Option<RawIdentity>,
     #[serde(default)]
     insecure: bool,
+    state_dir: Option<PathBuf>,
     #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
@@ -167,6 +168,9 @@ struct RawRaft {
     listen: Option<String>,
     #[serde(default)]
     peers: std::collections::BTreeMap<String, String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    client: bool,
     ca_file: Option<PathBuf>,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
@@ -291,6 +295,13 @@ fn read_config_file(
 /// `{cluster}` is replaced by the cluster name.
 pub const DEFAULT_RAFT_SOCKET: &str = "unix:/run/stek/{cluster}.sock";
 
+/// Where a Raft peer keeps its state by default (on disk: it holds only sealed copies).
+pub const DEFAULT_RAFT_DATA_DIR: &str = "/var/lib/stek/{cluster}";
+
+/// Where a node keeps its sealing key by default: on a RAM disk, so that a restarted process
+/// opens its copy of the ring again while a reboot forgets it.
+pub const DEFAULT_STATE_DIR: &str = "/run/stek/state/{cluster}";
+
 /// Where the cluster coordinates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Coordination {
@@ -303,10 +314,15 @@ pub enum Coordination {
     },
     /// The embedded coordinator: the peers' own Raft group (the default without `[etcd]`).
     Raft {
-        /// This peer's listener for Raft and client traffic.
+        /// This peer's listener for Raft and client traffic (empty for a client).
         listen: String,
-        /// Every peer of the group by node id, this one included.
+        /// The group's peers by node id, this one included unless it is a client. The first
+        /// five by name are the voters when the group is first formed.
         peers: std::collections::BTreeMap<String, String>,
+        /// `[raft] data_dir`: where this peer keeps its Raft state (vote, log, snapshots).
+        data_dir: PathBuf,
+        /// `[raft] client = true`: this box runs no peer and reaches the group through `peers`.
+        client: bool,
     },
 }
 
@@ -389,6 +405,8 @@ pub struct Config {
     pub min_request_interval: Duration,
     /// The coordination store.
     pub coordination: Coordination,
+    /// `state_dir`: where the node's sealing private key lives (a RAM disk, root-only).
+    pub state_dir: PathBuf,
     /// `[identity]`: who this node is, and whom it trusts.
     pub identity: Option<IdentityFiles>,
     /// `insecure = true`: runs a multi-peer or etcd cluster without `[identity]`, so that
@@ -556,6 +574,8 @@ impl Config {
                 let raft = raft.unwrap_or(RawRaft {
                     listen: None,
                     peers: Default::default(),
+                    data_dir: None,
+                    client: false,
                     ca_file: None,
                     cert_file: None,
                     key_file: None,
@@ -566,6 +586,51 @@ impl Config {
                         "[raft] ca_file, cert_file and key_file have moved to [identity] (the same three keys, plus revoked), and the certificates must name the cluster and the node: make them with `stek ca init` and `stek ca issue --node ID --host ADDR` (docs/security.md, \"PKI walk-through\")".into(),
                     ));
                 }
+                let data_dir = raft
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_RAFT_DATA_DIR.replace("{cluster}", &cluster)));
+                if !data_dir.is_absolute() {
+                    return Err(invalid(
+                        "raft.data_dir".into(),
+                        format!("\"{}\" is not an absolute path", data_dir.display()),
+                    ));
+                }
+                if raft.client {
+                    if raft.peers.is_empty() {
+                        return Err(invalid(
+                            "raft.peers".into(),
+                            "client = true reaches the group through its peers: list them (name = \"host:port\")".into(),
+                        ));
+                    }
+                    if raft.peers.contains_key(&node_id) {
+                        return Err(invalid(
+                            "raft.client".into(),
+                            format!("this node ({node_id}) is in the peers table, so it is a peer, not a client: remove it from peers, or drop client = true"),
+                        ));
+                    }
+                    if raft.listen.is_some() || raft.data_dir.is_some() {
+                        return Err(invalid(
+                            "raft.client".into(),
+                            "a client runs no Raft peer: drop listen and data_dir".into(),
+                        ));
+                    }
+                    for (name, addr) in &raft.peers {
+                        check_name(name).map_err(|m| invalid("raft.peers".into(), m))?;
+                        if !is_host_port(addr) {
+                            return Err(invalid(
+                                "raft.peers".into(),
+                                format!("{name} = \"{addr}\" is not host:port, e.g. \"127.0.0.1:7702\""),
+                            ));
+                        }
+                    }
+                    Coordination::Raft {
+                        listen: String::new(),
+                        peers: raft.peers,
+                        data_dir,
+                        client: true,
+                    }
+                } else {
                 let listen = raft
                     .listen
                     .or_else(|| raft.peers.get(&node_id).cloned())
@@ -613,7 +678,8 @@ impl Config {
                         ));
                     }
                 }
-                Coordination::Raft { listen, peers }
+                Coordination::Raft { listen, peers, data_dir, client: false }
+                }
             }
         };
         let identity = raw.identity.map(|i| IdentityFiles {
@@ -634,6 +700,7 @@ impl Config {
         }
         let open_door = match &coordination {
             Coordination::Etcd { .. } => Some("etcd"),
+            Coordination::Raft { client: true, .. } => Some("a Raft client over TCP"),
             Coordination::Raft { listen, .. } if !listen.starts_with("unix:") => {
                 Some("a Raft listener on TCP")
             }
@@ -663,6 +730,15 @@ impl Config {
             }
             targets.push(target);
         }
+        let state_dir = raw
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR.replace("{cluster}", &cluster)));
+        if !state_dir.is_absolute() {
+            return Err(invalid(
+                "state_dir".into(),
+                format!("\"{}\" is not an absolute path", state_dir.display()),
+            ));
+        }
         Ok(Config {
             path: path.to_owned(),
             cluster,
@@ -671,6 +747,7 @@ impl Config {
             lease_ttl: raw.rotation.lease_ttl,
             min_request_interval: raw.rotation.min_request_interval,
             coordination,
+            state_dir,
             identity,
             insecure: raw.insecure,
             admin_listen,

@@ -6,6 +6,7 @@
 //! - [`haproxy_runtime`]: HAProxy's stats-socket ticket key API.
 //! - [`target`]: one TLS server, applying a ring end to end.
 //! - [`admin`]: the admin HTTP listener and the node's Prometheus metrics.
+//! - [`state`]: the node's sealing key on its RAM disk.
 //!
 //! Depends on `stek-core` for keys, rings and formats; never the other way round. Knows nothing
 //! of the CLI.
@@ -17,6 +18,7 @@ pub mod haproxy_runtime;
 pub mod httpd;
 pub mod hygiene;
 pub mod node;
+pub mod state;
 pub mod target;
 #[cfg(test)]
 mod test_support;

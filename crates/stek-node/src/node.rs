@@ -39,7 +39,7 @@ const MAX_GENERATION_STEP: u64 = 1_000_000;
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
 
-/// Runs a node until `shutdown` resolves; then resigns and revokes its lease at once. Keeps
+/// Runs a node with the sealing key pair `sealing` until `shutdown` resolves; then resigns and revokes its lease at once. Keeps
 /// `metrics` (served by [`crate::admin`]) current on every pass. With `identity`
 /// (`[identity]`), the node signs its member record and every ring it writes, and acts only on
 /// rings its leader signed and members whose enrollment verifies.
@@ -48,6 +48,7 @@ pub async fn run<C: Coordinator>(
     coord: C,
     metrics: Arc<Metrics>,
     identity: Option<&NodeIdentity>,
+    sealing: Identity,
     shutdown: impl Future<Output = ()>,
 ) {
     metrics
@@ -64,7 +65,7 @@ pub async fn run<C: Coordinator>(
         newest_seen: 0,
         live_seen: BTreeSet::new(),
         requests_seen: BTreeSet::new(),
-        identity: Identity::generate(),
+        identity: sealing,
         lease: None,
         term: None,
         opened: None,
@@ -251,7 +252,8 @@ struct Node<'a, C> {
     live_seen: BTreeSet<String>,
     /// Rotation requests already audited.
     requests_seen: BTreeSet<String>,
-    /// This process's sealing key pair: in memory only, new at every start.
+    /// This node's sealing key pair: kept in `state_dir` on the RAM disk, so a restarted
+    /// process opens its copy again and a reboot forgets it.
     identity: Identity,
     lease: Option<LeaseId>,
     term: Option<Term>,

@@ -32,7 +32,7 @@ const TMPFS_MAGIC: i64 = 0x0102_1994;
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
 /// A file system type, named when known.
-fn fs_name(t: FsType) -> String {
+pub fn fs_name(t: FsType) -> String {
     #[allow(clippy::useless_conversion)] // f_type's width differs between platforms
     let raw = i64::from(t.0);
     let known = match raw {

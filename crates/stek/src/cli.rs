@@ -135,6 +135,17 @@ pub enum Command {
         keep: bool,
     },
 
+    /// List or remove the embedded coordinator's Raft peers.
+    ///
+    /// A box whose config lists itself in `[raft] peers` joins a running group on its own when
+    /// it starts (a voter while the group has fewer than five, a non-voting learner after);
+    /// boxes beyond that run with `[raft] client = true`. Removing a peer takes an operator
+    /// certificate (--cert/--key); a learner takes a removed voter's place.
+    Peers {
+        #[command(subcommand)]
+        command: PeersCommand,
+    },
+
     /// Make the cluster's CA and its certificates (members and operators).
     ///
     /// Every member's `[identity]` names the CA and its own certificate: members sign their
@@ -171,6 +182,30 @@ pub struct CertArgs {
     /// Its key (mode 600).
     #[arg(long, value_name = "FILE", requires = "cert")]
     pub key: Option<PathBuf>,
+}
+
+/// `stek peers` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PeersCommand {
+    /// Print the group's voters and learners (raft id, address), and its leader.
+    List {
+        /// A node's TOML config (for the peers' addresses and the cluster's CA).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        #[command(flatten)]
+        cert: CertArgs,
+    },
+    /// Remove a peer from the group, e.g. a box being retired or one whose Raft data was lost
+    /// (it joins afresh when it starts again). Stop the box first.
+    Remove {
+        /// The peer's node id.
+        node_id: String,
+        /// A node's TOML config (for the peers' addresses and the cluster's CA).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        #[command(flatten)]
+        cert: CertArgs,
+    },
 }
 
 /// `stek ca` subcommands.

@@ -143,6 +143,48 @@ impl RaftClient {
     }
 }
 
+/// The group's membership as its leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// (raft id, address) of each voter.
+    pub voters: Vec<(u64, String)>,
+    /// (raft id, address) of each non-voting learner.
+    pub learners: Vec<(u64, String)>,
+    /// The leader's raft id.
+    pub leader: Option<u64>,
+}
+
+impl RaftClient {
+    /// The group's voters and learners, from its leader.
+    pub async fn members(&self) -> Result<Membership, CoordError> {
+        match self.request(&Request::Members).await? {
+            Reply::Members {
+                voters,
+                learners,
+                leader,
+            } => Ok(Membership {
+                voters,
+                learners,
+                leader,
+            }),
+            other => Err(self.odd(other)),
+        }
+    }
+
+    /// Removes peer `name` from the group (a learner takes a removed voter's place).
+    pub async fn remove_peer(&self, name: &str) -> Result<(), CoordError> {
+        match self
+            .request(&Request::Leave {
+                name: name.to_owned(),
+            })
+            .await?
+        {
+            Reply::Applied(_) => Ok(()),
+            other => Err(self.odd(other)),
+        }
+    }
+}
+
 /// Waits on the leader's revision.
 #[derive(Debug)]
 pub struct RaftWatch {

@@ -53,6 +53,25 @@ pub enum Request {
         /// The lease.
         lease: i64,
     },
+    /// A peer without Raft state asks whether a group runs, and whether it counts `name`.
+    Probe {
+        /// The asking peer.
+        name: String,
+    },
+    /// A peer asks to be added to the group (leader only).
+    Join {
+        /// The peer's node id.
+        name: String,
+        /// Where the others reach it.
+        addr: String,
+    },
+    /// Removes a peer from the group (leader only).
+    Leave {
+        /// The peer's node id.
+        name: String,
+    },
+    /// The group's voters and learners.
+    Members,
 }
 
 /// A peer's answer.
@@ -74,6 +93,32 @@ pub enum Reply {
     NotLeader(Option<String>),
     /// Client: something failed on the peer.
     Error(String),
+    /// Whether a group runs, and what its leader knows of the asker.
+    Group {
+        /// A membership exists (false from a peer that is itself starting without state).
+        initialized: bool,
+        /// The answer comes from the leader.
+        leader: bool,
+        /// The leader's address, if the answering peer knows it.
+        leader_addr: Option<String>,
+        /// The answering peer's last log index (0: only the group's first membership entry).
+        last_index: u64,
+        /// The asker is a voter or learner.
+        member: bool,
+        /// The leader has replicated entries to the asker in its term: the asker had a log.
+        replicated: bool,
+        /// The answering peer's last applied log index.
+        committed: u64,
+    },
+    /// The group's membership: (raft id, address) of each voter and learner.
+    Members {
+        /// Voters.
+        voters: Vec<(u64, String)>,
+        /// Non-voting learners.
+        learners: Vec<(u64, String)>,
+        /// The current leader's raft id, as this peer knows it.
+        leader: Option<u64>,
+    },
 }
 
 /// Sends one request and reads the reply (over mutual TLS when `tls` is given).

@@ -7,16 +7,17 @@
 //! leader change, so a live member is never taken for dead because the leader changed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, Raft, ServerState};
 use tokio::sync::Mutex;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::net::{read_frame, write_frame, Listener, Network, Reply, Request};
-use super::store::{Applied, Command, MemStore};
+use super::net::{call, read_frame, write_frame, Listener, Network, Reply, Request};
+use super::store::{Applied, Command, RaftStore};
 use super::tls::PeerTls;
 use super::TypeConfig;
 use crate::identity::Role;
@@ -32,10 +33,17 @@ const LEASE_TICK: Duration = Duration::from_millis(200);
 #[derive(Clone)]
 pub struct Peer {
     raft: Raft<TypeConfig>,
-    store: MemStore,
+    store: RaftStore,
     id: u64,
-    addrs: Arc<BTreeMap<u64, String>>,
-    ids: Arc<BTreeMap<String, u64>>,
+    name: Arc<str>,
+    own_addr: Arc<str>,
+    /// A fresh peer grants no vote until it has applied this index.
+    vote_after: Arc<std::sync::atomic::AtomicU64>,
+    /// Whether this peer takes part in the group yet (see [`Peer::form_or_join`]); until then
+    /// it answers only probes.
+    admitted: Arc<AtomicBool>,
+    /// Why this peer must stop, if it must.
+    fatal: Arc<tokio::sync::watch::Sender<Option<String>>>,
     deadlines: Arc<Mutex<HashMap<i64, Instant>>>,
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
@@ -88,28 +96,67 @@ impl Caller {
     }
 }
 
-/// Raft ids for peer names: their position in name order, from 1. Every peer computes the same
-/// mapping from the same `peers` table.
+/// The Raft id of a peer name: the first 8 bytes of its SHA-256. It depends on the name only,
+/// so it stays the same whatever the `peers` table holds as boxes are added and removed.
+pub fn raft_id(name: &str) -> u64 {
+    let d = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d.as_ref()[..8]);
+    u64::from_be_bytes(b).max(1)
+}
+
+/// Raft ids for peer names (see [`raft_id`]).
 pub fn raft_ids(peers: &BTreeMap<String, String>) -> BTreeMap<String, u64> {
-    peers.keys().cloned().zip(1u64..).collect()
+    peers.keys().map(|n| (n.clone(), raft_id(n))).collect()
+}
+
+/// The most voters a group keeps; further peers join as non-voting learners.
+pub const MAX_VOTERS: usize = 5;
+
+/// How recently a leader must have heard from a quorum to serve reads and lease renewals. A
+/// leader cut off from the majority stops answering within this, so its box sees the store as
+/// down instead of a frozen state (openraft 0.9 does not step such a leader down itself).
+pub const QUORUM_FRESH: Duration = Duration::from_millis(1000);
+
+/// Where a peer keeps its Raft state.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// `raft.redb` in this directory (created 0700): the vote, log and snapshots survive a
+    /// restart. What `stek node` uses.
+    Durable(std::path::PathBuf),
+    /// In memory only: lost when the process ends (benchmarks and unit tests).
+    Memory,
 }
 
 impl Peer {
-    /// Starts the peer `name` listening on `listen`, in the group `peers` (name to address).
+    /// Starts the peer `name` listening on `listen`, in the group `peers` (name to address),
+    /// keeping its state as `storage` says.
+    ///
+    /// A peer with Raft state never initialises a group. A peer without any asks the other
+    /// peers first: if none has a group, it proposes one of all `peers` (every fresh peer
+    /// proposes the same, and only an empty group accepts); if a group runs and counts this
+    /// peer, its data was lost, and it grants no vote until it has caught up to the commit
+    /// index the group reported (so a wiped voter cannot elect a stale leader); if a group runs
+    /// without it, it asks to join ([`MAX_VOTERS`] voters at most, learners beyond).
     pub async fn start(
         cluster: &str,
         name: &str,
         listen: &str,
         peers: &BTreeMap<String, String>,
+        storage: Storage,
         tls: Option<PeerTls>,
     ) -> Result<Self, CoordError> {
         let tls = tls.map(Arc::new);
-        let ids = raft_ids(peers);
-        let id = *ids.get(name).ok_or_else(|| CoordError::Unreachable {
+        let id = raft_id(name);
+        let config_err = |reason: String| CoordError::Unreachable {
             endpoints: listen.to_owned(),
-            reason: format!("node {name} is not in the raft peers table"),
-        })?;
-        let addrs: BTreeMap<u64, String> = peers.iter().map(|(n, a)| (ids[n], a.clone())).collect();
+            reason,
+        };
+        let Some(own_addr) = peers.get(name).cloned() else {
+            return Err(config_err(format!(
+                "node {name} is not in the raft peers table"
+            )));
+        };
         let config = Config {
             cluster_name: format!("stek-{cluster}"),
             heartbeat_interval: 150,
@@ -121,50 +168,232 @@ impl Peer {
             max_in_snapshot_log_to_keep: 0,
             ..Default::default()
         };
-        let config = Arc::new(config.validate().map_err(|e| CoordError::Unreachable {
-            endpoints: listen.to_owned(),
-            reason: e.to_string(),
-        })?);
-        let store = MemStore::default();
+        let config = Arc::new(config.validate().map_err(|e| config_err(e.to_string()))?);
+        let store = match &storage {
+            Storage::Durable(dir) => {
+                RaftStore::open(dir).map_err(|e| config_err(format!("raft data_dir: {e}")))?
+            }
+            Storage::Memory => RaftStore::in_memory(),
+        };
+        let fresh = !store.has_state().await;
         let (log, sm) = openraft::storage::Adaptor::new(store.clone());
         let network = Network { tls: tls.clone() };
-        let raft =
-            Raft::new(id, config, network, log, sm)
-                .await
-                .map_err(|e| CoordError::Unreachable {
-                    endpoints: listen.to_owned(),
-                    reason: e.to_string(),
-                })?;
+        let raft = Raft::new(id, config, network, log, sm)
+            .await
+            .map_err(|e| config_err(e.to_string()))?;
         let listener = Listener::bind(listen)
             .await
-            .map_err(|e| CoordError::Unreachable {
-                endpoints: listen.to_owned(),
-                reason: format!("cannot listen: {e}"),
-            })?;
+            .map_err(|e| config_err(format!("cannot listen: {e}")))?;
         let peer = Self {
             raft,
             store,
             id,
-            addrs: Arc::new(addrs),
-            ids: Arc::new(ids),
+            name: Arc::from(name),
+            own_addr: Arc::from(own_addr.as_str()),
+            vote_after: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            admitted: Arc::new(AtomicBool::new(false)),
+            fatal: Arc::new(tokio::sync::watch::channel(None).0),
             deadlines: Arc::default(),
             tasks: Arc::default(),
         };
-        let serve = tokio::spawn(peer.clone().serve(listener, tls));
+        let serve = tokio::spawn(peer.clone().serve(listener, tls.clone()));
         let clock = tokio::spawn(peer.clone().lease_clock());
         peer.tasks.lock().await.extend([serve, clock]);
-        // Every peer proposes the same initial membership; only an empty group accepts it, so a
-        // peer that restarts into a running group simply catches up from the leader.
-        let members: BTreeMap<u64, BasicNode> = peer
-            .addrs
-            .iter()
-            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
-            .collect();
-        match peer.raft.initialize(members).await {
-            Ok(()) => info!(peer = name, "raft group initialised"),
-            Err(e) => debug!(peer = name, "raft group already initialised: {e}"),
+        if fresh {
+            let former = tokio::spawn(peer.clone().form_or_join(peers.clone(), tls));
+            peer.tasks.lock().await.push(former);
+        } else {
+            info!(
+                peer = name,
+                "raft state loaded from disk; rejoining the group"
+            );
+            peer.admitted.store(true, Ordering::SeqCst);
         }
         Ok(peer)
+    }
+
+    /// For a peer that starts without Raft state: until it is admitted, it answers nothing
+    /// but probes. It asks the other peers (following a redirect to the leader) until:
+    /// - all answer and none has a group: it proposes one of the first [`MAX_VOTERS`] peers by
+    ///   name (every fresh peer proposes the same; only an empty group accepts);
+    /// - a leader answers and counts this peer, but has never replicated to it: it is a
+    ///   member that never started; admitted, it grants no vote until it has caught up to the
+    ///   leader's commit index (so it cannot elect a stale candidate);
+    /// - a leader answers and has replicated to it before: its data directory was lost. It
+    ///   stops with an error (the node exits): answering with an empty log would make the leader
+    ///   see a follower's log go backwards, which openraft treats as fatal. Remove it with
+    ///   `stek peers remove` first; it then joins afresh;
+    /// - a leader answers and does not count it: it asks to join.
+    async fn form_or_join(self, peers: BTreeMap<String, String>, tls: Option<Arc<PeerTls>>) {
+        let name = self.name.to_string();
+        let others: Vec<String> = peers
+            .iter()
+            .filter(|(n, _)| **n != name)
+            .map(|(_, a)| a.clone())
+            .collect();
+        let mut waited = 0u32;
+        loop {
+            let mut uninitialized = 0;
+            let mut answer = None;
+            for addr in &others {
+                let mut target = addr.clone();
+                for _ in 0..3 {
+                    let probe = Request::Probe { name: name.clone() };
+                    match call(&target, &probe, Duration::from_secs(2), tls.as_deref()).await {
+                        Ok(Reply::Group {
+                            initialized: false, ..
+                        }) => {
+                            uninitialized += 1;
+                            break;
+                        }
+                        Ok(Reply::Group {
+                            leader: true,
+                            member,
+                            replicated,
+                            committed,
+                            ..
+                        }) => {
+                            answer = Some((member, replicated, committed));
+                            break;
+                        }
+                        Ok(Reply::Group {
+                            leader_addr: Some(l),
+                            ..
+                        }) if l != target => target = l,
+                        Ok(Reply::Group {
+                            member: true,
+                            last_index: 0,
+                            ..
+                        }) => {
+                            // A group formed a moment ago (only its first membership entry,
+                            // no leader yet) that counts this peer: a founding member, whose
+                            // vote the election needs.
+                            answer = Some((true, false, 0));
+                            break;
+                        }
+                        Ok(other) => {
+                            debug!(peer = %name, "probe of {target}: {other:?}");
+                            break;
+                        }
+                        Err(e) => {
+                            debug!(peer = %name, "probe of {target}: {e}");
+                            break;
+                        }
+                    }
+                }
+                if answer.is_some() {
+                    break;
+                }
+            }
+            match answer {
+                Some((true, true, _)) => {
+                    let why = format!("this peer ({name}) has no Raft state, but the group's leader has replicated to it before: its data directory was lost. Remove it from the group with `stek peers remove {name}` (from any box, with an operator certificate), then start it again: it joins afresh");
+                    error!(peer = %name, "{why}");
+                    self.fatal.send_replace(Some(why));
+                    return;
+                }
+                Some((true, false, committed)) => {
+                    info!(peer = %name, committed, "joining the group as a member that never started; no vote until caught up to index {committed}");
+                    self.vote_after.store(committed, Ordering::SeqCst);
+                    self.admitted.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Some((false, _, _)) => {
+                    info!(peer = %name, "a group runs without this peer: asking to join");
+                    self.admitted.store(true, Ordering::SeqCst);
+                    self.join(peers, tls).await;
+                    return;
+                }
+                None if uninitialized == others.len() => {
+                    let voters: BTreeMap<u64, BasicNode> = peers
+                        .iter()
+                        .take(MAX_VOTERS)
+                        .map(|(n, addr)| (raft_id(n), BasicNode { addr: addr.clone() }))
+                        .collect();
+                    if voters.contains_key(&self.id) {
+                        self.admitted.store(true, Ordering::SeqCst);
+                        match self.raft.initialize(voters).await {
+                            Ok(()) => info!(peer = %name, "raft group initialised"),
+                            Err(e) => debug!(peer = %name, "raft group already initialised: {e}"),
+                        }
+                        return;
+                    }
+                }
+                None => {}
+            }
+            waited += 1;
+            if waited.is_multiple_of(20) {
+                info!(peer = %name, "waiting for the other peers: a new group forms once every peer in the table answers; a running one admits this peer once its leader answers");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Asks the group's leader to add this peer until it is a member.
+    async fn join(self, peers: BTreeMap<String, String>, tls: Option<Arc<PeerTls>>) {
+        let req = Request::Join {
+            name: self.name.to_string(),
+            addr: self.own_addr.to_string(),
+        };
+        loop {
+            if self.is_member() {
+                info!(peer = %self.name, "joined the raft group");
+                return;
+            }
+            for addr in peers
+                .iter()
+                .filter(|(n, _)| **n != *self.name)
+                .map(|(_, a)| a)
+            {
+                let mut target = addr.clone();
+                for _ in 0..3 {
+                    match call(&target, &req, Duration::from_secs(30), tls.as_deref()).await {
+                        Ok(Reply::NotLeader(Some(l))) if l != target => target = l,
+                        Ok(Reply::Error(e)) => {
+                            warn!(peer = %self.name, "joining the raft group: {e}");
+                            break;
+                        }
+                        _ => break,
+                    }
+                }
+                if self.is_member() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    fn is_member(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .get_node(&self.id)
+            .is_some()
+    }
+
+    /// Resolves when the Raft core has stopped on a fatal error (a storage failure, a panic),
+    /// or the peer found it must not take part (its data was lost), with the reason. A node must
+    /// not go on serving a frozen state: `stek node` exits.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.raft.metrics();
+        let mut own = self.fatal.subscribe();
+        loop {
+            if let Some(why) = own.borrow().clone() {
+                return why;
+            }
+            if let Err(fatal) = &rx.borrow().running_state {
+                return fatal.to_string();
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() {
+                    return "the Raft core stopped".into();
+                },
+                r = own.changed() => if r.is_err() {
+                    return "the peer stopped".into();
+                },
+            }
+        }
     }
 
     /// Stops the Raft instance and the listener.
@@ -175,13 +404,11 @@ impl Peer {
         }
     }
 
-    fn leader_addr(&self) -> Option<String> {
-        let m = self.raft.metrics().borrow().clone();
-        m.current_leader.and_then(|l| self.addrs.get(&l).cloned())
-    }
-
-    fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().state == ServerState::Leader
+    fn addr_of(m: &openraft::RaftMetrics<u64, BasicNode>, id: u64) -> Option<String> {
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
     }
 
     /// Whether this peer may serve reads: it leads, and it has applied an entry of its own term,
@@ -190,13 +417,22 @@ impl Peer {
     /// Reads are never what keeps the ring safe: writes are fenced on the leader's term and must
     /// carry a newer ring.
     /// On refusal, the address of the peer to ask instead, if known.
+    /// A leader that has not heard from a quorum within [`QUORUM_FRESH`] refuses too: it may
+    /// be cut off while the majority elected another.
     fn can_read(&self) -> Result<(), Option<String>> {
         let m = self.raft.metrics().borrow().clone();
+        if m.running_state.is_err() {
+            return Err(None);
+        }
         if m.state != ServerState::Leader {
-            return Err(m.current_leader.and_then(|l| self.addrs.get(&l).cloned()));
+            return Err(m.current_leader.and_then(|l| Self::addr_of(&m, l)));
         }
         if m.last_applied.map(|l| l.leader_id.term) != Some(m.current_term) {
             // Leading, but not caught up yet: ask again in a moment.
+            return Err(None);
+        }
+        let fresh = u64::try_from(QUORUM_FRESH.as_millis()).unwrap_or(u64::MAX);
+        if m.millis_since_quorum_ack.is_none_or(|ms| ms > fresh) {
             return Err(None);
         }
         Ok(())
@@ -276,7 +512,11 @@ impl Peer {
     {
         let body = read_frame(stream).await?;
         let req: Request = serde_json::from_slice(&body)?;
+        let admitted = self.admitted.load(Ordering::SeqCst);
         let reply = match self.authorize(caller, &req).await {
+            Ok(()) if !admitted && !matches!(req, Request::Probe { .. }) => Reply::Error(
+                "this peer is starting without Raft state and is not in the group yet".into(),
+            ),
             Ok(()) => self.answer(req).await,
             Err(Refusal::Fenced(why)) => {
                 // What the store's own fence would answer: the caller does not lead.
@@ -315,12 +555,21 @@ impl Peer {
         match (role, req) {
             (Role::Operator(_), Request::State | Request::Wait { .. }) => Ok(()),
             (Role::Operator(_), Request::Write(Command::PutRequest { .. })) => Ok(()),
+            (Role::Operator(_), Request::Members | Request::Leave { .. }) => Ok(()),
             (Role::Operator(name), _) => Err(Denied(format!(
-                "operator {name} may only read and request rotations"
+                "operator {name} may only read, request rotations and remove peers"
             ))),
+            (Role::Member(id), Request::Join { name, .. } | Request::Leave { name })
+                if name != id =>
+            {
+                Err(Denied(format!(
+                    "member {id} may not add or remove peer {name}"
+                )))
+            }
+            (Role::Member(_), Request::Members | Request::Probe { .. }) => Ok(()),
             (Role::Member(id), _) if raft_leader.is_some() => {
-                let own = self.ids.get(id).copied();
-                if own.is_some() && raft_leader == Some(own) {
+                let own = Some(raft_id(id));
+                if raft_leader == Some(own) {
                     Ok(())
                 } else {
                     Err(Denied(format!(
@@ -383,7 +632,69 @@ impl Peer {
     async fn answer(&self, req: Request) -> Reply {
         match req {
             Request::Append(r) => Reply::Append(self.raft.append_entries(r).await),
-            Request::Vote(r) => Reply::Vote(self.raft.vote(r).await),
+            Request::Vote(r) => {
+                let wait = self.vote_after.load(Ordering::SeqCst);
+                let applied = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .last_applied
+                    .map_or(0, |l| l.index);
+                if wait > 0 && applied < wait {
+                    return Reply::Error(format!(
+                        "this peer lost its Raft data and has caught up to index {applied} of {wait}: it grants no vote yet"
+                    ));
+                }
+                Reply::Vote(self.raft.vote(r).await)
+            }
+            Request::Probe { name } => {
+                let m = self.raft.metrics().borrow().clone();
+                let admitted = self.admitted.load(Ordering::SeqCst);
+                let initialized = admitted
+                    && m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .next()
+                        .is_some();
+                let asker = raft_id(&name);
+                Reply::Group {
+                    initialized,
+                    leader: m.state == ServerState::Leader,
+                    leader_addr: m.current_leader.and_then(|l| Self::addr_of(&m, l)),
+                    last_index: m.last_log_index.unwrap_or(0),
+                    member: m.membership_config.membership().get_node(&asker).is_some(),
+                    replicated: m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&asker))
+                        .is_some_and(Option::is_some),
+                    committed: m.last_applied.map_or(0, |l| l.index),
+                }
+            }
+            Request::Members => {
+                let m = self.raft.metrics().borrow().clone();
+                let membership = m.membership_config.membership();
+                let list = |ids: Vec<u64>| -> Vec<(u64, String)> {
+                    ids.into_iter()
+                        .map(|i| {
+                            (
+                                i,
+                                membership
+                                    .get_node(&i)
+                                    .map(|n| n.addr.clone())
+                                    .unwrap_or_default(),
+                            )
+                        })
+                        .collect()
+                };
+                Reply::Members {
+                    voters: list(membership.voter_ids().collect()),
+                    learners: list(membership.learner_ids().collect()),
+                    leader: m.current_leader,
+                }
+            }
+            Request::Join { name, addr } => self.add_peer(&name, &addr).await,
+            Request::Leave { name } => self.remove_peer(&name).await,
             Request::InstallSnapshot(r) => {
                 Reply::InstallSnapshot(self.raft.install_snapshot(r).await)
             }
@@ -414,8 +725,10 @@ impl Peer {
                 Reply::Revision(reached.unwrap_or(after))
             }
             Request::Heartbeat { lease } => {
-                if !self.is_leader() {
-                    return Reply::NotLeader(self.leader_addr());
+                // Only a leader that hears from a quorum renews: a cut-off one must not keep
+                // its own box's lease alive while the majority moves on.
+                if let Err(leader) = self.can_read() {
+                    return Reply::NotLeader(leader);
                 }
                 let ttl = self.store.data().await.leases.get(&lease).copied();
                 match ttl {
@@ -427,6 +740,108 @@ impl Peer {
                     None => Reply::Applied(Applied::NoLease),
                 }
             }
+        }
+    }
+
+    fn not_leader(&self) -> Option<Reply> {
+        let m = self.raft.metrics().borrow().clone();
+        (m.state != ServerState::Leader)
+            .then(|| Reply::NotLeader(m.current_leader.and_then(|l| Self::addr_of(&m, l))))
+    }
+
+    /// On the leader: adds `name` at `addr` as a learner, waits for it to catch up, and makes
+    /// it a voter while the group has fewer than [`MAX_VOTERS`].
+    async fn add_peer(&self, name: &str, addr: &str) -> Reply {
+        if let Some(r) = self.not_leader() {
+            return r;
+        }
+        let id = raft_id(name);
+        let node = BasicNode {
+            addr: addr.to_owned(),
+        };
+        if let Err(e) = self.raft.add_learner(id, node, true).await {
+            return Self::membership_error(e);
+        }
+        let voters = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        if voters < MAX_VOTERS {
+            let ids: std::collections::BTreeSet<u64> = [id].into();
+            if let Err(e) = self
+                .raft
+                .change_membership(openraft::ChangeMembers::AddVoterIds(ids), true)
+                .await
+            {
+                return Self::membership_error(e);
+            }
+            info!(peer = name, addr, "added to the raft group as a voter");
+        } else {
+            info!(
+                peer = name,
+                addr, "added to the raft group as a learner ({MAX_VOTERS} voters already)"
+            );
+        }
+        Reply::Applied(Applied::Ok)
+    }
+
+    /// On the leader: removes `name` from the group, and promotes a learner in its place.
+    async fn remove_peer(&self, name: &str) -> Reply {
+        use std::collections::BTreeSet;
+        if let Some(r) = self.not_leader() {
+            return r;
+        }
+        let id = raft_id(name);
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let learners: BTreeSet<u64> = membership.learner_ids().collect();
+        if !voters.contains(&id) && !learners.contains(&id) {
+            return Reply::Error(format!("{name} is not a peer of the group"));
+        }
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Reply::Error(format!("{name} is the group's last voter"));
+            }
+            let mut next: BTreeSet<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+            if let Some(l) = learners.iter().next() {
+                next.insert(*l);
+            }
+            if let Err(e) = self
+                .raft
+                .change_membership(openraft::ChangeMembers::ReplaceAllVoters(next), true)
+                .await
+            {
+                return Self::membership_error(e);
+            }
+        }
+        let ids: BTreeSet<u64> = [id].into();
+        if let Err(e) = self
+            .raft
+            .change_membership(openraft::ChangeMembers::RemoveNodes(ids), false)
+            .await
+        {
+            return Self::membership_error(e);
+        }
+        info!(peer = name, "removed from the raft group");
+        Reply::Applied(Applied::Ok)
+    }
+
+    fn membership_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Reply {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                Reply::NotLeader(f.leader_node.map(|n| n.addr))
+            }
+            e => Reply::Error(e.to_string()),
         }
     }
 

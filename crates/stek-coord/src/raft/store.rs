@@ -1,6 +1,9 @@
-//! The embedded coordinator's replicated state and its in-memory Raft storage (log, vote,
-//! state machine, snapshots). Nothing here touches a disk: key bytes live only in memory, and a
-//! peer that restarts comes back empty and catches up from the others.
+//! The embedded coordinator's replicated state and its durable Raft storage (vote, log,
+//! committed index, snapshots) in a redb file under `[raft] data_dir`. The state holds no key
+//! bytes: rings carry only copies sealed to members' keys, which live on their boxes' RAM disks.
+
+// Storage calls return openraft's own `StorageError`, as its storage trait requires.
+#![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -8,11 +11,14 @@ use std::io::Cursor;
 use std::ops::RangeBounds;
 use std::sync::Arc;
 
+use std::path::{Path, PathBuf};
+
 use openraft::storage::{LogState, RaftLogReader, RaftSnapshotBuilder, RaftStorage, Snapshot};
 use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership, Vote,
 };
+use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
 
@@ -248,6 +254,7 @@ impl Data {
 #[derive(Debug, Default)]
 struct Inner {
     vote: Option<Vote<u64>>,
+    committed: Option<LogId<u64>>,
     log: BTreeMap<u64, Entry<TypeConfig>>,
     last_purged: Option<LogId<u64>>,
     last_applied: Option<LogId<u64>>,
@@ -262,24 +269,191 @@ struct SnapshotBody {
     data: Data,
 }
 
-/// The in-memory Raft store, shared between openraft and the coordinator (which reads the
-/// state machine and waits on its revision).
-#[derive(Debug, Clone)]
-pub struct MemStore {
+/// The Raft log, one entry per index.
+const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
+/// The vote, the committed and purged log ids, and the last snapshot (meta and body).
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+
+/// The Raft storage: the vote, the log, the committed index and the last snapshot are written
+/// to `raft.redb` in the data directory (each write committed, so fsynced, before openraft is
+/// told it is saved); the state machine is rebuilt from the snapshot and the committed log at
+/// start. Everything is also kept in memory for reads. Shared between openraft and the
+/// coordinator (which reads the state machine and waits on its revision).
+///
+/// What is written holds no key bytes: ring records carry only sealed copies (I5).
+#[derive(Clone)]
+pub struct RaftStore {
     inner: Arc<Mutex<Inner>>,
     revision: watch::Sender<u64>,
+    db: Option<Arc<Database>>,
 }
 
-impl Default for MemStore {
-    fn default() -> Self {
-        Self {
-            inner: Arc::default(),
-            revision: watch::channel(0).0,
-        }
+impl Debug for RaftStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftStore")
+            .field("durable", &self.db.is_some())
+            .finish_non_exhaustive()
     }
 }
 
-impl MemStore {
+/// Why the Raft data directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    /// Creating, inspecting or opening failed.
+    #[error("{path}: cannot {action}: {reason}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was attempted.
+        action: &'static str,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The directory is not private to this user.
+    #[error("{path}: {reason}; the Raft data directory must be owned by the user stek runs as, mode 0700 (chmod 700 {path})")]
+    NotPrivate {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn fail(path: &Path, action: &'static str, e: impl std::fmt::Display) -> DataDirError {
+    DataDirError::Io {
+        path: path.to_owned(),
+        action,
+        reason: e.to_string(),
+    }
+}
+
+/// The file the Raft state is kept in, inside the data directory.
+pub const RAFT_FILE: &str = "raft.redb";
+
+/// Creates `dir` (mode 0700) if missing and checks that only this user can enter it.
+pub fn prepare_data_dir(dir: &Path) -> Result<(), DataDirError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| fail(dir, "create the directory", e))?;
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| fail(dir, "inspect", e))?;
+    if !meta.is_dir() {
+        return Err(fail(dir, "use as a directory", "not a directory"));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Err(DataDirError::NotPrivate {
+            path: dir.to_owned(),
+            reason: format!("owned by uid {}, not {euid}", meta.uid()),
+        });
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(DataDirError::NotPrivate {
+            path: dir.to_owned(),
+            reason: format!("mode {:o} lets others in", meta.mode() & 0o7777),
+        });
+    }
+    Ok(())
+}
+
+fn io_err<E: std::error::Error + 'static>(e: &E) -> StorageError<u64> {
+    StorageIOError::read_state_machine(e).into()
+}
+
+fn write_err(e: impl std::fmt::Display) -> StorageError<u64> {
+    StorageIOError::write(&std::io::Error::other(e.to_string())).into()
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError<u64>> {
+    serde_json::to_vec(v).map_err(write_err)
+}
+
+impl RaftStore {
+    /// A store kept in memory only (unit tests).
+    pub fn in_memory() -> Self {
+        Self {
+            inner: Arc::default(),
+            revision: watch::channel(0).0,
+            db: None,
+        }
+    }
+
+    /// Opens (or creates) the store in `dir`, loading the vote, log and last snapshot, and the
+    /// state machine of that snapshot. A second process on the same directory is refused.
+    pub fn open(dir: &Path) -> Result<Self, DataDirError> {
+        prepare_data_dir(dir)?;
+        let path = dir.join(RAFT_FILE);
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => fail(
+                &path,
+                "open",
+                "another stek process has it open (two nodes may not share a [raft] data_dir)",
+            ),
+            e => fail(&path, "open", e),
+        })?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
+        let mut inner = Inner::default();
+        let mut load = || -> Result<(), Box<dyn std::error::Error>> {
+            let tx = db.begin_write()?;
+            {
+                tx.open_table(LOG)?;
+                tx.open_table(META)?;
+            }
+            tx.commit()?;
+            let tx = db.begin_read()?;
+            let meta = tx.open_table(META)?;
+            let get = |k: &str| -> Result<Option<Vec<u8>>, redb::StorageError> {
+                Ok(meta.get(k)?.map(|v| v.value().to_vec()))
+            };
+            if let Some(v) = get("vote")? {
+                inner.vote = Some(serde_json::from_slice(&v)?);
+            }
+            if let Some(v) = get("committed")? {
+                inner.committed = serde_json::from_slice(&v)?;
+            }
+            if let Some(v) = get("purged")? {
+                inner.last_purged = serde_json::from_slice(&v)?;
+            }
+            if let (Some(m), Some(body)) = (get("snapshot_meta")?, get("snapshot")?) {
+                let m: SnapshotMeta<u64, openraft::BasicNode> = serde_json::from_slice(&m)?;
+                let b: SnapshotBody = serde_json::from_slice(&body)?;
+                inner.data = b.data;
+                inner.last_applied = m.last_log_id;
+                inner.membership = m.last_membership.clone();
+                inner.snapshot = Some((m, body));
+            }
+            let log = tx.open_table(LOG)?;
+            for row in log.iter()? {
+                let (k, v) = row?;
+                inner
+                    .log
+                    .insert(k.value(), serde_json::from_slice(v.value())?);
+            }
+            Ok(())
+        };
+        load().map_err(|e| fail(&path, "read the Raft state", e))?;
+        let rev = inner.data.revision;
+        Ok(Self {
+            inner: Arc::new(Mutex::new(inner)),
+            revision: watch::channel(rev).0,
+            db: Some(Arc::new(db)),
+        })
+    }
+
+    /// Whether this store holds any Raft state (a vote or a log entry): such a peer belongs to
+    /// a group already and never initialises one.
+    pub async fn has_state(&self) -> bool {
+        let inner = self.inner.lock().await;
+        inner.vote.is_some() || !inner.log.is_empty() || inner.last_purged.is_some()
+    }
+
     /// A copy of the applied state.
     pub async fn data(&self) -> Data {
         self.inner.lock().await.data.clone()
@@ -289,13 +463,36 @@ impl MemStore {
     pub fn revisions(&self) -> watch::Receiver<u64> {
         self.revision.subscribe()
     }
+
+    /// Writes in one durable transaction: `put` rows of the meta table, log entries to insert,
+    /// and a log range to remove.
+    fn persist(
+        &self,
+        put: &[(&str, Vec<u8>)],
+        entries: &[(u64, Vec<u8>)],
+        remove: Option<(std::ops::Bound<u64>, std::ops::Bound<u64>)>,
+    ) -> Result<(), StorageError<u64>> {
+        let Some(db) = &self.db else { return Ok(()) };
+        let tx = db.begin_write().map_err(write_err)?;
+        {
+            let mut meta = tx.open_table(META).map_err(write_err)?;
+            for (k, v) in put {
+                meta.insert(*k, v.as_slice()).map_err(write_err)?;
+            }
+            let mut log = tx.open_table(LOG).map_err(write_err)?;
+            if let Some(range) = remove {
+                log.retain_in::<u64, _>(range, |_, _| false)
+                    .map_err(write_err)?;
+            }
+            for (i, v) in entries {
+                log.insert(*i, v.as_slice()).map_err(write_err)?;
+            }
+        }
+        tx.commit().map_err(write_err)
+    }
 }
 
-fn io_err<E: std::error::Error + 'static>(e: &E) -> StorageError<u64> {
-    StorageIOError::read_state_machine(e).into()
-}
-
-impl RaftLogReader<TypeConfig> for MemStore {
+impl RaftLogReader<TypeConfig> for RaftStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
@@ -305,7 +502,7 @@ impl RaftLogReader<TypeConfig> for MemStore {
     }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for MemStore {
+impl RaftSnapshotBuilder<TypeConfig> for RaftStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
         let mut inner = self.inner.lock().await;
         let body = serde_json::to_vec(&SnapshotBody {
@@ -322,6 +519,11 @@ impl RaftSnapshotBuilder<TypeConfig> for MemStore {
                 inner.snapshot_seq
             ),
         };
+        self.persist(
+            &[("snapshot_meta", json(&meta)?), ("snapshot", body.clone())],
+            &[],
+            None,
+        )?;
         inner.snapshot = Some((meta.clone(), body.clone()));
         Ok(Snapshot {
             meta,
@@ -330,17 +532,33 @@ impl RaftSnapshotBuilder<TypeConfig> for MemStore {
     }
 }
 
-impl RaftStorage<TypeConfig> for MemStore {
+impl RaftStorage<TypeConfig> for RaftStore {
     type LogReader = Self;
     type SnapshotBuilder = Self;
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
-        self.inner.lock().await.vote = Some(*vote);
+        let mut inner = self.inner.lock().await;
+        self.persist(&[("vote", json(vote)?)], &[], None)?;
+        inner.vote = Some(*vote);
         Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
         Ok(self.inner.lock().await.vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<u64>>,
+    ) -> Result<(), StorageError<u64>> {
+        let mut inner = self.inner.lock().await;
+        self.persist(&[("committed", json(&committed)?)], &[], None)?;
+        inner.committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+        Ok(self.inner.lock().await.committed)
     }
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
@@ -361,6 +579,12 @@ impl RaftStorage<TypeConfig> for MemStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
     {
         let mut inner = self.inner.lock().await;
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let rows = entries
+            .iter()
+            .map(|e| Ok((e.log_id.index, json(e)?)))
+            .collect::<Result<Vec<_>, StorageError<u64>>>()?;
+        self.persist(&[], &rows, None)?;
         for e in entries {
             inner.log.insert(e.log_id.index, e);
         }
@@ -371,13 +595,25 @@ impl RaftStorage<TypeConfig> for MemStore {
         &mut self,
         log_id: LogId<u64>,
     ) -> Result<(), StorageError<u64>> {
+        use std::ops::Bound;
         let mut inner = self.inner.lock().await;
+        self.persist(
+            &[],
+            &[],
+            Some((Bound::Included(log_id.index), Bound::Unbounded)),
+        )?;
         inner.log.retain(|i, _| *i < log_id.index);
         Ok(())
     }
 
     async fn purge_logs_upto(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        use std::ops::Bound;
         let mut inner = self.inner.lock().await;
+        self.persist(
+            &[("purged", json(&Some(log_id))?)],
+            &[],
+            Some((Bound::Unbounded, Bound::Included(log_id.index))),
+        )?;
         inner.log.retain(|i, _| *i > log_id.index);
         inner.last_purged = Some(log_id);
         Ok(())
@@ -437,6 +673,11 @@ impl RaftStorage<TypeConfig> for MemStore {
         let bytes = snapshot.into_inner();
         let body: SnapshotBody = serde_json::from_slice(&bytes).map_err(|e| io_err(&e))?;
         let mut inner = self.inner.lock().await;
+        self.persist(
+            &[("snapshot_meta", json(meta)?), ("snapshot", bytes.clone())],
+            &[],
+            None,
+        )?;
         inner.data = body.data;
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
@@ -464,8 +705,16 @@ mod tests {
 
     #[test]
     fn openraft_storage_suite_passes() {
-        openraft::testing::Suite::test_all(|| async { MemStore::default() })
-            .expect("openraft's storage suite");
+        openraft::testing::Suite::test_all(|| async { RaftStore::in_memory() })
+            .expect("openraft's storage suite, in memory");
+        let dirs = std::sync::Mutex::new(Vec::new());
+        openraft::testing::Suite::test_all(|| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = RaftStore::open(&dir.path().join("raft")).expect("open");
+            dirs.lock().unwrap().push(dir);
+            async move { store }
+        })
+        .expect("openraft's storage suite, on redb");
     }
 
     #[test]

@@ -260,12 +260,73 @@ fn program_finding(index: usize, key: &str, program: &str, found: Option<PathBuf
 
 async fn check_store(config: &Config, report: &mut Report) {
     check_identity(config, report);
+    report.add(
+        "state dir",
+        private_dir_finding(&config.state_dir, true, "state_dir"),
+    );
     match &config.coordination {
         Coordination::Etcd { endpoints, access } => {
             check_etcd(config, endpoints, access, report).await
         }
-        Coordination::Raft { listen, peers } => check_raft(config, listen, peers, report).await,
+        Coordination::Raft {
+            listen,
+            peers,
+            data_dir,
+            client,
+        } => {
+            if !client {
+                report.add(
+                    "raft data dir",
+                    private_dir_finding(data_dir, false, "[raft] data_dir"),
+                );
+            }
+            check_raft(config, listen, peers, report).await
+        }
     }
+}
+
+/// A directory the node keeps private state in: missing (the node creates it 0700), or owned
+/// by this user and closed to others; `ram` if it must be on tmpfs or ramfs.
+fn private_dir_finding(dir: &std::path::Path, ram: bool, key: &str) -> Finding {
+    use std::os::unix::fs::MetadataExt;
+    let shown = dir.display();
+    let meta = match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Finding::Ok(format!(
+                "{shown} does not exist yet; the node creates it, mode 0700"
+            ))
+        }
+        Err(e) => {
+            return Finding::problem(
+                format!("{shown}: {e}"),
+                format!("fix {key} or the directory's permissions"),
+            )
+        }
+        Ok(m) => m,
+    };
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid || meta.mode() & 0o077 != 0 {
+        return Finding::problem(
+            format!(
+                "{shown} is owned by uid {} with mode {:o}",
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
+            format!("chown it to the user stek runs as and chmod 700 {shown}"),
+        );
+    }
+    if ram {
+        if let Ok(st) = nix::sys::statfs::statfs(dir) {
+            let fs = stek_node::writer::fs_name(st.filesystem_type());
+            if fs != "tmpfs" && fs != "ramfs" {
+                return Finding::problem(
+                    format!("{shown} is on {fs}, not a RAM disk: the sealing key would outlive a reboot"),
+                    format!("point {key} at a tmpfs directory (the default is under /run)"),
+                );
+            }
+        }
+    }
+    Finding::Ok(format!("{shown}, private"))
 }
 
 /// `[identity]`: the files load, the CA is this cluster's, the certificate names this node, is

@@ -630,3 +630,52 @@ fn reason(snap: &Snapshot, served_at: Option<u64>, policy: &Policy) -> String {
         ),
     }
 }
+
+/// A client of the config's embedded group, presenting `--cert` or the box's `[identity]`.
+fn raft_client(config: &Config, access: &Access) -> anyhow::Result<RaftClient> {
+    let Coordination::Raft { peers, .. } = &config.coordination else {
+        bail!("stek peers is for the embedded coordinator; this config uses [etcd], whose membership etcd manages (etcdctl member)");
+    };
+    let tls = match &access.operator {
+        None => peer_tls(config)?,
+        Some((cert, key)) => Some(operator_tls(config, cert, key)?),
+    };
+    Ok(RaftClient::new(&config.cluster, peers.values().cloned().collect(), None).with_tls(tls))
+}
+
+/// `stek peers list`.
+pub fn peers_list(path: &Path, access: &Access) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let client = raft_client(&config, access)?;
+    let m = runtime()?.block_on(client.members())?;
+    let names: std::collections::BTreeMap<u64, String> = match &config.coordination {
+        Coordination::Raft { peers, .. } => peers
+            .keys()
+            .map(|n| (stek_coord::raft::peer::raft_id(n), n.clone()))
+            .collect(),
+        Coordination::Etcd { .. } => Default::default(),
+    };
+    for (kind, list) in [("voter", &m.voters), ("learner", &m.learners)] {
+        for (id, addr) in list {
+            let name = names.get(id).map_or("?", String::as_str);
+            let leads = if m.leader == Some(*id) {
+                " (leader)"
+            } else {
+                ""
+            };
+            println!("{kind:<8} {name:<16} {addr:<24} raft id {id:016x}{leads}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `stek peers remove`.
+pub fn peers_remove(path: &Path, node_id: &str, access: &Access) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let client = raft_client(&config, access)?;
+    runtime()?
+        .block_on(client.remove_peer(node_id))
+        .with_context(|| format!("removing {node_id}"))?;
+    println!("removed {node_id} from the raft group");
+    Ok(ExitCode::SUCCESS)
+}

@@ -200,7 +200,7 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
         fs::write(
             p.dir.join("stek.toml"),
             format!(
-                "cluster = \"demo\"\nnode_id = \"{name}\"\n[raft]\nlisten = \"{raft}\"\npeers = {{ {table} }}\n\
+                "cluster = \"demo\"\nnode_id = \"{name}\"\nstate_dir = \"{d}/state\"\n[raft]\nlisten = \"{raft}\"\ndata_dir = \"{d}/raft\"\npeers = {{ {table} }}\n\
                  [identity]\nca_file = \"{ca}\"\ncert_file = \"{d}/member.pem\"\nkey_file = \"{d}/member.key\"\n\
                  [admin]\nlisten = \"{admin}\"\n\
                  [rotation]\ninterval = \"{interval}\"\nretain = 1\nlease_ttl = \"3s\"\n\

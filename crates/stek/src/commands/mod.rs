@@ -27,6 +27,16 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => cluster::rotate(&config, wait, timeout, &access(cert)),
         Command::Check { config } => check::run(&config),
         Command::Ca { command } => ca::run(command),
+        Command::Peers { command } => match command {
+            crate::cli::PeersCommand::List { config, cert } => {
+                cluster::peers_list(&config, &access(cert))
+            }
+            crate::cli::PeersCommand::Remove {
+                node_id,
+                config,
+                cert,
+            } => cluster::peers_remove(&config, &node_id, &access(cert)),
+        },
         Command::Snippet { config } => snippet::run(&config),
         Command::Formats => formats::run(),
         Command::Completions { shell } => {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use std::sync::Arc;
 use stek_coord::raft::client::RaftClient;
-use stek_coord::raft::peer::Peer;
+use stek_coord::raft::peer::{Peer, Storage};
 use stek_node::config::Coordination;
 
 use stek_node::admin::Metrics;
@@ -28,6 +28,13 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         }
     }
     let identity = super::cluster::load_identity(&config)?;
+    let state = stek_node::state::StateDir::open(&config.state_dir)?;
+    let (sealing, made) = state.sealing_identity()?;
+    if made {
+        tracing::info!(state_dir = %config.state_dir.display(), "a new sealing key (this box's RAM disk was empty): the leader seals a copy of the ring for it");
+    } else {
+        tracing::info!(state_dir = %config.state_dir.display(), "sealing key kept from an earlier run: this node opens its copy of the ring again");
+    }
     if identity.is_none() && config.insecure {
         tracing::warn!("insecure = true: no [identity], so anyone who can reach the coordination store or a peer can enroll a key of their own and read every ticket key; see docs/security.md");
     }
@@ -35,14 +42,22 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(async {
+    let failure = rt.block_on(async {
         match &config.coordination {
             Coordination::Etcd { endpoints, access } => {
                 let etcd = super::cluster::connect_etcd(&config, endpoints, access).await?;
                 let metrics = admin(&config).await?;
-                stek_node::node::run(&config, etcd, metrics, identity.as_ref(), shutdown_signal()).await;
+                stek_node::node::run(&config, etcd, metrics, identity.as_ref(), sealing, shutdown_signal()).await;
             }
-            Coordination::Raft { listen, peers } => {
+            Coordination::Raft { peers, client: true, .. } => {
+                tracing::info!("embedded coordinator, as a client of the peers {:?}", peers.keys().collect::<Vec<_>>());
+                let tls = super::cluster::peer_tls(&config)?;
+                let metrics = admin(&config).await?;
+                let client = RaftClient::new(&config.cluster, peers.values().cloned().collect(), None)
+                    .with_tls(tls);
+                stek_node::node::run(&config, client, metrics, identity.as_ref(), sealing, shutdown_signal()).await;
+            }
+            Coordination::Raft { listen, peers, data_dir, .. } => {
                 if peers.len() == 1 {
                     tracing::info!("embedded coordinator, single box: a one-node group on {listen}");
                 }
@@ -57,17 +72,48 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
                 }
                 let tls = super::cluster::peer_tls(&config)?;
                 let metrics = admin(&config).await?;
-                let peer =
-                    Peer::start(&config.cluster, &config.node_id, listen, peers, tls.clone()).await?;
+                let peer = Peer::start(
+                    &config.cluster,
+                    &config.node_id,
+                    listen,
+                    peers,
+                    Storage::Durable(data_dir.clone()),
+                    tls.clone(),
+                )
+                .await?;
                 let home = peers.get(&config.node_id).cloned();
                 let client = RaftClient::new(&config.cluster, peers.values().cloned().collect(), home)
                     .with_tls(tls);
-                stek_node::node::run(&config, client, metrics, identity.as_ref(), shutdown_signal()).await;
+                // A Raft core that stopped (a storage failure, a panic) would leave this box
+                // serving a frozen state: stop the node and exit non-zero instead, so that the
+                // service manager restarts it.
+                let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+                let stop = {
+                    let failed = failed.clone();
+                    let peer = peer.clone();
+                    async move {
+                        tokio::select! {
+                            () = shutdown_signal() => {}
+                            why = peer.failed() => {
+                                tracing::error!("the Raft core stopped: {why}; exiting so that the service manager restarts this node");
+                                *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                            }
+                        }
+                    }
+                };
+                stek_node::node::run(&config, client, metrics, identity.as_ref(), sealing, stop).await;
                 peer.shutdown().await;
+                let why = failed.lock().unwrap_or_else(|e| e.into_inner()).take();
+                return anyhow::Ok(why);
             }
         }
-        anyhow::Ok(())
+        anyhow::Ok(None)
     })?;
+    drop(state);
+    if let Some(why) = failure {
+        eprintln!("stek node: the Raft core stopped: {why}");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
