@@ -1024,6 +1024,55 @@ impl Cluster {
         );
     }
 
+    /// The history check over every node's logs (every run of it): no generation was ever
+    /// applied with two different rings (by its keys' fingerprints), on any node, and no
+    /// node's applied generation ever went down, across its restarts too. The violations,
+    /// and how many applies were read.
+    pub fn applied_history_violations(&self) -> (Vec<String>, usize) {
+        let field = |line: &str, name: &str| -> Option<String> {
+            let rest = line.split(&format!(" {name}=")).nth(1)?;
+            Some(rest.split_whitespace().next()?.to_owned())
+        };
+        let mut rings: BTreeMap<u64, (String, String)> = BTreeMap::new();
+        let mut violations = Vec::new();
+        let mut applies = 0;
+        for n in &self.nodes {
+            let mut last: Option<u64> = None;
+            for starts in 1..=n.starts {
+                let text = fs::read_to_string(n.dir.join(format!("node-{starts}.log")))
+                    .unwrap_or_default();
+                for line in text.lines().filter(|l| l.contains("applied ring to every target")) {
+                    let (Some(g), Some(keys)) = (
+                        field(line, "generation").and_then(|g| g.parse::<u64>().ok()),
+                        field(line, "keys"),
+                    ) else {
+                        continue;
+                    };
+                    applies += 1;
+                    if last.is_some_and(|l| g < l) {
+                        violations.push(format!(
+                            "{} applied generation {g} after {} (run {starts})",
+                            n.id,
+                            last.unwrap_or(0)
+                        ));
+                    }
+                    last = Some(g);
+                    match rings.get(&g) {
+                        Some((other, who)) if *other != keys => violations.push(format!(
+                            "generation {g} applied as two rings: [{other}] by {who}, [{keys}] by {}",
+                            n.id
+                        )),
+                        Some(_) => {}
+                        None => {
+                            rings.insert(g, (keys, n.id.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        (violations, applies)
+    }
+
     /// A leader's log lines "key activated", as epochs, from every node's logs.
     pub fn activated_epochs(&self) -> Vec<u64> {
         let mut out = Vec::new();

@@ -111,8 +111,9 @@ fn identity(dir: &Path) -> (String, PathBuf) {
 /// A config with one nginx target writing into `keys`; `target_extra` goes into the target.
 fn config(store: &str, keys: &Path, target_extra: &str) -> String {
     format!(
-        "cluster = \"check\"\nnode_id = \"a\"\n{store}\
+        "cluster = \"check\"\nnode_id = \"a\"\nstate_dir = \"{}/state\"\n{store}\
          [[target]]\nformat = \"nginx\"\npath = \"{}\"\n{target_extra}",
+        keys.parent().unwrap().display(),
         keys.display()
     )
 }

@@ -443,6 +443,23 @@ fn compose_stek_configs_load_and_write_what_their_nginx_reads() {
         let Coordination::Etcd { endpoints, .. } = &config.coordination else {
             panic!("{source}: the compose demo coordinates through its etcd service; add [etcd] endpoints = [\"http://etcd:2379\"]")
         };
+        // The sealing key must sit on a RAM disk of the container's own (stek refuses any
+        // other file system), so a restarted stek opens its copy of the ring again.
+        let state = mounts(&c, &stek)
+            .into_iter()
+            .find(|m| config.state_dir.starts_with(&m.target))
+            .unwrap_or_else(|| panic!("{source}: state_dir {} is not on a mount of {stek}", config.state_dir.display()));
+        assert_eq!(state.kind, MountKind::Tmpfs, "{COMPOSE}: {stek}'s state_dir must be a tmpfs");
+        assert_eq!(
+            service(&c, &stek)["volumes"]
+                .as_vec()
+                .unwrap()
+                .iter()
+                .find(|v| v["target"].as_str() == Some(state.target.as_str()))
+                .and_then(|v| v["tmpfs"]["mode"].as_i64()),
+            Some(0o700),
+            "{COMPOSE}: {stek}'s state tmpfs must be mode 0700"
+        );
         assert_eq!(
             endpoints,
             &["http://etcd:2379".to_owned()],
@@ -647,6 +664,16 @@ fn stek_service_is_hardened() {
             "only the key directory is writable",
         ),
         ("Restart", "on-failure", "a crashed peer must come back"),
+        (
+            "StateDirectory",
+            "stek",
+            "the embedded coordinator's Raft data directory /var/lib/stek must be writable under ProtectSystem=strict",
+        ),
+        (
+            "StateDirectoryMode",
+            "0700",
+            "the Raft data directory is refused unless private",
+        ),
     ] {
         assert_eq!(
             values(&d, key),

@@ -50,6 +50,14 @@ fn active_fingerprint(status: &Value) -> String {
         .to_owned()
 }
 
+/// The history check over the whole run: no generation applied as two rings, no node's
+/// generation going down.
+fn assert_history(c: &Cluster) {
+    let (violations, applies) = c.applied_history_violations();
+    assert!(applies > 0, "ring applies in the logs");
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
 /// Every file under `dir`, recursively.
 fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
@@ -146,6 +154,7 @@ fn every_box_restarted_at_once_keeps_its_keys_and_old_tickets_resume(backend: Ba
     }
     // The restarted cluster still rotates.
     c.rotate_and_check(2, &mut history);
+    assert_history(&c);
 
     if backend == Backend::Raft {
         info!("--- the Raft data directories hold no key bytes, in any encoding");
@@ -221,6 +230,7 @@ fn raft_power_loss_keeps_the_group_and_continues_the_numbering() {
             n.id
         );
     }
+    assert_history(&c);
 }
 
 /// `stek peers list` through node `i`, as (kind, name) pairs.
@@ -334,6 +344,7 @@ fn raft_boxes_join_and_leave_a_running_group() {
     });
     c.wait_converged(Duration::from_secs(30));
     c.rotate_and_check(1, &mut history);
+    assert_history(&c);
 }
 
 /// 25 boxes on the embedded coordinator: five run the Raft group's voters, twenty reach it as
@@ -361,4 +372,5 @@ fn raft_25_boxes_five_voters_and_twenty_clients_rotate_under_the_checker() {
     c.start(voter);
     let status = c.wait_converged(Duration::from_secs(60));
     check_invariants(&c, &status, &mut history);
+    assert_history(&c);
 }

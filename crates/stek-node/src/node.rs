@@ -100,8 +100,21 @@ pub async fn run<C: Coordinator>(
             keepalive = None;
             watch = None;
             match node.join().await {
-                Ok(k) => keepalive = Some(k),
+                Ok(mut k) => {
+                    // A lost lease says the store is down at once, even while a read waits
+                    // out its leader search.
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let lost = std::mem::replace(&mut k.lost, rx);
+                    let metrics = node.metrics.clone();
+                    tokio::spawn(async move {
+                        let reason = lost.await.unwrap_or_else(|_| "keep-alive stopped".into());
+                        metrics.store_up.set(0);
+                        let _ = tx.send(reason);
+                    });
+                    keepalive = Some(k);
+                }
                 Err(e) => {
+                    node.metrics.store_up.set(0);
                     warn!("cannot join the cluster: {e}; retrying in {backoff:?}");
                     if sleep_or_shutdown(backoff, &mut shutdown).await {
                         break;
@@ -203,6 +216,8 @@ pub async fn run<C: Coordinator>(
                 },
                 reason = lost => {
                     warn!("liveness lease lost ({reason}); rejoining");
+                    // The store did not renew it: until a read succeeds again, say it is down.
+                    node.metrics.store_up.set(0);
                     node.lease = None;
                     want_full = true;
                     if let Some(term) = node.term.take() {
@@ -614,7 +629,8 @@ impl<C: Coordinator> Node<'_, C> {
             }
         }
         if failures.is_empty() {
-            info!(generation = ring.generation(), active = %ring.active().fingerprint(), "applied ring to every target");
+            let keys: Vec<String> = ring.keys().iter().map(|k| k.fingerprint().to_string()).collect();
+            info!(generation = ring.generation(), active = %ring.active().fingerprint(), keys = %keys.join(","), "applied ring to every target");
             self.applied = Some(ring.clone());
             self.last_error = None;
             self.apply_retry = None;
@@ -940,6 +956,10 @@ impl<C: Coordinator> Node<'_, C> {
         match self.write(term, &rekeyed, snap, &snap.requests).await {
             Ok(revision) => {
                 error!(target: "audit", generation = rekeyed.generation(), leader = %me, active = %rekeyed.active().fingerprint(), "no live member can open the stored ring (every member that held it has restarted): created new keys; tickets issued before now will not resume");
+                // The new active key encrypts from now on, unstaged: an activation like any
+                // other for whoever reads the audit trail.
+                let active = rekeyed.active();
+                info!(target: "audit", epoch = active.epoch, fingerprint = %active.fingerprint(), generation = rekeyed.generation(), leader = %me, reason = "re-key", "key activated");
                 self.purge(None, &rekeyed, revision).await;
             }
             Err(e) => self.write_failed(e),

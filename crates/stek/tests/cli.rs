@@ -58,9 +58,16 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
+/// Writes `body` as `dir`/stek.toml, with the node's state directory in `dir` (on /dev/shm)
+/// unless `body` names one.
 fn write_config(dir: &Path, body: &str) -> String {
     let p = dir.join("stek.toml");
-    fs::write(&p, body).unwrap();
+    let state = if body.contains("state_dir") {
+        String::new()
+    } else {
+        format!("state_dir = \"{}/state\"\n", dir.display())
+    };
+    fs::write(&p, format!("{state}{body}")).unwrap();
     p.display().to_string()
 }
 
@@ -388,9 +395,11 @@ fn a_node_without_etcd_or_peers_runs_a_one_node_group() {
     let admin = free_port();
     let socket = d.path().join("run").join("solo.sock");
     let body = format!(
-        "node_id = \"solo\"\n[raft]\nlisten = \"unix:{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[rotation]\nlease_ttl = \"2s\"\n[[target]]\nformat = \"httpd\"\npath = \"{}/httpd.key\"\n",
+        "node_id = \"solo\"\nstate_dir = \"{state}\"\n[raft]\nlisten = \"unix:{}\"\ndata_dir = \"{data}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[rotation]\nlease_ttl = \"2s\"\n[[target]]\nformat = \"httpd\"\npath = \"{}/httpd.key\"\n",
         socket.display(),
-        keys.display()
+        keys.display(),
+        state = d.path().join("state").display(),
+        data = d.path().join("raft").display(),
     );
     let cfg = write_config(d.path(), &body);
     let mut node = Command::new(env!("CARGO_BIN_EXE_stek"))

@@ -254,14 +254,25 @@ impl Coordinator for RaftClient {
                 if last_ok.elapsed() >= ttl {
                     break format!("no renewal for {ttl:?}: the lease has expired");
                 }
-                match client.request(&Request::Heartbeat { lease: lease.0 }).await {
-                    Ok(Reply::Applied(Applied::Ok)) => last_ok = Instant::now(),
-                    Ok(Reply::Applied(Applied::NoLease)) => {
+                // A renewal that cannot finish before the lease ends is a lost lease: do not
+                // wait out the client's whole leader search (a box cut off from the group must
+                // see that within the TTL).
+                let left = ttl.saturating_sub(last_ok.elapsed());
+                let heartbeat = Request::Heartbeat { lease: lease.0 };
+                let renewal = client.request(&heartbeat);
+                match tokio::time::timeout(left, renewal).await {
+                    Ok(Ok(Reply::Renewed(age_ms))) => {
+                        let age = Duration::from_millis(age_ms);
+                        let heard = Instant::now().checked_sub(age).unwrap_or(last_ok);
+                        last_ok = last_ok.max(heard);
+                    }
+                    Ok(Ok(Reply::Applied(Applied::NoLease))) => {
                         break "the group says the lease has expired".to_owned()
                     }
                     _ => {}
                 }
-                tokio::time::sleep(period).await;
+                let left = ttl.saturating_sub(last_ok.elapsed());
+                tokio::time::sleep(period.min(left)).await;
             };
             let _ = tx.send(reason);
         });

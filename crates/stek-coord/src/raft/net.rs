@@ -89,6 +89,9 @@ pub enum Reply {
     State(Data),
     /// Client: the current revision.
     Revision(u64),
+    /// Client: the lease was renewed, as of this many milliseconds ago (when the leader last
+    /// heard from a quorum: a renewal is worth no more than that).
+    Renewed(u64),
     /// Client: ask the leader instead (its peer address, if known).
     NotLeader(Option<String>),
     /// Client: something failed on the peer.

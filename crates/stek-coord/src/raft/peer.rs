@@ -735,7 +735,8 @@ impl Peer {
                     Some(ttl) => {
                         let deadline = Instant::now() + Duration::from_millis(ttl);
                         self.deadlines.lock().await.insert(lease, deadline);
-                        Reply::Applied(Applied::Ok)
+                        let age = self.raft.metrics().borrow().millis_since_quorum_ack;
+                        Reply::Renewed(age.unwrap_or(0))
                     }
                     None => Reply::Applied(Applied::NoLease),
                 }

@@ -290,11 +290,24 @@ async fn check_store(config: &Config, report: &mut Report) {
 fn private_dir_finding(dir: &std::path::Path, ram: bool, key: &str) -> Finding {
     use std::os::unix::fs::MetadataExt;
     let shown = dir.display();
+    // The directory, or the nearest ancestor that exists (where the node would create it).
+    let ram_problem = |at: &std::path::Path| -> Option<Finding> {
+        let fs = stek_node::writer::fs_name(nix::sys::statfs::statfs(at).ok()?.filesystem_type());
+        (ram && fs != "tmpfs" && fs != "ramfs").then(|| {
+            Finding::problem(
+                format!("{shown} is on {fs}, not a RAM disk: the sealing key would outlive a reboot"),
+                format!("point {key} at a tmpfs directory (the default is under /run)"),
+            )
+        })
+    };
     let meta = match std::fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(problem) = dir.ancestors().find(|a| a.exists()).and_then(ram_problem) {
+                return problem;
+            }
             return Finding::Ok(format!(
                 "{shown} does not exist yet; the node creates it, mode 0700"
-            ))
+            ));
         }
         Err(e) => {
             return Finding::problem(
@@ -315,16 +328,8 @@ fn private_dir_finding(dir: &std::path::Path, ram: bool, key: &str) -> Finding {
             format!("chown it to the user stek runs as and chmod 700 {shown}"),
         );
     }
-    if ram {
-        if let Ok(st) = nix::sys::statfs::statfs(dir) {
-            let fs = stek_node::writer::fs_name(st.filesystem_type());
-            if fs != "tmpfs" && fs != "ramfs" {
-                return Finding::problem(
-                    format!("{shown} is on {fs}, not a RAM disk: the sealing key would outlive a reboot"),
-                    format!("point {key} at a tmpfs directory (the default is under /run)"),
-                );
-            }
-        }
+    if let Some(problem) = ram_problem(dir) {
+        return problem;
     }
     Finding::Ok(format!("{shown}, private"))
 }
