@@ -1041,7 +1041,10 @@ impl Cluster {
             for starts in 1..=n.starts {
                 let text = fs::read_to_string(n.dir.join(format!("node-{starts}.log")))
                     .unwrap_or_default();
-                for line in text.lines().filter(|l| l.contains("applied ring to every target")) {
+                for line in text
+                    .lines()
+                    .filter(|l| l.contains("applied ring to every target"))
+                {
                     let (Some(g), Some(keys)) = (
                         field(line, "generation").and_then(|g| g.parse::<u64>().ok()),
                         field(line, "keys"),

@@ -255,3 +255,67 @@ pub fn argv_toml(argv: &[&str]) -> String {
 pub fn hex(name: &[u8]) -> String {
     name.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A small tmpfs (a RAM disk that fills up), mounted for a test; unmounted on drop. Needs root.
+#[derive(Debug)]
+pub struct SmallDisk {
+    /// Where it is mounted.
+    pub mount: PathBuf,
+    size: usize,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` bytes (mode 0700) at `at`, creating the directory.
+    pub fn mount(at: PathBuf, size: usize) -> Self {
+        fs::create_dir_all(&at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount a small tmpfs (needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { mount: at, size }
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.mount.join("filler")
+    }
+
+    /// Fills every free byte.
+    pub fn fill(&self) {
+        use std::io::Write;
+        let mut f = fs::File::create(self.filler()).unwrap();
+        let block = [0u8; 4096];
+        // Bounded: twice the disk's size in blocks.
+        for _ in 0..(self.size / 4096 + 1) * 2 {
+            if f.write_all(&block).and_then(|()| f.flush()).is_err() {
+                return;
+            }
+        }
+        panic!("the small RAM disk did not fill up");
+    }
+
+    /// Frees what [`SmallDisk::fill`] took.
+    pub fn empty(&self) {
+        fs::remove_file(self.filler()).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount)
+            .output();
+    }
+}

@@ -448,8 +448,17 @@ fn compose_stek_configs_load_and_write_what_their_nginx_reads() {
         let state = mounts(&c, &stek)
             .into_iter()
             .find(|m| config.state_dir.starts_with(&m.target))
-            .unwrap_or_else(|| panic!("{source}: state_dir {} is not on a mount of {stek}", config.state_dir.display()));
-        assert_eq!(state.kind, MountKind::Tmpfs, "{COMPOSE}: {stek}'s state_dir must be a tmpfs");
+            .unwrap_or_else(|| {
+                panic!(
+                    "{source}: state_dir {} is not on a mount of {stek}",
+                    config.state_dir.display()
+                )
+            });
+        assert_eq!(
+            state.kind,
+            MountKind::Tmpfs,
+            "{COMPOSE}: {stek}'s state_dir must be a tmpfs"
+        );
         assert_eq!(
             service(&c, &stek)["volumes"]
                 .as_vec()

@@ -30,7 +30,6 @@
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -38,7 +37,7 @@ use cluster_tests::cluster::{check_invariants, Backend, Cluster, History, LEASE_
 use cluster_tests::resumption::{Clients, Endpoint, Judging, Keys, Tally};
 use cluster_tests::servers::Nginx;
 use cluster_tests::watcher::Watcher;
-use cluster_tests::{require_binary, self_signed_cert, wait_until, TestDir};
+use cluster_tests::{require_binary, self_signed_cert, wait_until, SmallDisk, TestDir};
 use serde_json::Value;
 use stek_coord::raft::net::{call, Reply, Request};
 use stek_coord::raft::store::{Applied, Command as RaftCommand};
@@ -134,56 +133,6 @@ fn run(backend: Backend) {
     s.finish(backend, started.elapsed());
 }
 
-/// A 64 KiB tmpfs mounted at a box's key directory's parent; unmounted on drop.
-struct SmallDisk {
-    mount: PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(at: PathBuf) -> Self {
-        std::fs::create_dir_all(&at).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
-            .arg(&at)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mount a small tmpfs (needs root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self { mount: at }
-    }
-
-    fn filler(&self) -> PathBuf {
-        self.mount.join("filler")
-    }
-
-    /// Fills every free byte.
-    fn fill(&self) {
-        use std::io::Write;
-        let mut f = std::fs::File::create(self.filler()).unwrap();
-        let block = [0u8; 4096];
-        // Bounded: 64 KiB is 16 blocks.
-        for _ in 0..64 {
-            if f.write_all(&block).and_then(|()| f.flush()).is_err() {
-                return;
-            }
-        }
-        panic!("the small RAM disk did not fill up");
-    }
-
-    fn empty(&self) {
-        std::fs::remove_file(self.filler()).unwrap();
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.mount).output();
-    }
-}
-
 /// One fault's line in the report.
 struct Row {
     fault: Fault,
@@ -231,7 +180,7 @@ impl Suite {
             Backend::Raft => "faults-raft",
         };
         let mut c = Cluster::in_network(BIN, tag, 3, backend);
-        let small = SmallDisk::mount(c.nodes[SMALL].dir.join("ramdisk"));
+        let small = SmallDisk::mount(c.nodes[SMALL].dir.join("ramdisk"), 64 << 10);
         c.nodes[SMALL].keys = small.mount.join("nginx");
         std::fs::create_dir_all(&c.nodes[SMALL].keys).unwrap();
         std::fs::set_permissions(
@@ -677,7 +626,10 @@ impl Suite {
     /// sealing key on its RAM disk) and the acknowledged ring is never lost or rolled back.
     fn restart_after_ack(&mut self) -> String {
         let (leader, follower) = self.follower();
-        let (lid, fid) = (self.c.nodes[leader].id.clone(), self.c.nodes[follower].id.clone());
+        let (lid, fid) = (
+            self.c.nodes[leader].id.clone(),
+            self.c.nodes[follower].id.clone(),
+        );
         // --wait returns once every member, the follower included, acknowledged.
         self.rotate_during(follower, "before the restarts");
         let acked = self.status(leader)["generation"].as_u64();
@@ -726,7 +678,11 @@ impl Suite {
         let fps = |s: &Value| -> Vec<String> {
             s["keys"]
                 .as_array()
-                .map(|k| k.iter().filter_map(|k| k["fingerprint"].as_str().map(str::to_owned)).collect())
+                .map(|k| {
+                    k.iter()
+                        .filter_map(|k| k["fingerprint"].as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         if after["generation"].as_u64() < before["generation"].as_u64()
@@ -737,7 +693,10 @@ impl Suite {
             ));
         }
         self.rotate_during(survivor, "after two restarted together");
-        let ids: Vec<&str> = victims.iter().map(|v| self.c.nodes[*v].id.as_str()).collect();
+        let ids: Vec<&str> = victims
+            .iter()
+            .map(|v| self.c.nodes[*v].id.as_str())
+            .collect();
         format!(
             "{} SIGKILLed together, {} alive; both restarted, same ring",
             ids.join(" and "),
@@ -753,7 +712,12 @@ impl Suite {
         let before = self.status(0);
         let last_epoch = before["keys"]
             .as_array()
-            .map(|k| k.iter().filter_map(|k| k["epoch"].as_u64()).max().unwrap_or(0))
+            .map(|k| {
+                k.iter()
+                    .filter_map(|k| k["epoch"].as_u64())
+                    .max()
+                    .unwrap_or(0)
+            })
             .unwrap_or(0);
         let activated = self.c.activated_epochs().last().copied().unwrap_or(0);
         for i in 0..3 {
@@ -803,7 +767,9 @@ impl Suite {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|name| self.c.nodes.iter().position(|n| n.id == name));
         let Some(victim) = raft_leader else {
-            self.violation(format!("PartitionRaftLeader: no Raft leader listed: {listing}"));
+            self.violation(format!(
+                "PartitionRaftLeader: no Raft leader listed: {listing}"
+            ));
             return "no Raft leader found".into();
         };
         let id = self.c.nodes[victim].id.clone();
@@ -815,9 +781,11 @@ impl Suite {
         let mut down_after = None;
         let c = &self.c;
         let seen = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            wait_until(LEASE_TTL * 4, "the cut-off box to report the store down", || {
-                c.metric(victim, "stek_store_up") == Some(0.0)
-            });
+            wait_until(
+                LEASE_TTL * 4,
+                "the cut-off box to report the store down",
+                || c.metric(victim, "stek_store_up") == Some(0.0),
+            );
         }));
         match seen {
             Ok(()) => down_after = Some(cut.elapsed()),

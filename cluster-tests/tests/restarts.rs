@@ -374,3 +374,45 @@ fn raft_25_boxes_five_voters_and_twenty_clients_rotate_under_the_checker() {
     check_invariants(&c, &status, &mut history);
     assert_history(&c);
 }
+
+/// A Raft peer whose storage fails (its data directory's disk is full) must not go on serving
+/// a frozen state: its Raft core stops, and `stek node` exits 1 with the reason, for the
+/// service manager to restart it. The other two rotate on; once the disk has room again, the
+/// box restarts and rejoins from what it had written.
+#[test]
+fn raft_a_storage_failure_stops_the_node_with_exit_1_and_it_rejoins_after() {
+    let mut c = Cluster::with_backend(BIN, "storage-failure", 3, Backend::Raft);
+    let disk = cluster_tests::SmallDisk::mount(c.nodes[0].raft_data_dir(), 8 << 20);
+    let mut history = c.start_checked();
+    c.rotate_and_check(1, &mut history);
+    info!("--- n1's data disk fills up");
+    disk.fill();
+    // Writes reach every peer: the next one fails on n1's disk.
+    let out = c.rotate_wait(1, "30s");
+    assert!(
+        out.status.success(),
+        "the other two rotate on: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(Duration::from_secs(30), "n1 to exit", || {
+        c.nodes[0].exit_status().is_some()
+    });
+    let status = c.nodes[0].exit_status().unwrap();
+    assert!(status.contains("exit status: 1"), "n1 exits 1: {status}");
+    let log = c.nodes[0].log_text();
+    assert!(
+        log.contains("the Raft core stopped"),
+        "n1 says why it stopped: {log}"
+    );
+    c.stop(0);
+    info!("--- room again: n1 restarts from its data directory and rejoins");
+    disk.empty();
+    c.start(0);
+    let status = c.wait_converged(Duration::from_secs(60));
+    check_invariants(&c, &status, &mut history);
+    c.rotate_and_check(0, &mut history);
+    assert!(c.nodes[0]
+        .log_text()
+        .contains("raft state loaded from disk"));
+    assert_history(&c);
+}

@@ -665,7 +665,7 @@ impl Config {
                 if !peers.contains_key(&node_id) {
                     return Err(invalid(
                         "raft.peers".into(),
-                        format!("does not list this node (node_id = \"{node_id}\"); every peer, this one included, must be in the table with the address the others reach it at"),
+                        format!("does not list this node (node_id = \"{node_id}\"); every peer, this one included, must be in the table with the address the others reach it at, or set client = true for a box that reaches the group as a client (beyond five peers, docs/configuration.md)"),
                     ));
                 }
                 for (name, addr) in &peers {
@@ -1099,6 +1099,51 @@ group = "0"
             "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n[raft]\nlisten = \"127.0.0.1:1\"\n",
         );
         assert!(m.contains("keep one"), "{m}");
+    }
+
+    /// The Raft data directory and the state directory have defaults per cluster, must be
+    /// absolute; a client box lists the peers but not itself, and has no listener or data.
+    #[test]
+    fn raft_data_dir_state_dir_and_client_boxes_are_checked() {
+        let c = parse("cluster = \"edge\"\n").unwrap();
+        assert_eq!(c.state_dir, Path::new("/run/stek/state/edge"));
+        let Coordination::Raft {
+            data_dir, client, ..
+        } = &c.coordination
+        else {
+            panic!("raft")
+        };
+        assert_eq!(data_dir, Path::new("/var/lib/stek/edge"));
+        assert!(!client);
+        let m = err("state_dir = \"run/x\"\n");
+        assert!(
+            m.contains("state_dir: \"run/x\" is not an absolute path"),
+            "{m}"
+        );
+        let m = err("[raft]\ndata_dir = \"x\"\n");
+        assert!(m.contains("raft.data_dir"), "{m}");
+        let peers = "peers = { n1 = \"127.0.0.1:7701\", n2 = \"127.0.0.1:7702\" }\n";
+        let c = parse(&format!(
+            "node_id = \"n7\"\ninsecure = true\n[raft]\nclient = true\n{peers}"
+        ))
+        .unwrap();
+        assert!(
+            matches!(c.coordination, Coordination::Raft { client: true, ref peers, .. } if peers.len() == 2)
+        );
+        let m = err(&format!(
+            "node_id = \"n1\"\ninsecure = true\n[raft]\nclient = true\n{peers}"
+        ));
+        assert!(m.contains("is in the peers table, so it is a peer"), "{m}");
+        let m = err("node_id = \"n7\"\ninsecure = true\n[raft]\nclient = true\n");
+        assert!(m.contains("list them"), "{m}");
+        let m = err(&format!("node_id = \"n7\"\ninsecure = true\n[raft]\nclient = true\nlisten = \"127.0.0.1:1\"\n{peers}"));
+        assert!(m.contains("a client runs no Raft peer"), "{m}");
+        let m = err(&format!("node_id = \"n7\"\n[raft]\nclient = true\n{peers}"));
+        assert!(m.contains("a Raft client over TCP needs [identity]"), "{m}");
+        let m = err(&format!(
+            "node_id = \"n7\"\ninsecure = true\n[raft]\nlisten = \"127.0.0.1:7707\"\n{peers}"
+        ));
+        assert!(m.contains("or set client = true"), "{m}");
     }
 
     /// A store or a peer listener that others can reach needs `[identity]` (or an explicit

@@ -629,7 +629,11 @@ impl<C: Coordinator> Node<'_, C> {
             }
         }
         if failures.is_empty() {
-            let keys: Vec<String> = ring.keys().iter().map(|k| k.fingerprint().to_string()).collect();
+            let keys: Vec<String> = ring
+                .keys()
+                .iter()
+                .map(|k| k.fingerprint().to_string())
+                .collect();
             info!(generation = ring.generation(), active = %ring.active().fingerprint(), keys = %keys.join(","), "applied ring to every target");
             self.applied = Some(ring.clone());
             self.last_error = None;

@@ -785,6 +785,68 @@ mod tests {
         assert_eq!(d.ring_generation, Some(2));
     }
 
+    /// What openraft is told is saved survives the process: the vote, the log, the committed
+    /// id and the snapshot (with the state machine in it) are there after a reopen; a second
+    /// opener of the same directory is refused; a directory others can enter is refused.
+    #[test]
+    fn a_reopened_store_has_what_was_saved_and_one_directory_has_one_opener() {
+        use openraft::{CommittedLeaderId, EntryPayload};
+        use std::os::unix::fs::PermissionsExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("raft");
+        let log_id = |i| LogId::new(CommittedLeaderId::new(3, 1), i);
+        let entry = |i, lease| Entry::<TypeConfig> {
+            log_id: log_id(i),
+            payload: EntryPayload::Normal(Command::Grant {
+                lease,
+                ttl_ms: 3000,
+            }),
+        };
+        rt.block_on(async {
+            let mut s = RaftStore::open(&dir).unwrap();
+            assert!(!s.has_state().await);
+            let e = RaftStore::open(&dir).expect_err("a second opener");
+            assert!(e.to_string().contains("another stek process"), "{e}");
+            s.save_vote(&Vote::new(3, 1)).await.unwrap();
+            s.append_to_log((1..=4).map(|i| entry(i, i as i64)))
+                .await
+                .unwrap();
+            s.apply_to_state_machine(&[entry(1, 1), entry(2, 2)])
+                .await
+                .unwrap();
+            s.build_snapshot().await.unwrap();
+            s.purge_logs_upto(log_id(2)).await.unwrap();
+            s.save_committed(Some(log_id(3))).await.unwrap();
+            s.delete_conflict_logs_since(log_id(4)).await.unwrap();
+        });
+        rt.block_on(async {
+            let mut s = RaftStore::open(&dir).unwrap();
+            assert!(s.has_state().await);
+            assert_eq!(s.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
+            assert_eq!(s.read_committed().await.unwrap(), Some(log_id(3)));
+            let state = s.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id, Some(log_id(2)));
+            assert_eq!(state.last_log_id, Some(log_id(3)), "entry 4 was deleted");
+            let entries = s.try_get_log_entries(0..10).await.unwrap();
+            assert_eq!(
+                entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+                [3]
+            );
+            let (applied, _) = s.last_applied_state().await.unwrap();
+            assert_eq!(applied, Some(log_id(2)), "the snapshot's state machine");
+            assert_eq!(s.data().await.leases.len(), 2);
+            assert!(s.get_current_snapshot().await.unwrap().is_some());
+        });
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = RaftStore::open(&dir).expect_err("open to others");
+        assert!(e.to_string().contains("lets others in"), "{e}");
+    }
+
     #[test]
     fn command_debug_never_shows_the_ring_value() {
         let c = Command::WriteRing {

@@ -295,7 +295,9 @@ fn private_dir_finding(dir: &std::path::Path, ram: bool, key: &str) -> Finding {
         let fs = stek_node::writer::fs_name(nix::sys::statfs::statfs(at).ok()?.filesystem_type());
         (ram && fs != "tmpfs" && fs != "ramfs").then(|| {
             Finding::problem(
-                format!("{shown} is on {fs}, not a RAM disk: the sealing key would outlive a reboot"),
+                format!(
+                    "{shown} is on {fs}, not a RAM disk: the sealing key would outlive a reboot"
+                ),
                 format!("point {key} at a tmpfs directory (the default is under /run)"),
             )
         })
