@@ -775,7 +775,7 @@ fn raft_peers_over_mutual_tls() {
         refused_with(
             ask(Some(&operator), &req),
             what,
-            "operator alice may only read, request rotations and remove peers",
+            "operator alice may only read, request rotations and add or remove peers",
         );
     }
     let generation = after["generation"].as_u64().unwrap();

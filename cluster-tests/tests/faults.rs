@@ -729,6 +729,23 @@ impl Suite {
             n.wipe_ram_disk();
         }
         self.c.start_all();
+        // The old members' records (and, until a leader expires them, their leases) still say
+        // "applied": wait for the new keys before waiting for the cluster to settle.
+        let c = &self.c;
+        let old = before["generation"].as_u64();
+        let moved_on = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            wait_until(
+                Duration::from_secs(60),
+                "new keys after the power loss",
+                || {
+                    c.try_status(0)
+                        .is_some_and(|s| s["generation"].as_u64() > old)
+                },
+            );
+        }));
+        if let Err(p) = moved_on {
+            self.violation(format!("PowerLoss: {}", panic_text(&*p)));
+        }
         let after = self.settle();
         // `nginx -s reload` returns before the old workers (holding the lost keys) are gone:
         // the servers stay stale for the judge's settle time and a margin.

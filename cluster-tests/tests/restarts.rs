@@ -253,8 +253,10 @@ fn peers(c: &Cluster, i: usize, operator: &[&str]) -> Vec<(String, String)> {
 }
 
 /// Boxes join and leave a running embedded group without restarting it: a fourth box whose
-/// config lists itself joins as a voter on its own; an operator removes a retired box with
-/// `stek peers remove`, which a member certificate may not do for another box; a box whose
+/// config lists itself waits for an operator's `stek peers add` (a member certificate may not
+/// add a box, and an address that answers with another peer's certificate is refused), then
+/// is a voter; an operator removes a retired box with `stek peers remove`, which a member
+/// certificate may not do for another box; a box whose
 /// Raft data directory was wiped refuses to take part (its empty log would look like a log
 /// going backwards) until it is removed, then joins afresh. Rotation goes on under the
 /// invariant checker throughout.
@@ -286,22 +288,53 @@ fn raft_boxes_join_and_leave_a_running_group() {
     };
     assert_eq!(voters(&c, 0), ["n1", "n2", "n3"]);
 
-    info!("--- n4 starts with itself in its peers table: it joins the running group");
+    info!("--- n4 starts with itself in its peers table: it waits to be added");
     let n4 = c.add_node(None);
     c.start(n4);
-    wait_until(Duration::from_secs(30), "n4 to be a voter", || {
-        voters(&c, n4) == ["n1", "n2", "n3", "n4"]
-    });
-    c.wait_converged(Duration::from_secs(30));
-    c.rotate_and_check(n4, &mut history);
-    assert!(c.nodes[n4].log_text().contains("asking to join"));
-
-    info!("--- a member certificate may not remove another box");
+    wait_until(
+        Duration::from_secs(30),
+        "n4 to wait for an operator",
+        || c.nodes[n4].log_text().contains("stek peers add n4"),
+    );
+    let n4_addr = c.nodes[n4].raft_addr.clone();
+    info!("--- a member certificate may not add a box, nor remove another");
+    let out = c.cli_sub(n4, &["peers", "add", "n4", &n4_addr]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("adding a peer takes an operator certificate"),
+        "{err}"
+    );
     let out = c.cli_sub(1, &["peers", "remove", "n1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("may not add or remove peer n1"), "{err}");
-    assert_eq!(voters(&c, 0).len(), 4, "nothing removed");
+    assert!(err.contains("may not remove peer n1"), "{err}");
+    assert_eq!(voters(&c, 0).len(), 3, "nothing changed");
+
+    info!("--- an operator adds n4 at another peer's address: refused, the address is n1's");
+    let mut args = vec!["peers", "add", "n4", c.nodes[0].raft_addr.as_str()];
+    args.extend_from_slice(&operator);
+    let out = c.cli_sub(1, &args);
+    assert!(!out.status.success(), "n1's address cannot stand for n4");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("answered with the certificate of member n1"),
+        "{err}"
+    );
+    assert_eq!(peers(&c, 0, &operator).len(), 3, "nothing added");
+
+    info!("--- an operator adds n4 at its own address: a learner, caught up, then a voter");
+    let mut args = vec!["peers", "add", "n4", n4_addr.as_str()];
+    args.extend_from_slice(&operator);
+    let out = c.cli_sub(1, &args);
+    assert!(
+        out.status.success(),
+        "add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(voters(&c, n4), ["n1", "n2", "n3", "n4"]);
+    c.wait_converged(Duration::from_secs(30));
+    c.rotate_and_check(n4, &mut history);
 
     info!("--- n1 retires: stopped, then removed by an operator");
     c.stop(0);
@@ -339,9 +372,16 @@ fn raft_boxes_join_and_leave_a_running_group() {
     args.extend_from_slice(&operator);
     assert!(c.cli_sub(2, &args).status.success());
     c.start(1);
-    wait_until(Duration::from_secs(30), "n2 to join again", || {
-        voters(&c, 2) == ["n2", "n3", "n4"]
-    });
+    let n2_addr = c.nodes[1].raft_addr.clone();
+    let mut args = vec!["peers", "add", "n2", n2_addr.as_str()];
+    args.extend_from_slice(&operator);
+    let out = c.cli_sub(2, &args);
+    assert!(
+        out.status.success(),
+        "add n2 again: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(voters(&c, 2), ["n2", "n3", "n4"]);
     c.wait_converged(Duration::from_secs(30));
     c.rotate_and_check(1, &mut history);
     assert_history(&c);

@@ -78,9 +78,10 @@ fn node_config(dir: &Path, cluster: &str, id: &str, coordination: &str, ttl: u64
     ca.issue_member(id, host, &keys);
     let identity = ca.identity_section(id, &keys);
     let text = format!(
-        "cluster = \"{cluster}\"\nnode_id = \"{id}\"\n{coordination}{identity}\
+        "cluster = \"{cluster}\"\nnode_id = \"{id}\"\nstate_dir = \"{}/state\"\n{coordination}{identity}\
          [admin]\nenabled = false\n[rotation]\ninterval = \"1h\"\nretain = 1\nlease_ttl = \"{ttl}s\"\nmin_request_interval = \"0s\"\n\
          [[target]]\nformat = \"envoy\"\npath = \"{}/envoy.keys\"\n",
+        keys.display(),
         keys.display()
     );
     let path = keys.join("stek.toml");

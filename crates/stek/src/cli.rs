@@ -137,10 +137,10 @@ pub enum Command {
 
     /// List or remove the embedded coordinator's Raft peers.
     ///
-    /// A box whose config lists itself in `[raft] peers` joins a running group on its own when
-    /// it starts (a voter while the group has fewer than five, a non-voting learner after);
-    /// boxes beyond that run with `[raft] client = true`. Removing a peer takes an operator
-    /// certificate (--cert/--key); a learner takes a removed voter's place.
+    /// A group keeps at most five voters; further peers are non-voting learners, and boxes
+    /// beyond that can run with `[raft] client = true` (no peer at all). Adding and removing a
+    /// peer takes an operator certificate (--cert/--key); a learner takes a removed voter's
+    /// place.
     Peers {
         #[command(subcommand)]
         command: PeersCommand,
@@ -189,6 +189,20 @@ pub struct CertArgs {
 pub enum PeersCommand {
     /// Print the group's voters and learners (raft id, address), and its leader.
     List {
+        /// A node's TOML config (for the peers' addresses and the cluster's CA).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        #[command(flatten)]
+        cert: CertArgs,
+    },
+    /// Add a peer to the running group: start the new box first (its config lists the
+    /// running peers and itself in `[raft] peers`, its certificate names it and ADDR's host);
+    /// it becomes a learner, catches up, then a voter while the group has fewer than five.
+    Add {
+        /// The new peer's node id.
+        node_id: String,
+        /// Where the other peers reach it (host:port, its `[raft] listen`).
+        addr: String,
         /// A node's TOML config (for the peers' addresses and the cluster's CA).
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,

@@ -80,9 +80,18 @@ impl RaftClient {
                                 .into();
                             break;
                         }
-                        Ok(Reply::Error(e)) => {
+                        // A peer that has not joined yet: ask another.
+                        Ok(Reply::Error(e)) if e.starts_with(super::peer::NOT_ADMITTED) => {
                             last = e;
                             break;
+                        }
+                        // The peer's own answer (a refusal, a failed change): asking others
+                        // would only repeat it.
+                        Ok(Reply::Error(e)) => {
+                            return Err(CoordError::Unreachable {
+                                endpoints: target,
+                                reason: e,
+                            })
                         }
                         Ok(reply) => {
                             *self.hint.lock().await = Some(target);
@@ -167,6 +176,19 @@ impl RaftClient {
                 learners,
                 leader,
             }),
+            other => Err(self.odd(other)),
+        }
+    }
+
+    /// Adds peer `name`, reached at `addr`, to the group: a learner until it caught up, then a
+    /// voter while the group has fewer than five.
+    pub async fn add_peer(&self, name: &str, addr: &str) -> Result<(), CoordError> {
+        let req = Request::Join {
+            name: name.to_owned(),
+            addr: addr.to_owned(),
+        };
+        match self.request(&req).await? {
+            Reply::Applied(_) => Ok(()),
             other => Err(self.odd(other)),
         }
     }

@@ -57,6 +57,8 @@ pub enum Request {
     Probe {
         /// The asking peer.
         name: String,
+        /// The digest of the founding voters it proposes.
+        proposal: u64,
     },
     /// A peer asks to be added to the group (leader only).
     Join {
@@ -112,6 +114,8 @@ pub enum Reply {
         replicated: bool,
         /// The answering peer's last applied log index.
         committed: u64,
+        /// The digest of the voters it proposes (no group yet) or runs with.
+        proposal: u64,
     },
     /// The group's membership: (raft id, address) of each voter and learner.
     Members {
@@ -131,6 +135,19 @@ pub async fn call(
     timeout: Duration,
     tls: Option<&PeerTls>,
 ) -> std::io::Result<Reply> {
+    call_peer(addr, None, req, timeout, tls).await
+}
+
+/// [`call`] to the peer whose Raft id is `expect`: with `[identity]` trust, the server's
+/// certificate must name the member whose Raft id that is, so an address that leads to another
+/// peer (or anyone else with a certificate of the CA) is refused, never counted twice.
+pub async fn call_peer(
+    addr: &str,
+    expect: Option<u64>,
+    req: &Request,
+    timeout: Duration,
+    tls: Option<&PeerTls>,
+) -> std::io::Result<Reply> {
     let work = async {
         if let Some(path) = addr.strip_prefix("unix:") {
             let mut stream = tokio::net::UnixStream::connect(path).await?;
@@ -143,6 +160,29 @@ pub async fn call(
                 let name = PeerTls::server_name(addr).map_err(std::io::Error::other)?;
                 let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
                 let mut stream = connector.connect(name, stream).await?;
+                if let (Some(expect), Some(trust)) = (expect, &tls.trust) {
+                    let who = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|der| trust.verify(der, std::time::SystemTime::now()));
+                    match who {
+                        Some(Ok(v)) if matches!(&v.role, crate::identity::Role::Member(n) if super::raft_id(n) == expect) => {}
+                        Some(Ok(v)) => {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::PermissionDenied,
+                                format!("{addr} answered with the certificate of {}, not of the peer it is listed for", v.role),
+                            ))
+                        }
+                        Some(Err(e)) => {
+                            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, format!("{addr}: {e}")))
+                        }
+                        None => {
+                            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, format!("{addr} presented no certificate")))
+                        }
+                    }
+                }
                 exchange(&mut stream, req).await
             }
             None => {
@@ -298,15 +338,21 @@ impl PeerLink {
         req: Request,
         option: &RPCOption,
     ) -> Result<Reply, RpcErr<E>> {
-        call(&self.addr, &req, option.hard_ttl(), self.tls.as_deref())
-            .await
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                } else {
-                    RPCError::Network(NetworkError::new(&e))
-                }
-            })
+        call_peer(
+            &self.addr,
+            Some(self.target),
+            &req,
+            option.hard_ttl(),
+            self.tls.as_deref(),
+        )
+        .await
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                RPCError::Unreachable(Unreachable::new(&e))
+            } else {
+                RPCError::Network(NetworkError::new(&e))
+            }
+        })
     }
 
     fn unexpected<E: std::error::Error>(&self, reply: Reply) -> RpcErr<E> {

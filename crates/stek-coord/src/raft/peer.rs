@@ -16,7 +16,7 @@ use openraft::{BasicNode, Config, Raft, ServerState};
 use tokio::sync::Mutex;
 use tracing::{debug, error, info, warn};
 
-use super::net::{call, read_frame, write_frame, Listener, Network, Reply, Request};
+use super::net::{call, call_peer, read_frame, write_frame, Listener, Network, Reply, Request};
 use super::store::{Applied, Command, RaftStore};
 use super::tls::PeerTls;
 use super::TypeConfig;
@@ -37,8 +37,12 @@ pub struct Peer {
     id: u64,
     name: Arc<str>,
     own_addr: Arc<str>,
-    /// A fresh peer grants no vote until it has applied this index.
-    vote_after: Arc<std::sync::atomic::AtomicU64>,
+    /// The founding voter set this peer proposes (a digest; see [`digest_of`]), and the ids
+    /// of its `peers` table (who may send Raft messages before a membership exists).
+    proposal: u64,
+    table: Arc<std::collections::BTreeSet<u64>>,
+    /// This peer's mutual TLS (to check a new peer's address before adding it).
+    tls: Option<Arc<PeerTls>>,
     /// Whether this peer takes part in the group yet (see [`Peer::form_or_join`]); until then
     /// it answers only probes.
     admitted: Arc<AtomicBool>,
@@ -96,14 +100,7 @@ impl Caller {
     }
 }
 
-/// The Raft id of a peer name: the first 8 bytes of its SHA-256. It depends on the name only,
-/// so it stays the same whatever the `peers` table holds as boxes are added and removed.
-pub fn raft_id(name: &str) -> u64 {
-    let d = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&d.as_ref()[..8]);
-    u64::from_be_bytes(b).max(1)
-}
+pub use super::raft_id;
 
 /// Raft ids for peer names (see [`raft_id`]).
 pub fn raft_ids(peers: &BTreeMap<String, String>) -> BTreeMap<String, u64> {
@@ -112,6 +109,30 @@ pub fn raft_ids(peers: &BTreeMap<String, String>) -> BTreeMap<String, u64> {
 
 /// The most voters a group keeps; further peers join as non-voting learners.
 pub const MAX_VOTERS: usize = 5;
+
+/// What a peer that started without Raft state answers until it takes part in the group.
+pub const NOT_ADMITTED: &str =
+    "this peer is starting without Raft state and is not in the group yet";
+
+/// How long `stek peers add` waits for a new peer to catch up before making it a voter.
+const CATCH_UP: Duration = Duration::from_secs(30);
+
+/// The voters a fresh group of `peers` starts with: the first [`MAX_VOTERS`] by name.
+fn founding_voters(peers: &BTreeMap<String, String>) -> BTreeMap<u64, BasicNode> {
+    peers
+        .iter()
+        .take(MAX_VOTERS)
+        .map(|(n, addr)| (raft_id(n), BasicNode { addr: addr.clone() }))
+        .collect()
+}
+
+/// A digest of a voter set, to tell whether two peers propose (or run) the same group.
+fn digest_of(voters: impl IntoIterator<Item = u64>) -> u64 {
+    let mut ids: Vec<u64> = voters.into_iter().collect();
+    ids.sort_unstable();
+    let text: Vec<String> = ids.iter().map(u64::to_string).collect();
+    raft_id(&text.join(","))
+}
 
 /// How recently a leader must have heard from a quorum to serve reads and lease renewals. A
 /// leader cut off from the majority stops answering within this, so its box sees the store as
@@ -190,7 +211,9 @@ impl Peer {
             id,
             name: Arc::from(name),
             own_addr: Arc::from(own_addr.as_str()),
-            vote_after: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            proposal: digest_of(founding_voters(peers).into_keys()),
+            table: Arc::new(peers.keys().map(|n| raft_id(n)).collect()),
+            tls: tls.clone(),
             admitted: Arc::new(AtomicBool::new(false)),
             fatal: Arc::new(tokio::sync::watch::channel(None).0),
             deadlines: Arc::default(),
@@ -214,46 +237,60 @@ impl Peer {
 
     /// For a peer that starts without Raft state: until it is admitted, it answers nothing
     /// but probes. It asks the other peers (following a redirect to the leader) until:
-    /// - all answer and none has a group: it proposes one of the first [`MAX_VOTERS`] peers by
-    ///   name (every fresh peer proposes the same; only an empty group accepts);
-    /// - a leader answers and counts this peer, but has never replicated to it: it is a
-    ///   member that never started; admitted, it grants no vote until it has caught up to the
-    ///   leader's commit index (so it cannot elect a stale candidate);
-    /// - a leader answers and has replicated to it before: its data directory was lost. It
-    ///   stops with an error (the node exits): answering with an empty log would make the leader
-    ///   see a follower's log go backwards, which openraft treats as fatal. Remove it with
-    ///   `stek peers remove` first; it then joins afresh;
-    /// - a leader answers and does not count it: it asks to join.
+    /// - all answer, none has a group, and all propose the same founding voters (the first
+    ///   [`MAX_VOTERS`] of the `peers` table by name): it proposes that group (every fresh peer
+    ///   proposes the same; only an empty group accepts). A peer whose table differs is named
+    ///   and waited for: two tables never form two groups;
+    /// - a leader that hears from a quorum answers and counts this peer, but has never
+    ///   replicated to it: it is a member that never started. Admitted, it grants no vote until
+    ///   it has applied the leader's last log index (kept on disk, so a restart keeps the gate):
+    ///   an empty log must not elect a candidate that lacks committed entries;
+    /// - such a leader has replicated to it before: its data directory was lost. It stops with
+    ///   an error (the node exits): answering with an empty log would show the leader a
+    ///   follower's log going backwards, which openraft treats as fatal. Remove it with
+    ///   `stek peers remove`; started again, it is a new peer;
+    /// - such a leader does not count it: admitted as a stranger (only voters' Raft messages
+    ///   are accepted), it waits for an operator's `stek peers add`.
     async fn form_or_join(self, peers: BTreeMap<String, String>, tls: Option<Arc<PeerTls>>) {
         let name = self.name.to_string();
-        let others: Vec<String> = peers
+        let others: Vec<(String, String)> = peers
             .iter()
             .filter(|(n, _)| **n != name)
-            .map(|(_, a)| a.clone())
+            .map(|(n, a)| (n.clone(), a.clone()))
             .collect();
         let mut waited = 0u32;
         loop {
-            let mut uninitialized = 0;
+            let mut same_proposal = 0;
+            let mut differing = Vec::new();
             let mut answer = None;
-            for addr in &others {
+            for (other, addr) in &others {
                 let mut target = addr.clone();
                 for _ in 0..3 {
-                    let probe = Request::Probe { name: name.clone() };
+                    let probe = Request::Probe {
+                        name: name.clone(),
+                        proposal: self.proposal,
+                    };
                     match call(&target, &probe, Duration::from_secs(2), tls.as_deref()).await {
                         Ok(Reply::Group {
-                            initialized: false, ..
+                            initialized: false,
+                            proposal,
+                            ..
                         }) => {
-                            uninitialized += 1;
+                            if proposal == self.proposal {
+                                same_proposal += 1;
+                            } else {
+                                differing.push(other.clone());
+                            }
                             break;
                         }
                         Ok(Reply::Group {
                             leader: true,
                             member,
                             replicated,
-                            committed,
+                            last_index,
                             ..
                         }) => {
-                            answer = Some((member, replicated, committed));
+                            answer = Some((member, replicated, last_index));
                             break;
                         }
                         Ok(Reply::Group {
@@ -263,11 +300,12 @@ impl Peer {
                         Ok(Reply::Group {
                             member: true,
                             last_index: 0,
+                            proposal,
                             ..
-                        }) => {
+                        }) if proposal == self.proposal => {
                             // A group formed a moment ago (only its first membership entry,
-                            // no leader yet) that counts this peer: a founding member, whose
-                            // vote the election needs.
+                            // no leader yet), the one this peer proposes: a founding member,
+                            // whose vote the election needs.
                             answer = Some((true, false, 0));
                             break;
                         }
@@ -287,29 +325,30 @@ impl Peer {
             }
             match answer {
                 Some((true, true, _)) => {
-                    let why = format!("this peer ({name}) has no Raft state, but the group's leader has replicated to it before: its data directory was lost. Remove it from the group with `stek peers remove {name}` (from any box, with an operator certificate), then start it again: it joins afresh");
+                    let why = format!("this peer ({name}) has no Raft state, but the group's leader has replicated to it before: its data directory was lost. Remove it from the group with `stek peers remove {name}` (from any box, with an operator certificate), then start it again and add it with `stek peers add {name} {}`", self.own_addr);
                     error!(peer = %name, "{why}");
                     self.fatal.send_replace(Some(why));
                     return;
                 }
-                Some((true, false, committed)) => {
-                    info!(peer = %name, committed, "joining the group as a member that never started; no vote until caught up to index {committed}");
-                    self.vote_after.store(committed, Ordering::SeqCst);
+                Some((true, false, last_index)) => {
+                    if last_index > 0 {
+                        if let Err(e) = self.store.set_vote_gate(Some(last_index)).await {
+                            self.fatal
+                                .send_replace(Some(format!("cannot record the vote gate: {e}")));
+                            return;
+                        }
+                    }
+                    info!(peer = %name, last_index, "joining the group as a member that never started; no vote until caught up to index {last_index}");
                     self.admitted.store(true, Ordering::SeqCst);
                     return;
                 }
                 Some((false, _, _)) => {
-                    info!(peer = %name, "a group runs without this peer: asking to join");
+                    info!(peer = %name, "a group runs without this peer: add it with `stek peers add {name} {}` (operator certificate)", self.own_addr);
                     self.admitted.store(true, Ordering::SeqCst);
-                    self.join(peers, tls).await;
                     return;
                 }
-                None if uninitialized == others.len() => {
-                    let voters: BTreeMap<u64, BasicNode> = peers
-                        .iter()
-                        .take(MAX_VOTERS)
-                        .map(|(n, addr)| (raft_id(n), BasicNode { addr: addr.clone() }))
-                        .collect();
+                None if same_proposal == others.len() => {
+                    let voters = founding_voters(&peers);
                     if voters.contains_key(&self.id) {
                         self.admitted.store(true, Ordering::SeqCst);
                         match self.raft.initialize(voters).await {
@@ -322,6 +361,9 @@ impl Peer {
                 None => {}
             }
             waited += 1;
+            if !differing.is_empty() && waited % 10 == 1 {
+                warn!(peer = %name, "peers {differing:?} propose a different group: every peer's peers table must list the same peers until the group has formed");
+            }
             if waited.is_multiple_of(20) {
                 info!(peer = %name, "waiting for the other peers: a new group forms once every peer in the table answers; a running one admits this peer once its leader answers");
             }
@@ -329,47 +371,15 @@ impl Peer {
         }
     }
 
-    /// Asks the group's leader to add this peer until it is a member.
-    async fn join(self, peers: BTreeMap<String, String>, tls: Option<Arc<PeerTls>>) {
-        let req = Request::Join {
-            name: self.name.to_string(),
-            addr: self.own_addr.to_string(),
-        };
-        loop {
-            if self.is_member() {
-                info!(peer = %self.name, "joined the raft group");
-                return;
-            }
-            for addr in peers
-                .iter()
-                .filter(|(n, _)| **n != *self.name)
-                .map(|(_, a)| a)
-            {
-                let mut target = addr.clone();
-                for _ in 0..3 {
-                    match call(&target, &req, Duration::from_secs(30), tls.as_deref()).await {
-                        Ok(Reply::NotLeader(Some(l))) if l != target => target = l,
-                        Ok(Reply::Error(e)) => {
-                            warn!(peer = %self.name, "joining the raft group: {e}");
-                            break;
-                        }
-                        _ => break,
-                    }
-                }
-                if self.is_member() {
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-
-    fn is_member(&self) -> bool {
+    /// Whether `id` is a voter of the group (of this peer's `peers` table while it has no
+    /// membership yet).
+    fn is_voter(&self, id: u64) -> bool {
         let m = self.raft.metrics().borrow().clone();
-        m.membership_config
-            .membership()
-            .get_node(&self.id)
-            .is_some()
+        let membership = m.membership_config.membership();
+        if membership.voter_ids().next().is_none() {
+            return self.table.contains(&id);
+        }
+        membership.voter_ids().any(|v| v == id)
     }
 
     /// Resolves when the Raft core has stopped on a fatal error (a storage failure, a panic),
@@ -514,9 +524,9 @@ impl Peer {
         let req: Request = serde_json::from_slice(&body)?;
         let admitted = self.admitted.load(Ordering::SeqCst);
         let reply = match self.authorize(caller, &req).await {
-            Ok(()) if !admitted && !matches!(req, Request::Probe { .. }) => Reply::Error(
-                "this peer is starting without Raft state and is not in the group yet".into(),
-            ),
+            Ok(()) if !admitted && !matches!(req, Request::Probe { .. }) => {
+                Reply::Error(NOT_ADMITTED.into())
+            }
             Ok(()) => self.answer(req).await,
             Err(Refusal::Fenced(why)) => {
                 // What the store's own fence would answer: the caller does not lead.
@@ -555,27 +565,29 @@ impl Peer {
         match (role, req) {
             (Role::Operator(_), Request::State | Request::Wait { .. }) => Ok(()),
             (Role::Operator(_), Request::Write(Command::PutRequest { .. })) => Ok(()),
-            (Role::Operator(_), Request::Members | Request::Leave { .. }) => Ok(()),
+            (Role::Operator(_), Request::Members | Request::Leave { .. } | Request::Join { .. }) => Ok(()),
             (Role::Operator(name), _) => Err(Denied(format!(
-                "operator {name} may only read, request rotations and remove peers"
+                "operator {name} may only read, request rotations and add or remove peers"
             ))),
-            (Role::Member(id), Request::Join { name, .. } | Request::Leave { name })
-                if name != id =>
-            {
-                Err(Denied(format!(
-                    "member {id} may not add or remove peer {name}"
-                )))
-            }
+            (Role::Member(id), Request::Join { name, .. }) => Err(Denied(format!(
+                "member {id} may not add peer {name}: adding a peer takes an operator certificate (stek peers add)"
+            ))),
+            (Role::Member(id), Request::Leave { name }) if name != id => Err(Denied(format!(
+                "member {id} may not remove peer {name}"
+            ))),
             (Role::Member(_), Request::Members | Request::Probe { .. }) => Ok(()),
             (Role::Member(id), _) if raft_leader.is_some() => {
-                let own = Some(raft_id(id));
-                if raft_leader == Some(own) {
-                    Ok(())
-                } else {
+                let own = raft_id(id);
+                if raft_leader != Some(Some(own)) {
                     Err(Denied(format!(
                         "member {id} sent a Raft message for peer {:?}, not for itself",
                         raft_leader.flatten()
                     )))
+                } else if !self.is_voter(own) {
+                    // Only a voter leads, replicates, sends snapshots and asks for votes.
+                    Err(Denied(format!("member {id} is not a voter of the group")))
+                } else {
+                    Ok(())
                 }
             }
             (
@@ -633,36 +645,42 @@ impl Peer {
         match req {
             Request::Append(r) => Reply::Append(self.raft.append_entries(r).await),
             Request::Vote(r) => {
-                let wait = self.vote_after.load(Ordering::SeqCst);
-                let applied = self
-                    .raft
-                    .metrics()
-                    .borrow()
-                    .last_applied
-                    .map_or(0, |l| l.index);
-                if wait > 0 && applied < wait {
-                    return Reply::Error(format!(
-                        "this peer lost its Raft data and has caught up to index {applied} of {wait}: it grants no vote yet"
-                    ));
+                if let Some(gate) = self.store.vote_gate().await {
+                    let applied = self
+                        .raft
+                        .metrics()
+                        .borrow()
+                        .last_applied
+                        .map_or(0, |l| l.index);
+                    if applied < gate {
+                        return Reply::Error(format!(
+                            "this peer started without Raft state and has caught up to index {applied} of {gate}: it grants no vote yet"
+                        ));
+                    }
+                    if let Err(e) = self.store.set_vote_gate(None).await {
+                        return Reply::Error(format!("cannot clear the vote gate: {e}"));
+                    }
                 }
                 Reply::Vote(self.raft.vote(r).await)
             }
-            Request::Probe { name } => {
+            Request::Probe { name, .. } => {
                 let m = self.raft.metrics().borrow().clone();
                 let admitted = self.admitted.load(Ordering::SeqCst);
-                let initialized = admitted
-                    && m.membership_config
-                        .membership()
-                        .voter_ids()
-                        .next()
-                        .is_some();
+                let membership = m.membership_config.membership();
+                let initialized = admitted && membership.voter_ids().next().is_some();
                 let asker = raft_id(&name);
                 Reply::Group {
                     initialized,
-                    leader: m.state == ServerState::Leader,
+                    // Only a leader that hears from a quorum speaks for the group.
+                    leader: m.state == ServerState::Leader && self.can_read().is_ok(),
                     leader_addr: m.current_leader.and_then(|l| Self::addr_of(&m, l)),
                     last_index: m.last_log_index.unwrap_or(0),
-                    member: m.membership_config.membership().get_node(&asker).is_some(),
+                    proposal: if initialized {
+                        digest_of(membership.voter_ids())
+                    } else {
+                        self.proposal
+                    },
+                    member: membership.get_node(&asker).is_some(),
                     replicated: m
                         .replication
                         .as_ref()
@@ -750,28 +768,78 @@ impl Peer {
             .then(|| Reply::NotLeader(m.current_leader.and_then(|l| Self::addr_of(&m, l))))
     }
 
-    /// On the leader: adds `name` at `addr` as a learner, waits for it to catch up, and makes
-    /// it a voter while the group has fewer than [`MAX_VOTERS`].
+    /// On the leader: adds `name` at `addr` as a learner, waits (at most [`CATCH_UP`]) for it to
+    /// catch up, and makes it a voter while the group has fewer than [`MAX_VOTERS`]. The
+    /// leader's Raft client checks that whoever answers at `addr` holds `name`'s certificate.
     async fn add_peer(&self, name: &str, addr: &str) -> Reply {
         if let Some(r) = self.not_leader() {
             return r;
         }
-        let id = raft_id(name);
-        let node = BasicNode {
-            addr: addr.to_owned(),
-        };
-        if let Err(e) = self.raft.add_learner(id, node, true).await {
-            return Self::membership_error(e);
+        let valid_addr = addr.rsplit_once(':').is_some_and(|(h, p)| {
+            !h.is_empty() && !h.starts_with("unix") && p.parse::<u16>().is_ok()
+        });
+        if !valid_addr {
+            return Reply::Error(format!("\"{addr}\" is not host:port"));
         }
-        let voters = self
+        let id = raft_id(name);
+        // Whoever answers at `addr` must hold `name`'s certificate (the Raft client checks it
+        // on every message too): fail now, with the reason, rather than add a learner that
+        // can never catch up.
+        let probe = Request::Probe {
+            name: self.name.to_string(),
+            proposal: self.proposal,
+        };
+        if let Err(e) = call_peer(
+            addr,
+            Some(id),
+            &probe,
+            Duration::from_secs(3),
+            self.tls.as_deref(),
+        )
+        .await
+        {
+            return Reply::Error(format!("cannot add {name} at {addr}: {e}"));
+        }
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        if let Some(node) = membership.get_node(&id) {
+            if node.addr != addr {
+                return Reply::Error(format!(
+                    "{name} is a peer already, at {}: remove it first to move it",
+                    node.addr
+                ));
+            }
+        } else {
+            let node = BasicNode {
+                addr: addr.to_owned(),
+            };
+            if let Err(e) = self.raft.add_learner(id, node, false).await {
+                return Self::membership_error(e);
+            }
+        }
+        let target = m.last_log_index.unwrap_or(0);
+        let caught_up = self
             .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .count();
-        if voters < MAX_VOTERS {
+            .wait(Some(CATCH_UP))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).copied().flatten())
+                        .is_some_and(|l| l.index >= target)
+                },
+                "the new peer to catch up",
+            )
+            .await;
+        if caught_up.is_err() {
+            return Reply::Error(format!(
+                "{name} was added as a learner but did not catch up within {CATCH_UP:?}: is it running at {addr}, with a certificate naming it? Run the same command again once it is"
+            ));
+        }
+        let voters = membership.voter_ids().count();
+        if membership.voter_ids().any(|v| v == id) {
+            info!(peer = name, addr, "already a voter");
+        } else if voters < MAX_VOTERS {
             let ids: std::collections::BTreeSet<u64> = [id].into();
             if let Err(e) = self
                 .raft

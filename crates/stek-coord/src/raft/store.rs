@@ -254,6 +254,7 @@ impl Data {
 #[derive(Debug, Default)]
 struct Inner {
     vote: Option<Vote<u64>>,
+    vote_gate: Option<u64>,
     committed: Option<LogId<u64>>,
     log: BTreeMap<u64, Entry<TypeConfig>>,
     last_purged: Option<LogId<u64>>,
@@ -415,6 +416,9 @@ impl RaftStore {
             if let Some(v) = get("vote")? {
                 inner.vote = Some(serde_json::from_slice(&v)?);
             }
+            if let Some(v) = get("vote_gate")? {
+                inner.vote_gate = serde_json::from_slice(&v)?;
+            }
             if let Some(v) = get("committed")? {
                 inner.committed = serde_json::from_slice(&v)?;
             }
@@ -454,6 +458,20 @@ impl RaftStore {
         inner.vote.is_some() || !inner.log.is_empty() || inner.last_purged.is_some()
     }
 
+    /// The log index this peer must have applied before it grants a vote, if any (a peer that
+    /// joined a running group without state; see `Peer`).
+    pub async fn vote_gate(&self) -> Option<u64> {
+        self.inner.lock().await.vote_gate
+    }
+
+    /// Sets or clears the vote gate, durably.
+    pub async fn set_vote_gate(&self, gate: Option<u64>) -> Result<(), StorageError<u64>> {
+        let mut inner = self.inner.lock().await;
+        self.persist(&[("vote_gate", json(&gate)?)], &[], None)?;
+        inner.vote_gate = gate;
+        Ok(())
+    }
+
     /// A copy of the applied state.
     pub async fn data(&self) -> Data {
         self.inner.lock().await.data.clone()
@@ -473,6 +491,23 @@ impl RaftStore {
         remove: Option<(std::ops::Bound<u64>, std::ops::Bound<u64>)>,
     ) -> Result<(), StorageError<u64>> {
         let Some(db) = &self.db else { return Ok(()) };
+        // A commit waits for the disk: on a multi-threaded runtime, let the other tasks (Raft
+        // heartbeats among them) run on another thread meanwhile.
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi {
+            tokio::task::block_in_place(|| Self::commit(db, put, entries, remove))
+        } else {
+            Self::commit(db, put, entries, remove)
+        }
+    }
+
+    fn commit(
+        db: &Database,
+        put: &[(&str, Vec<u8>)],
+        entries: &[(u64, Vec<u8>)],
+        remove: Option<(std::ops::Bound<u64>, std::ops::Bound<u64>)>,
+    ) -> Result<(), StorageError<u64>> {
         let tx = db.begin_write().map_err(write_err)?;
         {
             let mut meta = tx.open_table(META).map_err(write_err)?;

@@ -669,6 +669,22 @@ pub fn peers_list(path: &Path, access: &Access) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `stek peers add`.
+pub fn peers_add(
+    path: &Path,
+    node_id: &str,
+    addr: &str,
+    access: &Access,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let client = raft_client(&config, access)?;
+    runtime()?
+        .block_on(client.add_peer(node_id, addr))
+        .with_context(|| format!("adding {node_id} at {addr}"))?;
+    println!("added {node_id} ({addr}) to the raft group");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `stek peers remove`.
 pub fn peers_remove(path: &Path, node_id: &str, access: &Access) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;

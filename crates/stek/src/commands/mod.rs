@@ -31,6 +31,12 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             crate::cli::PeersCommand::List { config, cert } => {
                 cluster::peers_list(&config, &access(cert))
             }
+            crate::cli::PeersCommand::Add {
+                node_id,
+                addr,
+                config,
+                cert,
+            } => cluster::peers_add(&config, &node_id, &addr, &access(cert)),
             crate::cli::PeersCommand::Remove {
                 node_id,
                 config,

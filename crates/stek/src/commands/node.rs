@@ -28,13 +28,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         }
     }
     let identity = super::cluster::load_identity(&config)?;
-    let state = stek_node::state::StateDir::open(&config.state_dir)?;
-    let (sealing, made) = state.sealing_identity()?;
-    if made {
-        tracing::info!(state_dir = %config.state_dir.display(), "a new sealing key (this box's RAM disk was empty): the leader seals a copy of the ring for it");
-    } else {
-        tracing::info!(state_dir = %config.state_dir.display(), "sealing key kept from an earlier run: this node opens its copy of the ring again");
-    }
+
     if identity.is_none() && config.insecure {
         tracing::warn!("insecure = true: no [identity], so anyone who can reach the coordination store or a peer can enroll a key of their own and read every ticket key; see docs/security.md");
     }
@@ -46,12 +40,14 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         match &config.coordination {
             Coordination::Etcd { endpoints, access } => {
                 let etcd = super::cluster::connect_etcd(&config, endpoints, access).await?;
+                let (_state, sealing) = open_state(&config)?;
                 let metrics = admin(&config).await?;
                 stek_node::node::run(&config, etcd, metrics, identity.as_ref(), sealing, shutdown_signal()).await;
             }
             Coordination::Raft { peers, client: true, .. } => {
                 tracing::info!("embedded coordinator, as a client of the peers {:?}", peers.keys().collect::<Vec<_>>());
                 let tls = super::cluster::peer_tls(&config)?;
+                let (_state, sealing) = open_state(&config)?;
                 let metrics = admin(&config).await?;
                 let client = RaftClient::new(&config.cluster, peers.values().cloned().collect(), None)
                     .with_tls(tls);
@@ -71,6 +67,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
                     }
                 }
                 let tls = super::cluster::peer_tls(&config)?;
+                let (_state, sealing) = open_state(&config)?;
                 let metrics = admin(&config).await?;
                 let peer = Peer::start(
                     &config.cluster,
@@ -109,12 +106,27 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         }
         anyhow::Ok(None)
     })?;
-    drop(state);
     if let Some(why) = failure {
         eprintln!("stek node: the Raft core stopped: {why}");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens (and locks) the node's state directory and its sealing key: after every other input
+/// was read and checked, so that a bad config is what the operator hears about first. The
+/// returned guard holds the lock until the node stops.
+fn open_state(
+    config: &Config,
+) -> anyhow::Result<(stek_node::state::StateDir, stek_coord::seal::Identity)> {
+    let state = stek_node::state::StateDir::open(&config.state_dir)?;
+    let (sealing, made) = state.sealing_identity()?;
+    if made {
+        tracing::info!(state_dir = %config.state_dir.display(), "a new sealing key (this box's RAM disk was empty): the leader seals a copy of the ring for it");
+    } else {
+        tracing::info!(state_dir = %config.state_dir.display(), "sealing key kept from an earlier run: this node opens its copy of the ring again");
+    }
+    Ok((state, sealing))
 }
 
 /// Starts the admin listener (after every secret was read and checked, so that a bad input is
