@@ -794,6 +794,15 @@ impl Cluster {
 
     /// Starts node `i` (0-based) and waits until it listens on its own ports.
     pub fn start(&mut self, i: usize) {
+        self.spawn(i, true);
+    }
+
+    /// Starts node `i` without waiting for its listeners: for a node expected to exit at once.
+    pub fn start_no_wait(&mut self, i: usize) {
+        self.spawn(i, false);
+    }
+
+    fn spawn(&mut self, i: usize, wait: bool) {
         self.write_config(i);
         let mut cmd = exec_in(self.host(&self.nodes[i].id), &self.bin);
         let filter = self.log_filter.clone();
@@ -808,6 +817,9 @@ impl Cluster {
         let server = node
             .server
             .insert(Server::spawn(&node.id, cmd, node.log_path()));
+        if !wait {
+            return;
+        }
         // The admin listener is bound before the store is reached, the Raft listener right
         // after: once both are the node's own, its ports are settled.
         let mut ports = vec![port_of(&node.admin_addr)];

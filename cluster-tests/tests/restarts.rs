@@ -233,6 +233,19 @@ fn raft_power_loss_keeps_the_group_and_continues_the_numbering() {
     assert_history(&c);
 }
 
+/// `stek peers list` through node `i`, as printed.
+fn peers_listing(c: &Cluster, i: usize, operator: &[&str]) -> String {
+    let mut args = vec!["peers", "list"];
+    args.extend_from_slice(operator);
+    let out = c.cli_sub(i, &args);
+    assert!(
+        out.status.success(),
+        "peers list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `stek peers list` through node `i`, as (kind, name) pairs.
 fn peers(c: &Cluster, i: usize, operator: &[&str]) -> Vec<(String, String)> {
     let mut args = vec!["peers", "list"];
@@ -351,39 +364,53 @@ fn raft_boxes_join_and_leave_a_running_group() {
     });
     c.rotate_and_check(1, &mut history);
 
-    info!("--- n2's Raft data directory is wiped: it refuses to take part until removed");
-    c.kill(1);
-    std::fs::remove_dir_all(c.nodes[1].raft_data_dir()).unwrap();
-    c.start(1);
-    wait_until(Duration::from_secs(30), "n2 to exit", || {
-        c.nodes[1].exit_status().is_some()
+    // A voter that is not the Raft leader (the leader then has replicated to it, and stays).
+    let listing = peers_listing(&c, 2, &operator);
+    let v = [1usize, 2, 3]
+        .into_iter()
+        .find(|i| {
+            let id = &c.nodes[*i].id;
+            listing
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(id) && !l.contains("(leader)"))
+        })
+        .unwrap();
+    let via = [1usize, 2, 3].into_iter().find(|i| *i != v).unwrap();
+    let vid = c.nodes[v].id.clone();
+    info!("--- {vid}'s Raft data directory is wiped: it refuses to take part until removed");
+    c.kill(v);
+    std::fs::remove_dir_all(c.nodes[v].raft_data_dir()).unwrap();
+    c.start_no_wait(v);
+    wait_until(Duration::from_secs(30), "the wiped peer to exit", || {
+        c.nodes[v].exit_status().is_some()
     });
-    let status = c.nodes[1].exit_status().unwrap();
-    assert!(status.contains("exit status: 1"), "n2 exits 1: {status}");
-    let log = c.nodes[1].log_text();
+    let status = c.nodes[v].exit_status().unwrap();
+    assert!(status.contains("exit status: 1"), "{vid} exits 1: {status}");
+    let log = c.nodes[v].log_text();
     assert!(
-        log.contains("its data directory was lost") && log.contains("stek peers remove n2"),
-        "n2 says what happened and what to do: {log}"
+        log.contains("its data directory was lost")
+            && log.contains(&format!("stek peers remove {vid}")),
+        "{vid} says what happened and what to do: {log}"
     );
-    c.stop(1);
-    // The group was never disturbed: n3 and n4 rotate on (n2's lease ends).
-    c.rotate_and_check(2, &mut history);
-    let mut args = vec!["peers", "remove", "n2"];
+    c.stop(v);
+    // The group was never disturbed: the other two rotate on (the wiped box's lease ends).
+    c.rotate_and_check(via, &mut history);
+    let mut args = vec!["peers", "remove", vid.as_str()];
     args.extend_from_slice(&operator);
-    assert!(c.cli_sub(2, &args).status.success());
-    c.start(1);
-    let n2_addr = c.nodes[1].raft_addr.clone();
-    let mut args = vec!["peers", "add", "n2", n2_addr.as_str()];
+    assert!(c.cli_sub(via, &args).status.success());
+    c.start(v);
+    let addr = c.nodes[v].raft_addr.clone();
+    let mut args = vec!["peers", "add", vid.as_str(), addr.as_str()];
     args.extend_from_slice(&operator);
-    let out = c.cli_sub(2, &args);
+    let out = c.cli_sub(via, &args);
     assert!(
         out.status.success(),
-        "add n2 again: {}",
+        "add {vid} again: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(voters(&c, 2), ["n2", "n3", "n4"]);
+    assert_eq!(voters(&c, via), ["n2", "n3", "n4"]);
     c.wait_converged(Duration::from_secs(30));
-    c.rotate_and_check(1, &mut history);
+    c.rotate_and_check(v, &mut history);
     assert_history(&c);
 }
 

@@ -1,7 +1,8 @@
 //! Sealed distribution: the store never holds a ticket key in the clear.
 //!
-//! Every node makes an X25519 key pair in memory when it starts ([`Identity`]) and publishes the
-//! public half in its member record. For each ring it writes, the leader:
+//! Every node has an X25519 key pair ([`Identity`]), made at its first start and kept on its own
+//! RAM disk (`state_dir`, see stek-node's `state` module) so that a restart keeps it and a
+//! reboot forgets it, and publishes the public half in its member record. For each ring it writes, the leader:
 //!
 //! 1. draws a fresh 32-byte data key and encrypts every ring key with it (ChaCha20-Poly1305,
 //!    one message, so the ring's key bytes are stored once however many members there are);
@@ -47,8 +48,8 @@ pub const ENC_LEN: usize = 32;
 /// A member's sealed data key: the key plus the tag.
 pub const SEALED_DEK_LEN: usize = DEK_LEN + TAG_LEN;
 
-/// A node's sealing key pair, made in memory at start and never written anywhere. The private
-/// half zeroizes on drop (x25519-dalek) and is never printed.
+/// A node's sealing key pair. The private half is written only to the node's RAM disk (by
+/// stek-node's `state` module), zeroizes on drop (x25519-dalek) and is never printed.
 pub struct Identity {
     private: <Kem as hpke::Kem>::PrivateKey,
     public: MemberKey,

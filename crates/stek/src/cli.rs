@@ -135,7 +135,7 @@ pub enum Command {
         keep: bool,
     },
 
-    /// List or remove the embedded coordinator's Raft peers.
+    /// List, add or remove the embedded coordinator's Raft peers.
     ///
     /// A group keeps at most five voters; further peers are non-voting learners, and boxes
     /// beyond that can run with `[raft] client = true` (no peer at all). Adding and removing a
@@ -176,7 +176,7 @@ pub enum Command {
 pub struct CertArgs {
     /// An operator's certificate (`stek ca issue --operator`), used instead of this box's
     /// member certificate: presented to the embedded coordinator's peers (it may read and
-    /// request rotations, nothing else), and signing `stek rotate`'s request (with etcd too).
+    /// request rotations, and add or remove Raft peers), and signing `stek rotate`'s request (with etcd too).
     #[arg(long, value_name = "FILE", requires = "key")]
     pub cert: Option<PathBuf>,
     /// Its key (mode 600).
@@ -210,7 +210,7 @@ pub enum PeersCommand {
         cert: CertArgs,
     },
     /// Remove a peer from the group, e.g. a box being retired or one whose Raft data was lost
-    /// (it joins afresh when it starts again). Stop the box first.
+    /// (start it again, then `stek peers add` it). Stop the box first.
     Remove {
         /// The peer's node id.
         node_id: String,

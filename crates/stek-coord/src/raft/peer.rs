@@ -237,10 +237,11 @@ impl Peer {
 
     /// For a peer that starts without Raft state: until it is admitted, it answers nothing
     /// but probes. It asks the other peers (following a redirect to the leader) until:
-    /// - all answer, none has a group, and all propose the same founding voters (the first
-    ///   [`MAX_VOTERS`] of the `peers` table by name): it proposes that group (every fresh peer
-    ///   proposes the same; only an empty group accepts). A peer whose table differs is named
-    ///   and waited for: two tables never form two groups;
+    /// - a majority of the founding voters (the first [`MAX_VOTERS`] of the `peers` table by
+    ///   name, this one included) answers that there is no group yet, proposing the same
+    ///   voters, and nobody answers that a group exists: it proposes that group (every fresh
+    ///   peer proposes the same; only an empty group accepts). A peer whose table differs is
+    ///   named and not counted: two tables never form two groups;
     /// - a leader that hears from a quorum answers and counts this peer, but has never
     ///   replicated to it: it is a member that never started. Admitted, it grants no vote until
     ///   it has applied the leader's last log index (kept on disk, so a restart keeps the gate):
@@ -258,9 +259,13 @@ impl Peer {
             .filter(|(n, _)| **n != name)
             .map(|(n, a)| (n.clone(), a.clone()))
             .collect();
+        let founders = founding_voters(&peers);
         let mut waited = 0u32;
         loop {
-            let mut same_proposal = 0;
+            // Founding voters (this one included) that answered "no group yet" with the same
+            // proposal, and whether anyone answered that a group exists.
+            let mut same_proposal = usize::from(founders.contains_key(&self.id));
+            let mut saw_group = false;
             let mut differing = Vec::new();
             let mut answer = None;
             for (other, addr) in &others {
@@ -277,7 +282,9 @@ impl Peer {
                             ..
                         }) => {
                             if proposal == self.proposal {
-                                same_proposal += 1;
+                                if founders.contains_key(&raft_id(other)) {
+                                    same_proposal += 1;
+                                }
                             } else {
                                 differing.push(other.clone());
                             }
@@ -310,6 +317,13 @@ impl Peer {
                             break;
                         }
                         Ok(other) => {
+                            saw_group |= matches!(
+                                other,
+                                Reply::Group {
+                                    initialized: true,
+                                    ..
+                                }
+                            );
                             debug!(peer = %name, "probe of {target}: {other:?}");
                             break;
                         }
@@ -347,8 +361,13 @@ impl Peer {
                     self.admitted.store(true, Ordering::SeqCst);
                     return;
                 }
-                None if same_proposal == others.len() => {
-                    let voters = founding_voters(&peers);
+                // A majority of the founding voters, all fresh and agreeing: no group can have
+                // formed without one of them (short of a majority losing its data).
+                None if !saw_group
+                    && differing.is_empty()
+                    && same_proposal > founders.len() / 2 =>
+                {
+                    let voters = founders.clone();
                     if voters.contains_key(&self.id) {
                         self.admitted.store(true, Ordering::SeqCst);
                         match self.raft.initialize(voters).await {
@@ -365,7 +384,7 @@ impl Peer {
                 warn!(peer = %name, "peers {differing:?} propose a different group: every peer's peers table must list the same peers until the group has formed");
             }
             if waited.is_multiple_of(20) {
-                info!(peer = %name, "waiting for the other peers: a new group forms once every peer in the table answers; a running one admits this peer once its leader answers");
+                info!(peer = %name, "waiting for the other peers: a new group forms once a majority of its founding voters (the first five of the peers table) answer; a running one admits this peer once its leader answers");
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
