@@ -248,15 +248,7 @@ fn peers_listing(c: &Cluster, i: usize, operator: &[&str]) -> String {
 
 /// `stek peers list` through node `i`, as (kind, name) pairs.
 fn peers(c: &Cluster, i: usize, operator: &[&str]) -> Vec<(String, String)> {
-    let mut args = vec!["peers", "list"];
-    args.extend_from_slice(operator);
-    let out = c.cli_sub(i, &args);
-    assert!(
-        out.status.success(),
-        "peers list: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    peers_listing(c, i, operator)
         .lines()
         .map(|l| {
             let mut w = l.split_whitespace();
