@@ -702,6 +702,35 @@ fn raft_peers_over_mutual_tls() {
         "replication in another peer's name",
         "not for itself",
     );
+    info!("--- a valid member certificate of a box that is not a voter, in its own name");
+    let out_dir = c.root.subdir("outsider");
+    ca.issue_member("zz-outsider", "127.0.0.1", &out_dir);
+    let outsider = tls_of(&out_dir, "zz-outsider");
+    let own = openraft::Vote::new(u64::MAX / 2, stek_coord::raft::peer::raft_id("zz-outsider"));
+    refused_with(
+        ask(
+            Some(&outsider),
+            &Request::Vote(openraft::raft::VoteRequest {
+                vote: own,
+                last_log_id: None,
+            }),
+        ),
+        "a vote request from a box that is not a voter",
+        "is not a voter of the group",
+    );
+    refused_with(
+        ask(
+            Some(&outsider),
+            &Request::Append(openraft::raft::AppendEntriesRequest {
+                vote: own,
+                prev_log_id: None,
+                entries: vec![],
+                leader_commit: None,
+            }),
+        ),
+        "replication from a box that is not a voter",
+        "is not a voter of the group",
+    );
     let after = c.status(0);
     assert!(
         after["members"]
@@ -712,6 +741,10 @@ fn raft_peers_over_mutual_tls() {
         "a refused write reached the store: {after}"
     );
     assert_eq!(after["leader"], status["leader"], "{after}");
+    assert!(
+        after["leader_term"] == status["leader_term"],
+        "no election followed the refused messages: {after}"
+    );
 
     info!("--- an operator certificate reads and requests rotations, nothing else");
     let op_dir = c.root.subdir("operator");
