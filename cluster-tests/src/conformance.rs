@@ -34,6 +34,15 @@ fn record(id: &str, applied: u64) -> MemberRecord {
         unsealable_generation: None,
         certificate: None,
         key_signature: None,
+        applied_digest: None,
+    }
+}
+
+/// `id`'s acknowledgement of `ring`.
+fn ack_of(id: &str, ring: &KeyRing) -> MemberRecord {
+    MemberRecord {
+        applied_digest: Some(ring.digest().to_string()),
+        ..record(id, ring.generation())
     }
 }
 
@@ -104,6 +113,7 @@ where
     let ring = KeyRing::bootstrap(now_ms(), &policy(), &mut OsKeySource);
     a.write_ring(
         term_a,
+        0,
         &sealed(&ring, "a", &b_id),
         std::slice::from_ref(&req),
     )
@@ -126,7 +136,21 @@ where
     info!("--- conformance: membership, acknowledgement, liveness");
     a.register(lease_a, &record("a", 0)).await.unwrap();
     b.register(lease_b, &record("b", 0)).await.unwrap();
-    b.ack(&record("b", ring.generation())).await.unwrap();
+    info!("--- conformance: an acknowledgement counts only for the ring it names");
+    let other = KeyRing::bootstrap(now_ms(), &policy(), &mut OsKeySource);
+    b.ack(&ack_of("b", &other)).await.unwrap();
+    let views = a.snapshot().await.unwrap().member_views();
+    let b_view = views.iter().find(|m| m.id == "b").unwrap();
+    assert_eq!(
+        b_view.applied_generation, 0,
+        "b acknowledged another ring of generation 1"
+    );
+    assert!(b_view
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("another ring"));
+    b.ack(&ack_of("b", &ring)).await.unwrap();
     let snap = a.snapshot().await.unwrap();
     let views = snap.member_views();
     assert_eq!(views.len(), 2);
@@ -209,13 +233,27 @@ where
         .expect("b is elected");
     assert_ne!(term_b, term_a);
     let next = ring.rotated(now_ms(), &policy(), &mut OsKeySource).unwrap();
-    match a.write_ring(term_a, &sealed(&next, "a", &b_id), &[]).await {
+    let at = b.snapshot().await.unwrap().ring_revision;
+    assert!(at > 0, "a written ring has a revision");
+    match a
+        .write_ring(term_a, at, &sealed(&next, "a", &b_id), &[])
+        .await
+    {
         Err(CoordError::Fenced(t)) => assert_eq!(t, term_a),
         other => panic!("a deposed leader's write must be fenced, got {other:?}"),
     }
     let shown = |s: &stek_coord::Snapshot| s.valid_ring().unwrap().ring.clone();
     assert_eq!(shown(&b.snapshot().await.unwrap()), ring.meta());
-    b.write_ring(term_b, &sealed(&next, "b", &b_id), &[])
+    info!("--- conformance: a write decided on another ring is refused (compare-and-swap)");
+    match b
+        .write_ring(term_b, at - 1, &sealed(&next, "b", &b_id), &[])
+        .await
+    {
+        Err(CoordError::Conflict) => {}
+        other => panic!("a write on a stale ring revision must conflict, got {other:?}"),
+    }
+    assert_eq!(shown(&a.snapshot().await.unwrap()), ring.meta());
+    b.write_ring(term_b, at, &sealed(&next, "b", &b_id), &[])
         .await
         .unwrap();
     assert_eq!(shown(&a.snapshot().await.unwrap()), next.meta());
@@ -223,8 +261,106 @@ where
     info!("--- conformance: resign");
     b.resign(term_b).await.unwrap();
     assert!(a.snapshot().await.unwrap().leader.is_none());
-    match b.write_ring(term_b, &sealed(&next, "b", &b_id), &[]).await {
+    let at = a.snapshot().await.unwrap().ring_revision;
+    match b
+        .write_ring(term_b, at, &sealed(&next, "b", &b_id), &[])
+        .await
+    {
         Err(CoordError::Fenced(_)) => {}
         other => panic!("a resigned leader's write must be fenced, got {other:?}"),
     }
+
+    served_in_one_write(&a, &b, &b_id).await;
+    one_node_id_one_process(&make().await, &make().await).await;
+    a_full_read_of_many_members(&a).await;
+}
+
+/// 200 pending rotation requests (more than one etcd transaction may hold) are all served by
+/// one ring write.
+async fn served_in_one_write<C: Coordinator>(a: &C, b: &C, b_id: &Identity) {
+    info!("--- conformance: 200 pending requests are served by one write");
+    let lease = b.grant_lease(Duration::from_secs(10)).await.unwrap();
+    let _keep = b.keep_alive(lease, Duration::from_secs(10)).await.unwrap();
+    let term = b.campaign(lease, "b").await.unwrap().expect("b is elected");
+    let mut keys = Vec::new();
+    for _ in 0..200 {
+        keys.push(a.request_rotation("a", None).await.unwrap());
+    }
+    let snap = a.snapshot().await.unwrap();
+    assert_eq!(snap.requests.len(), 200);
+    let ring = match &snap.ring {
+        RingSlot::Valid(r) => r.ring.generation(),
+        other => panic!("a ring is stored: {other:?}"),
+    };
+    let next = KeyRing::bootstrap(now_ms(), &policy(), &mut OsKeySource).renumbered(ring + 1);
+    b.write_ring(term, snap.ring_revision, &sealed(&next, "b", b_id), &keys)
+        .await
+        .expect("a write serving 200 requests lands");
+    let after = a.snapshot().await.unwrap();
+    assert!(
+        after.requests.is_empty(),
+        "every served request is deleted: {} left",
+        after.requests.len()
+    );
+    assert_eq!(after.valid_ring().unwrap().ring, next.meta());
+    b.resign(term).await.unwrap();
+    b.revoke(lease).await.unwrap();
+}
+
+/// A second live process with a registered node id is refused, and named; a restart of the
+/// same box (its sealing key kept) takes the node id over.
+async fn one_node_id_one_process<C: Coordinator>(first: &C, second: &C) {
+    info!("--- conformance: one node id, one live process");
+    let ttl = Duration::from_secs(10);
+    let box_key = Identity::generate();
+    let mut rec = record("dup", 0);
+    rec.public_key = Some(box_key.public().to_base64());
+    let l1 = first.grant_lease(ttl).await.unwrap();
+    let _k1 = first.keep_alive(l1, ttl).await.unwrap();
+    first.register(l1, &rec).await.unwrap();
+    first
+        .register(l1, &rec)
+        .await
+        .expect("registering again under its own lease");
+    let l2 = second.grant_lease(ttl).await.unwrap();
+    let _k2 = second.keep_alive(l2, ttl).await.unwrap();
+    let mut other = rec.clone();
+    other.public_key = Some(Identity::generate().public().to_base64());
+    match second.register(l2, &other).await {
+        Err(CoordError::Held { node_id, holder }) => {
+            assert_eq!(node_id, "dup");
+            assert!(
+                holder.contains(&box_key.public().id().to_string()) && holder.contains("pid"),
+                "the holder is named: {holder}"
+            );
+        }
+        other => panic!("a second process with a live node id must be refused, got {other:?}"),
+    }
+    second
+        .register(l2, &rec)
+        .await
+        .expect("the same box (same sealing key) takes its node id over");
+    let snap = first.snapshot().await.unwrap();
+    assert!(snap
+        .members
+        .iter()
+        .any(|m| m.record.node_id == "dup" && m.live));
+    second.revoke(l2).await.unwrap();
+    first.revoke(l1).await.unwrap();
+}
+
+/// A full read returns every record however many there are (etcd reads in pages).
+async fn a_full_read_of_many_members<C: Coordinator>(a: &C) {
+    info!("--- conformance: a full read of 520 member records");
+    for i in 0..520 {
+        a.ack(&record(&format!("m{i:04}"), 1)).await.unwrap();
+    }
+    let snap = a.snapshot().await.unwrap();
+    let many = snap
+        .members
+        .iter()
+        .filter(|m| m.record.node_id.starts_with('m'))
+        .count();
+    assert_eq!(many, 520, "every member record is read");
+    assert!(snap.valid_ring().is_some(), "and the ring with them");
 }

@@ -411,7 +411,7 @@ fn a_deposed_leaders_write_is_refused_by_the_store() {
             .expect("a leads");
         let ring = KeyRing::bootstrap(std::time::SystemTime::now(), &policy, &mut OsKeySource);
         store
-            .write_ring(term_a, &seal(&ring, &policy, "a"), &[])
+            .write_ring(term_a, 0, &seal(&ring, &policy, "a"), &[])
             .await
             .unwrap();
 
@@ -434,8 +434,9 @@ fn a_deposed_leaders_write_is_refused_by_the_store() {
         let rotated = ring
             .rotated(std::time::SystemTime::now(), &policy, &mut OsKeySource)
             .unwrap();
+        let at = store.snapshot().await.unwrap().ring_revision;
         let err = store
-            .write_ring(term_a, &seal(&rotated, &policy, "a"), &[])
+            .write_ring(term_a, at, &seal(&rotated, &policy, "a"), &[])
             .await
             .unwrap_err();
         assert!(matches!(err, CoordError::Fenced(t) if t == term_a), "{err}");
@@ -448,7 +449,7 @@ fn a_deposed_leaders_write_is_refused_by_the_store() {
             "the refused write left no trace"
         );
         store
-            .write_ring(term_b, &seal(&rotated, &policy, "b"), &[])
+            .write_ring(term_b, at, &seal(&rotated, &policy, "b"), &[])
             .await
             .unwrap();
         let snap = store.snapshot().await.unwrap();
@@ -640,6 +641,7 @@ fn raft_peers_over_mutual_tls() {
         unsealable_generation: None,
         certificate: None,
         key_signature: None,
+        applied_digest: None,
     };
     for (what, cmd) in [
         (
@@ -648,6 +650,7 @@ fn raft_peers_over_mutual_tls() {
                 lease: 1,
                 node_id: victim.clone(),
                 value: foreign_record.encode(),
+                holder: None,
             },
         ),
         (
@@ -771,6 +774,7 @@ fn raft_peers_over_mutual_tls() {
                 lease: 1,
                 node_id: "alice".into(),
                 value: foreign_record.encode(),
+                holder: None,
             }),
         ),
         (
@@ -793,6 +797,7 @@ fn raft_peers_over_mutual_tls() {
                 term: 1,
                 value: b"{}".to_vec(),
                 served: vec![],
+                expected: None,
             }),
         ),
         (

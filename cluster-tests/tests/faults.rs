@@ -1063,7 +1063,10 @@ async fn write_under<C: Coordinator>(store: &C, term: i64) -> Result<(), String>
     let RingSlot::Valid(stored) = snap.ring else {
         return Err("no valid ring to write again".into());
     };
-    match store.write_ring(Term(term), &stored, &[]).await {
+    match store
+        .write_ring(Term(term), snap.ring_revision, &stored, &[])
+        .await
+    {
         Err(CoordError::Fenced(_)) => Ok(()),
         Ok(_) => Err(format!(
             "a write under the deposed term {term} was accepted"
@@ -1133,6 +1136,7 @@ fn raft_writes(
             term: u64::try_from(term).unwrap(),
             value: b"garbage".to_vec(),
             served: vec![],
+            expected: None,
         })
         .await?;
         // Stale: refused by the store (not newer); Fenced: refused before it, because the

@@ -132,7 +132,8 @@ fn spawn_node<C: Coordinator>(config: Config, coord: C) -> NodeTask {
                 let _ = stopped.await;
             },
         )
-        .await;
+        .await
+        .expect("a benchmark node stops only when told to");
     });
     NodeTask {
         id,

@@ -17,6 +17,16 @@ use crate::{
 /// (1.5 MiB by default), and the transaction also carries the served requests' deletions.
 pub const MAX_RING_RECORD: usize = 1_400_000;
 
+/// The most operations stek puts in one etcd transaction branch: etcd refuses more than
+/// `--max-txn-ops` (128 by default). A ring write that serves more rotation requests than
+/// fit deletes the rest in further transactions of at most this many, each fenced on the term.
+pub const MAX_TXN_OPS: usize = 100;
+
+/// Keys per page of a full read: a read of every member's record comes in pages at one
+/// revision, so no response approaches gRPC's 4 MiB message limit however many members there
+/// are.
+pub const READ_PAGE: i64 = 500;
+
 /// A cluster's view of etcd.
 #[derive(Clone)]
 pub struct Etcd {
@@ -206,6 +216,7 @@ impl Etcd {
             });
         } else if rest == "ring" {
             raw.ring = Some((full, kv.value().to_vec()));
+            raw.ring_revision = kv.mod_revision();
             if let Ok(mut c) = self.ring_cache.lock() {
                 *c = Some((kv.mod_revision(), kv.value().to_vec()));
             }
@@ -227,16 +238,40 @@ impl Coordinator for Etcd {
 
     async fn snapshot(&self) -> Result<Snapshot, CoordError> {
         let mut client = self.client.clone();
-        let resp = client
-            .get(self.prefix.as_str(), Some(GetOptions::new().with_prefix()))
+        let mut resp = client
+            .get(
+                self.prefix.as_str(),
+                Some(GetOptions::new().with_prefix().with_limit(READ_PAGE)),
+            )
             .await
             .map_err(|e| self.unreachable(e))?;
         let mut raw = crate::RawSnapshot {
             revision: resp.header().map_or(0, |h| h.revision()),
             ..Default::default()
         };
-        for kv in resp.kvs() {
-            self.add(&mut raw, kv);
+        // Later pages are read at the first page's revision: one consistent snapshot.
+        let end = prefix_end(&self.prefix);
+        loop {
+            for kv in resp.kvs() {
+                self.add(&mut raw, kv);
+            }
+            let Some(last) = resp.kvs().last().filter(|_| resp.more()) else {
+                break;
+            };
+            let mut from = last.key().to_vec();
+            from.push(0);
+            resp = client
+                .get(
+                    from,
+                    Some(
+                        GetOptions::new()
+                            .with_range(end.clone())
+                            .with_limit(READ_PAGE)
+                            .with_revision(raw.revision),
+                    ),
+                )
+                .await
+                .map_err(|e| self.unreachable(e))?;
         }
         Ok(raw.check())
     }
@@ -271,8 +306,9 @@ impl Coordinator for Etcd {
             ..Default::default()
         };
         if resp.succeeded() {
-            if let Some((_, value)) = cached {
+            if let Some((rev, value)) = cached {
                 raw.ring = Some((self.key("ring"), value));
+                raw.ring_revision = rev;
             }
         }
         for op in resp.op_responses() {
@@ -350,20 +386,62 @@ impl Coordinator for Etcd {
 
     async fn register(&self, lease: LeaseId, member: &MemberRecord) -> Result<(), CoordError> {
         let mut client = self.client.clone();
-        let txn = Txn::new().and_then([
-            TxnOp::put(
-                self.key(&format!("alive/{}", member.node_id)),
-                member.node_id.as_bytes(),
-                Some(PutOptions::new().with_lease(lease.0)),
-            ),
-            TxnOp::put(
-                self.key(&format!("members/{}", member.node_id)),
-                member.encode(),
-                None,
-            ),
-        ]);
-        client.txn(txn).await.map_err(|e| self.unreachable(e))?;
-        Ok(())
+        let alive = self.key(&format!("alive/{}", member.node_id));
+        let puts = || {
+            [
+                TxnOp::put(
+                    alive.clone(),
+                    crate::holder_of(member),
+                    Some(PutOptions::new().with_lease(lease.0)),
+                ),
+                TxnOp::put(
+                    self.key(&format!("members/{}", member.node_id)),
+                    member.encode(),
+                    None,
+                ),
+            ]
+        };
+        // Free: register. Held: by this process or an earlier one of this box (the same
+        // sealing key), take it over unless it changed meanwhile; by anyone else, refuse.
+        for _ in 0..3 {
+            let txn = Txn::new()
+                .when([Compare::create_revision(alive.clone(), CompareOp::Equal, 0)])
+                .and_then(puts())
+                .or_else([TxnOp::get(alive.clone(), None)]);
+            let resp = client.txn(txn).await.map_err(|e| self.unreachable(e))?;
+            if resp.succeeded() {
+                return Ok(());
+            }
+            let held = resp.op_responses().into_iter().find_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+                _ => None,
+            });
+            // None: it expired between the two steps; try again from the start.
+            let Some(held) = held else { continue };
+            let holder = String::from_utf8_lossy(held.value()).into_owned();
+            if held.lease() != lease.0 && !crate::same_holder(&holder, member) {
+                return Err(CoordError::Held {
+                    node_id: member.node_id.clone(),
+                    holder,
+                });
+            }
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    alive.clone(),
+                    CompareOp::Equal,
+                    held.mod_revision(),
+                )])
+                .and_then(puts());
+            if client
+                .txn(txn)
+                .await
+                .map_err(|e| self.unreachable(e))?
+                .succeeded()
+            {
+                return Ok(());
+            }
+        }
+        Err(CoordError::Conflict)
     }
 
     async fn ack(&self, member: &MemberRecord) -> Result<(), CoordError> {
@@ -400,6 +478,7 @@ impl Coordinator for Etcd {
     async fn write_ring(
         &self,
         term: Term,
+        ring_revision: i64,
         ring: &StoredRing,
         served_requests: &[String],
     ) -> Result<i64, CoordError> {
@@ -411,19 +490,57 @@ impl Coordinator for Etcd {
                 limit: MAX_RING_RECORD,
             });
         }
+        // The ring and the first served requests in one transaction, fenced on the term and on
+        // the ring being the one the decision read (a compare-and-swap: a write that lands
+        // late can never put a second ring of one generation beside another).
+        let (first, rest) = served_requests.split_at(served_requests.len().min(MAX_TXN_OPS - 1));
         let mut ops = vec![TxnOp::put(self.key("ring"), value, None)];
-        ops.extend(
-            served_requests
-                .iter()
-                .map(|k| TxnOp::delete(k.as_str(), None)),
-        );
-        let txn = Txn::new().when([self.leader_is(term)]).and_then(ops);
+        ops.extend(first.iter().map(|k| TxnOp::delete(k.as_str(), None)));
+        let txn = Txn::new()
+            .when([
+                self.leader_is(term),
+                Compare::mod_revision(self.key("ring"), CompareOp::Equal, ring_revision),
+            ])
+            .and_then(ops)
+            .or_else([TxnOp::get(
+                self.key("leader"),
+                Some(GetOptions::new().with_keys_only()),
+            )]);
         let resp = client.txn(txn).await.map_err(|e| self.unreachable(e))?;
-        match (resp.succeeded(), resp.header()) {
-            (true, Some(h)) => Ok(h.revision()),
-            (true, None) => Ok(0),
-            (false, _) => Err(CoordError::Fenced(term)),
+        if !resp.succeeded() {
+            let leader_term = resp.op_responses().into_iter().find_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(g) => {
+                    Some(g.kvs().first().map_or(0, |kv| kv.create_revision()))
+                }
+                _ => None,
+            });
+            return Err(if leader_term == Some(term.0) {
+                CoordError::Conflict
+            } else {
+                CoordError::Fenced(term)
+            });
         }
+        let revision = resp.header().map_or(0, |h| h.revision());
+        // The rest of the served requests, in batches. The ring is written: a batch that fails
+        // leaves requests the next rotation serves (requests rotate at most once per
+        // min_request_interval).
+        for batch in rest.chunks(MAX_TXN_OPS) {
+            let txn = Txn::new().when([self.leader_is(term)]).and_then(
+                batch
+                    .iter()
+                    .map(|k| TxnOp::delete(k.as_str(), None))
+                    .collect::<Vec<_>>(),
+            );
+            match client.txn(txn).await {
+                Ok(r) if r.succeeded() => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!("served rotation requests not all deleted: {e}; the next rotation deletes them");
+                    break;
+                }
+            }
+        }
+        Ok(revision)
     }
 
     async fn purge_history(&self, revision: i64) -> Result<(), CoordError> {
@@ -509,4 +626,16 @@ async fn keep_lease(mut client: Client, lease: LeaseId, ttl: Duration) -> String
         }
         tokio::time::sleep(period).await;
     }
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use stek_core::MemberView;
 
+pub mod clock;
 pub mod etcd;
 pub mod identity;
 pub mod raft;
@@ -74,6 +75,10 @@ pub struct Snapshot {
     pub leader: Option<Leader>,
     /// The ring.
     pub ring: RingSlot,
+    /// The store revision at which the ring record was last written (0: there is none). A
+    /// leader's write names it, so a write decided on an older ring is refused
+    /// ([`Coordinator::write_ring`]).
+    pub ring_revision: i64,
     /// Every member that has a record or a lease, sorted by node id.
     pub members: Vec<Member>,
     /// Keys of pending rotation requests (readable ones only).
@@ -107,15 +112,22 @@ pub struct Refused {
 }
 
 impl Snapshot {
-    /// The members as the rotation decision sees them.
+    /// The members as the rotation decision sees them. An acknowledgement of the stored ring's
+    /// generation counts only if it names that ring's digest, and one above the stored
+    /// generation (the store was rolled back, or the ring replaced) counts for nothing: in both
+    /// cases the member applied a ring that is not this one, and must apply this one first.
     pub fn member_views(&self) -> Vec<MemberView> {
+        let ring = self.valid_ring().map(|r| &r.ring);
         self.members
             .iter()
-            .map(|m| MemberView {
-                id: m.record.node_id.clone(),
-                live: m.live,
-                applied_generation: m.record.applied_generation,
-                last_error: m.record.last_error.clone(),
+            .map(|m| {
+                let (applied, note) = counted_ack(&m.record, ring);
+                MemberView {
+                    id: m.record.node_id.clone(),
+                    live: m.live,
+                    applied_generation: applied,
+                    last_error: m.record.last_error.clone().or(note),
+                }
             })
             .collect()
     }
@@ -192,6 +204,50 @@ impl Snapshot {
     }
 }
 
+/// What the liveness key holds: who registered (the sealing key's id, the host and the pid),
+/// so a second process with the same node id can be told from a restart of the first and named.
+pub(crate) fn holder_of(member: &MemberRecord) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "an unknown host".into());
+    let key = member.sealing_key().map_or_else(
+        || "no sealing key".to_owned(),
+        |k| format!("sealing key {}", k.id()),
+    );
+    format!("{key} on {host} (pid {})", std::process::id())
+}
+
+/// Whether a liveness key's holder is `member`'s own process or an earlier one of the same
+/// box (the same sealing key, kept in its state directory): then it may take the node id over.
+pub(crate) fn same_holder(holder: &str, member: &MemberRecord) -> bool {
+    member
+        .sealing_key()
+        .is_some_and(|k| holder_key(holder) == Some(k.id().to_string().as_str()))
+}
+
+/// The sealing key id a holder description names, if any.
+pub(crate) fn holder_key(holder: &str) -> Option<&str> {
+    holder.strip_prefix("sealing key ")?.split(' ').next()
+}
+
+/// What a member's acknowledgement counts for against the stored ring: the generation it
+/// applied, or 0 (with why) if it applied a different ring.
+fn counted_ack(record: &MemberRecord, ring: Option<&stek_core::RingMeta>) -> (u64, Option<String>) {
+    let Some(ring) = ring else {
+        return (record.applied_generation, None);
+    };
+    let g = record.applied_generation;
+    if g < ring.generation() || record.acknowledges(ring) {
+        return (g, None);
+    }
+    (
+        0,
+        Some(format!(
+            "its acknowledgement of generation {g} names another ring than the stored one; it has not applied this ring"
+        )),
+    )
+}
+
 /// Raw records from a backend, turned into a checked [`Snapshot`] the same way for every
 /// backend.
 #[derive(Debug, Default)]
@@ -200,6 +256,8 @@ pub(crate) struct RawSnapshot {
     pub leader: Option<Leader>,
     /// (full key, value)
     pub ring: Option<(String, Vec<u8>)>,
+    /// The revision at which the ring was last written.
+    pub ring_revision: i64,
     /// node ids whose liveness lease holds
     pub alive: std::collections::BTreeSet<String>,
     /// (full key, node id from the key, value)
@@ -218,6 +276,7 @@ impl RawSnapshot {
             revision: self.revision,
             leader: self.leader,
             ring: RingSlot::Absent,
+            ring_revision: self.ring_revision,
             members: Vec::new(),
             requests: Vec::new(),
             unreadable_requests: Vec::new(),
@@ -280,6 +339,7 @@ impl RawSnapshot {
                 unsealable_generation: None,
                 certificate: None,
                 key_signature: None,
+                applied_digest: None,
             });
             snap.members.push(Member { record, live });
         }
@@ -307,6 +367,14 @@ pub enum CoordError {
     /// The ring changed between the decision and the write; decide again on a fresh read.
     #[error("the ring changed since this decision was made; deciding again")]
     Conflict,
+    /// Another live process holds this node id's liveness lease.
+    #[error("node id \"{node_id}\" is held by another live process ({holder}); every box needs its own node_id")]
+    Held {
+        /// The node id.
+        node_id: String,
+        /// Who holds it, as its registration says.
+        holder: String,
+    },
     /// The lease is gone (expired or revoked); join again with a new one.
     #[error("the liveness lease has expired or was revoked")]
     LeaseExpired,
@@ -421,7 +489,10 @@ pub trait Coordinator: Send + Sync + 'static {
         ttl: Duration,
     ) -> impl Future<Output = Result<KeepAlive, CoordError>> + Send;
 
-    /// Marks the member live under `lease` and writes its record.
+    /// Marks the member live under `lease` and writes its record. Refused with
+    /// [`CoordError::Held`] while another live lease holds the node id for a process with
+    /// another sealing key (a second box with the same `node_id`); a restarted process (the
+    /// same key) takes its node id over at once.
     fn register(
         &self,
         lease: LeaseId,
@@ -438,11 +509,15 @@ pub trait Coordinator: Send + Sync + 'static {
         node_id: &str,
     ) -> impl Future<Output = Result<Option<Term>, CoordError>> + Send;
 
-    /// Writes a sealed ring and removes the rotation requests it served, in one transaction
-    /// fenced by `term`. Returns the store revision of the write.
+    /// Writes a sealed ring, fenced by `term` and by `ring_revision` (the revision of the ring
+    /// the decision was made on, [`Snapshot::ring_revision`]; 0: there was none), and removes
+    /// the rotation requests it served. A write whose term is gone is refused with
+    /// [`CoordError::Fenced`]; one whose ring changed meanwhile with [`CoordError::Conflict`].
+    /// Returns the store revision of the write.
     fn write_ring(
         &self,
         term: Term,
+        ring_revision: i64,
         ring: &StoredRing,
         served_requests: &[String],
     ) -> impl Future<Output = Result<i64, CoordError>> + Send;
@@ -551,5 +626,100 @@ mod tests {
             only_bad.requests.is_empty(),
             "a malformed request must not rotate"
         );
+    }
+
+    fn member(id: &str, applied: u64, digest: Option<String>) -> Member {
+        Member {
+            record: MemberRecord {
+                node_id: id.into(),
+                version: String::new(),
+                targets: Vec::new(),
+                applied_generation: applied,
+                last_error: None,
+                updated_at_ms: 0,
+                public_key: None,
+                unsealable_generation: None,
+                certificate: None,
+                key_signature: None,
+                applied_digest: digest,
+            },
+            live: true,
+        }
+    }
+
+    /// After a rollback or an aliasing write (an etcd restore, a lost write, a deleted ring),
+    /// an acknowledgement counts only for the ring it names.
+    #[test]
+    fn an_acknowledgement_counts_only_for_the_ring_it_names() {
+        use stek_core::{KeyRing, OsKeySource, Policy};
+        let p = Policy {
+            interval: Duration::from_secs(60),
+            retain: 1,
+        };
+        let stored_ring =
+            KeyRing::bootstrap(std::time::SystemTime::now(), &p, &mut OsKeySource).renumbered(5);
+        let other =
+            KeyRing::bootstrap(std::time::SystemTime::now(), &p, &mut OsKeySource).renumbered(5);
+        let stored = StoredRing::seal("c", &stored_ring, &p, "a", &[]).0;
+        let snap = Snapshot {
+            revision: 1,
+            leader: None,
+            ring: RingSlot::Valid(stored),
+            ring_revision: 1,
+            members: vec![
+                member("same", 5, Some(stored_ring.digest().to_string())),
+                member("other-ring", 5, Some(other.digest().to_string())),
+                member("no-digest", 5, None),
+                member("older", 4, Some(other.digest().to_string())),
+                member("newer", 9, Some(other.digest().to_string())),
+            ],
+            requests: Vec::new(),
+            unreadable_requests: Vec::new(),
+            requested_by: Vec::new(),
+            request_records: Vec::new(),
+            rejected: Vec::new(),
+            partial: false,
+            refused: Vec::new(),
+        };
+        let views = snap.member_views();
+        let applied = |id: &str| {
+            let v = views.iter().find(|v| v.id == id).unwrap();
+            (v.applied_generation, v.last_error.is_some())
+        };
+        assert_eq!(applied("same"), (5, false));
+        assert_eq!(
+            applied("other-ring"),
+            (0, true),
+            "same generation, other keys"
+        );
+        assert_eq!(applied("no-digest"), (0, true), "an ack that names no ring");
+        assert_eq!(
+            applied("older"),
+            (4, false),
+            "an older ring counts as what it is"
+        );
+        assert_eq!(
+            applied("newer"),
+            (0, true),
+            "a ring the store no longer holds"
+        );
+    }
+
+    #[test]
+    fn a_second_process_is_told_from_a_restart_by_its_sealing_key() {
+        let key = seal::Identity::generate();
+        let mut rec = member("n1", 0, None).record;
+        rec.public_key = Some(key.public().to_base64());
+        let holder = holder_of(&rec);
+        assert!(holder.contains("pid"), "{holder}");
+        assert!(same_holder(&holder, &rec));
+        let mut other = rec.clone();
+        other.public_key = Some(seal::Identity::generate().public().to_base64());
+        assert!(!same_holder(&holder, &other));
+        let mut keyless = rec.clone();
+        keyless.public_key = None;
+        assert!(!same_holder(&holder, &keyless));
+        assert!(!same_holder(&holder_of(&keyless), &keyless));
+        assert!(!same_holder("garbage", &rec));
     }
 }

@@ -75,6 +75,12 @@ pub enum RecordError {
     /// The ring's signature does not verify (or it has none).
     #[error("ring record not signed by a member of this cluster: {0}; a node applies only rings its leader signed")]
     Unsigned(IdentityError),
+    /// A member record claiming a generation beyond [`stek_core::MAX_GENERATION`].
+    #[error("member record claims a generation beyond 2^48, which no real cluster reaches; the record is ignored")]
+    AbsurdGeneration,
+    /// A member record whose `applied_digest` is not a ring digest.
+    #[error("member record's applied_digest is not 32 hex digits")]
+    Digest,
     /// A ring older than one this node has already seen.
     #[error("ring generation {got} is older than generation {seen}, which this node has already seen: a replayed ring, never applied")]
     Rollback {
@@ -451,6 +457,26 @@ pub struct MemberRecord {
     /// `public_key`: the leader seals only to a key so signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_signature: Option<String>,
+    /// The digest of the ring it applied ([`stek_core::RingDigest`], hex): an acknowledgement
+    /// counts only for the ring it names, never for another ring of the same generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_digest: Option<String>,
+}
+
+/// The longest `last_error` a member record carries (a reload's stderr can be anything):
+/// longer ones are cut, when written and when read.
+pub const MAX_LAST_ERROR: usize = 1024;
+
+/// `e` cut to [`MAX_LAST_ERROR`] bytes on a character boundary, marked as cut.
+pub fn cut_error(e: &str) -> String {
+    if e.len() <= MAX_LAST_ERROR {
+        return e.to_owned();
+    }
+    let mut end = MAX_LAST_ERROR - 40;
+    while !e.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes cut)", &e[..end], e.len() - end)
 }
 
 impl MemberRecord {
@@ -462,10 +488,22 @@ impl MemberRecord {
 
     /// Parses a member record; a public key that is not 32 bytes of base64 rejects it.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        let record: Self = serde_json::from_slice(bytes).map_err(|e| shape("member", &e))?;
+        let mut record: Self = serde_json::from_slice(bytes).map_err(|e| shape("member", &e))?;
         if record.public_key.is_some() && record.sealing_key().is_none() {
             return Err(RecordError::PublicKey);
         }
+        let absurd = |g: u64| g > stek_core::MAX_GENERATION;
+        if absurd(record.applied_generation) || record.unsealable_generation.is_some_and(absurd) {
+            return Err(RecordError::AbsurdGeneration);
+        }
+        if record
+            .applied_digest
+            .as_deref()
+            .is_some_and(|d| stek_core::RingDigest::from_hex(d).is_none())
+        {
+            return Err(RecordError::Digest);
+        }
+        record.last_error = record.last_error.as_deref().map(cut_error);
         Ok(record)
     }
 
@@ -502,6 +540,12 @@ impl MemberRecord {
             .ok_or_else(|| missing("key signature"))?;
         let msg = identity::member_binding(trust.cluster(), &self.node_id, &key.to_bytes());
         trust.verify_member_signature(&cert, &self.node_id, &msg, &sig, now)
+    }
+
+    /// Whether this acknowledgement is for `ring`: the same generation and the same digest.
+    pub fn acknowledges(&self, ring: &stek_core::RingMeta) -> bool {
+        self.applied_generation == ring.generation()
+            && self.applied_digest.as_deref() == Some(ring.digest().to_string().as_str())
     }
 
     /// The member's sealing public key, if it published a valid one.
@@ -750,6 +794,7 @@ mod tests {
             unsealable_generation: Some(3),
             certificate: None,
             key_signature: None,
+            applied_digest: None,
         };
         assert_eq!(MemberRecord::decode(&m.encode()).unwrap(), m);
         assert!(m.sealing_key().is_some());
@@ -770,5 +815,51 @@ mod tests {
         };
         assert_eq!(RequestRecord::decode(&r.encode()).unwrap(), r);
         assert!(RequestRecord::decode(b"[1]").is_err());
+    }
+
+    #[test]
+    fn a_member_record_with_an_absurd_generation_or_a_huge_error_is_bounded() {
+        let rec = MemberRecord {
+            node_id: "n1".into(),
+            version: "v".into(),
+            targets: vec![],
+            applied_generation: 3,
+            last_error: Some("é".repeat(100_000)),
+            updated_at_ms: 0,
+            public_key: None,
+            unsealable_generation: None,
+            certificate: None,
+            key_signature: None,
+            applied_digest: None,
+        };
+        let read = MemberRecord::decode(&rec.encode()).unwrap();
+        let e = read.last_error.unwrap();
+        assert!(e.len() <= MAX_LAST_ERROR, "{}", e.len());
+        assert!(e.ends_with("bytes cut)"), "{e}");
+        assert_eq!(cut_error("short"), "short");
+        let absurd = MemberRecord {
+            applied_generation: u64::MAX - 1,
+            ..rec.clone()
+        };
+        assert_eq!(
+            MemberRecord::decode(&absurd.encode()),
+            Err(RecordError::AbsurdGeneration)
+        );
+        let absurd = MemberRecord {
+            unsealable_generation: Some(u64::MAX),
+            ..rec.clone()
+        };
+        assert_eq!(
+            MemberRecord::decode(&absurd.encode()),
+            Err(RecordError::AbsurdGeneration)
+        );
+        let bad_digest = MemberRecord {
+            applied_digest: Some("nope".into()),
+            ..rec
+        };
+        assert_eq!(
+            MemberRecord::decode(&bad_digest.encode()),
+            Err(RecordError::Digest)
+        );
     }
 }

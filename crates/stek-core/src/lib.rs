@@ -12,5 +12,7 @@ pub mod rotation;
 
 pub use formats::{Format, FormatOptions, Rendered, REGISTRY};
 pub use key::{Fingerprint, KeySource, OsKeySource, TicketKey};
-pub use ring::{KeyMaterial, KeyRing, KeyState, Policy, RingKey, RingMeta};
+pub use ring::{
+    KeyMaterial, KeyRing, KeyState, Policy, RingDigest, RingKey, RingMeta, MAX_GENERATION,
+};
 pub use rotation::{decide_at, next_ring, Decision, MemberView};

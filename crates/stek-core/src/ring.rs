@@ -208,6 +208,11 @@ impl KeyRing {
         }
     }
 
+    /// The ring's identity: the digest of its description.
+    pub fn digest(&self) -> RingDigest {
+        self.meta().digest()
+    }
+
     /// The ring's public description (fingerprints instead of key bytes).
     pub fn meta(&self) -> RingMeta {
         KeyRing {
@@ -271,7 +276,69 @@ impl KeyRing {
     }
 }
 
+/// The largest generation or epoch a ring may carry: at one rotation a second it lasts nine
+/// million years, and everything below it leaves room to add to without overflow. A record
+/// above it is malformed (or hostile), never obeyed.
+pub const MAX_GENERATION: u64 = 1 << 48;
+
+/// A ring's identity: a digest of its public description (generation, schedule, and every
+/// key's bookkeeping and fingerprint). Two rings of one generation with different keys have
+/// different digests, so an acknowledgement names exactly the ring it applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RingDigest([u8; 16]);
+
+impl RingDigest {
+    /// Parses the 32 hex digits [`RingDigest`]'s `Display` writes.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        if text.len() != 32 || !text.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(out))
+    }
+}
+
+impl std::fmt::Display for RingDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
 impl RingMeta {
+    /// The ring's identity. Times count in whole milliseconds, as the store records them, so
+    /// a ring and its stored description have one digest.
+    pub fn digest(&self) -> RingDigest {
+        use sha2::{Digest, Sha256};
+        let ms = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        let mut h = Sha256::new();
+        h.update(b"stek ring digest v1\0");
+        h.update(self.generation.to_be_bytes());
+        h.update(self.last_epoch.to_be_bytes());
+        h.update(ms(self.next_rotation_at).to_be_bytes());
+        for k in &self.keys {
+            h.update(k.epoch.to_be_bytes());
+            h.update([k.state as u8]);
+            h.update(ms(k.created_at).to_be_bytes());
+            h.update(k.staged_in.to_be_bytes());
+            h.update(
+                k.retired_in
+                    .map_or(0, |g| g.saturating_add(1))
+                    .to_be_bytes(),
+            );
+            h.update(k.key.to_string().as_bytes());
+        }
+        let full = h.finalize();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full[..16]);
+        RingDigest(out)
+    }
+
     /// The ring this description stands for, given the bytes of each of its keys. `None`
     /// unless every key is found and matches its fingerprint.
     pub fn with_keys(
@@ -446,6 +513,12 @@ impl<K: KeyMaterial> KeyRing<K> {
         if self.generation == 0 {
             return Err(RingError::ZeroGeneration);
         }
+        if self.generation > MAX_GENERATION || self.last_epoch > MAX_GENERATION {
+            return Err(RingError::Absurd {
+                generation: self.generation,
+                last_epoch: self.last_epoch,
+            });
+        }
         let active: Vec<_> = self
             .keys
             .iter()
@@ -512,6 +585,14 @@ pub enum RingError {
     /// Generations start at 1.
     #[error("ring generation 0 is not valid; generations start at 1")]
     ZeroGeneration,
+    /// A generation or epoch beyond [`MAX_GENERATION`].
+    #[error("ring generation {generation} or last epoch {last_epoch} is beyond 2^48: not a number any real cluster reaches; the record is refused")]
+    Absurd {
+        /// The generation.
+        generation: u64,
+        /// The last epoch.
+        last_epoch: u64,
+    },
     /// Exactly one key must encrypt.
     #[error("ring has {0} active keys; exactly one must be active")]
     ActiveCount(usize),
@@ -700,5 +781,51 @@ mod tests {
         };
         assert_eq!(p.validate(), Err(PolicyError::ZeroInterval));
         assert!(policy(1).validate().is_ok());
+    }
+
+    #[test]
+    fn a_rings_digest_names_its_keys_not_only_its_generation() {
+        let p = Policy {
+            interval: Duration::from_secs(60),
+            retain: 1,
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let a = KeyRing::bootstrap(now, &p, &mut crate::key::tests::seeded(1));
+        let b = KeyRing::bootstrap(now, &p, &mut crate::key::tests::seeded(2));
+        assert_eq!(a.generation(), b.generation());
+        assert_ne!(a.digest(), b.digest(), "same generation, other keys");
+        assert_eq!(a.digest(), a.meta().digest());
+        assert_eq!(
+            a.digest(),
+            a.meta().to_millis().digest(),
+            "as the store keeps it"
+        );
+        assert_ne!(a.digest(), a.with_next_rotation_at(now).digest());
+        let text = a.digest().to_string();
+        assert_eq!(text.len(), 32);
+        assert_eq!(RingDigest::from_hex(&text), Some(a.digest()));
+        assert_eq!(RingDigest::from_hex("zz"), None);
+        assert_eq!(RingDigest::from_hex(&"é".repeat(16)), None);
+    }
+
+    #[test]
+    fn a_generation_or_epoch_beyond_2_pow_48_is_refused() {
+        let p = Policy {
+            interval: Duration::from_secs(60),
+            retain: 1,
+        };
+        let r = KeyRing::bootstrap(SystemTime::now(), &p, &mut crate::key::tests::seeded(1));
+        let keys = r.keys().to_vec();
+        let absurd = KeyRing::from_parts(u64::MAX, keys.clone(), 2, r.next_rotation_at(), &p);
+        assert!(
+            matches!(absurd, Err(RingError::Absurd { .. })),
+            "{absurd:?}"
+        );
+        let absurd = KeyRing::from_parts(1, keys.clone(), u64::MAX, r.next_rotation_at(), &p);
+        assert!(
+            matches!(absurd, Err(RingError::Absurd { .. })),
+            "{absurd:?}"
+        );
+        assert!(KeyRing::from_parts(MAX_GENERATION, keys, 2, r.next_rotation_at(), &p).is_ok());
     }
 }

@@ -85,6 +85,14 @@ pub enum Decision {
         /// Who blocks it.
         blocked_by: Vec<Blocker>,
     },
+    /// The ring's next rotation is further than two intervals ahead of this leader's clock
+    /// (a leader whose clock ran fast wrote it, or the policy's interval was shortened): the
+    /// same keys, with the next rotation one interval from now. A leader never schedules
+    /// further ahead than that, so one fast clock cannot stop rotation for everyone.
+    Reschedule {
+        /// The new next rotation time.
+        at: SystemTime,
+    },
     /// Nothing to do until this time (or until a request or a member change).
     Idle {
         /// The scheduled rotation time.
@@ -120,6 +128,16 @@ pub fn decide_at<K: KeyMaterial>(
         .collect();
     if !droppable.is_empty() {
         return Decision::Drop(droppable);
+    }
+
+    let horizon = policy
+        .interval
+        .checked_mul(2)
+        .and_then(|d| now.checked_add(d));
+    if horizon.is_some_and(|h| ring.next_rotation_at() > h) && !rotation_requested {
+        if let Some(at) = now.checked_add(policy.interval) {
+            return Decision::Reschedule { at };
+        }
     }
 
     let reason = if rotation_requested {
@@ -175,8 +193,9 @@ pub fn next_ring(
         }
         (Decision::Rotate(_), Some(ring)) => ring.rotated(now, policy, source).map(Some),
         (Decision::Drop(epochs), Some(ring)) => Ok(Some(ring.dropping(epochs))),
+        (Decision::Reschedule { at }, Some(ring)) => Ok(Some(ring.with_next_rotation_at(*at))),
         (Decision::Wait { .. } | Decision::Idle { .. }, _) => Ok(None),
-        (Decision::Rotate(_) | Decision::Drop(_), None) => Ok(None),
+        (Decision::Rotate(_) | Decision::Drop(_) | Decision::Reschedule { .. }, None) => Ok(None),
     }
 }
 
@@ -455,5 +474,38 @@ mod tests {
                 .iter()
                 .all(|k| k.state != KeyState::Retiring || k.retired_in.is_some()));
         }
+    }
+
+    #[test]
+    fn a_schedule_far_in_this_leaders_future_is_pulled_back_to_one_interval() {
+        let p = policy(1);
+        let r = KeyRing::bootstrap(t(0), &p, &mut seeded(1));
+        let members = [member("a", true, 1)];
+        // A leader whose clock ran a year fast wrote the schedule.
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let fast = KeyRing::bootstrap(t(0) + year, &p, &mut seeded(9));
+        let decision = decide_at(t(10), Some(&fast), &p, &members, false);
+        assert_eq!(
+            decision,
+            Decision::Reschedule {
+                at: t(10) + p.interval
+            }
+        );
+        let next = next_ring(&decision, Some(&fast), t(10), &p, &mut seeded(1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.keys(), fast.keys(), "the same keys");
+        assert_eq!(next.next_rotation_at(), t(10) + p.interval);
+        assert_eq!(next.generation(), fast.generation() + 1);
+        // Within two intervals: nothing to do but wait.
+        assert!(matches!(
+            decide_at(t(0), Some(&r), &p, &members, false),
+            Decision::Idle { .. }
+        ));
+        // A request still rotates (its keys are then stamped with this leader's clock).
+        assert!(matches!(
+            decide_at(t(10), Some(&fast), &p, &members, true),
+            Decision::Rotate(RotateReason::Requested)
+        ));
     }
 }

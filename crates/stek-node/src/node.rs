@@ -20,7 +20,7 @@ use stek_coord::{
     RingSlot, Snapshot, StoredRing, Term,
 };
 use stek_core::rotation::RotateReason;
-use stek_core::{decide_at, next_ring, Decision, KeyRing, OsKeySource, RingMeta};
+use stek_core::{decide_at, next_ring, Decision, KeyRing, OsKeySource, RingDigest, RingMeta};
 use tracing::{debug, error, info, warn};
 
 use crate::admin::{unix, ErrorLabels, MemberLabels, Metrics, TargetLabels};
@@ -50,7 +50,7 @@ pub async fn run<C: Coordinator>(
     identity: Option<&NodeIdentity>,
     sealing: Identity,
     shutdown: impl Future<Output = ()>,
-) {
+) -> Result<(), NodeError> {
     metrics
         .insecure
         .set(i64::from(config.insecure && identity.is_none()));
@@ -77,6 +77,8 @@ pub async fn run<C: Coordinator>(
         apply_backoff: BACKOFF_MIN,
         logged: BTreeSet::new(),
         last_wait: None,
+        held_since: None,
+        clock_paused_until: None,
     };
     if let Some(pki) = identity {
         let mut enrolled = node.bare_record();
@@ -112,6 +114,22 @@ pub async fn run<C: Coordinator>(
                         let _ = tx.send(reason);
                     });
                     keepalive = Some(k);
+                }
+                Err(CoordError::Held { node_id, holder }) => {
+                    // A SIGKILLed process's lease lives out its TTL; one renewed beyond that
+                    // belongs to a second live process with this node id.
+                    let since = *node.held_since.get_or_insert_with(Instant::now);
+                    let patience = config.lease_ttl * 2 + Duration::from_secs(2);
+                    if since.elapsed() >= patience {
+                        error!(target: "audit", node = %node_id, "node id held by another live process ({holder}) for {patience:?}: refusing to run beside it");
+                        return Err(NodeError::NodeIdHeld { node_id, holder });
+                    }
+                    node.metrics.store_up.set(0);
+                    warn!("node id {node_id} is held by another live process ({holder}); waiting up to {patience:?} for its lease to expire (a process killed a moment ago) before refusing to start");
+                    if sleep_or_shutdown(BACKOFF_MIN, &mut shutdown).await {
+                        break;
+                    }
+                    continue;
                 }
                 Err(e) => {
                     node.metrics.store_up.set(0);
@@ -233,6 +251,20 @@ pub async fn run<C: Coordinator>(
         }
     }
     node.leave().await;
+    Ok(())
+}
+
+/// Why a node stopped by itself.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A second live process holds this node id.
+    #[error("node id \"{node_id}\" is held by another live process ({holder}); two processes with one node_id would answer for each other. Give each box its own node_id, or stop the other process")]
+    NodeIdHeld {
+        /// The node id.
+        node_id: String,
+        /// Who holds it.
+        holder: String,
+    },
 }
 
 /// Sleeps; returns true if shutdown came first.
@@ -275,8 +307,8 @@ struct Node<'a, C> {
     /// The last ring this node opened from its own sealed copy. A leader also rewrites it over
     /// a malformed record.
     opened: Option<KeyRing>,
-    /// Why this node's copy of the stored ring (of that generation) did not open.
-    seal_error: Option<(u64, SealError)>,
+    /// Why this node's copy of the stored ring (of that generation and digest) did not open.
+    seal_error: Option<(u64, RingDigest, SealError)>,
     /// The last ring applied to every target.
     applied: Option<KeyRing>,
     /// Why the last apply failed.
@@ -289,6 +321,11 @@ struct Node<'a, C> {
     logged: BTreeSet<(String, String)>,
     /// The last "rotation waits" message, logged when it changes.
     last_wait: Option<String>,
+    /// Since when another live process holds this node id (joining waits for its lease).
+    held_since: Option<Instant>,
+    /// Until when this node does not campaign: its clock was measured ahead of its members'
+    /// by more than [`stek_coord::clock::CLOCK_BOUND`].
+    clock_paused_until: Option<Instant>,
 }
 
 impl<C: Coordinator> Node<'_, C> {
@@ -312,15 +349,18 @@ impl<C: Coordinator> Node<'_, C> {
                 .map(|t| t.format.info().name.to_owned())
                 .collect(),
             applied_generation: self.applied.as_ref().map_or(0, KeyRing::generation),
+            applied_digest: self.applied.as_ref().map(|r| r.digest().to_string()),
             last_error: match &self.seal_error {
-                Some((generation, e)) if !matches!(e, SealError::NoCopy { .. }) => {
+                Some((generation, _, e)) if !matches!(e, SealError::NoCopy { .. }) => {
                     Some(format!("generation {generation}: {e}"))
                 }
                 _ => self.last_error.clone(),
-            },
+            }
+            .as_deref()
+            .map(stek_coord::records::cut_error),
             updated_at_ms: MemberRecord::now_ms(),
             public_key: Some(self.identity.public().to_base64()),
-            unsealable_generation: self.seal_error.as_ref().map(|(g, _)| *g),
+            unsealable_generation: self.seal_error.as_ref().map(|(g, _, _)| *g),
             certificate: None,
             key_signature: None,
         }
@@ -428,14 +468,13 @@ impl<C: Coordinator> Node<'_, C> {
         }
         if let RingSlot::Valid(stored) = &snap.ring {
             self.open(stored);
-            let generation = stored.ring.generation();
-            let opened = self
-                .opened
-                .as_ref()
-                .filter(|r| r.generation() == generation);
-            let current = self.applied.as_ref().map(KeyRing::generation);
+            // A ring is known by its digest: another ring of the generation applied (after a
+            // store rollback, or a lost write) is applied too.
+            let digest = stored.ring.digest();
+            let opened = self.opened.as_ref().filter(|r| r.digest() == digest);
+            let current = self.applied.as_ref().map(|r| r.digest());
             let retry_due = self.apply_retry.is_none_or(|t| Instant::now() >= t);
-            if let Some(ring) = opened.filter(|_| current != Some(generation) && retry_due) {
+            if let Some(ring) = opened.filter(|_| current != Some(digest) && retry_due) {
                 let ring = ring.clone();
                 self.apply(&ring).await;
             }
@@ -520,10 +559,8 @@ impl<C: Coordinator> Node<'_, C> {
             .unwrap_or(ring.next_rotation_at());
         m.last_rotation.set(unix(started));
         m.next_rotation.set(unix(ring.next_rotation_at()));
-        let opened = self
-            .opened
-            .as_ref()
-            .is_some_and(|r| r.generation() == ring.generation());
+        let digest = ring.digest();
+        let opened = self.opened.as_ref().is_some_and(|r| r.digest() == digest);
         m.sealed_copy_ok.set(i64::from(opened));
         let views = snap.member_views();
         if snap.partial {
@@ -543,9 +580,11 @@ impl<C: Coordinator> Node<'_, C> {
             }
         }
         m.set_ready(
-            if applied == ring.generation() && self.last_error.is_none() {
+            if self.applied.as_ref().map(|r| r.digest()) == Some(digest)
+                && self.last_error.is_none()
+            {
                 Ok(format!("applied generation {applied}"))
-            } else if let Some((generation, e)) = &self.seal_error {
+            } else if let Some((generation, _, e)) = &self.seal_error {
                 Err(format!(
                     "cannot open its copy of generation {generation}: {e}"
                 ))
@@ -563,11 +602,12 @@ impl<C: Coordinator> Node<'_, C> {
     /// Opens this node's copy of a stored ring it has not opened yet.
     fn open(&mut self, stored: &StoredRing) {
         let generation = stored.ring.generation();
-        if self.opened.as_ref().map(KeyRing::generation) == Some(generation)
+        let digest = stored.ring.digest();
+        if self.opened.as_ref().map(|r| r.digest()) == Some(digest)
             || self
                 .seal_error
                 .as_ref()
-                .is_some_and(|(g, _)| *g == generation)
+                .is_some_and(|(_, d, _)| *d == digest)
         {
             return;
         }
@@ -579,11 +619,11 @@ impl<C: Coordinator> Node<'_, C> {
             }
             Err(e @ SealError::NoCopy { .. }) => {
                 info!(generation, "{e}");
-                self.seal_error = Some((generation, e));
+                self.seal_error = Some((generation, digest, e));
             }
             Err(e) => {
                 error!(generation, "{e}; keeping the keys on disk");
-                self.seal_error = Some((generation, e));
+                self.seal_error = Some((generation, digest, e));
             }
         }
     }
@@ -676,6 +716,10 @@ impl<C: Coordinator> Node<'_, C> {
             (None, _) => {
                 self.term = None;
                 let lease = self.lease?;
+                if self.clock_paused_until.is_some_and(|t| Instant::now() < t) {
+                    debug!("not campaigning: this node's clock was found ahead of its members'");
+                    return None;
+                }
                 if let Some(holder) = self.defer_to(snap) {
                     debug!("not campaigning: this node cannot open the ring but {holder} can");
                     return None;
@@ -710,6 +754,22 @@ impl<C: Coordinator> Node<'_, C> {
         }
         let term = self.term?;
         self.audit_membership(snap);
+        if let Some(ahead) = snap
+            .valid_ring()
+            .filter(|r| r.written_by == me)
+            .and_then(|r| stek_coord::clock::writer_ahead_of_members(r, &snap.members))
+            .filter(|a| *a > stek_coord::clock::CLOCK_BOUND)
+        {
+            // Keys stamped in the members' future: their key-age figures and any later leader's
+            // schedule would be off by as much. Let a member with a sane clock lead.
+            error!(target: "audit", node = %me, term = term.0, ahead_seconds = ahead.as_secs(), "this leader's clock is ahead of its members' by {ahead:?} (their acknowledgements are stamped before its ring); it stops leading for {:?}; fix its time source (chrony, systemd-timesyncd)", stek_coord::clock::CLOCK_COOLDOWN);
+            self.clock_paused_until = Some(Instant::now() + stek_coord::clock::CLOCK_COOLDOWN);
+            if let Err(e) = self.coord.resign(term).await {
+                warn!("could not release the leadership: {e}");
+            }
+            self.term = None;
+            return Some(Instant::now() + BACKOFF_MIN);
+        }
         let policy = self.config.policy;
         let now = SystemTime::now();
         let (ring, stored) = match &snap.ring {
@@ -777,6 +837,12 @@ impl<C: Coordinator> Node<'_, C> {
         }
         let decision = decide_at(now, ring.as_ref(), &policy, &members, requested);
         let next = match next_ring(&decision, ring.as_ref(), now, &policy, &mut OsKeySource) {
+            // A first ring numbers above every generation a member ever acknowledged (the
+            // ring was deleted, or the store restored empty): no old acknowledgement can count
+            // for it, and no node takes it for a replay.
+            Ok(Some(n)) if matches!(decision, Decision::Bootstrap) => {
+                Some(renumber_after(n, snap, self.newest_seen))
+            }
             Ok(n) => n,
             Err(e) => {
                 error!("cannot compute the next ring: {e}");
@@ -884,8 +950,11 @@ impl<C: Coordinator> Node<'_, C> {
     /// The stored ring with its key bytes: this node's opened copy, or, when its copy of this
     /// generation did not open, the same keys it opened before (a reseal it could not read).
     fn plaintext(&self, meta: &RingMeta) -> Option<KeyRing> {
+        // By digest, never by generation alone: this node's own ring of a generation is not
+        // the stored one if the store now holds another ring of that number.
         let known: Vec<&KeyRing> = self.opened.iter().chain(self.applied.iter()).collect();
-        if let Some(r) = known.iter().find(|r| r.generation() == meta.generation()) {
+        let digest = meta.digest();
+        if let Some(r) = known.iter().find(|r| r.digest() == digest) {
             return Some((*r).clone());
         }
         meta.with_keys(|k| {
@@ -1001,7 +1070,9 @@ impl<C: Coordinator> Node<'_, C> {
                 error!("{e}");
             }
         }
-        self.coord.write_ring(term, &stored, served).await
+        self.coord
+            .write_ring(term, snap.ring_revision, &stored, served)
+            .await
     }
 
     /// After a write that removed keys, compacts the store's history up to it when the config
@@ -1033,6 +1104,11 @@ impl<C: Coordinator> Node<'_, C> {
             CoordError::Fenced(term) => {
                 warn!(target: "audit", term = term.0, "leadership lost: the store refused a write");
                 self.term = None;
+            }
+            CoordError::Conflict => {
+                info!(
+                    "the ring changed since this decision was read; deciding again on a fresh read"
+                )
             }
             other => warn!("leader write failed: {other}"),
         }
@@ -1093,6 +1169,13 @@ fn audit_decision(
                 info!(target: "audit", epoch = s.epoch, fingerprint = %s.fingerprint(), generation, leader, "key staged");
             }
         }
+        Decision::Reschedule { at } => {
+            let was = before.map(|b| {
+                humantime_serde::re::humantime::format_rfc3339_seconds(b.next_rotation_at())
+                    .to_string()
+            });
+            warn!(target: "audit", generation, leader, was = ?was, now_due = %humantime_serde::re::humantime::format_rfc3339_seconds(*at), "rotation rescheduled: the stored schedule was more than two intervals ahead of this leader's clock (a leader with a fast clock wrote it?)");
+        }
         _ => {}
     }
     for gone in before
@@ -1101,5 +1184,74 @@ fn audit_decision(
         .filter(|k| !ring.keys().iter().any(|n| n.epoch == k.epoch))
     {
         info!(target: "audit", epoch = gone.epoch, fingerprint = %gone.fingerprint(), generation, leader, "key dropped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stek_core::Policy;
+
+    fn snapshot_with_acks(acks: &[u64]) -> Snapshot {
+        let members = acks
+            .iter()
+            .enumerate()
+            .map(|(i, g)| Member {
+                record: MemberRecord {
+                    node_id: format!("n{i}"),
+                    version: String::new(),
+                    targets: Vec::new(),
+                    applied_generation: *g,
+                    last_error: None,
+                    updated_at_ms: 0,
+                    public_key: None,
+                    unsealable_generation: None,
+                    certificate: None,
+                    key_signature: None,
+                    applied_digest: None,
+                },
+                live: true,
+            })
+            .collect();
+        Snapshot {
+            revision: 1,
+            leader: None,
+            ring: RingSlot::Absent,
+            ring_revision: 0,
+            members,
+            requests: Vec::new(),
+            unreadable_requests: Vec::new(),
+            requested_by: Vec::new(),
+            request_records: Vec::new(),
+            rejected: Vec::new(),
+            partial: false,
+            refused: Vec::new(),
+        }
+    }
+
+    /// A ring written after a rollback, a re-key or a bootstrap numbers above every
+    /// acknowledgement; one record claiming a generation near u64::MAX (a record decoded
+    /// elsewhere is refused above 2^48; this one is built by hand) is ignored, and the
+    /// renumbering is one step, whatever the numbers.
+    #[test]
+    fn a_repaired_ring_numbers_above_every_ack_and_ignores_absurd_ones() {
+        let p = Policy {
+            interval: Duration::from_secs(60),
+            retain: 1,
+        };
+        let ring = KeyRing::bootstrap(SystemTime::now(), &p, &mut OsKeySource);
+        let r = renumber_after(ring.clone(), &snapshot_with_acks(&[3, 7, 5]), 0);
+        assert_eq!(r.generation(), 8);
+        assert_eq!(r.keys(), ring.keys());
+        let r = renumber_after(ring.clone(), &snapshot_with_acks(&[3]), 10);
+        assert_eq!(r.generation(), 11, "above the newest this node saw");
+        let r = renumber_after(
+            ring.clone(),
+            &snapshot_with_acks(&[4, u64::MAX, u64::MAX - 1]),
+            2,
+        );
+        assert_eq!(r.generation(), 5, "absurd acknowledgements are ignored");
+        let r = renumber_after(ring, &snapshot_with_acks(&[]), u64::MAX);
+        assert_eq!(r.generation(), u64::MAX, "saturates, never wraps");
     }
 }

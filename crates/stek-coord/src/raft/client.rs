@@ -138,6 +138,7 @@ impl RaftClient {
                 lease: LeaseId(s.lease),
             }),
             ring: data.ring.map(|v| (format!("{p}ring"), v)),
+            ring_revision: i64::try_from(data.ring_revision).unwrap_or(i64::MAX),
             alive: data.alive.into_keys().collect(),
             members: data
                 .members
@@ -307,10 +308,15 @@ impl Coordinator for RaftClient {
                 lease: lease.0,
                 node_id: member.node_id.clone(),
                 value: member.encode(),
+                holder: Some(crate::holder_of(member)),
             })
             .await?
         {
             Applied::NoLease => Err(CoordError::LeaseExpired),
+            Applied::Held(holder) => Err(CoordError::Held {
+                node_id: member.node_id.clone(),
+                holder,
+            }),
             _ => Ok(()),
         }
     }
@@ -340,6 +346,7 @@ impl Coordinator for RaftClient {
     async fn write_ring(
         &self,
         term: Term,
+        ring_revision: i64,
         ring: &StoredRing,
         served_requests: &[String],
     ) -> Result<i64, CoordError> {
@@ -347,6 +354,7 @@ impl Coordinator for RaftClient {
             term: u64::try_from(term.0).unwrap_or(0),
             value: records::encode_ring(ring),
             served: served_requests.to_vec(),
+            expected: Some(u64::try_from(ring_revision).unwrap_or(0)),
         };
         match self.write(cmd).await? {
             Applied::Ok => Ok(0),

@@ -48,6 +48,10 @@ pub enum Command {
         node_id: String,
         /// Its encoded record.
         value: Vec<u8>,
+        /// Who registers ([`crate::holder_of`]): a second process with another sealing key is
+        /// refused while the first one's lease lives.
+        #[serde(default)]
+        holder: Option<String>,
     },
     /// A member's record (its acknowledgement).
     PutMember {
@@ -77,6 +81,10 @@ pub enum Command {
         value: Vec<u8>,
         /// Rotation requests the write serves (deleted with it).
         served: Vec<String>,
+        /// The ring revision the decision read ([`Data::ring_revision`]): a write decided on
+        /// another ring is refused.
+        #[serde(default)]
+        expected: Option<u64>,
     },
     /// A rotation request.
     PutRequest {
@@ -123,6 +131,8 @@ pub enum Applied {
     Stale,
     /// Refused: the lease does not exist (expired or revoked).
     NoLease,
+    /// Refused: another live process holds the node id (its holder).
+    Held(String),
 }
 
 /// The leader slot.
@@ -152,6 +162,12 @@ pub struct Data {
     pub leader: Option<LeaderSlot>,
     /// The ring record.
     pub ring: Option<Vec<u8>>,
+    /// The revision at which `ring` was written (0: never).
+    #[serde(default)]
+    pub ring_revision: u64,
+    /// Who registered each live node id ([`crate::holder_of`]).
+    #[serde(default)]
+    pub holders: BTreeMap<String, String>,
     /// The generation of `ring`.
     pub ring_generation: Option<u64>,
     /// Member records by node id.
@@ -179,6 +195,7 @@ impl Data {
                     return Applied::NoLease;
                 }
                 self.alive.retain(|_, l| l != lease);
+                self.holders.retain(|n, _| self.alive.contains_key(n));
                 if self.leader.as_ref().is_some_and(|s| s.lease == *lease) {
                     self.leader = None;
                 }
@@ -188,11 +205,28 @@ impl Data {
                 lease,
                 node_id,
                 value,
+                holder,
             } => {
                 if !self.leases.contains_key(lease) {
                     return Applied::NoLease;
                 }
+                let held = self
+                    .alive
+                    .get(node_id)
+                    .filter(|l| *l != lease && self.leases.contains_key(l))
+                    .map(|_| self.holders.get(node_id).cloned().unwrap_or_default());
+                if let Some(held) = held {
+                    let key = |h: &str| crate::holder_key(h).map(str::to_owned);
+                    let same =
+                        key(&held).is_some() && key(&held) == holder.as_deref().and_then(key);
+                    if !same {
+                        return Applied::Held(held);
+                    }
+                }
                 self.alive.insert(node_id.clone(), *lease);
+                if let Some(h) = holder {
+                    self.holders.insert(node_id.clone(), h.clone());
+                }
                 self.members.insert(node_id.clone(), value.clone());
                 Applied::Ok
             }
@@ -224,9 +258,20 @@ impl Data {
                 term,
                 value,
                 served,
+                expected,
             } => {
+                let written_in = |v: &[u8]| crate::records::decode_ring(v).ok().map(|r| r.term);
+                if self.ring.as_deref() == Some(value.as_slice())
+                    && written_in(value) == i64::try_from(*term).ok()
+                {
+                    // A retry of this term's write that landed (its reply was lost): done.
+                    return Applied::Ok;
+                }
                 if self.leader.as_ref().map(|s| s.term) != Some(*term) {
                     return Applied::Fenced;
+                }
+                if expected.is_some_and(|e| e != self.ring_revision) {
+                    return Applied::Stale;
                 }
                 let generation = crate::records::decode_ring(value)
                     .ok()
@@ -236,6 +281,7 @@ impl Data {
                 }
                 self.ring_generation = generation;
                 self.ring = Some(value.clone());
+                self.ring_revision = next;
                 for k in served {
                     self.requests.remove(k);
                 }
@@ -763,8 +809,10 @@ mod tests {
         let r2 = r1
             .rotated(std::time::SystemTime::now(), &p, &mut OsKeySource)
             .unwrap();
-        let enc = |r: &KeyRing| {
-            crate::records::encode_ring(&crate::StoredRing::seal("c", r, &p, "a", &[]).0)
+        let enc = |term: u64, r: &KeyRing| {
+            let mut stored = crate::StoredRing::seal("c", r, &p, "a", &[]).0;
+            stored.term = i64::try_from(term).unwrap();
+            crate::records::encode_ring(&stored)
         };
         let mut d = Data::default();
         assert_eq!(
@@ -797,11 +845,37 @@ mod tests {
         );
         let write = |term, r: &KeyRing| Command::WriteRing {
             term,
-            value: enc(r),
+            value: enc(term, r),
             served: vec![],
+            expected: None,
         };
-        assert_eq!(d.apply(&write(t1, &r1)), Applied::Ok);
-        assert_eq!(d.apply(&write(t1, &r1)), Applied::Stale, "not newer");
+        let first = write(t1, &r1);
+        assert_eq!(d.apply(&first), Applied::Ok);
+        let rev = d.revision;
+        assert_eq!(
+            d.apply(&first),
+            Applied::Ok,
+            "a retry of a write that landed is no conflict"
+        );
+        assert_eq!(d.revision, rev, "and changes nothing");
+        let other_r1 = KeyRing::bootstrap(std::time::SystemTime::now(), &p, &mut OsKeySource);
+        assert_eq!(
+            d.apply(&write(t1, &other_r1)),
+            Applied::Stale,
+            "another ring of the same generation is not newer"
+        );
+        let on = |expected, r: &KeyRing| Command::WriteRing {
+            term: t1,
+            value: enc(t1, r),
+            served: vec![],
+            expected: Some(expected),
+        };
+        assert_eq!(
+            d.apply(&on(d.ring_revision - 1, &r2)),
+            Applied::Stale,
+            "a write decided on an older ring is refused"
+        );
+        assert_eq!(d.ring_generation, Some(1));
         d.apply(&Command::Revoke { lease: 1 });
         assert!(d.leader.is_none(), "revoking the lease ends the leadership");
         let Applied::Elected(t2) = d.apply(&Command::Campaign {
@@ -888,6 +962,7 @@ mod tests {
             term: 1,
             value: b"SECRET-KEY-BYTES".to_vec(),
             served: vec![],
+            expected: None,
         };
         assert!(!format!("{c:?}").contains("SECRET"));
     }

@@ -199,6 +199,12 @@ struct Status {
     ring_signed_by: Option<String>,
     /// The config runs with `insecure = true` and no `[identity]`.
     insecure: bool,
+    /// How far the stored ring's stamps are ahead of this machine's clock, in whole seconds
+    /// (0 normally): its writer's clock ran at least that far ahead.
+    ring_clock_ahead_seconds: u64,
+    /// How far the ring's writer's clock is ahead of the members that acknowledged the ring,
+    /// from their acknowledgements' stamps (null: no acknowledgement to compare with).
+    writer_clock_ahead_seconds: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -233,6 +239,8 @@ struct MemberStatus {
     targets: Vec<String>,
     /// The stored ring holds a copy sealed to this member's current public key.
     sealed_copy: bool,
+    /// Its acknowledgement names the stored ring (generation and digest).
+    applied_stored_ring: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -299,6 +307,9 @@ fn status_of(cluster: &str, snap: &Snapshot, config_policy: &Policy) -> Status {
                     RingSlot::Valid(s) => s.usable_copy_for(&m.record),
                     _ => false,
                 },
+                applied_stored_ring: snap
+                    .valid_ring()
+                    .is_some_and(|s| m.record.acknowledges(&s.ring)),
             })
             .collect(),
         keys: ring
@@ -330,6 +341,12 @@ fn status_of(cluster: &str, snap: &Snapshot, config_policy: &Policy) -> Status {
             .collect(),
         ring_signed_by: None,
         insecure: false,
+        ring_clock_ahead_seconds: snap
+            .valid_ring()
+            .map_or(0, |r| stek_coord::clock::ring_ahead(r, now).as_secs()),
+        writer_clock_ahead_seconds: snap.valid_ring().and_then(|r| {
+            stek_coord::clock::writer_ahead_of_members(r, &snap.members).map(|d| d.as_secs())
+        }),
         rejected_records: snap
             .rejected
             .iter()
@@ -368,6 +385,15 @@ fn print_text(s: &Status) {
     }
     if s.pending_requests > 0 {
         println!("requests   {} pending", s.pending_requests);
+    }
+    let bound = stek_coord::clock::CLOCK_BOUND.as_secs();
+    if s.ring_clock_ahead_seconds > bound || s.writer_clock_ahead_seconds.is_some_and(|a| a > bound)
+    {
+        println!(
+            "clock      SKEWED: the ring's writer's clock is ahead by {}s of this machine and {} of the members that acknowledged it; fix its time source",
+            s.ring_clock_ahead_seconds,
+            s.writer_clock_ahead_seconds.map_or("?".to_owned(), |a| format!("{a}s"))
+        );
     }
     println!("\nmembers");
     println!(
@@ -483,11 +509,14 @@ impl AsyncStoreFn<ExitCode> for Rotate<'_> {
                 }
             }
             if let Some(g) = served_at {
-                let live: Vec<_> = snap.members.iter().filter(|m| m.live).collect();
+                // Counted as the leader counts them: an acknowledgement of another ring with
+                // this generation is no acknowledgement of this one.
+                let views = snap.member_views();
+                let live: Vec<_> = views.iter().filter(|m| m.live).collect();
                 let waiting: Vec<&str> = live
                     .iter()
-                    .filter(|m| m.record.applied_generation < g)
-                    .map(|m| m.record.node_id.as_str())
+                    .filter(|m| m.applied_generation < g)
+                    .map(|m| m.id.as_str())
                     .collect();
                 progress.show(live.len() - waiting.len(), live.len(), &waiting);
                 if waiting.is_empty() {

@@ -42,7 +42,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
                 let etcd = super::cluster::connect_etcd(&config, endpoints, access).await?;
                 let (_state, sealing) = open_state(&config)?;
                 let metrics = admin(&config).await?;
-                stek_node::node::run(&config, etcd, metrics, identity.as_ref(), sealing, shutdown_signal()).await;
+                stek_node::node::run(&config, etcd, metrics, identity.as_ref(), sealing, shutdown_signal()).await?;
             }
             Coordination::Raft { peers, client: true, .. } => {
                 tracing::info!("embedded coordinator, as a client of the peers {:?}", peers.keys().collect::<Vec<_>>());
@@ -51,7 +51,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
                 let metrics = admin(&config).await?;
                 let client = RaftClient::new(&config.cluster, peers.values().cloned().collect(), None)
                     .with_tls(tls);
-                stek_node::node::run(&config, client, metrics, identity.as_ref(), sealing, shutdown_signal()).await;
+                stek_node::node::run(&config, client, metrics, identity.as_ref(), sealing, shutdown_signal()).await?;
             }
             Coordination::Raft { listen, peers, data_dir, .. } => {
                 if peers.len() == 1 {
@@ -98,8 +98,9 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
                         }
                     }
                 };
-                stek_node::node::run(&config, client, metrics, identity.as_ref(), sealing, stop).await;
+                let stopped = stek_node::node::run(&config, client, metrics, identity.as_ref(), sealing, stop).await;
                 peer.shutdown().await;
+                stopped?;
                 let why = failed.lock().unwrap_or_else(|e| e.into_inner()).take();
                 return anyhow::Ok(why);
             }
