@@ -26,6 +26,21 @@ fn etcd_backend_passes_the_conformance_suite() {
 }
 
 #[test]
+fn in_memory_backend_passes_the_conformance_suite() {
+    init_logging();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let store = stek_coord::memory::Memory::new("conformance");
+    rt.block_on(conformance::run_all(|| {
+        let store = store.clone();
+        async move { store }
+    }));
+}
+
+#[test]
 fn raft_backend_passes_the_conformance_suite() {
     raft_conformance(None);
 }

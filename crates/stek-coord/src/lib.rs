@@ -24,6 +24,7 @@ use stek_core::MemberView;
 pub mod clock;
 pub mod etcd;
 pub mod identity;
+pub mod memory;
 pub mod raft;
 pub mod records;
 pub mod seal;

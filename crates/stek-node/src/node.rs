@@ -51,6 +51,44 @@ pub async fn run<C: Coordinator>(
     sealing: Identity,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
+    run_with(
+        config,
+        coord,
+        metrics,
+        identity,
+        sealing,
+        Arc::new(SystemClock),
+        shutdown,
+    )
+    .await
+}
+
+/// The wall clock a node reads: the system's, or a test's.
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// [`run`], reading the wall clock from `clock` (a test runs a node whose clock is off).
+pub async fn run_with<C: Coordinator>(
+    config: &Config,
+    coord: C,
+    metrics: Arc<Metrics>,
+    identity: Option<&NodeIdentity>,
+    sealing: Identity,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
     metrics
         .insecure
         .set(i64::from(config.insecure && identity.is_none()));
@@ -79,6 +117,7 @@ pub async fn run<C: Coordinator>(
         last_wait: None,
         held_since: None,
         clock_paused_until: None,
+        clock,
     };
     if let Some(pki) = identity {
         let mut enrolled = node.bare_record();
@@ -326,6 +365,8 @@ struct Node<'a, C> {
     /// Until when this node does not campaign: its clock was measured ahead of its members'
     /// by more than [`stek_coord::clock::CLOCK_BOUND`].
     clock_paused_until: Option<Instant>,
+    /// The wall clock.
+    clock: Arc<dyn Clock>,
 }
 
 impl<C: Coordinator> Node<'_, C> {
@@ -358,7 +399,14 @@ impl<C: Coordinator> Node<'_, C> {
             }
             .as_deref()
             .map(stek_coord::records::cut_error),
-            updated_at_ms: MemberRecord::now_ms(),
+            updated_at_ms: u64::try_from(
+                self.clock
+                    .now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis(),
+            )
+            .unwrap_or(u64::MAX),
             public_key: Some(self.identity.public().to_base64()),
             unsealable_generation: self.seal_error.as_ref().map(|(g, _, _)| *g),
             certificate: None,
@@ -371,7 +419,7 @@ impl<C: Coordinator> Node<'_, C> {
     /// older than one it accepted before (a replay).
     fn authenticated(&mut self, mut snap: Snapshot) -> Snapshot {
         if let Some(pki) = self.pki {
-            snap.authenticate(&pki.trust, SystemTime::now());
+            snap.authenticate(&pki.trust, self.clock.now());
         }
         if let RingSlot::Valid(stored) = &snap.ring {
             let generation = stored.ring.generation();
@@ -521,7 +569,7 @@ impl<C: Coordinator> Node<'_, C> {
     /// Updates the metrics and the readiness from a pass over `snap`.
     fn observe(&self, snap: &Snapshot) {
         let m = &self.metrics;
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         m.leader.set(i64::from(self.term.is_some()));
         m.ring_rejected
@@ -697,7 +745,7 @@ impl<C: Coordinator> Node<'_, C> {
         if let Some(pki) = self.pki {
             // A node whose own certificate no longer verifies (expired, revoked) would write
             // rings every other node refuses: it steps down and never campaigns.
-            match pki.trust.verify(pki.creds.cert_der(), SystemTime::now()) {
+            match pki.trust.verify(pki.creds.cert_der(), self.clock.now()) {
                 Ok(_) => self.own_identity_error = None,
                 Err(e) => {
                     let e = e.to_string();
@@ -771,7 +819,7 @@ impl<C: Coordinator> Node<'_, C> {
             return Some(Instant::now() + BACKOFF_MIN);
         }
         let policy = self.config.policy;
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let (ring, stored) = match &snap.ring {
             RingSlot::Valid(stored) => match self.plaintext(&stored.ring) {
                 Some(ring) => (Some(ring), Some(stored)),

@@ -1,0 +1,465 @@
+//! The node's decisions, tested in one process: real `stek node` loops (with real file
+//! targets in a temporary directory) sharing one in-memory store
+//! ([`stek_coord::memory::Memory`]), which a test can reach under, as a store restore, an
+//! operator's edit or a hostile writer would. No root, no processes, no network.
+//!
+//! Every wait is bounded and polls; nothing asserts a duration.
+#![allow(clippy::unwrap_used)] // test harness code: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use stek_coord::memory::Memory;
+use stek_coord::seal::Identity;
+use stek_coord::{Coordinator, RingSlot, Snapshot};
+use stek_node::admin::Metrics;
+use stek_node::node::{Clock, NodeError, SystemClock};
+use stek_node::Config;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const CLUSTER: &str = "scenarios";
+const TTL_SECS: u64 = 2;
+
+struct Running {
+    id: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), NodeError>>,
+    metrics: Arc<Metrics>,
+}
+
+struct Fleet {
+    store: Memory,
+    dir: tempfile::TempDir,
+    nodes: Vec<Running>,
+}
+
+/// A clock that runs `ahead` of the system's.
+struct Ahead(Duration);
+
+impl Clock for Ahead {
+    fn now(&self) -> SystemTime {
+        SystemTime::now() + self.0
+    }
+}
+
+impl Fleet {
+    fn new() -> Self {
+        // RUST_LOG=info shows the nodes' logs (the harness keeps them for failing tests).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        Self {
+            store: Memory::new(CLUSTER),
+            // Keys go only to a RAM disk (the writer checks): /dev/shm is one without root.
+            dir: tempfile::Builder::new()
+                .prefix("stek-scenarios-")
+                .tempdir_in("/dev/shm")
+                .expect("a temporary directory on /dev/shm"),
+            nodes: Vec::new(),
+        }
+    }
+
+    fn keys_file(&self, id: &str) -> PathBuf {
+        self.dir.path().join(id).join("envoy.keys")
+    }
+
+    fn config(&self, id: &str) -> Config {
+        let home = self.dir.path().join(id);
+        std::fs::create_dir_all(&home).unwrap();
+        // Keys go only where no other user can read them (the writer checks).
+        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let text = format!(
+            "cluster = \"{CLUSTER}\"\nnode_id = \"{id}\"\nstate_dir = \"{home}/state\"\ninsecure = true\n\
+             [etcd]\nendpoints = [\"http://127.0.0.1:1\"]\n\
+             [admin]\nenabled = false\n\
+             [rotation]\ninterval = \"1h\"\nretain = 1\nlease_ttl = \"{TTL_SECS}s\"\nmin_request_interval = \"0s\"\n\
+             [[target]]\nformat = \"envoy\"\npath = \"{home}/envoy.keys\"\n",
+            home = home.display()
+        );
+        let path = home.join("stek.toml");
+        std::fs::write(&path, &text).unwrap();
+        Config::parse(&path, &text).expect("a valid config")
+    }
+
+    /// Starts node `id` with sealing key `sealing` and clock `clock`.
+    fn start_as(&mut self, id: &str, sealing: Identity, clock: Arc<dyn Clock>) {
+        let config = self.config(id);
+        let store = self.store.clone();
+        let metrics = Arc::new(Metrics::new());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let m = metrics.clone();
+        let task = tokio::spawn(async move {
+            stek_node::node::run_with(&config, store, m, None, sealing, clock, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        self.nodes.push(Running {
+            id: id.to_owned(),
+            stop: Some(stop),
+            task,
+            metrics,
+        });
+    }
+
+    fn start(&mut self, id: &str) {
+        self.start_as(id, Identity::generate(), Arc::new(SystemClock));
+    }
+
+    /// Stops the node like SIGKILL: no resignation, no revoke; its lease runs out.
+    fn kill(&mut self, id: &str) {
+        let i = self.nodes.iter().position(|n| n.id == id).unwrap();
+        let n = self.nodes.remove(i);
+        n.task.abort();
+    }
+
+    async fn snap(&self) -> Snapshot {
+        self.store.snapshot().await.expect("the store answers")
+    }
+
+    async fn shutdown(mut self) {
+        for n in &mut self.nodes {
+            if let Some(stop) = n.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+        for n in self.nodes.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), n.task).await;
+        }
+    }
+}
+
+/// Polls `check` every 100 ms until it gives a value, at most `limit`.
+async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let tries = limit.as_millis() / 100;
+    for _ in 0..tries {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+/// The stored ring's generation once every live member acknowledged exactly that ring (by
+/// digest), and it is above `above`.
+fn converged_above(snap: &Snapshot, above: u64) -> Option<u64> {
+    let stored = snap.valid_ring()?;
+    let g = stored.ring.generation();
+    let live: Vec<_> = snap.members.iter().filter(|m| m.live).collect();
+    (g > above && !live.is_empty() && live.iter().all(|m| m.record.acknowledges(&stored.ring)))
+        .then_some(g)
+}
+
+async fn converged(fleet: &Fleet, above: u64) -> u64 {
+    wait_for(
+        Duration::from_secs(20),
+        "every live member to apply the ring",
+        || async { converged_above(&fleet.snap().await, above) },
+    )
+    .await
+}
+
+fn active(snap: &Snapshot) -> String {
+    snap.valid_ring()
+        .unwrap()
+        .ring
+        .active()
+        .fingerprint()
+        .to_string()
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_converge_and_rotate_on_request() {
+    let mut fleet = Fleet::new();
+    for id in ["n1", "n2", "n3"] {
+        fleet.start(id);
+    }
+    let g = converged(&fleet, 0).await;
+    let before = active(&fleet.snap().await);
+    fleet.store.request_rotation("test", None).await.unwrap();
+    let g2 = converged(&fleet, g).await;
+    let snap = fleet.snap().await;
+    assert_ne!(active(&snap), before, "the staged key became active");
+    assert!(snap.requests.is_empty(), "the request was served");
+    let files: Vec<Vec<u8>> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| read(&fleet.keys_file(id)))
+        .collect();
+    assert!(!files[0].is_empty());
+    assert!(
+        files.iter().all(|f| *f == files[0]),
+        "every box holds the same keys"
+    );
+    assert!(fleet
+        .nodes
+        .iter()
+        .all(|n| n.metrics.applied_generation.get() >= i64::try_from(g2).unwrap()));
+    fleet.shutdown().await;
+}
+
+/// An operator deletes the ring: the leader writes the keys it holds back, numbered above
+/// every acknowledgement; nothing changes on disk, and no key activates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_ring_is_written_back_above_every_ack_with_the_same_keys() {
+    let mut fleet = Fleet::new();
+    for id in ["n1", "n2", "n3"] {
+        fleet.start(id);
+    }
+    let g = converged(&fleet, 0).await;
+    let snap = fleet.snap().await;
+    let keys_before = snap.valid_ring().unwrap().ring.keys().to_vec();
+    let files_before = read(&fleet.keys_file("n2"));
+    fleet.store.delete_raw("ring");
+    let g2 = converged(&fleet, g).await;
+    let snap = fleet.snap().await;
+    let max_ack = snap
+        .members
+        .iter()
+        .map(|m| m.record.applied_generation)
+        .max()
+        .unwrap();
+    assert_eq!(g2, max_ack, "acknowledged by all");
+    let keys: Vec<_> = snap
+        .valid_ring()
+        .unwrap()
+        .ring
+        .keys()
+        .iter()
+        .map(|k| (k.epoch, k.key))
+        .collect();
+    let was: Vec<_> = keys_before.iter().map(|k| (k.epoch, k.key)).collect();
+    assert_eq!(keys, was, "the same keys, written back");
+    assert_eq!(
+        read(&fleet.keys_file("n2")),
+        files_before,
+        "nothing changed on disk"
+    );
+    fleet.shutdown().await;
+}
+
+/// A store restored from an old backup holds an older ring: no node applies it, no
+/// acknowledgement counts for it, and the leader writes the current keys back above it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_older_ring_is_never_applied_and_the_current_keys_are_written_back() {
+    let mut fleet = Fleet::new();
+    for id in ["n1", "n2", "n3"] {
+        fleet.start(id);
+    }
+    let g1 = converged(&fleet, 0).await;
+    let old = fleet.store.get_raw("ring").unwrap();
+    fleet.store.request_rotation("test", None).await.unwrap();
+    let g2 = converged(&fleet, g1).await;
+    let current_active = active(&fleet.snap().await);
+    let files = read(&fleet.keys_file("n3"));
+    fleet.store.put_raw("ring", &old);
+    // While the old ring is stored, nobody's applied generation goes down.
+    let g3 = wait_for(
+        Duration::from_secs(20),
+        "the current keys written back",
+        || async {
+            for n in &fleet.nodes {
+                assert!(
+                    n.metrics.applied_generation.get() >= i64::try_from(g2).unwrap(),
+                    "{} applied the restored ring",
+                    n.id
+                );
+            }
+            converged_above(&fleet.snap().await, g2)
+        },
+    )
+    .await;
+    let snap = fleet.snap().await;
+    assert_eq!(
+        active(&snap),
+        current_active,
+        "the active key did not change"
+    );
+    assert!(g3 > g2);
+    assert_eq!(read(&fleet.keys_file("n3")), files);
+    fleet.shutdown().await;
+}
+
+/// A record claiming a generation near u64::MAX is refused, does not hang the leader, and
+/// a ring written back after it is numbered as if it were not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_member_record_is_refused_and_rotation_goes_on() {
+    let mut fleet = Fleet::new();
+    for id in ["n1", "n2"] {
+        fleet.start(id);
+    }
+    let g = converged(&fleet, 0).await;
+    let mut evil = fleet.snap().await.members[0].record.clone();
+    evil.node_id = "evil".into();
+    evil.applied_generation = u64::MAX - 1;
+    fleet.store.put_raw("members/evil", &evil.encode());
+    fleet.store.request_rotation("test", None).await.unwrap();
+    let g2 = converged(&fleet, g).await;
+    let snap = fleet.snap().await;
+    assert!(snap
+        .rejected
+        .iter()
+        .any(|(k, _)| k.ends_with("members/evil")));
+    fleet.store.delete_raw("ring");
+    let g3 = converged(&fleet, g2).await;
+    assert!(
+        g3 < 1000,
+        "numbered above the real acknowledgements only: {g3}"
+    );
+    fleet.shutdown().await;
+}
+
+/// A second process with a live node id (another box's sealing key) refuses to run and names
+/// the holder; a restart of the same box (its sealing key kept) takes its id over at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_a_live_node_id_refuses_and_a_restart_takes_over() {
+    let mut fleet = Fleet::new();
+    let n1_key = Identity::generate();
+    let n1_public = n1_key.public().id().to_string();
+    let copy = Identity::from_secret(&n1_key.secret_bytes()).unwrap();
+    fleet.start_as("n1", copy, Arc::new(SystemClock));
+    fleet.start("n2");
+    let g = converged(&fleet, 0).await;
+
+    fleet.start_as("n1", Identity::generate(), Arc::new(SystemClock));
+    let impostor = fleet.nodes.pop().unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(20), impostor.task)
+        .await
+        .expect("the second process stops by itself")
+        .unwrap();
+    match refused {
+        Err(NodeError::NodeIdHeld { node_id, holder }) => {
+            assert_eq!(node_id, "n1");
+            assert!(holder.contains(&n1_public), "the holder is named: {holder}");
+        }
+        other => panic!("a second n1 must refuse to run, got {other:?}"),
+    }
+    assert_eq!(
+        fleet.snap().await.valid_ring().unwrap().ring.generation(),
+        g
+    );
+
+    // SIGKILL and restart with the same sealing key: its lease still lives, and it takes over.
+    fleet.kill("n1");
+    fleet.start_as("n1", n1_key, Arc::new(SystemClock));
+    fleet.store.request_rotation("test", None).await.unwrap();
+    converged(&fleet, g).await;
+    assert!(
+        !fleet.nodes.iter().any(|n| n.task.is_finished()),
+        "nobody stopped"
+    );
+    fleet.shutdown().await;
+}
+
+/// A leader whose clock is a year fast: its members' acknowledgements show it; it stops
+/// leading, and the next leader pulls the year-out schedule back to one interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_with_a_fast_clock_steps_down_and_the_schedule_is_pulled_back() {
+    let mut fleet = Fleet::new();
+    let year = Duration::from_secs(365 * 24 * 3600);
+    fleet.start_as("fast", Identity::generate(), Arc::new(Ahead(year)));
+    let g = wait_for(
+        Duration::from_secs(20),
+        "the fast node's first ring",
+        || async {
+            let snap = fleet.snap().await;
+            snap.valid_ring().map(|r| r.ring.generation())
+        },
+    )
+    .await;
+    let snap = fleet.snap().await;
+    assert_eq!(snap.leader.as_ref().unwrap().node_id, "fast");
+    assert!(
+        stek_coord::clock::ring_ahead(snap.valid_ring().unwrap(), SystemTime::now()) > year / 2
+    );
+    fleet.start("n2");
+    fleet.start("n3");
+    let next = wait_for(
+        Duration::from_secs(30),
+        "a sane leader to pull the schedule back",
+        || async {
+            let snap = fleet.snap().await;
+            let leader = snap.leader.as_ref()?;
+            let ring = snap.valid_ring()?;
+            (leader.node_id != "fast" && ring.ring.generation() > g)
+                .then(|| ring.ring.next_rotation_at())
+                .filter(|at| *at < SystemTime::now() + Duration::from_secs(2 * 3600))
+        },
+    )
+    .await;
+    assert!(
+        next > SystemTime::now(),
+        "the next rotation is ahead, one interval out"
+    );
+    let snap = fleet.snap().await;
+    assert_ne!(snap.leader.as_ref().unwrap().node_id, "fast");
+    assert!(matches!(snap.ring, RingSlot::Valid(_)));
+    fleet.shutdown().await;
+}
+
+/// Another ring with the generation every node applied (a write that landed late, a restore
+/// of a same-numbered ring): nodes apply it, since a ring is known by its digest, and an
+/// acknowledgement of the old one does not count for it; the next rotation activates the new
+/// ring's staged key, which every node then holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_ring_with_the_applied_generation_is_applied_and_old_acks_do_not_count() {
+    let mut fleet = Fleet::new();
+    for id in ["n1", "n2", "n3"] {
+        fleet.start(id);
+    }
+    let g = converged(&fleet, 0).await;
+    let snap = fleet.snap().await;
+    let stored = snap.valid_ring().unwrap();
+    let policy = stored.policy;
+    let alias =
+        stek_core::KeyRing::bootstrap(SystemTime::now(), &policy, &mut stek_core::OsKeySource)
+            .renumbered(g);
+    assert_eq!(alias.generation(), g);
+    let recipients: Vec<_> = snap
+        .members
+        .iter()
+        .filter_map(|m| Some((m.record.node_id.clone(), m.record.sealing_key()?)))
+        .collect();
+    let (mut written, _) =
+        stek_coord::StoredRing::seal(CLUSTER, &alias, &policy, &stored.written_by, &recipients);
+    written.term = stored.term;
+    fleet
+        .store
+        .put_raw("ring", &stek_coord::records::encode_ring(&written));
+    let alias_digest = alias.digest().to_string();
+    wait_for(
+        Duration::from_secs(20),
+        "every node to apply the other ring",
+        || async {
+            let snap = fleet.snap().await;
+            let all = snap
+                .members
+                .iter()
+                .filter(|m| m.live)
+                .all(|m| m.record.applied_digest.as_deref() == Some(alias_digest.as_str()));
+            all.then_some(())
+        },
+    )
+    .await;
+    fleet.store.request_rotation("test", None).await.unwrap();
+    let g2 = converged(&fleet, g).await;
+    let snap = fleet.snap().await;
+    assert_eq!(
+        snap.valid_ring().unwrap().ring.active().fingerprint(),
+        alias.staged().unwrap().fingerprint(),
+        "the other ring's staged key is the one activated (at generation {g2})"
+    );
+    fleet.shutdown().await;
+}
