@@ -4,12 +4,22 @@
 //! The node loop updates [`Metrics`] on every pass; the listener only reads it. Nothing here
 //! ever holds key bytes: keys appear as epochs and fingerprints, members as node ids.
 //! docs/metrics.md lists every metric; a cluster test scrapes each one.
+//!
+//! The listener bounds what a connection may hold (see [`Limits`]), so that idle or slow
+//! clients cannot exhaust the process's file descriptors:
+//! - [`ADMIN_MAX_CONNECTIONS`] (64) connections at once; past it a new connection is closed at
+//!   once, and the refusals are logged at most once a minute. A scraper and a probe or two need
+//!   a handful;
+//! - [`ADMIN_HEADER_TIMEOUT`] (10 s) for a request's headers, counted from when the listener
+//!   waits for them: it also closes a keep-alive connection idle that long (Prometheus opens
+//!   another at its next scrape);
+//! - [`ADMIN_CONNECTION_TIMEOUT`] (30 s) for a whole connection, however busy.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -21,7 +31,38 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
+
+/// How many connections the admin listener serves at once.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// How long a request's headers may take, counted from when the listener waits for them.
+pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may last.
+pub const ADMIN_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often at most the listener logs that it refuses connections past its cap.
+const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the admin listener allows a connection (the module docs say why these values).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections at once.
+    pub connections: usize,
+    /// For a request's headers.
+    pub header: Duration,
+    /// For a whole connection.
+    pub connection: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connections: ADMIN_MAX_CONNECTIONS,
+            header: ADMIN_HEADER_TIMEOUT,
+            connection: ADMIN_CONNECTION_TIMEOUT,
+        }
+    }
+}
 
 /// Labels of a per-target metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -281,9 +322,22 @@ pub fn unix(t: SystemTime) -> f64 {
 
 /// Binds the listener now (so a port in use fails the start) and serves it in a task.
 pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    serve_within(listen, metrics, Limits::default()).await
+}
+
+/// [`serve`] within `limits`.
+pub async fn serve_within(
+    listen: SocketAddr,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(listen).await?;
     let bound = listener.local_addr()?;
+    let slots = Arc::new(Semaphore::new(limits.connections));
     tokio::spawn(async move {
+        // Refused connections not logged yet, and when they last were.
+        let mut unsaid = 0u64;
+        let mut last_said: Option<Instant> = None;
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
@@ -293,6 +347,19 @@ pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                drop(stream);
+                unsaid += 1;
+                if last_said.is_none_or(|t| t.elapsed() >= REFUSED_LOG_INTERVAL) {
+                    warn!(
+                        "admin listener: closed {unsaid} new connection(s) at once since the last such message: {} are open, the most it serves. Something holds connections open (`ss -tn` shows who)",
+                        limits.connections
+                    );
+                    unsaid = 0;
+                    last_said = Some(Instant::now());
+                }
+                continue;
+            };
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
@@ -300,10 +367,17 @@ pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result
                     async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(limits.header)
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                if let Err(e) = tokio::time::timeout(Duration::from_secs(30), conn).await {
-                    debug!(%peer, "admin connection: {e}");
+                match tokio::time::timeout(limits.connection, conn).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!(%peer, "admin connection: {e}"),
+                    Err(_) => {
+                        debug!(%peer, "admin connection closed after {:?}", limits.connection)
+                    }
                 }
+                drop(slot);
             });
         }
     });
@@ -398,6 +472,107 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
+    }
+
+    /// Every listener test's bound: a listener that fails to close a connection fails the
+    /// test rather than hanging it.
+    const BOUND: Duration = Duration::from_secs(10);
+
+    async fn listen(limits: Limits) -> SocketAddr {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        serve_within(any, Arc::new(Metrics::new()), limits)
+            .await
+            .unwrap()
+    }
+
+    /// Whether the server closed `stream` (end of file or reset) within [`BOUND`], reading and
+    /// discarding whatever it sent first.
+    async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
+        use tokio::io::AsyncReadExt;
+        let drain = async {
+            let mut sink = [0u8; 1024];
+            loop {
+                match stream.read(&mut sink).await {
+                    Ok(0) => return true,
+                    Ok(_) => continue,
+                    Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+                }
+            }
+        };
+        tokio::time::timeout(BOUND, drain).await.unwrap_or(false)
+    }
+
+    /// `GET /healthz` on `stream`; the response's status line (empty if the connection was
+    /// closed without one).
+    async fn healthz(stream: &mut tokio::net::TcpStream) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        let mut response = Vec::new();
+        let exchange = async {
+            stream.write_all(request).await?;
+            stream.read_to_end(&mut response).await
+        };
+        let _ = tokio::time::timeout(BOUND, exchange).await;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        text.lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_headers_never_end_is_closed() {
+        use tokio::io::AsyncWriteExt;
+        let addr = listen(Limits {
+            connections: 4,
+            header: Duration::from_millis(200),
+            connection: Duration::from_secs(30),
+        })
+        .await;
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n")
+            .await
+            .unwrap();
+        assert!(closed_by_server(&mut slow).await);
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(closed_by_server(&mut silent).await);
+        // A keep-alive connection idle after its answer is closed the same way.
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(closed_by_server(&mut idle).await);
+        let mut prompt = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert_eq!(healthz(&mut prompt).await, "HTTP/1.1 200 OK");
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_are_closed_and_earlier_ones_still_work() {
+        let addr = listen(Limits {
+            connections: 2,
+            header: Duration::from_secs(30),
+            connection: Duration::from_secs(30),
+        })
+        .await;
+        let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The listener accepts in order: these two hold both slots when the third comes.
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(closed_by_server(&mut third).await);
+        assert_eq!(healthz(&mut first).await, "HTTP/1.1 200 OK");
+        assert_eq!(healthz(&mut second).await, "HTTP/1.1 200 OK");
+        // Their slots are free again once they are closed.
+        let served = async {
+            loop {
+                let mut next = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let status = healthz(&mut next).await;
+                if !status.is_empty() {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        assert_eq!(
+            tokio::time::timeout(BOUND, served).await.unwrap(),
+            "HTTP/1.1 200 OK"
+        );
     }
 
     #[test]

@@ -2,8 +2,26 @@
 //! JSON body. Carries Raft's own RPCs and the coordinator's client calls: over mutual TLS
 //! between peers (`[identity]`), or over a Unix socket in a root-only directory for the
 //! single-box default (an address `unix:/path`), where the kernel says who connected.
+//!
+//! The listener (`serve`) bounds what a connection may hold, so that idle or slow clients
+//! cannot exhaust the process's file descriptors or memory (see [`Limits`]):
+//! - [`PEER_MAX_CONNECTIONS`] (512) connections at once, TLS handshakes included; past it a new
+//!   connection is closed at once, and the refusals are logged at most once a minute. Each
+//!   client box holds about one connection to the leader (its watch), so this also bounds the
+//!   clients one group serves;
+//! - [`PEER_HANDSHAKE_TIMEOUT`] (10 s) for the TLS handshake;
+//! - [`PEER_IDLE_TIMEOUT`] (10 s) for a request to begin. A connection carries one request,
+//!   written as soon as it is open, and no client reuses one, so nothing legitimate waits this
+//!   long (Raft's heartbeat is 150 ms, a client call gives up after 2 s);
+//! - [`PEER_FRAME_TIMEOUT`] (10 s) for the rest of a request once its first byte came, and for
+//!   the reply to be taken;
+//! - frames of [`MAX_FRAME`] (64 MiB) at most, whose buffer grows as their bytes arrive (from
+//!   [`FRAME_CHUNK`], 64 KiB, to at most twice what has arrived): a declared length costs
+//!   nothing until it is sent.
 
-use std::time::Duration;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -17,8 +35,11 @@ use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
 
 use super::tls::PeerTls;
 
@@ -26,7 +47,44 @@ use super::store::{Applied, Command, Data};
 use super::TypeConfig;
 
 /// The largest message accepted.
-const MAX_FRAME: u32 = 64 << 20;
+pub const MAX_FRAME: u32 = 64 << 20;
+/// A frame's first buffer; it grows from there only as the bytes arrive.
+pub const FRAME_CHUNK: usize = 64 << 10;
+/// How long a TLS handshake may take before the connection is closed.
+pub const PEER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may stay silent before its request begins.
+pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the rest of a frame may take once it has begun (a request), or to be taken (a
+/// reply).
+pub const PEER_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many connections the peer listener serves at once.
+pub const PEER_MAX_CONNECTIONS: usize = 512;
+/// How often at most the listener logs that it refuses connections past its cap.
+const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the peer listener allows a connection (the module docs say why these values).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// For the TLS handshake.
+    pub handshake: Duration,
+    /// For a request to begin.
+    pub idle: Duration,
+    /// For the rest of a request once begun, and for the reply to be taken.
+    pub frame: Duration,
+    /// Connections at once.
+    pub connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake: PEER_HANDSHAKE_TIMEOUT,
+            idle: PEER_IDLE_TIMEOUT,
+            frame: PEER_FRAME_TIMEOUT,
+            connections: PEER_MAX_CONNECTIONS,
+        }
+    }
+}
 
 /// A request to a peer.
 #[derive(Debug, Serialize, Deserialize)]
@@ -289,6 +347,18 @@ pub async fn write_frame<S: AsyncWrite + Unpin>(
 
 /// Reads one frame.
 pub async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    read_frame_into(stream, &mut body).await?;
+    Ok(body)
+}
+
+/// Reads one frame into `body`, whose buffer grows as the bytes arrive: to [`FRAME_CHUNK`]
+/// first, then to at most twice what has arrived, never beyond the declared length. A peer
+/// that declares a large frame and sends nothing costs one chunk.
+async fn read_frame_into<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    body: &mut Vec<u8>,
+) -> std::io::Result<()> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len);
@@ -298,9 +368,214 @@ pub async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result
             format!("a peer sent a {len}-byte message; the limit is {MAX_FRAME}"),
         ));
     }
-    let mut body = vec![0u8; len as usize];
-    stream.read_exact(&mut body).await?;
+    let len = len as usize;
+    body.clear();
+    while body.len() < len {
+        if body.len() == body.capacity() {
+            // Doubling (from one chunk) keeps the copies few; the bytes must be here first.
+            let grow = body.len().max(FRAME_CHUNK).min(len - body.len());
+            body.reserve_exact(grow);
+        }
+        let left = (len - body.len()) as u64;
+        let got = (&mut *stream).take(left).read_buf(body).await?;
+        if got == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the connection closed {} bytes into a {len}-byte message",
+                    body.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a connection's one request: its first byte within `limits.idle`, the rest of the
+/// frame within `limits.frame`.
+async fn read_request<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limits: &Limits,
+) -> std::io::Result<Vec<u8>> {
+    let mut first = [0u8; 1];
+    let got = tokio::time::timeout(limits.idle, stream.read(&mut first))
+        .await
+        .map_err(|_| timed_out(format!("no request began within {:?}", limits.idle)))??;
+    if got == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the connection closed before sending a request",
+        ));
+    }
+    let mut body = Vec::new();
+    let mut rest = (&first[..]).chain(&mut *stream);
+    tokio::time::timeout(limits.frame, read_frame_into(&mut rest, &mut body))
+        .await
+        .map_err(|_| {
+            timed_out(format!(
+                "a request did not arrive within {:?} of its first byte",
+                limits.frame
+            ))
+        })??;
     Ok(body)
+}
+
+fn timed_out(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what)
+}
+
+/// Who is at the other end of a connection, as the transport says.
+#[derive(Debug)]
+pub(crate) enum Origin {
+    /// The Unix socket, from a process of this user or root.
+    Local,
+    /// Plain TCP (`insecure = true`).
+    Plain,
+    /// Mutual TLS: the certificate chain the client presented.
+    Tls(Vec<CertificateDer<'static>>),
+}
+
+/// A connection a [`Listener`] accepted.
+enum Accepted {
+    Tcp(TcpStream, SocketAddr),
+    Unix(UnixStream),
+}
+
+impl Listener {
+    /// The next connection. A Unix socket's caller must be this user or root: the socket's
+    /// directory lets only this user in, and the kernel's word is checked as well.
+    async fn accept(&self) -> std::io::Result<Option<Accepted>> {
+        match self {
+            Self::Tcp(l) => {
+                let (stream, from) = l.accept().await?;
+                Ok(Some(Accepted::Tcp(stream, from)))
+            }
+            Self::Unix(l, _) => {
+                let (stream, _) = l.accept().await?;
+                let uid = stream.peer_cred().map(|c| c.uid()).ok();
+                if !uid.is_some_and(|u| u == 0 || u == nix::unistd::geteuid().as_raw()) {
+                    warn!(?uid, "refused a local connection from another user");
+                    return Ok(None);
+                }
+                Ok(Some(Accepted::Unix(stream)))
+            }
+        }
+    }
+}
+
+/// Counts the connections refused past the cap, so that they are logged at most once per
+/// [`REFUSED_LOG_INTERVAL`] (a flood of connections must not flood the log too).
+#[derive(Debug, Default)]
+struct Refusals {
+    unsaid: u64,
+    last_said: Option<Instant>,
+}
+
+impl Refusals {
+    /// Counts one refusal at `now`; the number to log, if it is time to say so.
+    fn refuse(&mut self, now: Instant) -> Option<u64> {
+        self.unsaid += 1;
+        if self
+            .last_said
+            .is_some_and(|t| now.duration_since(t) < REFUSED_LOG_INTERVAL)
+        {
+            return None;
+        }
+        self.last_said = Some(now);
+        Some(std::mem::take(&mut self.unsaid))
+    }
+}
+
+/// Serves `listener` within `limits` (over mutual TLS when `tls` is given): each connection
+/// carries one request frame, which `answer` turns into the reply's body (an error closes the
+/// connection without a reply).
+pub(crate) async fn serve<F, Fut>(
+    listener: Listener,
+    tls: Option<Arc<PeerTls>>,
+    limits: Limits,
+    answer: F,
+) where
+    F: Fn(Origin, Vec<u8>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = std::io::Result<Vec<u8>>> + Send + 'static,
+{
+    let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone()));
+    let slots = Arc::new(Semaphore::new(limits.connections));
+    let mut refusals = Refusals::default();
+    loop {
+        let conn = match listener.accept().await {
+            Ok(Some(conn)) => conn,
+            Ok(None) => continue,
+            Err(e) => {
+                warn!("raft listener: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(conn);
+            if let Some(n) = refusals.refuse(Instant::now()) {
+                warn!(
+                    "raft listener: closed {n} new connection(s) at once since the last such message: {} are open, the most a peer serves. Either more client boxes watch this leader than it serves (use etcd for such a fleet) or something holds connections open (`ss -tn` shows who)",
+                    limits.connections
+                );
+            }
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            let served = match (conn, acceptor) {
+                (Accepted::Unix(s), _) => serve_one(s, Origin::Local, &limits, answer).await,
+                (Accepted::Tcp(s, _), None) => serve_one(s, Origin::Plain, &limits, answer).await,
+                (Accepted::Tcp(s, from), Some(acceptor)) => {
+                    match tokio::time::timeout(limits.handshake, acceptor.accept(s)).await {
+                        Err(_) => {
+                            debug!(%from, "closed a peer connection whose TLS handshake did not finish within {:?}", limits.handshake);
+                            return;
+                        }
+                        Ok(Err(e)) => {
+                            warn!(%from, "refused a peer connection without a valid certificate: {e}");
+                            return;
+                        }
+                        Ok(Ok(s)) => {
+                            let certs = s.get_ref().1.peer_certificates().unwrap_or_default();
+                            let origin = Origin::Tls(certs.to_vec());
+                            serve_one(s, origin, &limits, answer).await
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
+                debug!("peer connection: {e}");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Reads the request, answers it and writes the reply, each within `limits`.
+async fn serve_one<S, F, Fut>(
+    mut stream: S,
+    origin: Origin,
+    limits: &Limits,
+    answer: F,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Fn(Origin, Vec<u8>) -> Fut,
+    Fut: Future<Output = std::io::Result<Vec<u8>>>,
+{
+    let body = read_request(&mut stream, limits).await?;
+    let reply = answer(origin, body).await?;
+    let send = async {
+        write_frame(&mut stream, &reply).await?;
+        // Close our side cleanly (a TLS close_notify) so the caller sees no truncation.
+        let _ = stream.shutdown().await;
+        Ok(())
+    };
+    tokio::time::timeout(limits.frame, send)
+        .await
+        .map_err(|_| timed_out(format!("the reply was not taken within {:?}", limits.frame)))?
 }
 
 /// Raft's view of the network: a connection to one peer per RPC.
@@ -402,5 +677,224 @@ impl RaftNetwork<TypeConfig> for PeerLink {
             }
             other => Err(self.unexpected(other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every test's bound: a listener that fails to close a connection fails the test rather
+    /// than hanging it.
+    const BOUND: Duration = Duration::from_secs(10);
+
+    fn limits(handshake_ms: u64, idle_ms: u64, frame_ms: u64, connections: usize) -> Limits {
+        Limits {
+            handshake: Duration::from_millis(handshake_ms),
+            idle: Duration::from_millis(idle_ms),
+            frame: Duration::from_millis(frame_ms),
+            connections,
+        }
+    }
+
+    /// Answers every request with where it came from: 1 for TLS with a certificate, 2 for
+    /// plain TCP, 3 for the Unix socket.
+    async fn origin_reply(origin: Origin, _body: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        let reply = match origin {
+            Origin::Tls(certs) if !certs.is_empty() => Reply::Revision(1),
+            Origin::Tls(_) => Reply::Error("no certificate".into()),
+            Origin::Plain => Reply::Revision(2),
+            Origin::Local => Reply::Revision(3),
+        };
+        Ok(serde_json::to_vec(&reply)?)
+    }
+
+    /// Starts `serve` on a loopback port; its address.
+    async fn listen(limits: Limits, tls: Option<PeerTls>) -> String {
+        let listener = Listener::bind("127.0.0.1:0").await.unwrap();
+        let Listener::Tcp(l) = &listener else {
+            unreachable!("a TCP address binds TCP")
+        };
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(serve(listener, tls.map(Arc::new), limits, origin_reply));
+        addr
+    }
+
+    fn peer_tls() -> PeerTls {
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let ca = crate::identity::init_ca("limits", year).unwrap();
+        let role = crate::identity::Role::Member("p1".into());
+        let cert =
+            crate::identity::issue(&ca.cert, &ca.key, &role, &["127.0.0.1".into()], year).unwrap();
+        PeerTls::from_pem(
+            ca.cert.as_bytes(),
+            cert.cert.as_bytes(),
+            cert.key.as_bytes(),
+        )
+        .unwrap()
+    }
+
+    /// Whether the server closed `stream` (end of file or reset) within [`BOUND`], reading and
+    /// discarding whatever it sent first.
+    async fn closed_by_server(stream: &mut TcpStream) -> bool {
+        let drain = async {
+            let mut sink = [0u8; 1024];
+            loop {
+                match stream.read(&mut sink).await {
+                    Ok(0) => return true,
+                    Ok(_) => continue,
+                    Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+                }
+            }
+        };
+        tokio::time::timeout(BOUND, drain).await.unwrap_or(false)
+    }
+
+    async fn revision(addr: &str, tls: Option<&PeerTls>) -> std::io::Result<u64> {
+        match call(addr, &Request::Members, BOUND, tls).await? {
+            Reply::Revision(r) => Ok(r),
+            other => Err(std::io::Error::other(format!("{other:?}"))),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_buffer_grows_only_as_its_bytes_arrive() {
+        // A length just under the limit, then 100 bytes, then the end.
+        let mut input = (MAX_FRAME - 1).to_be_bytes().to_vec();
+        input.extend([7u8; 100]);
+        let mut body = Vec::new();
+        let e = read_frame_into(&mut &input[..], &mut body)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+        assert_eq!(body.len(), 100);
+        assert!(body.capacity() <= FRAME_CHUNK, "{}", body.capacity());
+
+        // The same length, then nothing: the reader waits with no more than a chunk reserved.
+        let (mut writer, mut reader) = tokio::io::duplex(1024);
+        writer
+            .write_all(&(MAX_FRAME - 1).to_be_bytes())
+            .await
+            .unwrap();
+        let mut body = Vec::new();
+        let stalled = tokio::time::timeout(
+            Duration::from_millis(100),
+            read_frame_into(&mut reader, &mut body),
+        )
+        .await;
+        assert!(stalled.is_err(), "the frame cannot be complete");
+        assert!(body.capacity() <= FRAME_CHUNK, "{}", body.capacity());
+        drop(writer);
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_limit_is_refused_and_a_large_one_arrives_whole() {
+        let over = (MAX_FRAME + 1).to_be_bytes();
+        let e = read_frame(&mut &over[..]).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+
+        // Several chunks, written while they are read.
+        let sent: Vec<u8> = (0..3 * FRAME_CHUNK + 17).map(|i| i as u8).collect();
+        let (mut writer, mut reader) = tokio::io::duplex(4096);
+        let write = {
+            let sent = sent.clone();
+            tokio::spawn(async move { write_frame(&mut writer, &sent).await })
+        };
+        let got = read_frame(&mut reader).await.unwrap();
+        write.await.unwrap().unwrap();
+        assert_eq!(got, sent);
+        assert!(got.capacity() <= sent.len(), "{}", got.capacity());
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_never_starts_its_tls_handshake_is_closed() {
+        let tls = peer_tls();
+        let addr = listen(limits(200, 30_000, 30_000, 8), Some(tls.clone())).await;
+        let mut silent = TcpStream::connect(&addr).await.unwrap();
+        assert!(closed_by_server(&mut silent).await);
+        // A client that does shake hands is served.
+        assert_eq!(revision(&addr, Some(&tls)).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_no_request_is_closed() {
+        let addr = listen(limits(30_000, 200, 30_000, 8), None).await;
+        let mut silent = TcpStream::connect(&addr).await.unwrap();
+        assert!(closed_by_server(&mut silent).await);
+        assert_eq!(revision(&addr, None).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_declares_a_large_length_and_stalls_is_closed() {
+        let addr = listen(limits(30_000, 30_000, 200, 8), None).await;
+        let mut stalled = TcpStream::connect(&addr).await.unwrap();
+        stalled
+            .write_all(&(MAX_FRAME - 1).to_be_bytes())
+            .await
+            .unwrap();
+        stalled.write_all(b"{").await.unwrap();
+        assert!(closed_by_server(&mut stalled).await);
+        assert_eq!(revision(&addr, None).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_are_closed_and_earlier_ones_still_work() {
+        let addr = listen(limits(30_000, 30_000, 30_000, 2), None).await;
+        let mut first = TcpStream::connect(&addr).await.unwrap();
+        let mut second = TcpStream::connect(&addr).await.unwrap();
+        // The listener accepts in order: these two hold both slots when the third comes.
+        let mut third = TcpStream::connect(&addr).await.unwrap();
+        assert!(closed_by_server(&mut third).await);
+
+        let request = serde_json::to_vec(&Request::Members).unwrap();
+        for held in [&mut first, &mut second] {
+            write_frame(held, &request).await.unwrap();
+            let reply: Reply = serde_json::from_slice(&read_frame(held).await.unwrap()).unwrap();
+            assert!(matches!(reply, Reply::Revision(2)), "{reply:?}");
+        }
+        // Their slots are free again once the server has closed them.
+        assert!(closed_by_server(&mut first).await);
+        assert!(closed_by_server(&mut second).await);
+        let served = async {
+            loop {
+                match revision(&addr, None).await {
+                    Ok(r) => return r,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        };
+        assert_eq!(tokio::time::timeout(BOUND, served).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_unix_socket_serves_within_the_same_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory the listener makes itself (0700): the temporary one may be open to others.
+        let addr = format!("unix:{}", dir.path().join("raft/raft.sock").display());
+        let listener = Listener::bind(&addr).await.unwrap();
+        tokio::spawn(serve(
+            listener,
+            None,
+            limits(30_000, 200, 30_000, 1),
+            origin_reply,
+        ));
+        assert_eq!(revision(&addr, None).await.unwrap(), 3);
+        let path = addr.trim_start_matches("unix:");
+        let mut silent = UnixStream::connect(path).await.unwrap();
+        let mut sink = [0u8; 1];
+        let closed = tokio::time::timeout(BOUND, silent.read(&mut sink)).await;
+        assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+    }
+
+    #[test]
+    fn refusals_are_logged_at_most_once_an_interval() {
+        let mut refusals = Refusals::default();
+        let t0 = Instant::now();
+        assert_eq!(refusals.refuse(t0), Some(1));
+        for i in 1..100 {
+            assert_eq!(refusals.refuse(t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(refusals.refuse(t0 + REFUSED_LOG_INTERVAL), Some(100));
+        assert_eq!(refusals.refuse(t0 + REFUSED_LOG_INTERVAL), None);
     }
 }

@@ -16,7 +16,7 @@ use openraft::{BasicNode, Config, Raft, ServerState};
 use tokio::sync::Mutex;
 use tracing::{debug, error, info, warn};
 
-use super::net::{call, call_peer, read_frame, write_frame, Listener, Network, Reply, Request};
+use super::net::{self, call, call_peer, Limits, Listener, Network, Origin, Reply, Request};
 use super::store::{Applied, Command, RaftStore};
 use super::tls::PeerTls;
 use super::TypeConfig;
@@ -467,80 +467,28 @@ impl Peer {
         Ok(())
     }
 
+    /// Serves the listener within the default [`Limits`]: each connection carries one request.
     async fn serve(self, listener: Listener, tls: Option<Arc<PeerTls>>) {
-        let acceptor = tls
-            .as_ref()
-            .map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone()));
-        let trust = tls.and_then(|t| t.trust.clone());
-        loop {
+        let trust = tls.as_ref().and_then(|t| t.trust.clone());
+        let answer = move |origin: Origin, body: Vec<u8>| {
             let me = self.clone();
-            match &listener {
-                Listener::Unix(l, _) => match l.accept().await {
-                    Ok((mut stream, _)) => {
-                        // The socket's directory lets only our uid in; the kernel's word on
-                        // the caller is checked as well (our uid, or root).
-                        let uid = stream.peer_cred().map(|c| c.uid()).ok();
-                        if !uid.is_some_and(|u| u == 0 || u == nix::unistd::geteuid().as_raw()) {
-                            warn!(?uid, "refused a local connection from another user");
-                            continue;
-                        }
-                        tokio::spawn(async move {
-                            if let Err(e) = me.handle(&mut stream, &Caller::Local).await {
-                                debug!("local connection: {e}");
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        warn!("raft socket: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                Listener::Tcp(l) => match l.accept().await {
-                    Ok((stream, from)) => {
-                        let acceptor = acceptor.clone();
-                        let trust = trust.clone();
-                        tokio::spawn(async move {
-                            let served = match acceptor {
-                                Some(a) => match a.accept(stream).await {
-                                    Ok(mut s) => {
-                                        let caller = match &trust {
-                                            Some(trust) => {
-                                                Caller::of(trust, s.get_ref().1.peer_certificates())
-                                            }
-                                            None => Caller::AnyCertificate,
-                                        };
-                                        me.handle(&mut s, &caller).await
-                                    }
-                                    Err(e) => {
-                                        warn!(%from, "refused a peer connection without a valid certificate: {e}");
-                                        return;
-                                    }
-                                },
-                                None => {
-                                    let mut s = stream;
-                                    me.handle(&mut s, &Caller::Insecure).await
-                                }
-                            };
-                            if let Err(e) = served {
-                                debug!("peer connection: {e}");
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        warn!("raft listener: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
+            let trust = trust.clone();
+            async move {
+                let caller = match (origin, &trust) {
+                    (Origin::Local, _) => Caller::Local,
+                    (Origin::Plain, _) => Caller::Insecure,
+                    (Origin::Tls(_), None) => Caller::AnyCertificate,
+                    (Origin::Tls(certs), Some(trust)) => Caller::of(trust, Some(&certs)),
+                };
+                me.handle(&body, &caller).await
             }
-        }
+        };
+        net::serve(listener, tls, Limits::default(), answer).await;
     }
 
-    async fn handle<S>(&self, stream: &mut S, caller: &Caller) -> std::io::Result<()>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    {
-        let body = read_frame(stream).await?;
-        let req: Request = serde_json::from_slice(&body)?;
+    /// The reply to one request (`body`) from `caller`.
+    async fn handle(&self, body: &[u8], caller: &Caller) -> std::io::Result<Vec<u8>> {
+        let req: Request = serde_json::from_slice(body)?;
         let admitted = self.admitted.load(Ordering::SeqCst);
         let reply = match self.authorize(caller, &req).await {
             Ok(()) if !admitted && !matches!(req, Request::Probe { .. }) => {
@@ -560,9 +508,7 @@ impl Peer {
                 Reply::Error(format!("refused: {why}"))
             }
         };
-        write_frame(stream, &serde_json::to_vec(&reply)?).await?;
-        let _ = tokio::io::AsyncWriteExt::shutdown(stream).await;
-        Ok(())
+        Ok(serde_json::to_vec(&reply)?)
     }
 
     /// Whether `caller` may make `req`. Replication, votes and snapshots come only from the
