@@ -107,6 +107,8 @@ pub struct Metrics {
     pub active_key_age: Seconds,
     /// When the current schedule started (the last rotation, or the bootstrap).
     pub last_rotation: Seconds,
+    /// How far the stored ring's stamps are ahead of this node's clock (0 normally).
+    pub ring_clock_ahead: Seconds,
     /// When the next scheduled rotation is due.
     pub next_rotation: Seconds,
     /// Members whose liveness lease holds.
@@ -152,6 +154,7 @@ impl Metrics {
         let applied_generation = Gauge::default();
         let active_key_age = Seconds::default();
         let last_rotation = Seconds::default();
+        let ring_clock_ahead = Seconds::default();
         let next_rotation = Seconds::default();
         let members_live = Gauge::default();
         let members = Gauge::default();
@@ -186,6 +189,12 @@ impl Metrics {
             "Time since the active key was created",
             Unit::Seconds,
             active_key_age.clone(),
+        );
+        registry.register_with_unit(
+            "ring_clock_ahead",
+            "How far the stored ring's stamps (its schedule's start, its newest key) are ahead of this node's clock: its writer's clock ran at least that far ahead (0 normally)",
+            Unit::Seconds,
+            ring_clock_ahead.clone(),
         );
         registry.register_with_unit(
             "last_rotation_timestamp",
@@ -267,6 +276,7 @@ impl Metrics {
             applied_generation,
             active_key_age,
             last_rotation,
+            ring_clock_ahead,
             next_rotation,
             members_live,
             members,
@@ -459,6 +469,7 @@ mod tests {
             "stek_applied_generation ",
             "stek_active_key_age_seconds ",
             "stek_last_rotation_timestamp_seconds ",
+            "stek_ring_clock_ahead_seconds ",
             "stek_next_rotation_timestamp_seconds ",
             "stek_members_live ",
             "stek_members ",

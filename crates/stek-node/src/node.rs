@@ -35,6 +35,8 @@ const FULL_READ: Duration = Duration::from_secs(30);
 /// The largest step a ring's generation may take above the newest one this node accepted: a
 /// signed ring numbered near u64::MAX (a compromised member's) would stop every later write.
 const MAX_GENERATION_STEP: u64 = 1_000_000;
+/// How many distinct rejections a node remembers having logged (each is logged once).
+const MAX_LOGGED: usize = 4096;
 /// Backoff bounds for store errors and failed applies.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
@@ -118,6 +120,7 @@ pub async fn run_with<C: Coordinator>(
         held_since: None,
         clock_paused_until: None,
         clock,
+        active_seen: None,
     };
     if let Some(pki) = identity {
         let mut enrolled = node.bare_record();
@@ -367,6 +370,8 @@ struct Node<'a, C> {
     clock_paused_until: Option<Instant>,
     /// The wall clock.
     clock: Arc<dyn Clock>,
+    /// The active key's fingerprint, and since when this node has seen it active.
+    active_seen: Option<(stek_core::Fingerprint, Instant)>,
 }
 
 impl<C: Coordinator> Node<'_, C> {
@@ -501,6 +506,11 @@ impl<C: Coordinator> Node<'_, C> {
     /// One pass over a snapshot; returns when to wake at the latest.
     async fn reconcile(&mut self, snap: &Snapshot) -> Instant {
         let mut wake = Instant::now() + RESYNC;
+        if self.logged.len() > MAX_LOGGED {
+            // Bounded: a store that keeps producing new bad records cannot grow this set; an
+            // old rejection still present is logged once more.
+            self.logged.clear();
+        }
         for (key, e) in &snap.rejected {
             if self.logged.insert((key.clone(), e.to_string())) {
                 error!(key = %key, "rejected a record from the store: {e}; it is not applied");
@@ -567,7 +577,7 @@ impl<C: Coordinator> Node<'_, C> {
     }
 
     /// Updates the metrics and the readiness from a pass over `snap`.
-    fn observe(&self, snap: &Snapshot) {
+    fn observe(&mut self, snap: &Snapshot) {
         let m = &self.metrics;
         let now = self.clock.now();
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -596,11 +606,23 @@ impl<C: Coordinator> Node<'_, C> {
         };
         let ring = &stored.ring;
         m.ring_generation.set(gauge(ring.generation()));
-        m.active_key_age.set(
-            now.duration_since(ring.active().created_at)
-                .unwrap_or_default()
-                .as_secs_f64(),
-        );
+        // The active key's age by its stamp, but never less than how long this node has seen
+        // it active: a key stamped in the future by a fast clock still ages, so the alert on
+        // a key kept too long still fires.
+        let fingerprint = ring.active().fingerprint();
+        let seen = match &self.active_seen {
+            Some((f, since)) if *f == fingerprint => since.elapsed(),
+            _ => {
+                self.active_seen = Some((fingerprint, Instant::now()));
+                Duration::ZERO
+            }
+        };
+        let stamped = now
+            .duration_since(ring.active().created_at)
+            .unwrap_or_default();
+        m.active_key_age.set(stamped.max(seen).as_secs_f64());
+        m.ring_clock_ahead
+            .set(stek_coord::clock::ring_ahead(stored, now).as_secs_f64());
         let started = ring
             .next_rotation_at()
             .checked_sub(stored.policy.interval)
