@@ -272,6 +272,7 @@ where
 
     served_in_one_write(&a, &b, &b_id).await;
     one_node_id_one_process(&make().await, &make().await).await;
+    forgetting_the_dead(&a).await;
     a_full_read_of_many_members(&a).await;
 }
 
@@ -347,6 +348,44 @@ async fn one_node_id_one_process<C: Coordinator>(first: &C, second: &C) {
         .any(|m| m.record.node_id == "dup" && m.live));
     second.revoke(l2).await.unwrap();
     first.revoke(l1).await.unwrap();
+}
+
+/// The leader removes a dead member's record, never a live one's, and only in its term.
+async fn forgetting_the_dead<C: Coordinator>(a: &C) {
+    info!("--- conformance: a dead member's record is forgotten, a live one's is not");
+    let ttl = Duration::from_secs(10);
+    let lease = a.grant_lease(ttl).await.unwrap();
+    let _keep = a.keep_alive(lease, ttl).await.unwrap();
+    let term = a.campaign(lease, "f-lead").await.unwrap().expect("elected");
+    a.register(lease, &record("f-live", 0)).await.unwrap();
+    let short = a.grant_lease(ttl).await.unwrap();
+    a.register(short, &record("f-gone", 0)).await.unwrap();
+    a.revoke(short).await.unwrap();
+    assert!(
+        !a.forget_member(term, "f-live").await.unwrap(),
+        "a live member stays"
+    );
+    assert!(a.forget_member(term, "f-gone").await.unwrap());
+    assert!(
+        !a.forget_member(term, "f-gone").await.unwrap(),
+        "already gone"
+    );
+    let snap = a.snapshot().await.unwrap();
+    let ids: Vec<&str> = snap
+        .members
+        .iter()
+        .map(|m| m.record.node_id.as_str())
+        .collect();
+    assert!(
+        ids.contains(&"f-live") && !ids.contains(&"f-gone"),
+        "{ids:?}"
+    );
+    a.resign(term).await.unwrap();
+    match a.forget_member(term, "f-live").await {
+        Err(CoordError::Fenced(_)) => {}
+        other => panic!("a deposed leader may not forget members, got {other:?}"),
+    }
+    a.revoke(lease).await.unwrap();
 }
 
 /// A full read returns every record however many there are (etcd reads in pages).

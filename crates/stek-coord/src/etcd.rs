@@ -543,6 +543,41 @@ impl Coordinator for Etcd {
         Ok(revision)
     }
 
+    async fn forget_member(&self, term: Term, node_id: &str) -> Result<bool, CoordError> {
+        let mut client = self.client.clone();
+        let record = self.key(&format!("members/{node_id}"));
+        let txn = Txn::new()
+            .when([
+                self.leader_is(term),
+                Compare::create_revision(
+                    self.key(&format!("alive/{node_id}")),
+                    CompareOp::Equal,
+                    0,
+                ),
+                Compare::create_revision(record.clone(), CompareOp::Greater, 0),
+            ])
+            .and_then([TxnOp::delete(record, None)])
+            .or_else([TxnOp::get(
+                self.key("leader"),
+                Some(GetOptions::new().with_keys_only()),
+            )]);
+        let resp = client.txn(txn).await.map_err(|e| self.unreachable(e))?;
+        if resp.succeeded() {
+            return Ok(true);
+        }
+        let leader_term = resp.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => {
+                Some(g.kvs().first().map_or(0, |kv| kv.create_revision()))
+            }
+            _ => None,
+        });
+        if leader_term == Some(term.0) {
+            Ok(false)
+        } else {
+            Err(CoordError::Fenced(term))
+        }
+    }
+
     async fn purge_history(&self, revision: i64) -> Result<(), CoordError> {
         let mut client = self.client.clone();
         match client

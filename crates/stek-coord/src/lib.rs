@@ -523,6 +523,15 @@ pub trait Coordinator: Send + Sync + 'static {
         served_requests: &[String],
     ) -> impl Future<Output = Result<i64, CoordError>> + Send;
 
+    /// Removes `node_id`'s member record, fenced by `term`, if no liveness lease holds for it
+    /// (a dead member's record, kept for `stek status`, goes after a grace period). `Ok(false)`
+    /// when it is live again or already gone.
+    fn forget_member(
+        &self,
+        term: Term,
+        node_id: &str,
+    ) -> impl Future<Output = Result<bool, CoordError>> + Send;
+
     /// Makes every version of every record older than `revision` unreadable, where the store
     /// keeps such history (etcd's compaction; the Raft log's purge). Records current at
     /// `revision` stay.

@@ -354,6 +354,20 @@ impl Coordinator for Memory {
         })
     }
 
+    async fn forget_member(&self, term: Term, node_id: &str) -> Result<bool, CoordError> {
+        let record = format!("members/{node_id}");
+        self.with(|s, _| {
+            if s.keys.get("leader").map(|e| e.created) != Some(term.0) {
+                return Err(CoordError::Fenced(term));
+            }
+            if s.keys.contains_key(&format!("alive/{node_id}")) || s.keys.remove(&record).is_none()
+            {
+                return Ok((false, Vec::new()));
+            }
+            Ok((true, vec![record.clone()]))
+        })
+    }
+
     async fn purge_history(&self, _revision: i64) -> Result<(), CoordError> {
         // No history is kept: a record's old value is gone when it is replaced.
         Ok(())

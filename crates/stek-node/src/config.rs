@@ -337,6 +337,8 @@ struct RawRotation {
     lease_ttl: Duration,
     #[serde(default = "default_min_request_interval", with = "humantime_serde")]
     min_request_interval: Duration,
+    #[serde(default = "default_forget_dead_after", with = "humantime_serde")]
+    forget_dead_after: Duration,
 }
 
 impl Default for RawRotation {
@@ -346,6 +348,7 @@ impl Default for RawRotation {
             retain: default_retain(),
             lease_ttl: default_lease_ttl(),
             min_request_interval: default_min_request_interval(),
+            forget_dead_after: default_forget_dead_after(),
         }
     }
 }
@@ -358,6 +361,9 @@ fn default_retain() -> usize {
 }
 fn default_min_request_interval() -> Duration {
     Duration::from_secs(60)
+}
+fn default_forget_dead_after() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 fn default_lease_ttl() -> Duration {
     Duration::from_secs(10)
@@ -403,6 +409,9 @@ pub struct Config {
     /// `[rotation] min_request_interval`: rotation requests (`stek rotate`) rotate at most once
     /// per this long, however many arrive; the schedule is not affected.
     pub min_request_interval: Duration,
+    /// `[rotation] forget_dead_after`: the leader removes the record of a member it has seen
+    /// dead (no liveness lease) for this long without a break.
+    pub forget_dead_after: Duration,
     /// The coordination store.
     pub coordination: Coordination,
     /// `state_dir`: where the node's sealing private key lives (a RAM disk, root-only).
@@ -746,6 +755,7 @@ impl Config {
             policy,
             lease_ttl: raw.rotation.lease_ttl,
             min_request_interval: raw.rotation.min_request_interval,
+            forget_dead_after: raw.rotation.forget_dead_after,
             coordination,
             state_dir,
             identity,

@@ -121,6 +121,7 @@ pub async fn run_with<C: Coordinator>(
         clock_paused_until: None,
         clock,
         active_seen: None,
+        dead_since: std::collections::BTreeMap::new(),
     };
     if let Some(pki) = identity {
         let mut enrolled = node.bare_record();
@@ -372,6 +373,8 @@ struct Node<'a, C> {
     clock: Arc<dyn Clock>,
     /// The active key's fingerprint, and since when this node has seen it active.
     active_seen: Option<(stek_core::Fingerprint, Instant)>,
+    /// Members this leader has seen dead (no liveness lease), since when without a break.
+    dead_since: std::collections::BTreeMap<String, Instant>,
 }
 
 impl<C: Coordinator> Node<'_, C> {
@@ -569,8 +572,9 @@ impl<C: Coordinator> Node<'_, C> {
             wake = wake.min(t);
         }
         if self.term.is_none() {
-            // A later leadership starts its own view of who is live.
+            // A later leadership starts its own view of who is live, and of who is dead.
             self.live_seen.clear();
+            self.dead_since.clear();
         }
         self.observe(snap);
         wake
@@ -824,6 +828,7 @@ impl<C: Coordinator> Node<'_, C> {
         }
         let term = self.term?;
         self.audit_membership(snap);
+        self.forget_the_dead(term, snap).await;
         if let Some(ahead) = snap
             .valid_ring()
             .filter(|r| r.written_by == me)
@@ -1015,6 +1020,42 @@ impl<C: Coordinator> Node<'_, C> {
         }
         self.requests_seen
             .retain(|k| snap.requests.iter().any(|r| r == k));
+    }
+
+    /// Removes the records of members this leader has seen dead for `forget_dead_after`
+    /// without a break, refused ones included, so the store does not grow with every box that
+    /// ever ran. The store removes a record only while no liveness lease holds for it.
+    async fn forget_the_dead(&mut self, term: Term, snap: &Snapshot) {
+        let dead: BTreeSet<&str> = snap
+            .members
+            .iter()
+            .filter(|m| !m.live)
+            .map(|m| m.record.node_id.as_str())
+            .chain(
+                snap.refused
+                    .iter()
+                    .filter(|r| !r.live)
+                    .map(|r| r.node_id.as_str()),
+            )
+            .collect();
+        self.dead_since.retain(|id, _| dead.contains(id.as_str()));
+        let now = Instant::now();
+        for id in dead {
+            let since = *self.dead_since.entry(id.to_owned()).or_insert(now);
+            if now.duration_since(since) < self.config.forget_dead_after {
+                continue;
+            }
+            match self.coord.forget_member(term, id).await {
+                Ok(true) => {
+                    info!(target: "audit", member = %id, leader = %self.config.node_id, after = ?self.config.forget_dead_after, "member forgotten: dead for [rotation] forget_dead_after; its record is removed");
+                    self.dead_since.remove(id);
+                }
+                Ok(false) => {
+                    self.dead_since.remove(id);
+                }
+                Err(e) => warn!("could not remove the record of dead member {id}: {e}"),
+            }
+        }
     }
 
     /// The stored ring with its key bytes: this node's opened copy, or, when its copy of this

@@ -76,7 +76,7 @@ impl Fleet {
             "cluster = \"{CLUSTER}\"\nnode_id = \"{id}\"\nstate_dir = \"{home}/state\"\ninsecure = true\n\
              [etcd]\nendpoints = [\"http://127.0.0.1:1\"]\n\
              [admin]\nenabled = false\n\
-             [rotation]\ninterval = \"1h\"\nretain = 1\nlease_ttl = \"{TTL_SECS}s\"\nmin_request_interval = \"0s\"\n\
+             [rotation]\ninterval = \"1h\"\nretain = 1\nlease_ttl = \"{TTL_SECS}s\"\nmin_request_interval = \"0s\"\nforget_dead_after = \"3s\"\n\
              [[target]]\nformat = \"envoy\"\npath = \"{home}/envoy.keys\"\n",
             home = home.display()
         );
@@ -461,5 +461,34 @@ async fn another_ring_with_the_applied_generation_is_applied_and_old_acks_do_not
         alias.staged().unwrap().fingerprint(),
         "the other ring's staged key is the one activated (at generation {g2})"
     );
+    fleet.shutdown().await;
+}
+
+/// A member dead for `forget_dead_after` is forgotten by the leader; the live ones stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_dead_for_the_grace_period_is_forgotten() {
+    let mut fleet = Fleet::new();
+    for id in ["n1", "n2", "n3"] {
+        fleet.start(id);
+    }
+    converged(&fleet, 0).await;
+    let leader = fleet.snap().await.leader.unwrap().node_id;
+    let victim = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    fleet.kill(victim);
+    wait_for(
+        Duration::from_secs(20),
+        "the dead member's record to go",
+        || async {
+            let snap = fleet.snap().await;
+            (!snap.members.iter().any(|m| m.record.node_id == victim)).then_some(())
+        },
+    )
+    .await;
+    let snap = fleet.snap().await;
+    assert_eq!(snap.members.len(), 2, "the live members stay");
+    assert!(snap.members.iter().all(|m| m.live));
     fleet.shutdown().await;
 }

@@ -363,6 +363,20 @@ impl Coordinator for RaftClient {
         }
     }
 
+    async fn forget_member(&self, term: Term, node_id: &str) -> Result<bool, CoordError> {
+        match self
+            .write(Command::ForgetMember {
+                term: u64::try_from(term.0).unwrap_or(0),
+                node_id: node_id.to_owned(),
+            })
+            .await?
+        {
+            Applied::Ok => Ok(true),
+            Applied::Stale => Ok(false),
+            _ => Err(CoordError::Fenced(term)),
+        }
+    }
+
     /// Peers purge their logs on their own (every [`super::peer::RAFT_LOG_KEPT`] entries, into
     /// a snapshot that holds only current records), so there is nothing to ask for.
     async fn purge_history(&self, _revision: i64) -> Result<(), CoordError> {

@@ -567,7 +567,9 @@ impl Peer {
             ))),
             (
                 Role::Member(id),
-                Request::Write(Command::WriteRing { .. } | Command::Resign { .. }),
+                Request::Write(
+                    Command::WriteRing { .. } | Command::Resign { .. } | Command::ForgetMember { .. },
+                ),
             ) => {
                 // Only the leader writes rings and resigns; the store fences the term too.
                 let data = self.store.data().await;

@@ -86,6 +86,13 @@ pub enum Command {
         #[serde(default)]
         expected: Option<u64>,
     },
+    /// Removes a dead member's record (the leader's, fenced on its term).
+    ForgetMember {
+        /// The writer's term.
+        term: u64,
+        /// The member.
+        node_id: String,
+    },
     /// A rotation request.
     PutRequest {
         /// The request's key.
@@ -111,6 +118,9 @@ impl Debug for Command {
             Command::Campaign { lease, node_id } => write!(f, "Campaign {{ {node_id}, {lease} }}"),
             Command::Resign { term } => write!(f, "Resign {{ {term} }}"),
             Command::PutRequest { key, .. } => write!(f, "PutRequest {{ {key} }}"),
+            Command::ForgetMember { term, node_id } => {
+                write!(f, "ForgetMember {{ {node_id}, {term} }}")
+            }
         }
     }
 }
@@ -284,6 +294,15 @@ impl Data {
                 self.ring_revision = next;
                 for k in served {
                     self.requests.remove(k);
+                }
+                Applied::Ok
+            }
+            Command::ForgetMember { term, node_id } => {
+                if self.leader.as_ref().map(|s| s.term) != Some(*term) {
+                    return Applied::Fenced;
+                }
+                if self.alive.contains_key(node_id) || self.members.remove(node_id).is_none() {
+                    return Applied::Stale;
                 }
                 Applied::Ok
             }
