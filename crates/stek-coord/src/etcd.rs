@@ -101,10 +101,11 @@ impl Etcd {
         if let Some((user, password)) = security.user {
             options = options.with_user(user, password);
         }
+        // The client connects lazily: what fails here is the endpoints or the TLS material.
         let client = Client::connect(endpoints, Some(options))
             .await
-            .map_err(|e| CoordError::Unreachable {
-                endpoints: shown.clone(),
+            .map_err(|e| CoordError::Setup {
+                what: format!("etcd client for {shown}"),
                 reason: e.to_string(),
             })?;
         Ok(Self {

@@ -359,6 +359,32 @@ pub enum CoordError {
         /// The last error.
         reason: String,
     },
+    /// The coordinator could not be set up: a bad address, TLS material, data directory or
+    /// listener. Retrying does not help; the configuration must change.
+    #[error("cannot set up the coordinator ({what}): {reason}")]
+    Setup {
+        /// What was being set up (an address, a directory).
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A peer answered and refused the request (not authorised, not a member, a failed
+    /// membership change): asking again or asking another peer gives the same answer.
+    #[error("refused by {by}: {reason}")]
+    Refused {
+        /// Who refused.
+        by: String,
+        /// The peer's reason.
+        reason: String,
+    },
+    /// A peer answered something this build does not expect (another stek version?).
+    #[error("unexpected answer from the coordinator at {endpoints}: {reason}; do all boxes run the same stek version?")]
+    Protocol {
+        /// Who answered.
+        endpoints: String,
+        /// What came.
+        reason: String,
+    },
     /// A leader write was refused: someone else leads now.
     #[error("write refused by the store: this node no longer holds the leadership term {0:?}")]
     Fenced(Term),

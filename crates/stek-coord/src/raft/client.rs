@@ -88,8 +88,8 @@ impl RaftClient {
                         // The peer's own answer (a refusal, a failed change): asking others
                         // would only repeat it.
                         Ok(Reply::Error(e)) => {
-                            return Err(CoordError::Unreachable {
-                                endpoints: target,
+                            return Err(CoordError::Refused {
+                                by: format!("the peer at {target}"),
                                 reason: e,
                             })
                         }
@@ -122,9 +122,9 @@ impl RaftClient {
     }
 
     fn odd(&self, reply: Reply) -> CoordError {
-        CoordError::Unreachable {
+        CoordError::Protocol {
             endpoints: self.endpoints(),
-            reason: format!("unexpected answer {reply:?}"),
+            reason: format!("{reply:?}"),
         }
     }
 

@@ -169,8 +169,8 @@ impl Peer {
     ) -> Result<Self, CoordError> {
         let tls = tls.map(Arc::new);
         let id = raft_id(name);
-        let config_err = |reason: String| CoordError::Unreachable {
-            endpoints: listen.to_owned(),
+        let config_err = |reason: String| CoordError::Setup {
+            what: format!("Raft peer {name} on {listen}"),
             reason,
         };
         let Some(own_addr) = peers.get(name).cloned() else {
