@@ -936,13 +936,26 @@ impl Cluster {
             "status failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        typed_status(&out.stdout);
         serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+
+    /// The typed `stek status --json` document of node `i` (`stek_coord::status::Status`).
+    pub fn status_doc(&self, i: usize) -> stek_coord::status::Status {
+        let out = self.cli(i, &["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        typed_status(&out.stdout)
     }
 
     /// Like [`Cluster::status`], but `None` while the store does not answer (an election).
     pub fn try_status(&self, i: usize) -> Option<Value> {
         let out = self.cli(i, &["status", "--json"]);
         if out.status.success() {
+            typed_status(&out.stdout);
             serde_json::from_slice(&out.stdout).ok()
         } else {
             None
@@ -960,6 +973,13 @@ impl Cluster {
     /// Waits until a leader exists and every running node applied the current generation.
     /// On timeout the panic shows the last status read, and each node's last log lines.
     pub fn wait_converged(&self, within: Duration) -> Value {
+        self.wait_converged_above(0, within)
+    }
+
+    /// Like [`Cluster::wait_converged`], for a generation above `above`: after every box lost
+    /// its RAM disk, the dead processes' records still acknowledge the old ring (and their
+    /// leases may still hold) until the new processes register.
+    pub fn wait_converged_above(&self, above: u64, within: Duration) -> Value {
         let i = self.any_running();
         let deadline = Instant::now() + within;
         let mut last = Value::Null;
@@ -968,7 +988,7 @@ impl Cluster {
                 last = s;
                 let g = last["generation"].as_u64();
                 let ok = !last["leader"].is_null()
-                    && g.is_some()
+                    && g.is_some_and(|g| g > above)
                     && self.nodes.iter().filter(|n| n.running()).all(|n| {
                         last["members"].as_array().unwrap().iter().any(|m| {
                             m["node_id"] == n.id.as_str()
@@ -1299,4 +1319,15 @@ fn port_of(addr: &str) -> u16 {
     addr.rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {addr}"))
+}
+
+/// `stek status --json`'s output as the one typed document the CLI, the tests and
+/// docs/status.md share: every status a test reads is checked against it.
+fn typed_status(stdout: &[u8]) -> stek_coord::status::Status {
+    serde_json::from_slice(stdout).unwrap_or_else(|e| {
+        panic!(
+            "status --json is not a stek_coord::status::Status document: {e}\n{}",
+            String::from_utf8_lossy(stdout)
+        )
+    })
 }

@@ -187,7 +187,7 @@ fn httpd_2_4_tickets_never_resume_on_another_instance_mod_ssl_stack_hmac_key_bug
             let own = take_ticket(b.port, tls, &root.join(&format!("b-{tls:?}-{attempt}.pem")));
             assert_eq!(hex(&ticket_key_name(&own)), active);
             // ...and still refuses A's ticket. If this starts to resume, httpd was fixed:
-            // update docs/servers.md and stek_node::httpd::has_sharing_bug.
+            // update docs/servers.md and stek_node::httpd_bug::has_sharing_bug.
             assert_eq!(
                 resume(b.port, &t),
                 Handshake::New,

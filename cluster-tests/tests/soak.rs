@@ -161,7 +161,7 @@ fn soak_cross_box_resumption_with_rotations_every_2s_and_two_baselines() {
     let dir = TestDir::new("soak-client");
 
     info!("--- stek: rotating every 2 s for {secs} s");
-    let first = c.status(0)["generation"].as_u64().unwrap();
+    let first = c.status_doc(0).generation.unwrap();
     let stek = clients_for(
         dir.path(),
         fleet(&boxes),
@@ -172,12 +172,9 @@ fn soak_cross_box_resumption_with_rotations_every_2s_and_two_baselines() {
         }),
         || {},
     );
-    let status = c.status(0);
+    let last = c.status_doc(0).generation.unwrap();
     let rotations = c.activated_epochs().len();
-    info!(
-        "stek: {stek:?}; generations {first}..{}, {rotations} rotations",
-        status["generation"]
-    );
+    info!("stek: {stek:?}; generations {first}..{last}, {rotations} rotations");
     for i in 0..3 {
         c.stop(i);
     }

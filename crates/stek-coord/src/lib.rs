@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use stek_core::MemberView;
 
+pub mod backend;
 pub mod clock;
 pub mod etcd;
 pub mod identity;
@@ -28,6 +29,7 @@ pub mod memory;
 pub mod raft;
 pub mod records;
 pub mod seal;
+pub mod status;
 
 pub use records::{MemberRecord, RecordError, RequestRecord, RingSignature, StoredRing};
 

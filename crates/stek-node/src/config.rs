@@ -23,8 +23,8 @@ use serde::Deserialize;
 use stek_core::formats::{self, Delivery, FormatOptions};
 use stek_core::Policy;
 
-use crate::command::CommandSpec;
 use crate::haproxy_runtime::{id_for_file, RuntimeTarget};
+use crate::reload::CommandSpec;
 use crate::target::Target;
 use crate::writer::WriteOptions;
 

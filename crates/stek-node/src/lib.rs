@@ -12,12 +12,12 @@
 //! of the CLI.
 
 pub mod admin;
-pub mod command;
 pub mod config;
 pub mod haproxy_runtime;
-pub mod httpd;
+pub mod httpd_bug;
 pub mod hygiene;
 pub mod node;
+pub mod reload;
 pub mod state;
 pub mod target;
 #[cfg(test)]

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use stek_core::formats::{Delivery, Format, FormatError, Layout, Rendered};
 use stek_core::KeyRing;
 
-use crate::command::{CommandError, CommandSpec, Purpose};
 use crate::haproxy_runtime::{RuntimeError, RuntimeTarget};
+use crate::reload::{CommandError, CommandSpec, Purpose};
 use crate::writer::{self, WriteError, WriteOptions};
 
 /// A configured target.
@@ -176,7 +176,7 @@ impl Target {
     pub fn warnings(&self) -> Vec<String> {
         let mut w = self.format.warnings();
         if self.format.info().name == "httpd" {
-            w.push(crate::httpd::sharing_warning(self.reload.as_ref()));
+            w.push(crate::httpd_bug::sharing_warning(self.reload.as_ref()));
         }
         if self.reload.is_none() && self.runtime.is_none() && self.format.info().name != "envoy" {
             w.push(format!(

@@ -17,7 +17,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use nix::unistd::{Group, User};
-use stek_coord::raft::client::RaftClient;
 use stek_coord::{Coordinator, RingSlot, Snapshot};
 use stek_node::config::{Coordination, EtcdAccess};
 use stek_node::writer::{WriteError, WriteOptions};
@@ -448,7 +447,7 @@ async fn check_etcd(
         return;
     }
     let attempt = async {
-        let etcd = super::cluster::connect_etcd(config, endpoints, access).await?;
+        let etcd = super::connect::connect_etcd(config, endpoints, access).await?;
         anyhow::Ok(etcd.snapshot().await?)
     };
     let fix = "start etcd, or correct [etcd] endpoints (and ca_file, cert_file/key_file, user/password_file when etcd uses TLS or auth); `etcdctl --endpoints=... endpoint health` shows what etcd says";
@@ -575,11 +574,8 @@ async fn check_raft(
     peers: &std::collections::BTreeMap<String, String>,
     report: &mut Report,
 ) {
-    let (peer_tls, tls_ok) = match super::cluster::peer_tls(config) {
-        Ok(built) => (built, true),
-        // Reported under "identity".
-        Err(_) => (None, false),
-    };
+    // A TLS problem is reported under "identity"; the group is then not asked.
+    let tls_ok = super::connect::peer_tls(config).is_ok();
     let mut probes = tokio::task::JoinSet::new();
     for (id, addr) in peers {
         let (id, addr) = (id.clone(), addr.clone());
@@ -615,12 +611,16 @@ async fn check_raft(
     if answered == 0 || !tls_ok {
         return;
     }
-    let client = RaftClient::new(&config.cluster, peers.values().cloned().collect(), None)
-        .with_tls(peer_tls);
-    let finding = match tokio::time::timeout(STORE_TIMEOUT, client.snapshot()).await {
+    // The same client every command uses (the TLS material was checked above).
+    let attempt = async {
+        let store =
+            super::connect::connect(config, &super::connect::Access::default(), None).await?;
+        anyhow::Ok(store.snapshot().await?)
+    };
+    let finding = match tokio::time::timeout(STORE_TIMEOUT, attempt).await {
         Ok(Ok(snap)) => snapshot_finding(&config.cluster, &snap),
         Ok(Err(e)) => Finding::Warning(format!(
-            "peers answer, but the group did not: {e} (there is no leader until a majority of the {} peers runs)",
+            "peers answer, but the group did not: {e:#} (there is no leader until a majority of the {} peers runs)",
             peers.len()
         )),
         Err(_) => Finding::Warning(format!(

@@ -8,40 +8,42 @@ use crate::cli::Command;
 
 mod ca;
 mod check;
-mod cluster;
+mod connect;
 mod demo;
 mod formats;
 mod node;
+mod peers;
 mod snippet;
+mod status;
 
 /// Runs a subcommand.
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Node { config } => node::run(&config),
-        Command::Status { config, json, cert } => cluster::status(&config, json, &access(cert)),
+        Command::Status { config, json, cert } => status::status(&config, json, &access(cert)),
         Command::Rotate {
             config,
             wait,
             timeout,
             cert,
-        } => cluster::rotate(&config, wait, timeout, &access(cert)),
+        } => status::rotate(&config, wait, timeout, &access(cert)),
         Command::Check { config } => check::run(&config),
         Command::Ca { command } => ca::run(command),
         Command::Peers { command } => match command {
             crate::cli::PeersCommand::List { config, cert } => {
-                cluster::peers_list(&config, &access(cert))
+                peers::peers_list(&config, &access(cert))
             }
             crate::cli::PeersCommand::Add {
                 node_id,
                 addr,
                 config,
                 cert,
-            } => cluster::peers_add(&config, &node_id, &addr, &access(cert)),
+            } => peers::peers_add(&config, &node_id, &addr, &access(cert)),
             crate::cli::PeersCommand::Remove {
                 node_id,
                 config,
                 cert,
-            } => cluster::peers_remove(&config, &node_id, &access(cert)),
+            } => peers::peers_remove(&config, &node_id, &access(cert)),
         },
         Command::Snippet { config } => snippet::run(&config),
         Command::Formats => formats::run(),
@@ -71,8 +73,8 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn access(cert: crate::cli::CertArgs) -> cluster::Access {
-    cluster::Access {
+fn access(cert: crate::cli::CertArgs) -> connect::Access {
+    connect::Access {
         operator: cert.cert.zip(cert.key),
     }
 }

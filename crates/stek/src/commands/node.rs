@@ -4,7 +4,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use std::sync::Arc;
-use stek_coord::raft::client::RaftClient;
 use stek_coord::raft::peer::{Peer, Storage};
 use stek_node::config::Coordination;
 
@@ -27,7 +26,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             tracing::warn!(target = t.index, format = t.format.info().name, "{w}");
         }
     }
-    let identity = super::cluster::load_identity(&config)?;
+    let identity = super::connect::load_identity(&config)?;
 
     if identity.is_none() && config.insecure {
         tracing::warn!("insecure = true: no [identity], so anyone who can reach the coordination store or a peer can enroll a key of their own and read every ticket key; see docs/security.md");
@@ -37,23 +36,16 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let failure = rt.block_on(async {
-        match &config.coordination {
-            Coordination::Etcd { endpoints, access } => {
-                let etcd = super::cluster::connect_etcd(&config, endpoints, access).await?;
-                let (_state, sealing) = open_state(&config)?;
-                let metrics = admin(&config).await?;
-                stek_node::node::run(&config, etcd, metrics, identity.as_ref(), sealing, shutdown_signal()).await?;
-            }
-            Coordination::Raft { peers, client: true, .. } => {
-                tracing::info!("embedded coordinator, as a client of the peers {:?}", peers.keys().collect::<Vec<_>>());
-                let tls = super::cluster::peer_tls(&config)?;
-                let (_state, sealing) = open_state(&config)?;
-                let metrics = admin(&config).await?;
-                let client = RaftClient::new(&config.cluster, peers.values().cloned().collect(), None)
-                    .with_tls(tls);
-                stek_node::node::run(&config, client, metrics, identity.as_ref(), sealing, shutdown_signal()).await?;
-            }
-            Coordination::Raft { listen, peers, data_dir, .. } => {
+        // A peer box runs its Raft peer beside the node; the node reaches the group (or etcd)
+        // through the same client every command uses.
+        let mut home = None;
+        let peer = match &config.coordination {
+            Coordination::Raft {
+                listen,
+                peers,
+                data_dir,
+                client: false,
+            } => {
                 if peers.len() == 1 {
                     tracing::info!("embedded coordinator, single box: a one-node group on {listen}");
                 }
@@ -63,49 +55,57 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
                             path: config.path.clone(),
                             key: "identity.cert_file".into(),
                             message: format!("the certificate does not name {host}, where peers reach this node's Raft listener ({listen}); issue it with `stek ca issue --node {} --host {host}`", config.node_id),
-                        }.into());
+                        }
+                        .into());
                     }
                 }
-                let tls = super::cluster::peer_tls(&config)?;
-                let (_state, sealing) = open_state(&config)?;
-                let metrics = admin(&config).await?;
-                let peer = Peer::start(
-                    &config.cluster,
-                    &config.node_id,
-                    listen,
-                    peers,
-                    Storage::Durable(data_dir.clone()),
-                    tls.clone(),
-                )
-                .await?;
-                let home = peers.get(&config.node_id).cloned();
-                let client = RaftClient::new(&config.cluster, peers.values().cloned().collect(), home)
-                    .with_tls(tls);
-                // A Raft core that stopped (a storage failure, a panic) would leave this box
-                // serving a frozen state: stop the node and exit non-zero instead, so that the
-                // service manager restarts it.
-                let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
-                let stop = {
-                    let failed = failed.clone();
-                    let peer = peer.clone();
-                    async move {
-                        tokio::select! {
-                            () = shutdown_signal() => {}
-                            why = peer.failed() => {
-                                tracing::error!("the Raft core stopped: {why}; exiting so that the service manager restarts this node");
-                                *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-                            }
-                        }
-                    }
-                };
-                let stopped = stek_node::node::run(&config, client, metrics, identity.as_ref(), sealing, stop).await;
-                peer.shutdown().await;
-                stopped?;
-                let why = failed.lock().unwrap_or_else(|e| e.into_inner()).take();
-                return anyhow::Ok(why);
+                home = peers.get(&config.node_id).cloned();
+                Some((listen, peers, data_dir))
             }
-        }
-        anyhow::Ok(None)
+            Coordination::Raft { peers, .. } => {
+                tracing::info!("embedded coordinator, as a client of the peers {:?}", peers.keys().collect::<Vec<_>>());
+                None
+            }
+            Coordination::Etcd { .. } => None,
+        };
+        let store = super::connect::connect(&config, &super::connect::Access::default(), home).await?;
+        let (_state, sealing) = open_state(&config)?;
+        let metrics = admin(&config).await?;
+        let Some((listen, peers, data_dir)) = peer else {
+            stek_node::node::run(&config, store, metrics, identity.as_ref(), sealing, shutdown_signal()).await?;
+            return anyhow::Ok(None);
+        };
+        let peer = Peer::start(
+            &config.cluster,
+            &config.node_id,
+            listen,
+            peers,
+            Storage::Durable(data_dir.clone()),
+            super::connect::peer_tls(&config)?,
+        )
+        .await?;
+        // A Raft core that stopped (a storage failure, a panic) would leave this box serving a
+        // frozen state: stop the node and exit non-zero instead, so that the service manager
+        // restarts it.
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let stop = {
+            let failed = failed.clone();
+            let peer = peer.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown_signal() => {}
+                    why = peer.failed() => {
+                        tracing::error!("the Raft core stopped: {why}; exiting so that the service manager restarts this node");
+                        *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                    }
+                }
+            }
+        };
+        let stopped = stek_node::node::run(&config, store, metrics, identity.as_ref(), sealing, stop).await;
+        peer.shutdown().await;
+        stopped?;
+        let why = failed.lock().unwrap_or_else(|e| e.into_inner()).take();
+        anyhow::Ok(why)
     })?;
     if let Some(why) = failure {
         eprintln!("stek node: the Raft core stopped: {why}");

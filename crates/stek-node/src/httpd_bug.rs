@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use crate::command::CommandSpec;
+use crate::reload::CommandSpec;
 
 /// The httpd version of the binary this target reloads (or of `apache2`/`httpd` in PATH).
 pub fn detect_version(reload: Option<&CommandSpec>) -> Option<(String, (u32, u32, u32))> {
