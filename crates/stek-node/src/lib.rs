@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod engine;
 pub mod haproxy_runtime;
 pub mod httpd_bug;
 pub mod hygiene;

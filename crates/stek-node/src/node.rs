@@ -16,15 +16,16 @@ use std::time::{Duration, Instant, SystemTime};
 use stek_coord::identity::NodeIdentity;
 use stek_coord::seal::{Identity, MemberKey, SealError};
 use stek_coord::{
-    ChangeStream, CoordError, Coordinator, KeepAlive, LeaseId, Member, MemberRecord, RecordError,
-    RingSlot, Snapshot, StoredRing, Term,
+    ChangeStream, CoordError, Coordinator, KeepAlive, LeaseId, MemberRecord, RecordError, RingSlot,
+    Snapshot, StoredRing, Term,
 };
 use stek_core::rotation::RotateReason;
-use stek_core::{decide_at, next_ring, Decision, KeyRing, OsKeySource, RingDigest, RingMeta};
+use stek_core::{decide_at, Decision, KeyRing, OsKeySource, RingDigest};
 use tracing::{debug, error, info, warn};
 
 use crate::admin::{unix, ErrorLabels, MemberLabels, Metrics, TargetLabels};
 use crate::config::Config;
+use crate::engine::{self, Held, LeaderView, Step, Why, MAX_GENERATION_STEP};
 
 /// How often the node reads again even without an event.
 const RESYNC: Duration = Duration::from_secs(10);
@@ -32,9 +33,6 @@ const RESYNC: Duration = Duration::from_secs(10);
 /// malformed records it does not use) even when nothing asks for it; between, it reads only
 /// what concerns it.
 const FULL_READ: Duration = Duration::from_secs(30);
-/// The largest step a ring's generation may take above the newest one this node accepted: a
-/// signed ring numbered near u64::MAX (a compromised member's) would stop every later write.
-const MAX_GENERATION_STEP: u64 = 1_000_000;
 /// How many distinct rejections a node remembers having logged (each is logged once).
 const MAX_LOGGED: usize = 4096;
 /// Backoff bounds for store errors and failed applies.
@@ -468,7 +466,8 @@ impl<C: Coordinator> Node<'_, C> {
         // holds these keys already, or a copy is sealed to its key and has not failed to open.
         let opens = match &snap.ring {
             RingSlot::Valid(stored) => {
-                self.plaintext(&stored.ring).is_some() || stored.usable_copy_for(&self.record())
+                self.held().plaintext(&stored.ring).is_some()
+                    || stored.usable_copy_for(&self.record())
             }
             _ => false,
         };
@@ -794,7 +793,7 @@ impl<C: Coordinator> Node<'_, C> {
                     debug!("not campaigning: this node's clock was found ahead of its members'");
                     return None;
                 }
-                if let Some(holder) = self.defer_to(snap) {
+                if let Some(holder) = engine::defer_to(&me, self.held(), snap) {
                     debug!("not campaigning: this node cannot open the ring but {holder} can");
                     return None;
                 }
@@ -829,77 +828,15 @@ impl<C: Coordinator> Node<'_, C> {
         let term = self.term?;
         self.audit_membership(snap);
         self.forget_the_dead(term, snap).await;
-        if let Some(ahead) = snap
-            .valid_ring()
-            .filter(|r| r.written_by == me)
-            .and_then(|r| stek_coord::clock::writer_ahead_of_members(r, &snap.members))
-            .filter(|a| *a > stek_coord::clock::CLOCK_BOUND)
-        {
-            // Keys stamped in the members' future: their key-age figures and any later leader's
-            // schedule would be off by as much. Let a member with a sane clock lead.
-            error!(target: "audit", node = %me, term = term.0, ahead_seconds = ahead.as_secs(), "this leader's clock is ahead of its members' by {ahead:?} (their acknowledgements are stamped before its ring); it stops leading for {:?}; fix its time source (chrony, systemd-timesyncd)", stek_coord::clock::CLOCK_COOLDOWN);
-            self.clock_paused_until = Some(Instant::now() + stek_coord::clock::CLOCK_COOLDOWN);
-            if let Err(e) = self.coord.resign(term).await {
-                warn!("could not release the leadership: {e}");
-            }
-            self.term = None;
-            return Some(Instant::now() + BACKOFF_MIN);
-        }
-        let policy = self.config.policy;
         let now = self.clock.now();
-        let (ring, stored) = match &snap.ring {
-            RingSlot::Valid(stored) => match self.plaintext(&stored.ring) {
-                Some(ring) => (Some(ring), Some(stored)),
-                None => return self.cannot_open(term, stored, snap, now).await,
-            },
-            RingSlot::Absent | RingSlot::Rejected(_) => {
-                // Never bootstrap over a missing or bad record while keys are held: nodes would
-                // switch to keys nobody else holds. Rewrite the last ring this node opened
-                // (same keys, a generation above any seen), or hand over to a member that holds
-                // keys; bootstrap only when nobody does.
-                let why = match &snap.ring {
-                    RingSlot::Rejected(e) => format!("the ring record is rejected ({e})"),
-                    _ => "the ring record is missing".to_owned(),
-                };
-                if let Some(good) = self.opened.clone().or_else(|| self.applied.clone()) {
-                    let repaired = renumber_after(
-                        good.with_next_rotation_at(good.next_rotation_at()),
-                        snap,
-                        self.newest_seen,
-                    );
-                    match self.write(term, &repaired, snap, &[]).await {
-                        Ok(_) => {
-                            warn!(target: "audit", generation = repaired.generation(), leader = %me, "{why}: rewrote the last valid ring this leader holds")
-                        }
-                        Err(e) => self.write_failed(e),
-                    }
-                    return Some(Instant::now() + BACKOFF_MIN);
-                }
-                if let Some(holder) = self.key_holder(snap, 0) {
-                    return self.hand_over(term, &holder, &why).await;
-                }
-                if let RingSlot::Rejected(_) = &snap.ring {
-                    if self.logged.insert(("ring-repair".into(), why.clone())) {
-                        error!("{why}, and no live member holds keys to rewrite it with; an operator must restore it or delete it (a new ring is then made)");
-                    }
-                    return Some(Instant::now() + BACKOFF_MAX);
-                }
-                (None, None)
-            }
-        };
-        let members = snap.member_views();
         // Requests rotate at most once per min_request_interval (counted from the last rotation
         // this leader made for a request), so a flood of requests cannot burn through keys;
         // they wait and are served together. The schedule is not affected.
         let requests_due = match self.last_requested_rotation {
-            Some(t) => {
-                let left = self.config.min_request_interval.saturating_sub(t.elapsed());
-                now + left
-            }
+            Some(t) => now + self.config.min_request_interval.saturating_sub(t.elapsed()),
             None => now,
         };
-        let requested = !snap.requests.is_empty() && now >= requests_due;
-        if !snap.requests.is_empty() && !requested {
+        if !snap.requests.is_empty() && now < requests_due {
             let msg = format!(
                 "rotation requested; requests rotate at most once per {} ([rotation] min_request_interval): next at {}",
                 humantime_serde::re::humantime::format_duration(self.config.min_request_interval),
@@ -910,92 +847,128 @@ impl<C: Coordinator> Node<'_, C> {
                 self.last_wait = Some(msg);
             }
         }
-        let decision = decide_at(now, ring.as_ref(), &policy, &members, requested);
-        let next = match next_ring(&decision, ring.as_ref(), now, &policy, &mut OsKeySource) {
-            // A first ring numbers above every generation a member ever acknowledged (the
-            // ring was deleted, or the store restored empty): no old acknowledgement can count
-            // for it, and no node takes it for a replay.
-            Ok(Some(n)) if matches!(decision, Decision::Bootstrap) => {
-                Some(renumber_after(n, snap, self.newest_seen))
-            }
-            Ok(n) => n,
-            Err(e) => {
-                error!("cannot compute the next ring: {e}");
-                return Some(Instant::now() + BACKOFF_MAX);
-            }
-        };
-        if let Some(new) = next {
-            // A rotation serves every pending request, and takes unreadable ones away with them.
-            let served: Vec<String> = if matches!(decision, Decision::Rotate(_)) {
-                snap.requests
-                    .iter()
-                    .chain(&snap.unreadable_requests)
-                    .cloned()
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            match self.write(term, &new, snap, &served).await {
-                Ok(revision) => {
-                    self.last_wait = None;
-                    if matches!(decision, Decision::Rotate(_)) {
-                        self.metrics.rotations.inc();
-                    }
-                    if matches!(decision, Decision::Rotate(RotateReason::Requested)) {
-                        self.last_requested_rotation = Some(Instant::now());
-                    }
-                    audit_decision(&decision, ring.as_ref(), &new, &me, &snap.requested_by);
-                    self.purge(ring.as_ref(), &new, revision).await;
-                }
-                Err(e) => self.write_failed(e),
-            }
-            return Some(Instant::now() + BACKOFF_MIN);
-        }
-        // Nothing to change in the ring; seal it again if a live member lacks a usable copy
-        // (it joined, restarted, or reported that its copy does not open).
-        if let (Some(ring), Some(stored)) = (&ring, stored) {
-            let lacking = lacking_copies(stored, &snap.members);
-            let rested = self
+        let view = LeaderView {
+            me: &me,
+            snap,
+            held: self.held(),
+            newest_seen: self.newest_seen,
+            policy: self.config.policy,
+            now,
+            requests_due,
+            reseal_rested: self
                 .last_reseal
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-            if !lacking.is_empty() && rested {
-                self.last_reseal = Some(Instant::now());
-                let resealed = ring.with_next_rotation_at(ring.next_rotation_at());
-                match self.write(term, &resealed, snap, &[]).await {
-                    Ok(_) => info!(
-                        generation = resealed.generation(),
-                        "sealed the ring for {}",
-                        lacking.join(", ")
-                    ),
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1)),
+        };
+        let step = engine::leader_step(&view, &mut OsKeySource);
+        let after =
+            |d: SystemTime| Some(Instant::now() + d.duration_since(now).unwrap_or_default());
+        match step {
+            Step::StepDown { ahead } => {
+                // Keys stamped in the members' future: their key-age figures and any later
+                // leader's schedule would be off by as much. Let a member with a sane clock lead.
+                error!(target: "audit", node = %me, term = term.0, ahead_seconds = ahead.as_secs(), "this leader's clock is ahead of its members' by {ahead:?} (their acknowledgements are stamped before its ring); it stops leading for {:?}; fix its time source (chrony, systemd-timesyncd)", stek_coord::clock::CLOCK_COOLDOWN);
+                self.clock_paused_until = Some(Instant::now() + stek_coord::clock::CLOCK_COOLDOWN);
+                if let Err(e) = self.coord.resign(term).await {
+                    warn!("could not release the leadership: {e}");
+                }
+                self.term = None;
+                Some(Instant::now() + BACKOFF_MIN)
+            }
+            Step::HandOver { to, why } => self.hand_over(term, &to, &why).await,
+            Step::Stuck { why } => {
+                if self.logged.insert(("ring-repair".into(), why.clone())) {
+                    error!("{why}, and no live member holds keys to rewrite it with; an operator must restore it or delete it (a new ring is then made)");
+                }
+                Some(Instant::now() + BACKOFF_MAX)
+            }
+            Step::Failed { why } => {
+                error!("{why}");
+                Some(Instant::now() + BACKOFF_MAX)
+            }
+            Step::Write {
+                ring,
+                served,
+                why,
+                before,
+            } => {
+                if matches!(why, Why::Reseal(_)) {
+                    self.last_reseal = Some(Instant::now());
+                }
+                match self.write(term, &ring, snap, &served).await {
+                    Ok(revision) => {
+                        self.written(&why, before.as_ref(), &ring, snap, revision)
+                            .await
+                    }
                     Err(e) => self.write_failed(e),
                 }
-                return Some(Instant::now() + BACKOFF_MIN);
+                Some(Instant::now() + BACKOFF_MIN)
             }
-            if !lacking.is_empty() {
-                return Some(Instant::now() + Duration::from_secs(1));
+            Step::Wait { decision, until } => {
+                match decision {
+                    Some(Decision::Wait { reason, blocked_by }) => {
+                        let who: Vec<String> = blocked_by.iter().map(ToString::to_string).collect();
+                        let msg = format!("{reason:?} rotation waits for {}", who.join(", "));
+                        if self.last_wait.as_deref() != Some(msg.as_str()) {
+                            warn!("{msg}");
+                            self.last_wait = Some(msg);
+                        }
+                    }
+                    Some(Decision::Idle { .. }) if snap.requests.is_empty() => {
+                        self.last_wait = None
+                    }
+                    _ => {}
+                }
+                after(until)
             }
         }
-        match decision {
-            Decision::Idle { until } => {
-                let until = if snap.requests.is_empty() {
-                    self.last_wait = None;
-                    until
-                } else {
-                    until.min(requests_due)
-                };
-                let left = until.duration_since(now).unwrap_or_default();
-                Some(Instant::now() + left)
-            }
-            Decision::Wait { reason, blocked_by } => {
-                let who: Vec<String> = blocked_by.iter().map(ToString::to_string).collect();
-                let msg = format!("{reason:?} rotation waits for {}", who.join(", "));
-                if self.last_wait.as_deref() != Some(msg.as_str()) {
-                    warn!("{msg}");
-                    self.last_wait = Some(msg);
+    }
+
+    /// The keys this node holds.
+    fn held(&self) -> Held<'_> {
+        Held {
+            opened: self.opened.as_ref(),
+            applied: self.applied.as_ref(),
+        }
+    }
+
+    /// After a leader write landed: the audit trail, the counters, and the history purge.
+    async fn written(
+        &mut self,
+        why: &Why,
+        before: Option<&KeyRing>,
+        ring: &KeyRing,
+        snap: &Snapshot,
+        revision: i64,
+    ) {
+        let me = self.config.node_id.clone();
+        match why {
+            Why::Decision(decision) => {
+                self.last_wait = None;
+                if matches!(decision, Decision::Rotate(_)) {
+                    self.metrics.rotations.inc();
                 }
-                Some(Instant::now() + Duration::from_secs(1))
+                if matches!(decision, Decision::Rotate(RotateReason::Requested)) {
+                    self.last_requested_rotation = Some(Instant::now());
+                }
+                audit_decision(decision, before, ring, &me, &snap.requested_by);
+                self.purge(before, ring, revision).await;
             }
-            _ => Some(Instant::now() + BACKOFF_MIN),
+            Why::WriteBack(why) => {
+                warn!(target: "audit", generation = ring.generation(), leader = %me, "{why}: rewrote the last valid ring this leader holds")
+            }
+            Why::Rekey => {
+                error!(target: "audit", generation = ring.generation(), leader = %me, active = %ring.active().fingerprint(), "no live member can open the stored ring (every member that held it has restarted): created new keys; tickets issued before now will not resume");
+                // The new active key encrypts from now on, unstaged: an activation like any
+                // other for whoever reads the audit trail.
+                let active = ring.active();
+                info!(target: "audit", epoch = active.epoch, fingerprint = %active.fingerprint(), generation = ring.generation(), leader = %me, reason = "re-key", "key activated");
+                self.purge(None, ring, revision).await;
+            }
+            Why::Reseal(lacking) => info!(
+                generation = ring.generation(),
+                "sealed the ring for {}",
+                lacking.join(", ")
+            ),
         }
     }
 
@@ -1058,57 +1031,6 @@ impl<C: Coordinator> Node<'_, C> {
         }
     }
 
-    /// The stored ring with its key bytes: this node's opened copy, or, when its copy of this
-    /// generation did not open, the same keys it opened before (a reseal it could not read).
-    fn plaintext(&self, meta: &RingMeta) -> Option<KeyRing> {
-        // By digest, never by generation alone: this node's own ring of a generation is not
-        // the stored one if the store now holds another ring of that number.
-        let known: Vec<&KeyRing> = self.opened.iter().chain(self.applied.iter()).collect();
-        let digest = meta.digest();
-        if let Some(r) = known.iter().find(|r| r.digest() == digest) {
-            return Some((*r).clone());
-        }
-        meta.with_keys(|k| {
-            known.iter().find_map(|r| {
-                r.keys()
-                    .iter()
-                    .find(|x| x.epoch == k.epoch && x.fingerprint() == k.key)
-                    .map(|x| x.key.clone())
-            })
-        })
-    }
-
-    /// A live member other than this node that should lead instead, because this node cannot
-    /// open the stored ring and it can (a usable copy), or because it acknowledged a newer
-    /// generation than the store holds (the ring was replayed, restored from a backup or
-    /// deleted) and this node holds no keys of its own.
-    fn defer_to(&self, snap: &Snapshot) -> Option<String> {
-        let stored = match &snap.ring {
-            RingSlot::Valid(stored) => stored,
-            _ if self.opened.is_some() || self.applied.is_some() => return None,
-            _ => return self.key_holder(snap, 0),
-        };
-        if self.plaintext(&stored.ring).is_some() {
-            return None;
-        }
-        snap.members
-            .iter()
-            .filter(|m| m.live && m.record.node_id != self.config.node_id)
-            .find(|m| stored.usable_copy_for(&m.record))
-            .map(|m| m.record.node_id.clone())
-            .or_else(|| self.key_holder(snap, stored.ring.generation()))
-    }
-
-    /// A live member other than this node that acknowledged a generation above `above`: it
-    /// holds keys the store no longer shows.
-    fn key_holder(&self, snap: &Snapshot, above: u64) -> Option<String> {
-        snap.members
-            .iter()
-            .filter(|m| m.live && m.record.node_id != self.config.node_id)
-            .find(|m| m.record.applied_generation > above)
-            .map(|m| m.record.node_id.clone())
-    }
-
     /// Gives the leadership up so that `holder` takes it.
     async fn hand_over(&mut self, term: Term, holder: &str, why: &str) -> Option<Instant> {
         info!(target: "audit", node = %self.config.node_id, term = term.0, "leadership released: {why}; {holder} holds keys and should lead");
@@ -1116,38 +1038,6 @@ impl<C: Coordinator> Node<'_, C> {
             warn!("could not release the leadership: {e}");
         }
         self.term = None;
-        Some(Instant::now() + BACKOFF_MIN)
-    }
-
-    /// Leading while this node cannot open the stored ring: hand over to a member that can,
-    /// or, if no live member can, start a new ring (the old keys are gone with the processes
-    /// that held them).
-    async fn cannot_open(
-        &mut self,
-        term: Term,
-        stored: &StoredRing,
-        snap: &Snapshot,
-        now: SystemTime,
-    ) -> Option<Instant> {
-        let me = self.config.node_id.clone();
-        if let Some(holder) = self.defer_to(snap) {
-            return self
-                .hand_over(term, &holder, "this node cannot open the ring")
-                .await;
-        }
-        let rekeyed = KeyRing::rekeyed(&stored.ring, now, &self.config.policy, &mut OsKeySource);
-        let rekeyed = renumber_after(rekeyed, snap, self.newest_seen);
-        match self.write(term, &rekeyed, snap, &snap.requests).await {
-            Ok(revision) => {
-                error!(target: "audit", generation = rekeyed.generation(), leader = %me, active = %rekeyed.active().fingerprint(), "no live member can open the stored ring (every member that held it has restarted): created new keys; tickets issued before now will not resume");
-                // The new active key encrypts from now on, unstaged: an activation like any
-                // other for whoever reads the audit trail.
-                let active = rekeyed.active();
-                info!(target: "audit", epoch = active.epoch, fingerprint = %active.fingerprint(), generation = rekeyed.generation(), leader = %me, reason = "re-key", "key activated");
-                self.purge(None, &rekeyed, revision).await;
-            }
-            Err(e) => self.write_failed(e),
-        }
         Some(Instant::now() + BACKOFF_MIN)
     }
 
@@ -1226,35 +1116,6 @@ impl<C: Coordinator> Node<'_, C> {
     }
 }
 
-/// Live members with a public key but no usable copy of the stored ring.
-fn lacking_copies(stored: &StoredRing, members: &[Member]) -> Vec<String> {
-    members
-        .iter()
-        .filter(|m| {
-            m.live && m.record.sealing_key().is_some() && !stored.usable_copy_for(&m.record)
-        })
-        .map(|m| m.record.node_id.clone())
-        .collect()
-}
-
-/// A repaired ring must have a generation above every generation members acknowledged, so
-/// that they apply it and acknowledge again, and above `floor` (the newest this node saw), so
-/// that no node takes it for a replay. Acknowledgements are unsigned: one more than
-/// [`MAX_GENERATION_STEP`] above `floor` is ignored, so a forged one cannot push the ring to
-/// the end of the numbering.
-fn renumber_after(ring: KeyRing, snap: &Snapshot, floor: u64) -> KeyRing {
-    let ceiling = floor.saturating_add(MAX_GENERATION_STEP);
-    let highest = snap
-        .members
-        .iter()
-        .map(|m| m.record.applied_generation)
-        .filter(|g| *g <= ceiling)
-        .max()
-        .unwrap_or(0)
-        .max(floor);
-    ring.renumbered(highest.saturating_add(1))
-}
-
 fn audit_decision(
     decision: &Decision,
     before: Option<&KeyRing>,
@@ -1295,74 +1156,5 @@ fn audit_decision(
         .filter(|k| !ring.keys().iter().any(|n| n.epoch == k.epoch))
     {
         info!(target: "audit", epoch = gone.epoch, fingerprint = %gone.fingerprint(), generation, leader, "key dropped");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use stek_core::Policy;
-
-    fn snapshot_with_acks(acks: &[u64]) -> Snapshot {
-        let members = acks
-            .iter()
-            .enumerate()
-            .map(|(i, g)| Member {
-                record: MemberRecord {
-                    node_id: format!("n{i}"),
-                    version: String::new(),
-                    targets: Vec::new(),
-                    applied_generation: *g,
-                    last_error: None,
-                    updated_at_ms: 0,
-                    public_key: None,
-                    unsealable_generation: None,
-                    certificate: None,
-                    key_signature: None,
-                    applied_digest: None,
-                },
-                live: true,
-            })
-            .collect();
-        Snapshot {
-            revision: 1,
-            leader: None,
-            ring: RingSlot::Absent,
-            ring_revision: 0,
-            members,
-            requests: Vec::new(),
-            unreadable_requests: Vec::new(),
-            requested_by: Vec::new(),
-            request_records: Vec::new(),
-            rejected: Vec::new(),
-            partial: false,
-            refused: Vec::new(),
-        }
-    }
-
-    /// A ring written after a rollback, a re-key or a bootstrap numbers above every
-    /// acknowledgement; one record claiming a generation near u64::MAX (a record decoded
-    /// elsewhere is refused above 2^48; this one is built by hand) is ignored, and the
-    /// renumbering is one step, whatever the numbers.
-    #[test]
-    fn a_repaired_ring_numbers_above_every_ack_and_ignores_absurd_ones() {
-        let p = Policy {
-            interval: Duration::from_secs(60),
-            retain: 1,
-        };
-        let ring = KeyRing::bootstrap(SystemTime::now(), &p, &mut OsKeySource);
-        let r = renumber_after(ring.clone(), &snapshot_with_acks(&[3, 7, 5]), 0);
-        assert_eq!(r.generation(), 8);
-        assert_eq!(r.keys(), ring.keys());
-        let r = renumber_after(ring.clone(), &snapshot_with_acks(&[3]), 10);
-        assert_eq!(r.generation(), 11, "above the newest this node saw");
-        let r = renumber_after(
-            ring.clone(),
-            &snapshot_with_acks(&[4, u64::MAX, u64::MAX - 1]),
-            2,
-        );
-        assert_eq!(r.generation(), 5, "absurd acknowledgements are ignored");
-        let r = renumber_after(ring, &snapshot_with_acks(&[]), u64::MAX);
-        assert_eq!(r.generation(), u64::MAX, "saturates, never wraps");
     }
 }

@@ -1,0 +1,743 @@
+//! The leader's decisions, pure: given what the store shows ([`Snapshot`]), the keys this node
+//! holds, and the time, [`leader_step`] says what to do next, and the runtime
+//! ([`crate::node`]) does it: write a ring, hand the leadership over, step down, or wait.
+//! Like openraft's split of its Engine from its Runtime, nothing here awaits, reads a clock,
+//! or draws randomness except through the [`KeySource`] it is given, so every decision is
+//! tested with plain values (see the tests below and `tests/scenarios.rs` for the runtime).
+
+use std::time::{Duration, SystemTime};
+
+use stek_coord::{Member, RingSlot, Snapshot, StoredRing};
+use stek_core::{decide_at, next_ring, Decision, KeyRing, KeySource, Policy, RingMeta};
+
+/// The largest step a ring's generation may take above the newest one this node accepted: a
+/// signed ring numbered near u64::MAX (a compromised member's) would stop every later write.
+pub const MAX_GENERATION_STEP: u64 = 1_000_000;
+
+/// What the leader knows when it decides.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaderView<'a> {
+    /// This node's id.
+    pub me: &'a str,
+    /// The store, as this node may act on it (authenticated, replays refused).
+    pub snap: &'a Snapshot,
+    /// The keys this node holds: the ring it last opened and the ring it last applied.
+    pub held: Held<'a>,
+    /// The newest generation this node accepted.
+    pub newest_seen: u64,
+    /// The rotation policy.
+    pub policy: Policy,
+    /// Now, by this node's clock.
+    pub now: SystemTime,
+    /// When pending rotation requests may rotate (`min_request_interval`).
+    pub requests_due: SystemTime,
+    /// Whether a reseal may be written now (one per second at most).
+    pub reseal_rested: bool,
+}
+
+/// The rings whose key bytes this node holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Held<'a> {
+    /// The last ring it opened from its sealed copy.
+    pub opened: Option<&'a KeyRing>,
+    /// The last ring it applied to every target.
+    pub applied: Option<&'a KeyRing>,
+}
+
+impl Held<'_> {
+    fn any(&self) -> Option<&KeyRing> {
+        self.opened.or(self.applied)
+    }
+
+    /// The stored ring with its key bytes: a ring this node holds with the same digest (never
+    /// the same generation alone), or the same keys found among the rings it holds.
+    pub fn plaintext(&self, meta: &RingMeta) -> Option<KeyRing> {
+        let known: Vec<&KeyRing> = self
+            .opened
+            .iter()
+            .chain(self.applied.iter())
+            .copied()
+            .collect();
+        let digest = meta.digest();
+        if let Some(r) = known.iter().find(|r| r.digest() == digest) {
+            return Some((*r).clone());
+        }
+        meta.with_keys(|k| {
+            known.iter().find_map(|r| {
+                r.keys()
+                    .iter()
+                    .find(|x| x.epoch == k.epoch && x.fingerprint() == k.key)
+                    .map(|x| x.key.clone())
+            })
+        })
+    }
+}
+
+/// Why the leader writes a ring: the runtime logs each as its audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Why {
+    /// The rotation decision ([`decide_at`]): a bootstrap, rotation, drop or reschedule.
+    Decision(Decision),
+    /// The ring is missing or rejected; the keys this leader holds are written back.
+    WriteBack(String),
+    /// No live member can open the stored ring: new keys, continuing the numbering.
+    Rekey,
+    /// The same keys, sealed again for members that lack a usable copy.
+    Reseal(Vec<String>),
+}
+
+/// The leader's next step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// This leader's clock is ahead of its members' by `ahead`: stop leading for a while.
+    StepDown {
+        /// How far ahead.
+        ahead: Duration,
+    },
+    /// Give the leadership up so that `to`, which holds keys this node lacks, leads.
+    HandOver {
+        /// Who should lead.
+        to: String,
+        /// Why.
+        why: String,
+    },
+    /// Seal and write `ring`, deleting the `served` requests with it.
+    Write {
+        /// The ring.
+        ring: KeyRing,
+        /// Rotation requests it serves (and unreadable ones it takes away).
+        served: Vec<String>,
+        /// Why.
+        why: Why,
+        /// The ring it replaces, when this node holds its keys (for the audit trail and the
+        /// history purge).
+        before: Option<KeyRing>,
+    },
+    /// The ring record is rejected and no live member holds keys to write back: an operator
+    /// must act.
+    Stuck {
+        /// What is wrong.
+        why: String,
+    },
+    /// The decision cannot be computed (a bug or a hand-edited ring).
+    Failed {
+        /// Why.
+        why: String,
+    },
+    /// Nothing to write now; decide again after `retry` (a rotation that waits for members, a
+    /// reseal that waits for its rate limit) or at `until`.
+    Wait {
+        /// The rotation decision, when there was one (`Decision::Wait` names the blockers).
+        decision: Option<Decision>,
+        /// When to decide again at the latest.
+        until: SystemTime,
+    },
+}
+
+/// The leader's next step: see [`Step`]. Pure.
+pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
+    let snap = v.snap;
+    if let Some(ahead) = snap
+        .valid_ring()
+        .filter(|r| r.written_by == v.me)
+        .and_then(|r| stek_coord::clock::writer_ahead_of_members(r, &snap.members))
+        .filter(|a| *a > stek_coord::clock::CLOCK_BOUND)
+    {
+        return Step::StepDown { ahead };
+    }
+    let (ring, stored) = match &snap.ring {
+        RingSlot::Valid(stored) => match v.held.plaintext(&stored.ring) {
+            Some(ring) => (Some(ring), Some(stored)),
+            None => return cannot_open(v, stored, keys),
+        },
+        RingSlot::Absent | RingSlot::Rejected(_) => {
+            // Never bootstrap over a missing or bad record while keys are held: nodes would
+            // switch to keys nobody else holds. Write back the last ring this node opened (same
+            // keys, a generation above any seen), or hand over to a member that holds keys;
+            // bootstrap only when nobody does.
+            let why = match &snap.ring {
+                RingSlot::Rejected(e) => format!("the ring record is rejected ({e})"),
+                _ => "the ring record is missing".to_owned(),
+            };
+            if let Some(good) = v.held.any() {
+                let ring = renumber_after(
+                    good.with_next_rotation_at(good.next_rotation_at()),
+                    snap,
+                    v.newest_seen,
+                );
+                return Step::Write {
+                    ring,
+                    served: Vec::new(),
+                    why: Why::WriteBack(why),
+                    before: None,
+                };
+            }
+            if let Some(to) = key_holder(v.me, snap, 0) {
+                return Step::HandOver { to, why };
+            }
+            if matches!(snap.ring, RingSlot::Rejected(_)) {
+                return Step::Stuck { why };
+            }
+            (None, None)
+        }
+    };
+    let requested = !snap.requests.is_empty() && v.now >= v.requests_due;
+    let decision = decide_at(
+        v.now,
+        ring.as_ref(),
+        &v.policy,
+        &snap.member_views(),
+        requested,
+    );
+    let next = match next_ring(&decision, ring.as_ref(), v.now, &v.policy, keys) {
+        // A first ring numbers above every generation a member ever acknowledged (the ring was
+        // deleted, or the store restored empty): no old acknowledgement can count for it, and
+        // no node takes it for a replay.
+        Ok(Some(n)) if matches!(decision, Decision::Bootstrap) => {
+            Some(renumber_after(n, snap, v.newest_seen))
+        }
+        Ok(n) => n,
+        Err(e) => {
+            return Step::Failed {
+                why: format!("cannot compute the next ring: {e}"),
+            }
+        }
+    };
+    if let Some(new) = next {
+        // A rotation serves every pending request, and takes unreadable ones away with them.
+        let served = if matches!(decision, Decision::Rotate(_)) {
+            snap.requests
+                .iter()
+                .chain(&snap.unreadable_requests)
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        return Step::Write {
+            ring: new,
+            served,
+            why: Why::Decision(decision),
+            before: ring,
+        };
+    }
+    // Nothing to change in the ring; seal it again if a live member lacks a usable copy (it
+    // joined, restarted, or reported that its copy does not open).
+    if let (Some(ring), Some(stored)) = (&ring, stored) {
+        let lacking = lacking_copies(stored, &snap.members);
+        if !lacking.is_empty() && v.reseal_rested {
+            return Step::Write {
+                ring: ring.with_next_rotation_at(ring.next_rotation_at()),
+                served: Vec::new(),
+                why: Why::Reseal(lacking),
+                before: Some(ring.clone()),
+            };
+        }
+        if !lacking.is_empty() {
+            return Step::Wait {
+                decision: None,
+                until: v.now + Duration::from_secs(1),
+            };
+        }
+    }
+    let until = match &decision {
+        Decision::Idle { until } if snap.requests.is_empty() => *until,
+        Decision::Idle { until } => (*until).min(v.requests_due),
+        _ => v.now + Duration::from_secs(1),
+    };
+    Step::Wait {
+        decision: Some(decision),
+        until,
+    }
+}
+
+/// Leading while this node cannot open the stored ring: hand over to a member that can, or,
+/// if no live member can, start new keys (the old keys are gone with the processes that held
+/// them), numbered above every acknowledgement.
+fn cannot_open(v: &LeaderView<'_>, stored: &StoredRing, keys: &mut dyn KeySource) -> Step {
+    if let Some(to) = defer_to(v.me, v.held, v.snap) {
+        return Step::HandOver {
+            to,
+            why: "this node cannot open the ring".into(),
+        };
+    }
+    let rekeyed = KeyRing::rekeyed(&stored.ring, v.now, &v.policy, keys);
+    Step::Write {
+        ring: renumber_after(rekeyed, v.snap, v.newest_seen),
+        served: v.snap.requests.clone(),
+        why: Why::Rekey,
+        before: None,
+    }
+}
+
+/// A live member other than `me` that should lead instead, because `me` cannot open the
+/// stored ring and it can (a usable copy), or because it acknowledged a newer generation than
+/// the store holds (the ring was replayed, restored from a backup or deleted) and `me` holds
+/// no keys of its own.
+pub fn defer_to(me: &str, held: Held<'_>, snap: &Snapshot) -> Option<String> {
+    let stored = match &snap.ring {
+        RingSlot::Valid(stored) => stored,
+        _ if held.any().is_some() => return None,
+        _ => return key_holder(me, snap, 0),
+    };
+    if held.plaintext(&stored.ring).is_some() {
+        return None;
+    }
+    snap.members
+        .iter()
+        .filter(|m| m.live && m.record.node_id != me)
+        .find(|m| stored.usable_copy_for(&m.record))
+        .map(|m| m.record.node_id.clone())
+        .or_else(|| key_holder(me, snap, stored.ring.generation()))
+}
+
+/// A live member other than `me` that acknowledged a generation above `above`: it holds keys
+/// the store no longer shows.
+fn key_holder(me: &str, snap: &Snapshot, above: u64) -> Option<String> {
+    snap.members
+        .iter()
+        .filter(|m| m.live && m.record.node_id != me)
+        .find(|m| m.record.applied_generation > above)
+        .map(|m| m.record.node_id.clone())
+}
+
+/// Live members with a public key but no usable copy of the stored ring.
+pub fn lacking_copies(stored: &StoredRing, members: &[Member]) -> Vec<String> {
+    members
+        .iter()
+        .filter(|m| {
+            m.live && m.record.sealing_key().is_some() && !stored.usable_copy_for(&m.record)
+        })
+        .map(|m| m.record.node_id.clone())
+        .collect()
+}
+
+/// A repaired ring must have a generation above every generation members acknowledged, so
+/// that they apply it and acknowledge again, and above `floor` (the newest this node saw), so
+/// that no node takes it for a replay. Acknowledgements are unsigned: one more than
+/// [`MAX_GENERATION_STEP`] above `floor` is ignored, so a forged one cannot push the ring to
+/// the end of the numbering. One step, whatever the numbers (saturating, never wrapping).
+pub fn renumber_after(ring: KeyRing, snap: &Snapshot, floor: u64) -> KeyRing {
+    let ceiling = floor.saturating_add(MAX_GENERATION_STEP);
+    let highest = snap
+        .members
+        .iter()
+        .map(|m| m.record.applied_generation)
+        .filter(|g| *g <= ceiling)
+        .max()
+        .unwrap_or(0)
+        .max(floor);
+    ring.renumbered(highest.saturating_add(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stek_coord::seal::Identity;
+    use stek_coord::{MemberRecord, RecordError};
+    use stek_core::{KeyState, OsKeySource};
+
+    const ME: &str = "n1";
+
+    fn policy() -> Policy {
+        Policy {
+            interval: Duration::from_secs(3600),
+            retain: 1,
+        }
+    }
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    fn ring_at(generation: u64, at: SystemTime) -> KeyRing {
+        KeyRing::bootstrap(at, &policy(), &mut OsKeySource)
+            .renumbered(generation)
+            .to_millis()
+    }
+
+    struct M {
+        id: &'static str,
+        live: bool,
+        acked: Option<(u64, Option<String>)>,
+        key: Option<Identity>,
+        at: SystemTime,
+    }
+
+    fn m(id: &'static str) -> M {
+        M {
+            id,
+            live: true,
+            acked: None,
+            key: Some(Identity::generate()),
+            at: t(0),
+        }
+    }
+
+    impl M {
+        fn acked(mut self, ring: &KeyRing) -> Self {
+            self.acked = Some((ring.generation(), Some(ring.digest().to_string())));
+            self
+        }
+        fn applied(mut self, generation: u64) -> Self {
+            self.acked = Some((generation, None));
+            self
+        }
+        fn dead(mut self) -> Self {
+            self.live = false;
+            self
+        }
+        fn at(mut self, when: SystemTime) -> Self {
+            self.at = when;
+            self
+        }
+        fn member(&self) -> Member {
+            let (applied, digest) = self.acked.clone().unwrap_or((0, None));
+            Member {
+                record: MemberRecord {
+                    node_id: self.id.into(),
+                    version: String::new(),
+                    targets: Vec::new(),
+                    applied_generation: applied,
+                    last_error: None,
+                    updated_at_ms: u64::try_from(
+                        self.at
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .unwrap()
+                            .as_millis(),
+                    )
+                    .unwrap(),
+                    public_key: self.key.as_ref().map(|k| k.public().to_base64()),
+                    unsealable_generation: None,
+                    certificate: None,
+                    key_signature: None,
+                    applied_digest: digest,
+                },
+                live: self.live,
+            }
+        }
+    }
+
+    /// A snapshot of `ring` (sealed for the members listed in `sealed_for`, written by
+    /// `writer`) and `members`.
+    fn snap(ring: Option<(&KeyRing, &str, &[&str])>, members: &[M]) -> Snapshot {
+        let slot = match ring {
+            None => RingSlot::Absent,
+            Some((r, writer, sealed_for)) => {
+                let recipients: Vec<_> = members
+                    .iter()
+                    .filter(|x| sealed_for.contains(&x.id))
+                    .filter_map(|x| Some((x.id.to_owned(), *x.key.as_ref()?.public())))
+                    .collect();
+                RingSlot::Valid(StoredRing::seal("c", r, &policy(), writer, &recipients).0)
+            }
+        };
+        Snapshot {
+            revision: 1,
+            leader: None,
+            ring: slot,
+            ring_revision: 1,
+            members: members.iter().map(M::member).collect(),
+            requests: Vec::new(),
+            unreadable_requests: Vec::new(),
+            requested_by: Vec::new(),
+            request_records: Vec::new(),
+            rejected: Vec::new(),
+            partial: false,
+            refused: Vec::new(),
+        }
+    }
+
+    fn step(snap: &Snapshot, held: Held<'_>, now: SystemTime) -> Step {
+        let v = LeaderView {
+            me: ME,
+            snap,
+            held,
+            newest_seen: 0,
+            policy: policy(),
+            now,
+            requests_due: now,
+            reseal_rested: true,
+        };
+        leader_step(&v, &mut OsKeySource)
+    }
+
+    fn written(step: Step) -> (KeyRing, Vec<String>, Why) {
+        match step {
+            Step::Write {
+                ring, served, why, ..
+            } => (ring, served, why),
+            other => panic!("expected a write, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_repaired_ring_numbers_above_every_ack_and_ignores_absurd_ones() {
+        let ring = ring_at(1, t(0));
+        let acks = |gs: &[u64]| {
+            let ms: Vec<M> = gs.iter().map(|g| m("x").applied(*g)).collect();
+            snap(None, &ms)
+        };
+        assert_eq!(
+            renumber_after(ring.clone(), &acks(&[3, 7, 5]), 0).generation(),
+            8
+        );
+        assert_eq!(
+            renumber_after(ring.clone(), &acks(&[3]), 10).generation(),
+            11
+        );
+        let absurd = acks(&[4, u64::MAX, u64::MAX - 1]);
+        assert_eq!(renumber_after(ring.clone(), &absurd, 2).generation(), 5);
+        assert_eq!(
+            renumber_after(ring, &acks(&[]), u64::MAX).generation(),
+            u64::MAX,
+            "saturates, never wraps"
+        );
+    }
+
+    #[test]
+    fn a_missing_ring_is_written_back_with_the_keys_held_above_every_ack() {
+        let held = ring_at(5, t(0));
+        let s = snap(None, &[m(ME).acked(&held), m("n2").applied(7)]);
+        let (ring, _, why) = written(step(
+            &s,
+            Held {
+                opened: Some(&held),
+                applied: None,
+            },
+            t(10),
+        ));
+        assert!(matches!(why, Why::WriteBack(_)));
+        assert_eq!(ring.generation(), 8);
+        assert_eq!(ring.keys(), held.keys());
+    }
+
+    #[test]
+    fn a_missing_ring_without_keys_here_is_handed_to_a_member_that_holds_some() {
+        let s = snap(None, &[m(ME), m("n2").applied(3)]);
+        assert_eq!(
+            step(&s, Held::default(), t(0)),
+            Step::HandOver {
+                to: "n2".into(),
+                why: "the ring record is missing".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_rejected_ring_nobody_holds_keys_for_is_never_bootstrapped_over() {
+        let mut s = snap(None, &[m(ME), m("n2")]);
+        s.ring = RingSlot::Rejected(RecordError::UnknownKey);
+        assert!(matches!(
+            step(&s, Held::default(), t(0)),
+            Step::Stuck { .. }
+        ));
+    }
+
+    #[test]
+    fn a_first_ring_numbers_above_acknowledgements_of_dead_members() {
+        let s = snap(None, &[m(ME), m("gone").applied(9).dead()]);
+        let (ring, _, why) = written(step(&s, Held::default(), t(0)));
+        assert_eq!(why, Why::Decision(Decision::Bootstrap));
+        assert_eq!(ring.generation(), 10);
+    }
+
+    /// The leader holds a ring of generation 4; the store holds another ring of generation 4
+    /// that no live member can open. Taking its own ring for the stored one would rotate keys
+    /// nobody else holds; it makes new keys instead, numbered above every acknowledgement.
+    #[test]
+    fn the_leaders_own_ring_of_a_generation_is_not_the_stored_ring_of_that_generation() {
+        let mine = ring_at(4, t(0));
+        let stored = ring_at(4, t(0));
+        assert_ne!(mine.digest(), stored.digest());
+        let s = snap(
+            Some((&stored, ME, &[])),
+            &[m(ME).acked(&mine), m("n2").acked(&mine)],
+        );
+        let (ring, _, why) = written(step(
+            &s,
+            Held {
+                opened: Some(&mine),
+                applied: Some(&mine),
+            },
+            t(4000),
+        ));
+        assert_eq!(why, Why::Rekey);
+        assert_eq!(ring.generation(), 5);
+        assert!(ring.keys().iter().all(|k| mine
+            .keys()
+            .iter()
+            .all(|x| x.epoch != k.epoch || x.key != k.key)));
+    }
+
+    #[test]
+    fn an_acknowledgement_of_another_ring_blocks_the_rotation() {
+        let r = ring_at(4, t(0));
+        let other = ring_at(4, t(0));
+        let s = snap(
+            Some((&r, ME, &[ME, "n2"])),
+            &[m(ME).acked(&r), m("n2").acked(&other)],
+        );
+        let held = Held {
+            opened: Some(&r),
+            applied: Some(&r),
+        };
+        match step(&s, held, t(3600)) {
+            Step::Wait {
+                decision: Some(Decision::Wait { blocked_by, .. }),
+                ..
+            } => assert_eq!(blocked_by[0].member, "n2"),
+            other => panic!("n2 applied another ring: the rotation must wait, got {other:?}"),
+        }
+        let s = snap(
+            Some((&r, ME, &[ME, "n2"])),
+            &[m(ME).acked(&r), m("n2").acked(&r)],
+        );
+        let (next, _, why) = written(step(&s, held, t(3600)));
+        assert!(matches!(why, Why::Decision(Decision::Rotate(_))));
+        assert_eq!(next.active().epoch, r.staged().unwrap().epoch);
+    }
+
+    #[test]
+    fn a_leader_whose_clock_is_ahead_of_its_members_steps_down() {
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let r = ring_at(2, t(0) + year);
+        let s = snap(
+            Some((&r, ME, &[ME, "n2", "n3"])),
+            &[
+                m(ME).acked(&r),
+                m("n2").acked(&r).at(t(5)),
+                m("n3").acked(&r).at(t(6)),
+            ],
+        );
+        let held = Held {
+            opened: Some(&r),
+            applied: Some(&r),
+        };
+        match step(&s, held, t(0) + year) {
+            Step::StepDown { ahead } => assert!(ahead > year - Duration::from_secs(60)),
+            other => panic!("expected a step down, got {other:?}"),
+        }
+        // Another leader, reading the same store with a sane clock, pulls the schedule back.
+        let v = LeaderView {
+            me: "n2",
+            snap: &s,
+            held,
+            newest_seen: 0,
+            policy: policy(),
+            now: t(10),
+            requests_due: t(10),
+            reseal_rested: true,
+        };
+        let (ring, _, why) = written(leader_step(&v, &mut OsKeySource));
+        assert!(matches!(why, Why::Decision(Decision::Reschedule { .. })));
+        assert_eq!(ring.next_rotation_at(), t(10) + policy().interval);
+        assert_eq!(ring.keys(), r.keys());
+    }
+
+    #[test]
+    fn a_rotation_serves_every_pending_request_and_takes_unreadable_ones_away() {
+        let r = ring_at(3, t(0));
+        let mut s = snap(Some((&r, ME, &[ME])), &[m(ME).acked(&r)]);
+        s.requests = (0..200)
+            .map(|i| format!("/stek/c/requests/{i:04}"))
+            .collect();
+        s.unreadable_requests = vec!["/stek/c/requests/bad".into()];
+        let held = Held {
+            opened: Some(&r),
+            applied: None,
+        };
+        let (_, served, why) = written(step(&s, held, t(10)));
+        assert_eq!(
+            why,
+            Why::Decision(Decision::Rotate(
+                stek_core::rotation::RotateReason::Requested
+            ))
+        );
+        assert_eq!(served.len(), 201);
+        // Within min_request_interval the requests wait, until the earlier of the schedule and
+        // the interval's end.
+        let v = LeaderView {
+            me: ME,
+            snap: &s,
+            held,
+            newest_seen: 0,
+            policy: policy(),
+            now: t(10),
+            requests_due: t(70),
+            reseal_rested: true,
+        };
+        match leader_step(&v, &mut OsKeySource) {
+            Step::Wait { until, .. } => assert_eq!(until, t(70)),
+            other => panic!("requests wait for min_request_interval, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_member_without_a_copy_is_resealed_for_at_most_once_a_second() {
+        let r = ring_at(3, t(0));
+        let s = snap(Some((&r, ME, &[ME])), &[m(ME).acked(&r), m("new")]);
+        let held = Held {
+            opened: Some(&r),
+            applied: Some(&r),
+        };
+        let (ring, _, why) = written(step(&s, held, t(10)));
+        assert_eq!(why, Why::Reseal(vec!["new".into()]));
+        assert_eq!(ring.keys(), r.keys());
+        assert_eq!(ring.generation(), 4);
+        let v = LeaderView {
+            me: ME,
+            snap: &s,
+            held,
+            newest_seen: 0,
+            policy: policy(),
+            now: t(10),
+            requests_due: t(10),
+            reseal_rested: false,
+        };
+        assert_eq!(
+            leader_step(&v, &mut OsKeySource),
+            Step::Wait {
+                decision: None,
+                until: t(11)
+            }
+        );
+    }
+
+    #[test]
+    fn a_leader_that_cannot_open_the_ring_hands_over_to_a_member_that_can() {
+        let r = ring_at(3, t(0));
+        let s = snap(Some((&r, ME, &["n2"])), &[m(ME), m("n2").acked(&r)]);
+        assert!(matches!(
+            step(&s, Held::default(), t(10)),
+            Step::HandOver { to, .. } if to == "n2"
+        ));
+        assert_eq!(
+            defer_to(ME, Held::default(), &s),
+            Some("n2".to_owned()),
+            "and does not campaign while it can"
+        );
+    }
+
+    #[test]
+    fn staged_keys_activate_only_after_every_live_member_acknowledged() {
+        let r = ring_at(3, t(0));
+        assert!(r.keys().iter().any(|k| k.state == KeyState::Staged));
+        let s = snap(
+            Some((&r, ME, &[ME, "n2"])),
+            // The staged key came with the ring's first generation; n2 applied none yet.
+            &[m(ME).acked(&r), m("n2")],
+        );
+        let held = Held {
+            opened: Some(&r),
+            applied: Some(&r),
+        };
+        assert!(matches!(
+            step(&s, held, t(3600)),
+            Step::Wait {
+                decision: Some(Decision::Wait { .. }),
+                ..
+            }
+        ));
+    }
+}
