@@ -23,44 +23,43 @@ pub const CLOCK_BOUND: Duration = Duration::from_secs(60);
 /// How long a leader measured too far ahead does not campaign.
 pub const CLOCK_COOLDOWN: Duration = Duration::from_secs(600);
 
-/// When the ring's schedule started (its last rotation, or its bootstrap), by its writer's
-/// clock.
-fn schedule_start(stored: &StoredRing) -> SystemTime {
-    let next = stored.ring.next_rotation_at();
-    next.checked_sub(stored.policy.interval).unwrap_or(next)
+/// When the ring's newest key was made, by its writer's clock: the ring's own stamp. (Not the
+/// schedule's start, `next_rotation_at - interval`: a shorter interval in a later policy would
+/// put that in the future with every clock right.)
+fn newest_stamp(stored: &StoredRing) -> Option<SystemTime> {
+    stored.ring.keys().iter().map(|k| k.created_at).max()
 }
 
-/// How far the ring's newest stamp (its schedule's start, its newest key) is in the future of
-/// `now`; zero when none is.
+/// How far the ring's newest key's stamp is in the future of `now`; zero when it is not.
 pub fn ring_ahead(stored: &StoredRing, now: SystemTime) -> Duration {
-    let newest_key = stored.ring.keys().iter().map(|k| k.created_at).max();
-    [Some(schedule_start(stored)), newest_key]
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t.duration_since(now).ok())
-        .max()
+    newest_stamp(stored)
+        .and_then(|t| t.duration_since(now).ok())
         .unwrap_or_default()
 }
 
-/// How far the ring's writer's clock is ahead of the live members (other than the writer)
-/// that acknowledged exactly this ring, as the median of (schedule start - acknowledgement
-/// stamp); `None` without such an acknowledgement, zero when the writer is not ahead.
+/// How far the ring's writer's clock is ahead of the live members other than the writer, once
+/// every one of them acknowledged exactly this ring: the smallest (newest key's stamp -
+/// acknowledgement stamp) among them. `None` until then (or with no other live member).
+///
+/// The smallest: a writer whose clock is fast is ahead of every member, while a member can
+/// only make its own figure larger (a slow clock, or a forged stamp: acknowledgements are
+/// unsigned), so one member cannot make a healthy leader step down.
 pub fn writer_ahead_of_members(stored: &StoredRing, members: &[Member]) -> Option<Duration> {
-    let start = schedule_start(stored);
-    let mut ahead: Vec<Duration> = members
+    let stamp = newest_stamp(stored)?;
+    let others: Vec<&Member> = members
         .iter()
         .filter(|m| m.live && m.record.node_id != stored.written_by)
-        .filter(|m| m.record.acknowledges(&stored.ring))
-        .map(|m| {
-            let acked = UNIX_EPOCH + Duration::from_millis(m.record.updated_at_ms);
-            start.duration_since(acked).unwrap_or_default()
-        })
         .collect();
-    if ahead.is_empty() {
+    if others.is_empty() || !others.iter().all(|m| m.record.acknowledges(&stored.ring)) {
         return None;
     }
-    ahead.sort();
-    Some(ahead[(ahead.len() - 1) / 2])
+    others
+        .iter()
+        .map(|m| {
+            let acked = UNIX_EPOCH + Duration::from_millis(m.record.updated_at_ms);
+            stamp.duration_since(acked).unwrap_or_default()
+        })
+        .min()
 }
 
 #[cfg(test)]
@@ -118,10 +117,10 @@ mod tests {
     }
 
     #[test]
-    fn a_writer_ahead_of_its_members_is_measured_by_the_median_ack() {
+    fn a_writer_ahead_of_every_member_is_measured_by_the_smallest_offset() {
         let stored = written_at(at(1000));
-        // Members acknowledged 1 s after the write by their clocks, except one whose clock is
-        // far behind: the median is not moved by it.
+        // Members acknowledged by their clocks at 1 s, 2 s and (a slow clock, or a liar) far
+        // earlier: the writer is at least 998 s ahead of all of them.
         let members = vec![
             acked("a", &stored, at(1)),
             acked("b", &stored, at(2)),
@@ -129,21 +128,27 @@ mod tests {
         ];
         assert_eq!(
             writer_ahead_of_members(&stored, &members),
-            Some(Duration::from_secs(999))
+            Some(Duration::from_secs(998))
         );
-        let in_step = vec![acked("a", &stored, at(1001)), acked("b", &stored, at(1002))];
+        // One lying (or slow) member cannot make a healthy writer look ahead.
+        let healthy = written_at(at(0));
+        let liar = vec![
+            acked("a", &healthy, at(1)),
+            acked("c", &healthy, at(0) - Duration::from_secs(50_000)),
+        ];
         assert_eq!(
-            writer_ahead_of_members(&stored, &in_step),
+            writer_ahead_of_members(&healthy, &liar),
             Some(Duration::ZERO)
         );
-        // The writer's own ack, dead members and acks of another ring do not count.
+        // Not judged until every live member acknowledged this ring.
+        let mut waiting = members.clone();
+        waiting[2].record.applied_digest = None;
+        assert_eq!(writer_ahead_of_members(&stored, &waiting), None);
+        // The writer's own ack and dead members do not count.
         let mut others = vec![acked("lead", &stored, at(0))];
         let mut dead = acked("d", &stored, at(0));
         dead.live = false;
         others.push(dead);
-        let mut stale = acked("e", &stored, at(0));
-        stale.record.applied_digest = Some(written_at(at(0)).ring.digest().to_string());
-        others.push(stale);
         assert_eq!(writer_ahead_of_members(&stored, &others), None);
     }
 }

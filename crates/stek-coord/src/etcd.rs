@@ -419,7 +419,7 @@ impl Coordinator for Etcd {
             });
             // None: it expired between the two steps; try again from the start.
             let Some(held) = held else { continue };
-            let holder = String::from_utf8_lossy(held.value()).into_owned();
+            let holder = crate::shown_holder(held.value());
             if held.lease() != lease.0 && !crate::same_holder(&holder, member) {
                 return Err(CoordError::Held {
                     node_id: member.node_id.clone(),

@@ -115,10 +115,12 @@ pub struct Refused {
 }
 
 impl Snapshot {
-    /// The members as the rotation decision sees them. An acknowledgement of the stored ring's
-    /// generation counts only if it names that ring's digest, and one above the stored
-    /// generation (the store was rolled back, or the ring replaced) counts for nothing: in both
-    /// cases the member applied a ring that is not this one, and must apply this one first.
+    /// The members as the rotation decision sees them. An acknowledgement counts only for the
+    /// ring it names, by generation and digest: an acknowledgement of any other ring (an
+    /// older one, another ring of this generation, or one above it after the store was rolled
+    /// back) counts as nothing, since nobody can tell from it which keys the member holds. A
+    /// member re-acknowledges every ring it applies within moments, so this delays a rotation
+    /// by no more than that.
     pub fn member_views(&self) -> Vec<MemberView> {
         let ring = self.valid_ring().map(|r| &r.ring);
         self.members
@@ -220,6 +222,16 @@ pub(crate) fn holder_of(member: &MemberRecord) -> String {
     format!("{key} on {host} (pid {})", std::process::id())
 }
 
+/// A holder description read from the store, safe to print: whoever can write the store chose
+/// it, so control characters (a forged log line) are replaced and its length is bounded.
+pub(crate) fn shown_holder(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw)
+        .chars()
+        .take(200)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// Whether a liveness key's holder is `member`'s own process or an earlier one of the same
 /// box (the same sealing key, kept in its state directory): then it may take the node id over.
 pub(crate) fn same_holder(holder: &str, member: &MemberRecord) -> bool {
@@ -240,8 +252,12 @@ fn counted_ack(record: &MemberRecord, ring: Option<&stek_core::RingMeta>) -> (u6
         return (record.applied_generation, None);
     };
     let g = record.applied_generation;
-    if g < ring.generation() || record.acknowledges(ring) {
+    if record.acknowledges(ring) {
         return (g, None);
+    }
+    if g < ring.generation() {
+        // Catching up (or a ring it applied before a rollback): not this ring, yet.
+        return (0, None);
     }
     (
         0,
@@ -733,8 +749,8 @@ mod tests {
         assert_eq!(applied("no-digest"), (0, true), "an ack that names no ring");
         assert_eq!(
             applied("older"),
-            (4, false),
-            "an older ring counts as what it is"
+            (0, false),
+            "an older ring does not count for this one: which keys it held is unknown"
         );
         assert_eq!(
             applied("newer"),
@@ -759,5 +775,8 @@ mod tests {
         assert!(!same_holder(&holder, &keyless));
         assert!(!same_holder(&holder_of(&keyless), &keyless));
         assert!(!same_holder("garbage", &rec));
+        let forged = shown_holder(b"x\n2026-01-01T00:00:00Z  INFO audit: forged\x1b[0m");
+        assert!(!forged.chars().any(char::is_control), "{forged:?}");
+        assert!(shown_holder(&[b'a'; 5000]).len() <= 200);
     }
 }

@@ -291,7 +291,7 @@ impl Coordinator for Memory {
                 return Err(CoordError::LeaseExpired);
             }
             if let Some(e) = s.keys.get(&alive) {
-                let held = String::from_utf8_lossy(&e.value).into_owned();
+                let held = crate::shown_holder(&e.value);
                 if e.lease != lease.0 && !crate::same_holder(&held, member) {
                     return Err(CoordError::Held {
                         node_id: member.node_id.clone(),

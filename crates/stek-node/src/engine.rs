@@ -147,7 +147,12 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
     }
     let (ring, stored) = match &snap.ring {
         RingSlot::Valid(stored) => match v.held.plaintext(&stored.ring) {
-            Some(ring) => (Some(ring), Some(stored)),
+            Some(ring) => {
+                if let Some(step) = behind_acks(v, stored, keys) {
+                    return step;
+                }
+                (Some(ring), Some(stored))
+            }
             None => return cannot_open(v, stored, keys),
         },
         RingSlot::Absent | RingSlot::Rejected(_) => {
@@ -204,6 +209,9 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
         }
     };
     if let Some(new) = next {
+        // Every write numbers above every acknowledgement (for a rotation of a ring that all
+        // acknowledged, that is the next generation anyway): no two rings share a generation.
+        let new = renumber_after(new, snap, v.newest_seen);
         // A rotation serves every pending request, and takes unreadable ones away with them.
         let served = if matches!(decision, Decision::Rotate(_)) {
             snap.requests
@@ -227,7 +235,11 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
         let lacking = lacking_copies(stored, &snap.members);
         if !lacking.is_empty() && v.reseal_rested {
             return Step::Write {
-                ring: ring.with_next_rotation_at(ring.next_rotation_at()),
+                ring: renumber_after(
+                    ring.with_next_rotation_at(ring.next_rotation_at()),
+                    snap,
+                    v.newest_seen,
+                ),
                 served: Vec::new(),
                 why: Why::Reseal(lacking),
                 before: Some(ring.clone()),
@@ -249,6 +261,56 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
         decision: Some(decision),
         until,
     }
+}
+
+/// A stored ring older than what live members acknowledged (the store was restored from a
+/// backup, or an old ring replayed into it), which this node can open because it restarted
+/// and holds nothing newer: acting on it (a rotation, a reseal) would put keys back that were
+/// dropped. If this node itself had applied a newer ring (its own record says so), it
+/// restarted since, and so may every member that applied it: new keys, numbered above every
+/// acknowledgement (tickets from before do not resume, as after a power loss; nothing dropped
+/// comes back, and no two restarted nodes hand the leadership to each other for ever).
+/// Otherwise a member that applied the newer ring holds its keys: hand over to it (it refuses
+/// the old ring as a rollback and writes its own back); with none live, stop and say so.
+fn behind_acks(v: &LeaderView<'_>, stored: &StoredRing, keys: &mut dyn KeySource) -> Option<Step> {
+    let generation = stored.ring.generation();
+    let ceiling = v
+        .newest_seen
+        .max(generation)
+        .saturating_add(MAX_GENERATION_STEP);
+    let newest = v
+        .snap
+        .members
+        .iter()
+        .filter(|m| m.live && m.record.node_id != v.me)
+        .map(|m| m.record.applied_generation)
+        .filter(|g| *g <= ceiling)
+        .max()?;
+    if newest <= generation {
+        return None;
+    }
+    let why = format!(
+        "the stored ring (generation {generation}) is older than generation {newest}, which live members applied: the store was restored or an old ring replayed"
+    );
+    let mine = v
+        .snap
+        .members
+        .iter()
+        .find(|m| m.record.node_id == v.me)
+        .map_or(0, |m| m.record.applied_generation);
+    if mine > generation {
+        let rekeyed = KeyRing::rekeyed(&stored.ring, v.now, &v.policy, keys);
+        return Some(Step::Write {
+            ring: renumber_after(rekeyed, v.snap, v.newest_seen),
+            served: v.snap.requests.clone(),
+            why: Why::Rekey,
+            before: None,
+        });
+    }
+    Some(match key_holder(v.me, v.snap, generation) {
+        Some(to) => Step::HandOver { to, why },
+        None => Step::Stuck { why },
+    })
 }
 
 /// Leading while this node cannot open the stored ring: hand over to a member that can, or,
@@ -739,5 +801,43 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// A restarted leader that can open an older ring the store went back to (a restore) must
+    /// not rotate or reseal on it: a live member applied a newer ring; it leads instead.
+    #[test]
+    fn a_ring_older_than_what_live_members_applied_is_never_built_on() {
+        let old = ring_at(4, t(0));
+        let s = snap(
+            Some((&old, ME, &[ME, "n2", "new"])),
+            &[m(ME).acked(&old), m("n2").applied(5), m("new")],
+        );
+        let held = Held {
+            opened: Some(&old),
+            applied: None,
+        };
+        assert!(matches!(
+            step(&s, held, t(3600)),
+            Step::HandOver { to, .. } if to == "n2"
+        ));
+        // This node applied generation 5 too and restarted (it holds only the old ring): so
+        // may every member have; new keys, above every acknowledgement, never the old ones.
+        let restarted = snap(
+            Some((&old, ME, &[ME, "n2"])),
+            &[m(ME).applied(5), m("n2").applied(5)],
+        );
+        let (ring, _, why) = written(step(&restarted, held, t(3600)));
+        assert_eq!(why, Why::Rekey);
+        assert_eq!(ring.generation(), 6);
+        assert!(ring.keys().iter().all(|k| k.epoch > old.last_epoch()));
+        let mut gone = snap(
+            Some((&old, ME, &[ME])),
+            &[m(ME).acked(&old), m("n2").applied(5)],
+        );
+        gone.members[1].live = false;
+        assert!(
+            !matches!(step(&gone, held, t(3600)), Step::HandOver { .. }),
+            "a dead member's acknowledgement is no reason to stop"
+        );
     }
 }

@@ -144,6 +144,7 @@ pub async fn run_with<C: Coordinator>(
             watch = None;
             match node.join().await {
                 Ok(mut k) => {
+                    node.held_since = None;
                     // A lost lease says the store is down at once, even while a read waits
                     // out its leader search.
                     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -315,7 +315,7 @@ impl Coordinator for RaftClient {
             Applied::NoLease => Err(CoordError::LeaseExpired),
             Applied::Held(holder) => Err(CoordError::Held {
                 node_id: member.node_id.clone(),
-                holder,
+                holder: crate::shown_holder(holder.as_bytes()),
             }),
             _ => Ok(()),
         }
