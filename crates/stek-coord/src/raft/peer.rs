@@ -28,6 +28,9 @@ use crate::CoordError;
 
 /// How often the lease clock runs on the leader.
 const LEASE_TICK: Duration = Duration::from_millis(200);
+/// How long a write may wait to be committed before the peer stops waiting for it (a
+/// leadership change under way); the caller asks again.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A running peer. Dropping it does not stop it: call [`Peer::shutdown`].
 #[derive(Clone)]
@@ -683,13 +686,18 @@ impl Peer {
             Request::InstallSnapshot(r) => {
                 Reply::InstallSnapshot(self.raft.install_snapshot(r).await)
             }
-            Request::Write(cmd) => match self.raft.client_write(cmd).await {
-                Ok(resp) => Reply::Applied(resp.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    Reply::NotLeader(f.leader_node.map(|n| n.addr))
+            Request::Write(cmd) => {
+                match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd)).await {
+                    Ok(Ok(resp)) => Reply::Applied(resp.data),
+                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                        Reply::NotLeader(f.leader_node.map(|n| n.addr))
+                    }
+                    Ok(Err(e)) => Reply::Error(e.to_string()),
+                    // Not committed in time (a leadership change under way): the client asks
+                    // again, maybe elsewhere. Every command is safe to apply twice.
+                    Err(_) => Reply::NotLeader(None),
                 }
-                Err(e) => Reply::Error(e.to_string()),
-            },
+            }
             Request::State => match self.can_read() {
                 Ok(()) => Reply::State(self.store.data().await),
                 Err(leader) => Reply::NotLeader(leader),
@@ -912,10 +920,20 @@ impl Peer {
                     .collect()
             };
             for lease in expired {
-                self.deadlines.lock().await.remove(&lease);
-                match self.raft.client_write(Command::Revoke { lease }).await {
-                    Ok(_) => info!(lease, "lease expired"),
-                    Err(e) => debug!(lease, "could not expire lease: {e}"),
+                // Bounded: a write that never completes (this peer was deposed while it was
+                // pending) must not stop the clock for good, or no lease would ever expire
+                // again when this peer leads next. Not done: the next tick tries again.
+                let revoke = self.raft.client_write(Command::Revoke { lease });
+                match tokio::time::timeout(WRITE_TIMEOUT, revoke).await {
+                    Ok(Ok(_)) => {
+                        self.deadlines.lock().await.remove(&lease);
+                        info!(lease, "lease expired");
+                    }
+                    Ok(Err(e)) => debug!(lease, "could not expire lease: {e}"),
+                    Err(_) => debug!(
+                        lease,
+                        "could not expire lease: not committed within {WRITE_TIMEOUT:?}"
+                    ),
                 }
             }
         }
