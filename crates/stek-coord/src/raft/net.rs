@@ -5,11 +5,18 @@
 //!
 //! The listener (`serve`) bounds what a connection may hold, so that idle or slow clients
 //! cannot exhaust the process's file descriptors or memory (see [`Limits`]):
-//! - [`PEER_MAX_CONNECTIONS`] (512) connections at once, TLS handshakes included; past it a new
-//!   connection is closed at once, and the refusals are logged at most once a minute. Each
-//!   client box holds about one connection to the leader (its watch), so this also bounds the
-//!   clients one group serves;
-//! - [`PEER_HANDSHAKE_TIMEOUT`] (10 s) for the TLS handshake;
+//! - [`PEER_MAX_CONNECTIONS`] (512) connections at once; past it a new connection is closed at
+//!   once, and the refusals are logged at most once a minute. Each client box holds about one
+//!   connection to the leader (its watch), so this also bounds the clients one group serves.
+//!   Over TLS a connection takes its slot only once its handshake has succeeded (the caller
+//!   presented a certificate of the CA), so that anyone who can reach the port, with no
+//!   certificate, cannot keep the slots full and the peers' heartbeats and votes out (Raft opens
+//!   a connection per RPC); on the Unix socket and over plain TCP it takes it at accept;
+//! - [`PEER_MAX_HANDSHAKES`] (64) TLS handshakes in progress at once, apart from those slots,
+//!   and [`PEER_MAX_HANDSHAKES_PER_IP`] (8) of them from one address (behind a shared NAT: from
+//!   the NAT's address); past either a new connection is closed at once, logged as above;
+//! - [`PEER_HANDSHAKE_TIMEOUT`] (3 s) for the TLS handshake (one between peers on a LAN takes
+//!   milliseconds): a silent connection holds a handshake place that long at most;
 //! - [`PEER_IDLE_TIMEOUT`] (10 s) for a request to begin. A connection carries one request,
 //!   written as soon as it is open, and no client reuses one, so nothing legitimate waits this
 //!   long (Raft's heartbeat is 150 ms, a client call gives up after 2 s);
@@ -19,8 +26,10 @@
 //!   [`FRAME_CHUNK`], 64 KiB, to at most twice what has arrived): a declared length costs
 //!   nothing until it is sent.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use openraft::error::{
@@ -38,7 +47,7 @@ use std::sync::Arc;
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use super::tls::PeerTls;
@@ -51,15 +60,19 @@ pub const MAX_FRAME: u32 = 64 << 20;
 /// A frame's first buffer; it grows from there only as the bytes arrive.
 pub const FRAME_CHUNK: usize = 64 << 10;
 /// How long a TLS handshake may take before the connection is closed.
-pub const PEER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const PEER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a connection may stay silent before its request begins.
 pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the rest of a frame may take once it has begun (a request), or to be taken (a
 /// reply).
 pub const PEER_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-/// How many connections the peer listener serves at once.
+/// How many connections the peer listener serves at once (over TLS: with their handshake done).
 pub const PEER_MAX_CONNECTIONS: usize = 512;
-/// How often at most the listener logs that it refuses connections past its cap.
+/// How many TLS handshakes the peer listener runs at once.
+pub const PEER_MAX_HANDSHAKES: usize = 64;
+/// How many of those may come from one address.
+pub const PEER_MAX_HANDSHAKES_PER_IP: usize = 8;
+/// How often at most the listener logs that it refuses connections past a cap.
 const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What the peer listener allows a connection (the module docs say why these values).
@@ -71,8 +84,12 @@ pub struct Limits {
     pub idle: Duration,
     /// For the rest of a request once begun, and for the reply to be taken.
     pub frame: Duration,
-    /// Connections at once.
+    /// Connections at once (over TLS: once their handshake has succeeded).
     pub connections: usize,
+    /// TLS handshakes in progress at once.
+    pub handshakes: usize,
+    /// TLS handshakes in progress at once from one address.
+    pub handshakes_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -82,6 +99,8 @@ impl Default for Limits {
             idle: PEER_IDLE_TIMEOUT,
             frame: PEER_FRAME_TIMEOUT,
             connections: PEER_MAX_CONNECTIONS,
+            handshakes: PEER_MAX_HANDSHAKES,
+            handshakes_per_ip: PEER_MAX_HANDSHAKES_PER_IP,
         }
     }
 }
@@ -463,8 +482,9 @@ impl Listener {
     }
 }
 
-/// Counts the connections refused past the cap, so that they are logged at most once per
-/// [`REFUSED_LOG_INTERVAL`] (a flood of connections must not flood the log too).
+/// Counts the connections refused past a cap (or for a failed handshake), so that they are
+/// logged at most once per [`REFUSED_LOG_INTERVAL`] (a flood of connections must not flood the
+/// log too).
 #[derive(Debug, Default)]
 struct Refusals {
     unsaid: u64,
@@ -486,6 +506,88 @@ impl Refusals {
     }
 }
 
+/// The TLS handshakes in progress, in all and from each address. A connection holds a place
+/// here, never one of the [`Limits::connections`] slots, until it has shown a certificate: so
+/// connections without one can fill these places at most, and one address only its share of
+/// them.
+#[derive(Debug)]
+struct Handshakes {
+    limit: usize,
+    per_ip: usize,
+    open: Mutex<InFlight>,
+}
+
+#[derive(Debug, Default)]
+struct InFlight {
+    all: usize,
+    /// Only addresses with a handshake in progress, so that the map stays as small as `all`.
+    by_ip: HashMap<IpAddr, usize>,
+}
+
+/// Why a handshake found no place.
+#[derive(Debug, PartialEq, Eq)]
+enum Crowded {
+    /// [`Limits::handshakes`] are in progress.
+    All,
+    /// [`Limits::handshakes_per_ip`] are in progress from this address.
+    Address,
+}
+
+/// A handshake's place, given back when dropped.
+#[derive(Debug)]
+struct Handshake {
+    of: Arc<Handshakes>,
+    ip: IpAddr,
+}
+
+impl Handshakes {
+    fn new(limit: usize, per_ip: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            per_ip,
+            open: Mutex::default(),
+        })
+    }
+
+    /// The counts. Nothing panics while they are held, so a poisoned lock still holds them
+    /// right.
+    fn counts(&self) -> std::sync::MutexGuard<'_, InFlight> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A place for a handshake from `ip`, if there is one. Per address, not per network: a
+    /// shared NAT's clients count as one, and a host with many IPv6 addresses as many (it can
+    /// still fill [`Limits::handshakes`] at most, never the connection slots).
+    fn begin(self: &Arc<Self>, ip: IpAddr) -> Result<Handshake, Crowded> {
+        let mut open = self.counts();
+        if open.all >= self.limit {
+            return Err(Crowded::All);
+        }
+        if open.by_ip.get(&ip).copied().unwrap_or(0) >= self.per_ip {
+            return Err(Crowded::Address);
+        }
+        *open.by_ip.entry(ip).or_default() += 1;
+        open.all += 1;
+        Ok(Handshake {
+            of: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        let mut open = self.of.counts();
+        open.all -= 1;
+        if let Some(from) = open.by_ip.get_mut(&self.ip) {
+            *from -= 1;
+            if *from == 0 {
+                open.by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Serves `listener` within `limits` (over mutual TLS when `tls` is given): each connection
 /// carries one request frame, which `answer` turns into the reply's body (an error closes the
 /// connection without a reply).
@@ -500,7 +602,12 @@ pub(crate) async fn serve<F, Fut>(
 {
     let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone()));
     let slots = Arc::new(Semaphore::new(limits.connections));
-    let mut refusals = Refusals::default();
+    let handshakes = Handshakes::new(limits.handshakes, limits.handshakes_per_ip);
+    // Refusals past the connection cap happen here and, after a handshake, in its task.
+    let full = Arc::new(Mutex::new(Refusals::default()));
+    let failed = Arc::new(Mutex::new(Refusals::default()));
+    let mut busy = Refusals::default();
+    let mut crowded = Refusals::default();
     loop {
         let conn = match listener.accept().await {
             Ok(Some(conn)) => conn,
@@ -511,46 +618,121 @@ pub(crate) async fn serve<F, Fut>(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            drop(conn);
-            if let Some(n) = refusals.refuse(Instant::now()) {
-                warn!(
-                    "raft listener: closed {n} new connection(s) at once since the last such message: {} are open, the most a peer serves. Either more client boxes watch this leader than it serves (use etcd for such a fleet) or something holds connections open (`ss -tn` shows who)",
-                    limits.connections
-                );
+        match (conn, &acceptor) {
+            // The kernel has vouched for the caller (or there is nothing to check): a slot now.
+            (Accepted::Unix(s), _) => {
+                if let Some(slot) = take_slot(&slots, &full, &limits) {
+                    tokio::spawn(serve_in(slot, s, Origin::Local, limits, answer.clone()));
+                }
             }
-            continue;
-        };
-        let acceptor = acceptor.clone();
-        let answer = answer.clone();
-        tokio::spawn(async move {
-            let served = match (conn, acceptor) {
-                (Accepted::Unix(s), _) => serve_one(s, Origin::Local, &limits, answer).await,
-                (Accepted::Tcp(s, _), None) => serve_one(s, Origin::Plain, &limits, answer).await,
-                (Accepted::Tcp(s, from), Some(acceptor)) => {
-                    match tokio::time::timeout(limits.handshake, acceptor.accept(s)).await {
+            (Accepted::Tcp(s, _), None) => {
+                if let Some(slot) = take_slot(&slots, &full, &limits) {
+                    tokio::spawn(serve_in(slot, s, Origin::Plain, limits, answer.clone()));
+                }
+            }
+            (Accepted::Tcp(s, from), Some(acceptor)) => {
+                let place = match handshakes.begin(from.ip()) {
+                    Ok(place) => place,
+                    Err(Crowded::All) => {
+                        drop(s);
+                        if let Some(n) = busy.refuse(Instant::now()) {
+                            warn!(
+                                "raft listener: closed {n} new connection(s) at once since the last such message: {} TLS handshakes were in progress, the most it runs at once. Something opens connections and does not finish their handshake (`ss -tn` shows who); while it does, the peers' new connections are refused too, those already through their handshake are not",
+                                limits.handshakes
+                            );
+                        }
+                        continue;
+                    }
+                    Err(Crowded::Address) => {
+                        drop(s);
+                        if let Some(n) = crowded.refuse(Instant::now()) {
+                            warn!(
+                                "raft listener: closed {n} new connection(s) at once since the last such message, the latest from {}: {} TLS handshakes from that address were in progress, the most it runs from one (clients behind one NAT count as one address). `ss -tn` shows who holds them",
+                                from.ip(),
+                                limits.handshakes_per_ip
+                            );
+                        }
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let (slots, full, failed) = (slots.clone(), full.clone(), failed.clone());
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let shaken = tokio::time::timeout(limits.handshake, acceptor.accept(s)).await;
+                    drop(place);
+                    let s = match shaken {
+                        Ok(Ok(s)) => s,
                         Err(_) => {
                             debug!(%from, "closed a peer connection whose TLS handshake did not finish within {:?}", limits.handshake);
                             return;
                         }
                         Ok(Err(e)) => {
-                            warn!(%from, "refused a peer connection without a valid certificate: {e}");
+                            debug!(%from, "refused a peer connection without a valid certificate: {e}");
+                            let said = lock(&failed).refuse(Instant::now());
+                            if let Some(n) = said {
+                                warn!(
+                                    "raft listener: refused {n} connection(s) without a valid certificate since the last such message, the latest from {from}: {e}"
+                                );
+                            }
                             return;
                         }
-                        Ok(Ok(s)) => {
-                            let certs = s.get_ref().1.peer_certificates().unwrap_or_default();
-                            let origin = Origin::Tls(certs.to_vec());
-                            serve_one(s, origin, &limits, answer).await
-                        }
-                    }
-                }
-            };
-            if let Err(e) = served {
-                debug!("peer connection: {e}");
+                    };
+                    // The caller has shown a certificate of the CA: only now does it count
+                    // against the connections.
+                    let Some(slot) = take_slot(&slots, &full, &limits) else {
+                        return;
+                    };
+                    let certs = s.get_ref().1.peer_certificates().unwrap_or_default();
+                    let origin = Origin::Tls(certs.to_vec());
+                    serve_in(slot, s, origin, limits, answer).await;
+                });
             }
-            drop(slot);
-        });
+        }
     }
+}
+
+/// A refusal counter's lock; see [`Handshakes::counts`] for why a poisoned one will do.
+fn lock(refusals: &Mutex<Refusals>) -> std::sync::MutexGuard<'_, Refusals> {
+    refusals.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One of `slots`, or `None` (counted in `full`, logged at most once an interval) when all are
+/// taken: the caller then closes the connection.
+fn take_slot(
+    slots: &Arc<Semaphore>,
+    full: &Mutex<Refusals>,
+    limits: &Limits,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(slot) = slots.clone().try_acquire_owned() {
+        return Some(slot);
+    }
+    let said = lock(full).refuse(Instant::now());
+    if let Some(n) = said {
+        warn!(
+            "raft listener: closed {n} new connection(s) at once since the last such message: {} are open, the most a peer serves. Either more client boxes watch this leader than it serves (use etcd for such a fleet) or something holds connections open (`ss -tn` shows who)",
+            limits.connections
+        );
+    }
+    None
+}
+
+/// [`serve_one`], holding `slot` until the connection is done.
+async fn serve_in<S, F, Fut>(
+    slot: OwnedSemaphorePermit,
+    stream: S,
+    origin: Origin,
+    limits: Limits,
+    answer: F,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Fn(Origin, Vec<u8>) -> Fut,
+    Fut: Future<Output = std::io::Result<Vec<u8>>>,
+{
+    if let Err(e) = serve_one(stream, origin, &limits, answer).await {
+        debug!("peer connection: {e}");
+    }
+    drop(slot);
 }
 
 /// Reads the request, answers it and writes the reply, each within `limits`.
@@ -694,6 +876,8 @@ mod tests {
             idle: Duration::from_millis(idle_ms),
             frame: Duration::from_millis(frame_ms),
             connections,
+            handshakes: PEER_MAX_HANDSHAKES,
+            handshakes_per_ip: PEER_MAX_HANDSHAKES_PER_IP,
         }
     }
 
@@ -711,13 +895,70 @@ mod tests {
 
     /// Starts `serve` on a loopback port; its address.
     async fn listen(limits: Limits, tls: Option<PeerTls>) -> String {
+        listen_with(limits, tls, origin_reply).await
+    }
+
+    /// [`listen`], answering with `answer`.
+    async fn listen_with<F, Fut>(limits: Limits, tls: Option<PeerTls>, answer: F) -> String
+    where
+        F: Fn(Origin, Vec<u8>) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = std::io::Result<Vec<u8>>> + Send + 'static,
+    {
         let listener = Listener::bind("127.0.0.1:0").await.unwrap();
         let Listener::Tcp(l) = &listener else {
             unreachable!("a TCP address binds TCP")
         };
         let addr = l.local_addr().unwrap().to_string();
-        tokio::spawn(serve(listener, tls.map(Arc::new), limits, origin_reply));
+        tokio::spawn(serve(listener, tls.map(Arc::new), limits, answer));
         addr
+    }
+
+    /// Starts `serve` with an [`origin_reply`] that holds every request (and so its
+    /// connection's slot) until the returned gate gets a permit; each request says when it
+    /// arrives on the returned receiver.
+    async fn listen_gated(
+        limits: Limits,
+        tls: PeerTls,
+    ) -> (
+        String,
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+        Arc<Semaphore>,
+    ) {
+        let (arrived, arrivals) = tokio::sync::mpsc::unbounded_channel();
+        let gate = Arc::new(Semaphore::new(0));
+        let held = gate.clone();
+        let answer = move |origin: Origin, body: Vec<u8>| {
+            let (arrived, gate) = (arrived.clone(), held.clone());
+            async move {
+                let _ = arrived.send(());
+                // A permit taken and given back: once open, the gate stays open.
+                drop(gate.acquire().await);
+                origin_reply(origin, body).await
+            }
+        };
+        (listen_with(limits, Some(tls), answer).await, arrivals, gate)
+    }
+
+    /// Whether `stream` is still open: nothing came from the server, not even its end.
+    fn still_open(stream: &TcpStream) -> bool {
+        let mut sink = [0u8; 1];
+        matches!(stream.try_read(&mut sink), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Calls until a call is served, within [`BOUND`]: a slot or handshake place given back
+    /// is free once the server has noticed, which the caller cannot see.
+    async fn served(addr: &str, tls: Option<&PeerTls>) -> u64 {
+        let served = async {
+            loop {
+                match revision(addr, tls).await {
+                    Ok(r) => return r,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        };
+        tokio::time::timeout(BOUND, served)
+            .await
+            .expect("a call is served once the server has freed its place")
     }
 
     fn peer_tls() -> PeerTls {
@@ -855,15 +1096,144 @@ mod tests {
         // Their slots are free again once the server has closed them.
         assert!(closed_by_server(&mut first).await);
         assert!(closed_by_server(&mut second).await);
-        let served = async {
-            loop {
-                match revision(&addr, None).await {
-                    Ok(r) => return r,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
+        assert_eq!(served(&addr, None).await, 2);
+    }
+
+    /// The security review's finding: a slot was taken before the TLS handshake, so anyone
+    /// who could reach the port kept every slot with silent connections, and the peers'
+    /// heartbeats and votes were refused.
+    #[tokio::test]
+    async fn silent_connections_cannot_take_the_slots_of_authenticated_ones() {
+        let tls = peer_tls();
+        let limits = Limits {
+            handshakes: 4,
+            handshakes_per_ip: 4,
+            ..limits(30_000, 30_000, 30_000, 2)
         };
-        assert_eq!(tokio::time::timeout(BOUND, served).await.unwrap(), 2);
+        let (addr, mut arrivals, gate) = listen_gated(limits, tls.clone()).await;
+        // As many silent connections as there are slots, accepted before anything else (the
+        // listener accepts in order); they wait in their handshake for far longer than the test.
+        let silent = [
+            TcpStream::connect(&addr).await.unwrap(),
+            TcpStream::connect(&addr).await.unwrap(),
+        ];
+
+        // Two peers are still served, and their requests (held in `answer`) take both slots.
+        let held: Vec<_> = (0..2)
+            .map(|_| {
+                let (addr, tls) = (addr.clone(), tls.clone());
+                tokio::spawn(async move { revision(&addr, Some(&tls)).await })
+            })
+            .collect();
+        for _ in 0..2 {
+            let arrived = tokio::time::timeout(BOUND, arrivals.recv()).await;
+            assert!(
+                matches!(arrived, Ok(Some(()))),
+                "a peer's request did not reach the server while silent connections were open"
+            );
+        }
+
+        // A third peer finishes its handshake (a place is left) and then finds no slot: the cap
+        // still holds, counted in authenticated connections.
+        let refused = revision(&addr, Some(&tls)).await;
+        assert!(refused.is_err(), "{refused:?}");
+
+        gate.add_permits(1);
+        for call in held {
+            assert_eq!(call.await.unwrap().unwrap(), 1);
+        }
+        // The slots are free again, while the silent connections still wait.
+        assert_eq!(served(&addr, Some(&tls)).await, 1);
+        assert!(silent.iter().all(still_open));
+    }
+
+    #[tokio::test]
+    async fn handshakes_past_their_budget_are_closed_at_once() {
+        let tls = peer_tls();
+        let limits = Limits {
+            handshakes: 2,
+            handshakes_per_ip: 8,
+            ..limits(30_000, 30_000, 30_000, 8)
+        };
+        let addr = listen(limits, Some(tls.clone())).await;
+        let silent = [
+            TcpStream::connect(&addr).await.unwrap(),
+            TcpStream::connect(&addr).await.unwrap(),
+        ];
+        // Closed long before its handshake could time out: refused, not timed out.
+        let mut third = TcpStream::connect(&addr).await.unwrap();
+        assert!(closed_by_server(&mut third).await);
+        assert!(silent.iter().all(still_open));
+        // A peer's handshake finds no place either, until the silent connections go.
+        assert!(revision(&addr, Some(&tls)).await.is_err());
+        drop(silent);
+        assert_eq!(served(&addr, Some(&tls)).await, 1);
+    }
+
+    #[tokio::test]
+    async fn handshakes_past_the_cap_of_one_address_are_closed_at_once() {
+        let tls = peer_tls();
+        let limits = Limits {
+            handshakes: 8,
+            handshakes_per_ip: 2,
+            ..limits(30_000, 30_000, 30_000, 8)
+        };
+        let addr = listen(limits, Some(tls.clone())).await;
+        let silent = [
+            TcpStream::connect(&addr).await.unwrap(),
+            TcpStream::connect(&addr).await.unwrap(),
+        ];
+        let mut third = TcpStream::connect(&addr).await.unwrap();
+        assert!(closed_by_server(&mut third).await);
+        assert!(silent.iter().all(still_open));
+        assert!(revision(&addr, Some(&tls)).await.is_err());
+
+        // Linux routes all of 127.0.0.0/8 to the loopback: another address there has places.
+        #[cfg(target_os = "linux")]
+        {
+            let other = IpAddr::from([127, 0, 0, 2]);
+            let served = tokio::time::timeout(BOUND, revision_from(other, &addr, &tls)).await;
+            assert!(matches!(served, Ok(Ok(1))), "{served:?}");
+        }
+
+        drop(silent);
+        assert_eq!(served(&addr, Some(&tls)).await, 1);
+    }
+
+    /// [`revision`] over mutual TLS from the local address `source`.
+    #[cfg(target_os = "linux")]
+    async fn revision_from(source: IpAddr, addr: &str, tls: &PeerTls) -> std::io::Result<u64> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        let stream = socket
+            .connect(addr.parse().map_err(std::io::Error::other)?)
+            .await?;
+        let name = PeerTls::server_name(addr).map_err(std::io::Error::other)?;
+        let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+        let mut stream = connector.connect(name, stream).await?;
+        match exchange(&mut stream, &Request::Members).await? {
+            Reply::Revision(r) => Ok(r),
+            other => Err(std::io::Error::other(format!("{other:?}"))),
+        }
+    }
+
+    #[test]
+    fn handshake_places_are_counted_in_all_and_per_address() {
+        let handshakes = Handshakes::new(3, 2);
+        let [a, b, c] = [1, 2, 3].map(|i| IpAddr::from([192, 0, 2, i]));
+        let a1 = handshakes.begin(a).unwrap();
+        let a2 = handshakes.begin(a).unwrap();
+        assert_eq!(handshakes.begin(a).unwrap_err(), Crowded::Address);
+        let b1 = handshakes.begin(b).unwrap();
+        assert_eq!(handshakes.begin(c).unwrap_err(), Crowded::All);
+        // A place given back is free for any address, its own included.
+        drop(a1);
+        let c1 = handshakes.begin(c).unwrap();
+        assert_eq!(handshakes.begin(a).unwrap_err(), Crowded::All);
+        drop((a2, b1, c1));
+        let open = handshakes.counts();
+        assert_eq!(open.all, 0);
+        assert!(open.by_ip.is_empty(), "{:?}", open.by_ip);
     }
 
     #[tokio::test]
