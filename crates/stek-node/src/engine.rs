@@ -7,7 +7,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use stek_coord::{Member, RingSlot, Snapshot, StoredRing};
+use stek_coord::{LeaseId, Member, RingSlot, Snapshot, StoredRing, Term};
 use stek_core::{decide_at, next_ring, Decision, KeyRing, KeySource, Policy, RingMeta};
 
 /// The largest step a ring's generation may take above the newest one this node accepted: a
@@ -33,6 +33,76 @@ pub struct LeaderView<'a> {
     pub requests_due: SystemTime,
     /// Whether a reseal may be written now (one per second at most).
     pub reseal_rested: bool,
+}
+
+/// Where this node stands: the node's own state, as the engine sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No liveness lease yet (starting, or rejoining after losing it).
+    Joining,
+    /// Live under `lease`, not leading.
+    Follower {
+        /// Its lease.
+        lease: LeaseId,
+    },
+    /// Leading in `term`, under `lease`.
+    Leader {
+        /// Its lease.
+        lease: LeaseId,
+        /// Its term.
+        term: Term,
+    },
+}
+
+/// What a node does about the leadership on a pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Election {
+    /// Nobody leads: campaign.
+    Campaign,
+    /// Nobody leads, but this node should not (its clock was found fast, or `holder` can
+    /// open the ring and it cannot): wait.
+    Abstain(String),
+    /// The store shows this node leading under its own lease though the reply to its
+    /// campaign was lost: the leadership is its own, in `term`.
+    Adopt(Term),
+    /// It still leads: decide ([`leader_step`]).
+    Lead(Term),
+    /// It led, and the store shows another leader (or none under its term): it leads no more.
+    Lost(Term),
+    /// Someone else leads, or this node is not live: nothing to do.
+    Follow,
+}
+
+/// The leadership decision of a node in `phase` (pure). `clock_paused`: this node's clock was
+/// found ahead of its members' a while ago.
+pub fn election(
+    me: &str,
+    phase: Phase,
+    snap: &Snapshot,
+    held: Held<'_>,
+    clock_paused: bool,
+) -> Election {
+    match (&snap.leader, phase) {
+        (_, Phase::Joining) => Election::Follow,
+        (None, Phase::Leader { term, .. }) => Election::Lost(term),
+        (None, Phase::Follower { .. }) => {
+            if clock_paused {
+                Election::Abstain("this node's clock was found ahead of its members'".into())
+            } else if let Some(holder) = defer_to(me, held, snap) {
+                Election::Abstain(format!("this node cannot open the ring but {holder} can"))
+            } else {
+                Election::Campaign
+            }
+        }
+        (Some(l), Phase::Leader { term, .. }) if l.node_id == me && l.term == term => {
+            Election::Lead(term)
+        }
+        (Some(_), Phase::Leader { term, .. }) => Election::Lost(term),
+        (Some(l), Phase::Follower { lease }) if l.node_id == me && l.lease == lease => {
+            Election::Adopt(l.term)
+        }
+        (Some(_), Phase::Follower { .. }) => Election::Follow,
+    }
 }
 
 /// The rings whose key bytes this node holds.
@@ -839,5 +909,66 @@ mod tests {
             !matches!(step(&gone, held, t(3600)), Step::HandOver { .. }),
             "a dead member's acknowledgement is no reason to stop"
         );
+    }
+
+    #[test]
+    fn the_leadership_decision_follows_the_phase_and_the_store() {
+        let r = ring_at(3, t(0));
+        let lease = LeaseId(7);
+        let term = Term(11);
+        let follower = Phase::Follower { lease };
+        let leader = Phase::Leader { lease, term };
+        let held = Held {
+            opened: Some(&r),
+            applied: Some(&r),
+        };
+        let mut s = snap(
+            Some((&r, ME, &[ME, "n2"])),
+            &[m(ME).acked(&r), m("n2").acked(&r)],
+        );
+        assert_eq!(
+            election(ME, Phase::Joining, &s, held, false),
+            Election::Follow
+        );
+        assert_eq!(election(ME, follower, &s, held, false), Election::Campaign);
+        assert!(matches!(
+            election(ME, follower, &s, held, true),
+            Election::Abstain(_)
+        ));
+        assert_eq!(
+            election(ME, leader, &s, held, false),
+            Election::Lost(term),
+            "no leader key under its term: it leads no more"
+        );
+        // Cannot open the ring, n2 can: it does not campaign.
+        let sealed_for_n2 = snap(Some((&r, ME, &["n2"])), &[m(ME), m("n2").acked(&r)]);
+        assert!(matches!(
+            election(ME, follower, &sealed_for_n2, Held::default(), false),
+            Election::Abstain(why) if why.contains("n2")
+        ));
+        s.leader = Some(stek_coord::Leader {
+            node_id: ME.into(),
+            term,
+            lease,
+        });
+        assert_eq!(election(ME, leader, &s, held, false), Election::Lead(term));
+        assert_eq!(
+            election(ME, follower, &s, held, false),
+            Election::Adopt(term),
+            "its campaign landed but the reply was lost"
+        );
+        s.leader.as_mut().unwrap().lease = LeaseId(8);
+        assert_eq!(
+            election(ME, follower, &s, held, false),
+            Election::Follow,
+            "its node id under another lease: an earlier process's leadership, not its own"
+        );
+        s.leader = Some(stek_coord::Leader {
+            node_id: "n2".into(),
+            term: Term(12),
+            lease: LeaseId(9),
+        });
+        assert_eq!(election(ME, leader, &s, held, false), Election::Lost(term));
+        assert_eq!(election(ME, follower, &s, held, false), Election::Follow);
     }
 }

@@ -25,7 +25,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::admin::{unix, ErrorLabels, MemberLabels, Metrics, TargetLabels};
 use crate::config::Config;
-use crate::engine::{self, Held, LeaderView, Step, Why, MAX_GENERATION_STEP};
+use crate::engine::{self, Election, Held, LeaderView, Phase, Step, Why, MAX_GENERATION_STEP};
 
 /// How often the node reads again even without an event.
 const RESYNC: Duration = Duration::from_secs(10);
@@ -786,18 +786,20 @@ impl<C: Coordinator> Node<'_, C> {
                 }
             }
         }
-        match (&snap.leader, self.term) {
-            (None, _) => {
-                self.term = None;
+        let phase = match (self.lease, self.term) {
+            (Some(lease), Some(term)) => Phase::Leader { lease, term },
+            (Some(lease), None) => Phase::Follower { lease },
+            (None, _) => Phase::Joining,
+        };
+        let paused = self.clock_paused_until.is_some_and(|t| Instant::now() < t);
+        match engine::election(&me, phase, snap, self.held(), paused) {
+            Election::Follow => return None,
+            Election::Abstain(why) => {
+                debug!("not campaigning: {why}");
+                return None;
+            }
+            Election::Campaign => {
                 let lease = self.lease?;
-                if self.clock_paused_until.is_some_and(|t| Instant::now() < t) {
-                    debug!("not campaigning: this node's clock was found ahead of its members'");
-                    return None;
-                }
-                if let Some(holder) = engine::defer_to(&me, self.held(), snap) {
-                    debug!("not campaigning: this node cannot open the ring but {holder} can");
-                    return None;
-                }
                 match self.coord.campaign(lease, &me).await {
                     Ok(Some(term)) => {
                         info!(target: "audit", node = %me, term = term.0, "leader elected");
@@ -812,19 +814,22 @@ impl<C: Coordinator> Node<'_, C> {
                     }
                 }
             }
-            (Some(l), Some(term)) if l.node_id == me && l.term == term => {}
-            (Some(l), None) if l.node_id == me && Some(l.lease) == self.lease => {
+            Election::Adopt(term) => {
                 // Our campaign was applied but its reply was lost (a timeout, a retry that
                 // answered "not elected"): the leadership under our own lease is ours.
-                info!(target: "audit", node = %me, term = l.term.0, "leader elected (campaign reply was lost)");
-                self.term = Some(l.term);
+                info!(target: "audit", node = %me, term = term.0, "leader elected (campaign reply was lost)");
+                self.term = Some(term);
             }
-            (Some(_), Some(term)) => {
-                info!(target: "audit", node = %me, term = term.0, "leadership lost");
+            Election::Lost(term) => {
                 self.term = None;
+                if snap.leader.is_none() {
+                    // Its leader key is gone (its lease ended): campaign on the next pass.
+                    return Some(Instant::now());
+                }
+                info!(target: "audit", node = %me, term = term.0, "leadership lost");
                 return None;
             }
-            (Some(_), None) => return None,
+            Election::Lead(_) => {}
         }
         let term = self.term?;
         self.audit_membership(snap);
