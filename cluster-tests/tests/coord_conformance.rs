@@ -4,42 +4,47 @@ use cluster_tests::cluster::EtcdServer;
 use cluster_tests::{conformance, init_logging, TestDir};
 use stek_coord::etcd::Etcd;
 
-#[test]
-fn etcd_backend_passes_the_conformance_suite() {
-    init_logging();
-    let root = TestDir::new("conformance-etcd");
-    let etcd = EtcdServer::start(&root);
-    let endpoint = etcd.endpoint();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("a tokio runtime");
-    rt.block_on(conformance::run_all(|| {
-        let endpoint = endpoint.clone();
-        async move {
-            Etcd::connect(&[endpoint], "conformance")
-                .await
-                .expect("etcd client")
-        }
-    }));
+        .expect("a tokio runtime")
 }
 
-#[test]
-fn in_memory_backend_passes_the_conformance_suite() {
-    init_logging();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    let store = stek_coord::memory::Memory::new("conformance");
-    rt.block_on(conformance::run_all(|| {
-        let store = store.clone();
-        async move { store }
-    }));
+/// One test per property, each on a fresh in-memory store.
+mod in_memory {
+    use super::*;
+    use stek_coord::memory::Memory;
+
+    fn setup(_test: &str) -> (tokio::runtime::Runtime, (), Memory, Memory) {
+        init_logging();
+        let store = Memory::new("conformance");
+        (runtime(), (), store.clone(), store)
+    }
+
+    cluster_tests::conformance_tests!(setup);
 }
 
+/// One test per property, each on an etcd of its own.
+mod etcd {
+    use super::*;
+
+    fn setup(test: &str) -> (tokio::runtime::Runtime, (EtcdServer, TestDir), Etcd, Etcd) {
+        init_logging();
+        let root = TestDir::new(&format!("conformance-etcd-{test}"));
+        let etcd = EtcdServer::start(&root);
+        let endpoint = etcd.endpoint();
+        let rt = runtime();
+        let connect = || Etcd::connect(std::slice::from_ref(&endpoint), "conformance");
+        let (a, b) = rt.block_on(async { (connect().await.unwrap(), connect().await.unwrap()) });
+        (rt, (etcd, root), a, b)
+    }
+
+    cluster_tests::conformance_tests!(setup);
+}
+
+/// Every property in turn on one Raft group (a group takes seconds to form).
 #[test]
 fn raft_backend_passes_the_conformance_suite() {
     raft_conformance(None);
