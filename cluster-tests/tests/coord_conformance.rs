@@ -37,7 +37,10 @@ mod etcd {
         let endpoint = etcd.endpoint();
         let rt = runtime();
         let connect = || Etcd::connect(std::slice::from_ref(&endpoint), "conformance");
-        let (a, b) = rt.block_on(async { (connect().await.unwrap(), connect().await.unwrap()) });
+        let (a, b) = rt.block_on(async {
+            let a = connect().await.expect("an etcd client");
+            (a, connect().await.expect("an etcd client"))
+        });
         (rt, (etcd, root), a, b)
     }
 
