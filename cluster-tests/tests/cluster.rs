@@ -610,7 +610,7 @@ fn raft_peers_over_mutual_tls() {
         || {
             c.nodes[leader]
                 .log_text()
-                .contains("refused a peer connection without a valid certificate")
+                .contains("connection(s) without a valid certificate")
         },
     );
 

@@ -2,12 +2,13 @@
 //! when each key was made); every member's acknowledgement carries its own. Nothing here
 //! reads a clock: callers pass `now`.
 //!
-//! - [`ring_ahead`]: how far a ring's stamps are in the future of `now`. A ring is written in
-//!   the past, so anything above zero is how far at least its writer's clock is ahead of this
-//!   one.
-//! - [`writer_ahead_of_members`]: how far the writer's clock is ahead of the members that
-//!   acknowledged its ring, from their acknowledgements' stamps (each made after the ring was
-//!   written): the median, so one member's bad clock does not decide.
+//! - [`ring_ahead`]: how far a ring's newest key's stamp is in the future of `now`. A ring is
+//!   written in the past, so anything above zero is how far at least its writer's clock is
+//!   ahead of this one.
+//! - [`writer_ahead_of_members`]: how far the writer's clock is ahead of the members, once
+//!   every live member acknowledged its ring, from their acknowledgements' stamps (each made
+//!   after the ring was written): the smallest offset, so a slow or lying member cannot make
+//!   a healthy writer look ahead.
 //!
 //! A leader whose clock is measured more than [`CLOCK_BOUND`] ahead of its members stops
 //! leading for [`CLOCK_COOLDOWN`]; the rotation decision never schedules further than two

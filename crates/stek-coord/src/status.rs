@@ -34,8 +34,9 @@ pub struct Status {
     /// How far the stored ring's stamps are ahead of this machine's clock, in whole seconds
     /// (0 normally): its writer's clock ran at least that far ahead.
     pub ring_clock_ahead_seconds: u64,
-    /// How far the ring's writer's clock is ahead of the members that acknowledged the ring,
-    /// from their acknowledgements' stamps (null: no acknowledgement to compare with).
+    /// How far the ring's writer's clock is ahead of the members, from the stamps of their
+    /// acknowledgements of the ring (the smallest offset); null until every live member other
+    /// than the writer acknowledged it.
     pub writer_clock_ahead_seconds: Option<u64>,
 }
 

@@ -333,42 +333,28 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
     }
 }
 
-/// A stored ring older than what live members acknowledged (the store was restored from a
-/// backup, or an old ring replayed into it), which this node can open because it restarted
-/// and holds nothing newer: acting on it (a rotation, a reseal) would put keys back that were
-/// dropped. If this node itself had applied a newer ring (its own record says so), it
-/// restarted since, and so may every member that applied it: new keys, numbered above every
-/// acknowledgement (tickets from before do not resume, as after a power loss; nothing dropped
-/// comes back, and no two restarted nodes hand the leadership to each other for ever).
-/// Otherwise a member that applied the newer ring holds its keys: hand over to it (it refuses
-/// the old ring as a rollback and writes its own back); with none live, stop and say so.
+/// A stored ring older than what was acknowledged (the store was restored from a backup, or
+/// an old ring replayed into it), which this node can open because it restarted and holds
+/// nothing newer: acting on it (a rotation, a reseal) would put keys back that were dropped.
+/// If this node itself had applied a newer ring (its own record says so), it restarted since,
+/// and so may every member that applied it: new keys, numbered above every acknowledgement
+/// (tickets from before do not resume, as after a power loss; nothing dropped comes back, and
+/// no two restarted nodes hand the leadership to each other for ever). Otherwise a live
+/// member that applied the newer ring holds its keys: hand over to it (it refuses the old
+/// ring as a rollback and writes its own back).
 fn behind_acks(v: &LeaderView<'_>, stored: &StoredRing, keys: &mut dyn KeySource) -> Option<Step> {
     let generation = stored.ring.generation();
     let ceiling = v
         .newest_seen
         .max(generation)
         .saturating_add(MAX_GENERATION_STEP);
-    let newest = v
-        .snap
-        .members
-        .iter()
-        .filter(|m| m.live && m.record.node_id != v.me)
-        .map(|m| m.record.applied_generation)
-        .filter(|g| *g <= ceiling)
-        .max()?;
-    if newest <= generation {
-        return None;
-    }
-    let why = format!(
-        "the stored ring (generation {generation}) is older than generation {newest}, which live members applied: the store was restored or an old ring replayed"
-    );
     let mine = v
         .snap
         .members
         .iter()
         .find(|m| m.record.node_id == v.me)
         .map_or(0, |m| m.record.applied_generation);
-    if mine > generation {
+    if mine > generation && mine <= ceiling {
         let rekeyed = KeyRing::rekeyed(&stored.ring, v.now, &v.policy, keys);
         return Some(Step::Write {
             ring: renumber_after(rekeyed, v.snap, v.newest_seen),
@@ -377,9 +363,19 @@ fn behind_acks(v: &LeaderView<'_>, stored: &StoredRing, keys: &mut dyn KeySource
             before: None,
         });
     }
-    Some(match key_holder(v.me, v.snap, generation) {
-        Some(to) => Step::HandOver { to, why },
-        None => Step::Stuck { why },
+    let to = v
+        .snap
+        .members
+        .iter()
+        .filter(|m| m.live && m.record.node_id != v.me)
+        .filter(|m| m.record.applied_generation > generation)
+        .find(|m| m.record.applied_generation <= ceiling)?;
+    Some(Step::HandOver {
+        to: to.record.node_id.clone(),
+        why: format!(
+            "the stored ring (generation {generation}) is older than generation {}, which live members applied: the store was restored or an old ring replayed",
+            to.record.applied_generation
+        ),
     })
 }
 
