@@ -624,10 +624,7 @@ impl Coordinator for Etcd {
         signer: Option<&crate::identity::Credentials>,
     ) -> Result<String, CoordError> {
         let mut client = self.client.clone();
-        let (key, mut record) = RequestRecord::new_keyed(&self.prefix, by);
-        if let Some(creds) = signer {
-            record.sign(&key, creds);
-        }
+        let (key, record) = RequestRecord::new_signed(&self.prefix, by, signer);
         client
             .put(key.as_str(), record.encode(), None)
             .await

@@ -392,10 +392,7 @@ impl Coordinator for Memory {
         by: &str,
         signer: Option<&crate::identity::Credentials>,
     ) -> Result<String, CoordError> {
-        let (key, mut record) = RequestRecord::new_keyed(&self.prefix, by);
-        if let Some(creds) = signer {
-            record.sign(&key, creds);
-        }
+        let (key, record) = RequestRecord::new_signed(&self.prefix, by, signer);
         let rel = self.relative(&key).to_owned();
         self.with(|s, rev| {
             s.put(&rel, record.encode(), 0, rev);

@@ -576,6 +576,16 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
+    /// A new request by `by`, signed by `signer` when given, and its key under `prefix`: what
+    /// every backend's `request_rotation` stores.
+    pub fn new_signed(prefix: &str, by: &str, signer: Option<&Credentials>) -> (String, Self) {
+        let (key, mut record) = Self::new_keyed(prefix, by);
+        if let Some(creds) = signer {
+            record.sign(&key, creds);
+        }
+        (key, record)
+    }
+
     /// A new request by `by`, and its key under `prefix` (time-ordered, unique).
     pub fn new_keyed(prefix: &str, by: &str) -> (String, Self) {
         let now = MemberRecord::now_ms();

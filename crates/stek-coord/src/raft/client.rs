@@ -402,10 +402,7 @@ impl Coordinator for RaftClient {
         by: &str,
         signer: Option<&crate::identity::Credentials>,
     ) -> Result<String, CoordError> {
-        let (key, mut record) = RequestRecord::new_keyed(&self.prefix, by);
-        if let Some(creds) = signer {
-            record.sign(&key, creds);
-        }
+        let (key, record) = RequestRecord::new_signed(&self.prefix, by, signer);
         self.write(Command::PutRequest {
             key: key.clone(),
             value: record.encode(),
