@@ -674,6 +674,28 @@ fn raft_peers_over_mutual_tls() {
             &format!("member {actor} may not act for member {victim}"),
         );
     }
+    // Only the leader removes a dead member's record: a member that does not lead is fenced,
+    // even naming the current term, and the record stays.
+    let term = c.status(0)["leader_term"].as_i64().unwrap();
+    let forget = ask(
+        Some(&member),
+        &Request::Write(Command::ForgetMember {
+            term: u64::try_from(term).unwrap(),
+            node_id: victim.clone(),
+        }),
+    );
+    assert!(
+        matches!(
+            forget,
+            Ok(Reply::Applied(stek_coord::raft::store::Applied::Fenced))
+        ),
+        "member {actor}, not leading, may not forget {victim}: {forget:?}"
+    );
+    assert!(c.status(0)["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["node_id"] == victim.as_str()));
     let victim_raft = stek_coord::raft::peer::raft_ids(
         &c.nodes
             .iter()
