@@ -117,6 +117,11 @@ impl Fleet {
         n.task.abort();
     }
 
+    /// The node ids of the nodes running now.
+    fn running(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.id.clone()).collect()
+    }
+
     async fn snap(&self) -> Snapshot {
         self.store.snapshot().await.expect("the store answers")
     }
@@ -149,21 +154,32 @@ where
     panic!("timed out after {limit:?} waiting for {what}");
 }
 
-/// The stored ring's generation once every live member acknowledged exactly that ring (by
-/// digest), and it is above `above`.
-fn converged_above(snap: &Snapshot, above: u64) -> Option<u64> {
+/// The stored ring's generation once every running node is a live member and every live
+/// member acknowledged exactly that ring (by digest), and it is above `above`.
+///
+/// Counting only the members already live is not enough: a node still starting has no
+/// record yet, and "all live members applied" would then hold without it (a CI run read
+/// such a node's key file before the node had written it).
+fn converged_above(snap: &Snapshot, running: &[String], above: u64) -> Option<u64> {
     let stored = snap.valid_ring()?;
     let g = stored.ring.generation();
     let live: Vec<_> = snap.members.iter().filter(|m| m.live).collect();
-    (g > above && !live.is_empty() && live.iter().all(|m| m.record.acknowledges(&stored.ring)))
-        .then_some(g)
+    let all_running_live = running
+        .iter()
+        .all(|id| live.iter().any(|m| m.record.node_id == *id));
+    (g > above
+        && all_running_live
+        && !live.is_empty()
+        && live.iter().all(|m| m.record.acknowledges(&stored.ring)))
+    .then_some(g)
 }
 
 async fn converged(fleet: &Fleet, above: u64) -> u64 {
+    let running = fleet.running();
     wait_for(
         Duration::from_secs(20),
-        "every live member to apply the ring",
-        || async { converged_above(&fleet.snap().await, above) },
+        "every running node to apply the ring",
+        || async { converged_above(&fleet.snap().await, &running, above) },
     )
     .await
 }
@@ -277,7 +293,7 @@ async fn a_restored_older_ring_is_never_applied_and_the_current_keys_are_written
                     n.id
                 );
             }
-            converged_above(&fleet.snap().await, g2)
+            converged_above(&fleet.snap().await, &fleet.running(), g2)
         },
     )
     .await;
