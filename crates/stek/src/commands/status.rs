@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::bail;
 use stek_coord::status::{status_of, Status};
-use stek_coord::{Coordinator, Snapshot};
+use stek_coord::{ChangeStream, Coordinator, Snapshot};
 use stek_core::rotation::describe_blocker;
 use stek_core::Policy;
 use stek_node::Config;
@@ -138,6 +138,15 @@ struct Rotate<'a> {
 impl Rotate<'_> {
     async fn call<C: Coordinator>(self, store: &C) -> anyhow::Result<ExitCode> {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| self.config.node_id.clone());
+        // Watch from before the request, so that no change it causes is missed: the wait
+        // reads again when the store says something changed, not on a timer.
+        let mut watch = match self.wait {
+            true => {
+                let before = store.snapshot().await?;
+                store.watch(before.revision).await.ok()
+            }
+            false => None,
+        };
         let key = store
             .request_rotation(&format!("cli@{host}"), self.signer.as_ref())
             .await?;
@@ -195,10 +204,24 @@ impl Rotate<'_> {
                     humantime::format_duration(self.timeout)
                 );
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match watch.as_mut() {
+                // Read again on the next change; at least once a second, in case the watch
+                // missed one (a store that restarted).
+                Some(w) => match tokio::time::timeout(left.min(RECHECK), w.changed()).await {
+                    Ok(Ok(_)) | Err(_) => {}
+                    Ok(Err(_)) => watch = store.watch(snap.revision).await.ok(),
+                },
+                None => tokio::time::sleep(left.min(POLL_WITHOUT_WATCH)).await,
+            }
         }
     }
 }
+
+/// `rotate --wait` reads the store again at least this often, whatever its watch says.
+const RECHECK: Duration = Duration::from_secs(1);
+/// ... and this often when the store cannot be watched.
+const POLL_WITHOUT_WATCH: Duration = Duration::from_millis(200);
 
 /// "applied 2/3 live members": one line rewritten in place on a terminal, one plain line per
 /// change otherwise (logs, CI).
