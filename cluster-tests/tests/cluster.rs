@@ -820,6 +820,7 @@ fn raft_peers_over_mutual_tls() {
                 value: b"{}".to_vec(),
                 served: vec![],
                 expected: None,
+                copies: Default::default(),
             }),
         ),
         (

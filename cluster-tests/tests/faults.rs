@@ -1137,6 +1137,7 @@ fn raft_writes(
             value: b"garbage".to_vec(),
             served: vec![],
             expected: None,
+            copies: Default::default(),
         })
         .await?;
         // Stale: refused by the store (not newer); Fenced: refused before it, because the

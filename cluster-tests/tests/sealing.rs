@@ -174,7 +174,7 @@ fn wrong_public_keys_are_rejected_and_the_member_recovers() {
     let mut record: Value = serde_json::from_slice(&etcd.get(&member_key)).unwrap();
     record["public_key"] = foreign.into();
     etcd.put(&member_key, &serde_json::to_vec(&record).unwrap());
-    let ring_key = format!("/stek/{}/ring", c.name);
+    let copy_key = format!("/stek/{}/ring/copies/{b_id}", c.name);
     let foreign_id = stek_coord::seal::MemberKey::from_base64(foreign)
         .unwrap()
         .id()
@@ -183,12 +183,8 @@ fn wrong_public_keys_are_rejected_and_the_member_recovers() {
         Duration::from_secs(5),
         "the leader to seal for the wrong key",
         || {
-            let ring: Value = serde_json::from_slice(&etcd.get(&ring_key)).unwrap();
-            ring["copies"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|cp| cp["member"] == b_id.as_str() && cp["recipient"] == foreign_id.as_str())
+            let copy: Value = serde_json::from_slice(&etcd.get(&copy_key)).unwrap();
+            copy["member"] == b_id.as_str() && copy["recipient"] == foreign_id.as_str()
         },
     );
     c.pause(b, false);
@@ -228,16 +224,10 @@ fn a_tampered_copy_is_rejected_and_the_leader_reseals(tamper: Tamper) {
     let etcd = c.etcd.as_ref().unwrap();
     let ring_key = format!("/stek/{}/ring", c.name);
     let old: Value = serde_json::from_slice(&etcd.get(&ring_key)).unwrap();
-    let copy_of = |ring: &Value, member: &str| -> Value {
-        ring["copies"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|cp| cp["member"] == member)
-            .cloned()
-            .unwrap()
-    };
-    let old_copy = copy_of(&old, &b_id);
+    let copy_key = |member: &str| format!("/stek/{}/ring/copies/{member}", c.name);
+    let copy_of =
+        |member: &str| -> Value { serde_json::from_slice(&etcd.get(&copy_key(member))).unwrap() };
+    let old_copy = copy_of(&b_id);
 
     info!("--- {b_id} frozen; a rotation; its copy in the new ring: {tamper:?}");
     c.pause(b, true);
@@ -252,21 +242,23 @@ fn a_tampered_copy_is_rejected_and_the_leader_reseals(tamper: Tamper) {
         ring = serde_json::from_slice(&etcd.get(&ring_key)).unwrap();
         ring["generation"].as_u64() > old["generation"].as_u64()
     });
+    // Each forged copy claims the current ring (its `ring` digest), as an attacker who wants
+    // the leader to take it for good would write it: only opening it shows what it is.
+    let current = copy_of(&b_id);
     let forged = match tamper {
-        Tamper::Replayed => old_copy,
+        Tamper::Replayed => {
+            let mut old = old_copy;
+            old["ring"] = current["ring"].clone();
+            old
+        }
         Tamper::Moved => {
-            let mut other = copy_of(&ring, &c.nodes[a].id);
+            let mut other = copy_of(&c.nodes[a].id);
             other["member"] = b_id.as_str().into();
-            other["recipient"] = copy_of(&ring, &b_id)["recipient"].clone();
+            other["recipient"] = current["recipient"].clone();
             other
         }
     };
-    for cp in ring["copies"].as_array_mut().unwrap() {
-        if cp["member"] == b_id.as_str() {
-            *cp = forged.clone();
-        }
-    }
-    etcd.put(&ring_key, &serde_json::to_vec(&ring).unwrap());
+    etcd.put(&copy_key(&b_id), &serde_json::to_vec(&forged).unwrap());
     c.pause(b, false);
     let said = match tamper {
         Tamper::Replayed => "a replayed copy; rejected",

@@ -215,6 +215,8 @@ impl Etcd {
                 term: Term(kv.create_revision()),
                 lease: LeaseId(kv.lease()),
             });
+        } else if let Some(id) = rest.strip_prefix(crate::COPIES) {
+            raw.copies.push((full, id.to_owned(), kv.value().to_vec()));
         } else if rest == "ring" {
             raw.ring = Some((full, kv.value().to_vec()));
             raw.ring_revision = kv.mod_revision();
@@ -231,6 +233,76 @@ impl Etcd {
         } else {
             raw.unknown.push(full);
         }
+    }
+}
+
+impl Etcd {
+    /// A leader's transaction: `ops` if `term` still leads and the ring is still the one
+    /// written at `ring_revision`; otherwise it reads the leader key, for [`refusal`].
+    fn fenced(&self, term: Term, ring_revision: i64, ops: Vec<TxnOp>) -> Txn {
+        Txn::new()
+            .when([
+                self.leader_is(term),
+                Compare::mod_revision(self.key("ring"), CompareOp::Equal, ring_revision),
+            ])
+            .and_then(ops)
+            .or_else([TxnOp::get(
+                self.key("leader"),
+                Some(GetOptions::new().with_keys_only()),
+            )])
+    }
+
+    /// Deletes the copies of members the ring just written has none for (members forgotten,
+    /// or refused): a copy the ring does not name opens nothing, but it has no reason to stay.
+    /// A failure leaves them for the next write.
+    async fn delete_other_copies(&self, term: Term, kept: &[(String, Vec<u8>)]) {
+        let mut client = self.client.clone();
+        let prefix = self.key(crate::COPIES);
+        let Ok(resp) = client
+            .get(
+                prefix.as_str(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+        else {
+            return;
+        };
+        let other: Vec<Vec<u8>> = resp
+            .kvs()
+            .iter()
+            .map(|kv| kv.key().to_vec())
+            .filter(|k| {
+                let member = k.strip_prefix(prefix.as_bytes()).unwrap_or_default();
+                !kept.iter().any(|(m, _)| m.as_bytes() == member)
+            })
+            .collect();
+        for batch in other.chunks(MAX_TXN_OPS) {
+            let txn = Txn::new().when([self.leader_is(term)]).and_then(
+                batch
+                    .iter()
+                    .map(|k| TxnOp::delete(k.clone(), None))
+                    .collect::<Vec<_>>(),
+            );
+            if client.txn(txn).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Why a fenced leader transaction ([`Etcd::fenced`]) was refused: the term is gone, or
+/// the ring changed since the decision.
+fn refusal(term: Term, resp: &etcd_client::TxnResponse) -> CoordError {
+    let leader_term = resp.op_responses().into_iter().find_map(|op| match op {
+        etcd_client::TxnOpResponse::Get(g) => {
+            Some(g.kvs().first().map_or(0, |kv| kv.create_revision()))
+        }
+        _ => None,
+    });
+    if leader_term == Some(term.0) {
+        CoordError::Conflict
+    } else {
+        CoordError::Fenced(term)
     }
 }
 
@@ -287,6 +359,7 @@ impl Coordinator for Etcd {
                 TxnOp::get(self.key("leader"), None),
                 TxnOp::get(self.key(&format!("members/{node_id}")), None),
                 TxnOp::get(self.key(&format!("alive/{node_id}")), None),
+                TxnOp::get(self.key(&crate::copy_key(node_id)), None),
             ]
         };
         let mut with_ring = others();
@@ -344,7 +417,8 @@ impl Coordinator for Etcd {
     async fn watch_member(&self, revision: i64, node_id: &str) -> Result<EtcdWatch, CoordError> {
         let mut client = self.client.clone();
         let from = || Some(WatchOptions::new().with_start_revision(revision + 1));
-        // Four exact keys on one stream: no other member's acknowledgement reaches this node.
+        // Five exact keys on one stream: no other member's acknowledgement or copy reaches
+        // this node.
         let mut stream = client
             .watch(self.key("ring"), from())
             .await
@@ -353,6 +427,7 @@ impl Coordinator for Etcd {
             "leader".to_owned(),
             format!("members/{node_id}"),
             format!("alive/{node_id}"),
+            crate::copy_key(node_id),
         ] {
             stream
                 .watch(self.key(&key), from())
@@ -491,35 +566,46 @@ impl Coordinator for Etcd {
                 limit: MAX_RING_RECORD,
             });
         }
+        // Every copy first, so that a member never sees a ring whose copy is missing: in
+        // batches within etcd's transaction limit, sent side by side, each fenced like the
+        // ring. A copy replaces that member's copy of the ring stored now, which it applied
+        // already (or opens once this ring lands).
+        let copies = ring.copy_records();
+        let mut batches = tokio::task::JoinSet::new();
+        for batch in copies.chunks(MAX_TXN_OPS) {
+            let ops: Vec<TxnOp> = batch
+                .iter()
+                .map(|(member, value)| {
+                    TxnOp::put(self.key(&crate::copy_key(member)), value.clone(), None)
+                })
+                .collect();
+            let txn = self.fenced(term, ring_revision, ops);
+            let mut client = client.clone();
+            batches.spawn(async move { client.txn(txn).await });
+        }
+        while let Some(done) = batches.join_next().await {
+            let resp = done
+                .map_err(|e| CoordError::Unreachable {
+                    endpoints: self.endpoints.clone(),
+                    reason: e.to_string(),
+                })?
+                .map_err(|e| self.unreachable(e))?;
+            if !resp.succeeded() {
+                return Err(refusal(term, &resp));
+            }
+        }
         // The ring and the first served requests in one transaction, fenced on the term and on
         // the ring being the one the decision read (a compare-and-swap: a write that lands
         // late can never put a second ring of one generation beside another).
         let (first, rest) = served_requests.split_at(served_requests.len().min(MAX_TXN_OPS - 1));
         let mut ops = vec![TxnOp::put(self.key("ring"), value, None)];
         ops.extend(first.iter().map(|k| TxnOp::delete(k.as_str(), None)));
-        let txn = Txn::new()
-            .when([
-                self.leader_is(term),
-                Compare::mod_revision(self.key("ring"), CompareOp::Equal, ring_revision),
-            ])
-            .and_then(ops)
-            .or_else([TxnOp::get(
-                self.key("leader"),
-                Some(GetOptions::new().with_keys_only()),
-            )]);
-        let resp = client.txn(txn).await.map_err(|e| self.unreachable(e))?;
+        let resp = client
+            .txn(self.fenced(term, ring_revision, ops))
+            .await
+            .map_err(|e| self.unreachable(e))?;
         if !resp.succeeded() {
-            let leader_term = resp.op_responses().into_iter().find_map(|op| match op {
-                etcd_client::TxnOpResponse::Get(g) => {
-                    Some(g.kvs().first().map_or(0, |kv| kv.create_revision()))
-                }
-                _ => None,
-            });
-            return Err(if leader_term == Some(term.0) {
-                CoordError::Conflict
-            } else {
-                CoordError::Fenced(term)
-            });
+            return Err(refusal(term, &resp));
         }
         let revision = resp.header().map_or(0, |h| h.revision());
         // The rest of the served requests, in batches. The ring is written: a batch that fails
@@ -541,6 +627,7 @@ impl Coordinator for Etcd {
                 }
             }
         }
+        self.delete_other_copies(term, &copies).await;
         Ok(revision)
     }
 
@@ -557,7 +644,10 @@ impl Coordinator for Etcd {
                 ),
                 Compare::create_revision(record.clone(), CompareOp::Greater, 0),
             ])
-            .and_then([TxnOp::delete(record, None)])
+            .and_then([
+                TxnOp::delete(record, None),
+                TxnOp::delete(self.key(&crate::copy_key(node_id)), None),
+            ])
             .or_else([TxnOp::get(
                 self.key("leader"),
                 Some(GetOptions::new().with_keys_only()),
@@ -566,16 +656,9 @@ impl Coordinator for Etcd {
         if resp.succeeded() {
             return Ok(true);
         }
-        let leader_term = resp.op_responses().into_iter().find_map(|op| match op {
-            etcd_client::TxnOpResponse::Get(g) => {
-                Some(g.kvs().first().map_or(0, |kv| kv.create_revision()))
-            }
-            _ => None,
-        });
-        if leader_term == Some(term.0) {
-            Ok(false)
-        } else {
-            Err(CoordError::Fenced(term))
+        match refusal(term, &resp) {
+            CoordError::Conflict => Ok(false),
+            other => Err(other),
         }
     }
 

@@ -6,7 +6,8 @@
 //! | key | lease | holds |
 //! |---|---|---|
 //! | `leader` | leader's | the leader's node id; its create-revision is the leader's term |
-//! | `ring` | none | the ring, its generation, policy and next rotation time (I8) |
+//! | `ring` | none | the ring, its generation, policy and next rotation time (I8), its keys sealed under a data key |
+//! | `ring/copies/<node>` | none | that member's copy of the data key, sealed to its public key; written before the ring that names it |
 //! | `alive/<node>` | member's | present while the member's liveness lease holds (I7) |
 //! | `members/<node>` | none | the member's record and acknowledgement (survives it, so status can show dead members) |
 //! | `requests/<id>` | none | a rotation request; deleted by the rotation that serves it |
@@ -32,6 +33,14 @@ pub mod seal;
 pub mod status;
 
 pub use records::{MemberRecord, RecordError, RequestRecord, RingSignature, StoredRing};
+
+/// Where a member's sealed copy of the ring's data key is stored, under the cluster prefix.
+pub const COPIES: &str = "ring/copies/";
+
+/// The key of `member`'s sealed copy, under the cluster prefix.
+pub fn copy_key(member: &str) -> String {
+    format!("{COPIES}{member}")
+}
 
 /// A leader's term: the store revision at which it took the leader key. Writes carry it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,6 +290,8 @@ pub(crate) struct RawSnapshot {
     pub alive: std::collections::BTreeSet<String>,
     /// (full key, node id from the key, value)
     pub members: Vec<(String, String, Vec<u8>)>,
+    /// Sealed copies: (full key, node id from the key, value)
+    pub copies: Vec<(String, String, Vec<u8>)>,
     /// (full key, value)
     pub requests: Vec<(String, Vec<u8>)>,
     /// full keys stek does not know
@@ -307,7 +318,16 @@ impl RawSnapshot {
         };
         if let Some((key, value)) = self.ring {
             snap.ring = match records::decode_ring(&value) {
-                Ok(r) => RingSlot::Valid(r),
+                Ok(r) => {
+                    let mut copies = Vec::with_capacity(self.copies.len());
+                    for (key, id, value) in self.copies {
+                        match records::decode_copy(&id, &value) {
+                            Ok(c) => copies.push(c),
+                            Err(e) => snap.rejected.push((key, e)),
+                        }
+                    }
+                    RingSlot::Valid(r.with_copies(copies))
+                }
                 Err(e) => {
                     snap.rejected.push((key, e.clone()));
                     RingSlot::Rejected(e)
@@ -458,12 +478,15 @@ impl Change {
                 k != "ring"
                     && k.strip_prefix("members/") != Some(node_id)
                     && k.strip_prefix("alive/") != Some(node_id)
+                    && k.strip_prefix(COPIES) != Some(node_id)
             })
         })
     }
 
     /// Whether a node that does not lead must re-read the keyspace for this change: the ring,
-    /// the leadership or its own records changed, or the backend did not say what.
+    /// the leadership or its own records changed, or the backend did not say what. A copy
+    /// alone does not count: the leader writes every copy just before the ring that names it,
+    /// and that ring's change follows.
     pub fn concerns_follower(&self, node_id: &str) -> bool {
         self.keys.as_ref().is_none_or(|keys| {
             keys.iter().any(|k| {
@@ -473,7 +496,8 @@ impl Change {
                     || k.strip_prefix("alive/") == Some(node_id)
                     || !(k.starts_with("members/")
                         || k.starts_with("alive/")
-                        || k.starts_with("requests/"))
+                        || k.starts_with("requests/")
+                        || k.starts_with(COPIES))
             })
         })
     }

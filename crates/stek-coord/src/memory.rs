@@ -183,6 +183,8 @@ impl Memory {
             } else if key == "ring" {
                 raw.ring = Some((full, e.value.clone()));
                 raw.ring_revision = e.modified;
+            } else if let Some(id) = key.strip_prefix(crate::COPIES) {
+                raw.copies.push((full, id.to_owned(), e.value.clone()));
             } else if let Some(id) = key.strip_prefix("alive/") {
                 raw.alive.insert(id.to_owned());
             } else if let Some(id) = key.strip_prefix("members/") {
@@ -335,6 +337,7 @@ impl Coordinator for Memory {
         served_requests: &[String],
     ) -> Result<i64, CoordError> {
         let value = records::encode_ring(ring);
+        let copies = ring.copy_records();
         self.with(|s, rev| {
             if s.keys.get("leader").map(|e| e.created) != Some(term.0) {
                 return Err(CoordError::Fenced(term));
@@ -342,8 +345,29 @@ impl Coordinator for Memory {
             if s.keys.get("ring").map_or(0, |e| e.modified) != ring_revision {
                 return Err(CoordError::Conflict);
             }
+            // The copies with the ring (etcd writes them just before it), and no copy of a
+            // member the ring has none for.
+            let mut changed = Vec::with_capacity(copies.len() + 1);
+            let stale: Vec<String> = s
+                .keys
+                .keys()
+                .filter(|k| {
+                    k.strip_prefix(crate::COPIES)
+                        .is_some_and(|m| !copies.iter().any(|(c, _)| c == m))
+                })
+                .cloned()
+                .collect();
+            for k in stale {
+                s.keys.remove(&k);
+                changed.push(k);
+            }
+            for (member, bytes) in copies {
+                let k = crate::copy_key(&member);
+                s.put(&k, bytes, 0, rev);
+                changed.push(k);
+            }
             s.put("ring", value, 0, rev);
-            let mut changed = vec!["ring".to_owned()];
+            changed.push("ring".to_owned());
             for k in served_requests {
                 let k = self.relative(k);
                 if s.keys.remove(k).is_some() {
@@ -364,7 +388,12 @@ impl Coordinator for Memory {
             {
                 return Ok((false, Vec::new()));
             }
-            Ok((true, vec![record.clone()]))
+            let copy = crate::copy_key(node_id);
+            let mut changed = vec![record.clone()];
+            if s.keys.remove(&copy).is_some() {
+                changed.push(copy);
+            }
+            Ok((true, changed))
         })
     }
 

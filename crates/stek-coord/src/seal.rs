@@ -28,7 +28,7 @@ use hpke::{Deserializable, Kem as _, Serializable};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use stek_core::key::{AES_LEN, HMAC_LEN, NAME_LEN};
-use stek_core::{KeyRing, RingMeta, TicketKey};
+use stek_core::{KeyRing, RingDigest, RingMeta, TicketKey};
 use zeroize::Zeroizing;
 
 type Kem = hpke::kem::X25519HkdfSha256;
@@ -202,6 +202,7 @@ impl fmt::Debug for SealedCopy {
             .field("member", &self.member)
             .field("recipient", &self.recipient)
             .field("generation", &self.generation)
+            .field("ring", &self.ring)
             .finish_non_exhaustive()
     }
 }
@@ -215,6 +216,13 @@ pub struct SealedCopy {
     pub recipient: MemberKeyId,
     /// The ring generation it was made for (a hint for messages; the binding is the AEAD's).
     pub generation: u64,
+    /// The digest of the ring it was made for: each copy is a record of its own
+    /// (`ring/copies/<member>`), written just before the ring that names it, so a copy of
+    /// another ring can sit beside a ring for a moment (or after a failed write).
+    pub ring: RingDigest,
+    /// The ring writer's signature over the copy record ([`crate::records`]), with
+    /// `[identity]`; checked by the member it is for before it opens it.
+    pub signature: Option<Vec<u8>>,
     /// HPKE's encapsulated key.
     pub enc: [u8; ENC_LEN],
     /// The sealed data key.
@@ -246,6 +254,18 @@ pub enum SealError {
         /// The ring's generation.
         ring: u64,
     },
+    /// The copy was made for a newer ring than the stored one: the leader writes the copies
+    /// just before the ring (or failed to write the ring after them, and reseals).
+    #[error("the ring's copy for this node was made for generation {made_for}, newer than the stored ring's {ring}: the leader is writing a new ring; waiting for it")]
+    Ahead {
+        /// The generation the copy names.
+        made_for: u64,
+        /// The stored ring's generation.
+        ring: u64,
+    },
+    /// The copy's signature does not verify with the ring writer's certificate.
+    #[error("the ring's copy for this node is not signed by the ring's writer ({0}); rejected")]
+    Unsigned(String),
     /// The copy does not authenticate.
     #[error("the ring's copy for this node does not open with this node's key (tampered, moved from another member, or replayed); rejected")]
     DoesNotOpen,
@@ -295,6 +315,7 @@ pub fn seal(
     recipients: &[(String, MemberKey)],
 ) -> (Envelope, Vec<SealError>) {
     let meta = stored_meta(ring);
+    let digest = meta.digest();
     let mut dek = Zeroizing::new([0u8; DEK_LEN]);
     rand::rngs::OsRng.fill_bytes(dek.as_mut());
     let mut plain = Zeroizing::new(Vec::with_capacity(ring.keys().len() * KEY_BYTES));
@@ -335,6 +356,8 @@ pub fn seal(
                     member: member.clone(),
                     recipient: key.id(),
                     generation: ring.generation(),
+                    ring: digest,
+                    signature: None,
                     enc: [0; ENC_LEN],
                     sealed_dek: [0; SEALED_DEK_LEN],
                 };
@@ -380,6 +403,12 @@ pub fn open(
         return Err(SealError::OtherRecipient {
             copy: copy.recipient,
             mine,
+        });
+    }
+    if copy.generation > generation {
+        return Err(SealError::Ahead {
+            made_for: copy.generation,
+            ring: generation,
         });
     }
     if copy.generation != generation {

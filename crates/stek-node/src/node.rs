@@ -685,13 +685,25 @@ impl<C: Coordinator> Node<'_, C> {
         {
             return;
         }
-        match stored.open(&self.config.cluster, &self.config.node_id, &self.identity) {
+        // With [identity], a copy is opened only if the ring's writer signed it.
+        let verified = match self.pki {
+            Some(pki) => stored.verify_copy(
+                &self.config.cluster,
+                &self.config.node_id,
+                &pki.trust,
+                self.clock.now(),
+            ),
+            None => Ok(()),
+        };
+        let opened = verified
+            .and_then(|()| stored.open(&self.config.cluster, &self.config.node_id, &self.identity));
+        match opened {
             Ok(ring) => {
                 debug!(generation, "opened this node's sealed copy of the ring");
                 self.opened = Some(ring);
                 self.seal_error = None;
             }
-            Err(e @ SealError::NoCopy { .. }) => {
+            Err(e @ (SealError::NoCopy { .. } | SealError::Ahead { .. })) => {
                 info!(generation, "{e}");
                 self.seal_error = Some((generation, digest, e));
             }

@@ -451,6 +451,9 @@ async fn another_ring_with_the_applied_generation_is_applied_and_old_acks_do_not
     let (mut written, _) =
         stek_coord::StoredRing::seal(CLUSTER, &alias, &policy, &stored.written_by, &recipients);
     written.term = stored.term;
+    for (member, copy) in written.copy_records() {
+        fleet.store.put_raw(&stek_coord::copy_key(&member), &copy);
+    }
     fleet
         .store
         .put_raw("ring", &stek_coord::records::encode_ring(&written));

@@ -145,6 +145,11 @@ impl RaftClient {
                 .into_iter()
                 .map(|(id, v)| (format!("{p}members/{id}"), id, v))
                 .collect(),
+            copies: data
+                .copies
+                .into_iter()
+                .map(|(id, v)| (format!("{p}{}", crate::copy_key(&id)), id, v))
+                .collect(),
             requests: data.requests.into_iter().collect(),
             unknown: Vec::new(),
             partial: false,
@@ -355,6 +360,7 @@ impl Coordinator for RaftClient {
             value: records::encode_ring(ring),
             served: served_requests.to_vec(),
             expected: Some(u64::try_from(ring_revision).unwrap_or(0)),
+            copies: ring.copy_records().into_iter().collect(),
         };
         match self.write(cmd).await? {
             Applied::Ok => Ok(0),

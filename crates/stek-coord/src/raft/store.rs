@@ -85,6 +85,10 @@ pub enum Command {
         /// another ring is refused.
         #[serde(default)]
         expected: Option<u64>,
+        /// The members' sealed copies (node id to encoded copy record): they replace every
+        /// copy stored, in the same entry as the ring.
+        #[serde(default)]
+        copies: BTreeMap<String, Vec<u8>>,
     },
     /// Removes a dead member's record (the leader's, fenced on its term).
     ForgetMember {
@@ -182,6 +186,10 @@ pub struct Data {
     pub ring_generation: Option<u64>,
     /// Member records by node id.
     pub members: BTreeMap<String, Vec<u8>>,
+    /// The members' sealed copies of the ring's data key, by node id (the records etcd keeps
+    /// under `ring/copies/`).
+    #[serde(default)]
+    pub copies: BTreeMap<String, Vec<u8>>,
     /// Rotation requests by key.
     pub requests: BTreeMap<String, Vec<u8>>,
 }
@@ -269,6 +277,7 @@ impl Data {
                 value,
                 served,
                 expected,
+                copies,
             } => {
                 let written_in = |v: &[u8]| crate::records::decode_ring(v).ok().map(|r| r.term);
                 if self.ring.as_deref() == Some(value.as_slice())
@@ -291,6 +300,7 @@ impl Data {
                 }
                 self.ring_generation = generation;
                 self.ring = Some(value.clone());
+                self.copies = copies.clone();
                 self.ring_revision = next;
                 for k in served {
                     self.requests.remove(k);
@@ -304,6 +314,7 @@ impl Data {
                 if self.alive.contains_key(node_id) || self.members.remove(node_id).is_none() {
                     return Applied::Stale;
                 }
+                self.copies.remove(node_id);
                 Applied::Ok
             }
             Command::PutRequest { key, value } => {
@@ -867,6 +878,7 @@ mod tests {
             value: enc(term, r),
             served: vec![],
             expected: None,
+            copies: BTreeMap::new(),
         };
         let first = write(t1, &r1);
         assert_eq!(d.apply(&first), Applied::Ok);
@@ -888,6 +900,7 @@ mod tests {
             value: enc(t1, r),
             served: vec![],
             expected: Some(expected),
+            copies: BTreeMap::new(),
         };
         assert_eq!(
             d.apply(&on(d.ring_revision - 1, &r2)),
@@ -982,6 +995,7 @@ mod tests {
             value: b"SECRET-KEY-BYTES".to_vec(),
             served: vec![],
             expected: None,
+            copies: BTreeMap::from([("n1".to_owned(), b"SECRET-COPY".to_vec())]),
         };
         assert!(!format!("{c:?}").contains("SECRET"));
     }
