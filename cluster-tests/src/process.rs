@@ -28,6 +28,17 @@ use nix::unistd::Pid;
 /// Lines of a server's log shown when it fails.
 const LOG_TAIL: usize = 25;
 
+/// Whether servers started from now on die with the thread that starts them.
+static DIE_WITH_STARTER: AtomicBool = AtomicBool::new(false);
+
+/// From now on, every server started gets SIGKILL when the thread that started it ends, which
+/// for the main thread is however the process ends: a panic, a signal, a closed pipe. For a
+/// program such as stek-bench that starts its servers on its main thread, so that no etcd or
+/// node outlives it. Not for tests: a test's helper threads end before its servers should.
+pub fn kill_servers_when_their_starter_ends() {
+    DIE_WITH_STARTER.store(true, Ordering::SeqCst);
+}
+
 /// The inodes of the TCP sockets listening on `port` in `pid`'s network namespace.
 fn listening_inodes(pid: u32, port: u16) -> BTreeSet<u64> {
     let mut inodes = BTreeSet::new();
@@ -188,12 +199,35 @@ pub struct Server {
     child: Child,
 }
 
+/// `cmd` run by util-linux's `setpriv --pdeathsig KILL`, which sets the signal and execs it
+/// (the setting survives exec): the same program, arguments, environment and directory.
+fn with_parent_death_signal(cmd: &Command) -> Command {
+    let mut wrapped = Command::new("setpriv");
+    wrapped
+        .args(["--pdeathsig", "KILL", "--"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+}
+
 impl Server {
     /// Starts `cmd` in a new process group with stdout/stderr to `log`.
     pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Self {
         let out = fs::File::create(&log)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let err = out.try_clone().expect("duplicate the log's descriptor");
+        if DIE_WITH_STARTER.load(Ordering::SeqCst) {
+            cmd = with_parent_death_signal(&cmd);
+        }
         cmd.stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
