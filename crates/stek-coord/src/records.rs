@@ -294,6 +294,30 @@ impl StoredRing {
             .map_err(|e| SealError::Unsigned(e.to_string()))
     }
 
+    /// Whether `member`'s copy was made for this ring (by the digest it names): no copy, one
+    /// for a newer ring (the leader between its copy and ring writes) and one for another ring
+    /// are told apart, before anything is verified or opened.
+    pub fn copy_is_for_this_ring(&self, member: &str) -> Result<(), SealError> {
+        let generation = self.ring.generation();
+        let copy = self
+            .copy_for(member)
+            .ok_or(SealError::NoCopy { generation })?;
+        if copy.ring == self.ring.digest() {
+            return Ok(());
+        }
+        Err(if copy.generation > generation {
+            SealError::Ahead {
+                made_for: copy.generation,
+                ring: generation,
+            }
+        } else {
+            SealError::OtherRing {
+                made_for: copy.generation,
+                ring: generation,
+            }
+        })
+    }
+
     /// Puts back the copies read from the store beside the ring record (any copy, of this
     /// ring or another: opening one made for another ring fails and says so).
     pub fn with_copies(mut self, copies: Vec<SealedCopy>) -> Self {

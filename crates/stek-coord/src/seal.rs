@@ -263,6 +263,16 @@ pub enum SealError {
         /// The stored ring's generation.
         ring: u64,
     },
+    /// The copy names another ring than the stored one, of an older or the same generation: a
+    /// leader's write that did not complete (its copies landed, its ring did not), or a copy
+    /// put back. The leader seals a copy of the stored ring.
+    #[error("the ring's copy for this node was made for another ring (generation {made_for}) than the stored one (generation {ring}): left by a write that did not complete, or put back; waiting for the leader to seal one for this ring")]
+    OtherRing {
+        /// The generation the copy names.
+        made_for: u64,
+        /// The stored ring's generation.
+        ring: u64,
+    },
     /// The copy's signature does not verify with the ring writer's certificate.
     #[error("the ring's copy for this node is not signed by the ring's writer ({0}); rejected")]
     Unsigned(String),
