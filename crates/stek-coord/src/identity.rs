@@ -317,7 +317,15 @@ pub struct Trust {
     ca: CertificateDer<'static>,
     cluster: String,
     revoked: BTreeSet<String>,
+    /// Signatures already verified, by a digest of (certificate, signer, message, signature):
+    /// a leader checks every member's enrollment on every pass, and a pass comes with every
+    /// change. An entry is used only while its certificate is valid; the revocation list is
+    /// fixed for the life of a `Trust`.
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], Verified>>,
 }
+
+/// At most this many verified signatures are remembered; the memory is emptied when full.
+const VERIFIED_CACHE: usize = 8192;
 
 impl fmt::Debug for Trust {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -365,6 +373,7 @@ impl Trust {
             ca,
             cluster: cluster.to_owned(),
             revoked: set,
+            verified: Default::default(),
         })
     }
 
@@ -376,6 +385,18 @@ impl Trust {
     /// Checks a certificate (DER) at `now`: it chains to the CA, is valid, names this cluster
     /// and a role, and is not revoked.
     pub fn verify(&self, der: &[u8], now: SystemTime) -> Result<Verified, IdentityError> {
+        // A chain checked before, while the certificate is valid: every signature a member
+        // makes is checked against the same certificate.
+        let key = signature_key(der, "certificate", &[], &[]);
+        if let Some(v) = self.remembered(&key, now) {
+            return Ok(v);
+        }
+        let verified = self.verify_chain(der, now)?;
+        self.remember(key, &verified);
+        Ok(verified)
+    }
+
+    fn verify_chain(&self, der: &[u8], now: SystemTime) -> Result<Verified, IdentityError> {
         let der = CertificateDer::from(der);
         let ee = webpki::EndEntityCert::try_from(&der)
             .map_err(|e| IdentityError::Chain(e.to_string()))?;
@@ -427,6 +448,22 @@ impl Trust {
         })
     }
 
+    /// A signature verified before with this certificate, by this signer, over this message,
+    /// whose certificate is still valid at `now`.
+    fn remembered(&self, key: &[u8; 32], now: SystemTime) -> Option<Verified> {
+        let cache = self.verified.lock().ok()?;
+        cache.get(key).filter(|v| now < v.not_after).cloned()
+    }
+
+    fn remember(&self, key: [u8; 32], verified: &Verified) {
+        if let Ok(mut cache) = self.verified.lock() {
+            if cache.len() >= VERIFIED_CACHE {
+                cache.clear();
+            }
+            cache.insert(key, verified.clone());
+        }
+    }
+
     /// Checks that `der` is a certificate of this cluster (any role) and that it signed `msg`.
     pub fn verify_signature(
         &self,
@@ -435,12 +472,17 @@ impl Trust {
         signature: &[u8],
         now: SystemTime,
     ) -> Result<Verified, IdentityError> {
+        let key = signature_key(der, "", msg, signature);
+        if let Some(v) = self.remembered(&key, now) {
+            return Ok(v);
+        }
         let verified = self.verify(der, now)?;
         let der = CertificateDer::from(der);
         let ee = webpki::EndEntityCert::try_from(&der)
             .map_err(|e| IdentityError::Chain(e.to_string()))?;
         ee.verify_signature(webpki::ring::ECDSA_P256_SHA256, msg, signature)
             .map_err(|_| IdentityError::Signature(verified.role.to_string()))?;
+        self.remember(key, &verified);
         Ok(verified)
     }
 
@@ -453,6 +495,12 @@ impl Trust {
         signature: &[u8],
         now: SystemTime,
     ) -> Result<Verified, IdentityError> {
+        // The signer is part of the key: a certificate that verified for one member is not
+        // taken for another's.
+        let key = signature_key(der, node_id, msg, signature);
+        if let Some(v) = self.remembered(&key, now) {
+            return Ok(v);
+        }
         let verified = self.verify(der, now)?;
         if verified.role.member() != Some(node_id) {
             return Err(IdentityError::Name {
@@ -465,8 +513,21 @@ impl Trust {
             .map_err(|e| IdentityError::Chain(e.to_string()))?;
         ee.verify_signature(webpki::ring::ECDSA_P256_SHA256, msg, signature)
             .map_err(|_| IdentityError::Signature(verified.role.to_string()))?;
+        self.remember(key, &verified);
         Ok(verified)
     }
+}
+
+/// What a verified signature is remembered by: SHA-256 over each part, length-prefixed.
+fn signature_key(der: &[u8], signer: &str, msg: &[u8], signature: &[u8]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [der, signer.as_bytes(), msg, signature] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 /// This node's certificate and the key that signs for it.
