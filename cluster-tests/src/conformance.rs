@@ -75,6 +75,7 @@ macro_rules! conformance_properties {
             served_in_one_write,
             one_node_id_one_process,
             forgetting_the_dead,
+            what_a_watch_carries_is_what_a_read_shows,
             a_full_read_of_many_members
         );
     };
@@ -120,6 +121,93 @@ where
         };
     }
     conformance_properties!(each,);
+}
+
+/// Waits (at most 5 s) until what `watch` carries equals what `read` shows: leader, ring,
+/// ring revision, members and requests. A backend whose watch carries nothing passes.
+async fn carried_matches_read<W, F, Fut>(watch: &mut W, what: &str, read: F)
+where
+    W: ChangeStream,
+    F: Fn() -> Fut,
+    Fut: Future<Output = stek_coord::Snapshot>,
+{
+    let view = |s: &stek_coord::Snapshot| {
+        format!(
+            "leader {:?}\nring {:?}\nring_revision {}\nmembers {:?}\nrequests {:?}\npartial {}",
+            s.leader, s.ring, s.ring_revision, s.members, s.requests, s.partial
+        )
+    };
+    let mut last = String::new();
+    for _ in 0..50 {
+        let Some(carried) = watch.snapshot() else {
+            return;
+        };
+        last = view(&carried);
+        if last == view(&read().await) {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), watch.changed()).await;
+    }
+    panic!(
+        "{what}: the watch carries\n{last}\nbut a read shows\n{}",
+        view(&read().await)
+    );
+}
+
+/// A watch that keeps what its events carried (etcd's) shows exactly what a read shows: the
+/// prefix watch what a full read does, a member's watch what that member's own read does,
+/// through registration, acknowledgements, requests, ring writes with copies, and a member
+/// forgotten.
+pub async fn what_a_watch_carries_is_what_a_read_shows<C: Coordinator>(a: &C, b: &C) {
+    info!("--- conformance: what a watch carries is what a read shows");
+    let ttl = Duration::from_secs(3);
+    let b_key = Identity::generate();
+    let lease_a = a.grant_lease(ttl).await.unwrap();
+    let _keep_a = a.keep_alive(lease_a, ttl).await.unwrap();
+    let lease_b = b.grant_lease(ttl).await.unwrap();
+    let keep_b = b.keep_alive(lease_b, ttl).await.unwrap();
+    let start = a.snapshot().await.unwrap().revision;
+    let mut all = a.watch(start).await.unwrap();
+    let mut mine = b.watch_member(start, "b").await.unwrap();
+    let full = || async { a.snapshot().await.unwrap() };
+    let own = || async { b.snapshot_of_member("b").await.unwrap() };
+
+    let mut rec = record("b", 0);
+    rec.public_key = Some(b_key.public().to_base64());
+    b.register(lease_b, &rec).await.unwrap();
+    let term = a.campaign(lease_a, "a").await.unwrap().expect("a leads");
+    carried_matches_read(&mut all, "after registration", full).await;
+    carried_matches_read(&mut mine, "b, after registration", own).await;
+
+    let req = b.request_rotation("b", None).await.unwrap();
+    let (ring, at) = next_ring(a).await;
+    a.write_ring(term, at, &sealed(&ring, "a", &b_key), &[req])
+        .await
+        .unwrap();
+    carried_matches_read(&mut all, "after a ring write", full).await;
+    carried_matches_read(&mut mine, "b, after a ring write", own).await;
+    let carried = mine.snapshot();
+    if let Some(snap) = carried {
+        let stored = snap.valid_ring().expect("the ring, carried");
+        assert_eq!(
+            stored.open("conformance", "b", &b_key).unwrap(),
+            ring,
+            "b opens its copy from what its watch carried"
+        );
+    }
+
+    rec.applied_generation = ring.generation();
+    rec.applied_digest = Some(ring.digest().to_string());
+    b.ack(&rec).await.unwrap();
+    carried_matches_read(&mut all, "after an acknowledgement", full).await;
+    carried_matches_read(&mut mine, "b, after its acknowledgement", own).await;
+
+    drop(keep_b);
+    b.revoke(lease_b).await.unwrap();
+    assert!(a.forget_member(term, "b").await.unwrap(), "b is forgotten");
+    carried_matches_read(&mut all, "after b was forgotten", full).await;
+    a.resign(term).await.unwrap();
+    a.revoke(lease_a).await.unwrap();
 }
 
 /// The next generation above the stored ring's (a Raft group refuses a ring that is not newer).

@@ -45,6 +45,23 @@ mod etcd {
     }
 
     cluster_tests::conformance_tests!(setup);
+
+    /// etcd's watches carry what they saw (so `what_a_watch_carries_is_what_a_read_shows`
+    /// compares something): a prefix watch and a member's watch both keep a snapshot.
+    #[test]
+    fn an_etcd_watch_keeps_what_its_events_carried() {
+        use stek_coord::{ChangeStream, Coordinator};
+        let (rt, _guard, a, _b) = setup("watch-keeps");
+        rt.block_on(async {
+            let rev = a.snapshot().await.unwrap().revision;
+            let all = a.watch(rev).await.unwrap();
+            let mine = a.watch_member(rev, "n1").await.unwrap();
+            let full = all.snapshot().expect("a prefix watch keeps a snapshot");
+            assert!(!full.partial);
+            let own = mine.snapshot().expect("a member's watch keeps a snapshot");
+            assert!(own.partial);
+        });
+    }
 }
 
 /// Every property in turn on one Raft group (a group takes seconds to form).

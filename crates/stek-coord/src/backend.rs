@@ -43,6 +43,14 @@ impl std::fmt::Debug for BackendWatch {
 }
 
 impl ChangeStream for BackendWatch {
+    fn snapshot(&self) -> Option<Snapshot> {
+        match self {
+            Self::Etcd(w) => w.snapshot(),
+            Self::Raft(w) => w.snapshot(),
+            Self::Memory(w) => w.snapshot(),
+        }
+    }
+
     async fn changed(&mut self) -> Result<Change, CoordError> {
         match self {
             Self::Etcd(w) => w.changed().await,

@@ -1,11 +1,12 @@
 //! The etcd backend: one prefix per cluster, leases for liveness and leadership, transactions
 //! that compare the leader key's create-revision for fencing.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-    WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions, WatchStream,
 };
 
 use crate::records::{self, MemberRecord, RequestRecord, StoredRing};
@@ -146,6 +147,49 @@ impl Etcd {
 pub struct EtcdWatch {
     stream: WatchStream,
     prefix: String,
+    /// What the watched keys hold, kept current from the events (which carry the values), so
+    /// that the node need not read again what an event told it. `None` when the keys could not
+    /// be read at the watch's start revision (compacted): the node reads as before.
+    mirror: Option<Box<Mirror>>,
+}
+
+/// The watched keys' current key-values, as of `revision`: read once at the watch's start
+/// revision, then changed by every event.
+struct Mirror {
+    etcd: Etcd,
+    revision: i64,
+    kvs: BTreeMap<Vec<u8>, etcd_client::KeyValue>,
+    /// Only one member's keys (a follower's watch).
+    partial: bool,
+}
+
+impl Mirror {
+    fn apply(&mut self, events: &[etcd_client::Event]) {
+        for e in events {
+            let Some(kv) = e.kv() else { continue };
+            self.revision = self.revision.max(kv.mod_revision());
+            match e.event_type() {
+                EventType::Put => {
+                    self.kvs.insert(kv.key().to_vec(), kv.clone());
+                }
+                EventType::Delete => {
+                    self.kvs.remove(kv.key());
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let mut raw = crate::RawSnapshot {
+            revision: self.revision,
+            partial: self.partial,
+            ..Default::default()
+        };
+        for kv in self.kvs.values() {
+            self.etcd.add(&mut raw, kv);
+        }
+        raw.check()
+    }
 }
 
 impl std::fmt::Debug for EtcdWatch {
@@ -155,6 +199,10 @@ impl std::fmt::Debug for EtcdWatch {
 }
 
 impl ChangeStream for EtcdWatch {
+    fn snapshot(&self) -> Option<Snapshot> {
+        self.mirror.as_deref().map(Mirror::snapshot)
+    }
+
     async fn changed(&mut self) -> Result<Change, CoordError> {
         loop {
             match self.stream.message().await {
@@ -166,6 +214,9 @@ impl ChangeStream for EtcdWatch {
                             format!("canceled: {}", resp.cancel_reason())
                         };
                         return Err(CoordError::WatchBroken(why));
+                    }
+                    if let Some(m) = self.mirror.as_mut() {
+                        m.apply(resp.events());
                     }
                     if !resp.events().is_empty() {
                         let keys = resp
@@ -290,6 +341,64 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// Every key-value under the prefix as of `revision`, in pages.
+    async fn read_prefix_at(
+        &self,
+        revision: i64,
+    ) -> Result<BTreeMap<Vec<u8>, etcd_client::KeyValue>, CoordError> {
+        let mut client = self.client.clone();
+        let end = prefix_end(&self.prefix);
+        let mut from = self.prefix.as_bytes().to_vec();
+        let mut kvs = BTreeMap::new();
+        loop {
+            let resp = client
+                .get(
+                    from.clone(),
+                    Some(
+                        GetOptions::new()
+                            .with_range(end.clone())
+                            .with_limit(READ_PAGE)
+                            .with_revision(revision),
+                    ),
+                )
+                .await
+                .map_err(|e| self.unreachable(e))?;
+            for kv in resp.kvs() {
+                kvs.insert(kv.key().to_vec(), kv.clone());
+            }
+            let Some(last) = resp.kvs().last().filter(|_| resp.more()) else {
+                return Ok(kvs);
+            };
+            from = last.key().to_vec();
+            from.push(0);
+        }
+    }
+
+    /// The key-values of `keys` (relative to the prefix) as of `revision`.
+    async fn read_keys_at(
+        &self,
+        keys: &[String],
+        revision: i64,
+    ) -> Result<BTreeMap<Vec<u8>, etcd_client::KeyValue>, CoordError> {
+        let mut client = self.client.clone();
+        let mut kvs = BTreeMap::new();
+        for key in keys {
+            let resp = client
+                .get(
+                    self.key(key),
+                    Some(GetOptions::new().with_revision(revision)),
+                )
+                .await
+                .map_err(|e| self.unreachable(e))?;
+            for kv in resp.kvs() {
+                kvs.insert(kv.key().to_vec(), kv.clone());
+            }
+        }
+        Ok(kvs)
+    }
+}
+
 /// Why a fenced leader transaction ([`Etcd::fenced`]) was refused: the term is gone, or
 /// the ring changed since the decision.
 fn refusal(term: Term, resp: &etcd_client::TxnResponse) -> CoordError {
@@ -397,6 +506,14 @@ impl Coordinator for Etcd {
 
     async fn watch(&self, revision: i64) -> Result<EtcdWatch, CoordError> {
         let mut client = self.client.clone();
+        let mirror = self.read_prefix_at(revision).await.ok().map(|kvs| {
+            Box::new(Mirror {
+                etcd: self.clone(),
+                revision,
+                kvs,
+                partial: false,
+            })
+        });
         let stream = client
             .watch(
                 self.prefix.as_str(),
@@ -411,6 +528,7 @@ impl Coordinator for Etcd {
         Ok(EtcdWatch {
             stream,
             prefix: self.prefix.clone(),
+            mirror,
         })
     }
 
@@ -419,24 +537,35 @@ impl Coordinator for Etcd {
         let from = || Some(WatchOptions::new().with_start_revision(revision + 1));
         // Five exact keys on one stream: no other member's acknowledgement or copy reaches
         // this node.
-        let mut stream = client
-            .watch(self.key("ring"), from())
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        for key in [
+        let keys = [
+            "ring".to_owned(),
             "leader".to_owned(),
             format!("members/{node_id}"),
             format!("alive/{node_id}"),
             crate::copy_key(node_id),
-        ] {
+        ];
+        let mirror = self.read_keys_at(&keys, revision).await.ok().map(|kvs| {
+            Box::new(Mirror {
+                etcd: self.clone(),
+                revision,
+                kvs,
+                partial: true,
+            })
+        });
+        let mut stream = client
+            .watch(self.key(&keys[0]), from())
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        for key in &keys[1..] {
             stream
-                .watch(self.key(&key), from())
+                .watch(self.key(key), from())
                 .await
                 .map_err(|e| self.unreachable(e))?;
         }
         Ok(EtcdWatch {
             stream,
             prefix: self.prefix.clone(),
+            mirror,
         })
     }
 

@@ -507,6 +507,15 @@ impl Change {
 pub trait ChangeStream: Send {
     /// Waits for the next change. An error means: re-read everything and watch again.
     fn changed(&mut self) -> impl Future<Output = Result<Change, CoordError>> + Send;
+
+    /// What the watched keys hold after the changes seen so far, when the watch keeps them
+    /// from its events (etcd's carry the values): a snapshot as the matching read
+    /// ([`Coordinator::snapshot`] for [`Coordinator::watch`],
+    /// [`Coordinator::snapshot_of_member`] for [`Coordinator::watch_member`]) would give,
+    /// without reading. `None`: read.
+    fn snapshot(&self) -> Option<Snapshot> {
+        None
+    }
 }
 
 /// What the node runtime needs from a coordination store.

@@ -111,6 +111,7 @@ pub async fn run_with<C: Coordinator>(
         applied: None,
         last_error: None,
         last_reseal: None,
+        written_at: 0,
         apply_retry: None,
         apply_backoff: BACKOFF_MIN,
         logged: BTreeSet::new(),
@@ -132,8 +133,13 @@ pub async fn run_with<C: Coordinator>(
     // A follower reads only its own records and the ring and leader (see
     // `Coordinator::snapshot_of_member`), and everything at least every FULL_READ, or when the
     // leadership or the keyspace's shape may have changed.
-    let mut want_full = true;
+    // A node starts with its own keys (and reads everything if it sees no other leader); its
+    // first full read comes at a random time within FULL_READ, so that boxes started together
+    // do not read everything together, then every `full_every`.
+    let mut want_full = false;
     let mut last_full: Option<Instant> = None;
+    let first_full = Instant::now() + FULL_READ.mul_f64(spread());
+    let mut full_every = FULL_READ;
     let mut watch_all = false;
     tokio::pin!(shutdown);
     info!(node = %config.node_id, cluster = %config.cluster, targets = config.targets.len(), public_key = %node.identity.public().id(), "stek node starting");
@@ -184,9 +190,30 @@ pub async fn run_with<C: Coordinator>(
                 }
             }
         }
-        let full_due = last_full.is_none_or(|t| t.elapsed() >= FULL_READ);
+        let full_due = match last_full {
+            Some(t) => t.elapsed() >= full_every,
+            None => Instant::now() >= first_full,
+        };
+        // What the watch's events carried since the last pass, when its backend keeps it: the
+        // whole prefix for a leader, its own keys for a follower. Nothing is read again then,
+        // except a real read of everything every FULL_READ.
+        let carried = watch
+            .as_ref()
+            .filter(|_| !full_due)
+            .and_then(|w| w.snapshot())
+            .filter(|s| s.revision >= node.written_at)
+            .filter(|s| {
+                if node.term.is_some() {
+                    !s.partial
+                } else {
+                    s.partial && !want_full
+                }
+            });
+        let from_events = carried.is_some();
         let read = if node.term.is_none() && !want_full && !full_due {
-            node.read_as_follower().await
+            node.read_as_follower(carried).await
+        } else if let Some(s) = carried {
+            Ok(node.authenticated(s))
         } else {
             match node.coord.snapshot().await {
                 Ok(s) => Ok(node.authenticated(s)),
@@ -195,8 +222,9 @@ pub async fn run_with<C: Coordinator>(
         };
         let snap = match read {
             Ok(s) => {
-                if !s.partial {
+                if !s.partial && !from_events {
                     last_full = Some(Instant::now());
+                    full_every = full_read_interval(s.members.len());
                 }
                 want_full = false;
                 node.metrics.store_up.set(1);
@@ -296,6 +324,22 @@ pub async fn run_with<C: Coordinator>(
     Ok(())
 }
 
+/// A number in [0, 1), different in every process (std's hash seed comes from the OS): to
+/// spread boxes' timers, not a secret.
+fn spread() -> f64 {
+    use std::hash::BuildHasher;
+    let n = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    (n >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// How often a follower reads every member's record, with `members` members: FULL_READ up to
+/// ten members, then longer in proportion, so that the whole cluster's full reads cost the
+/// store about the same per member however large it is (each is N records: with 1000
+/// followers every 30 s, they moved some 60 MB/s).
+fn full_read_interval(members: usize) -> Duration {
+    FULL_READ * u32::try_from((members / 10).max(1)).unwrap_or(u32::MAX)
+}
+
 /// Why a node stopped by itself.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -357,6 +401,10 @@ struct Node<'a, C> {
     last_error: Option<String>,
     /// When this leader last resealed an unchanged ring (rate limit).
     last_reseal: Option<Instant>,
+    /// The store revision of this node's last ring write: what a watch carried is used only
+    /// once it includes that write (a pass right after a write must not decide on the ring
+    /// it replaced).
+    written_at: i64,
     apply_retry: Option<Instant>,
     apply_backoff: Duration,
     /// Rejections already logged (key, error), so each is logged once.
@@ -399,7 +447,14 @@ impl<C: Coordinator> Node<'_, C> {
             applied_generation: self.applied.as_ref().map_or(0, KeyRing::generation),
             applied_digest: self.applied.as_ref().map(|r| r.digest().to_string()),
             last_error: match &self.seal_error {
-                Some((generation, _, e)) if !matches!(e, SealError::NoCopy { .. }) => {
+                Some((generation, _, e))
+                    if !matches!(
+                        e,
+                        SealError::NoCopy { .. }
+                            | SealError::Ahead { .. }
+                            | SealError::OtherRing { .. }
+                    ) =>
+                {
                     Some(format!("generation {generation}: {e}"))
                 }
                 _ => self.last_error.clone(),
@@ -456,23 +511,38 @@ impl<C: Coordinator> Node<'_, C> {
     /// A follower's read: its own records, the ring and the leader. If that shows no other
     /// leader (an election to join) or a ring it cannot open (it may have to defer to a member
     /// that can), it reads everything, as those decisions need every member.
-    async fn read_as_follower(&mut self) -> Result<Snapshot, CoordError> {
-        let snap = self.coord.snapshot_of_member(&self.config.node_id).await?;
+    /// A follower's view: its own keys (`carried` by its watch's events, or read), and
+    /// everything when it cannot open the ring as they show it.
+    async fn read_as_follower(
+        &mut self,
+        carried: Option<Snapshot>,
+    ) -> Result<Snapshot, CoordError> {
+        // The events of its five keys come in order per key, not across keys: a ring may come
+        // before the copy written just ahead of it. What the watch carried is used only when
+        // it holds this ring's keys or their copy; otherwise it reads, at one revision.
+        let me = self.config.node_id.as_str();
+        let usable = |s: &Snapshot| match &s.ring {
+            RingSlot::Valid(stored) => {
+                stored.copy_is_for_this_ring(me).is_ok()
+                    || self.held().plaintext(&stored.ring).is_some()
+            }
+            _ => true,
+        };
+        let snap = match carried.filter(|s| usable(s)) {
+            Some(s) => s,
+            None => self.coord.snapshot_of_member(me).await?,
+        };
         let snap = self.authenticated(snap);
         let other_leader = snap
             .leader
             .as_ref()
             .is_some_and(|l| l.node_id != self.config.node_id);
-        // Whether it can open the ring, judged without decrypting (reconcile opens it once): it
-        // holds these keys already, or a copy is sealed to its key and has not failed to open.
-        let opens = match &snap.ring {
-            RingSlot::Valid(stored) => {
-                self.held().plaintext(&stored.ring).is_some()
-                    || stored.usable_copy_for(&self.record())
-            }
-            _ => false,
-        };
-        if !snap.partial || (other_leader && opens) {
+        // With another leader, a follower follows whatever every other member shows: its own
+        // records, the ring and its copy are all it acts on. It used to read everything when
+        // it could not open the ring too, but only an election (no leader) defers to a member
+        // that can; at N = 1000 every member that joined before its copy was sealed read every
+        // member's record, an O(N^2) start.
+        if !snap.partial || other_leader {
             return Ok(snap);
         }
         let snap = self.coord.snapshot().await?;
@@ -685,17 +755,19 @@ impl<C: Coordinator> Node<'_, C> {
         {
             return;
         }
-        // With [identity], a copy is opened only if the ring's writer signed it.
-        let verified = match self.pki {
-            Some(pki) => stored.verify_copy(
-                &self.config.cluster,
-                &self.config.node_id,
-                &pki.trust,
-                self.clock.now(),
-            ),
-            None => Ok(()),
-        };
-        let opened = verified
+        // A copy of another ring is waited out (the leader reseals); with [identity], a copy
+        // is opened only if the ring's writer signed it.
+        let opened = stored
+            .copy_is_for_this_ring(&self.config.node_id)
+            .and_then(|()| match self.pki {
+                Some(pki) => stored.verify_copy(
+                    &self.config.cluster,
+                    &self.config.node_id,
+                    &pki.trust,
+                    self.clock.now(),
+                ),
+                None => Ok(()),
+            })
             .and_then(|()| stored.open(&self.config.cluster, &self.config.node_id, &self.identity));
         match opened {
             Ok(ring) => {
@@ -703,7 +775,11 @@ impl<C: Coordinator> Node<'_, C> {
                 self.opened = Some(ring);
                 self.seal_error = None;
             }
-            Err(e @ (SealError::NoCopy { .. } | SealError::Ahead { .. })) => {
+            Err(
+                e @ (SealError::NoCopy { .. }
+                | SealError::Ahead { .. }
+                | SealError::OtherRing { .. }),
+            ) => {
                 info!(generation, "{e}");
                 self.seal_error = Some((generation, digest, e));
             }
@@ -1089,9 +1165,14 @@ impl<C: Coordinator> Node<'_, C> {
                 error!("{e}");
             }
         }
-        self.coord
+        let written = self
+            .coord
             .write_ring(term, snap.ring_revision, &stored, served)
-            .await
+            .await;
+        if let Ok(revision) = written {
+            self.written_at = self.written_at.max(revision);
+        }
+        written
     }
 
     /// After a write that removed keys, compacts the store's history up to it when the config
