@@ -183,8 +183,9 @@ fn wrong_public_keys_are_rejected_and_the_member_recovers() {
         Duration::from_secs(5),
         "the leader to seal for the wrong key",
         || {
-            let copy: Value = serde_json::from_slice(&etcd.get(&copy_key)).unwrap();
-            copy["member"] == b_id.as_str() && copy["recipient"] == foreign_id.as_str()
+            // The record's first copy is the stored ring's (the second, the ring before).
+            let record: Value = serde_json::from_slice(&etcd.get(&copy_key)).unwrap();
+            record[0]["member"] == b_id.as_str() && record[0]["recipient"] == foreign_id.as_str()
         },
     );
     c.pause(b, false);
@@ -225,8 +226,11 @@ fn a_tampered_copy_is_rejected_and_the_leader_reseals(tamper: Tamper) {
     let ring_key = format!("/stek/{}/ring", c.name);
     let old: Value = serde_json::from_slice(&etcd.get(&ring_key)).unwrap();
     let copy_key = |member: &str| format!("/stek/{}/ring/copies/{member}", c.name);
-    let copy_of =
-        |member: &str| -> Value { serde_json::from_slice(&etcd.get(&copy_key(member))).unwrap() };
+    // A copy record holds the stored ring's copy first (and the previous ring's second).
+    let copy_of = |member: &str| -> Value {
+        let record: Value = serde_json::from_slice(&etcd.get(&copy_key(member))).unwrap();
+        record[0].clone()
+    };
     let old_copy = copy_of(&b_id);
 
     info!("--- {b_id} frozen; a rotation; its copy in the new ring: {tamper:?}");
@@ -258,7 +262,10 @@ fn a_tampered_copy_is_rejected_and_the_leader_reseals(tamper: Tamper) {
             other
         }
     };
-    etcd.put(&copy_key(&b_id), &serde_json::to_vec(&forged).unwrap());
+    etcd.put(
+        &copy_key(&b_id),
+        &serde_json::to_vec(&serde_json::json!([forged])).unwrap(),
+    );
     c.pause(b, false);
     let said = match tamper {
         Tamper::Replayed => "a replayed copy; rejected",

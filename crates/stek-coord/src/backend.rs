@@ -25,7 +25,7 @@ pub enum Backend {
 /// A watch on a [`Backend`].
 pub enum BackendWatch {
     /// etcd's.
-    Etcd(EtcdWatch),
+    Etcd(Box<EtcdWatch>),
     /// The Raft group's.
     Raft(RaftWatch),
     /// The in-memory store's.
@@ -84,7 +84,7 @@ impl Coordinator for Backend {
 
     async fn watch(&self, revision: i64) -> Result<BackendWatch, CoordError> {
         Ok(match self {
-            Self::Etcd(s) => BackendWatch::Etcd(s.watch(revision).await?),
+            Self::Etcd(s) => BackendWatch::Etcd(Box::new(s.watch(revision).await?)),
             Self::Raft(s) => BackendWatch::Raft(s.watch(revision).await?),
             Self::Memory(s) => BackendWatch::Memory(s.watch(revision).await?),
         })
@@ -92,7 +92,7 @@ impl Coordinator for Backend {
 
     async fn watch_member(&self, revision: i64, node_id: &str) -> Result<BackendWatch, CoordError> {
         Ok(match self {
-            Self::Etcd(s) => BackendWatch::Etcd(s.watch_member(revision, node_id).await?),
+            Self::Etcd(s) => BackendWatch::Etcd(Box::new(s.watch_member(revision, node_id).await?)),
             Self::Raft(s) => BackendWatch::Raft(s.watch_member(revision, node_id).await?),
             Self::Memory(s) => BackendWatch::Memory(s.watch_member(revision, node_id).await?),
         })

@@ -151,6 +151,8 @@ pub struct EtcdWatch {
     /// that the node need not read again what an event told it. `None` when the keys could not
     /// be read at the watch's start revision (compacted): the node reads as before.
     mirror: Option<Box<Mirror>>,
+    /// One watcher (in revision order), not several.
+    ordered: bool,
 }
 
 /// The watched keys' current key-values, as of `revision`: read once at the watch's start
@@ -239,6 +241,10 @@ impl ChangeStream for EtcdWatch {
                             .map(|kv| kv.mod_revision())
                             .max()
                             .unwrap_or_else(|| resp.header().map_or(0, |h| h.revision()));
+                        // A member's watch is five watchers, each in order but not with each
+                        // other: a later event may carry an earlier revision, so no revision
+                        // is given (0: never skipped as already read).
+                        let revision = if self.ordered { revision } else { 0 };
                         return Ok(Change {
                             revision,
                             keys: Some(keys),
@@ -529,6 +535,7 @@ impl Coordinator for Etcd {
             stream,
             prefix: self.prefix.clone(),
             mirror,
+            ordered: true,
         })
     }
 
@@ -566,6 +573,7 @@ impl Coordinator for Etcd {
             stream,
             prefix: self.prefix.clone(),
             mirror,
+            ordered: false,
         })
     }
 

@@ -321,8 +321,8 @@ impl RawSnapshot {
                 Ok(r) => {
                     let mut copies = Vec::with_capacity(self.copies.len());
                     for (key, id, value) in self.copies {
-                        match records::decode_copy(&id, &value) {
-                            Ok(c) => copies.push(c),
+                        match records::decode_copies(&id, &value) {
+                            Ok(c) => copies.extend(c),
                             Err(e) => snap.rejected.push((key, e)),
                         }
                     }

@@ -7,11 +7,12 @@
 //! The ring record holds no key bytes in the clear: the ring's public description (epochs,
 //! states, fingerprints, schedule) and its keys sealed for each live member ([`crate::seal`]).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use stek_core::{Fingerprint, KeyRing, KeyState, Policy, RingDigest, RingKey, RingMeta};
+use stek_core::{Fingerprint, KeyRing, KeyState, Policy, RingKey, RingMeta};
 
 use crate::identity::{self, Credentials, IdentityError, Trust, Verified};
 use crate::seal::{self, Envelope, Identity, MemberKey, MemberKeyId, SealError, SealedCopy};
@@ -66,8 +67,13 @@ pub enum RecordError {
     /// A sealed copy stored under another member's key.
     #[error("sealed copy names member \"{0}\", not the member its key is for")]
     CopyMember(String),
-    /// A sealed copy whose `ring` is not a ring digest.
-    #[error("sealed copy's ring is not a ring digest (32 hex digits)")]
+    /// A copy record with no copy, or more than it may hold.
+    #[error(
+        "sealed copy record holds {0} copies; it holds 1 or 2 (this ring's, and the one before)"
+    )]
+    CopyCount(usize),
+    /// A sealed copy whose `ring` is not a write id.
+    #[error("sealed copy's ring is not a ring write id (32 hex digits)")]
     CopyRing,
     /// A member record stored under another node's key.
     #[error("member record names node \"{0}\", not the node its key is for")]
@@ -151,7 +157,7 @@ struct CopyRecord {
     member: String,
     recipient: String,
     generation: u64,
-    /// The digest of the ring it was sealed for (hex).
+    /// The write of the ring it was sealed for ([`seal::WriteId`], hex).
     ring: String,
     enc: String,
     key: String,
@@ -256,8 +262,10 @@ impl StoredRing {
             s.signature = sig;
         }
         // Each copy is a record of its own: signed on its own, so that its member checks it
-        // came from the ring's writer before opening it.
-        for copy in &mut self.envelope.copies {
+        // came from the ring's writer before opening it. Copies kept from the ring this one
+        // replaces ([`StoredRing::keep_copies_of`]) keep their writer's signature.
+        let this = self.write_id();
+        for copy in self.envelope.copies.iter_mut().filter(|c| c.ring == this) {
             copy.signature = None;
             copy.signature = Some(creds.sign(&copy_signing_bytes(cluster, copy)));
         }
@@ -294,7 +302,12 @@ impl StoredRing {
             .map_err(|e| SealError::Unsigned(e.to_string()))
     }
 
-    /// Whether `member`'s copy was made for this ring (by the digest it names): no copy, one
+    /// This write's id: what its copies name ([`seal::WriteId`]).
+    pub fn write_id(&self) -> seal::WriteId {
+        seal::WriteId::of(&self.ring, &self.envelope.sealed_keys)
+    }
+
+    /// Whether `member`'s copy was made for this write of the ring (by the id it names): no copy, one
     /// for a newer ring (the leader between its copy and ring writes) and one for another ring
     /// are told apart, before anything is verified or opened.
     pub fn copy_is_for_this_ring(&self, member: &str) -> Result<(), SealError> {
@@ -302,7 +315,7 @@ impl StoredRing {
         let copy = self
             .copy_for(member)
             .ok_or(SealError::NoCopy { generation })?;
-        if copy.ring == self.ring.digest() {
+        if copy.ring == self.write_id() {
             return Ok(());
         }
         Err(if copy.generation > generation {
@@ -319,19 +332,54 @@ impl StoredRing {
     }
 
     /// Puts back the copies read from the store beside the ring record (any copy, of this
-    /// ring or another: opening one made for another ring fails and says so).
+    /// write or another: opening one made for another write fails and says so). Each member's
+    /// copy of this write comes first, then the newest other.
     pub fn with_copies(mut self, copies: Vec<SealedCopy>) -> Self {
+        let this = self.write_id();
         self.envelope.copies = copies;
-        self.envelope.copies.sort_by(|a, b| a.member.cmp(&b.member));
+        self.envelope.copies.sort_by(|a, b| {
+            (&a.member, a.ring != this, std::cmp::Reverse(a.generation)).cmp(&(
+                &b.member,
+                b.ring != this,
+                std::cmp::Reverse(b.generation),
+            ))
+        });
         self
     }
 
-    /// The copy records to store beside the ring record: (member, record).
-    pub fn copy_records(&self) -> Vec<(String, Vec<u8>)> {
-        self.envelope
+    /// Keeps, beside this ring's copies, the copies of `current` (the ring stored now) for
+    /// the members this ring has a copy for. The copy records are written before the ring: if
+    /// the ring never lands (its writer dies or is fenced between the two), the stored ring
+    /// keeps a copy for every member, so a member that restarts can still open it.
+    pub fn keep_copies_of(&mut self, current: &StoredRing) {
+        let id = current.write_id();
+        let kept: Vec<SealedCopy> = current
+            .envelope
             .copies
             .iter()
-            .map(|c| (c.member.clone(), encode_copy(c)))
+            .filter(|c| c.ring == id && c.ring != self.write_id())
+            .filter(|c| self.envelope.copies.iter().any(|n| n.member == c.member))
+            .cloned()
+            .collect();
+        self.envelope.copies.extend(kept);
+    }
+
+    /// The copy records to store beside the ring record: (member, record), a record holding
+    /// the member's copy of this ring and, if kept, of the ring it replaces.
+    pub fn copy_records(&self) -> Vec<(String, Vec<u8>)> {
+        let this = self.write_id();
+        let mut by_member: BTreeMap<&str, Vec<&SealedCopy>> = BTreeMap::new();
+        for c in &self.envelope.copies {
+            by_member.entry(c.member.as_str()).or_default().push(c);
+        }
+        by_member
+            .into_iter()
+            .filter(|(_, copies)| copies.iter().any(|c| c.ring == this))
+            .map(|(member, mut copies)| {
+                copies.sort_by_key(|c| c.ring != this);
+                copies.truncate(MAX_COPIES_PER_RECORD);
+                (member.to_owned(), encode_copies(&copies))
+            })
             .collect()
     }
 
@@ -377,7 +425,7 @@ impl StoredRing {
         let generation = self.ring.generation();
         member.sealing_key().is_some_and(|key| {
             self.copy_for(&member.node_id)
-                .is_some_and(|c| c.recipient == key.id() && c.ring == self.ring.digest())
+                .is_some_and(|c| c.recipient == key.id() && c.ring == self.write_id())
         }) && member.unsealable_generation != Some(generation)
     }
 }
@@ -485,10 +533,19 @@ pub fn decode_ring(bytes: &[u8]) -> Result<StoredRing, RecordError> {
     })
 }
 
-/// Serialises one member's sealed copy for the store (`ring/copies/<member>`). It holds the
-/// data key sealed to that member only.
-pub fn encode_copy(copy: &SealedCopy) -> Vec<u8> {
-    encode_copy_record(copy, true)
+/// At most this many copies in one member's copy record (this write's, and the one before).
+pub const MAX_COPIES_PER_RECORD: usize = 2;
+
+/// Serialises one member's copy record for the store (`ring/copies/<member>`): a JSON array of
+/// its sealed copies, this write's first. It holds data keys sealed to that member only.
+pub fn encode_copies(copies: &[&SealedCopy]) -> Vec<u8> {
+    let records: Vec<serde_json::Value> = copies
+        .iter()
+        .map(|c| {
+            serde_json::from_slice(&encode_copy_record(c, true)).expect("a copy record is JSON")
+        })
+        .collect();
+    serde_json::to_vec(&records).expect("a copy record always serialises: plain strings")
 }
 
 fn encode_copy_record(copy: &SealedCopy, with_signature: bool) -> Vec<u8> {
@@ -509,14 +566,26 @@ fn encode_copy_record(copy: &SealedCopy, with_signature: bool) -> Vec<u8> {
 }
 
 /// Parses and checks `member`'s copy record (the member named by its key); a malformed one,
-/// or one that names another member, is rejected.
-pub fn decode_copy(member: &str, bytes: &[u8]) -> Result<SealedCopy, RecordError> {
+/// one with more than [`MAX_COPIES_PER_RECORD`] copies, or one holding a copy for another
+/// member, is rejected.
+pub fn decode_copies(member: &str, bytes: &[u8]) -> Result<Vec<SealedCopy>, RecordError> {
+    let records: Vec<CopyRecord> =
+        serde_json::from_slice(bytes).map_err(|e| shape("sealed copy", &e))?;
+    if records.is_empty() || records.len() > MAX_COPIES_PER_RECORD {
+        return Err(RecordError::CopyCount(records.len()));
+    }
+    records
+        .into_iter()
+        .map(|c| decode_copy_record(member, c))
+        .collect()
+}
+
+fn decode_copy_record(member: &str, c: CopyRecord) -> Result<SealedCopy, RecordError> {
     fn fixed<const N: usize>(text: &str, what: String) -> Result<[u8; N], RecordError> {
         b64_decode(text)
             .and_then(|b| <[u8; N]>::try_from(b.as_slice()).ok())
             .ok_or(RecordError::SealedField { what, len: N })
     }
-    let c: CopyRecord = serde_json::from_slice(bytes).map_err(|e| shape("sealed copy", &e))?;
     if c.member != member {
         return Err(RecordError::CopyMember(c.member));
     }
@@ -524,7 +593,7 @@ pub fn decode_copy(member: &str, bytes: &[u8]) -> Result<SealedCopy, RecordError
         recipient: MemberKeyId::from_hex(&c.recipient)
             .ok_or_else(|| RecordError::Recipient(c.member.clone()))?,
         generation: c.generation,
-        ring: RingDigest::from_hex(&c.ring).ok_or(RecordError::CopyRing)?,
+        ring: seal::WriteId::from_hex(&c.ring).ok_or(RecordError::CopyRing)?,
         enc: fixed(&c.enc, format!("the sealed copy for \"{}\": enc", c.member))?,
         sealed_dek: fixed(&c.key, format!("the sealed copy for \"{}\": key", c.member))?,
         signature: match c.signature {
@@ -798,7 +867,7 @@ mod tests {
         let copies = stored
             .copy_records()
             .iter()
-            .map(|(m, bytes)| decode_copy(m, bytes).unwrap())
+            .flat_map(|(m, bytes)| decode_copies(m, bytes).unwrap())
             .collect();
         decode_ring(&encode_ring(stored))
             .unwrap()
@@ -912,6 +981,43 @@ mod tests {
         ));
     }
 
+    /// A ring's copy records keep each member's copy of the ring they replace, so that if the
+    /// new ring never lands, the stored one still opens for everyone; once it lands, each
+    /// member opens the new ring's.
+    #[test]
+    fn copy_records_keep_the_stored_rings_copies_until_the_new_ring_lands() {
+        let (a, b) = (Identity::generate(), Identity::generate());
+        let (ring, current) = sealed(&[("a", &a), ("b", &b)]);
+        let stored_now = read_back(&current);
+        let next = ring
+            .rotated(SystemTime::now(), &policy(), &mut OsKeySource)
+            .unwrap();
+        // b left: the next ring has a copy for a only.
+        let (mut new, _) =
+            StoredRing::seal("c1", &next, &policy(), "n1", &[("a".into(), *a.public())]);
+        new.keep_copies_of(&stored_now);
+        let records = new.copy_records();
+        assert_eq!(
+            records.len(),
+            1,
+            "no record for b, who has no copy of the new ring"
+        );
+        let copies = decode_copies("a", &records[0].1).unwrap();
+        assert_eq!(copies.len(), 2);
+        assert_eq!(copies[0].ring, new.write_id(), "the new ring's copy first");
+        assert_eq!(copies[1].ring, current.write_id());
+        // The new ring never landed: the stored ring still opens for a.
+        let old_ring_now = decode_ring(&encode_ring(&current))
+            .unwrap()
+            .with_copies(copies.clone());
+        old_ring_now.copy_is_for_this_ring("a").unwrap();
+        assert_eq!(old_ring_now.open("c1", "a", &a).unwrap(), ring.to_millis());
+        // It landed: the new ring opens for a.
+        let landed = decode_ring(&encode_ring(&new)).unwrap().with_copies(copies);
+        landed.copy_is_for_this_ring("a").unwrap();
+        assert_eq!(landed.open("c1", "a", &a).unwrap(), next.to_millis());
+    }
+
     fn member_record(id: &str) -> MemberRecord {
         MemberRecord {
             node_id: id.into(),
@@ -982,8 +1088,8 @@ mod tests {
         let copy = &stored.copy_records()[0].1;
         let edit_copy = |f: &dyn Fn(&mut serde_json::Value)| {
             let mut v: serde_json::Value = serde_json::from_slice(copy).unwrap();
-            f(&mut v);
-            match decode_copy("a", &serde_json::to_vec(&v).unwrap()) {
+            f(&mut v[0]);
+            match decode_copies("a", &serde_json::to_vec(&v).unwrap()) {
                 Ok(_) => panic!("accepted: {v}"),
                 Err(e) => e,
             }
@@ -1005,6 +1111,13 @@ mod tests {
         assert_eq!(err, RecordError::CopyRing);
         let err = edit_copy(&|v| v["signature"] = "%%".into());
         assert_eq!(err, RecordError::Base64("a copy's signature"));
+        let one: serde_json::Value = serde_json::from_slice(copy).unwrap();
+        let three = serde_json::json!([one[0], one[0], one[0]]);
+        assert_eq!(
+            decode_copies("a", &serde_json::to_vec(&three).unwrap()),
+            Err(RecordError::CopyCount(3))
+        );
+        assert_eq!(decode_copies("a", b"[]"), Err(RecordError::CopyCount(0)));
         // An old record with the copies inside is refused by its version, never applied.
         let err = edit(&|v| {
             v["version"] = 2.into();

@@ -28,7 +28,7 @@ use hpke::{Deserializable, Kem as _, Serializable};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use stek_core::key::{AES_LEN, HMAC_LEN, NAME_LEN};
-use stek_core::{KeyRing, RingDigest, RingMeta, TicketKey};
+use stek_core::{KeyRing, RingMeta, TicketKey};
 use zeroize::Zeroizing;
 
 type Kem = hpke::kem::X25519HkdfSha256;
@@ -207,6 +207,44 @@ impl fmt::Debug for SealedCopy {
     }
 }
 
+/// Which write of a ring a copy belongs to: 16 bytes of SHA-256 over the ring's digest and its
+/// sealed keys, which are a fresh ciphertext under a fresh data key at every write. Two writes
+/// of one description (a reseal retried, or made by two leaders in turn) have different ids,
+/// so a copy left by one is never taken for the other's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteId([u8; 16]);
+
+impl WriteId {
+    /// The id of the write of `meta` whose sealed keys are `sealed_keys`.
+    pub fn of(meta: &RingMeta, sealed_keys: &[u8]) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"stek ring write v1\0");
+        h.update(meta.digest().to_string().as_bytes());
+        h.update(sealed_keys);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize()[..16]);
+        Self(out)
+    }
+
+    /// Parses the 32 hex digits `Display` writes.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        if text.len() != 32 || !text.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(out))
+    }
+}
+
+impl fmt::Display for WriteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
 /// One member's copy of a ring's data key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SealedCopy {
@@ -216,10 +254,10 @@ pub struct SealedCopy {
     pub recipient: MemberKeyId,
     /// The ring generation it was made for (a hint for messages; the binding is the AEAD's).
     pub generation: u64,
-    /// The digest of the ring it was made for: each copy is a record of its own
+    /// The write of the ring it was made for ([`WriteId`]): each copy is a record of its own
     /// (`ring/copies/<member>`), written just before the ring that names it, so a copy of
-    /// another ring can sit beside a ring for a moment (or after a failed write).
-    pub ring: RingDigest,
+    /// another write can sit beside a ring for a moment (or after a failed write).
+    pub ring: WriteId,
     /// The ring writer's signature over the copy record ([`crate::records`]), with
     /// `[identity]`; checked by the member it is for before it opens it.
     pub signature: Option<Vec<u8>>,
@@ -325,7 +363,6 @@ pub fn seal(
     recipients: &[(String, MemberKey)],
 ) -> (Envelope, Vec<SealError>) {
     let meta = stored_meta(ring);
-    let digest = meta.digest();
     let mut dek = Zeroizing::new([0u8; DEK_LEN]);
     rand::rngs::OsRng.fill_bytes(dek.as_mut());
     let mut plain = Zeroizing::new(Vec::with_capacity(ring.keys().len() * KEY_BYTES));
@@ -345,6 +382,7 @@ pub fn seal(
             },
         )
         .expect("ChaCha20-Poly1305 encrypts any message shorter than 256 GiB");
+    let write = WriteId::of(&meta, &sealed_keys);
     let mut copies = Vec::with_capacity(recipients.len());
     let mut failed = Vec::new();
     for (member, key) in recipients {
@@ -366,7 +404,7 @@ pub fn seal(
                     member: member.clone(),
                     recipient: key.id(),
                     generation: ring.generation(),
-                    ring: digest,
+                    ring: write,
                     signature: None,
                     enc: [0; ENC_LEN],
                     sealed_dek: [0; SEALED_DEK_LEN],

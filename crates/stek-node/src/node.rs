@@ -112,6 +112,7 @@ pub async fn run_with<C: Coordinator>(
         last_error: None,
         last_reseal: None,
         written_at: 0,
+        read_fresh: false,
         apply_retry: None,
         apply_backoff: BACKOFF_MIN,
         logged: BTreeSet::new(),
@@ -190,8 +191,16 @@ pub async fn run_with<C: Coordinator>(
                 }
             }
         }
+        // A leader reads everything for real every FULL_READ whatever the size: a watch that
+        // went silent without an error (an etcd member cut off from its cluster) must not
+        // hide acknowledgements, requests and joins from it for long.
+        let every = if node.term.is_some() {
+            FULL_READ
+        } else {
+            full_every
+        };
         let full_due = match last_full {
-            Some(t) => t.elapsed() >= full_every,
+            Some(t) => t.elapsed() >= every,
             None => Instant::now() >= first_full,
         };
         // What the watch's events carried since the last pass, when its backend keeps it: the
@@ -201,7 +210,7 @@ pub async fn run_with<C: Coordinator>(
             .as_ref()
             .filter(|_| !full_due)
             .and_then(|w| w.snapshot())
-            .filter(|s| s.revision >= node.written_at)
+            .filter(|s| s.revision >= node.written_at && !node.read_fresh)
             .filter(|s| {
                 if node.term.is_some() {
                     !s.partial
@@ -225,6 +234,9 @@ pub async fn run_with<C: Coordinator>(
                 if !s.partial && !from_events {
                     last_full = Some(Instant::now());
                     full_every = full_read_interval(s.members.len());
+                }
+                if !from_events {
+                    node.read_fresh = false;
                 }
                 want_full = false;
                 node.metrics.store_up.set(1);
@@ -405,6 +417,9 @@ struct Node<'a, C> {
     /// once it includes that write (a pass right after a write must not decide on the ring
     /// it replaced).
     written_at: i64,
+    /// The next pass reads the store rather than take what the watch carried (after a
+    /// refused write).
+    read_fresh: bool,
     apply_retry: Option<Instant>,
     apply_backoff: Duration,
     /// Rejections already logged (key, error), so each is logged once.
@@ -448,12 +463,7 @@ impl<C: Coordinator> Node<'_, C> {
             applied_digest: self.applied.as_ref().map(|r| r.digest().to_string()),
             last_error: match &self.seal_error {
                 Some((generation, _, e))
-                    if !matches!(
-                        e,
-                        SealError::NoCopy { .. }
-                            | SealError::Ahead { .. }
-                            | SealError::OtherRing { .. }
-                    ) =>
+                    if !matches!(e, SealError::NoCopy { .. } | SealError::Ahead { .. }) =>
                 {
                     Some(format!("generation {generation}: {e}"))
                 }
@@ -775,11 +785,10 @@ impl<C: Coordinator> Node<'_, C> {
                 self.opened = Some(ring);
                 self.seal_error = None;
             }
-            Err(
-                e @ (SealError::NoCopy { .. }
-                | SealError::Ahead { .. }
-                | SealError::OtherRing { .. }),
-            ) => {
+            // A copy of another write is logged as an error: it is left by a leader that
+            // failed between its copies and its ring (rare), or put there by a writer of the
+            // store, which must show.
+            Err(e @ (SealError::NoCopy { .. } | SealError::Ahead { .. })) => {
                 info!(generation, "{e}");
                 self.seal_error = Some((generation, digest, e));
             }
@@ -910,11 +919,11 @@ impl<C: Coordinator> Node<'_, C> {
             }
             Election::Lost(term) => {
                 self.term = None;
+                info!(target: "audit", node = %me, term = term.0, "leadership lost");
                 if snap.leader.is_none() {
                     // Its leader key is gone (its lease ended): campaign on the next pass.
                     return Some(Instant::now());
                 }
-                info!(target: "audit", node = %me, term = term.0, "leadership lost");
                 return None;
             }
             Election::Lead(_) => {}
@@ -1157,6 +1166,9 @@ impl<C: Coordinator> Node<'_, C> {
             &recipients,
         );
         stored.term = term.0;
+        if let Some(current) = snap.valid_ring() {
+            stored.keep_copies_of(current);
+        }
         if let Some(pki) = self.pki {
             stored.sign(&self.config.cluster, &pki.creds);
         }
@@ -1200,6 +1212,8 @@ impl<C: Coordinator> Node<'_, C> {
     }
 
     fn write_failed(&mut self, e: CoordError) {
+        // The next decision is made on a real read, not on what the watch carried.
+        self.read_fresh = true;
         match e {
             CoordError::Fenced(term) => {
                 warn!(target: "audit", term = term.0, "leadership lost: the store refused a write");
