@@ -901,7 +901,10 @@ impl<C: Coordinator> Node<'_, C> {
                     Ok(Some(term)) => {
                         info!(target: "audit", node = %me, term = term.0, "leader elected");
                         self.term = Some(term);
-                        // Decide on a fresh read that includes our own leader key.
+                        // Decide on a fresh read that includes our own leader key (a term is
+                        // the revision that wrote it): what a watch carried from before it
+                        // would show no leader, and this node would drop the term it just won.
+                        self.written_at = self.written_at.max(term.0);
                         return Some(Instant::now());
                     }
                     Ok(None) => return None,
