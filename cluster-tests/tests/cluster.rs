@@ -49,8 +49,8 @@ fn three_nodes_bootstrap_then_20_rotations_keep_every_invariant(backend: Backend
     c.start_all();
     info!("--- three nodes start: one leader, one active and one staged key everywhere");
     let status = c.wait_converged(Duration::from_secs(30));
-    // Generation 1 is the bootstrap; members that registered after it got their sealed copies
-    // in reseals (same keys, later generations).
+    // Generation 1 is the bootstrap; members that registered after it got a sealed copy of it
+    // from the leader (same ring, no new write).
     let keys = status["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 2);
     assert!(keys
@@ -239,15 +239,42 @@ fn a_late_node_catches_up_to_the_current_ring_before_it_acknowledges(backend: Ba
     let status = c.wait_converged(Duration::from_secs(10));
     let generation = status["generation"].as_u64().unwrap();
     let active = active_key(&status)["fingerprint"].clone();
+    let applied_by = |c: &Cluster, i: usize| {
+        c.nodes[i]
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("applied ring to every target"))
+            .count()
+    };
+    let before = [applied_by(&c, 0), applied_by(&c, 1)];
     info!("--- n3 starts late, at generation {generation}");
     c.start(2);
     let status = c.wait_converged(Duration::from_secs(20));
     let mut history = History::default();
     check_invariants(&c, &status, &mut history);
-    // The leader sealed the unchanged ring for n3 (a later generation, same keys); n3 applied
-    // that, and nothing older: it never served a ring the others had left behind.
+    // The leader (the stored ring's writer) sealed one more copy of the unchanged ring for n3
+    // and wrote nothing else: the generation is the same, and n1 and n2 applied nothing.
     let now = status["generation"].as_u64().unwrap();
-    assert!(now > generation, "a reseal for n3: {status}");
+    assert_eq!(
+        now, generation,
+        "n3 cost one copy, not a new ring: {status}"
+    );
+    assert_eq!(
+        [applied_by(&c, 0), applied_by(&c, 1)],
+        before,
+        "n1 and n2 applied nothing new"
+    );
+    let leader = c
+        .nodes
+        .iter()
+        .find(|n| n.id == status["leader"].as_str().unwrap_or_default())
+        .expect("status names a leader it started");
+    assert!(
+        leader
+            .log_text()
+            .contains("sealed a copy of the stored ring for n3"),
+        "the leader logs the copy it sealed for n3"
+    );
     assert!(status["keys"]
         .as_array()
         .unwrap()

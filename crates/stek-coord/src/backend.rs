@@ -128,6 +128,15 @@ impl Coordinator for Backend {
         each!(self, s => s.write_ring(term, ring_revision, ring, served_requests).await)
     }
 
+    async fn write_copies(
+        &self,
+        term: Term,
+        ring_revision: i64,
+        copies: &[(String, Vec<u8>)],
+    ) -> Result<i64, CoordError> {
+        each!(self, s => s.write_copies(term, ring_revision, copies).await)
+    }
+
     async fn forget_member(&self, term: Term, node_id: &str) -> Result<bool, CoordError> {
         each!(self, s => s.forget_member(term, node_id).await)
     }

@@ -309,6 +309,43 @@ impl Etcd {
             )])
     }
 
+    /// Puts copy records (member, record) in batches within etcd's transaction limit, sent
+    /// side by side, each fenced like the ring ([`Etcd::fenced`]). Returns the highest
+    /// revision a batch was written at.
+    async fn put_copies(
+        &self,
+        term: Term,
+        ring_revision: i64,
+        copies: &[(String, Vec<u8>)],
+    ) -> Result<i64, CoordError> {
+        let mut batches = tokio::task::JoinSet::new();
+        for batch in copies.chunks(MAX_TXN_OPS) {
+            let ops: Vec<TxnOp> = batch
+                .iter()
+                .map(|(member, value)| {
+                    TxnOp::put(self.key(&crate::copy_key(member)), value.clone(), None)
+                })
+                .collect();
+            let txn = self.fenced(term, ring_revision, ops);
+            let mut client = self.client.clone();
+            batches.spawn(async move { client.txn(txn).await });
+        }
+        let mut revision = 0;
+        while let Some(done) = batches.join_next().await {
+            let resp = done
+                .map_err(|e| CoordError::Unreachable {
+                    endpoints: self.endpoints.clone(),
+                    reason: e.to_string(),
+                })?
+                .map_err(|e| self.unreachable(e))?;
+            if !resp.succeeded() {
+                return Err(refusal(term, &resp));
+            }
+            revision = revision.max(resp.header().map_or(0, |h| h.revision()));
+        }
+        Ok(revision)
+    }
+
     /// Deletes the copies of members the ring just written has none for (members forgotten,
     /// or refused): a copy the ring does not name opens nothing, but it has no reason to stay.
     /// A failure leaves them for the next write.
@@ -708,29 +745,7 @@ impl Coordinator for Etcd {
         // ring. A copy replaces that member's copy of the ring stored now, which it applied
         // already (or opens once this ring lands).
         let copies = ring.copy_records();
-        let mut batches = tokio::task::JoinSet::new();
-        for batch in copies.chunks(MAX_TXN_OPS) {
-            let ops: Vec<TxnOp> = batch
-                .iter()
-                .map(|(member, value)| {
-                    TxnOp::put(self.key(&crate::copy_key(member)), value.clone(), None)
-                })
-                .collect();
-            let txn = self.fenced(term, ring_revision, ops);
-            let mut client = client.clone();
-            batches.spawn(async move { client.txn(txn).await });
-        }
-        while let Some(done) = batches.join_next().await {
-            let resp = done
-                .map_err(|e| CoordError::Unreachable {
-                    endpoints: self.endpoints.clone(),
-                    reason: e.to_string(),
-                })?
-                .map_err(|e| self.unreachable(e))?;
-            if !resp.succeeded() {
-                return Err(refusal(term, &resp));
-            }
-        }
+        self.put_copies(term, ring_revision, &copies).await?;
         // The ring and the first served requests in one transaction, fenced on the term and on
         // the ring being the one the decision read (a compare-and-swap: a write that lands
         // late can never put a second ring of one generation beside another).
@@ -766,6 +781,15 @@ impl Coordinator for Etcd {
         }
         self.delete_other_copies(term, &copies).await;
         Ok(revision)
+    }
+
+    async fn write_copies(
+        &self,
+        term: Term,
+        ring_revision: i64,
+        copies: &[(String, Vec<u8>)],
+    ) -> Result<i64, CoordError> {
+        self.put_copies(term, ring_revision, copies).await
     }
 
     async fn forget_member(&self, term: Term, node_id: &str) -> Result<bool, CoordError> {

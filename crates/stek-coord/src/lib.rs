@@ -484,9 +484,9 @@ impl Change {
     }
 
     /// Whether a node that does not lead must re-read the keyspace for this change: the ring,
-    /// the leadership or its own records changed, or the backend did not say what. A copy
-    /// alone does not count: the leader writes every copy just before the ring that names it,
-    /// and that ring's change follows.
+    /// the leadership or its own records changed (its copy included: a member that joins gets
+    /// a copy of the stored ring with no ring write after it), or the backend did not say
+    /// what. Other members' copies do not count.
     pub fn concerns_follower(&self, node_id: &str) -> bool {
         self.keys.as_ref().is_none_or(|keys| {
             keys.iter().any(|k| {
@@ -494,6 +494,7 @@ impl Change {
                     || k == "leader"
                     || k.strip_prefix("members/") == Some(node_id)
                     || k.strip_prefix("alive/") == Some(node_id)
+                    || k.strip_prefix(COPIES) == Some(node_id)
                     || !(k.starts_with("members/")
                         || k.starts_with("alive/")
                         || k.starts_with("requests/")
@@ -600,6 +601,18 @@ pub trait Coordinator: Send + Sync + 'static {
         served_requests: &[String],
     ) -> impl Future<Output = Result<i64, CoordError>> + Send;
 
+    /// Stores copy records (member, [`records::encode_copies`]) of the stored ring for members
+    /// that lack one, without writing the ring: fenced like [`Coordinator::write_ring`] on
+    /// `term` and on the ring still being the one written at `ring_revision`, so a copy never
+    /// lands beside a ring it was not sealed for. Each replaces that member's copy record.
+    /// Returns the store revision of the write.
+    fn write_copies(
+        &self,
+        term: Term,
+        ring_revision: i64,
+        copies: &[(String, Vec<u8>)],
+    ) -> impl Future<Output = Result<i64, CoordError>> + Send;
+
     /// Removes `node_id`'s member record, fenced by `term`, if no liveness lease holds for it
     /// (a dead member's record, kept for `stek status`, goes after a grace period). `Ok(false)`
     /// when it is live again or already gone.
@@ -657,6 +670,7 @@ mod tests {
             &["members/n2"][..],
             &["alive/n3", "members/n3"],
             &["requests/0001-ab"],
+            &["ring/copies/n2"],
         ] {
             assert!(!change(quiet).concerns_follower("n1"), "{quiet:?}");
         }
@@ -666,6 +680,7 @@ mod tests {
             &["members/n1"],
             &["alive/n1"],
             &["members/n2", "ring"],
+            &["ring/copies/n1"],
             &["nonsense"],
         ] {
             assert!(change(loud).concerns_follower("n1"), "{loud:?}");
@@ -676,7 +691,12 @@ mod tests {
         };
         assert!(unknown.concerns_follower("n1"));
         assert!(unknown.needs_full_read("n1"));
-        for own in [&["ring"][..], &["members/n1"], &["alive/n1", "ring"]] {
+        for own in [
+            &["ring"][..],
+            &["members/n1"],
+            &["alive/n1", "ring"],
+            &["ring/copies/n1"],
+        ] {
             assert!(!change(own).needs_full_read("n1"), "{own:?}");
         }
         for full in [&["leader"][..], &["ring", "leader"], &["nonsense"]] {

@@ -378,6 +378,29 @@ impl Coordinator for Memory {
         })
     }
 
+    async fn write_copies(
+        &self,
+        term: Term,
+        ring_revision: i64,
+        copies: &[(String, Vec<u8>)],
+    ) -> Result<i64, CoordError> {
+        self.with(|s, rev| {
+            if s.keys.get("leader").map(|e| e.created) != Some(term.0) {
+                return Err(CoordError::Fenced(term));
+            }
+            if s.keys.get("ring").map_or(0, |e| e.modified) != ring_revision {
+                return Err(CoordError::Conflict);
+            }
+            let mut changed = Vec::with_capacity(copies.len());
+            for (member, bytes) in copies {
+                let k = crate::copy_key(member);
+                s.put(&k, bytes.clone(), 0, rev);
+                changed.push(k);
+            }
+            Ok((rev, changed))
+        })
+    }
+
     async fn forget_member(&self, term: Term, node_id: &str) -> Result<bool, CoordError> {
         let record = format!("members/{node_id}");
         self.with(|s, _| {

@@ -414,6 +414,53 @@ impl StoredRing {
         seal::open(cluster, member, identity, &self.ring, &self.envelope)
     }
 
+    /// [`StoredRing::open`], and the write's data key: what its writer needs to seal one
+    /// more copy later ([`StoredRing::seal_more_copies`]).
+    pub fn open_keeping_key(
+        &self,
+        cluster: &str,
+        member: &str,
+        identity: &Identity,
+    ) -> Result<(KeyRing, seal::DataKey), SealError> {
+        seal::open_keeping_key(cluster, member, identity, &self.ring, &self.envelope)
+    }
+
+    /// Seals this write's data key `dek` (opened by its writer from its own copy) for each of
+    /// `recipients`, signed as `creds` with `[identity]`: the copy records of members that
+    /// joined after the ring was written, stored without writing the ring again
+    /// ([`crate::Coordinator::write_copies`]). Also returns the members no copy could be
+    /// made for. Only the ring's writer can sign them so that members accept them.
+    pub fn seal_more_copies(
+        &self,
+        cluster: &str,
+        dek: &seal::DataKey,
+        recipients: &[(String, MemberKey)],
+        creds: Option<&Credentials>,
+    ) -> (Vec<(String, Vec<u8>)>, Vec<SealError>) {
+        debug_assert_eq!(dek.write(), self.write_id(), "a data key of another write");
+        let mut records = Vec::with_capacity(recipients.len());
+        let mut failed = Vec::new();
+        for (member, key) in recipients {
+            match seal::seal_copy(
+                cluster,
+                &self.ring,
+                self.ring.generation(),
+                dek,
+                member,
+                key,
+            ) {
+                Ok(mut copy) => {
+                    if let Some(creds) = creds {
+                        copy.signature = Some(creds.sign(&copy_signing_bytes(cluster, &copy)));
+                    }
+                    records.push((member.clone(), encode_copies(&[&copy])));
+                }
+                Err(e) => failed.push(e),
+            }
+        }
+        (records, failed)
+    }
+
     /// `member`'s copy, if the ring holds one.
     pub fn copy_for(&self, member: &str) -> Option<&SealedCopy> {
         self.envelope.copies.iter().find(|c| c.member == member)

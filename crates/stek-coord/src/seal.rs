@@ -245,6 +245,30 @@ impl fmt::Display for WriteId {
     }
 }
 
+/// A ring write's data key, as its writer drew it or a member opened it from its copy: what
+/// a leader needs to seal one more copy of the stored ring for a member that joins, without
+/// writing the ring again. It unlocks only that write's sealed keys, which every holder of
+/// it has opened already. Zeroized on drop, never printed.
+pub struct DataKey {
+    write: WriteId,
+    key: Zeroizing<[u8; DEK_LEN]>,
+}
+
+impl DataKey {
+    /// The write whose sealed keys it unlocks.
+    pub fn write(&self) -> WriteId {
+        self.write
+    }
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataKey")
+            .field("write", &self.write)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One member's copy of a ring's data key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SealedCopy {
@@ -382,38 +406,16 @@ pub fn seal(
             },
         )
         .expect("ChaCha20-Poly1305 encrypts any message shorter than 256 GiB");
-    let write = WriteId::of(&meta, &sealed_keys);
+    let dek = DataKey {
+        write: WriteId::of(&meta, &sealed_keys),
+        key: dek,
+    };
     let mut copies = Vec::with_capacity(recipients.len());
     let mut failed = Vec::new();
     for (member, key) in recipients {
-        let Ok(public) = <Kem as hpke::Kem>::PublicKey::from_bytes(&key.0) else {
-            failed.push(SealError::BadRecipient(member.clone()));
-            continue;
-        };
-        let sealed = hpke::single_shot_seal::<HpkeAead, Kdf, Kem, _>(
-            &hpke::OpModeS::Base,
-            &public,
-            INFO,
-            dek.as_ref(),
-            &associated_data(cluster, member, &meta),
-            &mut rand::rngs::OsRng,
-        );
-        match sealed {
-            Ok((enc, ct)) => {
-                let mut copy = SealedCopy {
-                    member: member.clone(),
-                    recipient: key.id(),
-                    generation: ring.generation(),
-                    ring: write,
-                    signature: None,
-                    enc: [0; ENC_LEN],
-                    sealed_dek: [0; SEALED_DEK_LEN],
-                };
-                copy.enc.copy_from_slice(&enc.to_bytes());
-                copy.sealed_dek.copy_from_slice(&ct);
-                copies.push(copy);
-            }
-            Err(_) => failed.push(SealError::BadRecipient(member.clone())),
+        match seal_copy(cluster, &meta, ring.generation(), &dek, member, key) {
+            Ok(copy) => copies.push(copy),
+            Err(e) => failed.push(e),
         }
     }
     copies.sort_by(|a, b| a.member.cmp(&b.member));
@@ -424,6 +426,40 @@ pub fn seal(
         },
         failed,
     )
+}
+
+/// Seals `dek` (the data key of a write of the ring described by `meta`) for one member.
+pub fn seal_copy(
+    cluster: &str,
+    meta: &RingMeta,
+    generation: u64,
+    dek: &DataKey,
+    member: &str,
+    key: &MemberKey,
+) -> Result<SealedCopy, SealError> {
+    let public = <Kem as hpke::Kem>::PublicKey::from_bytes(&key.0)
+        .map_err(|_| SealError::BadRecipient(member.to_owned()))?;
+    let (enc, ct) = hpke::single_shot_seal::<HpkeAead, Kdf, Kem, _>(
+        &hpke::OpModeS::Base,
+        &public,
+        INFO,
+        dek.key.as_ref(),
+        &associated_data(cluster, member, meta),
+        &mut rand::rngs::OsRng,
+    )
+    .map_err(|_| SealError::BadRecipient(member.to_owned()))?;
+    let mut copy = SealedCopy {
+        member: member.to_owned(),
+        recipient: key.id(),
+        generation,
+        ring: dek.write,
+        signature: None,
+        enc: [0; ENC_LEN],
+        sealed_dek: [0; SEALED_DEK_LEN],
+    };
+    copy.enc.copy_from_slice(&enc.to_bytes());
+    copy.sealed_dek.copy_from_slice(&ct);
+    Ok(copy)
 }
 
 /// The description exactly as a reader of the store rebuilds it (times in whole
@@ -440,6 +476,19 @@ pub fn open(
     meta: &RingMeta,
     envelope: &Envelope,
 ) -> Result<KeyRing, SealError> {
+    open_keeping_key(cluster, member, identity, meta, envelope).map(|(ring, _)| ring)
+}
+
+/// [`open`], and the write's data key with the ring: the leader that holds it seals a copy of
+/// the stored ring for a member that joins ([`seal_copy`]) instead of writing the ring again.
+/// The key is returned only once the ring's keys opened with it and match the description.
+pub fn open_keeping_key(
+    cluster: &str,
+    member: &str,
+    identity: &Identity,
+    meta: &RingMeta,
+    envelope: &Envelope,
+) -> Result<(KeyRing, DataKey), SealError> {
     let generation = meta.generation();
     let copy = envelope
         .copies
@@ -497,17 +546,22 @@ pub fn open(
         return Err(SealError::KeysDoNotMatch);
     }
     let mut chunks = plain.chunks_exact(KEY_BYTES);
-    meta.with_keys(|_| {
-        let c = chunks.next()?;
-        let mut name = [0u8; NAME_LEN];
-        let mut aes = Zeroizing::new([0u8; AES_LEN]);
-        let mut hmac = Zeroizing::new([0u8; HMAC_LEN]);
-        name.copy_from_slice(&c[..NAME_LEN]);
-        aes.copy_from_slice(&c[NAME_LEN..NAME_LEN + AES_LEN]);
-        hmac.copy_from_slice(&c[NAME_LEN + AES_LEN..]);
-        Some(TicketKey::from_parts(name, *aes, *hmac))
-    })
-    .ok_or(SealError::KeysDoNotMatch)
+    let ring = meta
+        .with_keys(|_| {
+            let c = chunks.next()?;
+            let mut name = [0u8; NAME_LEN];
+            let mut aes = Zeroizing::new([0u8; AES_LEN]);
+            let mut hmac = Zeroizing::new([0u8; HMAC_LEN]);
+            name.copy_from_slice(&c[..NAME_LEN]);
+            aes.copy_from_slice(&c[NAME_LEN..NAME_LEN + AES_LEN]);
+            hmac.copy_from_slice(&c[NAME_LEN + AES_LEN..]);
+            Some(TicketKey::from_parts(name, *aes, *hmac))
+        })
+        .ok_or(SealError::KeysDoNotMatch)?;
+    let mut key = Zeroizing::new([0u8; DEK_LEN]);
+    key.copy_from_slice(dek.as_slice());
+    let write = WriteId::of(meta, &envelope.sealed_keys);
+    Ok((ring, DataKey { write, key }))
 }
 
 #[cfg(test)]

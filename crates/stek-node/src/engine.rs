@@ -33,6 +33,9 @@ pub struct LeaderView<'a> {
     pub requests_due: SystemTime,
     /// Whether a reseal may be written now (one per second at most).
     pub reseal_rested: bool,
+    /// Whether this node can seal more copies of the stored ring without writing it again: it
+    /// wrote it (members accept only copies its writer signed) and holds its data key.
+    pub seals_copies: bool,
 }
 
 /// Where this node stands: the node's own state, as the engine sees it.
@@ -183,6 +186,13 @@ pub enum Step {
         /// history purge).
         before: Option<KeyRing>,
     },
+    /// Seal a copy of the stored ring, unchanged, for each of `members` (live, with a public
+    /// key, and no copy of this write sealed to it), and store only those copies: a member
+    /// that joins costs one copy, not a ring write every member applies again.
+    SealCopies {
+        /// The members.
+        members: Vec<String>,
+    },
     /// The ring record is rejected and no live member holds keys to write back: an operator
     /// must act.
     Stuck {
@@ -303,6 +313,16 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
     // joined, restarted, or reported that its copy does not open).
     if let (Some(ring), Some(stored)) = (&ring, stored) {
         let lacking = lacking_copies(stored, &snap.members);
+        // A member that says its copy of this generation does not open (tampered, or sealed
+        // with a data key that does not open the ring) gets a whole new write: a fresh data
+        // key, a new generation. One that merely has no copy of this write gets one.
+        let reported = snap.members.iter().any(|m| {
+            lacking.contains(&m.record.node_id)
+                && m.record.unsealable_generation == Some(stored.ring.generation())
+        });
+        if !lacking.is_empty() && v.reseal_rested && v.seals_copies && !reported {
+            return Step::SealCopies { members: lacking };
+        }
         if !lacking.is_empty() && v.reseal_rested {
             return Step::Write {
                 ring: renumber_after(
@@ -586,6 +606,7 @@ mod tests {
             now,
             requests_due: now,
             reseal_rested: true,
+            seals_copies: false,
         };
         leader_step(&v, &mut OsKeySource)
     }
@@ -756,6 +777,7 @@ mod tests {
             now: t(10),
             requests_due: t(10),
             reseal_rested: true,
+            seals_copies: false,
         };
         let (ring, _, why) = written(leader_step(&v, &mut OsKeySource));
         assert!(matches!(why, Why::Decision(Decision::Reschedule { .. })));
@@ -794,6 +816,7 @@ mod tests {
             now: t(10),
             requests_due: t(70),
             reseal_rested: true,
+            seals_copies: false,
         };
         match leader_step(&v, &mut OsKeySource) {
             Step::Wait { until, .. } => assert_eq!(until, t(70)),
@@ -822,6 +845,7 @@ mod tests {
             now: t(10),
             requests_due: t(10),
             reseal_rested: false,
+            seals_copies: false,
         };
         assert_eq!(
             leader_step(&v, &mut OsKeySource),
@@ -830,6 +854,60 @@ mod tests {
                 until: t(11)
             }
         );
+    }
+
+    #[test]
+    fn a_member_that_joins_gets_one_copy_and_one_whose_copy_fails_gets_a_new_write() {
+        let r = ring_at(3, t(0));
+        let held = Held {
+            opened: Some(&r),
+            applied: Some(&r),
+        };
+        fn view<'a>(
+            s: &'a Snapshot,
+            held: Held<'a>,
+            seals_copies: bool,
+            rested: bool,
+        ) -> LeaderView<'a> {
+            LeaderView {
+                me: ME,
+                snap: s,
+                held,
+                newest_seen: 0,
+                policy: policy(),
+                now: t(10),
+                requests_due: t(10),
+                reseal_rested: rested,
+                seals_copies,
+            }
+        }
+        // The writer, holding the data key: the member that joined gets a copy of the stored
+        // ring; the ring is not written again.
+        let s = snap(Some((&r, ME, &[ME])), &[m(ME).acked(&r), m("new")]);
+        assert_eq!(
+            leader_step(&view(&s, held, true, true), &mut OsKeySource),
+            Step::SealCopies {
+                members: vec!["new".into()]
+            }
+        );
+        // At most once a second, like a reseal.
+        assert!(matches!(
+            leader_step(&view(&s, held, true, false), &mut OsKeySource),
+            Step::Wait { .. }
+        ));
+        // A leader that cannot (another wrote the ring, or it lacks the data key) reseals.
+        let (ring, _, why) = written(leader_step(&view(&s, held, false, true), &mut OsKeySource));
+        assert_eq!(why, Why::Reseal(vec!["new".into()]));
+        assert_eq!(ring.generation(), 4);
+        // A member that reports its copy of this generation does not open gets a new write,
+        // with a fresh data key, even from a leader that could seal it one more copy.
+        let mut s = snap(Some((&r, ME, &[ME, "bad"])), &[m(ME).acked(&r), m("bad")]);
+        let generation = s.valid_ring().unwrap().ring.generation();
+        s.members[1].record.unsealable_generation = Some(generation);
+        let (ring, _, why) = written(leader_step(&view(&s, held, true, true), &mut OsKeySource));
+        assert_eq!(why, Why::Reseal(vec!["bad".into()]));
+        assert_eq!(ring.keys(), r.keys());
+        assert_eq!(ring.generation(), 4);
     }
 
     #[test]

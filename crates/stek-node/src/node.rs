@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use stek_coord::identity::NodeIdentity;
-use stek_coord::seal::{Identity, MemberKey, SealError};
+use stek_coord::seal::{DataKey, Identity, MemberKey, SealError, SealedCopy};
 use stek_coord::{
     ChangeStream, CoordError, Coordinator, KeepAlive, LeaseId, MemberRecord, RecordError, RingSlot,
     Snapshot, StoredRing, Term,
@@ -107,6 +107,7 @@ pub async fn run_with<C: Coordinator>(
         lease: None,
         term: None,
         opened: None,
+        data_key: None,
         seal_error: None,
         applied: None,
         last_error: None,
@@ -405,8 +406,11 @@ struct Node<'a, C> {
     /// The last ring this node opened from its own sealed copy. A leader also rewrites it over
     /// a malformed record.
     opened: Option<KeyRing>,
-    /// Why this node's copy of the stored ring (of that generation and digest) did not open.
-    seal_error: Option<(u64, RingDigest, SealError)>,
+    /// The data key of the write `opened` came from: as that ring's writer, this node seals
+    /// one more copy of it for a member that joins, without writing the ring again.
+    data_key: Option<DataKey>,
+    /// Why this node's copy of the stored ring did not open.
+    seal_error: Option<SealFailure>,
     /// The last ring applied to every target.
     applied: Option<KeyRing>,
     /// Why the last apply failed.
@@ -439,6 +443,35 @@ struct Node<'a, C> {
     dead_since: std::collections::BTreeMap<String, Instant>,
 }
 
+/// Why this node's copy of the stored ring did not open, and which copy it tried.
+struct SealFailure {
+    /// The ring's generation.
+    generation: u64,
+    /// The ring's digest.
+    digest: RingDigest,
+    /// The copy tried (None: there was none). A different copy is tried again.
+    copy: Option<SealedCopy>,
+    /// Why.
+    error: SealError,
+}
+
+impl SealFailure {
+    /// Whether only this node can tell: its copy is there, made for this write and sealed to
+    /// the key it publishes, and still does not open (tampered, replayed, unsigned). The
+    /// member record says so (`unsealable_generation`), and the leader writes the ring anew
+    /// with a fresh data key. A missing copy, or one of another write or for another key, the
+    /// leader sees for itself, and seals one more copy.
+    fn leader_cannot_see(&self) -> bool {
+        !matches!(
+            self.error,
+            SealError::NoCopy { .. }
+                | SealError::Ahead { .. }
+                | SealError::OtherRing { .. }
+                | SealError::OtherRecipient { .. }
+        )
+    }
+}
+
 impl<C: Coordinator> Node<'_, C> {
     fn record(&self) -> MemberRecord {
         let mut record = self.bare_record();
@@ -462,10 +495,10 @@ impl<C: Coordinator> Node<'_, C> {
             applied_generation: self.applied.as_ref().map_or(0, KeyRing::generation),
             applied_digest: self.applied.as_ref().map(|r| r.digest().to_string()),
             last_error: match &self.seal_error {
-                Some((generation, _, e))
-                    if !matches!(e, SealError::NoCopy { .. } | SealError::Ahead { .. }) =>
+                Some(f)
+                    if !matches!(f.error, SealError::NoCopy { .. } | SealError::Ahead { .. }) =>
                 {
-                    Some(format!("generation {generation}: {e}"))
+                    Some(format!("generation {}: {}", f.generation, f.error))
                 }
                 _ => self.last_error.clone(),
             }
@@ -480,7 +513,11 @@ impl<C: Coordinator> Node<'_, C> {
             )
             .unwrap_or(u64::MAX),
             public_key: Some(self.identity.public().to_base64()),
-            unsealable_generation: self.seal_error.as_ref().map(|(g, _, _)| *g),
+            unsealable_generation: self
+                .seal_error
+                .as_ref()
+                .filter(|f| f.leader_cannot_see())
+                .map(|f| f.generation),
             certificate: None,
             key_signature: None,
         }
@@ -738,9 +775,10 @@ impl<C: Coordinator> Node<'_, C> {
                 && self.last_error.is_none()
             {
                 Ok(format!("applied generation {applied}"))
-            } else if let Some((generation, _, e)) = &self.seal_error {
+            } else if let Some(f) = &self.seal_error {
                 Err(format!(
-                    "cannot open its copy of generation {generation}: {e}"
+                    "cannot open its copy of generation {}: {}",
+                    f.generation, f.error
                 ))
             } else if let Some(e) = &self.last_error {
                 Err(format!("generation {} not applied: {e}", ring.generation()))
@@ -753,18 +791,27 @@ impl<C: Coordinator> Node<'_, C> {
         );
     }
 
-    /// Opens this node's copy of a stored ring it has not opened yet.
+    /// Opens this node's copy of a stored ring it has not opened yet, and tries again when
+    /// its copy changes (the leader seals one for a member that joined, or replaces one that
+    /// did not open).
     fn open(&mut self, stored: &StoredRing) {
         let generation = stored.ring.generation();
         let digest = stored.ring.digest();
+        let copy = stored.copy_for(&self.config.node_id);
         if self.opened.as_ref().map(|r| r.digest()) == Some(digest)
             || self
                 .seal_error
                 .as_ref()
-                .is_some_and(|(_, d, _)| *d == digest)
+                .is_some_and(|f| f.digest == digest && f.copy.as_ref() == copy)
         {
             return;
         }
+        let failure = |error| SealFailure {
+            generation,
+            digest,
+            copy: copy.cloned(),
+            error,
+        };
         // A copy of another ring is waited out (the leader reseals); with [identity], a copy
         // is opened only if the ring's writer signed it.
         let opened = stored
@@ -778,11 +825,14 @@ impl<C: Coordinator> Node<'_, C> {
                 ),
                 None => Ok(()),
             })
-            .and_then(|()| stored.open(&self.config.cluster, &self.config.node_id, &self.identity));
+            .and_then(|()| {
+                stored.open_keeping_key(&self.config.cluster, &self.config.node_id, &self.identity)
+            });
         match opened {
-            Ok(ring) => {
+            Ok((ring, key)) => {
                 debug!(generation, "opened this node's sealed copy of the ring");
                 self.opened = Some(ring);
+                self.data_key = Some(key);
                 self.seal_error = None;
             }
             // A copy of another write is logged as an error: it is left by a leader that
@@ -790,11 +840,11 @@ impl<C: Coordinator> Node<'_, C> {
             // store, which must show.
             Err(e @ (SealError::NoCopy { .. } | SealError::Ahead { .. })) => {
                 info!(generation, "{e}");
-                self.seal_error = Some((generation, digest, e));
+                self.seal_error = Some(failure(e));
             }
             Err(e) => {
                 error!(generation, "{e}; keeping the keys on disk");
-                self.seal_error = Some((generation, digest, e));
+                self.seal_error = Some(failure(e));
             }
         }
     }
@@ -964,6 +1014,7 @@ impl<C: Coordinator> Node<'_, C> {
             reseal_rested: self
                 .last_reseal
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(1)),
+            seals_copies: self.seals_copies(snap),
         };
         let step = engine::leader_step(&view, &mut OsKeySource);
         let after =
@@ -981,6 +1032,19 @@ impl<C: Coordinator> Node<'_, C> {
                 Some(Instant::now() + BACKOFF_MIN)
             }
             Step::HandOver { to, why } => self.hand_over(term, &to, &why).await,
+            Step::SealCopies { members } => {
+                self.last_reseal = Some(Instant::now());
+                match self.seal_copies(term, snap, &members).await {
+                    Ok(Some(generation)) => info!(
+                        generation,
+                        "sealed a copy of the stored ring for {}",
+                        members.join(", ")
+                    ),
+                    Ok(None) => {}
+                    Err(e) => self.write_failed(e),
+                }
+                Some(Instant::now() + BACKOFF_MIN)
+            }
             Step::Stuck { why } => {
                 if self.logged.insert(("ring-repair".into(), why.clone())) {
                     error!("{why}, and no live member holds keys to rewrite it with; an operator must restore it or delete it (a new ring is then made)");
@@ -1145,6 +1209,64 @@ impl<C: Coordinator> Node<'_, C> {
         }
         self.term = None;
         Some(Instant::now() + BACKOFF_MIN)
+    }
+
+    /// Whether this leader can seal one more copy of the stored ring: it wrote it (with
+    /// `[identity]`, with the certificate it holds now: members check a copy's signature with
+    /// the ring's) and holds the data key of that write.
+    fn seals_copies(&self, snap: &Snapshot) -> bool {
+        snap.valid_ring().is_some_and(|stored| {
+            stored.written_by == self.config.node_id
+                && self
+                    .data_key
+                    .as_ref()
+                    .is_some_and(|k| k.write() == stored.write_id())
+                && match (self.pki, &stored.signature) {
+                    (None, _) => true,
+                    (Some(pki), Some(sig)) => sig.certificate == pki.creds.cert_der(),
+                    (Some(_), None) => false,
+                }
+        })
+    }
+
+    /// Seals a copy of the stored ring for each of `members` and stores those copies alone,
+    /// fenced on the term and the ring ([`Coordinator::write_copies`]). Returns the ring's
+    /// generation, or None when no copy could be sealed.
+    async fn seal_copies(
+        &mut self,
+        term: Term,
+        snap: &Snapshot,
+        members: &[String],
+    ) -> Result<Option<u64>, CoordError> {
+        let (Some(stored), Some(key)) = (snap.valid_ring(), self.data_key.as_ref()) else {
+            return Ok(None);
+        };
+        let recipients: Vec<(String, MemberKey)> = snap
+            .members
+            .iter()
+            .filter(|m| m.live && members.contains(&m.record.node_id))
+            .filter_map(|m| Some((m.record.node_id.clone(), m.record.sealing_key()?)))
+            .collect();
+        let (records, failed) = stored.seal_more_copies(
+            &self.config.cluster,
+            key,
+            &recipients,
+            self.pki.map(|p| &p.creds),
+        );
+        for e in failed {
+            if self.logged.insert(("seal".into(), e.to_string())) {
+                error!("{e}");
+            }
+        }
+        if records.is_empty() {
+            return Ok(None);
+        }
+        let revision = self
+            .coord
+            .write_copies(term, snap.ring_revision, &records)
+            .await?;
+        self.written_at = self.written_at.max(revision);
+        Ok(Some(stored.ring.generation()))
     }
 
     /// Seals `ring` for every live member that published a public key and writes it.

@@ -369,6 +369,24 @@ impl Coordinator for RaftClient {
         }
     }
 
+    async fn write_copies(
+        &self,
+        term: Term,
+        ring_revision: i64,
+        copies: &[(String, Vec<u8>)],
+    ) -> Result<i64, CoordError> {
+        let cmd = Command::WriteCopies {
+            term: u64::try_from(term.0).unwrap_or(0),
+            expected: u64::try_from(ring_revision).unwrap_or(0),
+            copies: copies.iter().cloned().collect(),
+        };
+        match self.write(cmd).await? {
+            Applied::Ok => Ok(0),
+            Applied::Stale => Err(CoordError::Conflict),
+            _ => Err(CoordError::Fenced(term)),
+        }
+    }
+
     async fn forget_member(&self, term: Term, node_id: &str) -> Result<bool, CoordError> {
         match self
             .write(Command::ForgetMember {

@@ -571,7 +571,10 @@ impl Peer {
             (
                 Role::Member(id),
                 Request::Write(
-                    Command::WriteRing { .. } | Command::Resign { .. } | Command::ForgetMember { .. },
+                    Command::WriteRing { .. }
+                    | Command::WriteCopies { .. }
+                    | Command::Resign { .. }
+                    | Command::ForgetMember { .. },
                 ),
             ) => {
                 // Only the leader writes rings and resigns; the store fences the term too.

@@ -90,6 +90,17 @@ pub enum Command {
         #[serde(default)]
         copies: BTreeMap<String, Vec<u8>>,
     },
+    /// Copies of the stored ring for members that lack one (a member that joined), fenced on
+    /// the leader's term and on the ring being the one the leader read: each replaces that
+    /// member's copy record; the ring and every other copy stay.
+    WriteCopies {
+        /// The writer's term.
+        term: u64,
+        /// The ring revision the copies were sealed for ([`Data::ring_revision`]).
+        expected: u64,
+        /// Node id to encoded copy record.
+        copies: BTreeMap<String, Vec<u8>>,
+    },
     /// Removes a dead member's record (the leader's, fenced on its term).
     ForgetMember {
         /// The writer's term.
@@ -112,6 +123,13 @@ impl Debug for Command {
         match self {
             Command::WriteRing { term, served, .. } => {
                 write!(f, "WriteRing {{ term: {term}, served: {} }}", served.len())
+            }
+            Command::WriteCopies { term, copies, .. } => {
+                write!(
+                    f,
+                    "WriteCopies {{ term: {term}, copies: {} }}",
+                    copies.len()
+                )
             }
             Command::Grant { lease, ttl_ms } => write!(f, "Grant {{ {lease}, {ttl_ms} ms }}"),
             Command::Revoke { lease } => write!(f, "Revoke {{ {lease} }}"),
@@ -305,6 +323,21 @@ impl Data {
                 for k in served {
                     self.requests.remove(k);
                 }
+                Applied::Ok
+            }
+            Command::WriteCopies {
+                term,
+                expected,
+                copies,
+            } => {
+                if self.leader.as_ref().map(|s| s.term) != Some(*term) {
+                    return Applied::Fenced;
+                }
+                if *expected != self.ring_revision || self.ring.is_none() {
+                    return Applied::Stale;
+                }
+                self.copies
+                    .extend(copies.iter().map(|(m, c)| (m.clone(), c.clone())));
                 Applied::Ok
             }
             Command::ForgetMember { term, node_id } => {
