@@ -76,6 +76,7 @@ macro_rules! conformance_properties {
             one_node_id_one_process,
             forgetting_the_dead,
             what_a_watch_carries_is_what_a_read_shows,
+            a_copy_for_a_member_that_joins_lands_beside_the_unchanged_ring,
             a_full_read_of_many_members
         );
     };
@@ -208,6 +209,129 @@ pub async fn what_a_watch_carries_is_what_a_read_shows<C: Coordinator>(a: &C, b:
     carried_matches_read(&mut all, "after b was forgotten", full).await;
     a.resign(term).await.unwrap();
     a.revoke(lease_a).await.unwrap();
+}
+
+/// A member that joins after the ring was written gets a copy of it alone
+/// (`write_copies`): the ring and its revision stay, the member's own read and its watch
+/// carry a copy it opens to the same keys, the other members' copies stay; a copy sealed
+/// for a ring that was replaced since, or written in a term that ended, is refused.
+pub async fn a_copy_for_a_member_that_joins_lands_beside_the_unchanged_ring<C: Coordinator>(
+    a: &C,
+    b: &C,
+) {
+    info!("--- conformance: one more copy of the stored ring, for a member that joins");
+    let ttl = Duration::from_secs(3);
+    let (a_key, b_key) = (Identity::generate(), Identity::generate());
+    let lease_a = a.grant_lease(ttl).await.unwrap();
+    let _keep_a = a.keep_alive(lease_a, ttl).await.unwrap();
+    let lease_b = b.grant_lease(ttl).await.unwrap();
+    let _keep_b = b.keep_alive(lease_b, ttl).await.unwrap();
+    let term = a.campaign(lease_a, "a").await.unwrap().expect("a leads");
+    let (ring, at) = next_ring(a).await;
+    let mut stored = StoredRing::seal(
+        "conformance",
+        &ring,
+        &policy(),
+        "a",
+        &[("a".into(), *a_key.public())],
+    )
+    .0;
+    stored.term = term.0;
+    a.write_ring(term, at, &stored, &[]).await.unwrap();
+    let before = a.snapshot().await.unwrap();
+    let written = before.valid_ring().expect("the ring").clone();
+    let (opened, data_key) = written
+        .open_keeping_key("conformance", "a", &a_key)
+        .expect("the writer opens its own copy and keeps the data key");
+    assert_eq!(opened, ring);
+
+    let mut rec = record("b", 0);
+    rec.public_key = Some(b_key.public().to_base64());
+    b.register(lease_b, &rec).await.unwrap();
+    let joined = b.snapshot_of_member("b").await.unwrap();
+    let mut mine = b.watch_member(joined.revision, "b").await.unwrap();
+    assert!(
+        joined
+            .valid_ring()
+            .unwrap()
+            .open("conformance", "b", &b_key)
+            .is_err(),
+        "b has no copy yet"
+    );
+    let (copies, failed) = written.seal_more_copies(
+        "conformance",
+        &data_key,
+        &[("b".into(), *b_key.public())],
+        None,
+    );
+    assert!(failed.is_empty() && copies.len() == 1);
+    a.write_copies(term, before.ring_revision, &copies)
+        .await
+        .unwrap();
+    let change = tokio::time::timeout(Duration::from_secs(5), mine.changed())
+        .await
+        .expect("b's watch reports its copy")
+        .unwrap();
+    assert!(
+        change.concerns_follower("b"),
+        "b wakes for its own copy: {change:?}"
+    );
+    carried_matches_read(&mut mine, "b, after its copy", || async {
+        b.snapshot_of_member("b").await.unwrap()
+    })
+    .await;
+    let after = a.snapshot().await.unwrap();
+    assert_eq!(
+        after.ring_revision, before.ring_revision,
+        "the ring is not written again"
+    );
+    let now = after.valid_ring().unwrap();
+    assert_eq!(now.write_id(), written.write_id());
+    assert_eq!(
+        now.open("conformance", "b", &b_key).unwrap(),
+        ring,
+        "b opens it"
+    );
+    assert_eq!(
+        now.open("conformance", "a", &a_key).unwrap(),
+        ring,
+        "a's copy stays"
+    );
+    let own = b.snapshot_of_member("b").await.unwrap();
+    assert_eq!(
+        own.valid_ring()
+            .unwrap()
+            .open("conformance", "b", &b_key)
+            .unwrap(),
+        ring
+    );
+
+    info!("--- conformance: a copy for a replaced ring, or from an ended term, is refused");
+    let (next, at) = next_ring(a).await;
+    a.write_ring(term, at, &sealed(&next, "a", &b_key), &[])
+        .await
+        .unwrap();
+    match a.write_copies(term, before.ring_revision, &copies).await {
+        Err(CoordError::Conflict) => {}
+        other => panic!("a copy sealed for a replaced ring must conflict, got {other:?}"),
+    }
+    let replaced = a.snapshot().await.unwrap();
+    assert_eq!(
+        replaced
+            .valid_ring()
+            .unwrap()
+            .open("conformance", "b", &b_key)
+            .unwrap(),
+        next,
+        "the refused copy did not land"
+    );
+    a.resign(term).await.unwrap();
+    match a.write_copies(term, replaced.ring_revision, &copies).await {
+        Err(CoordError::Fenced(t)) => assert_eq!(t, term),
+        other => panic!("a copy from an ended term must be fenced, got {other:?}"),
+    }
+    a.revoke(lease_a).await.unwrap();
+    b.revoke(lease_b).await.unwrap();
 }
 
 /// The next generation above the stored ring's (a Raft group refuses a ring that is not newer).

@@ -1031,6 +1031,79 @@ mod tests {
     /// A ring's copy records keep each member's copy of the ring they replace, so that if the
     /// new ring never lands, the stored one still opens for everyone; once it lands, each
     /// member opens the new ring's.
+    /// The writer seals one more copy of its stored ring for a member that joins, with the
+    /// data key it opened from its own copy: the member opens it to the same ring, and checks
+    /// it was signed by the ring's writer; the same copy signed by another member is refused,
+    /// and a data key is never taken from a copy that does not open.
+    #[test]
+    fn a_copy_sealed_later_by_the_writer_opens_and_one_signed_by_another_is_refused() {
+        let day = Duration::from_secs(86_400);
+        let ca = identity::init_ca("c1", day).unwrap();
+        let trust = Trust::new(ca.cert.as_bytes(), "c1", &[]).unwrap();
+        let creds_of = |id: &str| {
+            let role = identity::Role::Member(id.into());
+            let pem = identity::issue(&ca.cert, &ca.key, &role, &[], day).unwrap();
+            Credentials::new(&trust, pem.cert.as_bytes(), pem.key.as_bytes()).unwrap()
+        };
+        let (writer, joiner) = (Identity::generate(), Identity::generate());
+        let (ring, mut stored) = sealed(&[("n1", &writer)]);
+        let n1 = creds_of("n1");
+        stored.sign("c1", &n1);
+        let back = read_back(&stored);
+        let (opened, key) = back.open_keeping_key("c1", "n1", &writer).unwrap();
+        assert_eq!(opened, ring.to_millis());
+        assert_eq!(key.write(), back.write_id());
+        assert!(!format!("{key:?}").contains("key:"), "{key:?}");
+        let now = SystemTime::now();
+
+        let joined = [("n9".to_owned(), *joiner.public())];
+        let (records, failed) = back.seal_more_copies("c1", &key, &joined, Some(&n1));
+        assert!(failed.is_empty());
+        assert_eq!(records.len(), 1);
+        let (member, bytes) = &records[0];
+        assert_eq!(member, "n9");
+        let copies = decode_copies("n9", bytes).unwrap();
+        assert_eq!(copies.len(), 1, "one copy: the stored ring's");
+        let mut all = back.envelope.copies.clone();
+        all.extend(copies);
+        let now_stored = back.clone().with_copies(all);
+        assert_eq!(
+            now_stored.write_id(),
+            back.write_id(),
+            "the ring is unchanged"
+        );
+        now_stored.copy_is_for_this_ring("n9").unwrap();
+        now_stored.verify_copy("c1", "n9", &trust, now).unwrap();
+        assert_eq!(
+            now_stored.open("c1", "n9", &joiner).unwrap(),
+            ring.to_millis()
+        );
+        assert!(now_stored.usable_copy_for(&MemberRecord {
+            public_key: Some(joiner.public().to_base64()),
+            ..member_record("n9")
+        }));
+
+        // Signed by a member that did not write the ring: refused before it is opened.
+        let (records, _) = back.seal_more_copies("c1", &key, &joined, Some(&creds_of("n2")));
+        let other = back
+            .clone()
+            .with_copies(decode_copies("n9", &records[0].1).unwrap());
+        assert!(matches!(
+            other.verify_copy("c1", "n9", &trust, now),
+            Err(SealError::Unsigned(_))
+        ));
+        // A copy that does not open (a flipped bit) yields no data key.
+        let mut tampered = back.copy_for("n1").unwrap().clone();
+        tampered.sealed_dek[0] ^= 1;
+        assert_eq!(
+            back.clone()
+                .with_copies(vec![tampered])
+                .open_keeping_key("c1", "n1", &writer)
+                .unwrap_err(),
+            SealError::DoesNotOpen
+        );
+    }
+
     #[test]
     fn copy_records_keep_the_stored_rings_copies_until_the_new_ring_lands() {
         let (a, b) = (Identity::generate(), Identity::generate());
