@@ -649,6 +649,15 @@ pub async fn one_node_id_one_process<C: Coordinator>(first: &C, second: &C) {
         .register(l1, &rec)
         .await
         .expect("registering again under its own lease");
+    // The first process acknowledges generation 7; the process that takes the node id over
+    // below registers having applied nothing, and that is what the store must show.
+    first
+        .ack(&MemberRecord {
+            applied_generation: 7,
+            ..rec.clone()
+        })
+        .await
+        .unwrap();
     let l2 = second.grant_lease(ttl).await.unwrap();
     let _k2 = second.keep_alive(l2, ttl).await.unwrap();
     let mut other = rec.clone();
@@ -668,10 +677,16 @@ pub async fn one_node_id_one_process<C: Coordinator>(first: &C, second: &C) {
         .await
         .expect("the same box (same sealing key) takes its node id over");
     let snap = first.snapshot().await.unwrap();
-    assert!(snap
+    let dup = snap
         .members
         .iter()
-        .any(|m| m.record.node_id == "dup" && m.live));
+        .find(|m| m.record.node_id == "dup")
+        .expect("dup is a member");
+    assert!(dup.live);
+    assert_eq!(
+        dup.record.applied_generation, 0,
+        "an earlier process's acknowledgement is never taken for the new one's"
+    );
     second.revoke(l2).await.unwrap();
     first.revoke(l1).await.unwrap();
 }

@@ -62,6 +62,79 @@ mod etcd {
             assert!(own.partial);
         });
     }
+
+    /// In etcd a member's acknowledgement is a small record of its own (`acks/<member>`):
+    /// acknowledging leaves the member record (with its certificate) as registration wrote
+    /// it, a member record changed by someone else is written back by the next
+    /// acknowledgement, and forgetting the member deletes both.
+    #[test]
+    fn an_etcd_acknowledgement_writes_only_its_own_small_record() {
+        use stek_coord::seal::Identity;
+        use stek_coord::{Coordinator, MemberRecord};
+        let (rt, guard, a, _b) = setup("acks-apart");
+        let etcd = &guard.0;
+        let record = MemberRecord {
+            node_id: "n1".into(),
+            version: "test".into(),
+            targets: vec!["nginx".into()],
+            applied_generation: 0,
+            last_error: None,
+            updated_at_ms: 1,
+            public_key: Some(Identity::generate().public().to_base64()),
+            unsealable_generation: None,
+            certificate: Some("A".repeat(900)),
+            key_signature: Some("B".repeat(96)),
+            applied_digest: None,
+        };
+        let read = |key: &str| etcd.get(&format!("/stek/conformance/{key}"));
+        let acked = MemberRecord {
+            applied_generation: 5,
+            updated_at_ms: 2,
+            ..record.clone()
+        };
+        rt.block_on(async {
+            let lease = a
+                .grant_lease(std::time::Duration::from_secs(10))
+                .await
+                .unwrap();
+            a.register(lease, &record).await.unwrap();
+            let registered = read("members/n1");
+            a.ack(&acked).await.unwrap();
+            assert_eq!(
+                read("members/n1"),
+                registered,
+                "the member record is not rewritten"
+            );
+            let ack = read("acks/n1");
+            assert!(ack.len() < 200, "{} bytes", ack.len());
+            let shown = |s: stek_coord::Snapshot| {
+                s.members
+                    .into_iter()
+                    .find(|m| m.record.node_id == "n1")
+                    .unwrap()
+                    .record
+            };
+            assert_eq!(shown(a.snapshot().await.unwrap()), acked);
+            assert_eq!(shown(a.snapshot_of_member("n1").await.unwrap()), acked);
+
+            // Someone else changes the member record: the next acknowledgement puts it back.
+            etcd.put("/stek/conformance/members/n1", b"{}");
+            a.ack(&acked).await.unwrap();
+            assert_eq!(read("members/n1"), registered);
+            assert_eq!(shown(a.snapshot().await.unwrap()), acked);
+
+            a.revoke(lease).await.unwrap();
+            let term = {
+                let l = a
+                    .grant_lease(std::time::Duration::from_secs(10))
+                    .await
+                    .unwrap();
+                a.campaign(l, "lead").await.unwrap().expect("elected")
+            };
+            assert!(a.forget_member(term, "n1").await.unwrap());
+            assert!(read("acks/n1").is_empty(), "forgotten with its record");
+        });
+    }
 }
 
 /// Every property in turn on one Raft group (a group takes seconds to form).

@@ -245,8 +245,16 @@ impl Tracker {
         } else if let Some(id) = rest.strip_prefix("alive/") {
             v.alive.insert(id.to_owned(), !deleted);
         } else if let Some(id) = rest.strip_prefix("members/") {
+            // The record says what it applied only where no acknowledgement is kept apart.
             if let Ok(m) = MemberRecord::decode(value) {
-                v.applied.insert(id.to_owned(), m.applied_generation);
+                v.applied
+                    .entry(id.to_owned())
+                    .or_insert(m.applied_generation);
+            }
+        } else if let Some(id) = rest.strip_prefix(stek_coord::ACKS) {
+            let ack: Option<serde_json::Value> = serde_json::from_slice(value).ok();
+            if let Some(g) = ack.and_then(|a| a["applied_generation"].as_u64()) {
+                v.applied.insert(id.to_owned(), g);
             }
         } else if rest.starts_with("requests/") {
             if deleted {
@@ -308,7 +316,7 @@ impl Tracker {
                         seen.copies.get_or_insert(at);
                     } else if rest == "ring" {
                         seen.ring = Some(at);
-                    } else if rest.starts_with("members/") {
+                    } else if rest.starts_with("members/") || rest.starts_with(stek_coord::ACKS) {
                         seen.last_ack = Some(at);
                     }
                     self.apply(v, kv.key(), kv.value(), deleted);

@@ -282,6 +282,8 @@ impl Etcd {
             }
         } else if let Some(id) = rest.strip_prefix("alive/") {
             raw.alive.insert(id.to_owned());
+        } else if let Some(id) = rest.strip_prefix(crate::ACKS) {
+            raw.acks.push((full, id.to_owned(), kv.value().to_vec()));
         } else if let Some(id) = rest.strip_prefix("members/") {
             raw.members
                 .push((full.clone(), id.to_owned(), kv.value().to_vec()));
@@ -344,6 +346,11 @@ impl Etcd {
             revision = revision.max(resp.header().map_or(0, |h| h.revision()));
         }
         Ok(revision)
+    }
+
+    /// The key of `node_id`'s acknowledgement ([`crate::ACKS`]).
+    fn ack_key(&self, node_id: &str) -> String {
+        self.key(&format!("{}{node_id}", crate::ACKS))
     }
 
     /// Deletes the copies of members the ring just written has none for (members forgotten,
@@ -510,6 +517,7 @@ impl Coordinator for Etcd {
             vec![
                 TxnOp::get(self.key("leader"), None),
                 TxnOp::get(self.key(&format!("members/{node_id}")), None),
+                TxnOp::get(self.key(&format!("{}{node_id}", crate::ACKS)), None),
                 TxnOp::get(self.key(&format!("alive/{node_id}")), None),
                 TxnOp::get(self.key(&crate::copy_key(node_id)), None),
             ]
@@ -579,12 +587,13 @@ impl Coordinator for Etcd {
     async fn watch_member(&self, revision: i64, node_id: &str) -> Result<EtcdWatch, CoordError> {
         let mut client = self.client.clone();
         let from = || Some(WatchOptions::new().with_start_revision(revision + 1));
-        // Five exact keys on one stream: no other member's acknowledgement or copy reaches
+        // Six exact keys on one stream: no other member's acknowledgement or copy reaches
         // this node.
         let keys = [
             "ring".to_owned(),
             "leader".to_owned(),
             format!("members/{node_id}"),
+            format!("{}{node_id}", crate::ACKS),
             format!("alive/{node_id}"),
             crate::copy_key(node_id),
         ];
@@ -637,6 +646,8 @@ impl Coordinator for Etcd {
     async fn register(&self, lease: LeaseId, member: &MemberRecord) -> Result<(), CoordError> {
         let mut client = self.client.clone();
         let alive = self.key(&format!("alive/{}", member.node_id));
+        // Who it is, and its acknowledgement apart: an acknowledgement left by an earlier
+        // process of this node id is replaced here, never taken for this one's.
         let puts = || {
             [
                 TxnOp::put(
@@ -646,9 +657,10 @@ impl Coordinator for Etcd {
                 ),
                 TxnOp::put(
                     self.key(&format!("members/{}", member.node_id)),
-                    member.encode(),
+                    member.identity().encode(),
                     None,
                 ),
+                TxnOp::put(self.ack_key(&member.node_id), member.encode_ack(), None),
             ]
         };
         // Free: register. Held: by this process or an earlier one of this box (the same
@@ -696,14 +708,20 @@ impl Coordinator for Etcd {
 
     async fn ack(&self, member: &MemberRecord) -> Result<(), CoordError> {
         let mut client = self.client.clone();
-        client
-            .put(
-                self.key(&format!("members/{}", member.node_id)),
-                member.encode(),
-                None,
-            )
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        // The acknowledgement alone while the member record says who this node is; the
+        // record too when it does not (gone, forged, or written by another version).
+        let record = self.key(&format!("members/{}", member.node_id));
+        let identity = member.identity().encode();
+        let ack = TxnOp::put(self.ack_key(&member.node_id), member.encode_ack(), None);
+        let txn = Txn::new()
+            .when([Compare::value(
+                record.clone(),
+                CompareOp::Equal,
+                identity.clone(),
+            )])
+            .and_then([ack.clone()])
+            .or_else([TxnOp::put(record, identity, None), ack]);
+        client.txn(txn).await.map_err(|e| self.unreachable(e))?;
         Ok(())
     }
 
@@ -807,6 +825,7 @@ impl Coordinator for Etcd {
             ])
             .and_then([
                 TxnOp::delete(record, None),
+                TxnOp::delete(self.ack_key(node_id), None),
                 TxnOp::delete(self.key(&crate::copy_key(node_id)), None),
             ])
             .or_else([TxnOp::get(

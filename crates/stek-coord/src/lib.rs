@@ -37,6 +37,11 @@ pub use records::{MemberRecord, RecordError, RequestRecord, RingSignature, Store
 /// Where a member's sealed copy of the ring's data key is stored, under the cluster prefix.
 pub const COPIES: &str = "ring/copies/";
 
+/// Where etcd keeps each member's acknowledgement apart from its member record
+/// (`acks/<member>`, [`records::MemberRecord::encode_ack`]): the record, with the member's
+/// certificate, is written once at registration; an acknowledgement is a tenth of its size.
+pub const ACKS: &str = "acks/";
+
 /// The key of `member`'s sealed copy, under the cluster prefix.
 pub fn copy_key(member: &str) -> String {
     format!("{COPIES}{member}")
@@ -290,6 +295,9 @@ pub(crate) struct RawSnapshot {
     pub alive: std::collections::BTreeSet<String>,
     /// (full key, node id from the key, value)
     pub members: Vec<(String, String, Vec<u8>)>,
+    /// Acknowledgements kept apart from their member records (etcd's `acks/<member>`):
+    /// (full key, node id from the key, value). One without a member record is ignored.
+    pub acks: Vec<(String, String, Vec<u8>)>,
     /// Sealed copies: (full key, node id from the key, value)
     pub copies: Vec<(String, String, Vec<u8>)>,
     /// (full key, value)
@@ -344,6 +352,14 @@ impl RawSnapshot {
                     .rejected
                     .push((key, RecordError::WrongMember(m.node_id))),
                 Err(e) => snap.rejected.push((key, e)),
+            }
+        }
+        for (key, id, value) in self.acks {
+            if let Some(m) = by_id.get_mut(&id) {
+                match m.with_ack(&value) {
+                    Ok(merged) => *m = merged,
+                    Err(e) => snap.rejected.push((key, e)),
+                }
             }
         }
         for (key, value) in self.requests {
@@ -477,6 +493,7 @@ impl Change {
             keys.iter().any(|k| {
                 k != "ring"
                     && k.strip_prefix("members/") != Some(node_id)
+                    && k.strip_prefix(ACKS) != Some(node_id)
                     && k.strip_prefix("alive/") != Some(node_id)
                     && k.strip_prefix(COPIES) != Some(node_id)
             })
@@ -493,9 +510,11 @@ impl Change {
                 k == "ring"
                     || k == "leader"
                     || k.strip_prefix("members/") == Some(node_id)
+                    || k.strip_prefix(ACKS) == Some(node_id)
                     || k.strip_prefix("alive/") == Some(node_id)
                     || k.strip_prefix(COPIES) == Some(node_id)
                     || !(k.starts_with("members/")
+                        || k.starts_with(ACKS)
                         || k.starts_with("alive/")
                         || k.starts_with("requests/")
                         || k.starts_with(COPIES))
@@ -671,6 +690,7 @@ mod tests {
             &["alive/n3", "members/n3"],
             &["requests/0001-ab"],
             &["ring/copies/n2"],
+            &["acks/n2"],
         ] {
             assert!(!change(quiet).concerns_follower("n1"), "{quiet:?}");
         }
@@ -681,6 +701,7 @@ mod tests {
             &["alive/n1"],
             &["members/n2", "ring"],
             &["ring/copies/n1"],
+            &["acks/n1"],
             &["nonsense"],
         ] {
             assert!(change(loud).concerns_follower("n1"), "{loud:?}");
@@ -696,6 +717,7 @@ mod tests {
             &["members/n1"],
             &["alive/n1", "ring"],
             &["ring/copies/n1"],
+            &["acks/n1"],
         ] {
             assert!(!change(own).needs_full_read("n1"), "{own:?}");
         }

@@ -697,6 +697,21 @@ pub struct MemberRecord {
     pub applied_digest: Option<String>,
 }
 
+/// A member's acknowledgement alone: the fields of its [`MemberRecord`] that change at every
+/// ring it applies.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckRecord {
+    applied_generation: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    applied_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+    updated_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unsealable_generation: Option<u64>,
+}
+
 /// The longest `last_error` a member record carries (a reload's stderr can be anything):
 /// longer ones are cut, when written and when read.
 pub const MAX_LAST_ERROR: usize = 1024;
@@ -722,7 +737,56 @@ impl MemberRecord {
 
     /// Parses a member record; a public key that is not 32 bytes of base64 rejects it.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        let mut record: Self = serde_json::from_slice(bytes).map_err(|e| shape("member", &e))?;
+        let record: Self = serde_json::from_slice(bytes).map_err(|e| shape("member", &e))?;
+        record.checked()
+    }
+
+    /// The record without its acknowledgement: what stays the same while its process runs
+    /// (who it is, its targets, its sealing key and certificate). Where the store keeps the
+    /// acknowledgement in a record of its own (etcd's `acks/<member>`,
+    /// [`MemberRecord::encode_ack`]), this is written once, at registration.
+    pub fn identity(&self) -> Self {
+        Self {
+            applied_generation: 0,
+            applied_digest: None,
+            last_error: None,
+            updated_at_ms: 0,
+            unsealable_generation: None,
+            ..self.clone()
+        }
+    }
+
+    /// Encodes the acknowledgement alone (about 150 bytes, where the whole record is about
+    /// 1.5 KB with a certificate): what a member writes at every ring it applies.
+    pub fn encode_ack(&self) -> Vec<u8> {
+        serde_json::to_vec(&AckRecord {
+            applied_generation: self.applied_generation,
+            applied_digest: self.applied_digest.clone(),
+            last_error: self.last_error.clone(),
+            updated_at_ms: self.updated_at_ms,
+            unsealable_generation: self.unsealable_generation,
+        })
+        .expect("an acknowledgement always serialises: plain strings and numbers")
+    }
+
+    /// This record with the acknowledgement `bytes` ([`MemberRecord::encode_ack`]) in place of
+    /// its own, checked as a whole record is.
+    pub fn with_ack(&self, bytes: &[u8]) -> Result<Self, RecordError> {
+        let ack: AckRecord =
+            serde_json::from_slice(bytes).map_err(|e| shape("acknowledgement", &e))?;
+        Self {
+            applied_generation: ack.applied_generation,
+            applied_digest: ack.applied_digest,
+            last_error: ack.last_error,
+            updated_at_ms: ack.updated_at_ms,
+            unsealable_generation: ack.unsealable_generation,
+            ..self.clone()
+        }
+        .checked()
+    }
+
+    fn checked(mut self) -> Result<Self, RecordError> {
+        let record = &mut self;
         if record.public_key.is_some() && record.sealing_key().is_none() {
             return Err(RecordError::PublicKey);
         }
@@ -738,7 +802,7 @@ impl MemberRecord {
             return Err(RecordError::Digest);
         }
         record.last_error = record.last_error.as_deref().map(cut_error);
-        Ok(record)
+        Ok(self)
     }
 
     /// Signs the record's sealing public key as `creds`, for cluster `cluster`.
@@ -1320,6 +1384,64 @@ mod tests {
         };
         assert_eq!(RequestRecord::decode(&r.encode()).unwrap(), r);
         assert!(RequestRecord::decode(b"[1]").is_err());
+    }
+
+    /// A record split in two (who it is, written once; its acknowledgement, at every ring)
+    /// reads back as the whole record; the acknowledgement is small, replaces the record's
+    /// own fields, and is checked like them.
+    #[test]
+    fn an_acknowledgement_alone_merges_into_the_record_and_is_checked_like_it() {
+        let (ring, _) = sealed(&[]);
+        let mut whole = MemberRecord {
+            public_key: Some(Identity::generate().public().to_base64()),
+            certificate: Some("A".repeat(1000)),
+            key_signature: Some("B".repeat(96)),
+            ..member_record("n1")
+        };
+        whole.applied_generation = ring.generation();
+        whole.applied_digest = Some(ring.digest().to_string());
+        whole.last_error = Some("reload failed".into());
+        whole.unsealable_generation = Some(2);
+        whole.updated_at_ms = 1234;
+        let identity = MemberRecord::decode(&whole.identity().encode()).unwrap();
+        assert_eq!(identity.applied_generation, 0);
+        assert_eq!(identity.certificate, whole.certificate);
+        let ack = whole.encode_ack();
+        assert!(ack.len() < 200, "{} bytes", ack.len());
+        assert_eq!(identity.with_ack(&ack).unwrap(), whole);
+        // An acknowledgement replaces what the identity record says, and no more.
+        let older = MemberRecord {
+            applied_generation: 1,
+            ..whole.clone()
+        };
+        assert_eq!(whole.with_ack(&older.encode_ack()).unwrap(), older);
+        // Checked as a whole record is: absurd numbers, a bad digest, unknown fields, a huge
+        // error (cut).
+        let absurd = MemberRecord {
+            applied_generation: u64::MAX,
+            ..whole.clone()
+        };
+        assert_eq!(
+            identity.with_ack(&absurd.encode_ack()),
+            Err(RecordError::AbsurdGeneration)
+        );
+        let bad = MemberRecord {
+            applied_digest: Some("nope".into()),
+            ..whole.clone()
+        };
+        assert_eq!(
+            identity.with_ack(&bad.encode_ack()),
+            Err(RecordError::Digest)
+        );
+        assert!(identity
+            .with_ack(br#"{"applied_generation":1,"updated_at_ms":1,"certificate":"x"}"#)
+            .is_err());
+        let long = MemberRecord {
+            last_error: Some("x".repeat(100_000)),
+            ..whole
+        };
+        let read = identity.with_ack(&long.encode_ack()).unwrap();
+        assert!(read.last_error.unwrap().len() <= MAX_LAST_ERROR);
     }
 
     #[test]

@@ -145,6 +145,8 @@ impl RaftClient {
                 .into_iter()
                 .map(|(id, v)| (format!("{p}members/{id}"), id, v))
                 .collect(),
+            // The group keeps each member's record whole: no key is sent to every node.
+            acks: Vec::new(),
             copies: data
                 .copies
                 .into_iter()
