@@ -307,9 +307,20 @@ impl Tracker {
                 if let Some(kv) = e.kv() {
                     let deleted = e.event_type() == EventType::Delete;
                     seen.writes += 1;
-                    seen.bytes += (kv.key().len() + kv.value().len()) as u64;
+                    let size = (kv.key().len() + kv.value().len()) as u64;
+                    seen.bytes += size;
                     let key = String::from_utf8_lossy(kv.key());
                     let rest = key.strip_prefix(self.prefix.as_str()).unwrap_or(&key);
+                    let kind = if rest == "ring" {
+                        0
+                    } else if rest.starts_with("ring/copies/") {
+                        1
+                    } else if rest.starts_with("members/") || rest.starts_with(stek_coord::ACKS) {
+                        2
+                    } else {
+                        3
+                    };
+                    seen.by_kind[kind] += size;
                     if rest.starts_with("requests/") && !deleted {
                         seen.request.get_or_insert(at);
                     } else if rest.starts_with("ring/copies/") {
@@ -334,6 +345,9 @@ struct Seen {
     ok: bool,
     writes: u64,
     bytes: u64,
+    /// Key and value bytes written, by record: ring, copies, member records and
+    /// acknowledgements, the rest (requests, leases, leader).
+    by_kind: [u64; 4],
     /// The request's put.
     request: Option<Instant>,
     /// The first copy the leader wrote (its decision made, the ring sealed).
@@ -415,6 +429,8 @@ struct Latency {
     bytes: f64,
     /// Unary requests etcd handled per rotation (reads and transactions).
     requests: f64,
+    /// Key and value bytes written per rotation, by record ([`Seen::by_kind`]).
+    by_kind: [f64; 4],
     ring_bytes: usize,
     /// Per rotation: request seen to first copy (the leader read, decided and sealed), first
     /// copy to ring (the copies written), ring to last acknowledgement (every member read
@@ -468,6 +484,7 @@ async fn etcd_latency(
         samples: Vec::new(),
         converge,
         writes: 0.0,
+        by_kind: [0.0; 4],
         bytes: 0.0,
         requests: 0.0,
         ring_bytes: view.ring_bytes,
@@ -491,6 +508,7 @@ async fn etcd_latency(
         .unwrap();
     let signer = operator(dir, &cluster);
     let (mut total_writes, mut total_bytes, mut total_requests) = (0u64, 0.0, 0.0);
+    let mut by_kind = [0u64; 4];
     for _ in 0..rotations {
         if result.failed.is_some() {
             break;
@@ -525,6 +543,9 @@ async fn etcd_latency(
             ]);
         }
         total_writes += seen.writes;
+        for (t, s) in by_kind.iter_mut().zip(seen.by_kind) {
+            *t += s;
+        }
         // Let stragglers' extra writes (reseals, the leader's clean-up) land before counting.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let after = etcd_counters(endpoint).unwrap_or_default();
@@ -533,6 +554,7 @@ async fn etcd_latency(
     }
     let k = result.samples.len().max(1) as f64;
     result.writes = total_writes as f64 / k;
+    result.by_kind = by_kind.map(|b| b as f64 / k);
     result.bytes = total_bytes / k;
     result.requests = total_requests / k;
     if n == 3 && result.failed.is_none() {
@@ -880,7 +902,7 @@ fn main() -> std::process::ExitCode {
     let all: &[(usize, usize, u64)] = if quick {
         &[(3, 5, 60)]
     } else {
-        &[(3, 30, 60), (10, 30, 60), (100, 10, 120), (1000, 3, 240)]
+        &[(3, 30, 60), (10, 30, 60), (100, 10, 120), (1000, 3, 420)]
     };
     // STEK_BENCH_NS=1000 (or 3,100) measures only those N, for working on one of them; the
     // figures go to target/benchmark-results-partial.md, not to docs/.
@@ -939,6 +961,7 @@ fn main() -> std::process::ExitCode {
 | N | rotations | p50 | p99 | p99 / etcd p99 | to converge at start | keys written / rotation | store requests / rotation | etcd bytes / rotation | per member | ring record | target | verdict |\n\
 |---|---|---|---|---|---|---|---|---|---|---|---|---|").unwrap();
         let mut steps_table = String::new();
+        let mut kinds_table = String::new();
         let mut cli = Vec::new();
         let mut rotation_p50_at_3 = Duration::ZERO;
         for &(n, rotations, budget) in &ns {
@@ -993,6 +1016,17 @@ fn main() -> std::process::ExitCode {
                 verdict
             )
             .unwrap();
+            let per = |b: f64| format!("{:.0} B ({:.0} B per member)", b, b / n as f64);
+            writeln!(
+                kinds_table,
+                "| {} | {} | {} | {} | {} |",
+                l.n,
+                per(l.by_kind[0]),
+                per(l.by_kind[1]),
+                per(l.by_kind[2]),
+                per(l.by_kind[3]),
+            )
+            .unwrap();
             writeln!(
                 steps_table,
                 "| {} | {} | {} | {} |",
@@ -1011,11 +1045,14 @@ fn main() -> std::process::ExitCode {
         }
         writeln!(out, "\n### Where the time of one rotation goes (medians, as etcd's watch shows each step to the bench)\n\n\
 | N | request to the first copy written (the leader's watch, read, decision, seal) | first copy to ring stored (every copy written) | ring stored to the last acknowledgement (members read their copy, write files, acknowledge) |\n|---|---|---|---|\n{steps_table}").unwrap();
+        writeln!(out, "### What one rotation writes, by record (keys and values, each counted once as written; etcd also sends each to every watch that covers it)\n\n\
+| N | ring | copies (`ring/copies/`) | member records and acknowledgements (`members/`, `acks/`) | the rest (requests, leases, leader) |\n|---|---|---|---|---|\n{kinds_table}").unwrap();
         if !quick {
             out.push_str("### What bounds the misses\n\n\
 - All N members are node tasks in this one process, sharing this machine's 2 cores with etcd. A rotation's work for each member (check the ring's and its copy's signatures, open its copy, write its file, acknowledge) therefore runs one member after another here, where N boxes do it side by side: the step \"ring stored to the last acknowledgement\" grows about linearly with N. At N = 100 and N = 1000 the time targets measure this machine's CPU as much as the protocol.\n\
 - The ratio at N = 3: a rotation is three store round trips in a row (the request reaches the leader; the copies, then the ring, reach the members; the acknowledgements reach whoever waits), plus the leader's copy write before its ring, and each member's signature checks, copy opening and file write. etcd's bare round trip here is well under a millisecond; the work around the round trips is most of a rotation.\n\
-- Bytes per member: a rotation moves, per member, the ring record (about 1.7 KB with `[identity]`: the writer's certificate and signature) to the member; its copy record (its copy of the new ring and of the one before, about 0.9 KB) written, sent to it and to the leader's watch; and its acknowledgement (about 2 KB: the member record carries the member's certificate and enrollment signature) written, sent to the leader and back to the member's own watch. The next steps: an acknowledgement record without the certificate (the enrollment in a record of its own, written once), and a member that joins costing one copy instead of a reseal of every member's.\n\
+- Bytes per member: a rotation moves, per member, the ring record (about 1.7 KB with `[identity]`: the writer's certificate and signature) to the member; its copy record (its copy of the new ring and of the one before, about 0.9 KB with their signatures) written, sent to it and to the leader's watch; and its acknowledgement (`acks/<member>`, about 150 bytes) written, sent to the leader and back to the member's own watch; plus gRPC and etcd's per-event framing (key, revisions, lease) on each. The ring record to every member and the copy record three times are most of it; see the table above.\n\
+- Converging at start (not a target): each of the N in-process nodes verifies every member's enrollment (two P-256 signatures each) on its first full read, so the start costs N^2 verifications on these 2 cores, where each of N boxes does N in parallel.\n\
 - The embedded coordinator: the Raft peer protocol says that, not what, changed, so every node reads the whole state after each change, and the benchmark polls for completion every 2 ms.\n\n");
         }
         save(&out);

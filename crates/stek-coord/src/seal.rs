@@ -148,14 +148,7 @@ pub struct MemberKeyId([u8; 8]);
 impl MemberKeyId {
     /// Parses the 16 hex digits `Display` prints.
     pub fn from_hex(text: &str) -> Option<Self> {
-        if text.len() != 16 || !text.is_ascii() {
-            return None;
-        }
-        let mut out = [0u8; 8];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-        }
-        Some(Self(out))
+        stek_core::hex::parse(text).map(Self)
     }
 }
 
@@ -228,14 +221,7 @@ impl WriteId {
 
     /// Parses the 32 hex digits `Display` writes.
     pub fn from_hex(text: &str) -> Option<Self> {
-        if text.len() != 32 || !text.is_ascii() {
-            return None;
-        }
-        let mut out = [0u8; 16];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-        }
-        Some(Self(out))
+        stek_core::hex::parse(text).map(Self)
     }
 }
 

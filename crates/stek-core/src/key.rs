@@ -56,14 +56,7 @@ impl Fingerprint {
 
     /// Parses the 8 hex digits [`Display`](fmt::Display) prints.
     pub fn from_hex(text: &str) -> Option<Self> {
-        if text.len() != 8 || !text.is_ascii() {
-            return None;
-        }
-        let mut out = [0u8; 4];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-        }
-        Some(Self(out))
+        crate::hex::parse(text).map(Self)
     }
 }
 

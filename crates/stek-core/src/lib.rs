@@ -6,6 +6,7 @@
 //! repeatable. Everything else in stek depends on this crate; it depends on nothing of stek's.
 
 pub mod formats;
+pub mod hex;
 pub mod key;
 pub mod ring;
 pub mod rotation;

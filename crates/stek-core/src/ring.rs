@@ -290,14 +290,7 @@ pub struct RingDigest([u8; 16]);
 impl RingDigest {
     /// Parses the 32 hex digits [`RingDigest`]'s `Display` writes.
     pub fn from_hex(text: &str) -> Option<Self> {
-        if text.len() != 32 || !text.is_ascii() {
-            return None;
-        }
-        let mut out = [0u8; 16];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-        }
-        Some(Self(out))
+        crate::hex::parse(text).map(Self)
     }
 }
 
