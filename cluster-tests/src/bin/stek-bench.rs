@@ -360,11 +360,13 @@ struct Seen {
 
 /// etcd's own counters (its /metrics): bytes it received from and sent to clients over gRPC
 /// (every write, read and watch delivery), and the unary requests it handled.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct EtcdCounters {
     received: f64,
     sent: f64,
     requests: f64,
+    /// Unary requests by gRPC method (Range, Txn, Put, LeaseGrant, ...).
+    by_method: std::collections::BTreeMap<String, f64>,
 }
 
 fn etcd_counters(endpoint: &str) -> Option<EtcdCounters> {
@@ -389,6 +391,12 @@ fn etcd_counters(endpoint: &str) -> Option<EtcdCounters> {
             && name.contains("grpc_type=\"unary\"")
         {
             c.requests += value;
+            let method = name
+                .split("grpc_method=\"")
+                .nth(1)
+                .and_then(|m| m.split('"').next())
+                .unwrap_or("?");
+            *c.by_method.entry(method.to_owned()).or_default() += value;
         }
     }
     Some(c)
@@ -431,6 +439,8 @@ struct Latency {
     requests: f64,
     /// Key and value bytes written per rotation, by record ([`Seen::by_kind`]).
     by_kind: [f64; 4],
+    /// Store requests per rotation by gRPC method, as text.
+    by_method: String,
     ring_bytes: usize,
     /// Per rotation: request seen to first copy (the leader read, decided and sealed), first
     /// copy to ring (the copies written), ring to last acknowledgement (every member read
@@ -485,6 +495,7 @@ async fn etcd_latency(
         converge,
         writes: 0.0,
         by_kind: [0.0; 4],
+        by_method: String::new(),
         bytes: 0.0,
         requests: 0.0,
         ring_bytes: view.ring_bytes,
@@ -509,6 +520,7 @@ async fn etcd_latency(
     let signer = operator(dir, &cluster);
     let (mut total_writes, mut total_bytes, mut total_requests) = (0u64, 0.0, 0.0);
     let mut by_kind = [0u64; 4];
+    let mut by_method: std::collections::BTreeMap<String, f64> = Default::default();
     for _ in 0..rotations {
         if result.failed.is_some() {
             break;
@@ -551,12 +563,22 @@ async fn etcd_latency(
         let after = etcd_counters(endpoint).unwrap_or_default();
         total_bytes += (after.received - counters.received) + (after.sent - counters.sent);
         total_requests += after.requests - counters.requests;
+        for (m, v) in &after.by_method {
+            *by_method.entry(m.clone()).or_default() +=
+                v - counters.by_method.get(m).copied().unwrap_or(0.0);
+        }
     }
     let k = result.samples.len().max(1) as f64;
     result.writes = total_writes as f64 / k;
     result.by_kind = by_kind.map(|b| b as f64 / k);
     result.bytes = total_bytes / k;
     result.requests = total_requests / k;
+    result.by_method = by_method
+        .into_iter()
+        .filter(|(_, v)| *v > 0.0)
+        .map(|(m, v)| format!("{m} {:.0}", v / k))
+        .collect::<Vec<_>>()
+        .join(", ");
     if n == 3 && result.failed.is_none() {
         let runs = if rotations > 5 { 20 } else { 3 };
         result.cli = rotate_wait_wall_times(&nodes[0].config_path, runs).await;
@@ -1019,12 +1041,13 @@ fn main() -> std::process::ExitCode {
             let per = |b: f64| format!("{:.0} B ({:.0} B per member)", b, b / n as f64);
             writeln!(
                 kinds_table,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |",
                 l.n,
                 per(l.by_kind[0]),
                 per(l.by_kind[1]),
                 per(l.by_kind[2]),
                 per(l.by_kind[3]),
+                l.by_method,
             )
             .unwrap();
             writeln!(
@@ -1046,7 +1069,7 @@ fn main() -> std::process::ExitCode {
         writeln!(out, "\n### Where the time of one rotation goes (medians, as etcd's watch shows each step to the bench)\n\n\
 | N | request to the first copy written (the leader's watch, read, decision, seal) | first copy to ring stored (every copy written) | ring stored to the last acknowledgement (members read their copy, write files, acknowledge) |\n|---|---|---|---|\n{steps_table}").unwrap();
         writeln!(out, "### What one rotation writes, by record (keys and values, each counted once as written; etcd also sends each to every watch that covers it)\n\n\
-| N | ring | copies (`ring/copies/`) | member records and acknowledgements (`members/`, `acks/`) | the rest (requests, leases, leader) |\n|---|---|---|---|---|\n{kinds_table}").unwrap();
+| N | ring | copies (`ring/copies/`) | member records and acknowledgements (`members/`, `acks/`) | the rest (requests, leases, leader) | store requests by method |\n|---|---|---|---|---|---|\n{kinds_table}").unwrap();
         if !quick {
             out.push_str("### What bounds the misses\n\n\
 - All N members are node tasks in this one process, sharing this machine's 2 cores with etcd. A rotation's work for each member (check the ring's and its copy's signatures, open its copy, write its file, acknowledge) therefore runs one member after another here, where N boxes do it side by side: the step \"ring stored to the last acknowledgement\" grows about linearly with N. At N = 100 and N = 1000 the time targets measure this machine's CPU as much as the protocol.\n\

@@ -58,6 +58,14 @@ impl ChangeStream for BackendWatch {
             Self::Memory(w) => w.changed().await,
         }
     }
+
+    async fn queued(&mut self) -> Option<Result<Change, CoordError>> {
+        match self {
+            Self::Etcd(w) => w.queued().await,
+            Self::Raft(w) => w.queued().await,
+            Self::Memory(w) => w.queued().await,
+        }
+    }
 }
 
 /// Calls `$call` on whichever store `$self` holds.

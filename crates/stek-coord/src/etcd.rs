@@ -37,7 +37,14 @@ pub struct Etcd {
     /// The last ring record read, by its mod revision: a member's read fetches the ring's bytes
     /// (hundreds of KB with many members) only when it changed.
     ring_cache: RingCache,
+    /// The revision at which this handle last wrote each node's member record (registration,
+    /// or an acknowledgement that wrote it back): an acknowledgement is put alone while the
+    /// record is still that one, checked by its revision rather than by sending the record.
+    registered: Registered,
 }
+
+/// Node id to (the revision its member record was written at by this handle, that record).
+type Registered = std::sync::Arc<std::sync::Mutex<BTreeMap<String, (i64, Vec<u8>)>>>;
 
 /// The last ring record read: (mod revision, bytes).
 type RingCache = std::sync::Arc<std::sync::Mutex<Option<(i64, Vec<u8>)>>>;
@@ -114,6 +121,7 @@ impl Etcd {
             prefix: format!("/stek/{cluster}/"),
             endpoints: shown,
             ring_cache: std::sync::Arc::default(),
+            registered: std::sync::Arc::default(),
         })
     }
 
@@ -205,6 +213,15 @@ impl ChangeStream for EtcdWatch {
         self.mirror.as_deref().map(Mirror::snapshot)
     }
 
+    async fn queued(&mut self) -> Option<Result<Change, CoordError>> {
+        // Polled once: a response already received is taken; none is waited for. The stream
+        // keeps its state between polls (tonic's `Streaming`), so dropping the pending poll
+        // loses nothing, as when `changed()` loses a `select!`.
+        tokio::time::timeout(Duration::ZERO, self.changed())
+            .await
+            .ok()
+    }
+
     async fn changed(&mut self) -> Result<Change, CoordError> {
         loop {
             match self.stream.message().await {
@@ -241,7 +258,7 @@ impl ChangeStream for EtcdWatch {
                             .map(|kv| kv.mod_revision())
                             .max()
                             .unwrap_or_else(|| resp.header().map_or(0, |h| h.revision()));
-                        // A member's watch is five watchers, each in order but not with each
+                        // A member's watch is six watchers, each in order but not with each
                         // other: a later event may carry an earlier revision, so no revision
                         // is given (0: never skipped as already read).
                         let revision = if self.ordered { revision } else { 0 };
@@ -346,6 +363,17 @@ impl Etcd {
             revision = revision.max(resp.header().map_or(0, |h| h.revision()));
         }
         Ok(revision)
+    }
+
+    /// Remembers that `resp` wrote `member`'s record (its identity) at its revision.
+    fn remember_record(&self, member: &MemberRecord, resp: &etcd_client::TxnResponse) {
+        let revision = resp.header().map_or(0, |h| h.revision());
+        if let Ok(mut r) = self.registered.lock() {
+            r.insert(
+                member.node_id.clone(),
+                (revision, member.identity().encode()),
+            );
+        }
     }
 
     /// The key of `node_id`'s acknowledgement ([`crate::ACKS`]).
@@ -672,6 +700,7 @@ impl Coordinator for Etcd {
                 .or_else([TxnOp::get(alive.clone(), None)]);
             let resp = client.txn(txn).await.map_err(|e| self.unreachable(e))?;
             if resp.succeeded() {
+                self.remember_record(member, &resp);
                 return Ok(());
             }
             let held = resp.op_responses().into_iter().find_map(|op| match op {
@@ -694,12 +723,9 @@ impl Coordinator for Etcd {
                     held.mod_revision(),
                 )])
                 .and_then(puts());
-            if client
-                .txn(txn)
-                .await
-                .map_err(|e| self.unreachable(e))?
-                .succeeded()
-            {
+            let resp = client.txn(txn).await.map_err(|e| self.unreachable(e))?;
+            if resp.succeeded() {
+                self.remember_record(member, &resp);
                 return Ok(());
             }
         }
@@ -710,18 +736,30 @@ impl Coordinator for Etcd {
         let mut client = self.client.clone();
         // The acknowledgement alone while the member record says who this node is; the
         // record too when it does not (gone, forged, or written by another version).
+        // Which record is "the one this process wrote" is told by its revision, so the
+        // transaction does not carry the record (about 1.5 KB with a certificate).
         let record = self.key(&format!("members/{}", member.node_id));
         let identity = member.identity().encode();
+        let written = self
+            .registered
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&member.node_id).cloned())
+            .filter(|(_, bytes)| *bytes == identity)
+            .map(|(revision, _)| revision);
         let ack = TxnOp::put(self.ack_key(&member.node_id), member.encode_ack(), None);
-        let txn = Txn::new()
-            .when([Compare::value(
-                record.clone(),
-                CompareOp::Equal,
-                identity.clone(),
-            )])
-            .and_then([ack.clone()])
-            .or_else([TxnOp::put(record, identity, None), ack]);
-        client.txn(txn).await.map_err(|e| self.unreachable(e))?;
+        let both = [TxnOp::put(record.clone(), identity, None), ack.clone()];
+        let txn = match written {
+            Some(revision) => Txn::new()
+                .when([Compare::mod_revision(record, CompareOp::Equal, revision)])
+                .and_then([ack])
+                .or_else(both),
+            None => Txn::new().and_then(both),
+        };
+        let resp = client.txn(txn).await.map_err(|e| self.unreachable(e))?;
+        if written.is_none() || !resp.succeeded() {
+            self.remember_record(member, &resp);
+        }
         Ok(())
     }
 

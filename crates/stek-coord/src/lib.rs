@@ -536,6 +536,14 @@ pub trait ChangeStream: Send {
     fn snapshot(&self) -> Option<Snapshot> {
         None
     }
+
+    /// A change this watch has already received, without waiting or asking the store:
+    /// `None` when there is none, or when the backend cannot tell without asking (its
+    /// changes do not queue: Raft's and the in-memory store's coalesce by themselves). A pass
+    /// that takes every queued change first covers them all at once.
+    fn queued(&mut self) -> impl Future<Output = Option<Result<Change, CoordError>>> + Send {
+        async { None }
+    }
 }
 
 /// What the node runtime needs from a coordination store.

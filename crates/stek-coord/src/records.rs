@@ -72,6 +72,16 @@ pub enum RecordError {
         "sealed copy record holds {0} copies; it holds 1 or 2 (this ring's, and the one before)"
     )]
     CopyCount(usize),
+    /// An acknowledgement kept apart from its member record (`acks/<member>`) that names
+    /// another sealing key than the record: left by another process (an older stek that
+    /// registered without writing one, a partial restore). It is not counted.
+    #[error("acknowledgement names sealing key {ack}, but the member record's is {record}: it belongs to another process of this node id and is not counted")]
+    AckOfAnotherKey {
+        /// The key id the acknowledgement names.
+        ack: String,
+        /// The member record's key id.
+        record: String,
+    },
     /// A sealed copy whose `ring` is not a write id.
     #[error("sealed copy's ring is not a ring write id (32 hex digits)")]
     CopyRing,
@@ -471,8 +481,9 @@ impl StoredRing {
     pub fn usable_copy_for(&self, member: &MemberRecord) -> bool {
         let generation = self.ring.generation();
         member.sealing_key().is_some_and(|key| {
-            self.copy_for(&member.node_id)
-                .is_some_and(|c| c.recipient == key.id() && c.ring == self.write_id())
+            self.copy_for(&member.node_id).is_some_and(|c| {
+                c.recipient == key.id() && c.ring == self.write_id() && c.generation == generation
+            })
         }) && member.unsealable_generation != Some(generation)
     }
 }
@@ -702,6 +713,9 @@ pub struct MemberRecord {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AckRecord {
+    /// The id of the sealing key of the process that wrote it ("" for none): an
+    /// acknowledgement counts only beside the member record of that same key.
+    sealing_key: String,
     applied_generation: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     applied_digest: Option<String>,
@@ -760,6 +774,7 @@ impl MemberRecord {
     /// 1.5 KB with a certificate): what a member writes at every ring it applies.
     pub fn encode_ack(&self) -> Vec<u8> {
         serde_json::to_vec(&AckRecord {
+            sealing_key: self.sealing_key_id(),
             applied_generation: self.applied_generation,
             applied_digest: self.applied_digest.clone(),
             last_error: self.last_error.clone(),
@@ -774,6 +789,12 @@ impl MemberRecord {
     pub fn with_ack(&self, bytes: &[u8]) -> Result<Self, RecordError> {
         let ack: AckRecord =
             serde_json::from_slice(bytes).map_err(|e| shape("acknowledgement", &e))?;
+        if ack.sealing_key != self.sealing_key_id() {
+            return Err(RecordError::AckOfAnotherKey {
+                ack: ack.sealing_key.chars().take(32).collect(),
+                record: self.sealing_key_id(),
+            });
+        }
         Self {
             applied_generation: ack.applied_generation,
             applied_digest: ack.applied_digest,
@@ -783,6 +804,13 @@ impl MemberRecord {
             ..self.clone()
         }
         .checked()
+    }
+
+    /// The id of its sealing key, "" when it publishes none (or an unreadable one).
+    fn sealing_key_id(&self) -> String {
+        self.sealing_key()
+            .map(|k| k.id().to_string())
+            .unwrap_or_default()
     }
 
     fn checked(mut self) -> Result<Self, RecordError> {
@@ -1434,8 +1462,19 @@ mod tests {
             Err(RecordError::Digest)
         );
         assert!(identity
-            .with_ack(br#"{"applied_generation":1,"updated_at_ms":1,"certificate":"x"}"#)
+            .with_ack(
+                br#"{"sealing_key":"","applied_generation":1,"updated_at_ms":1,"certificate":"x"}"#
+            )
             .is_err());
+        // Another process's acknowledgement (another sealing key) is not counted.
+        let other_process = MemberRecord {
+            public_key: Some(Identity::generate().public().to_base64()),
+            ..whole.clone()
+        };
+        assert!(matches!(
+            identity.with_ack(&other_process.encode_ack()),
+            Err(RecordError::AckOfAnotherKey { .. })
+        ));
         let long = MemberRecord {
             last_error: Some("x".repeat(100_000)),
             ..whole

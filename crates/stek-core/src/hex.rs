@@ -28,7 +28,9 @@ mod tests {
     fn exactly_the_digits_of_its_length_and_nothing_else() {
         assert_eq!(parse::<2>("0aFf"), Some([0x0a, 0xff]));
         assert_eq!(parse::<4>("deadbeef"), Some([0xde, 0xad, 0xbe, 0xef]));
-        for bad in ["", "0", "0af", "0aff0", "+f0a", " f0a", "0x0a", "zz00", "éa"] {
+        for bad in [
+            "", "0", "0af", "0aff0", "+f0a", " f0a", "0x0a", "zz00", "éa",
+        ] {
             assert_eq!(parse::<2>(bad), None, "{bad:?}");
         }
     }

@@ -305,6 +305,19 @@ pub async fn run_with<C: Coordinator>(
                         let new = change.revision == 0 || change.revision > read_at;
                         if new && (node.term.is_some() || change.concerns_follower(&config.node_id)) {
                             want_full = change.needs_full_read(&config.node_id);
+                            // One pass covers every change already queued behind this one:
+                            // N acknowledgements that arrive together cost the leader one
+                            // pass over N members, not N passes.
+                            if let Some(w) = watch.as_mut() {
+                                match drain_queued(w, node.term.is_some(), &config.node_id).await {
+                                    Ok(more) => want_full |= more,
+                                    Err(e) => {
+                                        debug!("{e}");
+                                        watch = None;
+                                        want_full = true;
+                                    }
+                                }
+                            }
                             break;
                         }
                     }
@@ -335,6 +348,33 @@ pub async fn run_with<C: Coordinator>(
     }
     node.leave().await;
     Ok(())
+}
+
+/// At most this many queued watch responses are taken into one pass.
+const MAX_DRAINED: usize = 1024;
+
+/// Takes the changes `watch` has already received (without waiting for more, and at most
+/// [`MAX_DRAINED`]), so that the pass about to run covers them: their events are in the
+/// watch's snapshot once taken. Returns whether one of them asks for a full read; an error is
+/// a broken watch.
+async fn drain_queued<W: ChangeStream>(
+    watch: &mut W,
+    leading: bool,
+    node_id: &str,
+) -> Result<bool, CoordError> {
+    let mut want_full = false;
+    for _ in 0..MAX_DRAINED {
+        match watch.queued().await {
+            Some(Ok(change)) => {
+                if leading || change.concerns_follower(node_id) {
+                    want_full |= change.needs_full_read(node_id);
+                }
+            }
+            Some(Err(e)) => return Err(e),
+            None => break,
+        }
+    }
+    Ok(want_full)
 }
 
 /// A number in [0, 1), different in every process (std's hash seed comes from the OS): to
@@ -564,7 +604,7 @@ impl<C: Coordinator> Node<'_, C> {
         &mut self,
         carried: Option<Snapshot>,
     ) -> Result<Snapshot, CoordError> {
-        // The events of its five keys come in order per key, not across keys: a ring may come
+        // The events of its six keys come in order per key, not across keys: a ring may come
         // before the copy written just ahead of it. What the watch carried is used only when
         // it holds this ring's keys or their copy; otherwise it reads, at one revision.
         let me = self.config.node_id.as_str();
