@@ -459,18 +459,20 @@ impl Etcd {
         keys: &[String],
         revision: i64,
     ) -> Result<BTreeMap<Vec<u8>, etcd_client::KeyValue>, CoordError> {
+        // One transaction: one request, every key at `revision`.
         let mut client = self.client.clone();
+        let txn = Txn::new().and_then(
+            keys.iter()
+                .map(|k| TxnOp::get(self.key(k), Some(GetOptions::new().with_revision(revision))))
+                .collect::<Vec<_>>(),
+        );
+        let resp = client.txn(txn).await.map_err(|e| self.unreachable(e))?;
         let mut kvs = BTreeMap::new();
-        for key in keys {
-            let resp = client
-                .get(
-                    self.key(key),
-                    Some(GetOptions::new().with_revision(revision)),
-                )
-                .await
-                .map_err(|e| self.unreachable(e))?;
-            for kv in resp.kvs() {
-                kvs.insert(kv.key().to_vec(), kv.clone());
+        for op in resp.op_responses() {
+            if let etcd_client::TxnOpResponse::Get(get) = op {
+                for kv in get.kvs() {
+                    kvs.insert(kv.key().to_vec(), kv.clone());
+                }
             }
         }
         Ok(kvs)

@@ -302,8 +302,13 @@ pub async fn run_with<C: Coordinator>(
                 _ = &mut shutdown => break 'run,
                 r = changed => match r {
                     Ok(change) => {
+                        // A leader waits out the events of its own last write up to the one
+                        // that completes it (the ring, or the last batch of copies): a pass
+                        // before it would find what the watch carried behind that write, and
+                        // read everything again (N records) instead.
+                        let own_write = node.term.is_some() && change.revision > 0 && change.revision < node.written_at;
                         let new = change.revision == 0 || change.revision > read_at;
-                        if new && (node.term.is_some() || change.concerns_follower(&config.node_id)) {
+                        if new && !own_write && (node.term.is_some() || change.concerns_follower(&config.node_id)) {
                             want_full = change.needs_full_read(&config.node_id);
                             // One pass covers every change already queued behind this one:
                             // N acknowledgements that arrive together cost the leader one
