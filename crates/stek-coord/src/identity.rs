@@ -312,7 +312,9 @@ pub struct Verified {
     pub not_after: SystemTime,
 }
 
-/// The cluster CA, the cluster name and the revocation list: decides who is who.
+/// The cluster CA, the cluster name and the revocation list: decides who is who. Clones share
+/// what they verified.
+#[derive(Clone)]
 pub struct Trust {
     ca: CertificateDer<'static>,
     cluster: String,
@@ -321,7 +323,8 @@ pub struct Trust {
     /// a leader checks every member's enrollment on every pass, and a pass comes with every
     /// change. An entry is used only while its certificate is valid; the revocation list is
     /// fixed for the life of a `Trust`.
-    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], Verified>>,
+    /// Shared by clones ([`Trust::clone`]): what one clone verified, the others need not.
+    verified: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<[u8; 32], Verified>>>,
 }
 
 /// At most this many verified signatures are remembered; the memory is emptied when full.

@@ -1170,10 +1170,18 @@ mod tests {
             now_stored.open("c1", "n9", &joiner).unwrap(),
             ring.to_millis()
         );
-        assert!(now_stored.usable_copy_for(&MemberRecord {
+        let joiner_record = MemberRecord {
             public_key: Some(joiner.public().to_base64()),
             ..member_record("n9")
-        }));
+        };
+        assert!(now_stored.usable_copy_for(&joiner_record));
+        // A copy of this write whose generation label was raised does not open (the label is
+        // bound); the leader must see it as lacking, not wait for the member to say so.
+        let mut relabelled = now_stored.copy_for("n9").unwrap().clone();
+        relabelled.generation += 1;
+        let relabelled = back.clone().with_copies(vec![relabelled]);
+        assert!(relabelled.open("c1", "n9", &joiner).is_err());
+        assert!(!relabelled.usable_copy_for(&joiner_record));
 
         // Signed by a member that did not write the ring: refused before it is opened.
         let (records, _) = back.seal_more_copies("c1", &key, &joined, Some(&creds_of("n2")));
