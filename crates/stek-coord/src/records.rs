@@ -1036,20 +1036,27 @@ mod tests {
         }
     }
 
+    /// A CA for cluster "c1": its trust, and member credentials issued by it.
+    fn test_ca() -> (Trust, impl Fn(&str) -> Credentials) {
+        let day = Duration::from_secs(86_400);
+        let ca = identity::init_ca("c1", day).unwrap();
+        let trust = Trust::new(ca.cert.as_bytes(), "c1", &[]).unwrap();
+        let for_creds = trust.clone();
+        let creds_of = move |id: &str| {
+            let role = identity::Role::Member(id.into());
+            let pem = identity::issue(&ca.cert, &ca.key, &role, &[], day).unwrap();
+            Credentials::new(&for_creds, pem.cert.as_bytes(), pem.key.as_bytes()).unwrap()
+        };
+        (trust, creds_of)
+    }
+
     /// Each copy is a record of its own, signed by the ring's writer; its member checks that
     /// before opening it. A store writer can put only copies that fail that check, and even
     /// without `[identity]` its own copy unlocks nothing: the keys are sealed under the data
     /// key in the ring record, which it cannot change without breaking the ring's signature.
     #[test]
     fn each_copy_is_signed_by_the_ring_writer_and_a_forged_or_moved_one_is_refused() {
-        let day = Duration::from_secs(86_400);
-        let ca = identity::init_ca("c1", day).unwrap();
-        let trust = Trust::new(ca.cert.as_bytes(), "c1", &[]).unwrap();
-        let creds_of = |id: &str| {
-            let role = identity::Role::Member(id.into());
-            let pem = identity::issue(&ca.cert, &ca.key, &role, &[], day).unwrap();
-            Credentials::new(&trust, pem.cert.as_bytes(), pem.key.as_bytes()).unwrap()
-        };
+        let (trust, creds_of) = test_ca();
         let (a, b) = (Identity::generate(), Identity::generate());
         let (ring, mut stored) = sealed(&[("a", &a), ("b", &b)]);
         let n1 = creds_of("n1");
@@ -1120,23 +1127,13 @@ mod tests {
         ));
     }
 
-    /// A ring's copy records keep each member's copy of the ring they replace, so that if the
-    /// new ring never lands, the stored one still opens for everyone; once it lands, each
-    /// member opens the new ring's.
     /// The writer seals one more copy of its stored ring for a member that joins, with the
     /// data key it opened from its own copy: the member opens it to the same ring, and checks
     /// it was signed by the ring's writer; the same copy signed by another member is refused,
     /// and a data key is never taken from a copy that does not open.
     #[test]
     fn a_copy_sealed_later_by_the_writer_opens_and_one_signed_by_another_is_refused() {
-        let day = Duration::from_secs(86_400);
-        let ca = identity::init_ca("c1", day).unwrap();
-        let trust = Trust::new(ca.cert.as_bytes(), "c1", &[]).unwrap();
-        let creds_of = |id: &str| {
-            let role = identity::Role::Member(id.into());
-            let pem = identity::issue(&ca.cert, &ca.key, &role, &[], day).unwrap();
-            Credentials::new(&trust, pem.cert.as_bytes(), pem.key.as_bytes()).unwrap()
-        };
+        let (trust, creds_of) = test_ca();
         let (writer, joiner) = (Identity::generate(), Identity::generate());
         let (ring, mut stored) = sealed(&[("n1", &writer)]);
         let n1 = creds_of("n1");
@@ -1204,6 +1201,9 @@ mod tests {
         );
     }
 
+    /// A ring's copy records keep each member's copy of the ring they replace, so that if the
+    /// new ring never lands, the stored one still opens for everyone; once it lands, each
+    /// member opens the new ring's.
     #[test]
     fn copy_records_keep_the_stored_rings_copies_until_the_new_ring_lands() {
         let (a, b) = (Identity::generate(), Identity::generate());
