@@ -98,6 +98,9 @@ mod etcd {
                 .await
                 .unwrap();
             a.register(lease, &record).await.unwrap();
+            // The count a starting follower sizes its first full read by: member records
+            // only, not acknowledgements or liveness keys.
+            assert_eq!(a.member_count().await.unwrap(), Some(1));
             let registered = read("members/n1");
             a.ack(&acked).await.unwrap();
             assert_eq!(
@@ -133,6 +136,7 @@ mod etcd {
             };
             assert!(a.forget_member(term, "n1").await.unwrap());
             assert!(read("acks/n1").is_empty(), "forgotten with its record");
+            assert_eq!(a.member_count().await.unwrap(), Some(0));
         });
     }
 }

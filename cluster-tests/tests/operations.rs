@@ -96,6 +96,19 @@ fn every_documented_metric_is_served_and_moves_on_rotation_as_documented() {
         assert!(body.contains("applied generation"), "{body}");
     }
     assert_eq!(c.admin_get(0, "/nope").0, 404);
+    // A follower's membership figures come from its full reads: the first within a second
+    // or so of its start in a cluster this small, then every 30 s (a node whose first read
+    // came before the others joined shows them at its second). They must be settled before
+    // the rotation, or that read would show as a move.
+    wait_until(
+        Duration::from_secs(45),
+        "every node's first full read (stek_members_live 3)",
+        || {
+            scrape_all(&c)
+                .iter()
+                .all(|s| samples(s, "stek_members_live") == ["stek_members_live 3"])
+        },
+    );
 
     let before = scrape_all(&c);
     let out = c.rotate_wait(1, "30s");

@@ -90,6 +90,10 @@ impl Coordinator for Backend {
         each!(self, s => s.snapshot_of_member(node_id).await)
     }
 
+    async fn member_count(&self) -> Result<Option<usize>, CoordError> {
+        each!(self, s => s.member_count().await)
+    }
+
     async fn watch(&self, revision: i64) -> Result<BackendWatch, CoordError> {
         Ok(match self {
             Self::Etcd(s) => BackendWatch::Etcd(Box::new(s.watch(revision).await?)),

@@ -585,6 +585,18 @@ impl Coordinator for Etcd {
         Ok(raw.check())
     }
 
+    async fn member_count(&self) -> Result<Option<usize>, CoordError> {
+        let mut client = self.client.clone();
+        let resp = client
+            .get(
+                self.key("members/"),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(Some(usize::try_from(resp.count()).unwrap_or(usize::MAX)))
+    }
+
     async fn watch(&self, revision: i64) -> Result<EtcdWatch, CoordError> {
         let mut client = self.client.clone();
         let mirror = self.read_prefix_at(revision).await.ok().map(|kvs| {

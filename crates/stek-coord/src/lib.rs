@@ -566,6 +566,14 @@ pub trait Coordinator: Send + Sync + 'static {
         self.snapshot()
     }
 
+    /// How many member records the store holds, counted without reading them, where that is
+    /// cheaper than [`Coordinator::snapshot`] (`None`: the backend does not count apart). A
+    /// follower that starts sizes the window of its first full read by it: a few members read
+    /// everything at once, a thousand spread their reads over `FULL_READ`.
+    fn member_count(&self) -> impl Future<Output = Result<Option<usize>, CoordError>> + Send {
+        std::future::ready(Ok(None))
+    }
+
     /// Watches the prefix for changes after `revision`.
     fn watch(&self, revision: i64) -> impl Future<Output = Result<Self::Watch, CoordError>> + Send;
 

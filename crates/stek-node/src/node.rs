@@ -29,6 +29,15 @@ use crate::engine::{self, Election, Held, LeaderView, Phase, Step, Why, MAX_GENE
 
 /// How often the node reads again even without an event.
 const RESYNC: Duration = Duration::from_secs(10);
+/// The window within which a follower that starts makes its first full read, with `members`
+/// member records in the store (`None`: not counted): FULL_READ for a hundred members or more
+/// (or not counted), shorter in proportion below, so that a small cluster's followers show
+/// their membership figures within a second or so of starting.
+fn first_read_window(members: Option<usize>) -> Duration {
+    let share = members.map_or(1.0, |n| (n as f64 / 100.0).min(1.0));
+    FULL_READ.mul_f64(share)
+}
+
 /// How often a follower reads every member's record (for its membership metrics, and to log
 /// malformed records it does not use) even when nothing asks for it; between, it reads only
 /// what concerns it.
@@ -136,11 +145,13 @@ pub async fn run_with<C: Coordinator>(
     // `Coordinator::snapshot_of_member`), and everything at least every FULL_READ, or when the
     // leadership or the keyspace's shape may have changed.
     // A node starts with its own keys (and reads everything if it sees no other leader); its
-    // first full read comes at a random time within FULL_READ, so that boxes started together
-    // do not read everything together, then every `full_every`.
+    // first full read comes at a random time within a window that grows with the cluster
+    // (`first_read_window`), so that a thousand boxes started together do not read everything
+    // together while three read at once, then every `full_every`. Until then a follower's
+    // membership figures are 0.
     let mut want_full = false;
     let mut last_full: Option<Instant> = None;
-    let first_full = Instant::now() + FULL_READ.mul_f64(spread());
+    let mut first_full: Option<Instant> = None;
     let mut full_every = FULL_READ;
     let mut watch_all = false;
     tokio::pin!(shutdown);
@@ -200,9 +211,15 @@ pub async fn run_with<C: Coordinator>(
         } else {
             full_every
         };
+        if last_full.is_none() && first_full.is_none() {
+            // Counted once, by a request that carries no record: on failure the window is the
+            // widest, and the read that follows says what is wrong with the store.
+            let members = node.coord.member_count().await.ok().flatten();
+            first_full = Some(Instant::now() + first_read_window(members).mul_f64(spread()));
+        }
         let full_due = match last_full {
             Some(t) => t.elapsed() >= every,
-            None => Instant::now() >= first_full,
+            None => first_full.is_some_and(|t| Instant::now() >= t),
         };
         // What the watch's events carried since the last pass, when its backend keeps it: the
         // whole prefix for a leader, its own keys for a follower. Nothing is read again then,
@@ -276,7 +293,13 @@ pub async fn run_with<C: Coordinator>(
                 Err(e) => warn!("cannot watch the keyspace: {e}"),
             }
         }
-        let deadline = tokio::time::Instant::from_std(wake.min(Instant::now() + RESYNC));
+        // The next full read is a reason to wake too, not only the next RESYNC.
+        let full_at = match last_full {
+            Some(t) => t + every,
+            None => first_full.unwrap_or_else(Instant::now),
+        };
+        let deadline =
+            tokio::time::Instant::from_std(wake.min(Instant::now() + RESYNC).min(full_at));
         let read_at = snap.revision;
         // Wait for a reason to read again. Changes the last read already saw are skipped: the
         // watch queues every change made while we read, and with N members a rotation brings N
@@ -1439,5 +1462,25 @@ fn audit_decision(
         .filter(|k| !ring.keys().iter().any(|n| n.epoch == k.epoch))
     {
         info!(target: "audit", epoch = gone.epoch, fingerprint = %gone.fingerprint(), generation, leader, "key dropped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_cluster_reads_everything_soon_and_a_large_one_spreads_over_full_read() {
+        assert_eq!(first_read_window(Some(0)), Duration::ZERO);
+        assert_eq!(first_read_window(Some(3)), FULL_READ.mul_f64(0.03));
+        assert!(first_read_window(Some(3)) < Duration::from_secs(1));
+        assert_eq!(first_read_window(Some(100)), FULL_READ);
+        assert_eq!(first_read_window(Some(1000)), FULL_READ);
+        // Not counted (a backend that reads everything anyway, or a failed count): the widest.
+        assert_eq!(first_read_window(None), FULL_READ);
+        assert_eq!(full_read_interval(3), FULL_READ);
+        assert_eq!(full_read_interval(1000), FULL_READ * 100);
+        let s = spread();
+        assert!((0.0..1.0).contains(&s), "{s}");
     }
 }
