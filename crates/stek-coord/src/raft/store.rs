@@ -47,6 +47,7 @@ pub enum Command {
         /// The node.
         node_id: String,
         /// Its encoded record.
+        #[serde(with = "super::bytes")]
         value: Vec<u8>,
         /// Who registers ([`crate::holder_of`]): a second process with another sealing key is
         /// refused while the first one's lease lives.
@@ -58,6 +59,7 @@ pub enum Command {
         /// The node id.
         node_id: String,
         /// The encoded member record.
+        #[serde(with = "super::bytes")]
         value: Vec<u8>,
     },
     /// Takes the leadership if nobody holds it.
@@ -78,6 +80,7 @@ pub enum Command {
         /// The writer's term.
         term: u64,
         /// The encoded ring record.
+        #[serde(with = "super::bytes")]
         value: Vec<u8>,
         /// Rotation requests the write serves (deleted with it).
         served: Vec<String>,
@@ -87,7 +90,7 @@ pub enum Command {
         expected: Option<u64>,
         /// The members' sealed copies (node id to encoded copy record): they replace every
         /// copy stored, in the same entry as the ring.
-        #[serde(default)]
+        #[serde(default, with = "super::bytes::map")]
         copies: BTreeMap<String, Vec<u8>>,
     },
     /// Copies of the stored ring for members that lack one (a member that joined), fenced on
@@ -99,6 +102,7 @@ pub enum Command {
         /// The ring revision the copies were sealed for ([`Data::ring_revision`]).
         expected: u64,
         /// Node id to encoded copy record.
+        #[serde(with = "super::bytes::map")]
         copies: BTreeMap<String, Vec<u8>>,
     },
     /// Removes a dead member's record (the leader's, fenced on its term).
@@ -113,6 +117,7 @@ pub enum Command {
         /// The request's key.
         key: String,
         /// The encoded request record.
+        #[serde(with = "super::bytes")]
         value: Vec<u8>,
     },
 }
@@ -193,6 +198,7 @@ pub struct Data {
     /// The leadership.
     pub leader: Option<LeaderSlot>,
     /// The ring record.
+    #[serde(default, with = "super::bytes::option")]
     pub ring: Option<Vec<u8>>,
     /// The revision at which `ring` was written (0: never).
     #[serde(default)]
@@ -203,12 +209,14 @@ pub struct Data {
     /// The generation of `ring`.
     pub ring_generation: Option<u64>,
     /// Member records by node id.
+    #[serde(with = "super::bytes::map")]
     pub members: BTreeMap<String, Vec<u8>>,
     /// The members' sealed copies of the ring's data key, by node id (the records etcd keeps
     /// under `ring/copies/`).
-    #[serde(default)]
+    #[serde(default, with = "super::bytes::map")]
     pub copies: BTreeMap<String, Vec<u8>>,
     /// Rotation requests by key.
+    #[serde(with = "super::bytes::map")]
     pub requests: BTreeMap<String, Vec<u8>>,
 }
 
