@@ -30,13 +30,20 @@ use crate::engine::{self, Election, Held, LeaderView, Phase, Step, Why, MAX_GENE
 /// How often the node reads again even without an event.
 const RESYNC: Duration = Duration::from_secs(10);
 /// The window within which a follower that starts makes its first full read, with `members`
-/// member records in the store (`None`: not counted): FULL_READ for a hundred members or more
-/// (or not counted), shorter in proportion below, so that a small cluster's followers show
-/// their membership figures within a second or so of starting.
+/// member records in the store (`None`: not counted): 0.3 s per member in a cluster of up to
+/// [`SMALL_CLUSTER`] members, so that its followers show their membership figures within a
+/// few seconds; FULL_READ otherwise (or not counted). Not shorter in proportion for larger
+/// counts: boxes of a fleet started together count few members at first, and would all read
+/// everything during the start.
 fn first_read_window(members: Option<usize>) -> Duration {
-    let share = members.map_or(1.0, |n| (n as f64 / 100.0).min(1.0));
-    FULL_READ.mul_f64(share)
+    match members {
+        Some(n) if n <= SMALL_CLUSTER => FULL_READ.mul_f64(n as f64 / 100.0),
+        _ => FULL_READ,
+    }
 }
+
+/// Up to this many members, every follower's full read costs the store little.
+const SMALL_CLUSTER: usize = 10;
 
 /// How often a follower reads every member's record (for its membership metrics, and to log
 /// malformed records it does not use) even when nothing asks for it; between, it reads only
@@ -145,10 +152,10 @@ pub async fn run_with<C: Coordinator>(
     // `Coordinator::snapshot_of_member`), and everything at least every FULL_READ, or when the
     // leadership or the keyspace's shape may have changed.
     // A node starts with its own keys (and reads everything if it sees no other leader); its
-    // first full read comes at a random time within a window that grows with the cluster
-    // (`first_read_window`), so that a thousand boxes started together do not read everything
-    // together while three read at once, then every `full_every`. Until then a follower's
-    // membership figures are 0.
+    // first full read comes at a random time within a window (`first_read_window`): a few
+    // seconds in a small cluster, FULL_READ in a large one, so that a thousand boxes started
+    // together do not read everything together. Then every `full_every`. Until then a
+    // follower's membership figures are 0.
     let mut want_full = false;
     let mut last_full: Option<Instant> = None;
     let mut first_full: Option<Instant> = None;
@@ -296,7 +303,7 @@ pub async fn run_with<C: Coordinator>(
         // The next full read is a reason to wake too, not only the next RESYNC.
         let full_at = match last_full {
             Some(t) => t + every,
-            None => first_full.unwrap_or_else(Instant::now),
+            None => first_full.unwrap_or_else(|| Instant::now() + RESYNC),
         };
         let deadline =
             tokio::time::Instant::from_std(wake.min(Instant::now() + RESYNC).min(full_at));
@@ -418,7 +425,7 @@ fn spread() -> f64 {
 /// store about the same per member however large it is (each is N records: with 1000
 /// followers every 30 s, they moved some 60 MB/s).
 fn full_read_interval(members: usize) -> Duration {
-    FULL_READ * u32::try_from((members / 10).max(1)).unwrap_or(u32::MAX)
+    FULL_READ * u32::try_from((members / SMALL_CLUSTER).max(1)).unwrap_or(u32::MAX)
 }
 
 /// Why a node stopped by itself.
@@ -1474,6 +1481,9 @@ mod tests {
         assert_eq!(first_read_window(Some(0)), Duration::ZERO);
         assert_eq!(first_read_window(Some(3)), FULL_READ.mul_f64(0.03));
         assert!(first_read_window(Some(3)) < Duration::from_secs(1));
+        assert_eq!(first_read_window(Some(10)), Duration::from_secs(3));
+        // A box of a fleet started together counts few members: beyond ten, no shortening.
+        assert_eq!(first_read_window(Some(11)), FULL_READ);
         assert_eq!(first_read_window(Some(100)), FULL_READ);
         assert_eq!(first_read_window(Some(1000)), FULL_READ);
         // Not counted (a backend that reads everything anyway, or a failed count): the widest.

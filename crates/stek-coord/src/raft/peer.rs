@@ -491,7 +491,13 @@ impl Peer {
 
     /// The reply to one request (`body`) from `caller`.
     async fn handle(&self, body: &[u8], caller: &Caller) -> std::io::Result<Vec<u8>> {
-        let req: Request = serde_json::from_slice(body)?;
+        let req: Request = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                unreadable_request(&e);
+                return Err(e.into());
+            }
+        };
         let admitted = self.admitted.load(Ordering::SeqCst);
         let reply = match self.authorize(caller, &req).await {
             Ok(()) if !admitted && !matches!(req, Request::Probe { .. }) => {
@@ -940,5 +946,24 @@ impl Peer {
                 }
             }
         }
+    }
+}
+
+/// Says (at most once a minute, so that a stranger's garbage cannot flood the log) that a
+/// request did not parse: most likely a peer of another stek version, whose Raft messages
+/// this one cannot read, and replication to or from it stops until every peer runs the same.
+fn unreadable_request(e: &serde_json::Error) {
+    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let due = LAST.lock().is_ok_and(|mut last| {
+        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    });
+    if due {
+        warn!("a peer request did not parse ({e}): if a peer runs another stek version, upgrade every peer to the same version (further such requests are logged at debug level for a minute)");
+    } else {
+        debug!("a peer request did not parse ({e})");
     }
 }
