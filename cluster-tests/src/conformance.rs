@@ -35,6 +35,8 @@ fn record(id: &str, applied: u64) -> MemberRecord {
         certificate: None,
         key_signature: None,
         applied_digest: None,
+        floor_generation: None,
+        instance: None,
     }
 }
 

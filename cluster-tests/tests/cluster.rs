@@ -669,6 +669,8 @@ fn raft_peers_over_mutual_tls() {
         certificate: None,
         key_signature: None,
         applied_digest: None,
+        floor_generation: None,
+        instance: None,
     };
     for (what, cmd) in [
         (

@@ -85,6 +85,8 @@ mod etcd {
             certificate: Some("A".repeat(900)),
             key_signature: Some("B".repeat(96)),
             applied_digest: None,
+            floor_generation: None,
+            instance: None,
         };
         let read = |key: &str| etcd.get(&format!("/stek/conformance/{key}"));
         let acked = MemberRecord {

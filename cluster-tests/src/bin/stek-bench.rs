@@ -143,18 +143,16 @@ fn spawn_node<C: Coordinator>(config: Config, coord: C) -> NodeTask {
         identity.trust = shared_trust(&config.cluster, &identity.trust);
         identity
     });
+    // Each node keeps its sealing keys and floor in a state directory of its own, as a box
+    // does: the ratchet's file writes are part of what a rotation costs.
+    let sealing = stek_node::state::StateDir::open(&config.state_dir)
+        .and_then(stek_node::state::StateDir::load)
+        .expect("a benchmark node's state directory on /dev/shm");
     let task = tokio::spawn(async move {
         let metrics = Arc::new(Metrics::new());
-        stek_node::node::run(
-            &config,
-            coord,
-            metrics,
-            identity.as_ref(),
-            stek_coord::seal::Identity::generate(),
-            async {
-                let _ = stopped.await;
-            },
-        )
+        stek_node::node::run(&config, coord, metrics, identity.as_ref(), sealing, async {
+            let _ = stopped.await;
+        })
         .await
         .expect("a benchmark node stops only when told to");
     });

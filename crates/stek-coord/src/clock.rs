@@ -88,6 +88,8 @@ mod tests {
                 certificate: None,
                 key_signature: None,
                 applied_digest: Some(stored.ring.digest().to_string()),
+                floor_generation: None,
+                instance: None,
             },
             live: true,
         }

@@ -223,17 +223,17 @@ impl Snapshot {
     }
 }
 
-/// What the liveness key holds: who registered (the sealing key's id, the host and the pid),
-/// so a second process with the same node id can be told from a restart of the first and named.
+/// What the liveness key holds: who registered (the box's instance, the host and the pid), so
+/// a second process with the same node id can be told from a restart of the first and named.
 pub(crate) fn holder_of(member: &MemberRecord) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "an unknown host".into());
-    let key = member.sealing_key().map_or_else(
-        || "no sealing key".to_owned(),
-        |k| format!("sealing key {}", k.id()),
-    );
-    format!("{key} on {host} (pid {})", std::process::id())
+    let instance = member
+        .instance
+        .as_deref()
+        .map_or_else(|| "no instance".to_owned(), |i| format!("instance {i}"));
+    format!("{instance} on {host} (pid {})", std::process::id())
 }
 
 /// A holder description read from the store, safe to print: whoever can write the store chose
@@ -247,16 +247,18 @@ pub(crate) fn shown_holder(raw: &[u8]) -> String {
 }
 
 /// Whether a liveness key's holder is `member`'s own process or an earlier one of the same
-/// box (the same sealing key, kept in its state directory): then it may take the node id over.
+/// box (the same instance, kept in its state directory until the box reboots): then it may
+/// take the node id over.
 pub(crate) fn same_holder(holder: &str, member: &MemberRecord) -> bool {
     member
-        .sealing_key()
-        .is_some_and(|k| holder_key(holder) == Some(k.id().to_string().as_str()))
+        .instance
+        .as_deref()
+        .is_some_and(|i| holder_key(holder) == Some(i))
 }
 
-/// The sealing key id a holder description names, if any.
+/// The instance a holder description names, if any.
 pub(crate) fn holder_key(holder: &str) -> Option<&str> {
-    holder.strip_prefix("sealing key ")?.split(' ').next()
+    holder.strip_prefix("instance ")?.split(' ').next()
 }
 
 /// What a member's acknowledgement counts for against the stored ring: the generation it
@@ -389,12 +391,7 @@ impl RawSnapshot {
                 targets: Vec::new(),
                 applied_generation: 0,
                 last_error: Some("no readable member record".into()),
-                updated_at_ms: 0,
-                public_key: None,
-                unsealable_generation: None,
-                certificate: None,
-                key_signature: None,
-                applied_digest: None,
+                ..MemberRecord::default()
             });
             snap.members.push(Member { record, live });
         }
@@ -604,9 +601,10 @@ pub trait Coordinator: Send + Sync + 'static {
     ) -> impl Future<Output = Result<KeepAlive, CoordError>> + Send;
 
     /// Marks the member live under `lease` and writes its record. Refused with
-    /// [`CoordError::Held`] while another live lease holds the node id for a process with
-    /// another sealing key (a second box with the same `node_id`); a restarted process (the
-    /// same key) takes its node id over at once.
+    /// [`CoordError::Held`] while another live lease holds the node id for a process of
+    /// another instance (a second box with the same `node_id`); a restarted process of the
+    /// same box (the same instance, kept in its state directory) takes its node id over at
+    /// once.
     fn register(
         &self,
         lease: LeaseId,
@@ -787,6 +785,8 @@ mod tests {
                 certificate: None,
                 key_signature: None,
                 applied_digest: digest,
+                floor_generation: None,
+                instance: None,
             },
             live: true,
         }
@@ -851,20 +851,22 @@ mod tests {
     }
 
     #[test]
-    fn a_second_process_is_told_from_a_restart_by_its_sealing_key() {
-        let key = seal::Identity::generate();
+    fn a_second_process_is_told_from_a_restart_by_its_instance() {
         let mut rec = member("n1", 0, None).record;
-        rec.public_key = Some(key.public().to_base64());
+        rec.instance = Some("00aa11bb22cc33dd".into());
         let holder = holder_of(&rec);
         assert!(holder.contains("pid"), "{holder}");
         assert!(same_holder(&holder, &rec));
+        // The sealing key ratchets; the instance does not.
+        rec.public_key = Some(seal::Identity::generate().public().to_base64());
+        assert!(same_holder(&holder, &rec));
         let mut other = rec.clone();
-        other.public_key = Some(seal::Identity::generate().public().to_base64());
+        other.instance = Some("ffee".into());
         assert!(!same_holder(&holder, &other));
-        let mut keyless = rec.clone();
-        keyless.public_key = None;
-        assert!(!same_holder(&holder, &keyless));
-        assert!(!same_holder(&holder_of(&keyless), &keyless));
+        let mut anonymous = rec.clone();
+        anonymous.instance = None;
+        assert!(!same_holder(&holder, &anonymous));
+        assert!(!same_holder(&holder_of(&anonymous), &anonymous));
         assert!(!same_holder("garbage", &rec));
         let forged = shown_holder(b"x\n2026-01-01T00:00:00Z  INFO audit: forged\x1b[0m");
         assert!(!forged.chars().any(char::is_control), "{forged:?}");

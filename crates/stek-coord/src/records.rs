@@ -17,11 +17,18 @@ use stek_core::{Fingerprint, KeyRing, KeyState, Policy, RingKey, RingMeta};
 use crate::identity::{self, Credentials, IdentityError, Trust, Verified};
 use crate::seal::{self, Envelope, Identity, MemberKey, MemberKeyId, SealError, SealedCopy};
 
-/// The record format version this build writes and reads.
+/// The record format version this build writes.
 ///
 /// Version 3: the sealed copies moved out of the ring record into records of their own
-/// (`ring/copies/<member>`, [`encode_copy`]).
-pub const RING_RECORD_VERSION: u32 = 3;
+/// (`ring/copies/<member>`, [`encode_copies`]). Version 4: the same layout, written by a stek
+/// whose members ratchet their sealing keys and announce each next key in their
+/// acknowledgement: a stek that reads only version 3 refuses it, with a message that says to
+/// upgrade every box together (CHANGELOG), instead of misreading the records beside it.
+pub const RING_RECORD_VERSION: u32 = 4;
+
+/// The oldest ring record version this build reads: a version 3 ring (written by the stek
+/// before the ratchet) opens as it did, so that the ring and every key survive the upgrade.
+pub const OLDEST_RING_RECORD_VERSION: u32 = 3;
 
 /// Why a record from the store was rejected. Never contains the record's bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,7 +46,7 @@ pub enum RecordError {
         column: usize,
     },
     /// A version this build does not know.
-    #[error("ring record version {0} is not supported by this stek (it reads version {RING_RECORD_VERSION}); every box must run the same stek version (CHANGELOG: upgrade together)")]
+    #[error("ring record version {0} is not supported by this stek (it reads versions {OLDEST_RING_RECORD_VERSION} to {RING_RECORD_VERSION}); every box must run the same stek version (CHANGELOG: upgrade together)")]
     Version(u32),
     /// A key's fingerprint is not 8 hex digits.
     #[error("key epoch {0}: fingerprint is not 8 hex digits")]
@@ -73,15 +80,18 @@ pub enum RecordError {
     )]
     CopyCount(usize),
     /// An acknowledgement kept apart from its member record (`acks/<member>`) that names
-    /// another sealing key than the record: left by another process (an older stek that
-    /// registered without writing one, a partial restore). It is not counted.
-    #[error("acknowledgement names sealing key {ack}, but the member record's is {record}: it belongs to another process of this node id and is not counted")]
-    AckOfAnotherKey {
-        /// The key id the acknowledgement names.
+    /// another instance than the record: left by another box with this node id, or by a
+    /// partial restore. It is not counted, and its announced key is not sealed to.
+    #[error("acknowledgement names instance \"{ack}\", but the member record's is \"{record}\": it belongs to another box or registration of this node id and is not counted")]
+    AckOfAnotherInstance {
+        /// The instance the acknowledgement names.
         ack: String,
-        /// The member record's key id.
+        /// The member record's instance.
         record: String,
     },
+    /// A member record whose `instance` is not 1 to 32 hex digits.
+    #[error("member record's instance is not 1 to 32 hex digits")]
+    Instance,
     /// A sealed copy whose `ring` is not a write id.
     #[error("sealed copy's ring is not a ring write id (32 hex digits)")]
     CopyRing,
@@ -103,8 +113,42 @@ pub enum RecordError {
     /// A member record whose `applied_digest` is not a ring digest.
     #[error("member record's applied_digest is not 32 hex digits")]
     Digest,
+    /// Another ring of the generation this node accepted.
+    #[error("ring generation {generation} is not the ring of that generation this node accepted (digest {accepted}): two rings of one generation (a store restored from a backup, or a forged ring); never applied")]
+    Aliased {
+        /// The generation.
+        generation: u64,
+        /// The digest of the ring this node accepted.
+        accepted: String,
+    },
+    /// A ring signed by a member that did not hold the leadership in the term it names.
+    #[error("ring signed by {writer} for leadership term {term}, but {leader} held the leadership in that term; never applied")]
+    NotTheLeader {
+        /// Who signed it.
+        writer: String,
+        /// The term it names.
+        term: i64,
+        /// Who led in that term.
+        leader: String,
+    },
+    /// A ring that names a term after the current leadership's.
+    #[error("ring written in leadership term {term}, after the current leadership's term {leader_term}; never applied")]
+    FutureTerm {
+        /// The term it names.
+        term: i64,
+        /// The current leadership's term.
+        leader_term: i64,
+    },
+    /// A ring from a leadership term older than that of the ring this node accepted.
+    #[error("ring written in leadership term {term}, older than term {floor} of the ring this node accepted: a replay, or a deposed leader's; never applied")]
+    StaleTerm {
+        /// The term it names.
+        term: i64,
+        /// The term of the ring this node accepted.
+        floor: i64,
+    },
     /// A ring older than one this node has already seen.
-    #[error("ring generation {got} is older than generation {seen}, which this node has already seen: a replayed ring, never applied")]
+    #[error("ring generation {got} is older than generation {seen}, which this node has already accepted: a replayed ring or a store restored from a backup, never applied")]
     Rollback {
         /// The record's generation.
         got: u64,
@@ -203,6 +247,9 @@ struct RingRecord {
 /// whom, and its keys sealed for each member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRing {
+    /// The record version it was written with ([`RING_RECORD_VERSION`] for a ring this build
+    /// writes): a signature covers it, so a ring read back is verified as it was written.
+    pub version: u32,
     /// The ring's description (fingerprints, no key bytes).
     pub ring: RingMeta,
     /// The policy in force when it was written.
@@ -239,6 +286,7 @@ impl StoredRing {
         let (envelope, failed) = seal::seal(cluster, ring, recipients);
         (
             Self {
+                version: RING_RECORD_VERSION,
                 ring: ring.meta().to_millis(),
                 policy: *policy,
                 written_by: written_by.to_owned(),
@@ -476,15 +524,20 @@ impl StoredRing {
         self.envelope.copies.iter().find(|c| c.member == member)
     }
 
-    /// Whether the member should be able to open its copy: there is one, sealed to the public
-    /// key it publishes now, and it has not reported this generation's copy as unopenable.
+    /// Whether the member holds this ring's keys or should be able to open its copy: it
+    /// acknowledged this ring (it opened it, and has since announced the key its next copy
+    /// is to be sealed to, so its copy here names an older one), or there is a copy of this
+    /// write sealed to the key it announced; and it has not reported this generation's copy as
+    /// unopenable.
     pub fn usable_copy_for(&self, member: &MemberRecord) -> bool {
         let generation = self.ring.generation();
-        member.sealing_key().is_some_and(|key| {
+        let sealed_to_announced = member.sealing_key().is_some_and(|key| {
             self.copy_for(&member.node_id).is_some_and(|c| {
                 c.recipient == key.id() && c.ring == self.write_id() && c.generation == generation
             })
-        }) && member.unsealable_generation != Some(generation)
+        });
+        (member.acknowledges(&self.ring) || sealed_to_announced)
+            && member.unsealable_generation != Some(generation)
     }
 }
 
@@ -496,7 +549,7 @@ pub fn encode_ring(stored: &StoredRing) -> Vec<u8> {
 fn encode(stored: &StoredRing, with_signature: bool) -> Vec<u8> {
     let ring = &stored.ring;
     let record = RingRecord {
-        version: RING_RECORD_VERSION,
+        version: stored.version,
         generation: ring.generation(),
         term: stored.term,
         last_epoch: ring.last_epoch(),
@@ -535,7 +588,7 @@ fn encode(stored: &StoredRing, with_signature: bool) -> Vec<u8> {
 /// Parses and checks a ring record; a malformed one is rejected, never applied.
 pub fn decode_ring(bytes: &[u8]) -> Result<StoredRing, RecordError> {
     let record: RingRecord = serde_json::from_slice(bytes).map_err(|e| shape("ring", &e))?;
-    if record.version != RING_RECORD_VERSION {
+    if !(OLDEST_RING_RECORD_VERSION..=RING_RECORD_VERSION).contains(&record.version) {
         return Err(RecordError::Version(record.version));
     }
     let policy = Policy {
@@ -579,6 +632,7 @@ pub fn decode_ring(bytes: &[u8]) -> Result<StoredRing, RecordError> {
         _ => None,
     };
     Ok(StoredRing {
+        version: record.version,
         ring,
         policy,
         written_by: record.written_by,
@@ -673,7 +727,7 @@ fn copy_signing_bytes(cluster: &str, copy: &SealedCopy) -> Vec<u8> {
 }
 
 /// A member's own record: who it is and what it has applied (its acknowledgement).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemberRecord {
     /// The node id.
@@ -688,8 +742,10 @@ pub struct MemberRecord {
     pub last_error: Option<String>,
     /// When it last wrote this record.
     pub updated_at_ms: u64,
-    /// Its sealing public key (base64 X25519), made in memory when it started; the leader
-    /// seals every ring for it. Checked when the record is read.
+    /// The sealing public key (base64 X25519) the member announced last: the leader seals its
+    /// copy of the next ring to it. Members ratchet: each acknowledgement may announce a new
+    /// key, and the private key of every older one is erased once no ring the member may
+    /// still need opens with it. Checked when the record is read.
     #[serde(default)]
     pub public_key: Option<String>,
     /// A ring generation whose copy for this member did not open: the leader reseals.
@@ -706,16 +762,26 @@ pub struct MemberRecord {
     /// counts only for the ring it names, never for another ring of the same generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_digest: Option<String>,
+    /// The box's instance: a random id kept in its state directory (on the RAM disk), the
+    /// same for every process of one boot. It tells a restart of this box from a second box
+    /// with the same node id, and binds an acknowledgement to the registration it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// The generation of its rollback floor: the newest ring it accepted, kept in its state
+    /// directory across restarts. A ring the leader writes numbers above every member's floor,
+    /// so no member refuses it as older than one it accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor_generation: Option<u64>,
 }
 
 /// A member's acknowledgement alone: the fields of its [`MemberRecord`] that change at every
-/// ring it applies.
+/// ring it applies, its announced sealing key among them.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AckRecord {
-    /// The id of the sealing key of the process that wrote it ("" for none): an
-    /// acknowledgement counts only beside the member record of that same key.
-    sealing_key: String,
+    /// The instance of the process that wrote it ("" for none): an acknowledgement counts
+    /// only beside the member record of that same instance.
+    instance: String,
     applied_generation: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     applied_digest: Option<String>,
@@ -724,6 +790,12 @@ struct AckRecord {
     updated_at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     unsealable_generation: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_signature: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    floor_generation: Option<u64>,
 }
 
 /// The longest `last_error` a member record carries (a reload's stderr can be anything):
@@ -756,9 +828,10 @@ impl MemberRecord {
     }
 
     /// The record without its acknowledgement: what stays the same while its process runs
-    /// (who it is, its targets, its sealing key and certificate). Where the store keeps the
+    /// (who it is, its targets, its certificate, its instance). Where the store keeps the
     /// acknowledgement in a record of its own (etcd's `acks/<member>`,
-    /// [`MemberRecord::encode_ack`]), this is written once, at registration.
+    /// [`MemberRecord::encode_ack`]), this is written once, at registration. The announced
+    /// sealing key changes as the member ratchets, so it travels with the acknowledgement.
     pub fn identity(&self) -> Self {
         Self {
             applied_generation: 0,
@@ -766,20 +839,27 @@ impl MemberRecord {
             last_error: None,
             updated_at_ms: 0,
             unsealable_generation: None,
+            public_key: None,
+            key_signature: None,
+            floor_generation: None,
             ..self.clone()
         }
     }
 
-    /// Encodes the acknowledgement alone (about 150 bytes, where the whole record is about
-    /// 1.5 KB with a certificate): what a member writes at every ring it applies.
+    /// Encodes the acknowledgement alone (about 330 bytes with `[identity]`, where the whole
+    /// record is about 1.5 KB): what a member writes at every ring it applies, with the
+    /// sealing key its next copy must be sealed to.
     pub fn encode_ack(&self) -> Vec<u8> {
         serde_json::to_vec(&AckRecord {
-            sealing_key: self.sealing_key_id(),
+            instance: self.instance.clone().unwrap_or_default(),
             applied_generation: self.applied_generation,
             applied_digest: self.applied_digest.clone(),
             last_error: self.last_error.clone(),
             updated_at_ms: self.updated_at_ms,
             unsealable_generation: self.unsealable_generation,
+            public_key: self.public_key.clone(),
+            key_signature: self.key_signature.clone(),
+            floor_generation: self.floor_generation,
         })
         .expect("an acknowledgement always serialises: plain strings and numbers")
     }
@@ -789,10 +869,17 @@ impl MemberRecord {
     pub fn with_ack(&self, bytes: &[u8]) -> Result<Self, RecordError> {
         let ack: AckRecord =
             serde_json::from_slice(bytes).map_err(|e| shape("acknowledgement", &e))?;
-        if ack.sealing_key != self.sealing_key_id() {
-            return Err(RecordError::AckOfAnotherKey {
-                ack: ack.sealing_key.chars().take(32).collect(),
-                record: self.sealing_key_id(),
+        let instance = self.instance.clone().unwrap_or_default();
+        if ack.instance != instance {
+            return Err(RecordError::AckOfAnotherInstance {
+                // Chosen by whoever wrote the store: only what an instance may hold is shown.
+                ack: ack
+                    .instance
+                    .chars()
+                    .filter(char::is_ascii_hexdigit)
+                    .take(32)
+                    .collect(),
+                record: instance,
             });
         }
         Self {
@@ -801,16 +888,12 @@ impl MemberRecord {
             last_error: ack.last_error,
             updated_at_ms: ack.updated_at_ms,
             unsealable_generation: ack.unsealable_generation,
+            public_key: ack.public_key,
+            key_signature: ack.key_signature,
+            floor_generation: ack.floor_generation,
             ..self.clone()
         }
         .checked()
-    }
-
-    /// The id of its sealing key, "" when it publishes none (or an unreadable one).
-    fn sealing_key_id(&self) -> String {
-        self.sealing_key()
-            .map(|k| k.id().to_string())
-            .unwrap_or_default()
     }
 
     fn checked(mut self) -> Result<Self, RecordError> {
@@ -819,7 +902,10 @@ impl MemberRecord {
             return Err(RecordError::PublicKey);
         }
         let absurd = |g: u64| g > stek_core::MAX_GENERATION;
-        if absurd(record.applied_generation) || record.unsealable_generation.is_some_and(absurd) {
+        if absurd(record.applied_generation)
+            || record.unsealable_generation.is_some_and(absurd)
+            || record.floor_generation.is_some_and(absurd)
+        {
             return Err(RecordError::AbsurdGeneration);
         }
         if record
@@ -828,6 +914,11 @@ impl MemberRecord {
             .is_some_and(|d| stek_core::RingDigest::from_hex(d).is_none())
         {
             return Err(RecordError::Digest);
+        }
+        if record.instance.as_deref().is_some_and(|i| {
+            i.is_empty() || i.len() > 32 || !i.bytes().all(|b| b.is_ascii_hexdigit())
+        }) {
+            return Err(RecordError::Instance);
         }
         record.last_error = record.last_error.as_deref().map(cut_error);
         Ok(self)
@@ -1238,6 +1329,35 @@ mod tests {
         assert_eq!(landed.open("c1", "a", &a).unwrap(), next.to_millis());
     }
 
+    /// A version 3 ring (written before the ratchet) reads and verifies as it was signed, so
+    /// that an upgrade keeps the ring; a version this build does not know is refused with a
+    /// message that says to upgrade every box together.
+    #[test]
+    fn a_version_3_ring_still_reads_and_verifies_and_an_unknown_version_says_upgrade_together() {
+        let (trust, creds_of) = test_ca();
+        let a = Identity::generate();
+        let (_, mut stored) = sealed(&[("a", &a)]);
+        assert_eq!(stored.version, RING_RECORD_VERSION);
+        stored.version = 3;
+        stored.sign("c1", &creds_of("n1"));
+        let back = read_back(&stored);
+        assert_eq!(back.version, 3);
+        back.verify(&trust, SystemTime::now()).unwrap();
+        back.open("c1", "a", &a).unwrap();
+        for version in [2, RING_RECORD_VERSION + 1] {
+            let mut v: serde_json::Value = serde_json::from_slice(&encode_ring(&stored)).unwrap();
+            v["version"] = version.into();
+            let err = decode_ring(&serde_json::to_vec(&v).unwrap())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("version {version} is not supported")),
+                "{err}"
+            );
+            assert!(err.contains("upgrade together"), "{err}");
+        }
+    }
+
     fn member_record(id: &str) -> MemberRecord {
         MemberRecord {
             node_id: id.into(),
@@ -1251,6 +1371,8 @@ mod tests {
             certificate: None,
             key_signature: None,
             applied_digest: None,
+            floor_generation: None,
+            instance: None,
         }
     }
 
@@ -1400,6 +1522,8 @@ mod tests {
             certificate: None,
             key_signature: None,
             applied_digest: None,
+            floor_generation: None,
+            instance: None,
         };
         assert_eq!(MemberRecord::decode(&m.encode()).unwrap(), m);
         assert!(m.sealing_key().is_some());
@@ -1431,19 +1555,47 @@ mod tests {
         let mut whole = MemberRecord {
             public_key: Some(Identity::generate().public().to_base64()),
             certificate: Some("A".repeat(1000)),
+            // An ECDSA P-256 signature in DER is 70 to 72 bytes: 96 characters of base64.
             key_signature: Some("B".repeat(96)),
+            instance: Some("0123456789abcdef".into()),
             ..member_record("n1")
         };
         whole.applied_generation = ring.generation();
         whole.applied_digest = Some(ring.digest().to_string());
         whole.last_error = Some("reload failed".into());
         whole.unsealable_generation = Some(2);
-        whole.updated_at_ms = 1234;
+        whole.floor_generation = Some(ring.generation());
+        whole.updated_at_ms = 1_765_000_000_000;
         let identity = MemberRecord::decode(&whole.identity().encode()).unwrap();
         assert_eq!(identity.applied_generation, 0);
         assert_eq!(identity.certificate, whole.certificate);
+        assert_eq!(identity.instance, whole.instance);
+        assert_eq!(
+            (
+                identity.public_key.as_ref(),
+                identity.key_signature.as_ref()
+            ),
+            (None, None),
+            "the announced key ratchets: it travels with the acknowledgement"
+        );
         let ack = whole.encode_ack();
-        assert!(ack.len() < 200, "{} bytes", ack.len());
+        let plain = MemberRecord {
+            public_key: None,
+            key_signature: None,
+            ..whole.clone()
+        }
+        .encode_ack();
+        eprintln!(
+            "acknowledgement: {} bytes, of which the announced key and its signature {}",
+            ack.len(),
+            ack.len() - plain.len()
+        );
+        assert!(ack.len() < 400, "{} bytes", ack.len());
+        assert!(
+            ack.len() - plain.len() < 200,
+            "{} bytes",
+            ack.len() - plain.len()
+        );
         assert_eq!(identity.with_ack(&ack).unwrap(), whole);
         // An acknowledgement replaces what the identity record says, and no more.
         let older = MemberRecord {
@@ -1451,16 +1603,32 @@ mod tests {
             ..whole.clone()
         };
         assert_eq!(whole.with_ack(&older.encode_ack()).unwrap(), older);
-        // Checked as a whole record is: absurd numbers, a bad digest, unknown fields, a huge
-        // error (cut).
-        let absurd = MemberRecord {
-            applied_generation: u64::MAX,
+        // A ratchet: the next acknowledgement announces another key.
+        let ratcheted = MemberRecord {
+            public_key: Some(Identity::generate().public().to_base64()),
             ..whole.clone()
         };
         assert_eq!(
-            identity.with_ack(&absurd.encode_ack()),
-            Err(RecordError::AbsurdGeneration)
+            identity.with_ack(&ratcheted.encode_ack()).unwrap(),
+            ratcheted
         );
+        // Checked as a whole record is: absurd numbers, a bad digest, a bad key, unknown
+        // fields, a huge error (cut).
+        for absurd in [
+            MemberRecord {
+                applied_generation: u64::MAX,
+                ..whole.clone()
+            },
+            MemberRecord {
+                floor_generation: Some(u64::MAX),
+                ..whole.clone()
+            },
+        ] {
+            assert_eq!(
+                identity.with_ack(&absurd.encode_ack()),
+                Err(RecordError::AbsurdGeneration)
+            );
+        }
         let bad = MemberRecord {
             applied_digest: Some("nope".into()),
             ..whole.clone()
@@ -1469,26 +1637,74 @@ mod tests {
             identity.with_ack(&bad.encode_ack()),
             Err(RecordError::Digest)
         );
-        assert!(identity
-            .with_ack(
-                br#"{"sealing_key":"","applied_generation":1,"updated_at_ms":1,"certificate":"x"}"#
-            )
-            .is_err());
-        // Another process's acknowledgement (another sealing key) is not counted.
-        let other_process = MemberRecord {
-            public_key: Some(Identity::generate().public().to_base64()),
+        let bad_key = MemberRecord {
+            public_key: Some("AAAA".into()),
             ..whole.clone()
         };
-        assert!(matches!(
-            identity.with_ack(&other_process.encode_ack()),
-            Err(RecordError::AckOfAnotherKey { .. })
-        ));
+        assert_eq!(
+            identity.with_ack(&bad_key.encode_ack()),
+            Err(RecordError::PublicKey)
+        );
+        assert!(identity
+            .with_ack(
+                br#"{"instance":"0123456789abcdef","applied_generation":1,"updated_at_ms":1,"certificate":"x"}"#
+            )
+            .is_err());
+        // The acknowledgement of a stek before the ratchet (it named a sealing key) is refused.
+        assert!(identity
+            .with_ack(br#"{"sealing_key":"","applied_generation":1,"updated_at_ms":1}"#)
+            .is_err());
+        // Another box's (or registration's) acknowledgement is not counted, and what it shows
+        // of its instance is cut to hex digits.
+        let other_box = MemberRecord {
+            instance: Some("fedcba9876543210".into()),
+            ..whole.clone()
+        };
+        assert_eq!(
+            identity.with_ack(&other_box.encode_ack()),
+            Err(RecordError::AckOfAnotherInstance {
+                ack: "fedcba9876543210".into(),
+                record: "0123456789abcdef".into()
+            })
+        );
+        let forged = identity
+            .with_ack(br#"{"instance":"\u001b[31mforged\nline","applied_generation":1,"updated_at_ms":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(!forged.chars().any(char::is_control), "{forged:?}");
         let long = MemberRecord {
             last_error: Some("x".repeat(100_000)),
             ..whole
         };
         let read = identity.with_ack(&long.encode_ack()).unwrap();
         assert!(read.last_error.unwrap().len() <= MAX_LAST_ERROR);
+    }
+
+    /// An instance is what a state directory makes (16 hex digits); anything else in a member
+    /// record is refused, so no reader prints or compares something else.
+    #[test]
+    fn a_member_record_with_a_malformed_instance_is_refused() {
+        for bad in [
+            "",
+            "not hex",
+            "0123456789abcdef0123456789abcdef0",
+            "\u{1b}[0m",
+        ] {
+            let rec = MemberRecord {
+                instance: Some(bad.into()),
+                ..member_record("n1")
+            };
+            assert_eq!(
+                MemberRecord::decode(&rec.encode()),
+                Err(RecordError::Instance),
+                "{bad:?}"
+            );
+        }
+        let good = MemberRecord {
+            instance: Some("0123456789abcdef".into()),
+            ..member_record("n1")
+        };
+        assert_eq!(MemberRecord::decode(&good.encode()).unwrap(), good);
     }
 
     #[test]
@@ -1505,6 +1721,8 @@ mod tests {
             certificate: None,
             key_signature: None,
             applied_digest: None,
+            floor_generation: None,
+            instance: None,
         };
         let read = MemberRecord::decode(&rec.encode()).unwrap();
         let e = read.last_error.unwrap();

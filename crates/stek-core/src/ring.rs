@@ -186,8 +186,20 @@ impl KeyRing {
         policy: &Policy,
         source: &mut dyn KeySource,
     ) -> Self {
-        let generation = old.generation + 1;
-        let first = old.last_epoch + 1;
+        Self::rekeyed_from(old.generation, old.last_epoch, now, policy, source)
+    }
+
+    /// [`KeyRing::rekeyed`] after a ring known only by its `generation` and `last_epoch` (a
+    /// node's rollback floor, when the store holds no ring it may accept).
+    pub fn rekeyed_from(
+        generation: u64,
+        last_epoch: u64,
+        now: SystemTime,
+        policy: &Policy,
+        source: &mut dyn KeySource,
+    ) -> Self {
+        let generation = generation.saturating_add(1);
+        let first = last_epoch.saturating_add(1);
         let mut key = |epoch, state| RingKey {
             epoch,
             state,

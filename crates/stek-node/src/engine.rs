@@ -10,9 +10,11 @@ use std::time::{Duration, SystemTime};
 use stek_coord::{LeaseId, Member, RingSlot, Snapshot, StoredRing, Term};
 use stek_core::{decide_at, next_ring, Decision, KeyRing, KeySource, Policy, RingMeta};
 
-/// The largest step a ring's generation may take above the newest one this node accepted: a
-/// signed ring numbered near u64::MAX (a compromised member's) would stop every later write.
-pub const MAX_GENERATION_STEP: u64 = 1_000_000;
+pub mod floor;
+pub mod ratchet;
+
+use floor::Floor;
+pub use floor::MAX_GENERATION_STEP;
 
 /// What the leader knows when it decides.
 #[derive(Debug, Clone, Copy)]
@@ -23,8 +25,14 @@ pub struct LeaderView<'a> {
     pub snap: &'a Snapshot,
     /// The keys this node holds: the ring it last opened and the ring it last applied.
     pub held: Held<'a>,
-    /// The newest generation this node accepted.
+    /// The newest generation this node accepted (its floor, or a newer valid ring it saw).
     pub newest_seen: u64,
+    /// The newest ring this node accepted, kept across restarts ([`Floor`]).
+    pub floor: Option<&'a Floor>,
+    /// That ring as the store held it when this node accepted it (its copies included): put
+    /// back unchanged over a ring that was replayed, restored from a backup, deleted or
+    /// broken, so that no new generation is written per attack.
+    pub accepted: Option<&'a StoredRing>,
     /// The rotation policy.
     pub policy: Policy,
     /// Now, by this node's clock.
@@ -186,6 +194,15 @@ pub enum Step {
         /// history purge).
         before: Option<KeyRing>,
     },
+    /// Put `stored`, the ring this node accepted last, back into the store unchanged (the
+    /// same generation, the same copies, its writer's signature): the stored ring was
+    /// replaced by an older one, deleted or broken. Nodes that hold it apply nothing.
+    Restore {
+        /// The ring record and its copies.
+        stored: StoredRing,
+        /// What happened to the stored ring.
+        why: String,
+    },
     /// Seal a copy of the stored ring, unchanged, for each of `members` (live, with a public
     /// key, and no copy of this write sealed to it), and store only those copies: a member
     /// that joins costs one copy, not a ring write every member applies again.
@@ -237,13 +254,17 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
         },
         RingSlot::Absent | RingSlot::Rejected(_) => {
             // Never bootstrap over a missing or bad record while keys are held: nodes would
-            // switch to keys nobody else holds. Write back the last ring this node opened (same
-            // keys, a generation above any seen), or hand over to a member that holds keys;
-            // bootstrap only when nobody does.
+            // switch to keys nobody else holds. Put back the ring this node accepted last
+            // (unchanged: no new generation per replay), or write back the last ring it
+            // opened (same keys, a generation above any seen), or hand over to a member that
+            // holds keys; new keys only when nobody does.
             let why = match &snap.ring {
                 RingSlot::Rejected(e) => format!("the ring record is rejected ({e})"),
                 _ => "the ring record is missing".to_owned(),
             };
+            if let Some(step) = restore(v, &why) {
+                return step;
+            }
             if let Some(good) = v.held.any() {
                 let ring = renumber_after(
                     good.with_next_rotation_at(good.next_rotation_at()),
@@ -259,6 +280,25 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
             }
             if let Some(to) = key_holder(v.me, snap, 0) {
                 return Step::HandOver { to, why };
+            }
+            if let Some(floor) = v.floor {
+                // This node accepted a ring it no longer holds (it restarted), and no live
+                // member holds one either (they restarted too, after the store was restored
+                // from a backup or a ring replayed): the keys are gone with the processes that
+                // held them. New keys, numbered above this node's floor and every member's.
+                let rekeyed = KeyRing::rekeyed_from(
+                    floor.generation,
+                    floor.last_epoch,
+                    v.now,
+                    &v.policy,
+                    keys,
+                );
+                return Step::Write {
+                    ring: renumber_after(rekeyed, snap, v.newest_seen),
+                    served: snap.requests.clone(),
+                    why: Why::Rekey,
+                    before: None,
+                };
             }
             if matches!(snap.ring, RingSlot::Rejected(_)) {
                 return Step::Stuck { why };
@@ -351,6 +391,30 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
         decision: Some(decision),
         until,
     }
+}
+
+/// The ring this node accepted last, put back unchanged over a missing or rejected one: when
+/// it still holds its keys and no live member acknowledged or accepted a newer generation
+/// (that member holds keys this node lacks, and leads instead).
+fn restore(v: &LeaderView<'_>, why: &str) -> Option<Step> {
+    let accepted = v.accepted?;
+    v.held.plaintext(&accepted.ring)?;
+    let generation = accepted.ring.generation();
+    let ceiling = v.newest_seen.saturating_add(MAX_GENERATION_STEP);
+    let newer = v.snap.members.iter().any(|m| {
+        m.live
+            && m.record.node_id != v.me
+            && [
+                m.record.applied_generation,
+                m.record.floor_generation.unwrap_or(0),
+            ]
+            .into_iter()
+            .any(|g| g > generation && g <= ceiling)
+    });
+    (!newer).then(|| Step::Restore {
+        stored: accepted.clone(),
+        why: why.to_owned(),
+    })
 }
 
 /// A stored ring older than what was acknowledged (the store was restored from a backup, or
@@ -461,8 +525,8 @@ pub fn lacking_copies(stored: &StoredRing, members: &[Member]) -> Vec<String> {
 }
 
 /// A repaired ring must have a generation above every generation members acknowledged, so
-/// that they apply it and acknowledge again, and above `floor` (the newest this node saw), so
-/// that no node takes it for a replay. Acknowledgements are unsigned: one more than
+/// that they apply it and acknowledge again, and above every member's rollback floor and
+/// `floor` (the newest this node saw), so that no node takes it for a replay. Acknowledgements are unsigned: one more than
 /// [`MAX_GENERATION_STEP`] above `floor` is ignored, so a forged one cannot push the ring to
 /// the end of the numbering. One step, whatever the numbers (saturating, never wrapping).
 pub fn renumber_after(ring: KeyRing, snap: &Snapshot, floor: u64) -> KeyRing {
@@ -470,7 +534,12 @@ pub fn renumber_after(ring: KeyRing, snap: &Snapshot, floor: u64) -> KeyRing {
     let highest = snap
         .members
         .iter()
-        .map(|m| m.record.applied_generation)
+        .flat_map(|m| {
+            [
+                m.record.applied_generation,
+                m.record.floor_generation.unwrap_or(0),
+            ]
+        })
         .filter(|g| *g <= ceiling)
         .max()
         .unwrap_or(0)
@@ -560,6 +629,8 @@ mod tests {
                     certificate: None,
                     key_signature: None,
                     applied_digest: digest,
+                    floor_generation: None,
+                    instance: None,
                 },
                 live: self.live,
             }
@@ -607,6 +678,8 @@ mod tests {
             requests_due: now,
             reseal_rested: true,
             seals_copies: false,
+            accepted: None,
+            floor: None,
         };
         leader_step(&v, &mut OsKeySource)
     }
@@ -778,6 +851,8 @@ mod tests {
             requests_due: t(10),
             reseal_rested: true,
             seals_copies: false,
+            accepted: None,
+            floor: None,
         };
         let (ring, _, why) = written(leader_step(&v, &mut OsKeySource));
         assert!(matches!(why, Why::Decision(Decision::Reschedule { .. })));
@@ -817,6 +892,8 @@ mod tests {
             requests_due: t(70),
             reseal_rested: true,
             seals_copies: false,
+            accepted: None,
+            floor: None,
         };
         match leader_step(&v, &mut OsKeySource) {
             Step::Wait { until, .. } => assert_eq!(until, t(70)),
@@ -846,6 +923,8 @@ mod tests {
             requests_due: t(10),
             reseal_rested: false,
             seals_copies: false,
+            accepted: None,
+            floor: None,
         };
         assert_eq!(
             leader_step(&v, &mut OsKeySource),
@@ -879,6 +958,8 @@ mod tests {
                 requests_due: t(10),
                 reseal_rested: rested,
                 seals_copies,
+                accepted: None,
+                floor: None,
             }
         }
         // The writer, holding the data key: the member that joined gets a copy of the stored

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use stek_coord::identity::NodeIdentity;
-use stek_coord::seal::{DataKey, Identity, MemberKey, SealError, SealedCopy};
+use stek_coord::seal::{DataKey, MemberKey, MemberKeyId, SealError, SealedCopy};
 use stek_coord::{
-    ChangeStream, CoordError, Coordinator, KeepAlive, LeaseId, MemberRecord, RecordError, RingSlot,
-    Snapshot, StoredRing, Term,
+    ChangeStream, CoordError, Coordinator, KeepAlive, LeaseId, MemberRecord, RingSlot, Snapshot,
+    StoredRing, Term,
 };
 use stek_core::rotation::RotateReason;
 use stek_core::{decide_at, Decision, KeyRing, OsKeySource, RingDigest};
@@ -25,7 +25,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::admin::{unix, ErrorLabels, MemberLabels, Metrics, TargetLabels};
 use crate::config::Config;
-use crate::engine::{self, Election, Held, LeaderView, Phase, Step, Why, MAX_GENERATION_STEP};
+use crate::engine::floor::{self, Floor};
+use crate::engine::{self, ratchet, Election, Held, LeaderView, Phase, Step, Why};
+use crate::state::Sealing;
 
 /// How often the node reads again even without an event.
 const RESYNC: Duration = Duration::from_secs(10);
@@ -55,7 +57,8 @@ const MAX_LOGGED: usize = 4096;
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
 
-/// Runs a node with the sealing key pair `sealing` until `shutdown` resolves; then resigns and revokes its lease at once. Keeps
+/// Runs a node with the sealing keys and rollback floor `sealing` (its state directory, loaded)
+/// until `shutdown` resolves; then resigns and revokes its lease at once. Keeps
 /// `metrics` (served by [`crate::admin`]) current on every pass. With `identity`
 /// (`[identity]`), the node signs its member record and every ring it writes, and acts only on
 /// rings its leader signed and members whose enrollment verifies.
@@ -64,7 +67,7 @@ pub async fn run<C: Coordinator>(
     coord: C,
     metrics: Arc<Metrics>,
     identity: Option<&NodeIdentity>,
-    sealing: Identity,
+    sealing: Sealing,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
     run_with(
@@ -101,7 +104,7 @@ pub async fn run_with<C: Coordinator>(
     coord: C,
     metrics: Arc<Metrics>,
     identity: Option<&NodeIdentity>,
-    sealing: Identity,
+    sealing: Sealing,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
@@ -116,10 +119,12 @@ pub async fn run_with<C: Coordinator>(
         enrollment: None,
         own_identity_error: None,
         last_requested_rotation: None,
-        newest_seen: 0,
+        newest_seen: sealing.floor().map_or(0, |f| f.generation),
         live_seen: BTreeSet::new(),
         requests_seen: BTreeSet::new(),
-        identity: sealing,
+        sealing,
+        accepted: None,
+        state_error: None,
         lease: None,
         term: None,
         opened: None,
@@ -140,11 +145,7 @@ pub async fn run_with<C: Coordinator>(
         active_seen: None,
         dead_since: std::collections::BTreeMap::new(),
     };
-    if let Some(pki) = identity {
-        let mut enrolled = node.bare_record();
-        enrolled.enroll(&config.cluster, &pki.creds);
-        node.enrollment = enrolled.certificate.zip(enrolled.key_signature);
-    }
+    node.enroll();
     let mut keepalive: Option<KeepAlive> = None;
     let mut watch: Option<C::Watch> = None;
     let mut backoff = BACKOFF_MIN;
@@ -162,7 +163,7 @@ pub async fn run_with<C: Coordinator>(
     let mut full_every = FULL_READ;
     let mut watch_all = false;
     tokio::pin!(shutdown);
-    info!(node = %config.node_id, cluster = %config.cluster, targets = config.targets.len(), public_key = %node.identity.public().id(), "stek node starting");
+    info!(node = %config.node_id, cluster = %config.cluster, targets = config.targets.len(), instance = %node.sealing.instance(), announced_key = %node.sealing.announced().public().id(), floor = node.sealing.floor().map_or(0, |f| f.generation), "stek node starting");
     'run: loop {
         // Lease and registration.
         if node.lease.is_none() {
@@ -458,24 +459,32 @@ struct Node<'a, C> {
     metrics: Arc<Metrics>,
     /// `[identity]`: signs this node's records and rings, verifies everyone else's.
     pki: Option<&'a NodeIdentity>,
-    /// This process's signed enrollment (certificate, key signature), made once: ECDSA
-    /// signatures differ every time, and the record must not change on every pass.
-    enrollment: Option<(String, String)>,
+    /// The signed enrollment of the key this node announces (certificate, key id, key
+    /// signature), made again only when the announced key changes: ECDSA signatures differ
+    /// every time, and the record must not change on every pass.
+    enrollment: Option<(String, MemberKeyId, String)>,
     /// Why this node's own certificate no longer verifies (expired, revoked): it then never
     /// leads, so it never writes a ring the others would refuse.
     own_identity_error: Option<String>,
     /// When this leader last rotated because of a request (`min_request_interval`).
     last_requested_rotation: Option<Instant>,
-    /// The newest ring generation this process accepted: an older ring is a replay, never
-    /// applied (no rollback).
+    /// The newest valid ring generation this node has seen (its floor at the start, then
+    /// every valid ring read): an older ring is a replay, never applied (no rollback).
     newest_seen: u64,
     /// Members the leader saw live on its last pass (to audit the ones that go).
     live_seen: BTreeSet<String>,
     /// Rotation requests already audited.
     requests_seen: BTreeSet<String>,
-    /// This node's sealing key pair: kept in `state_dir` on the RAM disk, so a restarted
-    /// process opens its copy again and a reboot forgets it.
-    identity: Identity,
+    /// This node's sealing keys (they ratchet) and rollback floor, in `state_dir` on the RAM
+    /// disk: a restarted process opens its copy again and refuses older rings; a reboot
+    /// forgets both.
+    sealing: Sealing,
+    /// The ring this node accepted last, as the store held it (its copies included): what a
+    /// leader puts back over a replayed, restored, deleted or broken ring.
+    accepted: Option<StoredRing>,
+    /// Why the state directory could not take the last ratchet step (the floor or a key could
+    /// not be written): the ring is not applied until it can.
+    state_error: Option<String>,
     lease: Option<LeaseId>,
     term: Option<Term>,
     /// The last ring this node opened from its own sealed copy. A leader also rewrites it over
@@ -550,11 +559,30 @@ impl SealFailure {
 impl<C: Coordinator> Node<'_, C> {
     fn record(&self) -> MemberRecord {
         let mut record = self.bare_record();
-        if let Some((cert, sig)) = &self.enrollment {
+        if let Some((cert, _, sig)) = &self.enrollment {
             record.certificate = Some(cert.clone());
             record.key_signature = Some(sig.clone());
         }
         record
+    }
+
+    /// With `[identity]`, signs the key this node announces, once per key.
+    fn enroll(&mut self) {
+        let Some(pki) = self.pki else { return };
+        let announced = self.sealing.announced().public().id();
+        if self
+            .enrollment
+            .as_ref()
+            .is_some_and(|(_, k, _)| *k == announced)
+        {
+            return;
+        }
+        let mut enrolled = self.bare_record();
+        enrolled.enroll(&self.config.cluster, &pki.creds);
+        self.enrollment = enrolled
+            .certificate
+            .zip(enrolled.key_signature)
+            .map(|(cert, sig)| (cert, announced, sig));
     }
 
     fn bare_record(&self) -> MemberRecord {
@@ -575,7 +603,7 @@ impl<C: Coordinator> Node<'_, C> {
                 {
                     Some(format!("generation {}: {}", f.generation, f.error))
                 }
-                _ => self.last_error.clone(),
+                _ => self.state_error.clone().or_else(|| self.last_error.clone()),
             }
             .as_deref()
             .map(stek_coord::records::cut_error),
@@ -587,7 +615,7 @@ impl<C: Coordinator> Node<'_, C> {
                     .as_millis(),
             )
             .unwrap_or(u64::MAX),
-            public_key: Some(self.identity.public().to_base64()),
+            public_key: Some(self.sealing.announced().public().to_base64()),
             unsealable_generation: self
                 .seal_error
                 .as_ref()
@@ -595,36 +623,31 @@ impl<C: Coordinator> Node<'_, C> {
                 .map(|f| f.generation),
             certificate: None,
             key_signature: None,
+            instance: Some(self.sealing.instance().to_owned()),
+            floor_generation: self.sealing.floor().map(|f| f.generation),
         }
     }
 
     /// What this node may act on in a read: with `[identity]`, only a ring its writer signed
     /// and members whose enrollment verifies ([`Snapshot::authenticate`]); and never a ring
-    /// older than one it accepted before (a replay).
+    /// its rollback floor refuses ([`floor::admit`]: older than one it accepted, before or
+    /// since a restart, or not written by the leader of its term).
     fn authenticated(&mut self, mut snap: Snapshot) -> Snapshot {
         if let Some(pki) = self.pki {
             snap.authenticate(&pki.trust, self.clock.now());
         }
         if let RingSlot::Valid(stored) = &snap.ring {
-            let generation = stored.ring.generation();
-            let step = generation.saturating_sub(self.newest_seen);
-            let refused = if generation < self.newest_seen {
-                Some(RecordError::Rollback {
-                    got: generation,
-                    seen: self.newest_seen,
-                })
-            } else if self.newest_seen > 0 && step > MAX_GENERATION_STEP {
-                Some(RecordError::Policy(format!(
-                    "generation {generation} jumps more than {MAX_GENERATION_STEP} above generation {}, the newest this node has seen; never applied",
-                    self.newest_seen
-                )))
-            } else {
-                self.newest_seen = generation;
-                None
-            };
-            if let Some(e) = refused {
-                snap.rejected.push(("ring".into(), e.clone()));
-                snap.ring = RingSlot::Rejected(e);
+            match floor::admit(
+                self.newest_seen,
+                self.sealing.floor(),
+                snap.leader.as_ref(),
+                stored,
+            ) {
+                Ok(()) => self.newest_seen = stored.ring.generation(),
+                Err(e) => {
+                    snap.rejected.push(("ring".into(), e.clone()));
+                    snap.ring = RingSlot::Rejected(e);
+                }
             }
         }
         snap
@@ -640,13 +663,16 @@ impl<C: Coordinator> Node<'_, C> {
         carried: Option<Snapshot>,
     ) -> Result<Snapshot, CoordError> {
         // The events of its six keys come in order per key, not across keys: a ring may come
-        // before the copy written just ahead of it. What the watch carried is used only when
-        // it holds this ring's keys or their copy; otherwise it reads, at one revision.
+        // before the copy written just ahead of it, or before the leader key of the term it
+        // was written in. What the watch carried is used only when it holds this ring's keys
+        // or their copy, and the leader of the ring's term or a later one; otherwise it reads,
+        // at one revision (the floor judges a ring's term against the leadership).
         let me = self.config.node_id.as_str();
         let usable = |s: &Snapshot| match &s.ring {
             RingSlot::Valid(stored) => {
-                stored.copy_is_for_this_ring(me).is_ok()
-                    || self.held().plaintext(&stored.ring).is_some()
+                (stored.copy_is_for_this_ring(me).is_ok()
+                    || self.held().plaintext(&stored.ring).is_some())
+                    && s.leader.as_ref().is_some_and(|l| l.term.0 >= stored.term)
             }
             _ => true,
         };
@@ -721,6 +747,15 @@ impl<C: Coordinator> Node<'_, C> {
         }
         if let RingSlot::Valid(stored) = &snap.ring {
             self.open(stored);
+            // Copies sealed since (a member that joined) are put back with the ring too; a
+            // follower's read holds its own copy only, a leader's every one.
+            if let Some(a) = self.accepted.as_mut().filter(|a| {
+                !snap.partial
+                    && a.write_id() == stored.write_id()
+                    && a.envelope.copies != stored.envelope.copies
+            }) {
+                a.envelope.copies.clone_from(&stored.envelope.copies);
+            }
             // A ring is known by its digest: another ring of the generation applied (after a
             // store rollback, or a lost write) is applied too.
             let digest = stored.ring.digest();
@@ -888,7 +923,9 @@ impl<C: Coordinator> Node<'_, C> {
             error,
         };
         // A copy of another ring is waited out (the leader reseals); with [identity], a copy
-        // is opened only if the ring's writer signed it.
+        // is opened only if the ring's writer signed it; and only with a key this node still
+        // holds (the one it announced, or the one that opened its floor's ring).
+        let announced = self.sealing.announced().public().id();
         let opened = stored
             .copy_is_for_this_ring(&self.config.node_id)
             .and_then(|()| match self.pki {
@@ -901,14 +938,46 @@ impl<C: Coordinator> Node<'_, C> {
                 None => Ok(()),
             })
             .and_then(|()| {
-                stored.open_keeping_key(&self.config.cluster, &self.config.node_id, &self.identity)
+                let recipient = copy.map_or(announced, |c| c.recipient);
+                let key = self
+                    .sealing
+                    .key(recipient)
+                    .ok_or(SealError::OtherRecipient {
+                        copy: recipient,
+                        mine: announced,
+                    })?;
+                stored
+                    .open_keeping_key(&self.config.cluster, &self.config.node_id, key)
+                    .map(|(ring, data)| (ring, data, recipient))
             });
         match opened {
-            Ok((ring, key)) => {
+            Ok((ring, key, with)) => {
+                // The floor is on the RAM disk, and a key no ring needs any more is erased,
+                // before anything is applied; a step that fails leaves the ring unopened, to
+                // be tried again, while the node serves the keys it has.
+                let actions = ratchet::on_open(
+                    self.sealing.roles(),
+                    self.sealing.floor(),
+                    Floor::of(stored, with),
+                );
+                if let Err(e) = self.sealing.perform(&actions) {
+                    let e = format!("cannot record generation {generation} in the state directory: {e}; keeping the keys on disk");
+                    if self.state_error.as_ref() != Some(&e) {
+                        error!("{e}");
+                    }
+                    self.state_error = Some(e);
+                    return;
+                }
+                self.state_error = None;
+                if actions.contains(&ratchet::Action::MakeNext) {
+                    debug!(generation, opened_with = %with, announced = %self.sealing.announced().public().id(), "sealing key ratcheted: the key before is erased");
+                    self.enroll();
+                }
                 debug!(generation, "opened this node's sealed copy of the ring");
                 self.opened = Some(ring);
                 self.data_key = Some(key);
                 self.seal_error = None;
+                self.accepted = Some(stored.clone());
             }
             // A copy of another write is logged as an error: it is left by a leader that
             // failed between its copies and its ring (rare), or put there by a writer of the
@@ -1078,11 +1147,19 @@ impl<C: Coordinator> Node<'_, C> {
                 self.last_wait = Some(msg);
             }
         }
+        // The ring to put back over a replayed or broken one, unless its own signature no
+        // longer verifies (its writer's certificate expired): then it is written anew.
+        let accepted = self
+            .accepted
+            .as_ref()
+            .filter(|a| self.pki.is_none_or(|pki| a.verify(&pki.trust, now).is_ok()));
         let view = LeaderView {
             me: &me,
             snap,
             held: self.held(),
             newest_seen: self.newest_seen,
+            floor: self.sealing.floor(),
+            accepted,
             policy: self.config.policy,
             now,
             requests_due,
@@ -1107,6 +1184,21 @@ impl<C: Coordinator> Node<'_, C> {
                 Some(Instant::now() + BACKOFF_MIN)
             }
             Step::HandOver { to, why } => self.hand_over(term, &to, &why).await,
+            Step::Restore { stored, why } => {
+                let generation = stored.ring.generation();
+                match self
+                    .coord
+                    .write_ring(term, snap.ring_revision, &stored, &[])
+                    .await
+                {
+                    Ok(revision) => {
+                        self.written_at = self.written_at.max(revision);
+                        warn!(target: "audit", generation, leader = %me, "{why}: put back the ring this leader accepted last (generation {generation}), unchanged");
+                    }
+                    Err(e) => self.write_failed(e),
+                }
+                Some(Instant::now() + BACKOFF_MIN)
+            }
             Step::SealCopies { members } => {
                 self.last_reseal = Some(Instant::now());
                 match self.seal_copies(term, snap, &members).await {

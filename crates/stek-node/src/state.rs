@@ -1,11 +1,24 @@
-//! The node's state directory: its sealing private key, on a RAM disk.
+//! The node's state directory on a RAM disk: its sealing private keys, its rollback floor and
+//! its instance id.
 //!
-//! The key that opens this node's sealed copy of the ring must outlive the process (an upgrade
-//! restarts every box at once, and a ring nobody can open is thrown away with every ticket
-//! key in it) but not the machine: the ticket keys already sit in plaintext on the same RAM
-//! disk, and a reboot must forget both. So the key is kept in `state_dir`, which must be a
-//! tmpfs or ramfs directory only this user can enter, in a 0600 file. A lock file keeps two
+//! The keys that open this node's sealed copies of the ring must outlive the process (an
+//! upgrade restarts every box at once, and a ring nobody can open is thrown away with every
+//! ticket key in it) but not the machine: the ticket keys already sit in plaintext on the same
+//! RAM disk, and a reboot must forget both. So they are kept in `state_dir`, which must be a
+//! tmpfs or ramfs directory only this user can enter, in 0600 files. A lock file keeps two
 //! nodes from sharing one directory (and so one key).
+//!
+//! The keys ratchet ([`crate::engine::ratchet`] decides; [`Sealing`] performs): at most two
+//! private keys at any time, `sealing-<key id>.key`, and every key that opens no ring the node
+//! may still need is overwritten, unlinked and the directory synced. Beside them:
+//! - `floor`: the newest ring this node accepted (generation, digest, term, writer), written
+//!   before the ring is applied and read before the first store read after a start, so that a
+//!   restarted process refuses an older ring as the running one did;
+//! - `instance`: 8 random bytes in hex, made at the first start after a boot: the store tells
+//!   a restart of this box from a second box with the same node id by it.
+//!
+//! A reboot empties the directory: new keys, no floor, a new instance; every copy sealed to a
+//! key from before opens with no key that exists.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
@@ -13,10 +26,24 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
-use stek_coord::seal::Identity;
+use serde::{Deserialize, Serialize};
+use stek_coord::seal::{Identity, MemberKeyId};
+use stek_core::RingDigest;
+use tracing::{info, warn};
 
-/// The sealing key's file in the state directory.
-pub const SEALING_KEY_FILE: &str = "sealing.key";
+use crate::engine::floor::Floor;
+use crate::engine::ratchet::{self, Action, Roles};
+
+/// The sealing key file of a stek from before the ratchet (one key per boot): taken over as
+/// the announced key at the first start of this version.
+pub const LEGACY_SEALING_KEY_FILE: &str = "sealing.key";
+/// The prefix of a sealing key's file: `sealing-<key id>.key`.
+const KEY_PREFIX: &str = "sealing-";
+const KEY_SUFFIX: &str = ".key";
+/// The rollback floor's file.
+pub const FLOOR_FILE: &str = "floor";
+/// The instance id's file.
+pub const INSTANCE_FILE: &str = "instance";
 const LOCK_FILE: &str = "node.lock";
 
 /// Why the state directory cannot be used.
@@ -33,7 +60,7 @@ pub enum StateError {
         source: io::Error,
     },
     /// The directory is not private to this user.
-    #[error("state_dir {path}: {reason}; it holds the key that opens this node's ticket keys: make it owned by the user stek runs as, mode 0700")]
+    #[error("state_dir {path}: {reason}; it holds the keys that open this node's ticket keys: make it owned by the user stek runs as, mode 0700")]
     NotPrivate {
         /// The directory.
         path: PathBuf,
@@ -41,7 +68,7 @@ pub enum StateError {
         reason: String,
     },
     /// The directory is not on a RAM disk.
-    #[error("state_dir {path} is on {fs}, not tmpfs or ramfs: the sealing key would outlive a reboot on disk. Point state_dir at a RAM disk (the default is under /run)")]
+    #[error("state_dir {path} is on {fs}, not tmpfs or ramfs: the sealing keys would outlive a reboot on disk. Point state_dir at a RAM disk (the default is under /run)")]
     NotRamDisk {
         /// The directory.
         path: PathBuf,
@@ -56,9 +83,17 @@ pub enum StateError {
         /// The lock file.
         lock: PathBuf,
     },
-    /// The key file is not a key.
+    /// A key file is not a key.
     #[error("{path} is not a sealing key ({reason}); remove it and start the node again: it makes a new key and is sealed a new copy")]
     BadKey {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The floor or instance file is not what this stek writes.
+    #[error("{path} is unreadable ({reason}); remove it and start the node again (a removed floor lets this process accept any valid ring once, as after a reboot)")]
+    BadFile {
         /// The file.
         path: PathBuf,
         /// What is wrong.
@@ -143,66 +178,359 @@ impl StateDir {
         })
     }
 
-    /// The sealing key kept here, or a new one (written before it is used). The second value
-    /// says whether it was made now.
-    pub fn sealing_identity(&self) -> Result<(Identity, bool), StateError> {
-        let file = self.path.join(SEALING_KEY_FILE);
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the instance, the floor and the keys, brings the keys to what the ratchet keeps
+    /// ([`ratchet::on_start`]: the floor's key and one announced key, a new one made if
+    /// missing) and returns them, holding this directory.
+    pub fn load(self) -> Result<Sealing, StateError> {
+        let instance = self.instance()?;
+        let floor = self.read_floor()?;
+        self.take_over_legacy_key()?;
+        let mut keys = Vec::new();
+        for id in self.key_ids()? {
+            keys.push(self.read_key(id)?);
+        }
+        let ids: Vec<MemberKeyId> = keys.iter().map(|k| k.public().id()).collect();
+        let (roles, actions) = ratchet::on_start(&ids, floor.as_ref());
+        let mut sealing = Sealing {
+            dir: self,
+            instance,
+            floor,
+            keys,
+            roles,
+            made_at_start: false,
+        };
+        sealing.made_at_start = actions.contains(&Action::MakeNext);
+        sealing.perform(&actions)?;
+        Ok(sealing)
+    }
+
+    /// The instance id, made (and synced) when the directory has none.
+    fn instance(&self) -> Result<String, StateError> {
+        let file = self.path.join(INSTANCE_FILE);
+        match read_private(&file, 64)? {
+            Some(bytes) => {
+                let text = String::from_utf8(bytes.to_vec()).unwrap_or_default();
+                let text = text.trim();
+                if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(StateError::BadFile {
+                        path: file,
+                        reason: "not 16 hex digits".into(),
+                    });
+                }
+                Ok(text.to_owned())
+            }
+            None => {
+                let instance = format!("{:016x}", rand::random::<u64>());
+                self.write_atomically(INSTANCE_FILE, instance.as_bytes())?;
+                Ok(instance)
+            }
+        }
+    }
+
+    fn read_floor(&self) -> Result<Option<Floor>, StateError> {
+        let file = self.path.join(FLOOR_FILE);
+        let Some(bytes) = read_private(&file, 4096)? else {
+            return Ok(None);
+        };
+        let bad = |reason: &str| StateError::BadFile {
+            path: file.clone(),
+            reason: reason.to_owned(),
+        };
+        let r: FloorFile = serde_json::from_slice(&bytes).map_err(|_| bad("not a floor record"))?;
+        Ok(Some(Floor {
+            generation: r.generation,
+            digest: RingDigest::from_hex(&r.digest).ok_or_else(|| bad("a bad digest"))?,
+            term: r.term,
+            writer: r.writer,
+            last_epoch: r.last_epoch,
+            key: MemberKeyId::from_hex(&r.key).ok_or_else(|| bad("a bad key id"))?,
+        }))
+    }
+
+    /// Renames a key file of a stek from before the ratchet to a key file of this one: it
+    /// opens the stored ring's copy, and becomes `next` until the first ring is opened.
+    fn take_over_legacy_key(&self) -> Result<(), StateError> {
+        let legacy = self.path.join(LEGACY_SEALING_KEY_FILE);
+        if !legacy.exists() {
+            return Ok(());
+        }
+        let key = self.read_key_file(&legacy)?;
+        let to = self.key_path(key.public().id());
+        fs::rename(&legacy, &to).map_err(io(&to, "rename the sealing key of an earlier stek"))?;
+        self.sync()?;
+        info!(state_dir = %self.path.display(), key = %key.public().id(), "took over the sealing key of the stek before the ratchet");
+        Ok(())
+    }
+
+    /// The ids of the key files here, sorted.
+    fn key_ids(&self) -> Result<Vec<MemberKeyId>, StateError> {
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&self.path).map_err(io(&self.path, "list"))? {
+            let entry = entry.map_err(io(&self.path, "list"))?;
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(KEY_PREFIX)?.strip_suffix(KEY_SUFFIX))
+            else {
+                continue;
+            };
+            match MemberKeyId::from_hex(id) {
+                Some(id) => ids.push(id),
+                None => {
+                    return Err(StateError::BadKey {
+                        path: entry.path(),
+                        reason: "its name is not a key id".into(),
+                    })
+                }
+            }
+        }
+        ids.sort_by_key(ToString::to_string);
+        Ok(ids)
+    }
+
+    fn key_path(&self, id: MemberKeyId) -> PathBuf {
+        self.path.join(format!("{KEY_PREFIX}{id}{KEY_SUFFIX}"))
+    }
+
+    fn read_key(&self, id: MemberKeyId) -> Result<Identity, StateError> {
+        let file = self.key_path(id);
+        let key = self.read_key_file(&file)?;
+        if key.public().id() != id {
+            return Err(StateError::BadKey {
+                path: file,
+                reason: format!(
+                    "it holds key {}, not the key its name says",
+                    key.public().id()
+                ),
+            });
+        }
+        Ok(key)
+    }
+
+    fn read_key_file(&self, file: &Path) -> Result<Identity, StateError> {
+        let bytes = read_private(file, 33)?.unwrap_or_default();
+        (bytes.len() == 32)
+            .then(|| Identity::from_secret(&bytes))
+            .flatten()
+            .ok_or_else(|| StateError::BadKey {
+                path: file.to_owned(),
+                reason: format!("{} bytes, not a 32-byte X25519 key", bytes.len()),
+            })
+    }
+
+    /// Writes `bytes` as `name` (0600): a temp file, synced, renamed, the directory synced.
+    fn write_atomically(&self, name: &str, bytes: &[u8]) -> Result<(), StateError> {
+        let tmp = self.path.join(format!("{name}.tmp"));
+        let file = self.path.join(name);
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io(&tmp, "create"))?;
+        if let Err(e) = f.write_all(bytes).and_then(|()| f.sync_all()) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io(&tmp, "write")(e));
+        }
+        fs::rename(&tmp, &file).map_err(io(&file, "rename into place"))?;
+        self.sync()
+    }
+
+    /// Overwrites a key file in place (tmpfs keeps the same pages), syncs it, unlinks it and
+    /// syncs the directory: the key's bytes are gone from the RAM disk, not only unlinked.
+    fn erase(&self, id: MemberKeyId) -> Result<(), StateError> {
+        let file = self.key_path(id);
         match OpenOptions::new()
-            .read(true)
+            .write(true)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&file)
         {
             Ok(mut f) => {
-                let meta = f.metadata().map_err(io(&file, "inspect"))?;
-                if meta.mode() & 0o077 != 0 || meta.uid() != nix::unistd::geteuid().as_raw() {
-                    return Err(StateError::BadKey {
-                        path: file,
-                        reason: format!(
-                            "mode {:o}, owner uid {}: others could have read it",
-                            meta.mode() & 0o7777,
-                            meta.uid()
-                        ),
-                    });
-                }
-                let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(33));
-                Read::by_ref(&mut f)
-                    .take(33)
-                    .read_to_end(&mut bytes)
-                    .map_err(io(&file, "read"))?;
-                let identity = (bytes.len() == 32)
-                    .then(|| Identity::from_secret(&bytes))
-                    .flatten()
-                    .ok_or_else(|| StateError::BadKey {
-                        path: file.clone(),
-                        reason: format!("{} bytes, not a 32-byte X25519 key", bytes.len()),
-                    })?;
-                Ok((identity, false))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let identity = Identity::generate();
-                let tmp = self.path.join(format!("{SEALING_KEY_FILE}.tmp"));
-                let _ = fs::remove_file(&tmp);
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(nix::libc::O_NOFOLLOW)
-                    .open(&tmp)
-                    .map_err(io(&tmp, "create"))?;
-                f.write_all(&identity.secret_bytes())
+                let len = f.metadata().map_err(io(&file, "inspect"))?.len();
+                let zeros = vec![0u8; usize::try_from(len).unwrap_or(32).max(32)];
+                f.write_all(&zeros)
                     .and_then(|()| f.sync_all())
-                    .map_err(io(&tmp, "write"))?;
-                fs::rename(&tmp, &file).map_err(io(&file, "rename into place"))?;
-                Ok((identity, true))
+                    .map_err(io(&file, "overwrite"))?;
             }
-            Err(e) => Err(io(&file, "open")(e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(&file, "open to erase")(e)),
         }
+        fs::remove_file(&file).map_err(io(&file, "unlink"))?;
+        self.sync()
+    }
+
+    fn sync(&self) -> Result<(), StateError> {
+        fs::File::open(&self.path)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.path, "sync the directory"))
+    }
+}
+
+/// The floor file's JSON.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FloorFile {
+    generation: u64,
+    digest: String,
+    term: i64,
+    writer: String,
+    last_epoch: u64,
+    key: String,
+}
+
+/// Reads `file` (at most `limit` bytes) if it exists, refusing one that others could read or
+/// that is not this user's.
+fn read_private(
+    file: &Path,
+    limit: u64,
+) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StateError> {
+    let mut f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(file)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(file, "open")(e)),
+    };
+    let meta = f.metadata().map_err(io(file, "inspect"))?;
+    if meta.mode() & 0o077 != 0 || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(StateError::BadKey {
+            path: file.to_owned(),
+            reason: format!(
+                "mode {:o}, owner uid {}: others could have read it",
+                meta.mode() & 0o7777,
+                meta.uid()
+            ),
+        });
+    }
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(64));
+    Read::by_ref(&mut f)
+        .take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(io(file, "read"))?;
+    Ok(Some(bytes))
+}
+
+/// The node's sealing keys and rollback floor, held in memory and in its state directory.
+/// Private keys zeroize on drop (x25519-dalek) and are never printed.
+#[derive(Debug)]
+pub struct Sealing {
+    dir: StateDir,
+    instance: String,
+    floor: Option<Floor>,
+    /// At most two.
+    keys: Vec<Identity>,
+    roles: Roles,
+    made_at_start: bool,
+}
+
+impl Sealing {
+    /// The box's instance id.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The newest ring this node accepted (kept across restarts).
+    pub fn floor(&self) -> Option<&Floor> {
+        self.floor.as_ref()
+    }
+
+    /// Which key plays which part.
+    pub fn roles(&self) -> Roles {
+        self.roles
+    }
+
+    /// Whether the start found no key to announce and made one (a boot, or a new box).
+    pub fn made_at_start(&self) -> bool {
+        self.made_at_start
+    }
+
+    /// The private key with this id, if this node holds it.
+    pub fn key(&self, id: MemberKeyId) -> Option<&Identity> {
+        self.keys.iter().find(|k| k.public().id() == id)
+    }
+
+    /// The key this node announces: `next`, or `current` while no `next` could be made.
+    pub fn announced(&self) -> &Identity {
+        self.roles
+            .next
+            .or(self.roles.current)
+            .and_then(|id| self.key(id))
+            .or_else(|| self.keys.first())
+            .expect("a Sealing always holds a key: load makes one, and the ratchet erases the old current only after making next its current")
+    }
+
+    /// How many private keys are held (never more than two).
+    pub fn held(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The state directory's path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Performs the ratchet's actions in order: the floor is on the RAM disk before any key is
+    /// erased or made, and a key is erased before the next one is made. A failure stops at the
+    /// action that failed; memory holds what the directory holds.
+    pub fn perform(&mut self, actions: &[Action]) -> Result<(), StateError> {
+        for action in actions {
+            let made = match action {
+                Action::WriteFloor(f) => {
+                    let text = serde_json::to_vec(&FloorFile {
+                        generation: f.generation,
+                        digest: f.digest.to_string(),
+                        term: f.term,
+                        writer: f.writer.clone(),
+                        last_epoch: f.last_epoch,
+                        key: f.key.to_string(),
+                    })
+                    .expect("a floor record always serialises: plain numbers and strings");
+                    self.dir.write_atomically(FLOOR_FILE, &text)?;
+                    self.floor = Some(f.clone());
+                    None
+                }
+                Action::Erase(id) => {
+                    self.dir.erase(*id)?;
+                    self.keys.retain(|k| k.public().id() != *id);
+                    None
+                }
+                Action::Promote => None,
+                Action::MakeNext => {
+                    let key = Identity::generate();
+                    let id = key.public().id();
+                    let file = format!("{KEY_PREFIX}{id}{KEY_SUFFIX}");
+                    self.dir.write_atomically(&file, &key.secret_bytes())?;
+                    self.keys.push(key);
+                    Some(id)
+                }
+            };
+            self.roles = ratchet::after(self.roles, std::slice::from_ref(action), made);
+        }
+        if self.keys.len() > 2 {
+            warn!(
+                held = self.keys.len(),
+                "more than two sealing keys held: a bug in the ratchet"
+            );
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, SystemTime};
+    use stek_coord::StoredRing;
+    use stek_core::{KeyRing, OsKeySource, Policy};
 
     fn shm_dir() -> tempfile::TempDir {
         tempfile::Builder::new()
@@ -211,23 +539,187 @@ mod tests {
             .expect("a dir on /dev/shm")
     }
 
+    fn load(dir: &Path) -> Sealing {
+        StateDir::open(dir).expect("open").load().expect("load")
+    }
+
+    /// The key files in the directory, by id.
+    fn key_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(KEY_PREFIX) && n.ends_with(KEY_SUFFIX))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn stored(generation: u64) -> StoredRing {
+        let p = Policy {
+            interval: Duration::from_secs(60),
+            retain: 1,
+        };
+        let ring =
+            KeyRing::bootstrap(SystemTime::UNIX_EPOCH, &p, &mut OsKeySource).renumbered(generation);
+        let mut s = StoredRing::seal("c", &ring, &p, "n1", &[]).0;
+        s.term = 7;
+        s
+    }
+
+    /// What the runtime does when it opens a ring with `key`.
+    fn open_with(s: &mut Sealing, generation: u64, key: MemberKeyId) {
+        let actions = ratchet::on_open(s.roles(), s.floor(), Floor::of(&stored(generation), key));
+        s.perform(&actions).unwrap();
+    }
+
     #[test]
-    fn the_sealing_key_survives_a_restart_and_is_private() {
+    fn a_restart_keeps_the_keys_the_floor_and_the_instance_and_they_are_private() {
         let base = shm_dir();
         let dir = base.path().join("state");
-        let first = {
-            let s = StateDir::open(&dir).expect("open");
-            let (id, made) = s.sealing_identity().expect("a key");
-            assert!(made);
-            id.public().to_bytes()
+        let (instance, announced) = {
+            let s = load(&dir);
+            assert!(s.made_at_start());
+            assert_eq!(s.held(), 1);
+            assert!(s.floor().is_none());
+            (s.instance().to_owned(), s.announced().public().id())
         };
-        let meta = fs::metadata(dir.join(SEALING_KEY_FILE)).unwrap();
-        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(instance.len(), 16);
+        for f in key_files(&dir)
+            .iter()
+            .map(String::as_str)
+            .chain([INSTANCE_FILE])
+        {
+            assert_eq!(
+                fs::metadata(dir.join(f)).unwrap().mode() & 0o777,
+                0o600,
+                "{f}"
+            );
+        }
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
-        let s = StateDir::open(&dir).expect("reopen");
-        let (again, made) = s.sealing_identity().expect("the same key");
-        assert!(!made);
-        assert_eq!(again.public().to_bytes(), first, "a restart keeps the key");
+        let mut s = load(&dir);
+        assert!(!s.made_at_start());
+        assert_eq!(s.instance(), instance);
+        assert_eq!(
+            s.announced().public().id(),
+            announced,
+            "a restart keeps the key"
+        );
+        // It opens ring 5 with the announced key: floor, and a fresh key announced.
+        open_with(&mut s, 5, announced);
+        let next = s.announced().public().id();
+        assert_ne!(next, announced);
+        assert_eq!(s.roles().current, Some(announced));
+        drop(s);
+        let s = load(&dir);
+        assert_eq!(
+            s.floor().map(|f| f.generation),
+            Some(5),
+            "the floor survives"
+        );
+        assert_eq!(s.roles().current, Some(announced));
+        assert_eq!(s.roles().next, Some(next));
+        assert_eq!(s.instance(), instance);
+        assert_eq!(
+            fs::metadata(dir.join(FLOOR_FILE)).unwrap().mode() & 0o777,
+            0o600
+        );
+    }
+
+    /// Twenty rings: never more than two keys on the RAM disk, each erased key's file gone
+    /// and its bytes overwritten first (checked through a hard link, which sees the same
+    /// pages after the unlink), and a lost acknowledgement erases nothing.
+    #[test]
+    fn the_keys_ratchet_on_disk_and_an_erased_key_is_overwritten() {
+        let base = shm_dir();
+        let dir = base.path().join("state");
+        let mut s = load(&dir);
+        let mut erased = Vec::new();
+        for generation in 1..=20 {
+            let before = s.roles();
+            let current = before.current;
+            let witness = current.map(|c| {
+                let link = base.path().join(format!("witness-{generation}"));
+                fs::hard_link(dir.join(format!("{KEY_PREFIX}{c}{KEY_SUFFIX}")), &link).unwrap();
+                (c, link)
+            });
+            let announced = s.announced().public().id();
+            open_with(&mut s, generation, announced);
+            assert!(key_files(&dir).len() <= 2, "{:?}", key_files(&dir));
+            assert_eq!(s.held(), 2);
+            if let Some((c, link)) = witness {
+                assert!(s.key(c).is_none(), "the old current is erased");
+                assert!(!dir.join(format!("{KEY_PREFIX}{c}{KEY_SUFFIX}")).exists());
+                assert_eq!(fs::read(&link).unwrap(), vec![0u8; 32], "overwritten first");
+                erased.push(c);
+            }
+        }
+        assert_eq!(erased.len(), 19);
+        // A ring sealed to current (the acknowledgement that announced next was lost): the
+        // floor moves, nothing is erased, the same key stays announced.
+        let roles = s.roles();
+        let current = roles.current.unwrap();
+        open_with(&mut s, 21, current);
+        assert_eq!(s.roles(), roles);
+        assert_eq!(s.floor().unwrap().generation, 21);
+        assert_eq!(key_files(&dir).len(), 2);
+    }
+
+    /// A process killed between two actions of a ratchet: the next start finds the floor
+    /// written and one key, and makes the missing one.
+    #[test]
+    fn a_start_after_a_kill_mid_ratchet_makes_the_missing_key() {
+        let base = shm_dir();
+        let dir = base.path().join("state");
+        let mut s = load(&dir);
+        let first = s.announced().public().id();
+        open_with(&mut s, 1, first);
+        let second = s.announced().public().id();
+        // Killed after the floor and the erase, before the new key was made.
+        let f = Floor::of(&stored(2), second);
+        s.perform(&[Action::WriteFloor(f.clone()), Action::Erase(first)])
+            .unwrap();
+        drop(s);
+        assert_eq!(key_files(&dir).len(), 1);
+        let s = load(&dir);
+        assert_eq!(s.floor(), Some(&f));
+        assert_eq!(s.roles().current, Some(second));
+        assert!(s.roles().next.is_some_and(|n| n != second));
+        assert_eq!(key_files(&dir).len(), 2);
+    }
+
+    /// A reboot empties the RAM disk: new keys, no floor, a new instance.
+    #[test]
+    fn a_reboot_forgets_the_keys_the_floor_and_the_instance() {
+        let base = shm_dir();
+        let dir = base.path().join("state");
+        let (instance, key) = {
+            let mut s = load(&dir);
+            let k = s.announced().public().id();
+            open_with(&mut s, 3, k);
+            (s.instance().to_owned(), k)
+        };
+        fs::remove_dir_all(&dir).unwrap();
+        let s = load(&dir);
+        assert!(s.floor().is_none());
+        assert_ne!(s.instance(), instance);
+        assert!(s.key(key).is_none());
+    }
+
+    /// The key file of a stek before the ratchet is taken over as the announced key.
+    #[test]
+    fn the_sealing_key_of_an_earlier_stek_is_taken_over() {
+        let base = shm_dir();
+        let dir = base.path().join("state");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let old = Identity::generate();
+        let path = dir.join(LEGACY_SEALING_KEY_FILE);
+        fs::write(&path, old.secret_bytes().as_slice()).unwrap();
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let s = load(&dir);
+        assert!(!path.exists());
+        assert!(!s.made_at_start());
+        assert_eq!(s.announced().public().id(), old.public().id());
     }
 
     #[test]
@@ -240,7 +732,7 @@ mod tests {
     }
 
     #[test]
-    fn a_state_dir_on_disk_or_open_to_others_or_a_bad_key_is_refused() {
+    fn a_state_dir_on_disk_or_open_to_others_or_a_bad_file_is_refused() {
         use std::os::unix::fs::PermissionsExt;
         // The build tree is on disk (CI's clone and this machine's are).
         let disk = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
@@ -257,21 +749,38 @@ mod tests {
         let e = StateDir::open(base.path()).expect_err("group can enter");
         assert!(matches!(e, StateError::NotPrivate { .. }), "{e}");
         fs::set_permissions(base.path(), fs::Permissions::from_mode(0o700)).unwrap();
-        fs::write(base.path().join(SEALING_KEY_FILE), b"short").unwrap();
-        fs::set_permissions(
-            base.path().join(SEALING_KEY_FILE),
-            fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
-        let s = StateDir::open(base.path()).unwrap();
-        let e = s.sealing_identity().expect_err("5 bytes");
+        let private = |name: &str, bytes: &[u8]| {
+            let p = base.path().join(name);
+            fs::write(&p, bytes).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+            p
+        };
+        let short = private(LEGACY_SEALING_KEY_FILE, b"short");
+        let load_err = || StateDir::open(base.path()).unwrap().load().unwrap_err();
+        let e = load_err();
         assert!(e.to_string().contains("5 bytes"), "{e}");
-        fs::set_permissions(
-            base.path().join(SEALING_KEY_FILE),
-            fs::Permissions::from_mode(0o644),
-        )
-        .unwrap();
-        let e = s.sealing_identity().expect_err("readable by others");
+        fs::set_permissions(&short, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_err();
         assert!(e.to_string().contains("others could have read it"), "{e}");
+        fs::remove_file(&short).unwrap();
+        // A key whose name is not the key it holds.
+        let other = Identity::generate();
+        let named = private(
+            &format!(
+                "{KEY_PREFIX}{}{KEY_SUFFIX}",
+                Identity::generate().public().id()
+            ),
+            other.secret_bytes().as_slice(),
+        );
+        let e = load_err();
+        assert!(e.to_string().contains("not the key its name says"), "{e}");
+        fs::remove_file(&named).unwrap();
+        let floor = private(FLOOR_FILE, b"{\"generation\": \"x\"}");
+        let e = load_err();
+        assert!(e.to_string().contains("unreadable"), "{e}");
+        fs::remove_file(&floor).unwrap();
+        private(INSTANCE_FILE, b"nope");
+        let e = load_err();
+        assert!(e.to_string().contains("16 hex digits"), "{e}");
     }
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use stek_coord::memory::Memory;
-use stek_coord::seal::Identity;
 use stek_coord::{Coordinator, RingSlot, Snapshot};
 use stek_node::admin::Metrics;
 use stek_node::node::{Clock, NodeError, SystemClock};
@@ -85,9 +84,24 @@ impl Fleet {
         Config::parse(&path, &text).expect("a valid config")
     }
 
-    /// Starts node `id` with sealing key `sealing` and clock `clock`.
-    fn start_as(&mut self, id: &str, sealing: Identity, clock: Arc<dyn Clock>) {
-        let config = self.config(id);
+    /// Starts node `id` on the box whose state directory is `state` (under the node's home:
+    /// its sealing keys, floor and instance) with clock `clock`.
+    fn start_as(&mut self, id: &str, state: &str, clock: Arc<dyn Clock>) {
+        let mut config = self.config(id);
+        config.state_dir = self.dir.path().join(id).join(state);
+        // A node killed a moment ago (its task aborted) lets go of its directory's lock once
+        // the runtime drops the task: bounded, a few seconds at most.
+        let mut tries = 0;
+        let sealing = loop {
+            match stek_node::state::StateDir::open(&config.state_dir) {
+                Err(stek_node::state::StateError::InUse { .. }) if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                opened => break opened.and_then(stek_node::state::StateDir::load),
+            }
+        }
+        .expect("a state directory on /dev/shm");
         let store = self.store.clone();
         let metrics = Arc::new(Metrics::new());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -107,7 +121,7 @@ impl Fleet {
     }
 
     fn start(&mut self, id: &str) {
-        self.start_as(id, Identity::generate(), Arc::new(SystemClock));
+        self.start_as(id, "state", Arc::new(SystemClock));
     }
 
     /// Stops the node like SIGKILL: no resignation, no revoke; its lease runs out.
@@ -174,6 +188,24 @@ fn converged_above(snap: &Snapshot, running: &[String], above: u64) -> Option<u6
     .then_some(g)
 }
 
+/// Waits until the store holds the ring `digest` again (put back) and every running node
+/// acknowledges it.
+async fn restored(fleet: &Fleet, digest: stek_core::RingDigest) {
+    let running = fleet.running();
+    wait_for(
+        Duration::from_secs(20),
+        "the ring put back and acknowledged by every node",
+        || async {
+            let snap = fleet.snap().await;
+            let g = snap.valid_ring()?.ring.generation();
+            (snap.valid_ring()?.ring.digest() == digest
+                && converged_above(&snap, &running, g - 1).is_some())
+            .then_some(())
+        },
+    )
+    .await;
+}
+
 async fn converged(fleet: &Fleet, above: u64) -> u64 {
     let running = fleet.running();
     wait_for(
@@ -226,38 +258,28 @@ async fn three_nodes_converge_and_rotate_on_request() {
     fleet.shutdown().await;
 }
 
-/// An operator deletes the ring: the leader writes the keys it holds back, numbered above
-/// every acknowledgement; nothing changes on disk, and no key activates.
+/// An operator deletes the ring: the leader puts the ring it accepted back, unchanged (the same
+/// generation, the same keys, the same copies); nothing changes on disk, no key activates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_ring_is_written_back_above_every_ack_with_the_same_keys() {
+async fn a_deleted_ring_is_put_back_unchanged() {
     let mut fleet = Fleet::new();
     for id in ["n1", "n2", "n3"] {
         fleet.start(id);
     }
     let g = converged(&fleet, 0).await;
     let snap = fleet.snap().await;
-    let keys_before = snap.valid_ring().unwrap().ring.keys().to_vec();
+    let before = snap.valid_ring().unwrap().clone();
     let files_before = read(&fleet.keys_file("n2"));
     fleet.store.delete_raw("ring");
-    let g2 = converged(&fleet, g).await;
+    restored(&fleet, before.ring.digest()).await;
     let snap = fleet.snap().await;
-    let max_ack = snap
-        .members
-        .iter()
-        .map(|m| m.record.applied_generation)
-        .max()
-        .unwrap();
-    assert_eq!(g2, max_ack, "acknowledged by all");
-    let keys: Vec<_> = snap
-        .valid_ring()
-        .unwrap()
-        .ring
-        .keys()
-        .iter()
-        .map(|k| (k.epoch, k.key))
-        .collect();
-    let was: Vec<_> = keys_before.iter().map(|k| (k.epoch, k.key)).collect();
-    assert_eq!(keys, was, "the same keys, written back");
+    let now = snap.valid_ring().unwrap();
+    assert_eq!(now.ring.generation(), g, "no new generation");
+    assert_eq!(
+        now.write_id(),
+        before.write_id(),
+        "the same write, put back"
+    );
     assert_eq!(
         read(&fleet.keys_file("n2")),
         files_before,
@@ -266,10 +288,11 @@ async fn a_deleted_ring_is_written_back_above_every_ack_with_the_same_keys() {
     fleet.shutdown().await;
 }
 
-/// A store restored from an old backup holds an older ring: no node applies it, no
-/// acknowledgement counts for it, and the leader writes the current keys back above it.
+/// A store restored from an old backup holds an older ring: no node applies it (their floors
+/// refuse it), and the leader puts the current ring back unchanged; the replay costs no new
+/// generation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restored_older_ring_is_never_applied_and_the_current_keys_are_written_back() {
+async fn a_restored_older_ring_is_never_applied_and_the_current_ring_is_put_back() {
     let mut fleet = Fleet::new();
     for id in ["n1", "n2", "n3"] {
         fleet.start(id);
@@ -278,14 +301,12 @@ async fn a_restored_older_ring_is_never_applied_and_the_current_keys_are_written
     let old = fleet.store.get_raw("ring").unwrap();
     fleet.store.request_rotation("test", None).await.unwrap();
     let g2 = converged(&fleet, g1).await;
-    let current_active = active(&fleet.snap().await);
+    let current = fleet.snap().await.valid_ring().unwrap().ring.digest();
     let files = read(&fleet.keys_file("n3"));
-    fleet.store.put_raw("ring", &old);
-    // While the old ring is stored, nobody's applied generation goes down.
-    let g3 = wait_for(
-        Duration::from_secs(20),
-        "the current keys written back",
-        || async {
+    for _ in 0..5 {
+        fleet.store.put_raw("ring", &old);
+        // While the old ring is stored, nobody's applied generation goes down.
+        for _ in 0..5 {
             for n in &fleet.nodes {
                 assert!(
                     n.metrics.applied_generation.get() >= i64::try_from(g2).unwrap(),
@@ -293,18 +314,19 @@ async fn a_restored_older_ring_is_never_applied_and_the_current_keys_are_written
                     n.id
                 );
             }
-            converged_above(&fleet.snap().await, &fleet.running(), g2)
-        },
-    )
-    .await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        restored(&fleet, current).await;
+    }
     let snap = fleet.snap().await;
     assert_eq!(
-        active(&snap),
-        current_active,
-        "the active key did not change"
+        snap.valid_ring().unwrap().ring.generation(),
+        g2,
+        "five replays, no new generation"
     );
-    assert!(g3 > g2);
     assert_eq!(read(&fleet.keys_file("n3")), files);
+    fleet.store.request_rotation("test", None).await.unwrap();
+    converged(&fleet, g2).await;
     fleet.shutdown().await;
 }
 
@@ -329,6 +351,9 @@ async fn an_absurd_member_record_is_refused_and_rotation_goes_on() {
         .iter()
         .any(|(k, _)| k.ends_with("members/evil")));
     fleet.store.delete_raw("ring");
+    let digest = snap.valid_ring().unwrap().ring.digest();
+    restored(&fleet, digest).await;
+    fleet.store.request_rotation("test", None).await.unwrap();
     let g3 = converged(&fleet, g2).await;
     assert!(
         g3 < 1000,
@@ -337,19 +362,25 @@ async fn an_absurd_member_record_is_refused_and_rotation_goes_on() {
     fleet.shutdown().await;
 }
 
-/// A second process with a live node id (another box's sealing key) refuses to run and names
-/// the holder; a restart of the same box (its sealing key kept) takes its id over at once.
+/// A second process with a live node id (another box: another state directory, so another
+/// instance) refuses to run and names the holder; a restart of the same box (its state
+/// directory kept) takes its id over at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_with_a_live_node_id_refuses_and_a_restart_takes_over() {
     let mut fleet = Fleet::new();
-    let n1_key = Identity::generate();
-    let n1_public = n1_key.public().id().to_string();
-    let copy = Identity::from_secret(&n1_key.secret_bytes()).unwrap();
-    fleet.start_as("n1", copy, Arc::new(SystemClock));
+    fleet.start("n1");
     fleet.start("n2");
     let g = converged(&fleet, 0).await;
+    let n1_instance = fleet
+        .snap()
+        .await
+        .members
+        .iter()
+        .find(|m| m.record.node_id == "n1")
+        .and_then(|m| m.record.instance.clone())
+        .expect("n1 names its instance");
 
-    fleet.start_as("n1", Identity::generate(), Arc::new(SystemClock));
+    fleet.start_as("n1", "another-box", Arc::new(SystemClock));
     let impostor = fleet.nodes.pop().unwrap();
     let refused = tokio::time::timeout(Duration::from_secs(20), impostor.task)
         .await
@@ -358,7 +389,10 @@ async fn a_second_process_with_a_live_node_id_refuses_and_a_restart_takes_over()
     match refused {
         Err(NodeError::NodeIdHeld { node_id, holder }) => {
             assert_eq!(node_id, "n1");
-            assert!(holder.contains(&n1_public), "the holder is named: {holder}");
+            assert!(
+                holder.contains(&n1_instance),
+                "the holder is named: {holder}"
+            );
         }
         other => panic!("a second n1 must refuse to run, got {other:?}"),
     }
@@ -367,9 +401,9 @@ async fn a_second_process_with_a_live_node_id_refuses_and_a_restart_takes_over()
         g
     );
 
-    // SIGKILL and restart with the same sealing key: its lease still lives, and it takes over.
+    // SIGKILL and restart on the same box: its lease still lives, and it takes over.
     fleet.kill("n1");
-    fleet.start_as("n1", n1_key, Arc::new(SystemClock));
+    fleet.start("n1");
     fleet.store.request_rotation("test", None).await.unwrap();
     converged(&fleet, g).await;
     assert!(
@@ -385,7 +419,7 @@ async fn a_second_process_with_a_live_node_id_refuses_and_a_restart_takes_over()
 async fn a_leader_with_a_fast_clock_steps_down_and_the_schedule_is_pulled_back() {
     let mut fleet = Fleet::new();
     let year = Duration::from_secs(365 * 24 * 3600);
-    fleet.start_as("fast", Identity::generate(), Arc::new(Ahead(year)));
+    fleet.start_as("fast", "state", Arc::new(Ahead(year)));
     let g = wait_for(
         Duration::from_secs(20),
         "the fast node's first ring",
@@ -425,19 +459,19 @@ async fn a_leader_with_a_fast_clock_steps_down_and_the_schedule_is_pulled_back()
     fleet.shutdown().await;
 }
 
-/// Another ring with the generation every node applied (a write that landed late, a restore
-/// of a same-numbered ring): nodes apply it, since a ring is known by its digest, and an
-/// acknowledgement of the old one does not count for it; the next rotation activates the new
-/// ring's staged key, which every node then holds.
+/// Another ring with the generation every node accepted (a store restored from another
+/// backup, a forged ring of the same number): no node applies it (I11: one ring per
+/// generation), and the leader puts its own back; the next rotation activates the staged key
+/// every node held all along.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_ring_with_the_applied_generation_is_applied_and_old_acks_do_not_count() {
+async fn another_ring_with_the_accepted_generation_is_refused_and_the_ring_put_back() {
     let mut fleet = Fleet::new();
     for id in ["n1", "n2", "n3"] {
         fleet.start(id);
     }
     let g = converged(&fleet, 0).await;
     let snap = fleet.snap().await;
-    let stored = snap.valid_ring().unwrap();
+    let stored = snap.valid_ring().unwrap().clone();
     let policy = stored.policy;
     let alias =
         stek_core::KeyRing::bootstrap(SystemTime::now(), &policy, &mut stek_core::OsKeySource)
@@ -457,28 +491,22 @@ async fn another_ring_with_the_applied_generation_is_applied_and_old_acks_do_not
     fleet
         .store
         .put_raw("ring", &stek_coord::records::encode_ring(&written));
+    restored(&fleet, stored.ring.digest()).await;
     let alias_digest = alias.digest().to_string();
-    wait_for(
-        Duration::from_secs(20),
-        "every node to apply the other ring",
-        || async {
-            let snap = fleet.snap().await;
-            let all = snap
-                .members
-                .iter()
-                .filter(|m| m.live)
-                .all(|m| m.record.applied_digest.as_deref() == Some(alias_digest.as_str()));
-            all.then_some(())
-        },
-    )
-    .await;
+    let snap = fleet.snap().await;
+    assert!(
+        snap.members
+            .iter()
+            .all(|m| m.record.applied_digest.as_deref() != Some(alias_digest.as_str())),
+        "nobody applied the other ring"
+    );
     fleet.store.request_rotation("test", None).await.unwrap();
     let g2 = converged(&fleet, g).await;
     let snap = fleet.snap().await;
     assert_eq!(
         snap.valid_ring().unwrap().ring.active().fingerprint(),
-        alias.staged().unwrap().fingerprint(),
-        "the other ring's staged key is the one activated (at generation {g2})"
+        stored.ring.staged().unwrap().key,
+        "the accepted ring's staged key is the one activated (at generation {g2})"
     );
     fleet.shutdown().await;
 }

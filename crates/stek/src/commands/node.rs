@@ -69,7 +69,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             Coordination::Etcd { .. } => None,
         };
         let store = super::connect::connect(&config, &super::connect::Access::default(), home).await?;
-        let (_state, sealing) = open_state(&config)?;
+        let sealing = open_state(&config)?;
         let metrics = admin(&config).await?;
         let Some((listen, peers, data_dir)) = peer else {
             stek_node::node::run(&config, store, metrics, identity.as_ref(), sealing, shutdown_signal()).await?;
@@ -114,20 +114,24 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Opens (and locks) the node's state directory and its sealing key: after every other input
-/// was read and checked, so that a bad config is what the operator hears about first. The
-/// returned guard holds the lock until the node stops.
-fn open_state(
-    config: &Config,
-) -> anyhow::Result<(stek_node::state::StateDir, stek_coord::seal::Identity)> {
-    let state = stek_node::state::StateDir::open(&config.state_dir)?;
-    let (sealing, made) = state.sealing_identity()?;
-    if made {
-        tracing::info!(state_dir = %config.state_dir.display(), "a new sealing key (this box's RAM disk was empty): the leader seals a copy of the ring for it");
-    } else {
-        tracing::info!(state_dir = %config.state_dir.display(), "sealing key kept from an earlier run: this node opens its copy of the ring again");
+/// Opens (and locks) the node's state directory, its sealing keys and its rollback floor:
+/// after every other input was read and checked, so that a bad config is what the operator
+/// hears about first. The returned value holds the lock until the node stops.
+fn open_state(config: &Config) -> anyhow::Result<stek_node::state::Sealing> {
+    let sealing = stek_node::state::StateDir::open(&config.state_dir)?.load()?;
+    let dir = config.state_dir.display();
+    match sealing.floor() {
+        None if sealing.made_at_start() => {
+            tracing::info!(state_dir = %dir, "a new sealing key (this box's RAM disk was empty): the leader seals a copy of the ring for it")
+        }
+        None => {
+            tracing::info!(state_dir = %dir, "sealing key kept from an earlier run: this node opens its copy of the ring again")
+        }
+        Some(f) => {
+            tracing::info!(state_dir = %dir, floor = f.generation, "sealing keys and rollback floor kept from an earlier run: this node opens its copy of the ring again and refuses any ring older than generation {}", f.generation)
+        }
     }
-    Ok((state, sealing))
+    Ok(sealing)
 }
 
 /// Starts the admin listener (after every secret was read and checked, so that a bad input is
