@@ -36,6 +36,9 @@ pub struct LeaderView<'a> {
     /// Whether this node can seal more copies of the stored ring without writing it again: it
     /// wrote it (members accept only copies its writer signed) and holds its data key.
     pub seals_copies: bool,
+    /// The names of keys in the rings this node opened: a new key with one of them is refused
+    /// as the sign of a random source that repeats itself (see [`stek_core::weak`]).
+    pub history: &'a stek_core::KeyHistory,
 }
 
 /// Where this node stands: the node's own state, as the engine sees it.
@@ -274,7 +277,7 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
         &snap.member_views(),
         requested,
     );
-    let next = match next_ring(&decision, ring.as_ref(), v.now, &v.policy, keys) {
+    let next = match next_ring(&decision, ring.as_ref(), v.now, &v.policy, keys, v.history) {
         // A first ring numbers above every generation a member ever acknowledged (the ring was
         // deleted, or the store restored empty): no old acknowledgement can count for it, and
         // no node takes it for a replay.
@@ -375,7 +378,10 @@ fn behind_acks(v: &LeaderView<'_>, stored: &StoredRing, keys: &mut dyn KeySource
         .find(|m| m.record.node_id == v.me)
         .map_or(0, |m| m.record.applied_generation);
     if mine > generation && mine <= ceiling {
-        let rekeyed = KeyRing::rekeyed(&stored.ring, v.now, &v.policy, keys);
+        let rekeyed = match KeyRing::rekeyed(&stored.ring, v.now, &v.policy, keys, v.history) {
+            Ok(ring) => ring,
+            Err(e) => return Some(rekey_failed(e)),
+        };
         return Some(Step::Write {
             ring: renumber_after(rekeyed, v.snap, v.newest_seen),
             served: v.snap.requests.clone(),
@@ -409,12 +415,23 @@ fn cannot_open(v: &LeaderView<'_>, stored: &StoredRing, keys: &mut dyn KeySource
             why: "this node cannot open the ring".into(),
         };
     }
-    let rekeyed = KeyRing::rekeyed(&stored.ring, v.now, &v.policy, keys);
+    let rekeyed = match KeyRing::rekeyed(&stored.ring, v.now, &v.policy, keys, v.history) {
+        Ok(ring) => ring,
+        Err(e) => return rekey_failed(e),
+    };
     Step::Write {
         ring: renumber_after(rekeyed, v.snap, v.newest_seen),
         served: v.snap.requests.clone(),
         why: Why::Rekey,
         before: None,
+    }
+}
+
+/// New keys could not be drawn (a weak key was refused): nothing is written, and the next pass
+/// tries again.
+fn rekey_failed(e: stek_core::ring::RingError) -> Step {
+    Step::Failed {
+        why: format!("cannot make new keys: {e}"),
     }
 }
 
@@ -486,6 +503,7 @@ mod tests {
     use stek_core::{KeyState, OsKeySource};
 
     const ME: &str = "n1";
+    static NO_HISTORY: stek_core::KeyHistory = stek_core::KeyHistory::new();
 
     fn policy() -> Policy {
         Policy {
@@ -499,7 +517,8 @@ mod tests {
     }
 
     fn ring_at(generation: u64, at: SystemTime) -> KeyRing {
-        KeyRing::bootstrap(at, &policy(), &mut OsKeySource)
+        KeyRing::bootstrap(at, &policy(), &mut OsKeySource, &NO_HISTORY)
+            .unwrap()
             .renumbered(generation)
             .to_millis()
     }
@@ -607,6 +626,7 @@ mod tests {
             requests_due: now,
             reseal_rested: true,
             seals_copies: false,
+            history: &NO_HISTORY,
         };
         leader_step(&v, &mut OsKeySource)
     }
@@ -778,6 +798,7 @@ mod tests {
             requests_due: t(10),
             reseal_rested: true,
             seals_copies: false,
+            history: &NO_HISTORY,
         };
         let (ring, _, why) = written(leader_step(&v, &mut OsKeySource));
         assert!(matches!(why, Why::Decision(Decision::Reschedule { .. })));
@@ -817,6 +838,7 @@ mod tests {
             requests_due: t(70),
             reseal_rested: true,
             seals_copies: false,
+            history: &NO_HISTORY,
         };
         match leader_step(&v, &mut OsKeySource) {
             Step::Wait { until, .. } => assert_eq!(until, t(70)),
@@ -846,6 +868,7 @@ mod tests {
             requests_due: t(10),
             reseal_rested: false,
             seals_copies: false,
+            history: &NO_HISTORY,
         };
         assert_eq!(
             leader_step(&v, &mut OsKeySource),
@@ -879,6 +902,7 @@ mod tests {
                 requests_due: t(10),
                 reseal_rested: rested,
                 seals_copies,
+                history: &NO_HISTORY,
             }
         }
         // The writer, holding the data key: the member that joined gets a copy of the stored

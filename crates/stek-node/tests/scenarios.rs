@@ -439,9 +439,14 @@ async fn another_ring_with_the_applied_generation_is_applied_and_old_acks_do_not
     let snap = fleet.snap().await;
     let stored = snap.valid_ring().unwrap();
     let policy = stored.policy;
-    let alias =
-        stek_core::KeyRing::bootstrap(SystemTime::now(), &policy, &mut stek_core::OsKeySource)
-            .renumbered(g);
+    let alias = stek_core::KeyRing::bootstrap(
+        SystemTime::now(),
+        &policy,
+        &mut stek_core::OsKeySource,
+        &stek_core::KeyHistory::new(),
+    )
+    .unwrap()
+    .renumbered(g);
     assert_eq!(alias.generation(), g);
     let recipients: Vec<_> = snap
         .members
