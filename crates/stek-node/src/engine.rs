@@ -1009,6 +1009,157 @@ mod tests {
         );
     }
 
+    /// A key source that gives only zeros (a buffer never filled).
+    struct Zeros;
+    impl KeySource for Zeros {
+        fn fill(&mut self, buf: &mut [u8]) -> Result<(), stek_core::KeySourceError> {
+            buf.fill(0);
+            Ok(())
+        }
+    }
+
+    /// A key source whose reads fail.
+    struct Failing;
+    impl KeySource for Failing {
+        fn fill(&mut self, _: &mut [u8]) -> Result<(), stek_core::KeySourceError> {
+            Err(stek_core::KeySourceError::Os(
+                "Function not implemented (os error 38)".into(),
+            ))
+        }
+    }
+
+    /// A key source that gives one key over and over (a generator restored from a snapshot).
+    struct Replay(Vec<u8>, usize);
+    impl KeySource for Replay {
+        fn fill(&mut self, buf: &mut [u8]) -> Result<(), stek_core::KeySourceError> {
+            for b in buf {
+                *b = self.0[self.1 % self.0.len()];
+                self.1 += 1;
+            }
+            Ok(())
+        }
+    }
+
+    /// Wherever the leader draws keys (a bootstrap, a rotation, a rekey), a weak key fails the
+    /// step: nothing is written, and the reason names what was wrong.
+    #[test]
+    fn a_weak_key_fails_the_step_with_a_reason_that_names_it() {
+        let r = ring_at(3, t(0));
+        let old = ring_at(4, t(0));
+        let seen = ring_at(2, t(0));
+        let mut history = stek_core::KeyHistory::new();
+        history.remember(&seen);
+        let mine = Held {
+            opened: Some(&r),
+            applied: Some(&r),
+        };
+        let old_only = Held {
+            opened: Some(&old),
+            applied: None,
+        };
+        // (situation, store, keys held, when, how the reason starts)
+        let situations = [
+            (
+                "bootstrap",
+                snap(None, &[m(ME)]),
+                Held::default(),
+                t(0),
+                "cannot compute the next ring: refused the new key for epoch 1: ",
+            ),
+            (
+                "rotation",
+                snap(Some((&r, ME, &[ME])), &[m(ME).acked(&r)]),
+                mine,
+                t(3600),
+                "cannot compute the next ring: refused the new key for epoch 3: ",
+            ),
+            (
+                "rekey, nobody can open the ring",
+                snap(Some((&r, ME, &[])), &[m(ME)]),
+                Held::default(),
+                t(10),
+                "cannot make new keys: refused the new key for epoch 3: ",
+            ),
+            (
+                "rekey, the store went back",
+                snap(Some((&old, ME, &[ME])), &[m(ME).applied(5)]),
+                old_only,
+                t(10),
+                "cannot make new keys: refused the new key for epoch 3: ",
+            ),
+        ];
+        let replay_seen = || {
+            let k = &seen.active().key;
+            Replay([&k.name()[..], k.aes256(), k.hmac256()].concat(), 0)
+        };
+        // (a fresh source for each situation, the history, what the reason says)
+        type MakeSource<'a> = Box<dyn Fn() -> Box<dyn KeySource> + 'a>;
+        let sources: [(MakeSource<'_>, &stek_core::KeyHistory, &str); 3] = [
+            (
+                Box::new(|| Box::new(Zeros)),
+                &NO_HISTORY,
+                "its name is all zeros",
+            ),
+            (
+                Box::new(|| Box::new(Failing)),
+                &NO_HISTORY,
+                "the operating system's random source (getrandom) failed",
+            ),
+            (
+                Box::new(move || Box::new(replay_seen())),
+                &history,
+                &format!(
+                    "its name (key {}) already named an earlier key of this cluster",
+                    seen.active().fingerprint()
+                ),
+            ),
+        ];
+        for (situation, snap, held, now, starts) in &situations {
+            for (source, history, says) in &sources {
+                let v = LeaderView {
+                    me: ME,
+                    snap,
+                    held: *held,
+                    newest_seen: 0,
+                    policy: policy(),
+                    now: *now,
+                    requests_due: *now,
+                    reseal_rested: true,
+                    seals_copies: false,
+                    history,
+                };
+                let Step::Failed { why } = leader_step(&v, &mut *source()) else {
+                    panic!("{situation}, {says}: expected a failed step");
+                };
+                assert!(why.starts_with(starts), "{situation}: {why}");
+                assert!(why.contains(says), "{situation}: {why}");
+                assert!(
+                    why.contains(
+                        "the leader wrote nothing and the nodes keep serving the keys they have"
+                    ),
+                    "{situation}: {why}"
+                );
+            }
+            // A working source writes.
+            let v = LeaderView {
+                me: ME,
+                snap,
+                held: *held,
+                newest_seen: 0,
+                policy: policy(),
+                now: *now,
+                requests_due: *now,
+                reseal_rested: true,
+                seals_copies: false,
+                history: &history,
+            };
+            assert!(
+                matches!(leader_step(&v, &mut OsKeySource), Step::Write { .. }),
+                "{situation}"
+            );
+        }
+    }
+
     #[test]
     fn the_leadership_decision_follows_the_phase_and_the_store() {
         let r = ring_at(3, t(0));
