@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use stek_coord::seal::Identity;
 use stek_coord::{ChangeStream, CoordError, Coordinator, MemberRecord, RingSlot, StoredRing};
-use stek_core::{KeyRing, OsKeySource, Policy};
+use stek_core::{KeyHistory, KeyRing, OsKeySource, Policy};
 use tracing::info;
 
 fn policy() -> Policy {
@@ -340,7 +340,9 @@ pub async fn a_copy_for_a_member_that_joins_lands_beside_the_unchanged_ring<C: C
 async fn next_ring<C: Coordinator>(store: &C) -> (KeyRing, i64) {
     let snap = store.snapshot().await.unwrap();
     let generation = snap.valid_ring().map_or(0, |r| r.ring.generation()) + 1;
-    let ring = KeyRing::bootstrap(now_ms(), &policy(), &mut OsKeySource).renumbered(generation);
+    let ring = KeyRing::bootstrap(now_ms(), &policy(), &mut OsKeySource, &KeyHistory::new())
+        .unwrap()
+        .renumbered(generation);
     (ring, snap.ring_revision)
 }
 
@@ -448,8 +450,9 @@ pub async fn an_acknowledgement_counts_only_for_the_ring_it_names<C: Coordinator
     .unwrap();
     a.register(lease_a, &record("ack-a", 0)).await.unwrap();
     b.register(lease_b, &record("ack-b", 0)).await.unwrap();
-    let other =
-        KeyRing::bootstrap(now_ms(), &policy(), &mut OsKeySource).renumbered(ring.generation());
+    let other = KeyRing::bootstrap(now_ms(), &policy(), &mut OsKeySource, &KeyHistory::new())
+        .unwrap()
+        .renumbered(ring.generation());
     b.ack(&ack_of("ack-b", &other)).await.unwrap();
     let views = a.snapshot().await.unwrap().member_views();
     let b_view = views.iter().find(|m| m.id == "ack-b").unwrap();

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use stek_core::{KeyRing, OsKeySource, Policy};
+use stek_core::{KeyHistory, KeyRing, OsKeySource, Policy};
 use stek_node::{Config, Target};
 
 pub mod cluster;
@@ -177,7 +177,13 @@ impl RingDriver {
             interval: Duration::from_secs(3600),
             retain,
         };
-        let ring = KeyRing::bootstrap(std::time::SystemTime::now(), &policy, &mut OsKeySource);
+        let ring = KeyRing::bootstrap(
+            std::time::SystemTime::now(),
+            &policy,
+            &mut OsKeySource,
+            &KeyHistory::new(),
+        )
+        .unwrap();
         Self { policy, ring }
     }
 
@@ -190,7 +196,12 @@ impl RingDriver {
     pub fn rotate(&mut self) -> &KeyRing {
         self.ring = self
             .ring
-            .rotated(std::time::SystemTime::now(), &self.policy, &mut OsKeySource)
+            .rotated(
+                std::time::SystemTime::now(),
+                &self.policy,
+                &mut OsKeySource,
+                &KeyHistory::new(),
+            )
             .unwrap();
         self.ring.check(&self.policy).unwrap();
         &self.ring

@@ -413,7 +413,7 @@ fn garbage_records_are_rejected_and_logged_and_the_cluster_keeps_working() {
 fn a_deposed_leaders_write_is_refused_by_the_store() {
     use stek_coord::etcd::Etcd;
     use stek_coord::{CoordError, Coordinator, RingSlot, StoredRing};
-    use stek_core::{KeyRing, OsKeySource, Policy};
+    use stek_core::{KeyHistory, KeyRing, OsKeySource, Policy};
     let c = Cluster::new(BIN, "etcd-fence", 0);
     let seal = |ring: &KeyRing, policy: &Policy, by: &str| {
         StoredRing::seal(&c.name, ring, policy, by, &[]).0
@@ -436,7 +436,13 @@ fn a_deposed_leaders_write_is_refused_by_the_store() {
             .await
             .unwrap()
             .expect("a leads");
-        let ring = KeyRing::bootstrap(std::time::SystemTime::now(), &policy, &mut OsKeySource);
+        let ring = KeyRing::bootstrap(
+            std::time::SystemTime::now(),
+            &policy,
+            &mut OsKeySource,
+            &KeyHistory::new(),
+        )
+        .unwrap();
         store
             .write_ring(term_a, 0, &seal(&ring, &policy, "a"), &[])
             .await
@@ -459,7 +465,12 @@ fn a_deposed_leaders_write_is_refused_by_the_store() {
 
         info!("--- a, deposed, writes with its old term: refused");
         let rotated = ring
-            .rotated(std::time::SystemTime::now(), &policy, &mut OsKeySource)
+            .rotated(
+                std::time::SystemTime::now(),
+                &policy,
+                &mut OsKeySource,
+                &KeyHistory::new(),
+            )
             .unwrap();
         let at = store.snapshot().await.unwrap().ring_revision;
         let err = store

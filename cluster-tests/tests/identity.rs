@@ -16,7 +16,7 @@ use serde_json::Value;
 use stek_coord::records::{encode_ring, MemberRecord};
 use stek_coord::seal::{Identity, MemberKey};
 use stek_coord::StoredRing;
-use stek_core::{KeyRing, OsKeySource, Policy};
+use stek_core::{KeyHistory, KeyRing, OsKeySource, Policy};
 use tracing::info;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stek-test-node");
@@ -238,7 +238,13 @@ fn a_ring_of_the_writers_own_keys_is_never_applied() {
     for signed in [false, true] {
         let before = all_files(&c);
         let now_gen = ring_now(&c)["generation"].as_u64().unwrap();
-        let mut forged = KeyRing::bootstrap(SystemTime::now(), &policy, &mut OsKeySource);
+        let mut forged = KeyRing::bootstrap(
+            SystemTime::now(),
+            &policy,
+            &mut OsKeySource,
+            &KeyHistory::new(),
+        )
+        .unwrap();
         while forged.generation() <= now_gen + 5 {
             forged = forged.with_next_rotation_at(forged.next_rotation_at());
         }

@@ -201,8 +201,8 @@ fn soak_cross_box_resumption_with_rotations_every_2s_and_two_baselines() {
     info!("independent: {independent:?}");
 
     info!("--- baseline 2: naive rotation every 2 s (new key everywhere at once, no staging)");
-    let mut previous = TicketKey::generate(&mut OsKeySource);
-    let mut active = TicketKey::generate(&mut OsKeySource);
+    let mut previous = TicketKey::generate(&mut OsKeySource).unwrap();
+    let mut active = TicketKey::generate(&mut OsKeySource).unwrap();
     let mut generation = 2;
     let push = |generation: u64, active: &TicketKey, previous: &TicketKey| {
         let ring = naive_ring(generation, active, previous);
@@ -220,7 +220,8 @@ fn soak_cross_box_resumption_with_rotations_every_2s_and_two_baselines() {
         || {
             if last.elapsed() >= Duration::from_secs(2) {
                 last = Instant::now();
-                previous = std::mem::replace(&mut active, TicketKey::generate(&mut OsKeySource));
+                previous =
+                    std::mem::replace(&mut active, TicketKey::generate(&mut OsKeySource).unwrap());
                 generation += 2;
                 push(generation, &active, &previous);
             }

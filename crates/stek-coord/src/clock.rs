@@ -67,7 +67,7 @@ pub fn writer_ahead_of_members(stored: &StoredRing, members: &[Member]) -> Optio
 mod tests {
     use super::*;
     use crate::MemberRecord;
-    use stek_core::{KeyRing, OsKeySource, Policy};
+    use stek_core::{KeyHistory, KeyRing, OsKeySource, Policy};
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
@@ -102,7 +102,7 @@ mod tests {
         };
         StoredRing::seal(
             "c",
-            &KeyRing::bootstrap(t, &p, &mut OsKeySource),
+            &KeyRing::bootstrap(t, &p, &mut OsKeySource, &KeyHistory::new()).unwrap(),
             &p,
             "lead",
             &[],

@@ -796,15 +796,27 @@ mod tests {
     /// an acknowledgement counts only for the ring it names.
     #[test]
     fn an_acknowledgement_counts_only_for_the_ring_it_names() {
-        use stek_core::{KeyRing, OsKeySource, Policy};
+        use stek_core::{KeyHistory, KeyRing, OsKeySource, Policy};
         let p = Policy {
             interval: Duration::from_secs(60),
             retain: 1,
         };
-        let stored_ring =
-            KeyRing::bootstrap(std::time::SystemTime::now(), &p, &mut OsKeySource).renumbered(5);
-        let other =
-            KeyRing::bootstrap(std::time::SystemTime::now(), &p, &mut OsKeySource).renumbered(5);
+        let stored_ring = KeyRing::bootstrap(
+            std::time::SystemTime::now(),
+            &p,
+            &mut OsKeySource,
+            &KeyHistory::new(),
+        )
+        .unwrap()
+        .renumbered(5);
+        let other = KeyRing::bootstrap(
+            std::time::SystemTime::now(),
+            &p,
+            &mut OsKeySource,
+            &KeyHistory::new(),
+        )
+        .unwrap()
+        .renumbered(5);
         let stored = StoredRing::seal("c", &stored_ring, &p, "a", &[]).0;
         let snap = Snapshot {
             revision: 1,

@@ -1070,7 +1070,7 @@ impl RequestRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stek_core::OsKeySource;
+    use stek_core::{KeyHistory, OsKeySource};
 
     fn policy() -> Policy {
         Policy {
@@ -1081,8 +1081,11 @@ mod tests {
 
     fn sealed(members: &[(&str, &Identity)]) -> (KeyRing, StoredRing) {
         let p = policy();
-        let r1 = KeyRing::bootstrap(SystemTime::now(), &p, &mut OsKeySource);
-        let r2 = r1.rotated(SystemTime::now(), &p, &mut OsKeySource).unwrap();
+        let r1 = KeyRing::bootstrap(SystemTime::now(), &p, &mut OsKeySource, &KeyHistory::new())
+            .unwrap();
+        let r2 = r1
+            .rotated(SystemTime::now(), &p, &mut OsKeySource, &KeyHistory::new())
+            .unwrap();
         let recipients: Vec<(String, MemberKey)> = members
             .iter()
             .map(|(id, who)| ((*id).to_owned(), *who.public()))
@@ -1193,7 +1196,12 @@ mod tests {
         ));
         // The previous ring's signed copy, put back: signed, but made for another ring.
         let next = ring
-            .rotated(SystemTime::now(), &policy(), &mut OsKeySource)
+            .rotated(
+                SystemTime::now(),
+                &policy(),
+                &mut OsKeySource,
+                &KeyHistory::new(),
+            )
             .unwrap();
         let (mut newer, _) =
             StoredRing::seal("c1", &next, &policy(), "n1", &[("a".into(), *a.public())]);
@@ -1301,7 +1309,12 @@ mod tests {
         let (ring, current) = sealed(&[("a", &a), ("b", &b)]);
         let stored_now = read_back(&current);
         let next = ring
-            .rotated(SystemTime::now(), &policy(), &mut OsKeySource)
+            .rotated(
+                SystemTime::now(),
+                &policy(),
+                &mut OsKeySource,
+                &KeyHistory::new(),
+            )
             .unwrap();
         // b left: the next ring has a copy for a only.
         let (mut new, _) =
@@ -1487,9 +1500,13 @@ mod tests {
                 interval: Duration::from_secs(60),
                 retain,
             };
-            let mut r = KeyRing::bootstrap(SystemTime::now(), &p, &mut OsKeySource);
+            let mut r =
+                KeyRing::bootstrap(SystemTime::now(), &p, &mut OsKeySource, &KeyHistory::new())
+                    .unwrap();
             for _ in 0..retain + 1 {
-                r = r.rotated(SystemTime::now(), &p, &mut OsKeySource).unwrap();
+                r = r
+                    .rotated(SystemTime::now(), &p, &mut OsKeySource, &KeyHistory::new())
+                    .unwrap();
             }
             assert_eq!(r.keys().len(), p.max_keys());
             let recipients: Vec<(String, MemberKey)> = ids

@@ -553,15 +553,17 @@ pub fn open_keeping_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stek_core::{OsKeySource, Policy};
+    use stek_core::{KeyHistory, OsKeySource, Policy};
 
     fn ring() -> KeyRing {
         let p = Policy {
             interval: std::time::Duration::from_secs(60),
             retain: 1,
         };
-        let r = KeyRing::bootstrap(SystemTime::now(), &p, &mut OsKeySource);
-        r.rotated(SystemTime::now(), &p, &mut OsKeySource).unwrap()
+        let r = KeyRing::bootstrap(SystemTime::now(), &p, &mut OsKeySource, &KeyHistory::new())
+            .unwrap();
+        r.rotated(SystemTime::now(), &p, &mut OsKeySource, &KeyHistory::new())
+            .unwrap()
     }
 
     fn meta_of(r: &KeyRing) -> RingMeta {

@@ -20,8 +20,22 @@ pub const HMAC_LEN: usize = 32;
 /// Where key bytes come from. Production uses the OS CSPRNG; tests use a seeded generator so
 /// that golden files are stable.
 pub trait KeySource {
-    /// Fills `buf` with bytes that must be unpredictable to anyone but this process.
-    fn fill(&mut self, buf: &mut [u8]);
+    /// Fills `buf` with bytes that must be unpredictable to anyone but this process, or says
+    /// that it could not: a key drawn from a failed read would be predictable (zeros, or
+    /// whatever the buffer held), so the caller must not use `buf` after an error.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), KeySourceError>;
+}
+
+/// A key source that could not deliver bytes. The environment's fault, not the operator's
+/// config: the leader writes nothing and tries again on its next pass.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeySourceError {
+    /// `getrandom(2)` failed (a seccomp filter that forbids it, a kernel without it).
+    #[error("the operating system's random source (getrandom) failed: {0}")]
+    Os(String),
+    /// A generator handed in as a key source failed.
+    #[error("the random generator failed: {0}")]
+    Generator(String),
 }
 
 /// The operating system's CSPRNG (`getrandom(2)` on Linux).
@@ -29,15 +43,21 @@ pub trait KeySource {
 pub struct OsKeySource;
 
 impl KeySource for OsKeySource {
-    fn fill(&mut self, buf: &mut [u8]) {
-        rand::rngs::OsRng.fill_bytes(buf);
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), KeySourceError> {
+        // `fill_bytes` would panic on a failed read; the leader must refuse the key and say
+        // why instead, keeping the keys the nodes serve.
+        rand::rngs::OsRng
+            .try_fill_bytes(buf)
+            .map_err(|e| KeySourceError::Os(e.to_string()))
     }
 }
 
-/// Any cryptographically secure generator is a key source (a seeded ChaCha in tests).
+/// Any cryptographically secure generator is a key source (a seeded ChaCha in tests, which
+/// never fails and gives the same bytes as `fill_bytes`).
 impl<R: RngCore + CryptoRng> KeySource for R {
-    fn fill(&mut self, buf: &mut [u8]) {
-        self.fill_bytes(buf);
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), KeySourceError> {
+        self.try_fill_bytes(buf)
+            .map_err(|e| KeySourceError::Generator(e.to_string()))
     }
 }
 
@@ -84,17 +104,18 @@ pub struct TicketKey {
 }
 
 impl TicketKey {
-    /// Draws a fresh key from `source`.
-    pub fn generate(source: &mut dyn KeySource) -> Self {
+    /// Draws a fresh key from `source`. It is not checked for weakness: a key that joins a
+    /// ring is drawn through the ring, which refuses weak ones (see [`crate::weak`]).
+    pub fn generate(source: &mut dyn KeySource) -> Result<Self, KeySourceError> {
         let mut key = Self {
             name: [0; NAME_LEN],
             aes: [0; AES_LEN],
             hmac: [0; HMAC_LEN],
         };
-        source.fill(&mut key.name);
-        source.fill(&mut key.aes);
-        source.fill(&mut key.hmac);
-        key
+        source.fill(&mut key.name)?;
+        source.fill(&mut key.aes)?;
+        source.fill(&mut key.hmac)?;
+        Ok(key)
     }
 
     /// Builds a key from its three parts (used when reading a ring back from the store).
@@ -185,8 +206,8 @@ pub(crate) mod tests {
     #[test]
     fn generated_keys_differ_and_use_all_parts() {
         let mut src = seeded(1);
-        let a = TicketKey::generate(&mut src);
-        let b = TicketKey::generate(&mut src);
+        let a = TicketKey::generate(&mut src).unwrap();
+        let b = TicketKey::generate(&mut src).unwrap();
         assert_ne!(a.name(), b.name());
         assert_ne!(a.aes256(), b.aes256());
         assert_ne!(a.name()[..], a.aes256()[..16]);
@@ -198,7 +219,7 @@ pub(crate) mod tests {
         // 32 keys from the OS: every name byte position must vary at least once; an all-zero or
         // constant source would fail this.
         let keys: Vec<_> = (0..32)
-            .map(|_| TicketKey::generate(&mut OsKeySource))
+            .map(|_| TicketKey::generate(&mut OsKeySource).unwrap())
             .collect();
         for pos in 0..NAME_LEN {
             assert!(keys.iter().any(|k| k.name()[pos] != keys[0].name()[pos]));

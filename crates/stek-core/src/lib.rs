@@ -10,10 +10,12 @@ pub mod hex;
 pub mod key;
 pub mod ring;
 pub mod rotation;
+pub mod weak;
 
 pub use formats::{Format, FormatOptions, Rendered, REGISTRY};
-pub use key::{Fingerprint, KeySource, OsKeySource, TicketKey};
+pub use key::{Fingerprint, KeySource, KeySourceError, OsKeySource, TicketKey};
 pub use ring::{
     KeyMaterial, KeyRing, KeyState, Policy, RingDigest, RingKey, RingMeta, MAX_GENERATION,
 };
 pub use rotation::{decide_at, next_ring, Decision, MemberView};
+pub use weak::{KeyHistory, WeakKey};

@@ -11,6 +11,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use crate::key::{Fingerprint, KeySource, TicketKey};
+use crate::weak::{fresh_key, KeyHistory, WeakKey};
 
 /// A key's place in the lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -157,67 +158,90 @@ pub struct KeyRing<K = TicketKey> {
 pub type RingMeta = KeyRing<Fingerprint>;
 
 impl KeyRing {
-    /// The very first ring of a cluster: one active and one staged key (generation 1).
-    pub fn bootstrap(now: SystemTime, policy: &Policy, source: &mut dyn KeySource) -> Self {
-        let mut key = |epoch, state| RingKey {
-            epoch,
-            state,
-            created_at: now,
-            staged_in: 1,
-            retired_in: None,
-            key: TicketKey::generate(source),
-        };
-        let keys = vec![key(1, KeyState::Active), key(2, KeyState::Staged)];
-        Self {
+    /// The very first ring of a cluster: one active and one staged key (generation 1). Refuses
+    /// a weak key ([`crate::weak`]); `history` holds the names of keys seen before.
+    pub fn bootstrap(
+        now: SystemTime,
+        policy: &Policy,
+        source: &mut dyn KeySource,
+        history: &KeyHistory,
+    ) -> Result<Self, RingError> {
+        let mut keys = Vec::with_capacity(2);
+        for (epoch, state) in [(1, KeyState::Active), (2, KeyState::Staged)] {
+            let key = fresh_key(source, epoch, &keys, history, &[])?;
+            keys.push(RingKey {
+                epoch,
+                state,
+                created_at: now,
+                staged_in: 1,
+                retired_in: None,
+                key,
+            });
+        }
+        Ok(Self {
             generation: 1,
             keys,
             last_epoch: 2,
             next_rotation_at: now + policy.interval,
-        }
+        })
     }
 
     /// A fresh ring that continues `old`'s numbering: one active and one staged key with new
     /// epochs, at the next generation. For when no live member can open the stored ring (every
     /// member that held it restarted, so its keys are gone): as after a bootstrap, tickets
-    /// issued before it no longer resume.
-    pub fn rekeyed<L>(
+    /// issued before it no longer resume. Refuses a weak key, and one whose name has the
+    /// fingerprint of a key of `old` (its bytes are unknown here, its fingerprints are not).
+    pub fn rekeyed<L: KeyMaterial>(
         old: &KeyRing<L>,
         now: SystemTime,
         policy: &Policy,
         source: &mut dyn KeySource,
-    ) -> Self {
-        Self::rekeyed_from(old.generation, old.last_epoch, now, policy, source)
+        history: &KeyHistory,
+    ) -> Result<Self, RingError> {
+        let replaced: Vec<Fingerprint> = old.keys.iter().map(RingKey::fingerprint).collect();
+        Self::rekeyed_from(
+            old.generation,
+            old.last_epoch,
+            &replaced,
+            now,
+            policy,
+            source,
+            history,
+        )
     }
 
-    /// [`KeyRing::rekeyed`] after a ring known only by its `generation` and `last_epoch` (a
-    /// node's rollback floor, when the store holds no ring it may accept).
+    /// [`KeyRing::rekeyed`] after a ring known only by its `generation`, its `last_epoch` and
+    /// the fingerprints of its keys (`replaced`; a node's rollback floor, when the store holds
+    /// no ring it may accept, knows none).
     pub fn rekeyed_from(
         generation: u64,
         last_epoch: u64,
+        replaced: &[Fingerprint],
         now: SystemTime,
         policy: &Policy,
         source: &mut dyn KeySource,
-    ) -> Self {
+        history: &KeyHistory,
+    ) -> Result<Self, RingError> {
         let generation = generation.saturating_add(1);
         let first = last_epoch.saturating_add(1);
-        let mut key = |epoch, state| RingKey {
-            epoch,
-            state,
-            created_at: now,
-            staged_in: generation,
-            retired_in: None,
-            key: TicketKey::generate(source),
-        };
-        let keys = vec![
-            key(first, KeyState::Active),
-            key(first + 1, KeyState::Staged),
-        ];
-        Self {
+        let mut keys = Vec::with_capacity(2);
+        for (epoch, state) in [(first, KeyState::Active), (first + 1, KeyState::Staged)] {
+            let key = fresh_key(source, epoch, &keys, history, replaced)?;
+            keys.push(RingKey {
+                epoch,
+                state,
+                created_at: now,
+                staged_in: generation,
+                retired_in: None,
+                key,
+            });
+        }
+        Ok(Self {
             generation,
             keys,
             last_epoch: first + 1,
             next_rotation_at: now + policy.interval,
-        }
+        })
     }
 
     /// The ring's identity: the digest of its description.
@@ -243,11 +267,14 @@ impl KeyRing {
     /// staged, and retiring keys beyond `retain` are dropped. The caller (see
     /// [`crate::rotation::decide_at`]) makes sure every live member acknowledged the staged key
     /// first; that acknowledgement also proves nobody encrypts with the keys dropped here.
+    /// Refuses a weak fresh key ([`crate::weak`]); `history` holds the names of keys seen
+    /// before.
     pub fn rotated(
         &self,
         now: SystemTime,
         policy: &Policy,
         source: &mut dyn KeySource,
+        history: &KeyHistory,
     ) -> Result<Self, RingError> {
         let generation = self.generation + 1;
         let staged = self.staged().ok_or(RingError::NoStagedKey)?.epoch;
@@ -269,13 +296,14 @@ impl KeyRing {
             })
             .collect();
         debug_assert!(keys.iter().any(|k| k.epoch == staged));
+        let key = fresh_key(source, next_epoch, &keys, history, &[])?;
         keys.push(RingKey {
             epoch: next_epoch,
             state: KeyState::Staged,
             created_at: now,
             staged_in: generation,
             retired_in: None,
-            key: TicketKey::generate(source),
+            key,
         });
         let ring = Self {
             generation,
@@ -642,6 +670,14 @@ pub enum RingError {
     /// Rotation needs a pre-staged key.
     #[error("ring has no staged key to activate")]
     NoStagedKey,
+    /// A freshly drawn key was refused ([`crate::weak`]): the random source is broken.
+    #[error("refused the new key for epoch {epoch}: {why}; the leader wrote nothing and the nodes keep serving the keys they have; check this host's random source")]
+    WeakKey {
+        /// The epoch the key was drawn for.
+        epoch: u64,
+        /// What was wrong with it.
+        why: WeakKey,
+    },
 }
 
 #[cfg(test)]
@@ -662,7 +698,8 @@ mod tests {
 
     #[test]
     fn bootstrap_makes_one_active_and_one_staged_key() {
-        let ring = KeyRing::bootstrap(t(0), &policy(1), &mut seeded(1));
+        let ring =
+            KeyRing::bootstrap(t(0), &policy(1), &mut seeded(1), &KeyHistory::new()).unwrap();
         assert_eq!(ring.generation(), 1);
         assert_eq!(ring.active().epoch, 1);
         assert_eq!(ring.staged().map(|k| k.epoch), Some(2));
@@ -674,8 +711,10 @@ mod tests {
     #[test]
     fn rotation_activates_staged_retires_active_and_stages_a_fresh_key() {
         let p = policy(2);
-        let r1 = KeyRing::bootstrap(t(0), &p, &mut seeded(1));
-        let r2 = r1.rotated(t(60), &p, &mut seeded(2)).unwrap();
+        let r1 = KeyRing::bootstrap(t(0), &p, &mut seeded(1), &KeyHistory::new()).unwrap();
+        let r2 = r1
+            .rotated(t(60), &p, &mut seeded(2), &KeyHistory::new())
+            .unwrap();
         assert_eq!(r2.generation(), 2);
         assert_eq!(r2.active().key, r1.staged().unwrap().key);
         assert_eq!(r2.staged().unwrap().epoch, 3);
@@ -693,10 +732,12 @@ mod tests {
         for retain in 1..=3 {
             let p = policy(retain);
             let mut src = seeded(retain as u64);
-            let mut ring = KeyRing::bootstrap(t(0), &p, &mut src);
+            let mut ring = KeyRing::bootstrap(t(0), &p, &mut src, &KeyHistory::new()).unwrap();
             let mut seen = vec![1, 2];
             for i in 1..=10 {
-                ring = ring.rotated(t(60 * i), &p, &mut src).unwrap();
+                ring = ring
+                    .rotated(t(60 * i), &p, &mut src, &KeyHistory::new())
+                    .unwrap();
                 ring.check(&p).unwrap();
                 assert!(ring.retiring().count() <= retain);
                 assert!(ring.keys().len() <= p.max_keys());
@@ -716,7 +757,7 @@ mod tests {
     #[test]
     fn dropping_never_removes_the_active_key() {
         let p = policy(1);
-        let ring = KeyRing::bootstrap(t(0), &p, &mut seeded(1));
+        let ring = KeyRing::bootstrap(t(0), &p, &mut seeded(1), &KeyHistory::new()).unwrap();
         let dropped = ring.dropping(&[1, 2]);
         assert_eq!(dropped.active().epoch, 1);
         assert!(dropped.staged().is_none());
@@ -726,7 +767,7 @@ mod tests {
     #[test]
     fn check_rejects_malformed_rings() {
         let p = policy(1);
-        let base = KeyRing::bootstrap(t(0), &p, &mut seeded(1));
+        let base = KeyRing::bootstrap(t(0), &p, &mut seeded(1), &KeyHistory::new()).unwrap();
         let mut keys = base.keys().to_vec();
         keys[1].state = KeyState::Active;
         assert_eq!(
@@ -767,9 +808,9 @@ mod tests {
             Err(RingError::EpochBeyondLast { epoch: 2, last: 1 })
         );
         let big = base
-            .rotated(t(1), &policy(3), &mut seeded(2))
+            .rotated(t(1), &policy(3), &mut seeded(2), &KeyHistory::new())
             .unwrap()
-            .rotated(t(2), &policy(3), &mut seeded(3))
+            .rotated(t(2), &policy(3), &mut seeded(3), &KeyHistory::new())
             .unwrap();
         assert_eq!(
             big.check(&p),
@@ -795,8 +836,20 @@ mod tests {
             retain: 1,
         };
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        let a = KeyRing::bootstrap(now, &p, &mut crate::key::tests::seeded(1));
-        let b = KeyRing::bootstrap(now, &p, &mut crate::key::tests::seeded(2));
+        let a = KeyRing::bootstrap(
+            now,
+            &p,
+            &mut crate::key::tests::seeded(1),
+            &KeyHistory::new(),
+        )
+        .unwrap();
+        let b = KeyRing::bootstrap(
+            now,
+            &p,
+            &mut crate::key::tests::seeded(2),
+            &KeyHistory::new(),
+        )
+        .unwrap();
         assert_eq!(a.generation(), b.generation());
         assert_ne!(a.digest(), b.digest(), "same generation, other keys");
         assert_eq!(a.digest(), a.meta().digest());
@@ -819,7 +872,13 @@ mod tests {
             interval: Duration::from_secs(60),
             retain: 1,
         };
-        let r = KeyRing::bootstrap(SystemTime::now(), &p, &mut crate::key::tests::seeded(1));
+        let r = KeyRing::bootstrap(
+            SystemTime::now(),
+            &p,
+            &mut crate::key::tests::seeded(1),
+            &KeyHistory::new(),
+        )
+        .unwrap();
         let keys = r.keys().to_vec();
         let absurd = KeyRing::from_parts(u64::MAX, keys.clone(), 2, r.next_rotation_at(), &p);
         assert!(

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use crate::key::KeySource;
 use crate::ring::{KeyMaterial, KeyRing, Policy, RingError};
+use crate::weak::KeyHistory;
 
 /// What the leader knows about one member at the moment it decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,21 +178,24 @@ fn blockers(members: &[MemberView], needed: u64) -> Vec<Blocker> {
         .collect()
 }
 
-/// The ring a decision produces, or `None` when the decision writes nothing.
+/// The ring a decision produces, or `None` when the decision writes nothing. A new key is
+/// refused if weak ([`crate::weak`]), `history` holding the names of keys seen before: the
+/// error ([`RingError::WeakKey`]) says why, and nothing is to be written.
 pub fn next_ring(
     decision: &Decision,
     ring: Option<&KeyRing>,
     now: SystemTime,
     policy: &Policy,
     source: &mut dyn KeySource,
+    history: &KeyHistory,
 ) -> Result<Option<KeyRing>, RingError> {
     match (decision, ring) {
-        (Decision::Bootstrap, _) => Ok(Some(KeyRing::bootstrap(now, policy, source))),
+        (Decision::Bootstrap, _) => KeyRing::bootstrap(now, policy, source, history).map(Some),
         (Decision::Rotate(_), Some(ring)) if ring.staged().is_none() => {
             // Repair a ring that lost its staged key: stage one without activating anything.
-            Ok(Some(restage(ring, now, source)))
+            restage(ring, now, source, history).map(Some)
         }
-        (Decision::Rotate(_), Some(ring)) => ring.rotated(now, policy, source).map(Some),
+        (Decision::Rotate(_), Some(ring)) => ring.rotated(now, policy, source, history).map(Some),
         (Decision::Drop(epochs), Some(ring)) => Ok(Some(ring.dropping(epochs))),
         (Decision::Reschedule { at }, Some(ring)) => Ok(Some(ring.with_next_rotation_at(*at))),
         (Decision::Wait { .. } | Decision::Idle { .. }, _) => Ok(None),
@@ -199,20 +203,31 @@ pub fn next_ring(
     }
 }
 
-fn restage(ring: &KeyRing, now: SystemTime, source: &mut dyn KeySource) -> KeyRing {
+fn restage(
+    ring: &KeyRing,
+    now: SystemTime,
+    source: &mut dyn KeySource,
+    history: &KeyHistory,
+) -> Result<KeyRing, RingError> {
     use crate::ring::{KeyState, RingKey};
     let generation = ring.generation() + 1;
     let epoch = ring.last_epoch() + 1;
     let mut keys = ring.keys().to_vec();
+    let key = crate::weak::fresh_key(source, epoch, &keys, history, &[])?;
     keys.push(RingKey {
         epoch,
         state: KeyState::Staged,
         created_at: now,
         staged_in: generation,
         retired_in: None,
-        key: crate::key::TicketKey::generate(source),
+        key,
     });
-    KeyRing::from_parts_unchecked(generation, keys, epoch, ring.next_rotation_at())
+    Ok(KeyRing::from_parts_unchecked(
+        generation,
+        keys,
+        epoch,
+        ring.next_rotation_at(),
+    ))
 }
 
 #[cfg(test)]
@@ -249,16 +264,23 @@ mod tests {
             decide_at::<crate::TicketKey>(t(0), None, &policy(1), &[], false),
             Decision::Bootstrap
         );
-        let ring = next_ring(&Decision::Bootstrap, None, t(0), &policy(1), &mut seeded(1))
-            .unwrap()
-            .unwrap();
+        let ring = next_ring(
+            &Decision::Bootstrap,
+            None,
+            t(0),
+            &policy(1),
+            &mut seeded(1),
+            &KeyHistory::new(),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(ring.generation(), 1);
     }
 
     #[test]
     fn idle_until_the_schedule_when_nothing_is_requested() {
         let p = policy(1);
-        let ring = KeyRing::bootstrap(t(0), &p, &mut seeded(1));
+        let ring = KeyRing::bootstrap(t(0), &p, &mut seeded(1), &KeyHistory::new()).unwrap();
         let all = [member("a", true, 1), member("b", true, 1)];
         assert_eq!(
             decide_at(t(59), Some(&ring), &p, &all, false),
@@ -270,7 +292,8 @@ mod tests {
                 Some(&ring),
                 t(59),
                 &p,
-                &mut seeded(2)
+                &mut seeded(2),
+                &KeyHistory::new()
             ),
             Ok(None)
         );
@@ -279,7 +302,7 @@ mod tests {
     #[test]
     fn rotates_when_due_and_every_live_member_acked_the_staged_key() {
         let p = policy(1);
-        let ring = KeyRing::bootstrap(t(0), &p, &mut seeded(1));
+        let ring = KeyRing::bootstrap(t(0), &p, &mut seeded(1), &KeyHistory::new()).unwrap();
         let all = [member("a", true, 1), member("b", true, 1)];
         assert_eq!(
             decide_at(t(60), Some(&ring), &p, &all, false),
@@ -294,7 +317,7 @@ mod tests {
     #[test]
     fn waits_for_a_live_member_that_has_not_acked_and_names_it() {
         let p = policy(1);
-        let ring = KeyRing::bootstrap(t(0), &p, &mut seeded(1));
+        let ring = KeyRing::bootstrap(t(0), &p, &mut seeded(1), &KeyHistory::new()).unwrap();
         let mut lagging = member("b", true, 0);
         lagging.last_error = Some("reload failed: exit status 1".into());
         let d = decide_at(
@@ -335,7 +358,7 @@ mod tests {
     #[test]
     fn a_dead_member_does_not_block() {
         let p = policy(1);
-        let ring = KeyRing::bootstrap(t(0), &p, &mut seeded(1));
+        let ring = KeyRing::bootstrap(t(0), &p, &mut seeded(1), &KeyHistory::new()).unwrap();
         let d = decide_at(
             t(60),
             Some(&ring),
@@ -350,9 +373,11 @@ mod tests {
     fn drops_keys_beyond_a_lowered_retain_once_their_successors_are_acked() {
         let wide = policy(3);
         let mut src = seeded(1);
-        let mut ring = KeyRing::bootstrap(t(0), &wide, &mut src);
+        let mut ring = KeyRing::bootstrap(t(0), &wide, &mut src, &KeyHistory::new()).unwrap();
         for i in 1..=3 {
-            ring = ring.rotated(t(60 * i), &wide, &mut src).unwrap();
+            ring = ring
+                .rotated(t(60 * i), &wide, &mut src, &KeyHistory::new())
+                .unwrap();
         }
         assert_eq!(ring.retiring().count(), 3);
         let narrow = policy(1);
@@ -367,9 +392,16 @@ mod tests {
         let acked = [member("a", true, 4), member("b", true, 4)];
         let d = decide_at(t(200), Some(&ring), &narrow, &acked, false);
         assert_eq!(d, Decision::Drop(vec![2, 1]));
-        let dropped = next_ring(&d, Some(&ring), t(200), &narrow, &mut src)
-            .unwrap()
-            .unwrap();
+        let dropped = next_ring(
+            &d,
+            Some(&ring),
+            t(200),
+            &narrow,
+            &mut src,
+            &KeyHistory::new(),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(dropped.retiring().count(), 1);
         assert_eq!(dropped.generation(), ring.generation() + 1);
         dropped.check(&narrow).unwrap();
@@ -378,12 +410,21 @@ mod tests {
     #[test]
     fn regression_repair_after_dropping_the_staged_key_never_reuses_its_epoch() {
         let p = policy(1);
-        let ring = KeyRing::bootstrap(t(0), &p, &mut seeded(1)).dropping(&[2]);
+        let ring = KeyRing::bootstrap(t(0), &p, &mut seeded(1), &KeyHistory::new())
+            .unwrap()
+            .dropping(&[2]);
         assert!(ring.staged().is_none());
         let d = decide_at(t(60), Some(&ring), &p, &[member("a", true, 2)], false);
-        let next = next_ring(&d, Some(&ring), t(60), &p, &mut seeded(2))
-            .unwrap()
-            .unwrap();
+        let next = next_ring(
+            &d,
+            Some(&ring),
+            t(60),
+            &p,
+            &mut seeded(2),
+            &KeyHistory::new(),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(next.active().epoch, 1, "nothing is activated by the repair");
         assert_eq!(next.staged().unwrap().epoch, 3);
         next.check(&p).unwrap();
@@ -412,7 +453,9 @@ mod tests {
                 let views: Vec<_> = ids.iter().map(|id| member(id, true, applied[id])).collect();
                 let requested = rng.gen_bool(0.3);
                 let d = decide_at(now, latest.as_ref(), &p, &views, requested);
-                if let Some(next) = next_ring(&d, latest.as_ref(), now, &p, &mut src).unwrap() {
+                if let Some(next) =
+                    next_ring(&d, latest.as_ref(), now, &p, &mut src, &KeyHistory::new()).unwrap()
+                {
                     next.check(&p).unwrap();
                     if matches!(d, Decision::Rotate(_)) {
                         activations += 1;
@@ -479,11 +522,11 @@ mod tests {
     #[test]
     fn a_schedule_far_in_this_leaders_future_is_pulled_back_to_one_interval() {
         let p = policy(1);
-        let r = KeyRing::bootstrap(t(0), &p, &mut seeded(1));
+        let r = KeyRing::bootstrap(t(0), &p, &mut seeded(1), &KeyHistory::new()).unwrap();
         let members = [member("a", true, 1)];
         // A leader whose clock ran a year fast wrote the schedule.
         let year = Duration::from_secs(365 * 24 * 3600);
-        let fast = KeyRing::bootstrap(t(0) + year, &p, &mut seeded(9));
+        let fast = KeyRing::bootstrap(t(0) + year, &p, &mut seeded(9), &KeyHistory::new()).unwrap();
         let decision = decide_at(t(10), Some(&fast), &p, &members, false);
         assert_eq!(
             decision,
@@ -491,9 +534,16 @@ mod tests {
                 at: t(10) + p.interval
             }
         );
-        let next = next_ring(&decision, Some(&fast), t(10), &p, &mut seeded(1))
-            .unwrap()
-            .unwrap();
+        let next = next_ring(
+            &decision,
+            Some(&fast),
+            t(10),
+            &p,
+            &mut seeded(1),
+            &KeyHistory::new(),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(next.keys(), fast.keys(), "the same keys");
         assert_eq!(next.next_rotation_at(), t(10) + p.interval);
         assert_eq!(next.generation(), fast.generation() + 1);

@@ -44,6 +44,9 @@ pub struct LeaderView<'a> {
     /// Whether this node can seal more copies of the stored ring without writing it again: it
     /// wrote it (members accept only copies its writer signed) and holds its data key.
     pub seals_copies: bool,
+    /// The names of keys in the rings this node opened: a new key with one of them is refused
+    /// as the sign of a random source that repeats itself (see [`stek_core::weak`]).
+    pub history: &'a stek_core::KeyHistory,
 }
 
 /// Where this node stands: the node's own state, as the engine sees it.
@@ -286,13 +289,18 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
                 // member holds one either (they restarted too, after the store was restored
                 // from a backup or a ring replayed): the keys are gone with the processes that
                 // held them. New keys, numbered above this node's floor and every member's.
-                let rekeyed = KeyRing::rekeyed_from(
+                let rekeyed = match KeyRing::rekeyed_from(
                     floor.generation,
                     floor.last_epoch,
+                    &[],
                     v.now,
                     &v.policy,
                     keys,
-                );
+                    v.history,
+                ) {
+                    Ok(ring) => ring,
+                    Err(e) => return rekey_failed(e),
+                };
                 return Step::Write {
                     ring: renumber_after(rekeyed, snap, v.newest_seen),
                     served: snap.requests.clone(),
@@ -314,7 +322,7 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
         &snap.member_views(),
         requested,
     );
-    let next = match next_ring(&decision, ring.as_ref(), v.now, &v.policy, keys) {
+    let next = match next_ring(&decision, ring.as_ref(), v.now, &v.policy, keys, v.history) {
         // A first ring numbers above every generation a member ever acknowledged (the ring was
         // deleted, or the store restored empty): no old acknowledgement can count for it, and
         // no node takes it for a replay.
@@ -439,7 +447,10 @@ fn behind_acks(v: &LeaderView<'_>, stored: &StoredRing, keys: &mut dyn KeySource
         .find(|m| m.record.node_id == v.me)
         .map_or(0, |m| m.record.applied_generation);
     if mine > generation && mine <= ceiling {
-        let rekeyed = KeyRing::rekeyed(&stored.ring, v.now, &v.policy, keys);
+        let rekeyed = match KeyRing::rekeyed(&stored.ring, v.now, &v.policy, keys, v.history) {
+            Ok(ring) => ring,
+            Err(e) => return Some(rekey_failed(e)),
+        };
         return Some(Step::Write {
             ring: renumber_after(rekeyed, v.snap, v.newest_seen),
             served: v.snap.requests.clone(),
@@ -473,12 +484,23 @@ fn cannot_open(v: &LeaderView<'_>, stored: &StoredRing, keys: &mut dyn KeySource
             why: "this node cannot open the ring".into(),
         };
     }
-    let rekeyed = KeyRing::rekeyed(&stored.ring, v.now, &v.policy, keys);
+    let rekeyed = match KeyRing::rekeyed(&stored.ring, v.now, &v.policy, keys, v.history) {
+        Ok(ring) => ring,
+        Err(e) => return rekey_failed(e),
+    };
     Step::Write {
         ring: renumber_after(rekeyed, v.snap, v.newest_seen),
         served: v.snap.requests.clone(),
         why: Why::Rekey,
         before: None,
+    }
+}
+
+/// New keys could not be drawn (a weak key was refused): nothing is written, and the next pass
+/// tries again.
+fn rekey_failed(e: stek_core::ring::RingError) -> Step {
+    Step::Failed {
+        why: format!("cannot make new keys: {e}"),
     }
 }
 
@@ -555,6 +577,7 @@ mod tests {
     use stek_core::{KeyState, OsKeySource};
 
     const ME: &str = "n1";
+    static NO_HISTORY: stek_core::KeyHistory = stek_core::KeyHistory::new();
 
     fn policy() -> Policy {
         Policy {
@@ -568,7 +591,8 @@ mod tests {
     }
 
     fn ring_at(generation: u64, at: SystemTime) -> KeyRing {
-        KeyRing::bootstrap(at, &policy(), &mut OsKeySource)
+        KeyRing::bootstrap(at, &policy(), &mut OsKeySource, &NO_HISTORY)
+            .unwrap()
             .renumbered(generation)
             .to_millis()
     }
@@ -680,6 +704,7 @@ mod tests {
             seals_copies: false,
             accepted: None,
             floor: None,
+            history: &NO_HISTORY,
         };
         leader_step(&v, &mut OsKeySource)
     }
@@ -853,6 +878,7 @@ mod tests {
             seals_copies: false,
             accepted: None,
             floor: None,
+            history: &NO_HISTORY,
         };
         let (ring, _, why) = written(leader_step(&v, &mut OsKeySource));
         assert!(matches!(why, Why::Decision(Decision::Reschedule { .. })));
@@ -894,6 +920,7 @@ mod tests {
             seals_copies: false,
             accepted: None,
             floor: None,
+            history: &NO_HISTORY,
         };
         match leader_step(&v, &mut OsKeySource) {
             Step::Wait { until, .. } => assert_eq!(until, t(70)),
@@ -925,6 +952,7 @@ mod tests {
             seals_copies: false,
             accepted: None,
             floor: None,
+            history: &NO_HISTORY,
         };
         assert_eq!(
             leader_step(&v, &mut OsKeySource),
@@ -960,6 +988,7 @@ mod tests {
                 seals_copies,
                 accepted: None,
                 floor: None,
+                history: &NO_HISTORY,
             }
         }
         // The writer, holding the data key: the member that joined gets a copy of the stored
@@ -1064,6 +1093,161 @@ mod tests {
             !matches!(step(&gone, held, t(3600)), Step::HandOver { .. }),
             "a dead member's acknowledgement is no reason to stop"
         );
+    }
+
+    /// A key source that gives only zeros (a buffer never filled).
+    struct Zeros;
+    impl KeySource for Zeros {
+        fn fill(&mut self, buf: &mut [u8]) -> Result<(), stek_core::KeySourceError> {
+            buf.fill(0);
+            Ok(())
+        }
+    }
+
+    /// A key source whose reads fail.
+    struct Failing;
+    impl KeySource for Failing {
+        fn fill(&mut self, _: &mut [u8]) -> Result<(), stek_core::KeySourceError> {
+            Err(stek_core::KeySourceError::Os(
+                "Function not implemented (os error 38)".into(),
+            ))
+        }
+    }
+
+    /// A key source that gives one key over and over (a generator restored from a snapshot).
+    struct Replay(Vec<u8>, usize);
+    impl KeySource for Replay {
+        fn fill(&mut self, buf: &mut [u8]) -> Result<(), stek_core::KeySourceError> {
+            for b in buf {
+                *b = self.0[self.1 % self.0.len()];
+                self.1 += 1;
+            }
+            Ok(())
+        }
+    }
+
+    /// Wherever the leader draws keys (a bootstrap, a rotation, a rekey), a weak key fails the
+    /// step: nothing is written, and the reason names what was wrong.
+    #[test]
+    fn a_weak_key_fails_the_step_with_a_reason_that_names_it() {
+        let r = ring_at(3, t(0));
+        let old = ring_at(4, t(0));
+        let seen = ring_at(2, t(0));
+        let mut history = stek_core::KeyHistory::new();
+        history.remember(&seen);
+        let mine = Held {
+            opened: Some(&r),
+            applied: Some(&r),
+        };
+        let old_only = Held {
+            opened: Some(&old),
+            applied: None,
+        };
+        // (situation, store, keys held, when, how the reason starts)
+        let situations = [
+            (
+                "bootstrap",
+                snap(None, &[m(ME)]),
+                Held::default(),
+                t(0),
+                "cannot compute the next ring: refused the new key for epoch 1: ",
+            ),
+            (
+                "rotation",
+                snap(Some((&r, ME, &[ME])), &[m(ME).acked(&r)]),
+                mine,
+                t(3600),
+                "cannot compute the next ring: refused the new key for epoch 3: ",
+            ),
+            (
+                "rekey, nobody can open the ring",
+                snap(Some((&r, ME, &[])), &[m(ME)]),
+                Held::default(),
+                t(10),
+                "cannot make new keys: refused the new key for epoch 3: ",
+            ),
+            (
+                "rekey, the store went back",
+                snap(Some((&old, ME, &[ME])), &[m(ME).applied(5)]),
+                old_only,
+                t(10),
+                "cannot make new keys: refused the new key for epoch 3: ",
+            ),
+        ];
+        let replay_seen = || {
+            let k = &seen.active().key;
+            Replay([&k.name()[..], k.aes256(), k.hmac256()].concat(), 0)
+        };
+        // (a fresh source for each situation, the history, what the reason says)
+        type MakeSource<'a> = Box<dyn Fn() -> Box<dyn KeySource> + 'a>;
+        let sources: [(MakeSource<'_>, &stek_core::KeyHistory, &str); 3] = [
+            (
+                Box::new(|| Box::new(Zeros)),
+                &NO_HISTORY,
+                "its name is all zeros",
+            ),
+            (
+                Box::new(|| Box::new(Failing)),
+                &NO_HISTORY,
+                "the operating system's random source (getrandom) failed",
+            ),
+            (
+                Box::new(move || Box::new(replay_seen())),
+                &history,
+                &format!(
+                    "its name (key {}) already named an earlier key of this cluster",
+                    seen.active().fingerprint()
+                ),
+            ),
+        ];
+        for (situation, snap, held, now, starts) in &situations {
+            for (source, history, says) in &sources {
+                let v = LeaderView {
+                    me: ME,
+                    snap,
+                    held: *held,
+                    newest_seen: 0,
+                    policy: policy(),
+                    now: *now,
+                    requests_due: *now,
+                    reseal_rested: true,
+                    seals_copies: false,
+                    history,
+                    accepted: None,
+                    floor: None,
+                };
+                let Step::Failed { why } = leader_step(&v, &mut *source()) else {
+                    panic!("{situation}, {says}: expected a failed step");
+                };
+                assert!(why.starts_with(starts), "{situation}: {why}");
+                assert!(why.contains(says), "{situation}: {why}");
+                assert!(
+                    why.contains(
+                        "the leader wrote nothing and the nodes keep serving the keys they have"
+                    ),
+                    "{situation}: {why}"
+                );
+            }
+            // A working source writes.
+            let v = LeaderView {
+                me: ME,
+                snap,
+                held: *held,
+                newest_seen: 0,
+                policy: policy(),
+                now: *now,
+                requests_due: *now,
+                reseal_rested: true,
+                seals_copies: false,
+                history: &history,
+                accepted: None,
+                floor: None,
+            };
+            assert!(
+                matches!(leader_step(&v, &mut OsKeySource), Step::Write { .. }),
+                "{situation}"
+            );
+        }
     }
 
     #[test]

@@ -128,6 +128,7 @@ pub async fn run_with<C: Coordinator>(
         lease: None,
         term: None,
         opened: None,
+        history: stek_core::KeyHistory::new(),
         data_key: None,
         seal_error: None,
         applied: None,
@@ -490,6 +491,9 @@ struct Node<'a, C> {
     /// The last ring this node opened from its own sealed copy. A leader also rewrites it over
     /// a malformed record.
     opened: Option<KeyRing>,
+    /// The names of the keys of every ring this node opened (the newest 4096): as leader, it
+    /// refuses a new key with one of them (a random source that repeats itself).
+    history: stek_core::KeyHistory,
     /// The data key of the write `opened` came from: as that ring's writer, this node seals
     /// one more copy of it for a member that joins, without writing the ring again.
     data_key: Option<DataKey>,
@@ -974,6 +978,7 @@ impl<C: Coordinator> Node<'_, C> {
                     self.enroll();
                 }
                 debug!(generation, "opened this node's sealed copy of the ring");
+                self.history.remember(&ring);
                 self.opened = Some(ring);
                 self.data_key = Some(key);
                 self.seal_error = None;
@@ -1167,6 +1172,7 @@ impl<C: Coordinator> Node<'_, C> {
                 .last_reseal
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(1)),
             seals_copies: self.seals_copies(snap),
+            history: &self.history,
         };
         let step = engine::leader_step(&view, &mut OsKeySource);
         let after =

@@ -559,8 +559,14 @@ mod tests {
             interval: Duration::from_secs(60),
             retain: 1,
         };
-        let ring =
-            KeyRing::bootstrap(SystemTime::UNIX_EPOCH, &p, &mut OsKeySource).renumbered(generation);
+        let ring = KeyRing::bootstrap(
+            SystemTime::UNIX_EPOCH,
+            &p,
+            &mut OsKeySource,
+            &stek_core::KeyHistory::new(),
+        )
+        .unwrap()
+        .renumbered(generation);
         let mut s = StoredRing::seal("c", &ring, &p, "n1", &[]).0;
         s.term = 7;
         s

@@ -473,9 +473,14 @@ async fn another_ring_with_the_accepted_generation_is_refused_and_the_ring_put_b
     let snap = fleet.snap().await;
     let stored = snap.valid_ring().unwrap().clone();
     let policy = stored.policy;
-    let alias =
-        stek_core::KeyRing::bootstrap(SystemTime::now(), &policy, &mut stek_core::OsKeySource)
-            .renumbered(g);
+    let alias = stek_core::KeyRing::bootstrap(
+        SystemTime::now(),
+        &policy,
+        &mut stek_core::OsKeySource,
+        &stek_core::KeyHistory::new(),
+    )
+    .unwrap()
+    .renumbered(g);
     assert_eq!(alias.generation(), g);
     let recipients: Vec<_> = snap
         .members

@@ -871,14 +871,25 @@ mod tests {
 
     #[test]
     fn leadership_is_lease_bound_and_ring_writes_are_fenced_on_its_term() {
-        use stek_core::{KeyRing, OsKeySource, Policy};
+        use stek_core::{KeyHistory, KeyRing, OsKeySource, Policy};
         let p = Policy {
             interval: std::time::Duration::from_secs(60),
             retain: 1,
         };
-        let r1 = KeyRing::bootstrap(std::time::SystemTime::now(), &p, &mut OsKeySource);
+        let r1 = KeyRing::bootstrap(
+            std::time::SystemTime::now(),
+            &p,
+            &mut OsKeySource,
+            &KeyHistory::new(),
+        )
+        .unwrap();
         let r2 = r1
-            .rotated(std::time::SystemTime::now(), &p, &mut OsKeySource)
+            .rotated(
+                std::time::SystemTime::now(),
+                &p,
+                &mut OsKeySource,
+                &KeyHistory::new(),
+            )
             .unwrap();
         let enc = |term: u64, r: &KeyRing| {
             let mut stored = crate::StoredRing::seal("c", r, &p, "a", &[]).0;
@@ -930,7 +941,13 @@ mod tests {
             "a retry of a write that landed is no conflict"
         );
         assert_eq!(d.revision, rev, "and changes nothing");
-        let other_r1 = KeyRing::bootstrap(std::time::SystemTime::now(), &p, &mut OsKeySource);
+        let other_r1 = KeyRing::bootstrap(
+            std::time::SystemTime::now(),
+            &p,
+            &mut OsKeySource,
+            &KeyHistory::new(),
+        )
+        .unwrap();
         assert_eq!(
             d.apply(&write(t1, &other_r1)),
             Applied::Stale,

@@ -135,8 +135,14 @@ mod tests {
             interval: Duration::from_secs(60),
             retain: 1,
         };
-        let ring =
-            KeyRing::bootstrap(SystemTime::UNIX_EPOCH, &p, &mut OsKeySource).renumbered(generation);
+        let ring = KeyRing::bootstrap(
+            SystemTime::UNIX_EPOCH,
+            &p,
+            &mut OsKeySource,
+            &stek_core::KeyHistory::new(),
+        )
+        .unwrap()
+        .renumbered(generation);
         let mut s = StoredRing::seal("c", &ring, &p, writer, &[]).0;
         s.term = term;
         s
