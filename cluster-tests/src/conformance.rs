@@ -640,13 +640,15 @@ pub async fn served_in_one_write<C: Coordinator>(a: &C, b: &C) {
 }
 
 /// A second live process with a registered node id is refused, and named; a restart of the
-/// same box (its sealing key kept) takes the node id over.
+/// same box (its instance kept in its state directory) takes the node id over, even though
+/// its sealing key has ratcheted since.
 pub async fn one_node_id_one_process<C: Coordinator>(first: &C, second: &C) {
     info!("--- conformance: one node id, one live process");
     let ttl = Duration::from_secs(10);
-    let box_key = Identity::generate();
+    let instance = "0a1b2c3d4e5f6071";
     let mut rec = record("dup", 0);
-    rec.public_key = Some(box_key.public().to_base64());
+    rec.public_key = Some(Identity::generate().public().to_base64());
+    rec.instance = Some(instance.into());
     let l1 = first.grant_lease(ttl).await.unwrap();
     let _k1 = first.keep_alive(l1, ttl).await.unwrap();
     first.register(l1, &rec).await.unwrap();
@@ -666,21 +668,25 @@ pub async fn one_node_id_one_process<C: Coordinator>(first: &C, second: &C) {
     let l2 = second.grant_lease(ttl).await.unwrap();
     let _k2 = second.keep_alive(l2, ttl).await.unwrap();
     let mut other = rec.clone();
-    other.public_key = Some(Identity::generate().public().to_base64());
+    other.instance = Some("ffffffff00000000".into());
     match second.register(l2, &other).await {
         Err(CoordError::Held { node_id, holder }) => {
             assert_eq!(node_id, "dup");
             assert!(
-                holder.contains(&box_key.public().id().to_string()) && holder.contains("pid"),
+                holder.contains(instance) && holder.contains("pid"),
                 "the holder is named: {holder}"
             );
         }
         other => panic!("a second process with a live node id must be refused, got {other:?}"),
     }
+    let restarted = MemberRecord {
+        public_key: Some(Identity::generate().public().to_base64()),
+        ..rec.clone()
+    };
     second
-        .register(l2, &rec)
+        .register(l2, &restarted)
         .await
-        .expect("the same box (same sealing key) takes its node id over");
+        .expect("the same box (same instance, a newer sealing key) takes its node id over");
     let snap = first.snapshot().await.unwrap();
     let dup = snap
         .members

@@ -86,7 +86,7 @@ mod etcd {
             key_signature: Some("B".repeat(96)),
             applied_digest: None,
             floor_generation: None,
-            instance: None,
+            instance: Some("0123456789abcdef".into()),
         };
         let read = |key: &str| etcd.get(&format!("/stek/conformance/{key}"));
         let acked = MemberRecord {
@@ -111,7 +111,12 @@ mod etcd {
                 "the member record is not rewritten"
             );
             let ack = read("acks/n1");
-            assert!(ack.len() < 200, "{} bytes", ack.len());
+            // With the announced key and its signature (a ratchet step at every ring).
+            assert!(ack.len() < 400, "{} bytes", ack.len());
+            assert!(
+                !String::from_utf8_lossy(&registered).contains("public_key"),
+                "the announced key is not in the member record"
+            );
             let shown = |s: stek_coord::Snapshot| {
                 s.members
                     .into_iter()
@@ -121,6 +126,16 @@ mod etcd {
             };
             assert_eq!(shown(a.snapshot().await.unwrap()), acked);
             assert_eq!(shown(a.snapshot_of_member("n1").await.unwrap()), acked);
+            // The next acknowledgement announces the next key: still the small record only.
+            let ratcheted = MemberRecord {
+                applied_generation: 6,
+                public_key: Some(Identity::generate().public().to_base64()),
+                ..acked.clone()
+            };
+            a.ack(&ratcheted).await.unwrap();
+            assert_eq!(read("members/n1"), registered);
+            assert_eq!(shown(a.snapshot().await.unwrap()), ratcheted);
+            let acked = ratcheted;
 
             // Someone else changes the member record: the next acknowledgement puts it back.
             etcd.put("/stek/conformance/members/n1", b"{}");

@@ -98,16 +98,17 @@ fn leader_log(c: &Cluster, words: &str) {
     );
 }
 
-/// Waits for the leader to have rewritten a valid ring over the attack (a generation above
-/// `above`, signed) and the cluster to converge on it; returns the status.
-fn repaired(c: &Cluster, above: u64, history: &mut History) -> Value {
+/// Waits for the leader to have put a valid ring back over the attack (generation `at` or
+/// above, signed: the ring it accepted, unchanged, or its keys written anew) and the cluster
+/// to converge on it; returns the status.
+fn repaired(c: &Cluster, at: u64, history: &mut History) -> Value {
     let mut status = Value::Null;
     wait_until(
         Duration::from_secs(30),
-        "a signed ring above the attack",
+        "a signed ring put back over the attack",
         || {
             status = c.wait_converged(Duration::from_secs(30));
-            status["generation"].as_u64() > Some(above) && status["ring_signed_by"].is_string()
+            status["generation"].as_u64() >= Some(at) && status["ring_signed_by"].is_string()
         },
     );
     check_invariants(c, &status, history);
@@ -123,7 +124,15 @@ fn a_store_writer_enrolling_a_fake_member_gets_no_copy() {
     let (c, mut history, _) = cluster("id-fake-member");
     let etcd = c.etcd.as_ref().unwrap();
     let from = etcd.revision();
-    let real: MemberRecord = serde_json::from_slice(&etcd.get(&key(&c, "members/n1"))).unwrap();
+    // A member's record with its acknowledgement, which announces its key and signature.
+    let whole = |id: &str| {
+        MemberRecord::decode(&etcd.get(&key(&c, &format!("members/{id}"))))
+            .unwrap()
+            .with_ack(&etcd.get(&key(&c, &format!("acks/{id}"))))
+            .unwrap()
+    };
+    let real = whole("n1");
+    assert!(real.key_signature.is_some());
     let attacker = Identity::generate();
     let fake = MemberRecord {
         node_id: "mallory".into(),
@@ -134,13 +143,12 @@ fn a_store_writer_enrolling_a_fake_member_gets_no_copy() {
     info!("--- mallory enrolls with n1's certificate and signature");
     etcd.put(&key(&c, "alive/mallory"), b"");
     etcd.put(&key(&c, "members/mallory"), &fake.encode());
-    info!("--- and n3's record is rewritten with the attacker's key (n3's certificate kept)");
-    let n3: MemberRecord = serde_json::from_slice(&etcd.get(&key(&c, "members/n3"))).unwrap();
+    info!("--- and n3's acknowledgement announces the attacker's key (n3's signature kept)");
     let hijacked = MemberRecord {
         public_key: Some(attacker.public().to_base64()),
-        ..n3
+        ..whole("n3")
     };
-    etcd.put(&key(&c, "members/n3"), &hijacked.encode());
+    etcd.put(&key(&c, "acks/n3"), &hijacked.encode_ack());
     // The leader reads every member; followers read only their own records between full reads.
     let status = c.status(0);
     let leader = c
@@ -214,8 +222,10 @@ fn a_ring_of_the_writers_own_keys_is_never_applied() {
         .nodes
         .iter()
         .map(|n| {
-            let r: MemberRecord =
-                serde_json::from_slice(&etcd.get(&key(&c, &format!("members/{}", n.id)))).unwrap();
+            let r = MemberRecord::decode(&etcd.get(&key(&c, &format!("members/{}", n.id))))
+                .unwrap()
+                .with_ack(&etcd.get(&key(&c, &format!("acks/{}", n.id))))
+                .unwrap();
             (n.id.clone(), r.sealing_key().unwrap())
         })
         .collect();
@@ -304,8 +314,9 @@ fn an_edited_description_is_rejected_and_the_leaders_ring_restored() {
     etcd.put(&key(&c, "ring"), &serde_json::to_vec(&ring).unwrap());
     // The leader reads every write; a follower may see only the repair that follows.
     leader_log(&c, "signature does not verify against the certificate");
-    // The rewrite numbers above what members acknowledged (g), not above the forgery.
+    // The ring put back is the one members accepted (g), unchanged: not above the forgery.
     let status = repaired(&c, g, &mut history);
+    assert_eq!(status["generation"].as_u64(), Some(g), "{status}");
     assert_eq!(status["next_rotation_at"], next, "{status}");
     assert!(!status["next_rotation_at"]
         .as_str()
@@ -320,7 +331,7 @@ fn an_edited_description_is_rejected_and_the_leaders_ring_restored() {
     assert!(
         leader
             .log_text()
-            .contains("rewrote the last valid ring this leader holds"),
+            .contains("put back the ring this leader accepted last"),
         "the leader says what it did"
     );
     // The restored ring is the leader's: a rotation still happens when asked.
@@ -353,9 +364,9 @@ fn an_edited_description_is_rejected_and_the_leaders_ring_restored() {
     assert_eq!(all_files(&c), before);
 }
 
-/// An older ring, validly signed by the leader when it was current, put back: no node that saw
-/// a newer one applies it (their files stay), and the leader writes the current ring back
-/// above both.
+/// An older ring, validly signed by the leader when it was current, put back: no node applies
+/// it (their floors refuse it; their files stay), and the leader puts the current ring back
+/// unchanged, with no new generation.
 #[test]
 fn a_replayed_older_ring_is_never_applied() {
     let (c, mut history, _) = cluster("id-replay");
@@ -374,12 +385,13 @@ fn a_replayed_older_ring_is_never_applied() {
         &format!("ring generation {old_gen} is older than generation {now_gen}"),
     );
     let status = repaired(&c, now_gen, &mut history);
+    assert_eq!(status["generation"].as_u64(), Some(now_gen), "{status}");
     assert_eq!(active_key(&status)["fingerprint"], active, "{status}");
     assert_eq!(all_files(&c), before, "the retired keys did not come back");
 }
 
-/// The ring deleted from the store: the leader, which holds the keys, writes them back under a
-/// new generation; it never bootstraps new keys while members hold valid ones.
+/// The ring deleted from the store: the leader, which holds the keys, puts the ring it accepted
+/// back unchanged; it never bootstraps new keys while members hold valid ones.
 #[test]
 fn a_deleted_ring_is_rewritten_never_bootstrapped_over() {
     let (c, mut history, status) = cluster("id-deleted");
@@ -411,7 +423,7 @@ fn a_deleted_ring_is_rewritten_never_bootstrapped_over() {
         .unwrap()];
     assert!(leader
         .log_text()
-        .contains("the ring record is missing: rewrote the last valid ring"));
+        .contains("the ring record is missing: put back the ring this leader accepted last"));
 }
 
 /// Requests a store writer puts without a signature never rotate (they are rejected, listed by

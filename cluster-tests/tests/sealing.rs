@@ -137,10 +137,10 @@ fn compact_history_leaves_no_readable_revision_with_a_dropped_key() {
     assert!(compacted > 0 && readable > 0);
 }
 
-/// Without `[identity]`: a member record with a malformed public key is rejected (logged by
-/// every node); one with a valid but wrong key gets the member a copy for that key, while it
-/// keeps serving the ring it holds; it republishes its own key and the leader seals it a copy
-/// for that key.
+/// Without `[identity]`: an acknowledgement announcing a malformed public key is rejected
+/// (logged by every node); one announcing a valid but wrong key gets the member's copy sealed
+/// to that key, while the member keeps serving the ring it holds (it needs no copy of a ring it
+/// holds); it announces its own key again, and the next ring is sealed to that.
 #[test]
 fn wrong_public_keys_are_rejected_and_the_member_recovers() {
     let mut c = Cluster::new(BIN, "seal-wrongkey", 3);
@@ -153,16 +153,19 @@ fn wrong_public_keys_are_rejected_and_the_member_recovers() {
     let b = follower(&c, &status);
     let b_id = c.nodes[b].id.clone();
     let etcd = c.etcd.as_ref().unwrap();
-    let member_key = format!("/stek/{}/members/{b_id}", c.name);
-    let mut record: Value = serde_json::from_slice(&etcd.get(&member_key)).unwrap();
-    let own_id = stek_coord::seal::MemberKey::from_base64(record["public_key"].as_str().unwrap())
-        .unwrap()
-        .id()
-        .to_string();
+    // The announced key travels with the acknowledgement (it ratchets at every ring).
+    let ack_key = format!("/stek/{}/acks/{b_id}", c.name);
+    let announced = || -> String {
+        let ack: Value = serde_json::from_slice(&etcd.get(&ack_key)).unwrap();
+        ack["public_key"].as_str().unwrap_or_default().to_owned()
+    };
+    let own = announced();
+    stek_coord::seal::MemberKey::from_base64(&own).expect("b announces a key");
 
-    info!("--- {b_id}'s member record gets a public key that is not 32 bytes");
-    record["public_key"] = "AAAA".into();
-    etcd.put(&member_key, &serde_json::to_vec(&record).unwrap());
+    info!("--- {b_id}'s acknowledgement announces a public key that is not 32 bytes");
+    let mut ack: Value = serde_json::from_slice(&etcd.get(&ack_key)).unwrap();
+    ack["public_key"] = "AAAA".into();
+    etcd.put(&ack_key, &serde_json::to_vec(&ack).unwrap());
     wait_until(Duration::from_secs(10), "the record to be rejected", || {
         c.nodes.iter().any(|n| {
             n.log_text()
@@ -172,13 +175,18 @@ fn wrong_public_keys_are_rejected_and_the_member_recovers() {
     let status = c.wait_converged(Duration::from_secs(15));
     check_invariants(&c, &status, &mut history);
 
-    info!("--- {b_id} frozen; its record names another node's valid public key");
+    info!("--- {b_id} frozen; its acknowledgement names another node's valid public key");
     let before = c.nodes[b].files();
     let foreign = "jJV1+Qkx8BXIJNqljjS8CnDkmK4pbCGKJ0hfQEoDrC0=";
     c.pause(b, true);
-    let mut record: Value = serde_json::from_slice(&etcd.get(&member_key)).unwrap();
-    record["public_key"] = foreign.into();
-    etcd.put(&member_key, &serde_json::to_vec(&record).unwrap());
+    let own = announced();
+    let mut ack: Value = serde_json::from_slice(&etcd.get(&ack_key)).unwrap();
+    ack["public_key"] = foreign.into();
+    // A forged acknowledgement of nothing: b no longer counts as holding the ring, so the
+    // leader seals it a copy, to the key the record names.
+    ack["applied_generation"] = 0.into();
+    ack["applied_digest"] = Value::Null;
+    etcd.put(&ack_key, &serde_json::to_vec(&ack).unwrap());
     let copy_key = format!("/stek/{}/ring/copies/{b_id}", c.name);
     let foreign_id = stek_coord::seal::MemberKey::from_base64(foreign)
         .unwrap()
@@ -194,20 +202,23 @@ fn wrong_public_keys_are_rejected_and_the_member_recovers() {
         },
     );
     c.pause(b, false);
-    // b holds the ring already: it never needs the wrong copy. It puts its own key back in
-    // its record, and the leader seals it a copy for that key (one copy, the same ring).
+    // b holds the ring already: it never needs the wrong copy. It puts its own announcement
+    // back, and the next ring's copy is sealed to its own key.
     wait_until(
         Duration::from_secs(10),
-        "the leader to seal b a copy for its own key again",
-        || {
-            let record: Value = serde_json::from_slice(&etcd.get(&copy_key)).unwrap();
-            record[0]["recipient"] == own_id.as_str()
-        },
+        "b to announce its own key again",
+        || announced() == own,
     );
     assert_eq!(c.nodes[b].files(), before, "{b_id} kept serving its keys");
     let status = c.wait_converged(Duration::from_secs(15));
     check_invariants(&c, &status, &mut history);
     c.rotate_and_check(b, &mut history);
+    let own_id = stek_coord::seal::MemberKey::from_base64(&own)
+        .unwrap()
+        .id()
+        .to_string();
+    let record: Value = serde_json::from_slice(&etcd.get(&copy_key)).unwrap();
+    assert_eq!(record[0]["recipient"], own_id.as_str(), "{record}");
 }
 
 /// How a test tampers with a frozen member's copy in a freshly written ring.

@@ -746,10 +746,10 @@ pub struct MemberRecord {
     /// copy of the next ring to it. Members ratchet: each acknowledgement may announce a new
     /// key, and the private key of every older one is erased once no ring the member may
     /// still need opens with it. Checked when the record is read.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
     /// A ring generation whose copy for this member did not open: the leader reseals.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsealable_generation: Option<u64>,
     /// Its certificate (base64 DER), with `[identity]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

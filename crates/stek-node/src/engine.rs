@@ -603,6 +603,7 @@ mod tests {
         acked: Option<(u64, Option<String>)>,
         key: Option<Identity>,
         at: SystemTime,
+        floor: Option<u64>,
     }
 
     fn m(id: &'static str) -> M {
@@ -612,6 +613,7 @@ mod tests {
             acked: None,
             key: Some(Identity::generate()),
             at: t(0),
+            floor: None,
         }
     }
 
@@ -622,6 +624,10 @@ mod tests {
         }
         fn applied(mut self, generation: u64) -> Self {
             self.acked = Some((generation, None));
+            self
+        }
+        fn floor(mut self, generation: u64) -> Self {
+            self.floor = Some(generation);
             self
         }
         fn dead(mut self) -> Self {
@@ -653,7 +659,7 @@ mod tests {
                     certificate: None,
                     key_signature: None,
                     applied_digest: digest,
-                    floor_generation: None,
+                    floor_generation: self.floor,
                     instance: None,
                 },
                 live: self.live,
@@ -740,6 +746,91 @@ mod tests {
             u64::MAX,
             "saturates, never wraps"
         );
+    }
+
+    #[test]
+    fn a_repaired_ring_numbers_above_every_members_floor_too() {
+        let ring = ring_at(1, t(0));
+        let s = snap(None, &[m("a").applied(3).floor(9), m("b").floor(u64::MAX)]);
+        assert_eq!(renumber_after(ring, &s, 2).generation(), 10);
+    }
+
+    /// A view with the ring this node accepted last (`accepted`) and its floor.
+    fn step_with(
+        snap: &Snapshot,
+        held: Held<'_>,
+        accepted: Option<&StoredRing>,
+        floor: Option<&Floor>,
+    ) -> Step {
+        let v = LeaderView {
+            me: ME,
+            snap,
+            held,
+            newest_seen: floor.map_or(0, |f| f.generation),
+            policy: policy(),
+            now: t(10),
+            requests_due: t(10),
+            reseal_rested: true,
+            seals_copies: false,
+            accepted,
+            floor,
+            history: &NO_HISTORY,
+        };
+        leader_step(&v, &mut OsKeySource)
+    }
+
+    /// Over a missing ring, or one refused (a replay below the floor, another ring of its
+    /// generation, a broken record), the leader puts back the ring it accepted, unchanged; if
+    /// a live member accepted a newer one, it writes its keys above every floor instead; and
+    /// when nobody holds keys any more (every node restarted after the store was restored),
+    /// it makes new keys numbered above every floor and its epochs above its own floor's.
+    #[test]
+    fn a_replayed_deleted_or_broken_ring_is_put_back_or_rekeyed_above_every_floor() {
+        let held = ring_at(5, t(0));
+        let me = m(ME).acked(&held);
+        let accepted = StoredRing::seal("c", &held, &policy(), ME, &[]).0;
+        let opened = Held {
+            opened: Some(&held),
+            applied: Some(&held),
+        };
+        let floor = Floor::of(&accepted, Identity::generate().public().id());
+        let replayed = RingSlot::Rejected(RecordError::Rollback { got: 3, seen: 5 });
+        let aliased = RingSlot::Rejected(RecordError::Aliased {
+            generation: 5,
+            accepted: "x".into(),
+        });
+        for slot in [RingSlot::Absent, replayed.clone(), aliased] {
+            let mut s = snap(None, &[m(ME).acked(&held), m("n2").acked(&held)]);
+            s.ring = slot;
+            match step_with(&s, opened, Some(&accepted), Some(&floor)) {
+                Step::Restore { stored, .. } => assert_eq!(stored, accepted),
+                other => panic!("expected the ring put back, got {other:?}"),
+            }
+        }
+        // A member accepted generation 7 (its floor): putting 5 back would not do; the keys
+        // held are written above every floor.
+        let mut s = snap(None, &[me, m("n2").floor(7)]);
+        s.ring = replayed.clone();
+        let (ring, _, why) = written(step_with(&s, opened, Some(&accepted), Some(&floor)));
+        assert!(matches!(why, Why::WriteBack(_)), "{why:?}");
+        assert_eq!(ring.generation(), 8);
+        // Nobody holds keys (every node restarted): new keys above every floor (n2's: 9).
+        let mut s = snap(None, &[m(ME), m("n2").floor(9)]);
+        s.ring = replayed.clone();
+        let (ring, served, why) = written(step_with(&s, Held::default(), None, Some(&floor)));
+        assert_eq!(why, Why::Rekey);
+        assert!(served.is_empty());
+        assert_eq!(ring.generation(), 10);
+        assert_eq!(ring.active().epoch, held.last_epoch() + 1, "epochs go on");
+        assert!(ring
+            .keys()
+            .iter()
+            .all(|k| !held.keys().iter().any(|h| h.key == k.key)));
+        // No floor (this node rebooted) and a rejected ring nobody holds: an operator acts.
+        assert!(matches!(
+            step_with(&s, Held::default(), None, None),
+            Step::Stuck { .. }
+        ));
     }
 
     #[test]
