@@ -19,6 +19,7 @@ use stek_node::{Config, Target};
 
 pub mod cluster;
 pub mod conformance;
+pub mod horizon;
 pub mod leaks;
 pub mod netns;
 pub mod ports;
