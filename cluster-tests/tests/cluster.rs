@@ -374,11 +374,11 @@ fn garbage_records_are_rejected_and_logged_and_the_cluster_keeps_working() {
                 let log = n.log_text();
                 log.lines().any(|l| {
                     l.contains("rejected a record") && l.contains(&format!("{prefix}ring"))
-                }) && log.contains("rewrote the last valid ring this leader holds")
+                }) && log.contains("put back the ring this leader accepted last")
             })
         },
     );
-    info!("--- the leader restored the last valid ring; keys on disk never changed");
+    info!("--- the leader put the ring it accepted back; keys on disk never changed");
     let status = c.wait_converged(Duration::from_secs(10));
     for (n, b) in c.nodes.iter().zip(&before) {
         assert_eq!(

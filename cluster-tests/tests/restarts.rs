@@ -136,7 +136,7 @@ fn every_box_restarted_at_once_keeps_its_keys_and_old_tickets_resume(backend: Ba
     for n in &c.nodes {
         let log = n.log_text();
         assert!(
-            log.contains("sealing key kept from an earlier run"),
+            log.contains("kept from an earlier run"),
             "{} reused its sealing key: {log}",
             n.id
         );

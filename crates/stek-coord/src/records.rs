@@ -422,6 +422,26 @@ impl StoredRing {
         self.envelope.copies.extend(kept);
     }
 
+    /// Takes, from `read` (this same write as read again from the store), each member's copy
+    /// of this write it lacks or holds another of (a member that joined since, a copy sealed
+    /// again): copies of other writes there (replayed, or left by a write that did not land)
+    /// are never taken.
+    pub fn keep_copies_of_this_write(&mut self, read: &StoredRing) {
+        let this = self.write_id();
+        for c in read.envelope.copies.iter().filter(|c| c.ring == this) {
+            let mine = self
+                .envelope
+                .copies
+                .iter_mut()
+                .find(|m| m.member == c.member && m.ring == this);
+            match mine {
+                Some(m) if m != c => *m = c.clone(),
+                Some(_) => {}
+                None => self.envelope.copies.push(c.clone()),
+            }
+        }
+    }
+
     /// The copy records to store beside the ring record: (member, record), a record holding
     /// the member's copy of this ring and, if kept, of the ring it replaces.
     pub fn copy_records(&self) -> Vec<(String, Vec<u8>)> {
@@ -526,9 +546,10 @@ impl StoredRing {
 
     /// Whether the member holds this ring's keys or should be able to open its copy: it
     /// acknowledged this ring (it opened it, and has since announced the key its next copy
-    /// is to be sealed to, so its copy here names an older one), or there is a copy of this
-    /// write sealed to the key it announced; and it has not reported this generation's copy as
-    /// unopenable.
+    /// is to be sealed to, so its copy here names an older one), its rollback floor is this
+    /// generation (it accepted this ring, and keeps the key that opened it until a newer ring
+    /// comes), or there is a copy of this write sealed to the key it announced; and it has not
+    /// reported this generation's copy as unopenable.
     pub fn usable_copy_for(&self, member: &MemberRecord) -> bool {
         let generation = self.ring.generation();
         let sealed_to_announced = member.sealing_key().is_some_and(|key| {
@@ -536,8 +557,22 @@ impl StoredRing {
                 c.recipient == key.id() && c.ring == self.write_id() && c.generation == generation
             })
         });
-        (member.acknowledges(&self.ring) || sealed_to_announced)
+        (member.acknowledges(&self.ring)
+            || member.floor_generation == Some(generation)
+            || sealed_to_announced)
             && member.unsealable_generation != Some(generation)
+    }
+
+    /// Whether a copy of this ring may be sealed to `member`'s announced key: never when the
+    /// member accepted this generation or a newer one (its floor). Its announced key is the one
+    /// its next ring opens with, and the key it keeps after that: a copy of a ring it already
+    /// accepted (or refuses) sealed to it would open that ring, dropped keys and all, for as
+    /// long as the key lives (I12). Such a member that cannot open its copy says so
+    /// (`unsealable_generation`), and gets a new write, at a generation above every floor.
+    pub fn may_seal_to(&self, member: &MemberRecord) -> bool {
+        member
+            .floor_generation
+            .is_none_or(|f| f < self.ring.generation())
     }
 }
 
@@ -1369,6 +1404,42 @@ mod tests {
             );
             assert!(err.contains("upgrade together"), "{err}");
         }
+    }
+
+    /// What a leader keeps of a ring it accepted, to put back later: copies of that write
+    /// sealed since are added, and a replayed copy of another write never replaces one.
+    #[test]
+    fn the_accepted_ring_takes_later_copies_of_its_write_and_never_a_replayed_one() {
+        let (a, b, c) = (
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+        );
+        let (_, older) = sealed(&[("a", &a), ("b", &b)]);
+        let (ring, current) = sealed(&[("a", &a), ("b", &b)]);
+        let mut accepted = read_back(&current);
+        let mut joined = current.clone();
+        // c joins: one more copy of this write.
+        let key = current.open_keeping_key("c1", "a", &a).unwrap().1;
+        let (records, _) = current.seal_more_copies("c1", &key, &[("c".into(), *c.public())], None);
+        let mut copies = joined.envelope.copies.clone();
+        copies.extend(decode_copies("c", &records[0].1).unwrap());
+        joined = joined.with_copies(copies);
+        accepted.keep_copies_of_this_write(&joined);
+        assert!(accepted.copy_is_for_this_ring("c").is_ok());
+        // b's copy replaced by a copy of another write (a replay): b's stays.
+        let replayed: Vec<SealedCopy> = joined
+            .envelope
+            .copies
+            .iter()
+            .filter(|x| x.member != "b")
+            .cloned()
+            .chain(older.copy_for("b").cloned())
+            .collect();
+        accepted.keep_copies_of_this_write(&joined.clone().with_copies(replayed));
+        assert!(accepted.copy_is_for_this_ring("b").is_ok());
+        assert_eq!(accepted.open("c1", "b", &b).unwrap(), ring.to_millis());
+        assert_eq!(accepted.copy_records().len(), 3);
     }
 
     fn member_record(id: &str) -> MemberRecord {

@@ -38,6 +38,10 @@ pub struct Status {
     /// acknowledgements of the ring (the smallest offset); null until every live member other
     /// than the writer acknowledged it.
     pub writer_clock_ahead_seconds: Option<u64>,
+    /// Why live members refuse the stored ring, when its generation is below the rollback
+    /// floor some of them report (a replayed ring, or a store restored from a backup).
+    #[serde(default)]
+    pub refused_ring: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +82,10 @@ pub struct MemberStatus {
     pub sealed_copy: bool,
     /// Its acknowledgement names the stored ring (generation and digest).
     pub applied_stored_ring: bool,
+    /// Its rollback floor: the newest ring generation it accepted (kept across restarts of
+    /// its process); it refuses any older ring.
+    #[serde(default)]
+    pub floor_generation: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +164,7 @@ pub fn status_of(
                 applied_stored_ring: snap
                     .valid_ring()
                     .is_some_and(|s| m.record.acknowledges(&s.ring)),
+                floor_generation: m.record.floor_generation,
             })
             .collect(),
         keys: ring
@@ -193,6 +202,7 @@ pub fn status_of(
         writer_clock_ahead_seconds: snap.valid_ring().and_then(|r| {
             crate::clock::writer_ahead_of_members(r, &snap.members).map(|d| d.as_secs())
         }),
+        refused_ring: refused_ring(snap),
         rejected_records: snap
             .rejected
             .iter()
@@ -201,5 +211,78 @@ pub fn status_of(
                 error: e.to_string(),
             })
             .collect(),
+    }
+}
+
+/// Which live members refuse the stored ring, and why: its generation is below their floors.
+fn refused_ring(snap: &Snapshot) -> Option<String> {
+    let g = snap.valid_ring()?.ring.generation();
+    let above: Vec<String> = snap
+        .members
+        .iter()
+        .filter(|m| m.live && m.record.floor_generation.is_some_and(|f| f > g))
+        .map(|m| {
+            format!(
+                "{} (floor {})",
+                m.record.node_id,
+                m.record.floor_generation.unwrap_or(0)
+            )
+        })
+        .collect();
+    (!above.is_empty()).then(|| {
+        format!(
+            "generation {g} is older than a ring these members accepted: {}; they refuse it and keep their keys (a replayed ring, or a store restored from a backup). The leader puts back the ring it accepted, or, when no live member holds keys any more, makes new keys numbered above every floor (docs/troubleshooting.md, 4.4)",
+            above.join(", ")
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Member, MemberRecord, StoredRing};
+    use std::time::Duration;
+    use stek_core::{KeyHistory, KeyRing, OsKeySource};
+
+    /// A stored ring below live members' floors is named, with who refuses it; a dead
+    /// member's floor, or a floor at or below the ring, names nothing.
+    #[test]
+    fn status_says_which_live_members_refuse_an_older_stored_ring() {
+        let p = Policy {
+            interval: Duration::from_secs(60),
+            retain: 1,
+        };
+        let ring = KeyRing::bootstrap(SystemTime::now(), &p, &mut OsKeySource, &KeyHistory::new())
+            .unwrap()
+            .renumbered(3);
+        let member = |id: &str, floor: Option<u64>, live: bool| Member {
+            record: MemberRecord {
+                node_id: id.into(),
+                floor_generation: floor,
+                ..MemberRecord::default()
+            },
+            live,
+        };
+        let mut snap = crate::RawSnapshot::default().check();
+        snap.ring = RingSlot::Valid(StoredRing::seal("c", &ring, &p, "n1", &[]).0);
+        snap.members = vec![
+            member("n1", Some(7), true),
+            member("n2", Some(3), true),
+            member("n3", Some(9), false),
+        ];
+        let s = status_of("c", &snap, &p, SystemTime::now());
+        let why = s.refused_ring.expect("named");
+        assert!(
+            why.contains("generation 3") && why.contains("n1 (floor 7)"),
+            "{why}"
+        );
+        assert!(!why.contains("n2") && !why.contains("n3"), "{why}");
+        assert_eq!(s.members[0].floor_generation, Some(7));
+        snap.members.truncate(2);
+        snap.members[0] = member("n1", Some(3), true);
+        assert_eq!(
+            status_of("c", &snap, &p, SystemTime::now()).refused_ring,
+            None
+        );
     }
 }

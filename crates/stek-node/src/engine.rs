@@ -360,16 +360,28 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
     // Nothing to change in the ring; seal it again if a live member lacks a usable copy (it
     // joined, restarted, or reported that its copy does not open).
     if let (Some(ring), Some(stored)) = (&ring, stored) {
-        let lacking = lacking_copies(stored, &snap.members);
-        // A member that says its copy of this generation does not open (tampered, or sealed
-        // with a data key that does not open the ring) gets a whole new write: a fresh data
-        // key, a new generation. One that merely has no copy of this write gets one.
-        let reported = snap.members.iter().any(|m| {
-            lacking.contains(&m.record.node_id)
-                && m.record.unsealable_generation == Some(stored.ring.generation())
-        });
-        if !lacking.is_empty() && v.reseal_rested && v.seals_copies && !reported {
+        let mut lacking = lacking_copies(stored, &snap.members);
+        // A member that says its copy of this generation does not open (tampered, sealed with
+        // a data key that does not open the ring, or sealed to a key it no longer holds after
+        // it accepted this generation) gets a whole new write: a fresh data key, a generation
+        // above every floor. One that merely has no copy of this write gets one.
+        let reported: Vec<String> = snap
+            .members
+            .iter()
+            .filter(|m| {
+                m.live
+                    && m.record.sealing_key().is_some()
+                    && m.record.unsealable_generation == Some(stored.ring.generation())
+            })
+            .map(|m| m.record.node_id.clone())
+            .collect();
+        if !lacking.is_empty() && v.reseal_rested && v.seals_copies && reported.is_empty() {
             return Step::SealCopies { members: lacking };
+        }
+        for r in reported {
+            if !lacking.contains(&r) {
+                lacking.push(r);
+            }
         }
         if !lacking.is_empty() && v.reseal_rested {
             return Step::Write {
@@ -458,19 +470,39 @@ fn behind_acks(v: &LeaderView<'_>, stored: &StoredRing, keys: &mut dyn KeySource
             before: None,
         });
     }
-    let to = v
-        .snap
-        .members
-        .iter()
-        .filter(|m| m.live && m.record.node_id != v.me)
+    let others = || {
+        v.snap
+            .members
+            .iter()
+            .filter(|m| m.live && m.record.node_id != v.me)
+    };
+    if let Some(to) = others()
         .filter(|m| m.record.applied_generation > generation)
-        .find(|m| m.record.applied_generation <= ceiling)?;
-    Some(Step::HandOver {
-        to: to.record.node_id.clone(),
-        why: format!(
-            "the stored ring (generation {generation}) is older than generation {}, which live members applied: the store was restored or an old ring replayed",
-            to.record.applied_generation
-        ),
+        .find(|m| m.record.applied_generation <= ceiling)
+    {
+        return Some(Step::HandOver {
+            to: to.record.node_id.clone(),
+            why: format!(
+                "the stored ring (generation {generation}) is older than generation {}, which live members applied: the store was restored or an old ring replayed",
+                to.record.applied_generation
+            ),
+        });
+    }
+    // A live member accepted a newer ring (its floor) but holds its keys no more (it
+    // restarted): it refuses the stored one, and nobody can bring the newer keys back. A
+    // rotation or reseal on the stored ring would put back keys that member dropped: new keys.
+    others()
+        .filter_map(|m| m.record.floor_generation)
+        .find(|f| *f > generation && *f <= ceiling)?;
+    let rekeyed = match KeyRing::rekeyed(&stored.ring, v.now, &v.policy, keys, v.history) {
+        Ok(ring) => ring,
+        Err(e) => return Some(rekey_failed(e)),
+    };
+    Some(Step::Write {
+        ring: renumber_after(rekeyed, v.snap, v.newest_seen),
+        served: v.snap.requests.clone(),
+        why: Why::Rekey,
+        before: None,
     })
 }
 
@@ -535,12 +567,16 @@ fn key_holder(me: &str, snap: &Snapshot, above: u64) -> Option<String> {
         .map(|m| m.record.node_id.clone())
 }
 
-/// Live members with a public key but no usable copy of the stored ring.
+/// Live members with a public key but no usable copy of the stored ring, that a copy of it may
+/// be sealed for ([`StoredRing::may_seal_to`]: none whose floor is at or above it).
 pub fn lacking_copies(stored: &StoredRing, members: &[Member]) -> Vec<String> {
     members
         .iter()
         .filter(|m| {
-            m.live && m.record.sealing_key().is_some() && !stored.usable_copy_for(&m.record)
+            m.live
+                && m.record.sealing_key().is_some()
+                && !stored.usable_copy_for(&m.record)
+                && stored.may_seal_to(&m.record)
         })
         .map(|m| m.record.node_id.clone())
         .collect()
@@ -1109,6 +1145,68 @@ mod tests {
         assert_eq!(why, Why::Reseal(vec!["bad".into()]));
         assert_eq!(ring.keys(), r.keys());
         assert_eq!(ring.generation(), 4);
+    }
+
+    /// I12: a copy of a ring is never sealed to the announced key of a member that accepted
+    /// that generation or a newer one (its floor): that key outlives the ring, and would open
+    /// it later. A restarted member whose floor is the stored ring needs no copy; one that
+    /// says it cannot open it gets a new write above every floor; one whose floor is above
+    /// the stored ring (it restarted after the store went back) makes the leader re-key.
+    #[test]
+    fn no_copy_of_an_accepted_ring_is_sealed_to_a_members_next_key() {
+        let r = ring_at(3, t(0));
+        let held = Held {
+            opened: Some(&r),
+            applied: Some(&r),
+        };
+        let view = |s: &'_ Snapshot| -> Step {
+            let v = LeaderView {
+                me: ME,
+                snap: s,
+                held,
+                newest_seen: 3,
+                policy: policy(),
+                now: t(10),
+                requests_due: t(10),
+                reseal_rested: true,
+                seals_copies: true,
+                accepted: None,
+                floor: None,
+                history: &NO_HISTORY,
+            };
+            leader_step(&v, &mut OsKeySource)
+        };
+        // n2 restarted: its acknowledgement is gone, its copy names the key before the one it
+        // announces, its floor is the stored ring: no copy.
+        let s = snap(Some((&r, ME, &[ME])), &[m(ME).acked(&r), m("n2").floor(3)]);
+        assert!(lacking_copies(s.valid_ring().unwrap(), &s.members).is_empty());
+        assert!(matches!(view(&s), Step::Wait { .. }), "{:?}", view(&s));
+        // ... and it cannot open it after all (its key is gone): a new write, above its floor.
+        let mut s = s;
+        s.members[1].record.unsealable_generation = Some(3);
+        let (ring, _, why) = written(view(&s));
+        assert_eq!(why, Why::Reseal(vec!["n2".into()]));
+        assert_eq!(ring.generation(), 4);
+        assert_eq!(ring.keys(), r.keys());
+        // n2's floor is above the stored ring (the store went back, n2 restarted): nothing
+        // sealed to it for this ring, and the leader makes new keys rather than build on it.
+        let s = snap(Some((&r, ME, &[ME])), &[m(ME).acked(&r), m("n2").floor(5)]);
+        assert!(lacking_copies(s.valid_ring().unwrap(), &s.members).is_empty());
+        let (ring, _, why) = written(view(&s));
+        assert_eq!(why, Why::Rekey);
+        assert_eq!(ring.generation(), 6);
+        assert!(ring
+            .keys()
+            .iter()
+            .all(|k| !r.keys().iter().any(|o| o.key == k.key)));
+        // A member with no floor (a joiner, or after a reboot) gets its copy.
+        let s = snap(Some((&r, ME, &[ME])), &[m(ME).acked(&r), m("n3")]);
+        assert_eq!(
+            view(&s),
+            Step::SealCopies {
+                members: vec!["n3".into()]
+            }
+        );
     }
 
     #[test]

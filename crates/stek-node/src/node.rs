@@ -541,22 +541,28 @@ struct SealFailure {
     copy: Option<SealedCopy>,
     /// Why.
     error: SealError,
+    /// This node's floor is at or above the ring's generation: the leader takes it to hold
+    /// the key that opened it and seals it no copy (`StoredRing::may_seal_to`).
+    floor_covers: bool,
 }
 
 impl SealFailure {
     /// Whether only this node can tell: its copy is there, made for this write and sealed to
-    /// the key it publishes, and still does not open (tampered, replayed, unsigned). The
-    /// member record says so (`unsealable_generation`), and the leader writes the ring anew
-    /// with a fresh data key. A missing copy, or one of another write or for another key, the
-    /// leader sees for itself, and seals one more copy.
+    /// the key it publishes, and still does not open (tampered, replayed, unsigned); or its
+    /// floor says it accepted this generation, so the leader takes it to hold the key that
+    /// opened it and seals it nothing, while its copy is missing, of another write or sealed
+    /// to a key it no longer holds. The member record says so (`unsealable_generation`), and
+    /// the leader writes the ring anew with a fresh data key, above every floor. Otherwise a
+    /// missing copy, or one of another write or for another key, the leader sees for itself,
+    /// and seals one more copy.
     fn leader_cannot_see(&self) -> bool {
-        !matches!(
-            self.error,
+        match self.error {
+            SealError::Ahead { .. } => false,
             SealError::NoCopy { .. }
-                | SealError::Ahead { .. }
-                | SealError::OtherRing { .. }
-                | SealError::OtherRecipient { .. }
-        )
+            | SealError::OtherRing { .. }
+            | SealError::OtherRecipient { .. } => self.floor_covers,
+            _ => true,
+        }
     }
 }
 
@@ -751,14 +757,16 @@ impl<C: Coordinator> Node<'_, C> {
         }
         if let RingSlot::Valid(stored) = &snap.ring {
             self.open(stored);
-            // Copies sealed since (a member that joined) are put back with the ring too; a
-            // follower's read holds its own copy only, a leader's every one.
-            if let Some(a) = self.accepted.as_mut().filter(|a| {
-                !snap.partial
-                    && a.write_id() == stored.write_id()
-                    && a.envelope.copies != stored.envelope.copies
-            }) {
-                a.envelope.copies.clone_from(&stored.envelope.copies);
+            // Copies of this write sealed since (a member that joined) are put back with the
+            // ring too; a copy of another write (replayed, or left by a write that did not
+            // land) never replaces one. A follower's read holds its own copy only, a
+            // leader's every one.
+            if let Some(a) = self
+                .accepted
+                .as_mut()
+                .filter(|a| !snap.partial && a.write_id() == stored.write_id())
+            {
+                a.keep_copies_of_this_write(stored);
             }
             // A ring is known by its digest: another ring of the generation applied (after a
             // store rollback, or a lost write) is applied too.
@@ -920,11 +928,16 @@ impl<C: Coordinator> Node<'_, C> {
         {
             return;
         }
+        let floor_covers = self
+            .sealing
+            .floor()
+            .is_some_and(|f| f.generation >= generation);
         let failure = |error| SealFailure {
             generation,
             digest,
             copy: copy.cloned(),
             error,
+            floor_covers,
         };
         // A copy of another ring is waited out (the leader reseals); with [identity], a copy
         // is opened only if the ring's writer signed it; and only with a key this node still

@@ -50,17 +50,21 @@ fn print_text(s: &Status) {
             s.writer_clock_ahead_seconds.map_or("?".to_owned(), |a| format!("{a}s"))
         );
     }
+    if let Some(why) = &s.refused_ring {
+        println!("ring       REFUSED: {why}");
+    }
     println!("\nmembers");
     println!(
-        "  {:<20} {:<5} {:>7}  {:<6} last error",
-        "node", "live", "applied", "sealed"
+        "  {:<20} {:<5} {:>7} {:>7}  {:<6} last error",
+        "node", "live", "applied", "floor", "sealed"
     );
     for m in &s.members {
         println!(
-            "  {:<20} {:<5} {:>7}  {:<6} {}",
+            "  {:<20} {:<5} {:>7} {:>7}  {:<6} {}",
             m.node_id,
             if m.live { "yes" } else { "no" },
             m.applied_generation,
+            m.floor_generation.map_or("-".to_owned(), |f| f.to_string()),
             if m.sealed_copy { "yes" } else { "no" },
             m.last_error.as_deref().unwrap_or("-")
         );
