@@ -41,7 +41,9 @@ pub struct EtcdTls {
     pub cert: PathBuf,
     /// Client key, mode 0600.
     pub key: PathBuf,
-    /// The etcd root user's password, mode 0600.
+    /// The etcd user the nodes log in as: `root` unless [`EtcdServer::use_prefix_user`].
+    pub user: String,
+    /// That user's password, mode 0600.
     pub password_file: PathBuf,
     server_cert: PathBuf,
     server_key: PathBuf,
@@ -229,6 +231,7 @@ fn make_tls(dir: &std::path::Path) -> EtcdTls {
         ca: dir.join("ca.pem"),
         cert: dir.join("client.pem"),
         key: dir.join("client.key"),
+        user: "root".into(),
         password_file,
         server_cert: dir.join("server.pem"),
         server_key: dir.join("server.key"),
@@ -290,6 +293,40 @@ impl EtcdServer {
             String::from_utf8_lossy(&out.stderr)
         );
         e
+    }
+
+    /// Makes etcd user `user` with a role (of the same name) that may read and write only
+    /// under `prefix`, as docs/security.md advises for each node, and has the nodes log in as
+    /// it from their next start ([`EtcdServer::config_section`]). etcdctl stays root (its
+    /// client certificate names root). A secured etcd only.
+    pub fn use_prefix_user(&mut self, user: &str, prefix: &str) {
+        let password = format!("{user}-pw");
+        for args in [
+            vec!["role", "add", user],
+            vec![
+                "role",
+                "grant-permission",
+                user,
+                "readwrite",
+                prefix,
+                "--prefix=true",
+            ],
+            vec!["user", "add", &format!("{user}:{password}")],
+            vec!["user", "grant-role", user, user],
+        ] {
+            let out = self.ctl(&args);
+            assert!(
+                out.status.success(),
+                "etcdctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let t = self.tls.as_mut().expect("a secured etcd");
+        let file = self.dir.join(format!("{user}.password"));
+        fs::write(&file, format!("{password}\n")).unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+        t.user = user.into();
+        t.password_file = file;
     }
 
     /// etcdctl with this etcd's endpoint and TLS flags.
@@ -374,10 +411,11 @@ impl EtcdServer {
         let mut s = format!("[etcd]\nendpoints = [\"{}\"]\n", self.endpoint());
         if let Some(t) = &self.tls {
             s += &format!(
-                "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nuser = \"root\"\npassword_file = \"{}\"\n",
+                "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nuser = \"{}\"\npassword_file = \"{}\"\n",
                 t.ca.display(),
                 t.cert.display(),
                 t.key.display(),
+                t.user,
                 t.password_file.display()
             );
         }

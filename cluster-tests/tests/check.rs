@@ -362,6 +362,122 @@ fn check_reaches_etcd_over_tls_with_auth_and_refuses_secret_files_readable_by_ot
     }
 }
 
+/// Whether this node's etcd user may compact, asked against a real etcd with auth: a per-node
+/// user whose role covers only the cluster's prefix (docs/security.md) may, since etcd checks
+/// no permission for compaction (the docs once said it takes the root role). The question
+/// removes nothing, and still says yes once the history was compacted past revision 1. With
+/// `compact_history = false`, `stek check` shows the warning a node logs at every start.
+#[test]
+fn check_says_whether_a_prefix_limited_etcd_user_may_compact() {
+    use stek_coord::etcd::{CompactionRight, Etcd, EtcdSecurity};
+    init_logging();
+    let root = TestDir::new("check-compact");
+    let mut etcd = EtcdServer::start_secured(&root);
+    etcd.use_prefix_user("stek-check", "/stek/check/");
+    let tls = etcd.tls.clone().unwrap();
+    info!("--- the user may not read outside the cluster's prefix");
+    let outside = etcd.ctl(&["--user", "stek-check:stek-check-pw", "get", "/elsewhere"]);
+    assert!(
+        String::from_utf8_lossy(&outside.stderr).contains("permission denied"),
+        "{outside:?}"
+    );
+    for i in 0..3 {
+        etcd.put("/stek/check/probe", format!("v{i}").as_bytes());
+    }
+    let newest = etcd.revision();
+
+    info!("--- asked as that user: it may compact, and the question removes nothing");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let right = || {
+        rt.block_on(async {
+            let security = EtcdSecurity {
+                ca_pem: Some(fs::read(&tls.ca).unwrap()),
+                identity: Some((fs::read(&tls.cert).unwrap(), fs::read(&tls.key).unwrap())),
+                user: Some(("stek-check".into(), "stek-check-pw".into())),
+            };
+            let client = Etcd::connect_secured(&[etcd.endpoint()], "check", security)
+                .await
+                .unwrap();
+            client.compaction_right().await.unwrap()
+        })
+    };
+    assert_eq!(right(), CompactionRight::Granted);
+    assert!(
+        etcd.dump_at("/stek/check/", newest - 2).is_some(),
+        "the question compacted nothing"
+    );
+    let out = etcd.ctl(&["compact", &newest.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        right(),
+        CompactionRight::Granted,
+        "compacted past revision 1: etcd answers \"compacted\" to an allowed request"
+    );
+
+    let keys = private_dir(root.join("keys"));
+    let identity = identity(&root.subdir("pki")).0;
+    let on = write(
+        &root.join("on.toml"),
+        &config(
+            &(etcd.config_section() + &identity),
+            &keys,
+            "reload = [\"true\"]\n",
+        ),
+    );
+    info!("--- stek check, compaction on (the default)");
+    let (code, text) = check(&on);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("etcd user, password_file: ok (user stek-check")
+            && text
+                .contains("etcd history: ok (compact_history: this node's etcd user may compact"),
+        "{text}"
+    );
+
+    info!("--- stek check, compaction off with a reason: a warning, not a problem");
+    let reason = "etcd runs --auto-compaction-mode=revision";
+    let off = write(
+        &root.join("off.toml"),
+        &config(
+            &(etcd.config_section()
+                + &format!("compact_history = false\ncompact_history_off_reason = \"{reason}\"\n")
+                + &identity),
+            &keys,
+            "reload = [\"true\"]\n",
+        ),
+    );
+    let (code, text) = check(&off);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "etcd history: warning: [etcd] compact_history = false (reason given: \"{reason}\")"
+        )),
+        "{text}"
+    );
+
+    info!("--- compaction off without a reason: the config is refused");
+    let bare = write(
+        &root.join("bare.toml"),
+        &config(
+            &(etcd.config_section() + "compact_history = false\n" + &identity),
+            &keys,
+            "",
+        ),
+    );
+    let (code, text) = check(&bare);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains(&format!(
+            "config {}: etcd.compact_history_off_reason: compact_history = false keeps",
+            bare.display()
+        )),
+        "{text}"
+    );
+}
+
 #[test]
 fn check_on_the_embedded_coordinator_probes_each_peer() {
     init_logging();

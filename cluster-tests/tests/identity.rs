@@ -23,7 +23,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_stek-test-node");
 
 /// Three nodes with `[identity]` on etcd, started, one rotation done.
 fn cluster(tag: &str) -> (Cluster, History, Value) {
+    cluster_with(tag, "")
+}
+
+/// Lines for `[etcd]` that keep etcd's history, for a test that searches every revision of
+/// it: with compaction (the default) a revision that held what it looks for would be gone.
+const KEEP_HISTORY: &str = "compact_history = false\ncompact_history_off_reason = \"the test searches every revision since the attack\"\n";
+
+/// [`cluster`], with `etcd_extra` in every node's `[etcd]` section.
+fn cluster_with(tag: &str, etcd_extra: &str) -> (Cluster, History, Value) {
     let mut c = Cluster::new(BIN, tag, 3);
+    c.etcd_extra = etcd_extra.into();
     c.lease_ttl = Duration::from_secs(10);
     let mut history = c.start_checked();
     let status = c.rotate_and_check(0, &mut history);
@@ -121,7 +131,7 @@ fn repaired(c: &Cluster, at: u64, history: &mut History) -> Value {
 /// ring at any revision holds a copy sealed to its key, and it does not hold up rotations.
 #[test]
 fn a_store_writer_enrolling_a_fake_member_gets_no_copy() {
-    let (c, mut history, _) = cluster("id-fake-member");
+    let (c, mut history, _) = cluster_with("id-fake-member", KEEP_HISTORY);
     let etcd = c.etcd.as_ref().unwrap();
     let from = etcd.revision();
     // A member's record with its acknowledgement, which announces its key and signature.

@@ -37,6 +37,8 @@ fn epochs(ring: &Value) -> Vec<u64> {
 fn no_key_bytes_in_the_store_its_history_or_trace_logs(backend: Backend) {
     let mut c = Cluster::with_backend(BIN, &format!("dump-{backend:?}"), 3, backend);
     c.log_filter = "trace".into();
+    // Every revision is searched: keep them all (compaction is covered below).
+    c.etcd_extra = "compact_history = false\ncompact_history_off_reason = \"the test searches every revision of the history\"\n".into();
     let mut history = c.start_checked();
     for i in 0..10 {
         c.rotate_and_check(i % 3, &mut history);
@@ -135,6 +137,50 @@ fn compact_history_leaves_no_readable_revision_with_a_dropped_key() {
     }
     info!("{compacted} revisions compacted, {readable} readable, none with a dropped key");
     assert!(compacted > 0 && readable > 0);
+}
+
+/// Per-node etcd users (docs/security.md) have a role that covers only the cluster's prefix.
+/// etcd checks no permission for compaction, so with the default `compact_history` such a user
+/// compacts: each node says so at start, the leader compacts after a key drop, nothing warns.
+/// (docs/security.md used to say compaction needs the root role.)
+#[test]
+fn a_prefix_limited_etcd_user_compacts_history_by_default() {
+    let mut c = Cluster::secured(BIN, "compact-rbac", 2);
+    let prefix = format!("/stek/{}/", c.name);
+    c.etcd().use_prefix_user("stek-nodes", &prefix);
+    let mut history = c.start_checked();
+    for i in 0..3 {
+        c.rotate_and_check(i % 2, &mut history);
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "the leader to compact etcd's history",
+        || {
+            c.nodes
+                .iter()
+                .any(|n| n.log_text().contains("store history compacted"))
+        },
+    );
+    for n in &c.nodes {
+        let log = n.log_text();
+        assert!(
+            log.contains("etcd lets this node's user compact"),
+            "{} said at start whether it may compact:\n{log}",
+            n.id
+        );
+        for bad in [
+            "could not compact",
+            "etcd refuses",
+            "compact_history = false",
+        ] {
+            assert!(!log.contains(bad), "{} logged {bad:?}:\n{log}", n.id);
+        }
+    }
+    let etcd = c.etcd.as_ref().unwrap();
+    assert!(
+        etcd.dump_at(&prefix, 2).is_none(),
+        "the early revisions are compacted"
+    );
 }
 
 /// Without `[identity]`: an acknowledgement announcing a malformed public key is rejected

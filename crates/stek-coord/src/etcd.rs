@@ -479,6 +479,73 @@ impl Etcd {
     }
 }
 
+/// Whether a client may compact etcd's history ([`Etcd::compaction_right`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompactionRight {
+    /// The store took a compaction request from this client. etcd itself (3.2 to 3.6)
+    /// checks no permission for compaction: any client it answers may compact, a user whose
+    /// role covers only the cluster's prefix included.
+    Granted,
+    /// The store answered "permission denied" (a proxy or an etcd-compatible server that
+    /// treats compaction as an administrator's operation). Holds its answer.
+    Denied(String),
+}
+
+/// The etcd role that may do everything, cluster-wide operations included: what to grant a
+/// node's user where the store refuses it compaction.
+pub const COMPACTION_ROLE: &str = "root";
+
+/// What a compaction request's outcome says about the right to compact: `Err` with the
+/// message when it says nothing (the store did not answer).
+fn compaction_answer(outcome: Result<(), String>) -> Result<CompactionRight, String> {
+    match outcome {
+        Ok(()) => Ok(CompactionRight::Granted),
+        // Refused for the revision, after the request was let through: only a store that
+        // checks permissions first and the revision second would say this to a client that
+        // may not compact, and etcd checks the revision when it applies the request.
+        Err(e) if e.contains("required revision has been compacted") => {
+            Ok(CompactionRight::Granted)
+        }
+        Err(e) if e.contains("permission denied") => Ok(CompactionRight::Denied(e)),
+        Err(e) => Err(e),
+    }
+}
+
+impl Etcd {
+    /// Asks the store whether this client may compact its history, changing nothing: a
+    /// compaction at revision 1 removes no version of any key (revision 1 is an empty
+    /// store's, before its first write), and where the history was compacted past it
+    /// already the store answers "required revision has been compacted". Logical, not
+    /// physical: nothing waits for the database.
+    pub async fn compaction_right(&self) -> Result<CompactionRight, CoordError> {
+        let mut client = self.client.clone();
+        let outcome = client
+            .compact(1, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        compaction_answer(outcome).map_err(|reason| CoordError::Unreachable {
+            endpoints: self.endpoints.clone(),
+            reason,
+        })
+    }
+
+    fn compaction_refused(&self, e: &etcd_client::Error) -> CoordError {
+        CoordError::Refused {
+            by: format!("etcd at {}", self.endpoints),
+            reason: format!(
+                "{e}: this store does not let this node's etcd user compact its history; grant the user the `{COMPACTION_ROLE}` role, or set [etcd] compact_history = false with compact_history_off_reason and let etcd compact on its own (--auto-compaction-mode=revision --auto-compaction-retention=1000)"
+            ),
+        }
+    }
+}
+
+/// Whether the store refused a request for lack of a permission (and not, say, for a wrong
+/// password, which etcd answers "authentication failed").
+fn is_permission_denied(e: &etcd_client::Error) -> bool {
+    e.to_string().contains("permission denied")
+}
+
 /// Why a fenced leader transaction ([`Etcd::fenced`]) was refused: the term is gone, or
 /// the ring changed since the decision.
 fn refusal(term: Term, resp: &etcd_client::TxnResponse) -> CoordError {
@@ -911,6 +978,7 @@ impl Coordinator for Etcd {
             {
                 Ok(())
             }
+            Err(e) if is_permission_denied(&e) => Err(self.compaction_refused(&e)),
             Err(e) => Err(self.unreachable(e)),
         }
     }
@@ -986,4 +1054,45 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
         }
     }
     vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the probe makes of each answer etcd gives a compaction at revision 1 (the texts
+    /// are etcd-client's, around etcd's own messages).
+    #[test]
+    fn a_compaction_answer_says_whether_the_client_may_compact() {
+        let status = |code: &str, message: &str| {
+            Err(format!(
+                "grpc request error: status: {code}, message: \"etcdserver: {message}\", details: [], metadata: MetadataMap {{ headers: {{}} }}"
+            ))
+        };
+        assert_eq!(compaction_answer(Ok(())), Ok(CompactionRight::Granted));
+        assert_eq!(
+            compaction_answer(status(
+                "OutOfRange",
+                "mvcc: required revision has been compacted"
+            )),
+            Ok(CompactionRight::Granted),
+            "compacted past 1 already: the request got through"
+        );
+        assert!(matches!(
+            compaction_answer(status("PermissionDenied", "permission denied")),
+            Ok(CompactionRight::Denied(e)) if e.contains("permission denied")
+        ));
+        assert!(
+            compaction_answer(status("Unavailable", "no leader")).is_err(),
+            "no answer says nothing about the right"
+        );
+        assert!(
+            compaction_answer(status(
+                "InvalidArgument",
+                "authentication failed, invalid user ID or password"
+            ))
+            .is_err(),
+            "a wrong password is not a missing right"
+        );
+    }
 }

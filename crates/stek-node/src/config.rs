@@ -97,8 +97,8 @@ struct RawEtcd {
     key_file: Option<PathBuf>,
     user: Option<String>,
     password_file: Option<PathBuf>,
-    #[serde(default)]
-    compact_history: bool,
+    compact_history: Option<bool>,
+    compact_history_off_reason: Option<String>,
 }
 
 /// How a node authenticates to etcd and checks etcd's certificate.
@@ -424,9 +424,14 @@ pub struct Config {
     pub insecure: bool,
     /// The admin listener's address; `None` when `[admin] enabled = false`.
     pub admin_listen: Option<std::net::SocketAddr>,
-    /// `[etcd] compact_history`: after a ring write drops keys, the leader compacts etcd's
-    /// history up to that write, so no revision holding their sealed copies stays readable.
+    /// `[etcd] compact_history` (on by default with `[etcd]`; always off with the embedded
+    /// coordinator, whose peers purge their own logs): after a ring write drops keys, the
+    /// leader compacts etcd's history up to that write, so no revision holding their sealed
+    /// copies stays readable.
     pub compact_history: bool,
+    /// `[etcd] compact_history_off_reason`: why an etcd cluster runs with `compact_history =
+    /// false` (required then, and refused otherwise), logged in the warning at every start.
+    pub compact_history_off_reason: Option<String>,
     /// The TLS servers on this box.
     pub targets: Vec<Target>,
 }
@@ -488,7 +493,10 @@ impl Config {
                 ),
             ));
         }
-        let compact_history = raw.etcd.as_ref().is_some_and(|e| e.compact_history);
+        let (compact_history, compact_history_off_reason) = match &raw.etcd {
+            Some(e) => history_purge(e).map_err(|(key, m)| invalid(key.into(), m))?,
+            None => (false, None),
+        };
         let admin_listen = if raw.admin.enabled.unwrap_or(true) {
             let text = raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
             Some(text.parse().map_err(|_| {
@@ -762,8 +770,42 @@ impl Config {
             insecure: raw.insecure,
             admin_listen,
             compact_history,
+            compact_history_off_reason,
             targets,
         })
+    }
+
+    /// The warning a node logs at every start (and `stek check` shows) while `[etcd]
+    /// compact_history = false`: what the operator's reason costs. `None` when compaction is on
+    /// or the store is not etcd.
+    pub fn history_kept_warning(&self) -> Option<String> {
+        let reason = self.compact_history_off_reason.as_deref()?;
+        Some(format!(
+            "[etcd] compact_history = false (reason given: \"{reason}\"): superseded rings and the sealed copies of every dropped key stay in etcd's history and in its backups until something else compacts them; once sealing keys ratchet those copies open with no key that still exists, but whoever reads that history keeps it. Remove compact_history = false to compact after every key drop (docs/security.md, \"History purge\")"
+        ))
+    }
+}
+
+/// `[etcd] compact_history` and `compact_history_off_reason`: on unless turned off with a
+/// reason, since an opt-out nobody explained is how old sealed copies end up kept for good.
+/// Returns (compact, the reason when off), or the key at fault and what to do.
+fn history_purge(e: &RawEtcd) -> Result<(bool, Option<String>), FieldError> {
+    let reason = e.compact_history_off_reason.as_deref().map(str::trim);
+    match (e.compact_history.unwrap_or(true), reason) {
+        (true, None) => Ok((true, None)),
+        (true, Some(_)) => Err((
+            "etcd.compact_history_off_reason",
+            "is set, but compact_history is not false: remove compact_history_off_reason, or set compact_history = false if history is to be kept".into(),
+        )),
+        (false, None | Some("")) => Err((
+            "etcd.compact_history_off_reason",
+            "compact_history = false keeps superseded rings and the sealed copies of dropped keys in etcd's history and backups: say why in compact_history_off_reason = \"...\" (e.g. \"etcd runs --auto-compaction-mode=revision --auto-compaction-retention=1000\"), or remove compact_history = false".into(),
+        )),
+        (false, Some(r)) if r.chars().any(char::is_control) => Err((
+            "etcd.compact_history_off_reason",
+            "holds a line break or another control character; it is logged at every start: write it on one line".into(),
+        )),
+        (false, Some(r)) => Ok((false, Some(r.to_owned()))),
     }
 }
 
@@ -1091,6 +1133,64 @@ group = "0"
         assert!(m.contains("user and password_file go together"), "{m}");
         let m = err("[etcd]\nendpoints = [\"http://etcd\"]\n");
         assert!(m.contains("needs a host and a port"), "{m}");
+    }
+
+    /// etcd's history is compacted unless the config turns it off and says why; the reason is
+    /// what the warning at every start repeats.
+    #[test]
+    fn etcd_history_is_compacted_unless_turned_off_with_a_reason() {
+        let etcd = "insecure = true\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n";
+        let c = parse(etcd).unwrap();
+        assert!(c.compact_history, "on by default");
+        assert_eq!(c.history_kept_warning(), None);
+        let c = parse(&format!("{etcd}compact_history = true\n")).unwrap();
+        assert!(c.compact_history);
+
+        for off in [
+            "compact_history = false\n",
+            "compact_history = false\ncompact_history_off_reason = \"  \"\n",
+        ] {
+            let m = err(&format!("{etcd}{off}"));
+            assert!(
+                m.starts_with(
+                    "config /etc/stek/stek.toml: etcd.compact_history_off_reason: compact_history = false keeps"
+                ),
+                "{m}"
+            );
+            assert!(
+                m.contains("say why in compact_history_off_reason")
+                    && m.contains("or remove compact_history = false"),
+                "{m}"
+            );
+        }
+        let m = err(&format!(
+            "{etcd}compact_history_off_reason = \"etcd auto-compaction\"\n"
+        ));
+        assert!(
+            m.contains("etcd.compact_history_off_reason: is set, but compact_history is not false"),
+            "{m}"
+        );
+        let m = err(&format!(
+            "{etcd}compact_history = false\ncompact_history_off_reason = \"a\\nb\"\n"
+        ));
+        assert!(m.contains("write it on one line"), "{m}");
+
+        let c = parse(&format!(
+            "{etcd}compact_history = false\ncompact_history_off_reason = \" etcd auto-compaction, retention 1000 \"\n"
+        ))
+        .unwrap();
+        assert!(!c.compact_history);
+        let w = c.history_kept_warning().unwrap();
+        assert!(
+            w.contains("reason given: \"etcd auto-compaction, retention 1000\"")
+                && w.contains("stay in etcd's history and in its backups")
+                && w.contains("open with no key that still exists"),
+            "{w}"
+        );
+
+        // The embedded coordinator purges its own log: the etcd setting does not apply.
+        let c = parse("node_id = \"a\"\n").unwrap();
+        assert!(!c.compact_history && c.history_kept_warning().is_none());
     }
 
     #[test]

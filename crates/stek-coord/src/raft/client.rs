@@ -403,8 +403,9 @@ impl Coordinator for RaftClient {
         }
     }
 
-    /// Peers purge their logs on their own (every [`super::peer::RAFT_LOG_KEPT`] entries, into
-    /// a snapshot that holds only current records), so there is nothing to ask for.
+    /// Peers purge their logs on their own: each one, on applying a ring write that drops keys,
+    /// snapshots and purges its log up to it (and every [`super::peer::RAFT_LOG_KEPT`] entries
+    /// besides), so there is nothing to ask for, and nothing waits on an etcd setting.
     async fn purge_history(&self, _revision: i64) -> Result<(), CoordError> {
         Ok(())
     }

@@ -187,7 +187,8 @@ impl Peer {
             election_timeout_min: 600,
             election_timeout_max: 1200,
             // History purge: the log (which holds every past ring record, sealed) is folded
-            // into a snapshot every 64 entries and nothing before the snapshot is kept.
+            // into a snapshot every 64 entries, and at once after a ring write that drops keys
+            // (`purge_after_key_drops`); nothing before the snapshot is kept.
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(RAFT_LOG_KEPT),
             max_in_snapshot_log_to_keep: 0,
             ..Default::default()
@@ -224,7 +225,12 @@ impl Peer {
         };
         let serve = tokio::spawn(peer.clone().serve(listener, tls.clone()));
         let clock = tokio::spawn(peer.clone().lease_clock());
-        peer.tasks.lock().await.extend([serve, clock]);
+        let purge = tokio::spawn(purge_after_key_drops(
+            peer.raft.clone(),
+            peer.store.key_drops(),
+            peer.name.clone(),
+        ));
+        peer.tasks.lock().await.extend([serve, clock, purge]);
         if fresh {
             let former = tokio::spawn(peer.clone().form_or_join(peers.clone(), tls));
             peer.tasks.lock().await.push(former);
@@ -949,6 +955,64 @@ impl Peer {
     }
 }
 
+/// How long a peer keeps asking for the snapshot that purges a key drop from its log before it
+/// leaves it to the next scheduled one (every [`RAFT_LOG_KEPT`] entries).
+const PURGE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Snapshots and purges this peer's log right after it applied a ring write that dropped keys
+/// (or a re-key; [`RaftStore::key_drops`]), so that `raft.redb` holds at most the live ring's
+/// entries and the few after it, not the sealed copies of dropped keys. Each peer does it for
+/// itself, leader or not: every peer applies every entry, and no request between peers is
+/// needed. A task of its own because the signal comes from inside openraft's state machine
+/// worker, which builds the snapshot: waiting for it there would deadlock.
+///
+/// redb frees the purged log's pages without overwriting them, so until they are reused the
+/// file may still hold old sealed copies: what makes them worthless is that they open only with
+/// sealing keys that no longer exist (docs/security.md, "History purge"), not this purge.
+async fn purge_after_key_drops(
+    raft: Raft<TypeConfig>,
+    mut drops: tokio::sync::watch::Receiver<u64>,
+    name: Arc<str>,
+) {
+    while drops.changed().await.is_ok() {
+        let index = *drops.borrow_and_update();
+        if index > 0 {
+            purge_up_to(&raft, index, &name).await;
+        }
+    }
+}
+
+/// Asks openraft for a snapshot that covers `index` until it has one, and waits for the purge
+/// it brings (`max_in_snapshot_log_to_keep = 0`: everything up to the snapshot). A request made
+/// while another snapshot is being built is dropped by openraft, so it is made again.
+async fn purge_up_to(raft: &Raft<TypeConfig>, index: u64, name: &str) {
+    let mut metrics = raft.metrics();
+    let deadline = Instant::now() + PURGE_PATIENCE;
+    loop {
+        let (snapshot, purged) = {
+            let m = metrics.borrow();
+            (m.snapshot, m.purged)
+        };
+        if purged.is_some_and(|p| p.index >= index) {
+            info!(target: "audit", peer = name, index, "raft log purged: no log entry up to this ring write, which dropped keys, is kept");
+            return;
+        }
+        let covered = snapshot.is_some_and(|s| s.index >= index);
+        if !covered && raft.trigger().snapshot().await.is_err() {
+            // The Raft core stopped: the node exits on it (`Peer::failed`).
+            return;
+        }
+        let wake = (Instant::now() + Duration::from_millis(500)).min(deadline);
+        if let Ok(Err(_)) = tokio::time::timeout_at(wake.into(), metrics.changed()).await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            warn!(peer = name, index, "the raft log was not purged within {PURGE_PATIENCE:?} of a ring write that dropped keys; the next snapshot, within {RAFT_LOG_KEPT} entries, purges it");
+            return;
+        }
+    }
+}
+
 /// Says (at most once a minute, so that a stranger's garbage cannot flood the log) that a
 /// request did not parse: most likely a peer of another stek version, whose Raft messages
 /// this one cannot read, and replication to or from it stops until every peer runs the same.
@@ -965,5 +1029,144 @@ fn unreadable_request(e: &serde_json::Error) {
         warn!("a peer request did not parse ({e}): if a peer runs another stek version, upgrade every peer to the same version (further such requests are logged at debug level for a minute)");
     } else {
         debug!("a peer request did not parse ({e})");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::client::RaftClient;
+    use crate::{Coordinator, StoredRing, Term};
+    use std::collections::BTreeSet;
+    use std::time::SystemTime;
+    use stek_core::{KeyHistory, KeyRing, OsKeySource, Policy};
+
+    fn free_addr() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    }
+
+    /// Writes `ring` as the leader of `term`, serving every pending rotation request.
+    async fn write(client: &RaftClient, term: Term, ring: &KeyRing, policy: &Policy) {
+        let snap = client.snapshot().await.unwrap();
+        let mut stored = StoredRing::seal("purge", ring, policy, "n1", &[]).0;
+        stored.term = term.0;
+        client
+            .write_ring(term, snap.ring_revision, &stored, &snap.requests)
+            .await
+            .unwrap();
+    }
+
+    /// Waits until `done`, polling every 50 ms; panics with `what` after 20 s.
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Three peers on loopback, each with its `raft.redb`, and a leader that rotates with
+    /// retain 1 (so that from the second rotation on every ring write drops a key), with
+    /// rotation requests between writes. After every write that drops a key, every peer's log
+    /// table holds no entry up to that write and its snapshot covers it: the file keeps only
+    /// the live ring and the entries after it. Prints the measurement for docs/security.md.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_peer_purges_its_log_right_after_a_ring_write_that_drops_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let peers: BTreeMap<String, String> = ["p1", "p2", "p3"]
+            .into_iter()
+            .map(|n| (n.to_owned(), free_addr()))
+            .collect();
+        let mut running = Vec::new();
+        for (name, addr) in &peers {
+            let storage = Storage::Durable(dir.path().join(name));
+            running.push(
+                Peer::start("purge", name, addr, &peers, storage, None)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let client = RaftClient::new("purge", peers.values().cloned().collect(), None);
+        let lease = client.grant_lease(Duration::from_secs(300)).await.unwrap();
+        let term = client
+            .campaign(lease, "n1")
+            .await
+            .unwrap()
+            .expect("elected");
+        let policy = Policy {
+            interval: Duration::from_secs(3600),
+            retain: 1,
+        };
+        let seen = KeyHistory::new();
+        let mut ring =
+            KeyRing::bootstrap(SystemTime::now(), &policy, &mut OsKeySource, &seen).unwrap();
+        write(&client, term, &ring, &policy).await;
+        let mut drops = 0;
+        for _ in 0..20 {
+            for by in ["a", "b", "c"] {
+                client.request_rotation(by, None).await.unwrap();
+            }
+            let next = ring
+                .rotated(SystemTime::now(), &policy, &mut OsKeySource, &seen)
+                .unwrap();
+            let dropped = ring
+                .keys()
+                .iter()
+                .any(|k| !next.keys().iter().any(|n| n.epoch == k.epoch));
+            write(&client, term, &next, &policy).await;
+            ring = next;
+            if !dropped {
+                continue;
+            }
+            drops += 1;
+            // The write's index, as each peer's state machine saw it.
+            let index = running
+                .iter()
+                .map(|p| *p.store.key_drops().borrow())
+                .max()
+                .unwrap();
+            until("every peer to apply the write", || {
+                running
+                    .iter()
+                    .all(|p| *p.store.key_drops().borrow() == index)
+            })
+            .await;
+            until("every peer to purge its log up to the write", || {
+                running.iter().all(|p| {
+                    let kept = p.store.kept();
+                    kept.snapshot_at >= Some(index) && kept.log.first().is_none_or(|i| *i > index)
+                })
+            })
+            .await;
+        }
+        assert_eq!(drops, 19, "every rotation but the first drops a key");
+        // What comes before the next rotation stays in the log until then (or until 64 entries).
+        for by in ["a", "b", "c"] {
+            client.request_rotation(by, None).await.unwrap();
+        }
+        until("every peer to append the requests", || {
+            running.iter().all(|p| p.store.kept().log.len() == 3)
+        })
+        .await;
+        for (name, p) in peers.keys().zip(&running) {
+            let kept = p.store.kept();
+            println!(
+                "{name}: {} log entries (indexes {:?}..={:?}), snapshot at {:?}, ring generations {:?}",
+                kept.log.len(),
+                kept.log.first(),
+                kept.log.last(),
+                kept.snapshot_at,
+                kept.generations
+            );
+            assert_eq!(
+                kept.generations,
+                BTreeSet::from([ring.generation()]),
+                "{name} keeps only the live ring"
+            );
+        }
+        for p in running {
+            p.shutdown().await;
+        }
     }
 }

@@ -403,6 +403,10 @@ const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 pub struct RaftStore {
     inner: Arc<Mutex<Inner>>,
     revision: watch::Sender<u64>,
+    /// The log index of the last ring write applied here that dropped keys of the ring before
+    /// it (a rotation past `retain`, a re-key): the peer then snapshots and purges its log up
+    /// to it ([`RaftStore::key_drops`]). 0: none since this process started.
+    key_drops: watch::Sender<u64>,
     db: Option<Arc<Database>>,
 }
 
@@ -478,6 +482,31 @@ pub fn prepare_data_dir(dir: &Path) -> Result<(), DataDirError> {
     Ok(())
 }
 
+/// The keys a ring record names, by epoch and fingerprint (`None`: no ring, or one that does
+/// not decode).
+fn ring_keys(record: Option<&[u8]>) -> Option<Vec<(u64, stek_core::Fingerprint)>> {
+    let stored = crate::records::decode_ring(record?).ok()?;
+    Some(
+        stored
+            .ring
+            .keys()
+            .iter()
+            .map(|k| (k.epoch, k.fingerprint()))
+            .collect(),
+    )
+}
+
+/// Whether a ring write took out a key the ring before it held: its sealed copy then lives on
+/// only in the log and in older snapshots. A re-key drops every key; a record that does not
+/// decode counts as dropping them all.
+fn drops_keys(
+    before: &[(u64, stek_core::Fingerprint)],
+    after: Option<&[(u64, stek_core::Fingerprint)]>,
+) -> bool {
+    let after = after.unwrap_or_default();
+    before.iter().any(|k| !after.contains(k))
+}
+
 fn io_err<E: std::error::Error + 'static>(e: &E) -> StorageError<u64> {
     StorageIOError::read_state_machine(e).into()
 }
@@ -496,6 +525,7 @@ impl RaftStore {
         Self {
             inner: Arc::default(),
             revision: watch::channel(0).0,
+            key_drops: watch::channel(0).0,
             db: None,
         }
     }
@@ -564,6 +594,7 @@ impl RaftStore {
         Ok(Self {
             inner: Arc::new(Mutex::new(inner)),
             revision: watch::channel(rev).0,
+            key_drops: watch::channel(0).0,
             db: Some(Arc::new(db)),
         })
     }
@@ -597,6 +628,13 @@ impl RaftStore {
     /// Follows the applied revision.
     pub fn revisions(&self) -> watch::Receiver<u64> {
         self.revision.subscribe()
+    }
+
+    /// Follows the log index of the last applied ring write that dropped keys (0: none yet).
+    /// Every peer applies every entry, so each learns of a drop from its own state machine,
+    /// whichever peer leads and whether or not a node asked for a purge.
+    pub fn key_drops(&self) -> watch::Receiver<u64> {
+        self.key_drops.subscribe()
     }
 
     /// Writes in one durable transaction: `put` rows of the meta table, log entries to insert,
@@ -641,6 +679,55 @@ impl RaftStore {
             }
         }
         tx.commit().map_err(write_err)
+    }
+}
+
+/// What `raft.redb` holds of the history, read from its tables: the log's indexes, and the
+/// generations of every ring in the log and in the snapshot (tests and measurements).
+#[cfg(test)]
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Kept {
+    /// The log table's indexes, in order.
+    pub log: Vec<u64>,
+    /// The last log index the stored snapshot covers.
+    pub snapshot_at: Option<u64>,
+    /// Every ring generation in the log table and the snapshot.
+    pub generations: std::collections::BTreeSet<u64>,
+}
+
+#[cfg(test)]
+impl RaftStore {
+    /// Reads [`Kept`] from the file (a durable store only).
+    pub(crate) fn kept(&self) -> Kept {
+        let generation = |v: &[u8]| {
+            crate::records::decode_ring(v)
+                .map(|r| r.ring.generation())
+                .ok()
+        };
+        let db = self.db.as_ref().expect("a durable store");
+        let tx = db.begin_read().expect("a read transaction");
+        let mut kept = Kept::default();
+        let log = tx.open_table(LOG).expect("the log table");
+        for row in log.iter().expect("the log rows") {
+            let (k, v) = row.expect("a log row");
+            kept.log.push(k.value());
+            let entry: Entry<TypeConfig> = serde_json::from_slice(v.value()).expect("an entry");
+            if let EntryPayload::Normal(Command::WriteRing { value, .. }) = entry.payload {
+                kept.generations.extend(generation(&value));
+            }
+        }
+        let meta = tx.open_table(META).expect("the meta table");
+        if let Some(m) = meta.get("snapshot_meta").expect("the snapshot meta") {
+            let m: SnapshotMeta<u64, openraft::BasicNode> =
+                serde_json::from_slice(m.value()).expect("snapshot meta");
+            kept.snapshot_at = m.last_log_id.map(|l| l.index);
+        }
+        if let Some(b) = meta.get("snapshot").expect("the snapshot") {
+            let body: SnapshotBody = serde_json::from_slice(b.value()).expect("a snapshot");
+            kept.generations
+                .extend(body.data.ring.as_deref().and_then(generation));
+        }
+        kept
     }
 }
 
@@ -790,11 +877,26 @@ impl RaftStorage<TypeConfig> for RaftStore {
     ) -> Result<Vec<Applied>, StorageError<u64>> {
         let mut inner = self.inner.lock().await;
         let mut out = Vec::with_capacity(entries.len());
+        let mut dropped_at = None;
         for e in entries {
             inner.last_applied = Some(e.log_id);
             match &e.payload {
                 EntryPayload::Blank => out.push(Applied::Ok),
-                EntryPayload::Normal(cmd) => out.push(inner.data.apply(cmd)),
+                EntryPayload::Normal(cmd) => {
+                    let before = match cmd {
+                        Command::WriteRing { .. } => ring_keys(inner.data.ring.as_deref()),
+                        _ => None,
+                    };
+                    let applied = inner.data.apply(cmd);
+                    if let (Command::WriteRing { value, .. }, Some(before), Applied::Ok) =
+                        (cmd, before, &applied)
+                    {
+                        if drops_keys(&before, ring_keys(Some(value)).as_deref()) {
+                            dropped_at = Some(e.log_id.index);
+                        }
+                    }
+                    out.push(applied);
+                }
                 EntryPayload::Membership(m) => {
                     inner.membership = StoredMembership::new(Some(e.log_id), m.clone());
                     out.push(Applied::Ok);
@@ -804,6 +906,11 @@ impl RaftStorage<TypeConfig> for RaftStore {
         let rev = inner.data.revision;
         drop(inner);
         self.revision.send_replace(rev);
+        // Only a signal: this runs inside openraft's state machine worker, which must not wait
+        // on the snapshot it is about to be asked for (see `peer::purge_after_key_drops`).
+        if let Some(index) = dropped_at {
+            self.key_drops.send_replace(index);
+        }
         Ok(out)
     }
 
@@ -1044,6 +1151,74 @@ mod tests {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let e = RaftStore::open(&dir).expect_err("open to others");
         assert!(e.to_string().contains("lets others in"), "{e}");
+    }
+
+    /// The store signals (`key_drops`) the index of each applied ring write that took out a
+    /// key of the ring before it (a rotation past `retain`, a re-key), and of no other entry.
+    #[test]
+    fn a_ring_write_that_drops_a_key_is_signalled_with_its_index() {
+        use openraft::CommittedLeaderId;
+        use stek_core::{KeyHistory, KeyRing, OsKeySource, Policy};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let p = Policy {
+            interval: std::time::Duration::from_secs(60),
+            retain: 1,
+        };
+        let now = std::time::SystemTime::now;
+        let seen = KeyHistory::new();
+        let r1 = KeyRing::bootstrap(now(), &p, &mut OsKeySource, &seen).unwrap();
+        let r2 = r1.rotated(now(), &p, &mut OsKeySource, &seen).unwrap();
+        let r3 = r2.rotated(now(), &p, &mut OsKeySource, &seen).unwrap();
+        let r4 = KeyRing::rekeyed(&r3, now(), &p, &mut OsKeySource, &seen).unwrap();
+        let mut s = RaftStore::in_memory();
+        let drops = s.key_drops();
+        let mut index = 0;
+        let mut apply = |cmd: Command| {
+            index += 1;
+            let entry = Entry::<TypeConfig> {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Normal(cmd),
+            };
+            rt.block_on(s.apply_to_state_machine(&[entry])).unwrap();
+            (index, *drops.borrow())
+        };
+        apply(Command::Grant {
+            lease: 1,
+            ttl_ms: 3000,
+        });
+        apply(Command::Campaign {
+            lease: 1,
+            node_id: "a".into(),
+        });
+        let term = 2;
+        let ring = |r: &KeyRing| {
+            let mut stored = crate::StoredRing::seal("c", r, &p, "a", &[]).0;
+            stored.term = term;
+            Command::WriteRing {
+                term: 2,
+                value: crate::records::encode_ring(&stored),
+                served: vec![],
+                expected: None,
+                copies: BTreeMap::new(),
+            }
+        };
+        assert_eq!(apply(ring(&r1)).1, 0, "the first ring drops nothing");
+        assert_eq!(
+            apply(ring(&r2)).1,
+            0,
+            "a rotation within retain drops nothing"
+        );
+        let (at, signalled) = apply(ring(&r3));
+        assert_eq!(signalled, at, "a rotation past retain drops the oldest key");
+        apply(Command::PutRequest {
+            key: "r".into(),
+            value: b"x".to_vec(),
+        });
+        assert_eq!(apply(ring(&r3)).1, at, "a stale write signals nothing");
+        let (at, signalled) = apply(ring(&r4));
+        assert_eq!(signalled, at, "a re-key drops every key");
     }
 
     #[test]

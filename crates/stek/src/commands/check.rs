@@ -8,7 +8,8 @@
 //!
 //! Exit 0 when no check found a problem, 1 otherwise. A config that does not load is returned
 //! as an error, which the caller maps to exit 2. Nothing is changed on the machine or in the
-//! store, and no message holds the content of a secret file.
+//! store (whether this node's etcd user may compact is asked with a compaction at revision 1,
+//! which removes nothing), and no message holds the content of a secret file.
 
 use std::ffi::OsString;
 use std::io;
@@ -448,22 +449,47 @@ async fn check_etcd(
     }
     let attempt = async {
         let etcd = super::connect::connect_etcd(config, endpoints, access).await?;
-        anyhow::Ok(etcd.snapshot().await?)
+        let snap = etcd.snapshot().await?;
+        anyhow::Ok((etcd, snap))
     };
     let fix = "start etcd, or correct [etcd] endpoints (and ca_file, cert_file/key_file, user/password_file when etcd uses TLS or auth); `etcdctl --endpoints=... endpoint health` shows what etcd says";
-    let finding = match tokio::time::timeout(STORE_TIMEOUT, attempt).await {
-        Ok(Ok(snap)) => snapshot_finding(&config.cluster, &snap),
-        Ok(Err(e)) => Finding::problem(format!("{e:#}"), fix),
-        Err(_) => Finding::problem(
-            format!(
-                "no answer from [{}] within {}",
-                endpoints.join(", "),
-                humantime::format_duration(STORE_TIMEOUT)
+    let (finding, etcd) = match tokio::time::timeout(STORE_TIMEOUT, attempt).await {
+        Ok(Ok((etcd, snap))) => (snapshot_finding(&config.cluster, &snap), Some(etcd)),
+        Ok(Err(e)) => (Finding::problem(format!("{e:#}"), fix), None),
+        Err(_) => (
+            Finding::problem(
+                format!(
+                    "no answer from [{}] within {}",
+                    endpoints.join(", "),
+                    humantime::format_duration(STORE_TIMEOUT)
+                ),
+                fix,
             ),
-            fix,
+            None,
         ),
     };
     report.add(&label, finding);
+    if let Some(etcd) = etcd {
+        report.add("etcd history", history_finding(config, &etcd).await);
+    }
+}
+
+/// `[etcd] compact_history`: off (with the reason's cost), or on and whether this node's user
+/// may compact. Warnings only: the node runs either way, keeping more history than it should.
+async fn history_finding(config: &Config, etcd: &stek_coord::etcd::Etcd) -> Finding {
+    use super::history::Compaction;
+    if let Some(warning) = config.history_kept_warning() {
+        return Finding::Warning(warning);
+    }
+    match super::history::compaction(config, etcd).await {
+        Ok(Compaction::Granted) => Finding::Ok(
+            "compact_history: this node's etcd user may compact; the leader compacts etcd's history after every ring write that drops keys".into(),
+        ),
+        Ok(Compaction::Denied(warning)) => Finding::Warning(warning),
+        Err(e) => Finding::Warning(format!(
+            "could not ask etcd whether this node's user may compact: {e}"
+        )),
+    }
 }
 
 /// What the store holds for this cluster: leader, ring generation, members.

@@ -11,6 +11,7 @@ mod check;
 mod connect;
 mod demo;
 mod formats;
+mod history;
 mod node;
 mod peers;
 mod snippet;

@@ -69,6 +69,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             Coordination::Etcd { .. } => None,
         };
         let store = super::connect::connect(&config, &super::connect::Access::default(), home).await?;
+        super::history::at_start(&config, &store);
         let sealing = open_state(&config)?;
         let metrics = admin(&config).await?;
         let Some((listen, peers, data_dir)) = peer else {
