@@ -308,6 +308,24 @@ fn a_box_taken_later(backend: Backend) {
         ));
     }
 
+    info!("--- n2 rebooted alone: its RAM disk wiped");
+    let before_reboot = private_keys(&c.nodes[B].state_dir());
+    c.stop(B);
+    c.nodes[B].wipe_ram_disk();
+    c.start(B);
+    let status = c.wait_converged(Duration::from_secs(30));
+    check_invariants(&c, &status, &mut History::default());
+    let after_reboot = dump(&c, B, &backups, false);
+    lines.push(take(&c, B, &after_reboot, "after n2 rebooted alone"));
+    // The keys it held before the reboot are gone with its RAM disk; what they opened is
+    // in the store still, and no key it holds now opens any of it but the ring it serves.
+    assert!(private_keys(&c.nodes[B].state_dir())
+        .iter()
+        .all(|k| before_reboot
+            .iter()
+            .all(|o| o.public().id() != k.public().id())));
+    let status = c.status(0);
+
     info!("--- a power loss: every RAM disk wiped");
     let before: Vec<u64> = status["keys"]
         .as_array()

@@ -228,10 +228,12 @@ fn wrong_public_keys_are_rejected_and_the_member_recovers() {
     let own = announced();
     let mut ack: Value = serde_json::from_slice(&etcd.get(&ack_key)).unwrap();
     ack["public_key"] = foreign.into();
-    // A forged acknowledgement of nothing: b no longer counts as holding the ring, so the
-    // leader seals it a copy, to the key the record names.
+    // A forged acknowledgement of nothing, with no floor: b no longer counts as holding the
+    // ring, so the leader seals it a copy, to the key the record names. (With its floor, the
+    // leader would seal none: a member never gets a copy of a ring it accepted.)
     ack["applied_generation"] = 0.into();
     ack["applied_digest"] = Value::Null;
+    ack["floor_generation"] = Value::Null;
     etcd.put(&ack_key, &serde_json::to_vec(&ack).unwrap());
     let copy_key = format!("/stek/{}/ring/copies/{b_id}", c.name);
     let foreign_id = stek_coord::seal::MemberKey::from_base64(foreign)

@@ -428,16 +428,26 @@ impl StoredRing {
     /// are never taken.
     pub fn keep_copies_of_this_write(&mut self, read: &StoredRing) {
         let this = self.write_id();
+        // By member, so that a leader of a thousand members does not compare every pair.
+        let mut mine: BTreeMap<String, usize> = self
+            .envelope
+            .copies
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.ring == this)
+            .map(|(i, c)| (c.member.clone(), i))
+            .collect();
         for c in read.envelope.copies.iter().filter(|c| c.ring == this) {
-            let mine = self
-                .envelope
-                .copies
-                .iter_mut()
-                .find(|m| m.member == c.member && m.ring == this);
-            match mine {
-                Some(m) if m != c => *m = c.clone(),
-                Some(_) => {}
-                None => self.envelope.copies.push(c.clone()),
+            match mine.get(&c.member) {
+                Some(&i) => {
+                    if self.envelope.copies[i] != *c {
+                        self.envelope.copies[i] = c.clone();
+                    }
+                }
+                None => {
+                    mine.insert(c.member.clone(), self.envelope.copies.len());
+                    self.envelope.copies.push(c.clone());
+                }
             }
         }
     }
