@@ -37,6 +37,7 @@ fn record(id: &str, applied: u64) -> MemberRecord {
         applied_digest: None,
         floor_generation: None,
         instance: None,
+        floor_digest: None,
     }
 }
 

@@ -682,6 +682,7 @@ fn raft_peers_over_mutual_tls() {
         applied_digest: None,
         floor_generation: None,
         instance: None,
+        floor_digest: None,
     };
     for (what, cmd) in [
         (

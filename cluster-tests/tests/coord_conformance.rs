@@ -87,6 +87,7 @@ mod etcd {
             applied_digest: None,
             floor_generation: None,
             instance: Some("0123456789abcdef".into()),
+            floor_digest: None,
         };
         let read = |key: &str| etcd.get(&format!("/stek/conformance/{key}"));
         let acked = MemberRecord {

@@ -90,6 +90,7 @@ mod tests {
                 applied_digest: Some(stored.ring.digest().to_string()),
                 floor_generation: None,
                 instance: None,
+                floor_digest: None,
             },
             live: true,
         }

@@ -787,6 +787,7 @@ mod tests {
                 applied_digest: digest,
                 floor_generation: None,
                 instance: None,
+                floor_digest: None,
             },
             live: true,
         }

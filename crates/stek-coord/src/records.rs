@@ -817,6 +817,10 @@ pub struct MemberRecord {
     /// so no member refuses it as older than one it accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub floor_generation: Option<u64>,
+    /// The digest of that ring ([`stek_core::RingDigest`], hex): another ring of the floor's
+    /// generation is one the member refuses, and the leader treats it as newer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor_digest: Option<String>,
 }
 
 /// A member's acknowledgement alone: the fields of its [`MemberRecord`] that change at every
@@ -841,6 +845,8 @@ struct AckRecord {
     key_signature: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     floor_generation: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    floor_digest: Option<String>,
 }
 
 /// The longest `last_error` a member record carries (a reload's stderr can be anything):
@@ -887,6 +893,7 @@ impl MemberRecord {
             public_key: None,
             key_signature: None,
             floor_generation: None,
+            floor_digest: None,
             ..self.clone()
         }
     }
@@ -905,6 +912,7 @@ impl MemberRecord {
             public_key: self.public_key.clone(),
             key_signature: self.key_signature.clone(),
             floor_generation: self.floor_generation,
+            floor_digest: self.floor_digest.clone(),
         })
         .expect("an acknowledgement always serialises: plain strings and numbers")
     }
@@ -936,6 +944,7 @@ impl MemberRecord {
             public_key: ack.public_key,
             key_signature: ack.key_signature,
             floor_generation: ack.floor_generation,
+            floor_digest: ack.floor_digest,
             ..self.clone()
         }
         .checked()
@@ -953,11 +962,11 @@ impl MemberRecord {
         {
             return Err(RecordError::AbsurdGeneration);
         }
-        if record
-            .applied_digest
-            .as_deref()
-            .is_some_and(|d| stek_core::RingDigest::from_hex(d).is_none())
-        {
+        let bad_digest = |d: &Option<String>| {
+            d.as_deref()
+                .is_some_and(|d| stek_core::RingDigest::from_hex(d).is_none())
+        };
+        if bad_digest(&record.applied_digest) || bad_digest(&record.floor_digest) {
             return Err(RecordError::Digest);
         }
         if record.instance.as_deref().is_some_and(|i| {
@@ -969,16 +978,44 @@ impl MemberRecord {
         Ok(self)
     }
 
-    /// Signs the record's sealing public key as `creds`, for cluster `cluster`.
-    pub fn enroll(&mut self, cluster: &str, creds: &Credentials) {
+    /// What a member signs when it announces its sealing key: the cluster, its node id, the
+    /// key, and the rollback floor it announces it with (generation and digest). The floor is
+    /// signed so that nobody but the member can claim it: the leader seals no copy of a ring at
+    /// or below a member's floor to its announced key, and makes new keys when a live member's
+    /// floor is ahead of the stored ring; a key announced with an old floor, put back, is a key
+    /// the member erased, or one that opens only the ring of that floor or a newer one.
+    fn announcement(&self, cluster: &str) -> Vec<u8> {
         let key = self.sealing_key().map(|k| k.to_bytes()).unwrap_or_default();
-        let msg = identity::member_binding(cluster, &self.node_id, &key);
+        let mut msg = identity::member_binding(cluster, &self.node_id, &key);
+        msg.extend_from_slice(b"floor\0");
+        msg.extend_from_slice(&self.floor_generation.unwrap_or(0).to_be_bytes());
+        msg.extend_from_slice(self.floor_digest.as_deref().unwrap_or("").as_bytes());
+        msg
+    }
+
+    /// Signs the key this record announces, with its floor, as `creds`, for cluster `cluster`.
+    pub fn enroll(&mut self, cluster: &str, creds: &Credentials) {
+        let msg = self.announcement(cluster);
         self.certificate = Some(b64_encode(creds.cert_der()));
         self.key_signature = Some(b64_encode(&creds.sign(&msg)));
     }
 
+    /// Whether this member accepted a ring newer than `ring`, or another ring of its
+    /// generation (its floor): it refuses `ring`.
+    pub fn floor_is_ahead_of(&self, ring: &stek_core::RingMeta) -> bool {
+        let generation = ring.generation();
+        match self.floor_generation {
+            Some(f) if f > generation => true,
+            Some(f) if f == generation => self
+                .floor_digest
+                .as_deref()
+                .is_some_and(|d| d != ring.digest().to_string()),
+            _ => false,
+        }
+    }
+
     /// Checks that the member's certificate is this cluster's, names this member, is valid now
-    /// and not revoked, and that it signed the published sealing key.
+    /// and not revoked, and that it signed the sealing key it announces, with its floor.
     pub fn verify_enrollment(
         &self,
         trust: &Trust,
@@ -987,8 +1024,7 @@ impl MemberRecord {
         let missing = |what: &str| {
             IdentityError::Signature(format!("{} (the record carries no {what})", self.node_id))
         };
-        let key = self
-            .sealing_key()
+        self.sealing_key()
             .ok_or_else(|| missing("sealing public key"))?;
         let cert = self
             .certificate
@@ -1000,7 +1036,7 @@ impl MemberRecord {
             .as_deref()
             .and_then(b64_decode)
             .ok_or_else(|| missing("key signature"))?;
-        let msg = identity::member_binding(trust.cluster(), &self.node_id, &key.to_bytes());
+        let msg = self.announcement(trust.cluster());
         trust.verify_member_signature(&cert, &self.node_id, &msg, &sig, now)
     }
 
@@ -1452,6 +1488,61 @@ mod tests {
         assert_eq!(accepted.copy_records().len(), 3);
     }
 
+    /// A member signs the key it announces together with its floor: the same key with
+    /// another floor (a store writer's low floor, to get an old ring sealed to the key; or a
+    /// high one, to force new keys) does not verify, nor does another member's signature.
+    #[test]
+    fn an_announcement_binds_its_key_to_its_floor() {
+        let (trust, creds_of) = test_ca();
+        let (ring, _) = sealed(&[]);
+        let mut rec = MemberRecord {
+            public_key: Some(Identity::generate().public().to_base64()),
+            floor_generation: Some(ring.generation()),
+            floor_digest: Some(ring.digest().to_string()),
+            ..member_record("n1")
+        };
+        rec.enroll("c1", &creds_of("n1"));
+        let now = SystemTime::now();
+        rec.verify_enrollment(&trust, now).unwrap();
+        for forged in [
+            MemberRecord {
+                floor_generation: Some(1),
+                ..rec.clone()
+            },
+            MemberRecord {
+                floor_generation: Some(ring.generation() + 1),
+                ..rec.clone()
+            },
+            MemberRecord {
+                floor_digest: None,
+                ..rec.clone()
+            },
+            MemberRecord {
+                public_key: Some(Identity::generate().public().to_base64()),
+                ..rec.clone()
+            },
+        ] {
+            assert!(forged.verify_enrollment(&trust, now).is_err(), "{forged:?}");
+        }
+        let fresh = || {
+            KeyRing::bootstrap(
+                SystemTime::now(),
+                &policy(),
+                &mut OsKeySource,
+                &stek_core::KeyHistory::new(),
+            )
+            .unwrap()
+        };
+        assert!(ring.generation() > 1);
+        assert!(rec.floor_is_ahead_of(&fresh().meta()), "an older ring");
+        assert!(!rec.floor_is_ahead_of(&ring.meta().to_millis()));
+        let other = fresh().renumbered(ring.generation());
+        assert!(
+            rec.floor_is_ahead_of(&other.meta()),
+            "another ring of its generation"
+        );
+    }
+
     fn member_record(id: &str) -> MemberRecord {
         MemberRecord {
             node_id: id.into(),
@@ -1467,6 +1558,7 @@ mod tests {
             applied_digest: None,
             floor_generation: None,
             instance: None,
+            floor_digest: None,
         }
     }
 
@@ -1622,6 +1714,7 @@ mod tests {
             applied_digest: None,
             floor_generation: None,
             instance: None,
+            floor_digest: None,
         };
         assert_eq!(MemberRecord::decode(&m.encode()).unwrap(), m);
         assert!(m.sealing_key().is_some());
@@ -1821,6 +1914,7 @@ mod tests {
             applied_digest: None,
             floor_generation: None,
             instance: None,
+            floor_digest: None,
         };
         let read = MemberRecord::decode(&rec.encode()).unwrap();
         let e = read.last_error.unwrap();

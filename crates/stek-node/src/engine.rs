@@ -7,6 +7,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use stek_coord::seal::SealError;
 use stek_coord::{LeaseId, Member, RingSlot, Snapshot, StoredRing, Term};
 use stek_core::{decide_at, next_ring, Decision, KeyRing, KeySource, Policy, RingMeta};
 
@@ -41,6 +42,9 @@ pub struct LeaderView<'a> {
     pub requests_due: SystemTime,
     /// Whether a reseal may be written now (one per second at most).
     pub reseal_rested: bool,
+    /// Whether new keys may be made now because a member's floor is ahead of the stored ring
+    /// (one such re-key a minute at most).
+    pub rekey_rested: bool,
     /// Whether this node can seal more copies of the stored ring without writing it again: it
     /// wrote it (members accept only copies its writer signed) and holds its data key.
     pub seals_copies: bool,
@@ -265,33 +269,61 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
                 RingSlot::Rejected(e) => format!("the ring record is rejected ({e})"),
                 _ => "the ring record is missing".to_owned(),
             };
-            if let Some(step) = restore(v, &why) {
-                return step;
+            // A live member ahead of the ring this node holds: one that applied a newer ring
+            // holds keys this node lacks, and leads instead; one whose floor is ahead accepted a
+            // ring it no longer holds (it restarted). Writing this node's keys back over either
+            // would put back keys that member dropped.
+            let held = v.held.any();
+            let ceiling = v.newest_seen.saturating_add(MAX_GENERATION_STEP);
+            let held_generation = held.map_or(0, KeyRing::generation);
+            let newer_holder = (held.is_some())
+                .then(|| key_holder_within(v.me, snap, held_generation, ceiling))
+                .flatten();
+            let newer_floor = held.is_some_and(|h| floor_ahead(v.me, snap, &h.meta(), ceiling));
+            if newer_holder.is_none() && !newer_floor {
+                if let Some(step) = restore(v, &why) {
+                    return step;
+                }
+                if let Some(good) = held {
+                    let ring = renumber_after(
+                        good.with_next_rotation_at(good.next_rotation_at()),
+                        snap,
+                        v.newest_seen,
+                    );
+                    return Step::Write {
+                        ring,
+                        served: Vec::new(),
+                        why: Why::WriteBack(why),
+                        before: None,
+                    };
+                }
             }
-            if let Some(good) = v.held.any() {
-                let ring = renumber_after(
-                    good.with_next_rotation_at(good.next_rotation_at()),
-                    snap,
-                    v.newest_seen,
-                );
-                return Step::Write {
-                    ring,
-                    served: Vec::new(),
-                    why: Why::WriteBack(why),
-                    before: None,
-                };
-            }
-            if let Some(to) = key_holder(v.me, snap, 0) {
+            if let Some(to) =
+                newer_holder.or_else(|| held.is_none().then(|| key_holder(v.me, snap, 0)).flatten())
+            {
                 return Step::HandOver { to, why };
             }
-            if let Some(floor) = v.floor {
-                // This node accepted a ring it no longer holds (it restarted), and no live
-                // member holds one either (they restarted too, after the store was restored
-                // from a backup or a ring replayed): the keys are gone with the processes that
-                // held them. New keys, numbered above this node's floor and every member's.
+            if newer_floor || v.floor.is_some() {
+                // Nobody live holds keys as new as a ring this node or another member
+                // accepted (they restarted, after the store was restored from a backup or a
+                // ring replayed): those keys are gone with the processes that held them. New
+                // keys, numbered above every floor, epochs above what this node knew.
+                if !v.rekey_rested {
+                    return Step::Wait {
+                        decision: None,
+                        until: v.now + Duration::from_secs(1),
+                    };
+                }
+                let (generation, last_epoch) = [
+                    v.floor.map(|f| (f.generation, f.last_epoch)),
+                    held.map(|h| (h.generation(), h.last_epoch())),
+                ]
+                .into_iter()
+                .flatten()
+                .fold((0, 0), |(g, e), (g2, e2)| (g.max(g2), e.max(e2)));
                 let rekeyed = match KeyRing::rekeyed_from(
-                    floor.generation,
-                    floor.last_epoch,
+                    generation,
+                    last_epoch,
                     &[],
                     v.now,
                     &v.policy,
@@ -416,25 +448,66 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
 /// The ring this node accepted last, put back unchanged over a missing or rejected one: when
 /// it still holds its keys and no live member acknowledged or accepted a newer generation
 /// (that member holds keys this node lacks, and leads instead).
+///
+/// Only a ring this node would accept itself: not below a newer ring it saw since (its own
+/// floor would refuse it), and not of a term after the current leadership's (after a store
+/// restored from a backup numbered its terms again, every node would refuse it as from the
+/// future): then the keys are written back in this leader's own term instead.
 fn restore(v: &LeaderView<'_>, why: &str) -> Option<Step> {
     let accepted = v.accepted?;
     v.held.plaintext(&accepted.ring)?;
     let generation = accepted.ring.generation();
     let ceiling = v.newest_seen.saturating_add(MAX_GENERATION_STEP);
-    let newer = v.snap.members.iter().any(|m| {
-        m.live
-            && m.record.node_id != v.me
-            && [
-                m.record.applied_generation,
-                m.record.floor_generation.unwrap_or(0),
-            ]
-            .into_iter()
-            .any(|g| g > generation && g <= ceiling)
-    });
-    (!newer).then(|| Step::Restore {
+    let newer = key_holder_within(v.me, v.snap, generation, ceiling).is_some()
+        || floor_ahead(v.me, v.snap, &accepted.ring, ceiling);
+    let future = v
+        .snap
+        .leader
+        .as_ref()
+        .is_some_and(|l| accepted.term > l.term.0);
+    (!newer && !future && generation >= v.newest_seen).then(|| Step::Restore {
         stored: accepted.clone(),
         why: why.to_owned(),
     })
+}
+
+/// A live member other than `me` that applied a generation above `above` (and not above
+/// `ceiling`, a forgery's mark): it holds keys newer than `above`.
+fn key_holder_within(me: &str, snap: &Snapshot, above: u64, ceiling: u64) -> Option<String> {
+    snap.members
+        .iter()
+        .filter(|m| m.live && m.record.node_id != me)
+        .filter(|m| m.record.applied_generation <= ceiling)
+        .find(|m| m.record.applied_generation > above)
+        .map(|m| m.record.node_id.clone())
+}
+
+/// Whether a live member other than `me` accepted a ring newer than `ring`, or another ring
+/// of its generation (its floor; not above `ceiling`).
+fn floor_ahead(me: &str, snap: &Snapshot, ring: &RingMeta, ceiling: u64) -> bool {
+    snap.members.iter().any(|m| {
+        m.live
+            && m.record.node_id != me
+            && m.record.floor_generation.is_some_and(|f| f <= ceiling)
+            && m.record.floor_is_ahead_of(ring)
+    })
+}
+
+/// Whether a member reports its copy of a ring as unopenable (`unsealable_generation`), so
+/// that the leader writes the ring anew: when only it can tell (its copy is there, made for
+/// this write and sealed to the key it announces, and still does not open: tampered,
+/// replayed, unsigned), or when its floor covers the ring's generation (`floor_covers`: the
+/// leader takes it to hold the key that opened it and seals it nothing) while its copy is
+/// missing, of another write or sealed to a key it no longer holds. Otherwise the leader sees
+/// a missing copy, one of another write or for another key, and seals one more copy.
+pub fn reports_unsealable(error: &SealError, floor_covers: bool) -> bool {
+    match error {
+        SealError::Ahead { .. } => false,
+        SealError::NoCopy { .. }
+        | SealError::OtherRing { .. }
+        | SealError::OtherRecipient { .. } => floor_covers,
+        _ => true,
+    }
 }
 
 /// A stored ring older than what was acknowledged (the store was restored from a backup, or
@@ -488,12 +561,20 @@ fn behind_acks(v: &LeaderView<'_>, stored: &StoredRing, keys: &mut dyn KeySource
             ),
         });
     }
-    // A live member accepted a newer ring (its floor) but holds its keys no more (it
-    // restarted): it refuses the stored one, and nobody can bring the newer keys back. A
-    // rotation or reseal on the stored ring would put back keys that member dropped: new keys.
-    others()
-        .filter_map(|m| m.record.floor_generation)
-        .find(|f| *f > generation && *f <= ceiling)?;
+    // A live member accepted a newer ring, or another ring of this generation (its floor),
+    // but holds its keys no more (it restarted): it refuses the stored one, and nobody can
+    // bring the newer keys back. A rotation or reseal on the stored ring would put back keys
+    // that member dropped: new keys. At most one such re-key a minute: a member's floor is
+    // its own to sign, and a compromised one could otherwise re-key at every pass.
+    if !floor_ahead(v.me, v.snap, &stored.ring, ceiling) {
+        return None;
+    }
+    if !v.rekey_rested {
+        return Some(Step::Wait {
+            decision: None,
+            until: v.now + Duration::from_secs(1),
+        });
+    }
     let rekeyed = match KeyRing::rekeyed(&stored.ring, v.now, &v.policy, keys, v.history) {
         Ok(ring) => ring,
         Err(e) => return Some(rekey_failed(e)),
@@ -697,6 +778,7 @@ mod tests {
                     applied_digest: digest,
                     floor_generation: self.floor,
                     instance: None,
+                    floor_digest: None,
                 },
                 live: self.live,
             }
@@ -747,6 +829,7 @@ mod tests {
             accepted: None,
             floor: None,
             history: &NO_HISTORY,
+            rekey_rested: true,
         };
         leader_step(&v, &mut OsKeySource)
     }
@@ -811,6 +894,7 @@ mod tests {
             accepted,
             floor,
             history: &NO_HISTORY,
+            rekey_rested: true,
         };
         leader_step(&v, &mut OsKeySource)
     }
@@ -843,13 +927,18 @@ mod tests {
                 other => panic!("expected the ring put back, got {other:?}"),
             }
         }
-        // A member accepted generation 7 (its floor): putting 5 back would not do; the keys
-        // held are written above every floor.
+        // A member accepted generation 7 (its floor) and holds its keys no more: putting 5
+        // back, or 5's keys at a new generation, would put back keys it dropped. New keys,
+        // above every floor.
         let mut s = snap(None, &[me, m("n2").floor(7)]);
         s.ring = replayed.clone();
         let (ring, _, why) = written(step_with(&s, opened, Some(&accepted), Some(&floor)));
-        assert!(matches!(why, Why::WriteBack(_)), "{why:?}");
+        assert_eq!(why, Why::Rekey);
         assert_eq!(ring.generation(), 8);
+        assert!(ring
+            .keys()
+            .iter()
+            .all(|k| !held.keys().iter().any(|h| h.key == k.key)));
         // Nobody holds keys (every node restarted): new keys above every floor (n2's: 9).
         let mut s = snap(None, &[m(ME), m("n2").floor(9)]);
         s.ring = replayed.clone();
@@ -869,21 +958,176 @@ mod tests {
         ));
     }
 
+    /// The put-back only ever writes a ring every node takes: not one below a ring this node
+    /// saw since (its own floor would refuse it), nor one of a term after the leadership's (a
+    /// store restored from a backup numbered its terms again): then the keys are written back
+    /// in the leader's own term.
+    #[test]
+    fn the_ring_put_back_is_one_every_node_takes() {
+        let held = ring_at(5, t(0));
+        let opened = Held {
+            opened: Some(&held),
+            applied: Some(&held),
+        };
+        let mut accepted = StoredRing::seal("c", &held, &policy(), ME, &[]).0;
+        accepted.term = 40;
+        let floor = Floor::of(&accepted, Identity::generate().public().id());
+        let mut s = snap(None, &[m(ME).acked(&held)]);
+        s.ring = RingSlot::Rejected(RecordError::Rollback { got: 3, seen: 5 });
+        let lead = |term: i64| stek_coord::Leader {
+            node_id: ME.into(),
+            term: Term(term),
+            lease: LeaseId(1),
+        };
+        s.leader = Some(lead(50));
+        assert!(matches!(
+            step_with(&s, opened, Some(&accepted), Some(&floor)),
+            Step::Restore { .. }
+        ));
+        // Terms numbered again: this leader's term (7) is below the ring's (40).
+        s.leader = Some(lead(7));
+        let (ring, _, why) = written(step_with(&s, opened, Some(&accepted), Some(&floor)));
+        assert!(matches!(why, Why::WriteBack(_)), "{why:?}");
+        assert_eq!(ring.keys(), held.keys());
+        // A newer ring seen since (its copy lost before it opened): not put back below it.
+        s.leader = Some(lead(50));
+        let v = LeaderView {
+            me: ME,
+            snap: &s,
+            held: opened,
+            newest_seen: 6,
+            policy: policy(),
+            now: t(10),
+            requests_due: t(10),
+            reseal_rested: true,
+            seals_copies: false,
+            accepted: Some(&accepted),
+            floor: Some(&floor),
+            history: &NO_HISTORY,
+            rekey_rested: true,
+        };
+        assert!(!matches!(
+            leader_step(&v, &mut OsKeySource),
+            Step::Restore { .. }
+        ));
+    }
+
+    /// A member whose floor is another ring of the stored generation refuses the stored ring
+    /// (I11): the leader makes new keys above it, at most once a minute (a member's floor is
+    /// its own to sign).
+    #[test]
+    fn a_floor_of_another_ring_of_the_stored_generation_makes_the_leader_rekey_at_most_once_a_minute(
+    ) {
+        let r = ring_at(3, t(0));
+        let other = ring_at(3, t(0));
+        let held = Held {
+            opened: Some(&r),
+            applied: Some(&r),
+        };
+        let mut n2 = m("n2").floor(3).member();
+        n2.record.floor_digest = Some(other.digest().to_string());
+        let mut s = snap(Some((&r, ME, &[ME])), &[m(ME).acked(&r)]);
+        s.members.push(n2.clone());
+        let (ring, _, why) = written(step(&s, held, t(10)));
+        assert_eq!(why, Why::Rekey);
+        assert_eq!(ring.generation(), 4);
+        let v = LeaderView {
+            me: ME,
+            snap: &s,
+            held,
+            newest_seen: 3,
+            policy: policy(),
+            now: t(10),
+            requests_due: t(10),
+            reseal_rested: true,
+            seals_copies: false,
+            accepted: None,
+            floor: None,
+            history: &NO_HISTORY,
+            rekey_rested: false,
+        };
+        assert!(matches!(
+            leader_step(&v, &mut OsKeySource),
+            Step::Wait { decision: None, .. }
+        ));
+        // The same digest: nothing to do.
+        n2.record.floor_digest = Some(r.digest().to_string());
+        s.members[1] = n2;
+        assert!(!matches!(step(&s, held, t(10)), Step::Write { .. }));
+    }
+
+    #[test]
+    fn who_reports_a_copy_as_unopenable() {
+        let covered = [true, false];
+        type Row = (SealError, [bool; 2]);
+        let rows: Vec<Row> = vec![
+            (SealError::NoCopy { generation: 3 }, [true, false]),
+            (
+                SealError::OtherRing {
+                    made_for: 2,
+                    ring: 3,
+                },
+                [true, false],
+            ),
+            (
+                SealError::OtherRecipient {
+                    copy: Identity::generate().public().id(),
+                    mine: Identity::generate().public().id(),
+                },
+                [true, false],
+            ),
+            (
+                SealError::Ahead {
+                    made_for: 4,
+                    ring: 3,
+                },
+                [false, false],
+            ),
+            (SealError::DoesNotOpen, [true, true]),
+            (SealError::KeysDoNotMatch, [true, true]),
+            (
+                SealError::Replayed {
+                    made_for: 2,
+                    ring: 3,
+                },
+                [true, true],
+            ),
+            (SealError::Unsigned("x".into()), [true, true]),
+        ];
+        for (error, expect) in rows {
+            for (floor_covers, want) in covered.into_iter().zip(expect) {
+                assert_eq!(
+                    reports_unsealable(&error, floor_covers),
+                    want,
+                    "{error:?}, floor covers: {floor_covers}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_missing_ring_is_written_back_with_the_keys_held_above_every_ack() {
         let held = ring_at(5, t(0));
-        let s = snap(None, &[m(ME).acked(&held), m("n2").applied(7)]);
-        let (ring, _, why) = written(step(
-            &s,
-            Held {
-                opened: Some(&held),
-                applied: None,
-            },
-            t(10),
-        ));
+        let opened = Held {
+            opened: Some(&held),
+            applied: None,
+        };
+        // A dead member's acknowledgement of 7 counts for the numbering, not for who leads.
+        let s = snap(None, &[m(ME).acked(&held), m("n2").applied(7).dead()]);
+        let (ring, _, why) = written(step(&s, opened, t(10)));
         assert!(matches!(why, Why::WriteBack(_)));
         assert_eq!(ring.generation(), 8);
         assert_eq!(ring.keys(), held.keys());
+        // A live member that applied 7 holds keys newer than 5: writing 5's back would put
+        // back keys it dropped. It leads instead.
+        let s = snap(None, &[m(ME).acked(&held), m("n2").applied(7)]);
+        assert_eq!(
+            step(&s, opened, t(10)),
+            Step::HandOver {
+                to: "n2".into(),
+                why: "the ring record is missing".into()
+            }
+        );
     }
 
     #[test]
@@ -1006,6 +1250,7 @@ mod tests {
             accepted: None,
             floor: None,
             history: &NO_HISTORY,
+            rekey_rested: true,
         };
         let (ring, _, why) = written(leader_step(&v, &mut OsKeySource));
         assert!(matches!(why, Why::Decision(Decision::Reschedule { .. })));
@@ -1048,6 +1293,7 @@ mod tests {
             accepted: None,
             floor: None,
             history: &NO_HISTORY,
+            rekey_rested: true,
         };
         match leader_step(&v, &mut OsKeySource) {
             Step::Wait { until, .. } => assert_eq!(until, t(70)),
@@ -1080,6 +1326,7 @@ mod tests {
             accepted: None,
             floor: None,
             history: &NO_HISTORY,
+            rekey_rested: true,
         };
         assert_eq!(
             leader_step(&v, &mut OsKeySource),
@@ -1116,6 +1363,7 @@ mod tests {
                 accepted: None,
                 floor: None,
                 history: &NO_HISTORY,
+                rekey_rested: true,
             }
         }
         // The writer, holding the data key: the member that joined gets a copy of the stored
@@ -1173,6 +1421,7 @@ mod tests {
                 accepted: None,
                 floor: None,
                 history: &NO_HISTORY,
+                rekey_rested: true,
             };
             leader_step(&v, &mut OsKeySource)
         };
@@ -1404,6 +1653,7 @@ mod tests {
                     history,
                     accepted: None,
                     floor: None,
+                    rekey_rested: true,
                 };
                 let Step::Failed { why } = leader_step(&v, &mut *source()) else {
                     panic!("{situation}, {says}: expected a failed step");
@@ -1431,6 +1681,7 @@ mod tests {
                 history: &history,
                 accepted: None,
                 floor: None,
+                rekey_rested: true,
             };
             assert!(
                 matches!(leader_step(&v, &mut OsKeySource), Step::Write { .. }),

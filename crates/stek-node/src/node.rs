@@ -31,6 +31,8 @@ use crate::state::Sealing;
 
 /// How often the node reads again even without an event.
 const RESYNC: Duration = Duration::from_secs(10);
+/// At most one re-key this long because a member's floor is ahead of the stored ring.
+const REKEY_REST: Duration = Duration::from_secs(60);
 /// The window within which a follower that starts makes its first full read, with `members`
 /// member records in the store (`None`: not counted): 0.3 s per member in a cluster of up to
 /// [`SMALL_CLUSTER`] members, so that its followers show their membership figures within a
@@ -134,6 +136,7 @@ pub async fn run_with<C: Coordinator>(
         applied: None,
         last_error: None,
         last_reseal: None,
+        last_rekey: None,
         written_at: 0,
         read_fresh: false,
         apply_retry: None,
@@ -460,10 +463,10 @@ struct Node<'a, C> {
     metrics: Arc<Metrics>,
     /// `[identity]`: signs this node's records and rings, verifies everyone else's.
     pki: Option<&'a NodeIdentity>,
-    /// The signed enrollment of the key this node announces (certificate, key id, key
-    /// signature), made again only when the announced key changes: ECDSA signatures differ
+    /// The signed announcement of the key this node announces, with its floor (certificate,
+    /// what was signed, signature), made again only when those change: ECDSA signatures differ
     /// every time, and the record must not change on every pass.
-    enrollment: Option<(String, MemberKeyId, String)>,
+    enrollment: Option<(String, Announced, String)>,
     /// Why this node's own certificate no longer verifies (expired, revoked): it then never
     /// leads, so it never writes a ring the others would refuse.
     own_identity_error: Option<String>,
@@ -505,6 +508,8 @@ struct Node<'a, C> {
     last_error: Option<String>,
     /// When this leader last resealed an unchanged ring (rate limit).
     last_reseal: Option<Instant>,
+    /// When this leader last made new keys (rate limit of re-keys for members' floors).
+    last_rekey: Option<Instant>,
     /// The store revision of this node's last ring write: what a watch carried is used only
     /// once it includes that write (a pass right after a write must not decide on the ring
     /// it replaced).
@@ -547,24 +552,14 @@ struct SealFailure {
 }
 
 impl SealFailure {
-    /// Whether only this node can tell: its copy is there, made for this write and sealed to
-    /// the key it publishes, and still does not open (tampered, replayed, unsigned); or its
-    /// floor says it accepted this generation, so the leader takes it to hold the key that
-    /// opened it and seals it nothing, while its copy is missing, of another write or sealed
-    /// to a key it no longer holds. The member record says so (`unsealable_generation`), and
-    /// the leader writes the ring anew with a fresh data key, above every floor. Otherwise a
-    /// missing copy, or one of another write or for another key, the leader sees for itself,
-    /// and seals one more copy.
+    /// Whether the member record says so ([`engine::reports_unsealable`]).
     fn leader_cannot_see(&self) -> bool {
-        match self.error {
-            SealError::Ahead { .. } => false,
-            SealError::NoCopy { .. }
-            | SealError::OtherRing { .. }
-            | SealError::OtherRecipient { .. } => self.floor_covers,
-            _ => true,
-        }
+        engine::reports_unsealable(&self.error, self.floor_covers)
     }
 }
+
+/// What an announcement signs: the key and the floor it is announced with.
+type Announced = (MemberKeyId, Option<(u64, RingDigest)>);
 
 impl<C: Coordinator> Node<'_, C> {
     fn record(&self) -> MemberRecord {
@@ -576,14 +571,21 @@ impl<C: Coordinator> Node<'_, C> {
         record
     }
 
-    /// With `[identity]`, signs the key this node announces, once per key.
+    fn announced(&self) -> Announced {
+        (
+            self.sealing.announced().public().id(),
+            self.sealing.floor().map(|f| (f.generation, f.digest)),
+        )
+    }
+
+    /// With `[identity]`, signs the key this node announces with its floor, once per change.
     fn enroll(&mut self) {
         let Some(pki) = self.pki else { return };
-        let announced = self.sealing.announced().public().id();
+        let announced = self.announced();
         if self
             .enrollment
             .as_ref()
-            .is_some_and(|(_, k, _)| *k == announced)
+            .is_some_and(|(_, a, _)| *a == announced)
         {
             return;
         }
@@ -635,6 +637,7 @@ impl<C: Coordinator> Node<'_, C> {
             key_signature: None,
             instance: Some(self.sealing.instance().to_owned()),
             floor_generation: self.sealing.floor().map(|f| f.generation),
+            floor_digest: self.sealing.floor().map(|f| f.digest.to_string()),
         }
     }
 
@@ -655,12 +658,42 @@ impl<C: Coordinator> Node<'_, C> {
             ) {
                 Ok(()) => self.newest_seen = stored.ring.generation(),
                 Err(e) => {
+                    self.burn_next_if_it_opens(stored);
                     snap.rejected.push(("ring".into(), e.clone()));
                     snap.ring = RingSlot::Rejected(e);
                 }
             }
         }
         snap
+    }
+
+    /// A ring this node refuses whose copy opens with the key it announced: a leader sealed an
+    /// old ring to the key this node keeps next, which would open it once it is `current`
+    /// ([`ratchet::on_refused`]). The key is erased and another announced.
+    fn burn_next_if_it_opens(&mut self, stored: &StoredRing) {
+        let Some(next) = self.sealing.roles().next else {
+            return;
+        };
+        let opens = stored
+            .copy_for(&self.config.node_id)
+            .filter(|c| c.recipient == next)
+            .and_then(|_| self.sealing.key(next))
+            .is_some_and(|k| {
+                stored
+                    .open(&self.config.cluster, &self.config.node_id, k)
+                    .is_ok()
+            });
+        if !opens {
+            return;
+        }
+        let actions = ratchet::on_refused(self.sealing.roles(), next);
+        match self.sealing.perform(&actions) {
+            Ok(()) => {
+                warn!(target: "audit", node = %self.config.node_id, generation = stored.ring.generation(), "a copy of a ring this node refuses was sealed to the key it announced: that key is erased and another announced");
+                self.enroll();
+            }
+            Err(e) => error!("cannot erase the key a refused ring was sealed to: {e}"),
+        }
     }
 
     /// A follower's read: its own records, the ring and the leader. If that shows no other
@@ -956,13 +989,18 @@ impl<C: Coordinator> Node<'_, C> {
             })
             .and_then(|()| {
                 let recipient = copy.map_or(announced, |c| c.recipient);
-                let key = self
-                    .sealing
-                    .key(recipient)
-                    .ok_or(SealError::OtherRecipient {
-                        copy: recipient,
-                        mine: announced,
-                    })?;
+                let key = ratchet::opening_key(
+                    self.sealing.roles(),
+                    self.sealing.floor(),
+                    generation,
+                    digest,
+                    recipient,
+                )
+                .and_then(|k| self.sealing.key(k))
+                .ok_or(SealError::OtherRecipient {
+                    copy: recipient,
+                    mine: announced,
+                })?;
                 stored
                     .open_keeping_key(&self.config.cluster, &self.config.node_id, key)
                     .map(|(ring, data)| (ring, data, recipient))
@@ -972,11 +1010,7 @@ impl<C: Coordinator> Node<'_, C> {
                 // The floor is on the RAM disk, and a key no ring needs any more is erased,
                 // before anything is applied; a step that fails leaves the ring unopened, to
                 // be tried again, while the node serves the keys it has.
-                let actions = ratchet::on_open(
-                    self.sealing.roles(),
-                    self.sealing.floor(),
-                    Floor::of(stored, with),
-                );
+                let actions = ratchet::on_open(self.sealing.roles(), Floor::of(stored, with));
                 if let Err(e) = self.sealing.perform(&actions) {
                     let e = format!("cannot record generation {generation} in the state directory: {e}; keeping the keys on disk");
                     if self.state_error.as_ref() != Some(&e) {
@@ -986,10 +1020,10 @@ impl<C: Coordinator> Node<'_, C> {
                     return;
                 }
                 self.state_error = None;
-                if actions.contains(&ratchet::Action::MakeNext) {
+                if actions.contains(&ratchet::Action::Promote) {
                     debug!(generation, opened_with = %with, announced = %self.sealing.announced().public().id(), "sealing key ratcheted: the key before is erased");
-                    self.enroll();
                 }
+                self.enroll();
                 debug!(generation, "opened this node's sealed copy of the ring");
                 self.history.remember(&ring);
                 self.opened = Some(ring);
@@ -1184,6 +1218,7 @@ impl<C: Coordinator> Node<'_, C> {
             reseal_rested: self
                 .last_reseal
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(1)),
+            rekey_rested: self.last_rekey.is_none_or(|t| t.elapsed() >= REKEY_REST),
             seals_copies: self.seals_copies(snap),
             history: &self.history,
         };
@@ -1249,6 +1284,9 @@ impl<C: Coordinator> Node<'_, C> {
             } => {
                 if matches!(why, Why::Reseal(_)) {
                     self.last_reseal = Some(Instant::now());
+                }
+                if matches!(why, Why::Rekey) {
+                    self.last_rekey = Some(Instant::now());
                 }
                 match self.write(term, &ring, snap, &served).await {
                     Ok(revision) => {

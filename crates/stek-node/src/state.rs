@@ -187,6 +187,7 @@ impl StateDir {
     /// ([`ratchet::on_start`]: the floor's key and one announced key, a new one made if
     /// missing) and returns them, holding this directory.
     pub fn load(self) -> Result<Sealing, StateError> {
+        self.clean_up_after_a_kill()?;
         let instance = self.instance()?;
         let floor = self.read_floor()?;
         self.take_over_legacy_key()?;
@@ -209,10 +210,28 @@ impl StateDir {
         Ok(sealing)
     }
 
+    /// What a process killed in the middle of a write or an erase left: a temp file (of a key
+    /// never announced, or of a floor never renamed into place), overwritten and removed; a
+    /// key file already overwritten with zeros but not yet unlinked, removed.
+    fn clean_up_after_a_kill(&self) -> Result<(), StateError> {
+        for entry in fs::read_dir(&self.path).map_err(io(&self.path, "list"))? {
+            let entry = entry.map_err(io(&self.path, "list"))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let half_erased = name.starts_with(KEY_PREFIX)
+                && name.ends_with(KEY_SUFFIX)
+                && fs::read(&path).is_ok_and(|b| !b.is_empty() && b.iter().all(|x| *x == 0));
+            if name.ends_with(".tmp") || half_erased {
+                self.erase_path(&path)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The instance id, made (and synced) when the directory has none.
     fn instance(&self) -> Result<String, StateError> {
         let file = self.path.join(INSTANCE_FILE);
-        match read_private(&file, 64)? {
+        match read_private(&file, 64).map_err(not_a_file)? {
             Some(bytes) => {
                 let text = String::from_utf8(bytes.to_vec()).unwrap_or_default();
                 let text = text.trim();
@@ -234,7 +253,7 @@ impl StateDir {
 
     fn read_floor(&self) -> Result<Option<Floor>, StateError> {
         let file = self.path.join(FLOOR_FILE);
-        let Some(bytes) = read_private(&file, 4096)? else {
+        let Some(bytes) = read_private(&file, 4096).map_err(not_a_file)? else {
             return Ok(None);
         };
         let bad = |reason: &str| StateError::BadFile {
@@ -249,6 +268,10 @@ impl StateDir {
             writer: r.writer,
             last_epoch: r.last_epoch,
             key: MemberKeyId::from_hex(&r.key).ok_or_else(|| bad("a bad key id"))?,
+            retire: match r.retire {
+                Some(k) => Some(MemberKeyId::from_hex(&k).ok_or_else(|| bad("a bad key id"))?),
+                None => None,
+            },
         }))
     }
 
@@ -346,7 +369,12 @@ impl StateDir {
     /// Overwrites a key file in place (tmpfs keeps the same pages), syncs it, unlinks it and
     /// syncs the directory: the key's bytes are gone from the RAM disk, not only unlinked.
     fn erase(&self, id: MemberKeyId) -> Result<(), StateError> {
-        let file = self.key_path(id);
+        self.erase_path(&self.key_path(id))
+    }
+
+    /// [`StateDir::erase`] of any file here.
+    fn erase_path(&self, file: &Path) -> Result<(), StateError> {
+        let file = file.to_owned();
         match OpenOptions::new()
             .write(true)
             .custom_flags(nix::libc::O_NOFOLLOW)
@@ -383,6 +411,16 @@ struct FloorFile {
     writer: String,
     last_epoch: u64,
     key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retire: Option<String>,
+}
+
+/// A state file other than a key that others could read, said as such.
+fn not_a_file(e: StateError) -> StateError {
+    match e {
+        StateError::BadKey { path, reason } => StateError::BadFile { path, reason },
+        other => other,
+    }
 }
 
 /// Reads `file` (at most `limit` bytes) if it exists, refusing one that others could read or
@@ -492,6 +530,7 @@ impl Sealing {
                         writer: f.writer.clone(),
                         last_epoch: f.last_epoch,
                         key: f.key.to_string(),
+                        retire: f.retire.map(|k| k.to_string()),
                     })
                     .expect("a floor record always serialises: plain numbers and strings");
                     self.dir.write_atomically(FLOOR_FILE, &text)?;
@@ -574,7 +613,7 @@ mod tests {
 
     /// What the runtime does when it opens a ring with `key`.
     fn open_with(s: &mut Sealing, generation: u64, key: MemberKeyId) {
-        let actions = ratchet::on_open(s.roles(), s.floor(), Floor::of(&stored(generation), key));
+        let actions = ratchet::on_open(s.roles(), Floor::of(&stored(generation), key));
         s.perform(&actions).unwrap();
     }
 
@@ -660,14 +699,54 @@ mod tests {
             }
         }
         assert_eq!(erased.len(), 19);
-        // A ring sealed to current (the acknowledgement that announced next was lost): the
-        // floor moves, nothing is erased, the same key stays announced.
-        let roles = s.roles();
-        let current = roles.current.unwrap();
-        open_with(&mut s, 21, current);
-        assert_eq!(s.roles(), roles);
-        assert_eq!(s.floor().unwrap().generation, 21);
+        // The floor's ring opened again with current (a restart): nothing changes.
+        let floor = s.floor().cloned().unwrap();
+        assert!(ratchet::on_open(s.roles(), floor.clone()).is_empty());
         assert_eq!(key_files(&dir).len(), 2);
+    }
+
+    /// A process killed between the floor and the erase: the next start erases the key the
+    /// floor retired (it never announces it again), and makes a next.
+    #[test]
+    fn a_start_after_a_kill_before_the_erase_erases_the_retired_key() {
+        let base = shm_dir();
+        let dir = base.path().join("state");
+        let mut s = load(&dir);
+        let first = s.announced().public().id();
+        open_with(&mut s, 1, first);
+        let second = s.announced().public().id();
+        let actions = ratchet::on_open(s.roles(), Floor::of(&stored(2), second));
+        // Killed right after the floor was written.
+        s.perform(&actions[..1]).unwrap();
+        drop(s);
+        assert_eq!(key_files(&dir).len(), 2, "the retired key is still on disk");
+        let s = load(&dir);
+        assert_eq!(s.roles().current, Some(second));
+        assert!(
+            s.key(first).is_none(),
+            "the retired key is erased at the start"
+        );
+        assert!(s.roles().next.is_some_and(|n| n != first && n != second));
+        assert_eq!(key_files(&dir).len(), 2);
+    }
+
+    /// A process killed during an erase (the key overwritten with zeros, not yet unlinked) or
+    /// a write (a temp file left): the next start removes what it left and starts.
+    #[test]
+    fn a_start_after_a_kill_mid_erase_or_mid_write_cleans_up() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = shm_dir();
+        let dir = base.path().join("state");
+        drop(load(&dir));
+        let id = Identity::generate().public().id();
+        let zeros = dir.join(format!("{KEY_PREFIX}{id}{KEY_SUFFIX}"));
+        fs::write(&zeros, [0u8; 32]).unwrap();
+        fs::set_permissions(&zeros, fs::Permissions::from_mode(0o600)).unwrap();
+        let tmp = dir.join(format!("{KEY_PREFIX}{id}{KEY_SUFFIX}.tmp"));
+        fs::write(&tmp, Identity::generate().secret_bytes().as_slice()).unwrap();
+        let s = load(&dir);
+        assert!(!zeros.exists() && !tmp.exists());
+        assert_eq!(s.held(), 1);
     }
 
     /// A process killed between two actions of a ratchet: the next start finds the floor

@@ -516,6 +516,78 @@ async fn another_ring_with_the_accepted_generation_is_refused_and_the_ring_put_b
     fleet.shutdown().await;
 }
 
+/// A ring older than a member's floor, with a copy that really is sealed to the key the
+/// member announced (a leader deceived, or a bug): the member refuses the ring, and since that
+/// key would open it once it is `current`, it erases the key and announces another. The
+/// leader puts its ring back, and the cluster rotates on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_ring_sealed_to_a_members_next_key_makes_it_burn_that_key() {
+    let mut fleet = Fleet::new();
+    for id in ["n1", "n2", "n3"] {
+        fleet.start(id);
+    }
+    let g = converged(&fleet, 0).await;
+    fleet.store.request_rotation("test", None).await.unwrap();
+    let g = converged(&fleet, g).await;
+    let snap = fleet.snap().await;
+    let stored = snap.valid_ring().unwrap().clone();
+    let leader = snap.leader.clone().unwrap().node_id;
+    let victim = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let announced = |snap: &Snapshot| {
+        snap.members
+            .iter()
+            .find(|m| m.record.node_id == victim)
+            .and_then(|m| m.record.sealing_key())
+            .unwrap()
+    };
+    let next = announced(&snap);
+    let key_file = fleet
+        .dir
+        .path()
+        .join(victim)
+        .join("state")
+        .join(format!("sealing-{}.key", next.id()));
+    assert!(key_file.exists(), "the announced key is on the RAM disk");
+    let old = stek_core::KeyRing::bootstrap(
+        SystemTime::now(),
+        &stored.policy,
+        &mut stek_core::OsKeySource,
+        &stek_core::KeyHistory::new(),
+    )
+    .unwrap()
+    .renumbered(g - 1);
+    let (mut written, _) = stek_coord::StoredRing::seal(
+        CLUSTER,
+        &old,
+        &stored.policy,
+        &stored.written_by,
+        &[(victim.to_owned(), next)],
+    );
+    written.term = stored.term;
+    for (member, copy) in written.copy_records() {
+        fleet.store.put_raw(&stek_coord::copy_key(&member), &copy);
+    }
+    fleet
+        .store
+        .put_raw("ring", &stek_coord::records::encode_ring(&written));
+    wait_for(
+        Duration::from_secs(20),
+        "the member to erase the key and announce another",
+        || async {
+            let snap = fleet.snap().await;
+            (announced(&snap) != next && !key_file.exists()).then_some(())
+        },
+    )
+    .await;
+    restored(&fleet, stored.ring.digest()).await;
+    fleet.store.request_rotation("test", None).await.unwrap();
+    converged(&fleet, g).await;
+    fleet.shutdown().await;
+}
+
 /// A member dead for `forget_dead_after` is forgotten by the leader; the live ones stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_dead_for_the_grace_period_is_forgotten() {

@@ -33,6 +33,9 @@ pub struct Floor {
     pub last_epoch: u64,
     /// The sealing key that opened this node's copy of it (the ratchet's `current`).
     pub key: MemberKeyId,
+    /// The key `current` was before this floor was set, to be erased: written with the floor
+    /// so that a start after a kill between the two erases it, never announces it again.
+    pub retire: Option<MemberKeyId>,
 }
 
 impl Floor {
@@ -45,6 +48,7 @@ impl Floor {
             writer: stored.written_by.clone(),
             last_epoch: stored.ring.last_epoch(),
             key,
+            retire: None,
         }
     }
 
@@ -62,7 +66,10 @@ impl Floor {
 /// floor's generation (I11); a generation that jumps more than [`MAX_GENERATION_STEP`]; a
 /// ring signed for the current term by another member than its leader, or for a term after
 /// it; and, unless the current leader wrote it in its own term, a ring from a term older than
-/// the floor's, or from the floor's term by another writer.
+/// the floor's, or from the floor's term by another writer. The floor's own ring (read again
+/// after a restart, or put back by a leader) passes whatever the terms; so does any ring once
+/// the current leadership's term is below the floor's: a store restored from a backup numbers
+/// its revisions, and so its terms, again, and terms then tell nothing.
 pub fn admit(
     seen: u64,
     floor: Option<&Floor>,
@@ -88,25 +95,32 @@ pub fn admit(
             accepted: f.digest.to_string(),
         });
     }
+    if floor.is_some_and(|f| f.is(stored)) {
+        return Ok(());
+    }
     let (term, writer) = (stored.term, stored.written_by.as_str());
     if let Some(l) = leader {
-        if l.term.0 == term && l.node_id != writer {
-            return Err(RecordError::NotTheLeader {
-                writer: writer.to_owned(),
-                term,
-                leader: l.node_id.clone(),
-            });
+        if l.term.0 == term {
+            // The current leader, in its own term: whatever the floor says of older terms.
+            return if l.node_id == writer {
+                Ok(())
+            } else {
+                Err(RecordError::NotTheLeader {
+                    writer: writer.to_owned(),
+                    term,
+                    leader: l.node_id.clone(),
+                })
+            };
+        }
+        if floor.is_some_and(|f| f.term > l.term.0) {
+            // Terms were numbered again (a restored store): they tell nothing any more.
+            return Ok(());
         }
         if term > l.term.0 {
             return Err(RecordError::FutureTerm {
                 term,
                 leader_term: l.term.0,
             });
-        }
-        if l.term.0 == term {
-            // The current leader, in its own term: whatever the floor says of older terms (a
-            // store restored from a backup numbers its revisions, and so its terms, again).
-            return Ok(());
         }
     }
     match floor {
@@ -313,6 +327,22 @@ mod tests {
                 Some(leader("n2", 200)),
                 stored(11, 50, "n1"),
                 |r| matches!(r, Err(RecordError::StaleTerm { .. })),
+            ),
+            (
+                "the floor's ring put back under a leader of a lower term (a restored store)",
+                0,
+                Some(&floor),
+                Some(leader("n2", 7)),
+                floor_ring.clone(),
+                ok,
+            ),
+            (
+                "terms numbered again: a leader's term below the floor's says so",
+                0,
+                Some(&floor),
+                Some(leader("n2", 7)),
+                stored(12, 5, "n3"),
+                ok,
             ),
         ];
         for (what, seen, floor, leader, ring, expect) in rows {
