@@ -696,6 +696,26 @@ mod tests {
     const ME: &str = "n1";
     static NO_HISTORY: stek_core::KeyHistory = stek_core::KeyHistory::new();
 
+    /// A leader's view of `snap` with `held`, at `now`: every other input at its default (no
+    /// floor, nothing accepted, nothing rate-limited); a test sets what it is about.
+    fn view<'a>(snap: &'a Snapshot, held: Held<'a>, now: SystemTime) -> LeaderView<'a> {
+        LeaderView {
+            me: ME,
+            snap,
+            held,
+            newest_seen: 0,
+            policy: policy(),
+            now,
+            requests_due: now,
+            reseal_rested: true,
+            seals_copies: false,
+            accepted: None,
+            floor: None,
+            history: &NO_HISTORY,
+            rekey_rested: true,
+        }
+    }
+
     fn policy() -> Policy {
         Policy {
             interval: Duration::from_secs(3600),
@@ -816,21 +836,7 @@ mod tests {
     }
 
     fn step(snap: &Snapshot, held: Held<'_>, now: SystemTime) -> Step {
-        let v = LeaderView {
-            me: ME,
-            snap,
-            held,
-            newest_seen: 0,
-            policy: policy(),
-            now,
-            requests_due: now,
-            reseal_rested: true,
-            seals_copies: false,
-            accepted: None,
-            floor: None,
-            history: &NO_HISTORY,
-            rekey_rested: true,
-        };
+        let v = view(snap, held, now);
         leader_step(&v, &mut OsKeySource)
     }
 
@@ -882,19 +888,10 @@ mod tests {
         floor: Option<&Floor>,
     ) -> Step {
         let v = LeaderView {
-            me: ME,
-            snap,
-            held,
             newest_seen: floor.map_or(0, |f| f.generation),
-            policy: policy(),
-            now: t(10),
-            requests_due: t(10),
-            reseal_rested: true,
-            seals_copies: false,
             accepted,
             floor,
-            history: &NO_HISTORY,
-            rekey_rested: true,
+            ..view(snap, held, t(10))
         };
         leader_step(&v, &mut OsKeySource)
     }
@@ -992,19 +989,10 @@ mod tests {
         // A newer ring seen since (its copy lost before it opened): not put back below it.
         s.leader = Some(lead(50));
         let v = LeaderView {
-            me: ME,
-            snap: &s,
-            held: opened,
             newest_seen: 6,
-            policy: policy(),
-            now: t(10),
-            requests_due: t(10),
-            reseal_rested: true,
-            seals_copies: false,
             accepted: Some(&accepted),
             floor: Some(&floor),
-            history: &NO_HISTORY,
-            rekey_rested: true,
+            ..view(&s, opened, t(10))
         };
         assert!(!matches!(
             leader_step(&v, &mut OsKeySource),
@@ -1032,19 +1020,9 @@ mod tests {
         assert_eq!(why, Why::Rekey);
         assert_eq!(ring.generation(), 4);
         let v = LeaderView {
-            me: ME,
-            snap: &s,
-            held,
             newest_seen: 3,
-            policy: policy(),
-            now: t(10),
-            requests_due: t(10),
-            reseal_rested: true,
-            seals_copies: false,
-            accepted: None,
-            floor: None,
-            history: &NO_HISTORY,
             rekey_rested: false,
+            ..view(&s, held, t(10))
         };
         assert!(matches!(
             leader_step(&v, &mut OsKeySource),
@@ -1239,18 +1217,7 @@ mod tests {
         // Another leader, reading the same store with a sane clock, pulls the schedule back.
         let v = LeaderView {
             me: "n2",
-            snap: &s,
-            held,
-            newest_seen: 0,
-            policy: policy(),
-            now: t(10),
-            requests_due: t(10),
-            reseal_rested: true,
-            seals_copies: false,
-            accepted: None,
-            floor: None,
-            history: &NO_HISTORY,
-            rekey_rested: true,
+            ..view(&s, held, t(10))
         };
         let (ring, _, why) = written(leader_step(&v, &mut OsKeySource));
         assert!(matches!(why, Why::Decision(Decision::Reschedule { .. })));
@@ -1281,19 +1248,8 @@ mod tests {
         // Within min_request_interval the requests wait, until the earlier of the schedule and
         // the interval's end.
         let v = LeaderView {
-            me: ME,
-            snap: &s,
-            held,
-            newest_seen: 0,
-            policy: policy(),
-            now: t(10),
             requests_due: t(70),
-            reseal_rested: true,
-            seals_copies: false,
-            accepted: None,
-            floor: None,
-            history: &NO_HISTORY,
-            rekey_rested: true,
+            ..view(&s, held, t(10))
         };
         match leader_step(&v, &mut OsKeySource) {
             Step::Wait { until, .. } => assert_eq!(until, t(70)),
@@ -1314,19 +1270,8 @@ mod tests {
         assert_eq!(ring.keys(), r.keys());
         assert_eq!(ring.generation(), 4);
         let v = LeaderView {
-            me: ME,
-            snap: &s,
-            held,
-            newest_seen: 0,
-            policy: policy(),
-            now: t(10),
-            requests_due: t(10),
             reseal_rested: false,
-            seals_copies: false,
-            accepted: None,
-            floor: None,
-            history: &NO_HISTORY,
-            rekey_rested: true,
+            ..view(&s, held, t(10))
         };
         assert_eq!(
             leader_step(&v, &mut OsKeySource),
@@ -1351,19 +1296,9 @@ mod tests {
             rested: bool,
         ) -> LeaderView<'a> {
             LeaderView {
-                me: ME,
-                snap: s,
-                held,
-                newest_seen: 0,
-                policy: policy(),
-                now: t(10),
-                requests_due: t(10),
                 reseal_rested: rested,
                 seals_copies,
-                accepted: None,
-                floor: None,
-                history: &NO_HISTORY,
-                rekey_rested: true,
+                ..super::tests::view(s, held, t(10))
             }
         }
         // The writer, holding the data key: the member that joined gets a copy of the stored
@@ -1409,19 +1344,9 @@ mod tests {
         };
         let view = |s: &'_ Snapshot| -> Step {
             let v = LeaderView {
-                me: ME,
-                snap: s,
-                held,
                 newest_seen: 3,
-                policy: policy(),
-                now: t(10),
-                requests_due: t(10),
-                reseal_rested: true,
                 seals_copies: true,
-                accepted: None,
-                floor: None,
-                history: &NO_HISTORY,
-                rekey_rested: true,
+                ..view(s, held, t(10))
             };
             leader_step(&v, &mut OsKeySource)
         };
@@ -1641,19 +1566,8 @@ mod tests {
         for (situation, snap, held, now, starts) in &situations {
             for (source, history, says) in &sources {
                 let v = LeaderView {
-                    me: ME,
-                    snap,
-                    held: *held,
-                    newest_seen: 0,
-                    policy: policy(),
-                    now: *now,
-                    requests_due: *now,
-                    reseal_rested: true,
-                    seals_copies: false,
                     history,
-                    accepted: None,
-                    floor: None,
-                    rekey_rested: true,
+                    ..view(snap, *held, *now)
                 };
                 let Step::Failed { why } = leader_step(&v, &mut *source()) else {
                     panic!("{situation}, {says}: expected a failed step");
@@ -1669,19 +1583,8 @@ mod tests {
             }
             // A working source writes.
             let v = LeaderView {
-                me: ME,
-                snap,
-                held: *held,
-                newest_seen: 0,
-                policy: policy(),
-                now: *now,
-                requests_due: *now,
-                reseal_rested: true,
-                seals_copies: false,
                 history: &history,
-                accepted: None,
-                floor: None,
-                rekey_rested: true,
+                ..view(snap, *held, *now)
             };
             assert!(
                 matches!(leader_step(&v, &mut OsKeySource), Step::Write { .. }),

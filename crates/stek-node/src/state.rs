@@ -567,9 +567,7 @@ impl Sealing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, SystemTime};
     use stek_coord::StoredRing;
-    use stek_core::{KeyRing, OsKeySource, Policy};
 
     fn shm_dir() -> tempfile::TempDir {
         tempfile::Builder::new()
@@ -594,21 +592,7 @@ mod tests {
     }
 
     fn stored(generation: u64) -> StoredRing {
-        let p = Policy {
-            interval: Duration::from_secs(60),
-            retain: 1,
-        };
-        let ring = KeyRing::bootstrap(
-            SystemTime::UNIX_EPOCH,
-            &p,
-            &mut OsKeySource,
-            &stek_core::KeyHistory::new(),
-        )
-        .unwrap()
-        .renumbered(generation);
-        let mut s = StoredRing::seal("c", &ring, &p, "n1", &[]).0;
-        s.term = 7;
-        s
+        crate::engine::floor::test_ring(generation, 7, "n1")
     }
 
     /// What the runtime does when it opens a ring with `key`.

@@ -137,29 +137,34 @@ pub fn admit(
     }
 }
 
+/// A sealed ring of `generation` (a fresh bootstrap, renumbered), written by `writer` in
+/// `term`, with no copy: for the engine's and the state directory's tests.
+#[cfg(test)]
+pub(crate) fn test_ring(generation: u64, term: i64, writer: &str) -> StoredRing {
+    let p = stek_core::Policy {
+        interval: std::time::Duration::from_secs(60),
+        retain: 1,
+    };
+    let ring = stek_core::KeyRing::bootstrap(
+        std::time::SystemTime::UNIX_EPOCH,
+        &p,
+        &mut stek_core::OsKeySource,
+        &stek_core::KeyHistory::new(),
+    )
+    .expect("the OS random source gives keys")
+    .renumbered(generation);
+    let mut s = StoredRing::seal("c", &ring, &p, writer, &[]).0;
+    s.term = term;
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, SystemTime};
     use stek_coord::{LeaseId, Term};
-    use stek_core::{KeyRing, OsKeySource, Policy};
 
     fn stored(generation: u64, term: i64, writer: &str) -> StoredRing {
-        let p = Policy {
-            interval: Duration::from_secs(60),
-            retain: 1,
-        };
-        let ring = KeyRing::bootstrap(
-            SystemTime::UNIX_EPOCH,
-            &p,
-            &mut OsKeySource,
-            &stek_core::KeyHistory::new(),
-        )
-        .unwrap()
-        .renumbered(generation);
-        let mut s = StoredRing::seal("c", &ring, &p, writer, &[]).0;
-        s.term = term;
-        s
+        test_ring(generation, term, writer)
     }
 
     fn leader(id: &str, term: i64) -> Leader {
