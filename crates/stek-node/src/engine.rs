@@ -5,17 +5,21 @@
 //! or draws randomness except through the [`KeySource`] it is given, so every decision is
 //! tested with plain values (see the tests below and `tests/scenarios.rs` for the runtime).
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use stek_coord::seal::SealError;
+use stek_coord::seal::{SealError, WriteId};
 use stek_coord::{LeaseId, Member, RingSlot, Snapshot, StoredRing, Term};
 use stek_core::{decide_at, next_ring, Decision, KeyRing, KeySource, Policy, RingMeta};
 
 pub mod floor;
+pub mod housekeeping;
+pub mod pace;
 pub mod ratchet;
+pub mod read;
 
 use floor::Floor;
 pub use floor::MAX_GENERATION_STEP;
+pub use pace::Pace;
 
 /// What the leader knows when it decides.
 #[derive(Debug, Clone, Copy)]
@@ -38,16 +42,18 @@ pub struct LeaderView<'a> {
     pub policy: Policy,
     /// Now, by this node's clock.
     pub now: SystemTime,
-    /// When pending rotation requests may rotate (`min_request_interval`).
-    pub requests_due: SystemTime,
-    /// Whether a reseal may be written now (one per second at most).
-    pub reseal_rested: bool,
-    /// Whether new keys may be made now because a member's floor is ahead of the stored ring
-    /// (one such re-key a minute at most).
-    pub rekey_rested: bool,
-    /// Whether this node can seal more copies of the stored ring without writing it again: it
-    /// wrote it (members accept only copies its writer signed) and holds its data key.
-    pub seals_copies: bool,
+    /// Now, by the runtime's monotonic clock (for the rate limits).
+    pub mono: Instant,
+    /// When this leader last made each rate-limited kind of write ([`Pace`]).
+    pub pace: Pace,
+    /// Requests rotate at most once this often (`[rotation] min_request_interval`).
+    pub min_request_interval: Duration,
+    /// The write whose data key this node holds (it opened that write's copy): as the ring's
+    /// writer it can seal one more copy of it without writing it again.
+    pub data_key_write: Option<WriteId>,
+    /// The certificate this node signs with (`[identity]`; None: insecure): members accept
+    /// only copies signed with the ring's own certificate.
+    pub signer: Option<&'a [u8]>,
     /// The names of keys in the rings this node opened: a new key with one of them is refused
     /// as the sign of a random source that repeats itself (see [`stek_core::weak`]).
     pub history: &'a stek_core::KeyHistory,
@@ -308,7 +314,7 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
                 // accepted (they restarted, after the store was restored from a backup or a
                 // ring replayed): those keys are gone with the processes that held them. New
                 // keys, numbered above every floor, epochs above what this node knew.
-                if !v.rekey_rested {
+                if !v.pace.rekey_rested(v.mono) {
                     return Step::Wait {
                         decision: None,
                         until: v.now + Duration::from_secs(1),
@@ -346,7 +352,8 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
             (None, None)
         }
     };
-    let requested = !snap.requests.is_empty() && v.now >= v.requests_due;
+    let requests_due = v.pace.requests_due(v.now, v.mono, v.min_request_interval);
+    let requested = !snap.requests.is_empty() && v.now >= requests_due;
     let decision = decide_at(
         v.now,
         ring.as_ref(),
@@ -407,7 +414,8 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
             })
             .map(|m| m.record.node_id.clone())
             .collect();
-        if !lacking.is_empty() && v.reseal_rested && v.seals_copies && reported.is_empty() {
+        let reseal_rested = v.pace.reseal_rested(v.mono);
+        if !lacking.is_empty() && reseal_rested && seals_copies(v, stored) && reported.is_empty() {
             return Step::SealCopies { members: lacking };
         }
         for r in reported {
@@ -415,7 +423,7 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
                 lacking.push(r);
             }
         }
-        if !lacking.is_empty() && v.reseal_rested {
+        if !lacking.is_empty() && reseal_rested {
             return Step::Write {
                 ring: renumber_after(
                     ring.with_next_rotation_at(ring.next_rotation_at()),
@@ -436,13 +444,26 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
     }
     let until = match &decision {
         Decision::Idle { until } if snap.requests.is_empty() => *until,
-        Decision::Idle { until } => (*until).min(v.requests_due),
+        Decision::Idle { until } => (*until).min(requests_due),
         _ => v.now + Duration::from_secs(1),
     };
     Step::Wait {
         decision: Some(decision),
         until,
     }
+}
+
+/// Whether this leader can seal more copies of `stored` without writing it again: it wrote it,
+/// holds the data key of that write, and (with `[identity]`) signs with the certificate the
+/// ring was signed with (members check a copy's signature with the ring's).
+pub fn seals_copies(v: &LeaderView<'_>, stored: &StoredRing) -> bool {
+    stored.written_by == v.me
+        && v.data_key_write == Some(stored.write_id())
+        && match (v.signer, &stored.signature) {
+            (None, _) => true,
+            (Some(mine), Some(sig)) => sig.certificate == mine,
+            (Some(_), None) => false,
+        }
 }
 
 /// The ring this node accepted last, put back unchanged over a missing or rejected one: when
@@ -569,7 +590,7 @@ fn behind_acks(v: &LeaderView<'_>, stored: &StoredRing, keys: &mut dyn KeySource
     if !floor_ahead(v.me, v.snap, &stored.ring, ceiling) {
         return None;
     }
-    if !v.rekey_rested {
+    if !v.pace.rekey_rested(v.mono) {
         return Some(Step::Wait {
             decision: None,
             until: v.now + Duration::from_secs(1),
@@ -706,14 +727,26 @@ mod tests {
             newest_seen: 0,
             policy: policy(),
             now,
-            requests_due: now,
-            reseal_rested: true,
-            seals_copies: false,
+            mono: mono(),
+            pace: Pace::default(),
+            min_request_interval: Duration::from_secs(60),
+            data_key_write: None,
+            signer: None,
             accepted: None,
             floor: None,
             history: &NO_HISTORY,
-            rekey_rested: true,
         }
+    }
+
+    /// The monotonic now of every view: one instant for the whole test binary.
+    fn mono() -> Instant {
+        static NOW: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *NOW.get_or_init(Instant::now)
+    }
+
+    /// The data key of the stored ring's write, as its writer holds it after opening its copy.
+    fn writer_of(s: &Snapshot) -> Option<WriteId> {
+        s.valid_ring().map(StoredRing::write_id)
     }
 
     fn policy() -> Policy {
@@ -1021,7 +1054,10 @@ mod tests {
         assert_eq!(ring.generation(), 4);
         let v = LeaderView {
             newest_seen: 3,
-            rekey_rested: false,
+            pace: Pace {
+                last_rekey: Some(mono()),
+                ..Pace::default()
+            },
             ..view(&s, held, t(10))
         };
         assert!(matches!(
@@ -1248,7 +1284,10 @@ mod tests {
         // Within min_request_interval the requests wait, until the earlier of the schedule and
         // the interval's end.
         let v = LeaderView {
-            requests_due: t(70),
+            pace: Pace {
+                last_requested_rotation: Some(mono()),
+                ..Pace::default()
+            },
             ..view(&s, held, t(10))
         };
         match leader_step(&v, &mut OsKeySource) {
@@ -1270,7 +1309,10 @@ mod tests {
         assert_eq!(ring.keys(), r.keys());
         assert_eq!(ring.generation(), 4);
         let v = LeaderView {
-            reseal_rested: false,
+            pace: Pace {
+                last_reseal: Some(mono()),
+                ..Pace::default()
+            },
             ..view(&s, held, t(10))
         };
         assert_eq!(
@@ -1296,8 +1338,11 @@ mod tests {
             rested: bool,
         ) -> LeaderView<'a> {
             LeaderView {
-                reseal_rested: rested,
-                seals_copies,
+                pace: Pace {
+                    last_reseal: (!rested).then(mono),
+                    ..Pace::default()
+                },
+                data_key_write: if seals_copies { writer_of(s) } else { None },
                 ..super::tests::view(s, held, t(10))
             }
         }
@@ -1345,7 +1390,7 @@ mod tests {
         let view = |s: &'_ Snapshot| -> Step {
             let v = LeaderView {
                 newest_seen: 3,
-                seals_copies: true,
+                data_key_write: writer_of(s),
                 ..view(s, held, t(10))
             };
             leader_step(&v, &mut OsKeySource)

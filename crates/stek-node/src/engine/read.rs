@@ -1,0 +1,451 @@
+//! The read planner: what a pass reads before it decides, pure, with monotonic time passed in.
+//!
+//! A node reads one of three ways:
+//! - what its watch's events carried since the last pass (nothing goes to the store): the whole
+//!   prefix for a leader, its own keys, the ring and the leader for a follower;
+//! - a follower's read of its own records, the ring and the leader
+//!   ([`stek_coord::Coordinator::snapshot_of_member`]): a handful of records however large the
+//!   cluster;
+//! - everything ([`stek_coord::Coordinator::snapshot`]): N member records.
+//!
+//! A leader decides on every member, so it always holds everything: from its watch, and from a
+//! real read every [`FULL_READ`] (a watch that went silent without an error must not hide
+//! acknowledgements from it for long). A follower reads everything only when a decision needs
+//! every member (an election: see [`follower_needs_everything`]), when its watch says the
+//! keyspace's shape changed, and on a schedule ([`FullReads`]) for its membership figures:
+//! first at a random time within a window, so that a fleet started together does not read
+//! N x N records at once, then every [`full_read_interval`].
+
+use std::time::{Duration, Instant};
+
+/// How often a leader reads everything for real, and a follower of a small cluster too.
+pub const FULL_READ: Duration = Duration::from_secs(30);
+
+/// Up to this many members, every follower's full read costs the store little.
+pub const SMALL_CLUSTER: usize = 10;
+
+/// How often a node reads again even without an event.
+pub const RESYNC: Duration = Duration::from_secs(10);
+
+/// The window within which a follower that starts makes its first full read, with `members`
+/// member records in the store (`None`: not counted): 0.3 s per member in a cluster of up to
+/// [`SMALL_CLUSTER`] members, so that its followers show their membership figures within a
+/// few seconds; [`FULL_READ`] otherwise (or not counted). Not shorter in proportion for larger
+/// counts: boxes of a fleet started together count few members at first, and would all read
+/// everything during the start.
+pub fn first_read_window(members: Option<usize>) -> Duration {
+    match members {
+        Some(n) if n <= SMALL_CLUSTER => FULL_READ.mul_f64(n as f64 / 100.0),
+        _ => FULL_READ,
+    }
+}
+
+/// How often a follower reads every member's record, with `members` members: [`FULL_READ`] up
+/// to ten members, then longer in proportion, so that the whole cluster's full reads cost the
+/// store about the same per member however large it is (each is N records: with 1000
+/// followers every 30 s, they moved some 60 MB/s).
+pub fn full_read_interval(members: usize) -> Duration {
+    FULL_READ * u32::try_from((members / SMALL_CLUSTER).max(1)).unwrap_or(u32::MAX)
+}
+
+/// When a node reads everything for real: its schedule of full reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FullReads {
+    /// When it last read everything.
+    last: Option<Instant>,
+    /// When its first full read is due (set once the store's members were counted).
+    first: Option<Instant>,
+    /// A follower's interval between full reads ([`full_read_interval`] of the last count).
+    every: Option<Duration>,
+}
+
+impl FullReads {
+    /// Whether the first full read still has to be placed: the runtime counts the members
+    /// (one request that carries no record) and calls [`Self::place_first`].
+    pub fn needs_count(&self) -> bool {
+        self.last.is_none() && self.first.is_none()
+    }
+
+    /// Places the first full read at `spread` (in [0, 1)) of the window for `members`
+    /// ([`first_read_window`]) after `now`.
+    pub fn place_first(&mut self, members: Option<usize>, spread: f64, now: Instant) {
+        self.first = Some(now + first_read_window(members).mul_f64(spread.clamp(0.0, 1.0)));
+    }
+
+    fn every(&self, leading: bool) -> Duration {
+        if leading {
+            FULL_READ
+        } else {
+            self.every.unwrap_or(FULL_READ)
+        }
+    }
+
+    /// Whether a full read is due at `now`.
+    pub fn due(&self, leading: bool, now: Instant) -> bool {
+        match self.last {
+            Some(t) => now.saturating_duration_since(t) >= self.every(leading),
+            None => self.first.is_some_and(|t| now >= t),
+        }
+    }
+
+    /// When the next full read is due: a reason to wake, not only the next [`RESYNC`].
+    pub fn next_at(&self, leading: bool, now: Instant) -> Instant {
+        match self.last {
+            Some(t) => t + self.every(leading),
+            None => self.first.unwrap_or(now + RESYNC),
+        }
+    }
+
+    /// A full read of `members` member records came back at `now`.
+    pub fn read_everything(&mut self, members: usize, now: Instant) {
+        self.last = Some(now);
+        self.every = Some(full_read_interval(members));
+    }
+}
+
+/// What the watch carried since the last pass, as the planner sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Carried {
+    /// The store revision it is complete up to.
+    pub revision: i64,
+    /// Whether it holds a follower's keys only (not the whole prefix).
+    pub partial: bool,
+}
+
+/// What a pass knows before it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadInputs {
+    /// This node leads.
+    pub leading: bool,
+    /// A watch event, a lost watch or a store error asked for a full read.
+    pub want_full: bool,
+    /// The schedule says a full read is due ([`FullReads::due`]).
+    pub full_due: bool,
+    /// What the watch carried, if its backend keeps it.
+    pub carried: Option<Carried>,
+    /// The revision of this node's last own write: what the watch carried is used only once
+    /// it includes that write (a pass right after a write must not decide on what it
+    /// replaced).
+    pub written_at: i64,
+    /// A write was refused since the last read: the next decision is made on a real read.
+    pub read_fresh: bool,
+}
+
+/// Which read a pass makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Decide on what the watch carried; nothing is read.
+    Carried,
+    /// A follower's read of its own records, the ring and the leader, with what the watch
+    /// carried for it (`carried`: the runtime may use it if it holds the ring's keys, see
+    /// [`follower_may_use_carried`]).
+    Follower {
+        /// Whether the watch carried a usable follower's view.
+        carried: bool,
+    },
+    /// Everything.
+    Full,
+}
+
+/// The read a pass makes ([`Read`]).
+pub fn plan(i: &ReadInputs) -> Read {
+    let carried = i
+        .carried
+        .filter(|_| !i.full_due)
+        .filter(|c| c.revision >= i.written_at && !i.read_fresh)
+        .filter(|c| {
+            if i.leading {
+                !c.partial
+            } else {
+                c.partial && !i.want_full
+            }
+        })
+        .is_some();
+    if !i.leading && !i.want_full && !i.full_due {
+        Read::Follower { carried }
+    } else if carried {
+        Read::Carried
+    } else {
+        Read::Full
+    }
+}
+
+/// Whether what a follower's watch carried is enough to act on: the events of its keys come
+/// in order per key, not across keys, so a ring may come before the copy written just ahead of
+/// it, or before the leader key of the term it was written in. It is used only when it holds
+/// this ring's copy for this node (or a ring whose keys the node holds), and the leader of the
+/// ring's term or a later one (the floor judges a ring's term against the leadership).
+/// `ring_term` is None when the carried view holds no valid ring.
+pub fn follower_may_use_carried(
+    ring_term: Option<i64>,
+    has_own_copy_or_keys: bool,
+    leader_term: Option<i64>,
+) -> bool {
+    match ring_term {
+        Some(term) => has_own_copy_or_keys && leader_term.is_some_and(|l| l >= term),
+        None => true,
+    }
+}
+
+/// Whether a follower that read its own records reads everything too: only when the store
+/// shows no other leader (an election to join, which defers to a member that holds keys and
+/// needs every member). With another leader it follows whatever every other member shows; it
+/// used to read everything when it could not open the ring too, and at N = 1000 every member
+/// that joined before its copy was sealed read every member's record, an O(N^2) start.
+pub fn follower_needs_everything(partial: bool, other_leader: bool) -> bool {
+    partial && !other_leader
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> ReadInputs {
+        ReadInputs {
+            leading: false,
+            want_full: false,
+            full_due: false,
+            carried: None,
+            written_at: 0,
+            read_fresh: false,
+        }
+    }
+
+    const FOLLOWER_VIEW: Option<Carried> = Some(Carried {
+        revision: 10,
+        partial: true,
+    });
+    const WHOLE_PREFIX: Option<Carried> = Some(Carried {
+        revision: 10,
+        partial: false,
+    });
+
+    #[test]
+    fn the_read_plan_for_every_combination_that_matters() {
+        let rows: &[(&str, ReadInputs, Read)] = &[
+            (
+                "a follower with nothing carried reads its own records",
+                inputs(),
+                Read::Follower { carried: false },
+            ),
+            (
+                "a follower whose watch carried its keys uses them",
+                ReadInputs {
+                    carried: FOLLOWER_VIEW,
+                    ..inputs()
+                },
+                Read::Follower { carried: true },
+            ),
+            (
+                "a follower's watch that carried the whole prefix is not a follower's view",
+                ReadInputs {
+                    carried: WHOLE_PREFIX,
+                    ..inputs()
+                },
+                Read::Follower { carried: false },
+            ),
+            (
+                "a follower asked for a full read reads everything, whatever was carried",
+                ReadInputs {
+                    want_full: true,
+                    carried: FOLLOWER_VIEW,
+                    ..inputs()
+                },
+                Read::Full,
+            ),
+            (
+                "a follower whose full read is due reads everything",
+                ReadInputs {
+                    full_due: true,
+                    carried: FOLLOWER_VIEW,
+                    ..inputs()
+                },
+                Read::Full,
+            ),
+            (
+                "a leader decides on the whole prefix its watch carried",
+                ReadInputs {
+                    leading: true,
+                    carried: WHOLE_PREFIX,
+                    ..inputs()
+                },
+                Read::Carried,
+            ),
+            (
+                "a leader never decides on a follower's view",
+                ReadInputs {
+                    leading: true,
+                    carried: FOLLOWER_VIEW,
+                    ..inputs()
+                },
+                Read::Full,
+            ),
+            (
+                "a leader with nothing carried reads everything",
+                ReadInputs {
+                    leading: true,
+                    ..inputs()
+                },
+                Read::Full,
+            ),
+            (
+                "a leader whose full read is due reads for real, not from its watch",
+                ReadInputs {
+                    leading: true,
+                    full_due: true,
+                    carried: WHOLE_PREFIX,
+                    ..inputs()
+                },
+                Read::Full,
+            ),
+            (
+                "a leader asked for a full read may still use the whole prefix carried",
+                ReadInputs {
+                    leading: true,
+                    want_full: true,
+                    carried: WHOLE_PREFIX,
+                    ..inputs()
+                },
+                Read::Carried,
+            ),
+            (
+                "what was carried before the leader's own write is not decided on",
+                ReadInputs {
+                    leading: true,
+                    carried: WHOLE_PREFIX,
+                    written_at: 11,
+                    ..inputs()
+                },
+                Read::Full,
+            ),
+            (
+                "what was carried up to the leader's own write is",
+                ReadInputs {
+                    leading: true,
+                    carried: WHOLE_PREFIX,
+                    written_at: 10,
+                    ..inputs()
+                },
+                Read::Carried,
+            ),
+            (
+                "after a refused write the leader reads for real",
+                ReadInputs {
+                    leading: true,
+                    carried: WHOLE_PREFIX,
+                    read_fresh: true,
+                    ..inputs()
+                },
+                Read::Full,
+            ),
+            (
+                "after a refused write a follower's carried view is not used either",
+                ReadInputs {
+                    carried: FOLLOWER_VIEW,
+                    read_fresh: true,
+                    ..inputs()
+                },
+                Read::Follower { carried: false },
+            ),
+        ];
+        for (what, i, want) in rows {
+            assert_eq!(plan(i), *want, "{what}: {i:?}");
+        }
+    }
+
+    #[test]
+    fn a_follower_uses_a_carried_ring_only_with_its_copy_and_its_terms_leader() {
+        let rows = [
+            ("no ring carried", None, false, None, true),
+            (
+                "ring, copy and the leader of its term",
+                Some(5),
+                true,
+                Some(5),
+                true,
+            ),
+            (
+                "ring, copy and a later leader",
+                Some(5),
+                true,
+                Some(6),
+                true,
+            ),
+            (
+                "ring without this node's copy",
+                Some(5),
+                false,
+                Some(5),
+                false,
+            ),
+            (
+                "ring before its term's leader key",
+                Some(5),
+                true,
+                Some(4),
+                false,
+            ),
+            ("ring and no leader", Some(5), true, None, false),
+        ];
+        for (what, ring, copy, leader, want) in rows {
+            assert_eq!(follower_may_use_carried(ring, copy, leader), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_follower_reads_everything_only_for_an_election() {
+        assert!(follower_needs_everything(true, false), "no other leader");
+        assert!(!follower_needs_everything(true, true), "another leader");
+        assert!(
+            !follower_needs_everything(false, false),
+            "already everything"
+        );
+    }
+
+    #[test]
+    fn full_reads_first_within_a_window_then_every_interval() {
+        let t0 = Instant::now();
+        let s = |secs: f64| Duration::from_secs_f64(secs);
+        let mut f = FullReads::default();
+        assert!(f.needs_count(), "the first is placed after a count");
+        assert!(!f.due(false, t0), "nothing is due before it is placed");
+        assert_eq!(f.next_at(false, t0), t0 + RESYNC);
+
+        // 3 members: a window of 0.9 s; half way is 0.45 s.
+        f.place_first(Some(3), 0.5, t0);
+        assert!(!f.needs_count());
+        assert!(!f.due(false, t0 + s(0.44)));
+        assert!(f.due(false, t0 + s(0.45)));
+        assert_eq!(f.next_at(false, t0), t0 + s(0.45));
+
+        // 1000 members, or an unknown count: within FULL_READ.
+        let mut big = FullReads::default();
+        big.place_first(Some(1000), 0.99, t0);
+        assert!(!big.due(false, t0 + s(29.0)));
+        assert!(big.due(false, t0 + FULL_READ));
+        let mut unknown = FullReads::default();
+        unknown.place_first(None, 2.0, t0);
+        assert!(unknown.due(false, t0 + FULL_READ), "spread is clamped");
+
+        // After a full read of 1000 records a follower waits 100 x FULL_READ, a leader
+        // FULL_READ whatever the size.
+        let t1 = t0 + s(1.0);
+        big.read_everything(1000, t1);
+        assert!(!big.due(false, t1 + FULL_READ * 99));
+        assert!(big.due(false, t1 + FULL_READ * 100));
+        assert!(big.due(true, t1 + FULL_READ));
+        assert_eq!(big.next_at(false, t1), t1 + FULL_READ * 100);
+        assert_eq!(big.next_at(true, t1), t1 + FULL_READ);
+    }
+
+    #[test]
+    fn the_first_read_window_and_the_interval_grow_with_the_cluster() {
+        assert_eq!(first_read_window(Some(3)), Duration::from_millis(900));
+        assert_eq!(first_read_window(Some(10)), Duration::from_secs(3));
+        assert_eq!(first_read_window(Some(11)), FULL_READ);
+        assert_eq!(first_read_window(None), FULL_READ);
+        assert_eq!(full_read_interval(3), FULL_READ);
+        assert_eq!(full_read_interval(10), FULL_READ);
+        assert_eq!(full_read_interval(1000), FULL_READ * 100);
+    }
+}
