@@ -27,6 +27,7 @@ pub mod process;
 pub mod resumption;
 pub mod scenario;
 pub mod servers;
+pub mod soak;
 pub mod tls;
 pub mod watcher;
 

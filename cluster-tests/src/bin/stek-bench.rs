@@ -953,6 +953,10 @@ Usage:
                       node's RSS and CPU)
   stek-bench quick    N = 3 and a few rotations of each kind, written to
                       target/benchmark-results-quick.md (what the test suite runs)
+  stek-bench soak     the cross-box resumption soak's three rates side by side: stek rotating
+                      every 2 s for 60 s, per-box independent keys, and a naive push of a new
+                      key every 2 s (3 boxes, real nginx and HAProxy; about 2 minutes),
+                      written to target/soak-results.txt
   stek-bench --help   this text
 
 Environment:
@@ -971,6 +975,7 @@ and footprint figures need the stek-test-node binary next to it.
 enum Run {
     Full,
     Quick,
+    Soak,
 }
 
 fn parse_args() -> Result<Run, std::process::ExitCode> {
@@ -988,6 +993,7 @@ fn parse_args() -> Result<Run, std::process::ExitCode> {
     {
         ["full" | "--full"] => Ok(Run::Full),
         ["quick" | "--quick"] => Ok(Run::Quick),
+        ["soak" | "--soak"] => Ok(Run::Soak),
         ["-h" | "--help" | "help"] => {
             use std::io::Write as _;
             let _ = std::io::stdout().write_all(HELP.as_bytes());
@@ -1022,10 +1028,41 @@ fn end_on_signals(root: PathBuf) {
     });
 }
 
+/// `stek-bench soak`: stek and the two baselines on one fleet of real servers; the three
+/// cross-box resumption rates, printed and written to target/soak-results.txt.
+fn soak() -> std::process::ExitCode {
+    use cluster_tests::soak::{report, results_path, SoakFleet};
+    cluster_tests::process::kill_servers_when_their_starter_ends();
+    let Some(bin) = std::env::current_exe()
+        .ok()
+        .map(|e| e.with_file_name("stek-test-node"))
+        .filter(|b| b.exists())
+    else {
+        note("stek-bench soak: build the stek-test-node binary next to stek-bench (`cargo build --release -p cluster-tests --bins`)");
+        return std::process::ExitCode::from(2);
+    };
+    let mut fleet = SoakFleet::start(&bin.to_string_lossy(), "bench-soak");
+    let stek = fleet.run_stek(60);
+    let independent = fleet.independent(Duration::from_secs(15));
+    let naive = fleet.naive(Duration::from_secs(20));
+    let text = report(
+        &stek,
+        &[
+            ("per-box independent keys", &independent),
+            ("naive push every 2 s", &naive),
+        ],
+    );
+    println!("{text}");
+    std::fs::write(results_path(), &text).unwrap();
+    note(&format!("written to {}", results_path().display()));
+    std::process::ExitCode::SUCCESS
+}
+
 fn main() -> std::process::ExitCode {
     let quick = match parse_args() {
         Ok(Run::Quick) => true,
         Ok(Run::Full) => false,
+        Ok(Run::Soak) => return soak(),
         Err(code) => return code,
     };
     cluster_tests::process::kill_servers_when_their_starter_ends();
