@@ -181,7 +181,15 @@ fn demo_runs_a_local_cluster_with_real_rotations_and_cleans_up() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("3 peers on the embedded coordinator"), "{t}");
-    assert!(t.contains("3 rotation(s) applied by every peer"), "{t}");
+    // The demo stops at the first pass that sees more than 3 applied by every peer; the
+    // cluster rotates on its own every second, so a pass that comes late (a slow resumption
+    // check on a loaded machine) sees the fourth or fifth already.
+    let rotations: u64 = t
+        .lines()
+        .find_map(|l| l.split_once(" rotation(s) applied by every peer"))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rotation count in: {t}"));
+    assert!(rotations >= 3, "at least the 3 rotations asked for: {t}");
     let dir = demo_dir(t.lines().next().unwrap());
     assert!(!Path::new(&dir).exists(), "{dir} left behind");
     assert_eq!(t.contains("nginx per peer"), tls, "{t}");
