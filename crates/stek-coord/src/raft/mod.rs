@@ -1,6 +1,7 @@
 //! The embedded coordinator: the peers form their own Raft group (openraft), its vote, log and
 //! snapshots on disk in `[raft] data_dir` (sealed copies only, never a key).
 
+mod authorize;
 mod bytes;
 pub mod client;
 pub mod net;

@@ -16,11 +16,11 @@ use openraft::{BasicNode, Config, Raft, ServerState};
 use tokio::sync::Mutex;
 use tracing::{debug, error, info, warn};
 
+use super::authorize::{self, Caller, Facts, Need, Refusal};
 use super::net::{self, call, call_peer, Limits, Listener, Network, Origin, Reply, Request};
 use super::store::{Applied, Command, RaftStore};
 use super::tls::PeerTls;
 use super::TypeConfig;
-use crate::identity::Role;
 
 /// How many log entries a peer holds before it folds them into a snapshot and purges them.
 pub const RAFT_LOG_KEPT: u64 = 64;
@@ -61,31 +61,6 @@ impl std::fmt::Debug for Peer {
             .field("id", &self.id)
             .finish_non_exhaustive()
     }
-}
-
-/// Why a request is not carried out.
-#[derive(Debug)]
-enum Refusal {
-    /// Not allowed for this caller: an error reply, logged.
-    Denied(String),
-    /// A ring write or resignation by a member that does not lead: answered as the store's
-    /// term fence answers it (a deposed leader's normal fate).
-    Fenced(String),
-}
-
-/// Who is at the other end of a connection.
-#[derive(Debug)]
-enum Caller {
-    /// The Unix socket: a process of this node's own user.
-    Local,
-    /// Plain TCP (`insecure = true`): anyone.
-    Insecure,
-    /// TLS without `[identity]` trust (tests): any certificate of the CA.
-    AnyCertificate,
-    /// A verified certificate.
-    Cert(Role),
-    /// A certificate of the CA that does not make its holder anyone (revoked, no stek role).
-    Refused(String),
 }
 
 impl Caller {
@@ -526,104 +501,32 @@ impl Peer {
         Ok(serde_json::to_vec(&reply)?)
     }
 
-    /// Whether `caller` may make `req`. Replication, votes and snapshots come only from the
-    /// peer the certificate names, acting for itself; a member registers, acknowledges and
-    /// campaigns only as itself; an operator only reads and requests rotations.
+    /// Whether `caller` may make `req` ([`authorize::authorize`]), with the facts of the
+    /// group's state it needs read first.
     async fn authorize(&self, caller: &Caller, req: &Request) -> Result<(), Refusal> {
-        use Refusal::Denied;
-        let role = match caller {
-            Caller::Local | Caller::Insecure | Caller::AnyCertificate => return Ok(()),
-            Caller::Refused(why) => return Err(Denied(why.clone())),
-            Caller::Cert(role) => role,
-        };
-        let raft_leader = match req {
-            Request::Append(r) => Some(r.vote.leader_id().voted_for()),
-            Request::Vote(r) => Some(r.vote.leader_id().voted_for()),
-            Request::InstallSnapshot(r) => Some(r.vote.leader_id().voted_for()),
-            _ => None,
-        };
-        match (role, req) {
-            (Role::Operator(_), Request::State | Request::Wait { .. }) => Ok(()),
-            (Role::Operator(_), Request::Write(Command::PutRequest { .. })) => Ok(()),
-            (Role::Operator(_), Request::Members | Request::Leave { .. } | Request::Join { .. }) => Ok(()),
-            (Role::Operator(name), _) => Err(Denied(format!(
-                "operator {name} may only read, request rotations and add or remove peers"
-            ))),
-            (Role::Member(id), Request::Join { name, .. }) => Err(Denied(format!(
-                "member {id} may not add peer {name}: adding a peer takes an operator certificate (stek peers add)"
-            ))),
-            (Role::Member(id), Request::Leave { name }) if name != id => Err(Denied(format!(
-                "member {id} may not remove peer {name}"
-            ))),
-            (Role::Member(_), Request::Members | Request::Probe { .. }) => Ok(()),
-            (Role::Member(id), _) if raft_leader.is_some() => {
-                let own = raft_id(id);
-                if raft_leader != Some(Some(own)) {
-                    Err(Denied(format!(
-                        "member {id} sent a Raft message for peer {:?}, not for itself",
-                        raft_leader.flatten()
-                    )))
-                } else if !self.is_voter(own) {
-                    // Only a voter leads, replicates, sends snapshots and asks for votes.
-                    Err(Denied(format!("member {id} is not a voter of the group")))
-                } else {
-                    Ok(())
-                }
+        let mut facts = Facts::default();
+        match authorize::needs(caller, req) {
+            Need::Nothing => {}
+            Need::Voter(id) => facts.sender_is_voter = self.is_voter(id),
+            Need::Leader => {
+                facts.leader = self.store.data().await.leader.map(|l| l.node_id);
             }
-            (
-                Role::Member(id),
-                Request::Write(
-                    Command::Register { node_id, .. }
-                    | Command::PutMember { node_id, .. }
-                    | Command::Campaign { node_id, .. },
-                ),
-            ) if node_id != id => Err(Denied(format!(
-                "member {id} may not act for member {node_id}"
-            ))),
-            (
-                Role::Member(id),
-                Request::Write(
-                    Command::WriteRing { .. }
-                    | Command::WriteCopies { .. }
-                    | Command::Resign { .. }
-                    | Command::ForgetMember { .. },
-                ),
-            ) => {
-                // Only the leader writes rings and resigns; the store fences the term too.
+            Need::LeaseHolder(lease) => {
                 let data = self.store.data().await;
-                match data.leader.as_ref() {
-                    Some(l) if l.node_id == *id => Ok(()),
-                    _ => Err(Refusal::Fenced(format!(
-                        "member {id} does not lead; only the leader writes the ring or resigns"
-                    ))),
-                }
-            }
-            (
-                Role::Member(id),
-                Request::Write(Command::Revoke { lease }) | Request::Heartbeat { lease },
-            ) => {
-                // A member renews or ends only a lease no other member holds.
-                let data = self.store.data().await;
-                let holder = data
+                facts.lease_holder = data
                     .alive
                     .iter()
-                    .find(|(_, l)| **l == *lease)
+                    .find(|(_, l)| **l == lease)
                     .map(|(n, _)| n.clone())
                     .or_else(|| {
                         data.leader
                             .as_ref()
-                            .filter(|s| s.lease == *lease)
+                            .filter(|s| s.lease == lease)
                             .map(|s| s.node_id.clone())
                     });
-                match holder {
-                    Some(other) if other != *id => Err(Denied(format!(
-                        "member {id} may not renew or end member {other}'s lease"
-                    ))),
-                    _ => Ok(()),
-                }
             }
-            (Role::Member(_), _) => Ok(()),
         }
+        authorize::authorize(caller, req, &facts)
     }
 
     async fn answer(&self, req: Request) -> Reply {
