@@ -26,6 +26,7 @@ pub mod backend;
 pub mod clock;
 pub mod etcd;
 pub mod identity;
+pub mod keyspace;
 pub mod memory;
 pub mod raft;
 pub mod records;

@@ -703,7 +703,7 @@ impl Peer {
             }
             Request::Write(cmd) => {
                 match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd)).await {
-                    Ok(Ok(resp)) => Reply::Applied(resp.data),
+                    Ok(Ok(resp)) => Reply::Written(resp.data),
                     Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                         Reply::NotLeader(f.leader_node.map(|n| n.addr))
                     }
