@@ -27,6 +27,7 @@ pub mod clock;
 pub mod etcd;
 pub mod identity;
 pub mod keyspace;
+#[cfg(feature = "testing")]
 pub mod memory;
 pub mod raft;
 pub mod records;

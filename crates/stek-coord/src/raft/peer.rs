@@ -148,7 +148,8 @@ pub enum Storage {
     /// `raft.redb` in this directory (created 0700): the vote, log and snapshots survive a
     /// restart. What `stek node` uses.
     Durable(std::path::PathBuf),
-    /// In memory only: lost when the process ends (benchmarks and unit tests).
+    /// In memory only: lost when the process ends (tests: feature `testing`).
+    #[cfg(feature = "testing")]
     Memory,
 }
 
@@ -198,6 +199,7 @@ impl Peer {
             Storage::Durable(dir) => {
                 RaftStore::open(dir).map_err(|e| config_err(format!("raft data_dir: {e}")))?
             }
+            #[cfg(feature = "testing")]
             Storage::Memory => RaftStore::in_memory(),
         };
         let fresh = !store.has_state().await;

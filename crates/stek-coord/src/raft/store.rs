@@ -177,7 +177,8 @@ fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError<u64>> {
 }
 
 impl RaftStore {
-    /// A store kept in memory only (unit tests).
+    /// A store kept in memory only (tests).
+    #[cfg(any(test, feature = "testing"))]
     pub fn in_memory() -> Self {
         Self {
             inner: Arc::default(),
