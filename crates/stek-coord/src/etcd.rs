@@ -2,7 +2,7 @@
 //! that compare the leader key's create-revision for fencing.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
@@ -786,13 +786,15 @@ impl Coordinator for Etcd {
     }
 
     async fn keep_alive(&self, lease: LeaseId, ttl: Duration) -> Result<KeepAlive, CoordError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let client = self.client.clone();
-        let task = tokio::spawn(async move {
-            let reason = keep_lease(client, lease, ttl).await;
-            let _ = tx.send(reason);
-        });
-        Ok(KeepAlive { lost: rx, task })
+        Ok(KeepAlive::run(
+            Renewer {
+                client: self.client.clone(),
+                lease,
+                period: (ttl / 3).max(Duration::from_millis(100)),
+                channel: None,
+            },
+            ttl,
+        ))
     }
 
     async fn register(&self, lease: LeaseId, member: &MemberRecord) -> Result<(), CoordError> {
@@ -1084,31 +1086,37 @@ impl Coordinator for Etcd {
     }
 }
 
-/// Renews `lease` every ttl/3; returns why it was lost. Transient errors are retried until a
-/// whole ttl has passed without a successful renewal.
-async fn keep_lease(mut client: Client, lease: LeaseId, ttl: Duration) -> String {
-    let period = (ttl / 3).max(Duration::from_millis(300));
-    let mut last_ok = Instant::now();
-    let mut channel = None;
-    loop {
-        if last_ok.elapsed() >= ttl {
-            return format!("no renewal for {ttl:?}: the lease has expired");
+/// Renews one lease over etcd's keep-alive stream, opened again after it broke.
+struct Renewer {
+    client: Client,
+    lease: LeaseId,
+    /// How long one renewal may wait for its answer.
+    period: Duration,
+    channel: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
+}
+
+impl crate::Renew for Renewer {
+    async fn renew(&mut self) -> crate::Renewal {
+        if self.channel.is_none() {
+            self.channel = self.client.lease_keep_alive(self.lease.0).await.ok();
         }
-        if channel.is_none() {
-            channel = client.lease_keep_alive(lease.0).await.ok();
-        }
-        if let Some((keeper, stream)) = channel.as_mut() {
-            let renewed = async {
-                keeper.keep_alive().await?;
-                stream.message().await
-            };
-            match tokio::time::timeout(period, renewed).await {
-                Ok(Ok(Some(resp))) if resp.ttl() > 0 => last_ok = Instant::now(),
-                Ok(Ok(Some(_))) => return "the store says the lease has expired".to_owned(),
-                _ => channel = None,
+        let Some((keeper, stream)) = self.channel.as_mut() else {
+            return crate::Renewal::Failed;
+        };
+        let renewed = async {
+            keeper.keep_alive().await?;
+            stream.message().await
+        };
+        match tokio::time::timeout(self.period, renewed).await {
+            Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                crate::Renewal::Renewed(tokio::time::Instant::now())
+            }
+            Ok(Ok(Some(_))) => crate::Renewal::Gone,
+            _ => {
+                self.channel = None;
+                crate::Renewal::Failed
             }
         }
-        tokio::time::sleep(period).await;
     }
 }
 

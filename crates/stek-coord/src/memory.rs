@@ -218,6 +218,27 @@ impl Memory {
     }
 }
 
+/// Renews one lease of a [`Memory`] store.
+struct Renewer {
+    store: Memory,
+    lease: LeaseId,
+}
+
+impl crate::Renew for Renewer {
+    async fn renew(&mut self) -> crate::Renewal {
+        let renewed = self.store.with(|s, _| {
+            let (ttl, deadline) = s.deadlines.get_mut(&self.lease.0)?;
+            *deadline = Instant::now() + *ttl;
+            Some(())
+        });
+        match renewed {
+            Ok(Some(())) => crate::Renewal::Renewed(Instant::now()),
+            Ok(None) => crate::Renewal::Gone,
+            Err(_) => crate::Renewal::Failed,
+        }
+    }
+}
+
 /// A watch on a [`Memory`] store.
 #[derive(Debug)]
 pub struct MemoryWatch {
@@ -276,34 +297,13 @@ impl Coordinator for Memory {
     }
 
     async fn keep_alive(&self, lease: LeaseId, ttl: Duration) -> Result<KeepAlive, CoordError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let store = self.clone();
-        let period = (ttl / 3).max(Duration::from_millis(100));
-        let task = tokio::spawn(async move {
-            let mut last_ok = Instant::now();
-            let reason = loop {
-                let renewed = store.with(|s, _| {
-                    let Some((ttl, deadline)) = s.deadlines.get_mut(&lease.0) else {
-                        return Err(CoordError::LeaseExpired);
-                    };
-                    *deadline = Instant::now() + *ttl;
-                    Ok(())
-                });
-                match renewed.and_then(|r| r) {
-                    Ok(()) => last_ok = Instant::now(),
-                    Err(CoordError::LeaseExpired) => {
-                        break "the store says the lease has expired".to_owned()
-                    }
-                    Err(_) if last_ok.elapsed() >= ttl => {
-                        break format!("no renewal for {ttl:?}: the lease has expired")
-                    }
-                    Err(_) => {}
-                }
-                tokio::time::sleep(period).await;
-            };
-            let _ = tx.send(reason);
-        });
-        Ok(KeepAlive { lost: rx, task })
+        Ok(KeepAlive::run(
+            Renewer {
+                store: self.clone(),
+                lease,
+            },
+            ttl,
+        ))
     }
 
     async fn register(&self, lease: LeaseId, member: &MemberRecord) -> Result<(), CoordError> {

@@ -191,6 +191,29 @@ impl RaftClient {
     }
 }
 
+/// Renews one lease through the group's leader.
+struct Renewer {
+    client: RaftClient,
+    lease: LeaseId,
+}
+
+impl crate::Renew for Renewer {
+    async fn renew(&mut self) -> crate::Renewal {
+        let heartbeat = Request::Heartbeat {
+            lease: self.lease.0,
+        };
+        match self.client.request(&heartbeat).await {
+            Ok(Reply::Renewed(age_ms)) => {
+                let now = tokio::time::Instant::now();
+                let age = Duration::from_millis(age_ms);
+                crate::Renewal::Renewed(now.checked_sub(age).unwrap_or(now))
+            }
+            Ok(Reply::Applied(Applied::NoLease)) => crate::Renewal::Gone,
+            _ => crate::Renewal::Failed,
+        }
+    }
+}
+
 /// Waits on the leader's revision.
 #[derive(Debug)]
 pub struct RaftWatch {
@@ -251,38 +274,13 @@ impl Coordinator for RaftClient {
     }
 
     async fn keep_alive(&self, lease: LeaseId, ttl: Duration) -> Result<KeepAlive, CoordError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let client = self.clone();
-        let task = tokio::spawn(async move {
-            let period = (ttl / 3).max(Duration::from_millis(300));
-            let mut last_ok = Instant::now();
-            let reason = loop {
-                if last_ok.elapsed() >= ttl {
-                    break format!("no renewal for {ttl:?}: the lease has expired");
-                }
-                // A renewal that cannot finish before the lease ends is a lost lease: do not
-                // wait out the client's whole leader search (a box cut off from the group must
-                // see that within the TTL).
-                let left = ttl.saturating_sub(last_ok.elapsed());
-                let heartbeat = Request::Heartbeat { lease: lease.0 };
-                let renewal = client.request(&heartbeat);
-                match tokio::time::timeout(left, renewal).await {
-                    Ok(Ok(Reply::Renewed(age_ms))) => {
-                        let age = Duration::from_millis(age_ms);
-                        let heard = Instant::now().checked_sub(age).unwrap_or(last_ok);
-                        last_ok = last_ok.max(heard);
-                    }
-                    Ok(Ok(Reply::Applied(Applied::NoLease))) => {
-                        break "the group says the lease has expired".to_owned()
-                    }
-                    _ => {}
-                }
-                let left = ttl.saturating_sub(last_ok.elapsed());
-                tokio::time::sleep(period.min(left)).await;
-            };
-            let _ = tx.send(reason);
-        });
-        Ok(KeepAlive { lost: rx, task })
+        Ok(KeepAlive::run(
+            Renewer {
+                client: self.clone(),
+                lease,
+            },
+            ttl,
+        ))
     }
 
     async fn register(&self, lease: LeaseId, member: &MemberRecord) -> Result<(), CoordError> {
