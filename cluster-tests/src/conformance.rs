@@ -80,7 +80,13 @@ macro_rules! conformance_properties {
             forgetting_the_dead,
             what_a_watch_carries_is_what_a_read_shows,
             a_copy_for_a_member_that_joins_lands_beside_the_unchanged_ring,
-            a_full_read_of_many_members
+            a_full_read_of_many_members,
+            a_write_returns_the_revision_a_later_read_shows_it_at,
+            a_replayed_write_lands_once,
+            fenced_a_leader_write_in_an_ended_term,
+            fenced_a_leader_write_on_a_replaced_ring,
+            fenced_a_write_under_a_gone_lease,
+            fenced_a_resign_in_another_term
         );
     };
 }
@@ -754,4 +760,255 @@ pub async fn a_full_read_of_many_members<C: Coordinator>(a: &C, _b: &C) {
         .filter(|m| m.record.node_id.starts_with('m'))
         .count();
     assert_eq!(many, 520, "every member record is read");
+}
+
+/// "a" leads, and seals the next ring for itself (`a_key`), and more copies of it for "b"
+/// (`b_key`), without writing them: (term, lease, the ring, its record, b's copies).
+async fn lead_with_copies<C: Coordinator>(
+    a: &C,
+    a_key: &Identity,
+    b_key: &Identity,
+) -> (
+    stek_coord::Term,
+    stek_coord::LeaseId,
+    KeyRing,
+    StoredRing,
+    Vec<(String, Vec<u8>)>,
+) {
+    let lease = a.grant_lease(Duration::from_secs(10)).await.unwrap();
+    let term = a.campaign(lease, "a").await.unwrap().expect("a leads");
+    let (ring, _) = next_ring(a).await;
+    let mut stored = StoredRing::seal(
+        "conformance",
+        &ring,
+        &policy(),
+        "a",
+        &[("a".into(), *a_key.public())],
+    )
+    .0;
+    stored.term = term.0;
+    let (_, data_key) = stored
+        .open_keeping_key("conformance", "a", a_key)
+        .expect("the writer opens its own copy");
+    let (copies, failed) = stored.seal_more_copies(
+        "conformance",
+        &data_key,
+        &[("b".into(), *b_key.public())],
+        None,
+    );
+    assert!(failed.is_empty());
+    (term, lease, ring, stored, copies)
+}
+
+/// The revision a write returns is the store's: above the revision of the read before it,
+/// and a read after it is at that revision or later and shows the write (the ring at exactly
+/// that revision). The node relies on it to tell its own write's events from others'.
+pub async fn a_write_returns_the_revision_a_later_read_shows_it_at<C: Coordinator>(a: &C, b: &C) {
+    info!("--- conformance: a write returns its revision; a later read shows it");
+    let (a_key, b_key) = (Identity::generate(), Identity::generate());
+    let before = a.snapshot().await.unwrap().revision;
+    let (term, lease, ring, stored, copies) = lead_with_copies(a, &a_key, &b_key).await;
+    assert!(
+        term.0 > before,
+        "a term is the revision of the campaign's write"
+    );
+    let snap = b.snapshot().await.unwrap();
+    assert!(snap.revision >= term.0);
+    assert_eq!(snap.leader.map(|l| l.term), Some(term));
+
+    let read = a.snapshot().await.unwrap();
+    let written = a
+        .write_ring(term, read.ring_revision, &stored, &[])
+        .await
+        .unwrap();
+    assert!(
+        written > read.revision,
+        "the ring write's revision {written} is above the read before it ({})",
+        read.revision
+    );
+    let snap = b.snapshot().await.unwrap();
+    assert!(snap.revision >= written);
+    assert_eq!(
+        snap.ring_revision, written,
+        "the ring was written at that revision"
+    );
+    assert_eq!(snap.valid_ring().unwrap().ring, ring.meta());
+
+    let copied = a.write_copies(term, written, &copies).await.unwrap();
+    assert!(copied > written, "more copies are a later write");
+    let own = b.snapshot_of_member("b").await.unwrap();
+    assert!(own.revision >= copied);
+    assert_eq!(
+        own.valid_ring()
+            .unwrap()
+            .open("conformance", "b", &b_key)
+            .unwrap(),
+        ring,
+        "the copy is there"
+    );
+    a.resign(term).await.unwrap();
+    a.revoke(lease).await.unwrap();
+}
+
+/// A write retried after it landed (its reply lost) lands once: a ring write's replay is
+/// answered with the revision it landed at and changes nothing; copies, an acknowledgement,
+/// a registration under its own lease, a resignation and a revocation may be applied again;
+/// forgetting a member again answers that it is gone.
+pub async fn a_replayed_write_lands_once<C: Coordinator>(a: &C, b: &C) {
+    info!("--- conformance: a replayed write lands once");
+    let (a_key, b_key) = (Identity::generate(), Identity::generate());
+    let (term, lease, ring, stored, copies) = lead_with_copies(a, &a_key, &b_key).await;
+    let at = a.snapshot().await.unwrap().ring_revision;
+    let req = b.request_rotation("b", None).await.unwrap();
+    let served = std::slice::from_ref(&req);
+    let first = a.write_ring(term, at, &stored, served).await.unwrap();
+    let pending = a.snapshot().await.unwrap().requests.len();
+    let later = b.request_rotation("b", None).await.unwrap();
+    let again = a.write_ring(term, at, &stored, served).await;
+    assert_eq!(
+        again.ok(),
+        Some(first),
+        "a replay is answered with the revision the write landed at"
+    );
+    let snap = b.snapshot().await.unwrap();
+    assert_eq!(snap.ring_revision, first, "the ring was not written again");
+    assert_eq!(
+        snap.requests.len(),
+        pending + 1,
+        "the later request is not served by the replay"
+    );
+
+    let copied = a.write_copies(term, first, &copies).await.unwrap();
+    let recopied = a.write_copies(term, first, &copies).await.unwrap();
+    assert!(recopied >= copied);
+    assert_eq!(b.snapshot().await.unwrap().ring_revision, first);
+
+    let member = b.grant_lease(Duration::from_secs(10)).await.unwrap();
+    b.register(member, &record("b", 0)).await.unwrap();
+    b.register(member, &record("b", 0))
+        .await
+        .expect("registering again under its own lease");
+    b.ack(&ack_of("b", &ring)).await.unwrap();
+    b.ack(&ack_of("b", &ring)).await.unwrap();
+    b.revoke(member).await.unwrap();
+    b.revoke(member).await.expect("a lease revoked twice");
+    assert!(a.forget_member(term, "b").await.unwrap());
+    assert!(!a.forget_member(term, "b").await.unwrap(), "gone already");
+    let (next, at) = next_ring(a).await;
+    a.write_ring(term, at, &sealed(&next, "a", &b_key), &[later])
+        .await
+        .unwrap();
+    a.resign(term).await.unwrap();
+    a.resign(term).await.expect("resigning twice");
+    assert!(a.snapshot().await.unwrap().leader.is_none());
+    a.revoke(lease).await.unwrap();
+}
+
+/// Every leader write (a ring, copies, forgetting a member) in a term that ended is fenced,
+/// naming that term, and changes nothing.
+pub async fn fenced_a_leader_write_in_an_ended_term<C: Coordinator>(a: &C, b: &C) {
+    info!("--- conformance: fenced, a leader write in an ended term");
+    let (a_key, b_key) = (Identity::generate(), Identity::generate());
+    let (term, lease, _, _, copies) = lead_with_copies(a, &a_key, &b_key).await;
+    let dead = b.grant_lease(Duration::from_secs(10)).await.unwrap();
+    b.register(dead, &record("fenced-dead", 0)).await.unwrap();
+    b.revoke(dead).await.unwrap();
+    a.resign(term).await.unwrap();
+    let before = b.snapshot().await.unwrap();
+    let (next, at) = next_ring(a).await;
+    let fenced = |what: &str, r: Result<(), CoordError>| match r {
+        Err(CoordError::Fenced(t)) => assert_eq!(t, term, "{what}"),
+        other => panic!("{what} in an ended term must be fenced, got {other:?}"),
+    };
+    fenced(
+        "a ring write",
+        a.write_ring(term, at, &sealed(&next, "a", &b_key), &[])
+            .await
+            .map(|_| ()),
+    );
+    fenced(
+        "a copy write",
+        a.write_copies(term, at, &copies).await.map(|_| ()),
+    );
+    fenced(
+        "forgetting a member",
+        a.forget_member(term, "fenced-dead").await.map(|_| ()),
+    );
+    let after = b.snapshot().await.unwrap();
+    assert_eq!(after.ring_revision, before.ring_revision);
+    assert!(after
+        .members
+        .iter()
+        .any(|m| m.record.node_id == "fenced-dead"));
+    a.revoke(lease).await.unwrap();
+}
+
+/// A ring write or a copy write decided on a ring that was replaced since conflicts (the
+/// compare-and-swap on the ring's revision), and changes nothing.
+pub async fn fenced_a_leader_write_on_a_replaced_ring<C: Coordinator>(a: &C, _b: &C) {
+    info!("--- conformance: fenced, a leader write on a replaced ring");
+    let (a_key, b_key) = (Identity::generate(), Identity::generate());
+    let (term, lease, _, _, copies) = lead_with_copies(a, &a_key, &b_key).await;
+    let (first, at) = next_ring(a).await;
+    a.write_ring(term, at, &sealed(&first, "a", &b_key), &[])
+        .await
+        .unwrap();
+    let (second, now) = next_ring(a).await;
+    a.write_ring(term, now, &sealed(&second, "a", &b_key), &[])
+        .await
+        .unwrap();
+    let (third, _) = next_ring(a).await;
+    let stored = a.snapshot().await.unwrap().ring_revision;
+    match a
+        .write_ring(term, now, &sealed(&third, "a", &b_key), &[])
+        .await
+    {
+        Err(CoordError::Conflict) => {}
+        other => panic!("a ring write on a replaced ring must conflict, got {other:?}"),
+    }
+    match a.write_copies(term, now, &copies).await {
+        Err(CoordError::Conflict) => {}
+        other => panic!("copies for a replaced ring must conflict, got {other:?}"),
+    }
+    let snap = a.snapshot().await.unwrap();
+    assert_eq!(snap.ring_revision, stored);
+    assert_eq!(snap.valid_ring().unwrap().ring, second.meta());
+    a.resign(term).await.unwrap();
+    a.revoke(lease).await.unwrap();
+}
+
+/// A registration or a campaign under a lease that is gone (revoked, or expired) is refused
+/// with [`CoordError::LeaseExpired`]: nothing is written under a lease that cannot end it.
+pub async fn fenced_a_write_under_a_gone_lease<C: Coordinator>(a: &C, b: &C) {
+    info!("--- conformance: fenced, a write under a gone lease");
+    let lease = a.grant_lease(Duration::from_secs(10)).await.unwrap();
+    a.revoke(lease).await.unwrap();
+    match a.register(lease, &record("gone-lease", 0)).await {
+        Err(CoordError::LeaseExpired) => {}
+        other => panic!("registering under a gone lease must be refused, got {other:?}"),
+    }
+    match a.campaign(lease, "gone-lease").await {
+        Err(CoordError::LeaseExpired) => {}
+        other => panic!("a campaign under a gone lease must be refused, got {other:?}"),
+    }
+    let snap = b.snapshot().await.unwrap();
+    assert!(snap.leader.is_none());
+    assert!(!snap
+        .members
+        .iter()
+        .any(|m| m.record.node_id == "gone-lease"));
+}
+
+/// Resigning a term that is not the leader's changes nothing: the leader keeps its term.
+pub async fn fenced_a_resign_in_another_term<C: Coordinator>(a: &C, b: &C) {
+    info!("--- conformance: fenced, a resignation in another term");
+    let lease = a.grant_lease(Duration::from_secs(10)).await.unwrap();
+    let _keep = a.keep_alive(lease, Duration::from_secs(10)).await.unwrap();
+    let term = a.campaign(lease, "a").await.unwrap().expect("a leads");
+    b.resign(stek_coord::Term(term.0 - 1)).await.unwrap();
+    b.resign(stek_coord::Term(term.0 + 1)).await.unwrap();
+    let leader = b.snapshot().await.unwrap().leader.expect("a still leads");
+    assert_eq!((leader.node_id.as_str(), leader.term), ("a", term));
+    a.resign(term).await.unwrap();
+    a.revoke(lease).await.unwrap();
 }

@@ -678,6 +678,7 @@ async fn raw_write(
             {
                 Ok(Reply::NotLeader(Some(l))) => target = l,
                 Ok(Reply::Applied(a)) => return Some(a),
+                Ok(Reply::Written(o)) => return Some(o.applied),
                 _ => break,
             }
         }

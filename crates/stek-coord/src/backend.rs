@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::etcd::{Etcd, EtcdWatch};
+#[cfg(feature = "testing")]
 use crate::memory::{Memory, MemoryWatch};
 use crate::raft::client::{RaftClient, RaftWatch};
 use crate::{
@@ -18,7 +19,8 @@ pub enum Backend {
     Etcd(Box<Etcd>),
     /// The embedded Raft group (as a client of its peers).
     Raft(RaftClient),
-    /// One process's memory (tests).
+    /// One process's memory (tests: feature `testing`).
+    #[cfg(feature = "testing")]
     Memory(Memory),
 }
 
@@ -29,6 +31,7 @@ pub enum BackendWatch {
     /// The Raft group's.
     Raft(RaftWatch),
     /// The in-memory store's.
+    #[cfg(feature = "testing")]
     Memory(MemoryWatch),
 }
 
@@ -37,6 +40,7 @@ impl std::fmt::Debug for BackendWatch {
         f.write_str(match self {
             Self::Etcd(_) => "BackendWatch::Etcd",
             Self::Raft(_) => "BackendWatch::Raft",
+            #[cfg(feature = "testing")]
             Self::Memory(_) => "BackendWatch::Memory",
         })
     }
@@ -47,6 +51,7 @@ impl ChangeStream for BackendWatch {
         match self {
             Self::Etcd(w) => w.snapshot(),
             Self::Raft(w) => w.snapshot(),
+            #[cfg(feature = "testing")]
             Self::Memory(w) => w.snapshot(),
         }
     }
@@ -55,6 +60,7 @@ impl ChangeStream for BackendWatch {
         match self {
             Self::Etcd(w) => w.changed().await,
             Self::Raft(w) => w.changed().await,
+            #[cfg(feature = "testing")]
             Self::Memory(w) => w.changed().await,
         }
     }
@@ -63,6 +69,7 @@ impl ChangeStream for BackendWatch {
         match self {
             Self::Etcd(w) => w.queued().await,
             Self::Raft(w) => w.queued().await,
+            #[cfg(feature = "testing")]
             Self::Memory(w) => w.queued().await,
         }
     }
@@ -74,6 +81,7 @@ macro_rules! each {
         match $self {
             Backend::Etcd($s) => $call,
             Backend::Raft($s) => $call,
+            #[cfg(feature = "testing")]
             Backend::Memory($s) => $call,
         }
     };
@@ -98,6 +106,7 @@ impl Coordinator for Backend {
         Ok(match self {
             Self::Etcd(s) => BackendWatch::Etcd(Box::new(s.watch(revision).await?)),
             Self::Raft(s) => BackendWatch::Raft(s.watch(revision).await?),
+            #[cfg(feature = "testing")]
             Self::Memory(s) => BackendWatch::Memory(s.watch(revision).await?),
         })
     }
@@ -106,6 +115,7 @@ impl Coordinator for Backend {
         Ok(match self {
             Self::Etcd(s) => BackendWatch::Etcd(Box::new(s.watch_member(revision, node_id).await?)),
             Self::Raft(s) => BackendWatch::Raft(s.watch_member(revision, node_id).await?),
+            #[cfg(feature = "testing")]
             Self::Memory(s) => BackendWatch::Memory(s.watch_member(revision, node_id).await?),
         })
     }

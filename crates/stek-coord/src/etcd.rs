@@ -2,7 +2,7 @@
 //! that compare the leader key's create-revision for fencing.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
@@ -143,6 +143,16 @@ impl Etcd {
         CoordError::Unreachable {
             endpoints: self.endpoints.clone(),
             reason: e.to_string(),
+        }
+    }
+
+    /// A write under a lease: etcd refuses one whose lease is gone with "requested lease
+    /// not found" (the keyspace's [`crate::keyspace::Applied::NoLease`]).
+    fn lease_write_failed(&self, e: etcd_client::Error) -> CoordError {
+        if is_lease_gone(&e) {
+            CoordError::LeaseExpired
+        } else {
+            self.unreachable(e)
         }
     }
 
@@ -314,7 +324,9 @@ impl Etcd {
 
 impl Etcd {
     /// A leader's transaction: `ops` if `term` still leads and the ring is still the one
-    /// written at `ring_revision`; otherwise it reads the leader key, for [`refusal`].
+    /// written at `ring_revision`; otherwise it reads the leader key, for [`refusal`]. These
+    /// are the keyspace's fencing and compare-and-swap rules ([`crate::keyspace`]) as etcd
+    /// compares; the conformance suite checks both against the same properties.
     fn fenced(&self, term: Term, ring_revision: i64, ops: Vec<TxnOp>) -> Txn {
         Txn::new()
             .when([
@@ -363,6 +375,32 @@ impl Etcd {
             revision = revision.max(resp.header().map_or(0, |h| h.revision()));
         }
         Ok(revision)
+    }
+
+    /// The revision the stored ring was written at if `term` still leads and the ring is,
+    /// byte for byte, `value`, a record written in `term` (the keyspace's rule for a replayed
+    /// ring write); `None` if not. Asked only after a write conflicted, so the ring's bytes
+    /// travel again only then.
+    async fn landed(&self, term: Term, value: &[u8]) -> Result<Option<i64>, CoordError> {
+        if records::decode_ring(value).map(|r| r.term).ok() != Some(term.0) {
+            return Ok(None);
+        }
+        let mut client = self.client.clone();
+        let ring = self.key("ring");
+        let txn = Txn::new()
+            .when([
+                self.leader_is(term),
+                Compare::value(ring.clone(), CompareOp::Equal, value),
+            ])
+            .and_then([TxnOp::get(ring, Some(GetOptions::new().with_keys_only()))]);
+        let resp = client.txn(txn).await.map_err(|e| self.unreachable(e))?;
+        if !resp.succeeded() {
+            return Ok(None);
+        }
+        Ok(resp.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.mod_revision()),
+            _ => None,
+        }))
     }
 
     /// Remembers that `resp` wrote `member`'s record (its identity) at its revision.
@@ -538,6 +576,11 @@ impl Etcd {
             ),
         }
     }
+}
+
+/// Whether etcd refused a request because its lease does not exist (expired or revoked).
+fn is_lease_gone(e: &etcd_client::Error) -> bool {
+    e.to_string().contains("requested lease not found")
 }
 
 /// Whether the store refused a request for lack of a permission (and not, say, for a wrong
@@ -743,13 +786,15 @@ impl Coordinator for Etcd {
     }
 
     async fn keep_alive(&self, lease: LeaseId, ttl: Duration) -> Result<KeepAlive, CoordError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let client = self.client.clone();
-        let task = tokio::spawn(async move {
-            let reason = keep_lease(client, lease, ttl).await;
-            let _ = tx.send(reason);
-        });
-        Ok(KeepAlive { lost: rx, task })
+        Ok(KeepAlive::run(
+            Renewer {
+                client: self.client.clone(),
+                lease,
+                period: (ttl / 3).max(Duration::from_millis(100)),
+                channel: None,
+            },
+            ttl,
+        ))
     }
 
     async fn register(&self, lease: LeaseId, member: &MemberRecord) -> Result<(), CoordError> {
@@ -779,7 +824,10 @@ impl Coordinator for Etcd {
                 .when([Compare::create_revision(alive.clone(), CompareOp::Equal, 0)])
                 .and_then(puts())
                 .or_else([TxnOp::get(alive.clone(), None)]);
-            let resp = client.txn(txn).await.map_err(|e| self.unreachable(e))?;
+            let resp = client
+                .txn(txn)
+                .await
+                .map_err(|e| self.lease_write_failed(e))?;
             if resp.succeeded() {
                 self.remember_record(member, &resp);
                 return Ok(());
@@ -804,7 +852,10 @@ impl Coordinator for Etcd {
                     held.mod_revision(),
                 )])
                 .and_then(puts());
-            let resp = client.txn(txn).await.map_err(|e| self.unreachable(e))?;
+            let resp = client
+                .txn(txn)
+                .await
+                .map_err(|e| self.lease_write_failed(e))?;
             if resp.succeeded() {
                 self.remember_record(member, &resp);
                 return Ok(());
@@ -854,7 +905,10 @@ impl Coordinator for Etcd {
                 node_id.as_bytes(),
                 Some(PutOptions::new().with_lease(lease.0)),
             )]);
-        let resp = client.txn(txn).await.map_err(|e| self.unreachable(e))?;
+        let resp = client
+            .txn(txn)
+            .await
+            .map_err(|e| self.lease_write_failed(e))?;
         if resp.succeeded() {
             Ok(resp.header().map(|h| Term(h.revision())))
         } else {
@@ -882,19 +936,34 @@ impl Coordinator for Etcd {
         // ring. A copy replaces that member's copy of the ring stored now, which it applied
         // already (or opens once this ring lands).
         let copies = ring.copy_records();
-        self.put_copies(term, ring_revision, &copies).await?;
+        match self.put_copies(term, ring_revision, &copies).await {
+            // A replay of a write that landed (its reply was lost): done, at its revision.
+            Err(CoordError::Conflict) => {
+                return match self.landed(term, &value).await? {
+                    Some(revision) => Ok(revision),
+                    None => Err(CoordError::Conflict),
+                }
+            }
+            other => other?,
+        };
         // The ring and the first served requests in one transaction, fenced on the term and on
         // the ring being the one the decision read (a compare-and-swap: a write that lands
         // late can never put a second ring of one generation beside another).
         let (first, rest) = served_requests.split_at(served_requests.len().min(MAX_TXN_OPS - 1));
-        let mut ops = vec![TxnOp::put(self.key("ring"), value, None)];
+        let mut ops = vec![TxnOp::put(self.key("ring"), value.clone(), None)];
         ops.extend(first.iter().map(|k| TxnOp::delete(k.as_str(), None)));
         let resp = client
             .txn(self.fenced(term, ring_revision, ops))
             .await
             .map_err(|e| self.unreachable(e))?;
         if !resp.succeeded() {
-            return Err(refusal(term, &resp));
+            return match refusal(term, &resp) {
+                CoordError::Conflict => match self.landed(term, &value).await? {
+                    Some(revision) => Ok(revision),
+                    None => Err(CoordError::Conflict),
+                },
+                fenced => Err(fenced),
+            };
         }
         let revision = resp.header().map_or(0, |h| h.revision());
         // The rest of the served requests, in batches. The ring is written: a batch that fails
@@ -994,11 +1063,12 @@ impl Coordinator for Etcd {
 
     async fn revoke(&self, lease: LeaseId) -> Result<(), CoordError> {
         let mut client = self.client.clone();
-        client
-            .lease_revoke(lease.0)
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        Ok(())
+        match client.lease_revoke(lease.0).await {
+            Ok(_) => Ok(()),
+            // Gone already (expired, or a replay of a revocation that landed): done.
+            Err(e) if is_lease_gone(&e) => Ok(()),
+            Err(e) => Err(self.unreachable(e)),
+        }
     }
 
     async fn request_rotation(
@@ -1016,31 +1086,37 @@ impl Coordinator for Etcd {
     }
 }
 
-/// Renews `lease` every ttl/3; returns why it was lost. Transient errors are retried until a
-/// whole ttl has passed without a successful renewal.
-async fn keep_lease(mut client: Client, lease: LeaseId, ttl: Duration) -> String {
-    let period = (ttl / 3).max(Duration::from_millis(300));
-    let mut last_ok = Instant::now();
-    let mut channel = None;
-    loop {
-        if last_ok.elapsed() >= ttl {
-            return format!("no renewal for {ttl:?}: the lease has expired");
+/// Renews one lease over etcd's keep-alive stream, opened again after it broke.
+struct Renewer {
+    client: Client,
+    lease: LeaseId,
+    /// How long one renewal may wait for its answer.
+    period: Duration,
+    channel: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
+}
+
+impl crate::Renew for Renewer {
+    async fn renew(&mut self) -> crate::Renewal {
+        if self.channel.is_none() {
+            self.channel = self.client.lease_keep_alive(self.lease.0).await.ok();
         }
-        if channel.is_none() {
-            channel = client.lease_keep_alive(lease.0).await.ok();
-        }
-        if let Some((keeper, stream)) = channel.as_mut() {
-            let renewed = async {
-                keeper.keep_alive().await?;
-                stream.message().await
-            };
-            match tokio::time::timeout(period, renewed).await {
-                Ok(Ok(Some(resp))) if resp.ttl() > 0 => last_ok = Instant::now(),
-                Ok(Ok(Some(_))) => return "the store says the lease has expired".to_owned(),
-                _ => channel = None,
+        let Some((keeper, stream)) = self.channel.as_mut() else {
+            return crate::Renewal::Failed;
+        };
+        let renewed = async {
+            keeper.keep_alive().await?;
+            stream.message().await
+        };
+        match tokio::time::timeout(self.period, renewed).await {
+            Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                crate::Renewal::Renewed(tokio::time::Instant::now())
+            }
+            Ok(Ok(Some(_))) => crate::Renewal::Gone,
+            _ => {
+                self.channel = None;
+                crate::Renewal::Failed
             }
         }
-        tokio::time::sleep(period).await;
     }
 }
 

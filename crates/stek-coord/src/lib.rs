@@ -26,6 +26,8 @@ pub mod backend;
 pub mod clock;
 pub mod etcd;
 pub mod identity;
+pub mod keyspace;
+#[cfg(feature = "testing")]
 pub mod memory;
 pub mod raft;
 pub mod records;
@@ -686,6 +688,52 @@ pub struct KeepAlive {
 impl Drop for KeepAlive {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// What one attempt to renew a lease found.
+#[derive(Debug)]
+pub(crate) enum Renewal {
+    /// Renewed, as of this instant (a Raft leader's renewal is worth no more than its last
+    /// word from a quorum).
+    Renewed(tokio::time::Instant),
+    /// The store says the lease is gone.
+    Gone,
+    /// No answer (the store unreachable, a stream broken): try again.
+    Failed,
+}
+
+/// One backend's way to renew one lease once.
+pub(crate) trait Renew: Send + 'static {
+    fn renew(&mut self) -> impl Future<Output = Renewal> + Send;
+}
+
+impl KeepAlive {
+    /// Renews through `renewer` every `ttl`/3 until the lease is lost: the store says it is
+    /// gone, or a whole `ttl` passed without a renewal (transient failures are retried until
+    /// then). The one keep-alive loop of every backend.
+    pub(crate) fn run(mut renewer: impl Renew, ttl: Duration) -> Self {
+        let (tx, lost) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let period = (ttl / 3).max(Duration::from_millis(100));
+            let mut last_ok = tokio::time::Instant::now();
+            let reason = loop {
+                let left = ttl.saturating_sub(last_ok.elapsed());
+                if left.is_zero() {
+                    break format!("no renewal for {ttl:?}: the lease has expired");
+                }
+                // A renewal that cannot finish before the lease ends is a lost lease: a box
+                // cut off from the store must see that within the TTL.
+                match tokio::time::timeout(left, renewer.renew()).await {
+                    Ok(Renewal::Renewed(at)) => last_ok = last_ok.max(at),
+                    Ok(Renewal::Gone) => break "the store says the lease has expired".to_owned(),
+                    Ok(Renewal::Failed) | Err(_) => {}
+                }
+                tokio::time::sleep(period.min(ttl.saturating_sub(last_ok.elapsed()))).await;
+            };
+            let _ = tx.send(reason);
+        });
+        Self { lost, task }
     }
 }
 

@@ -1,6 +1,6 @@
-//! An in-memory [`Coordinator`]: the keyspace of one cluster in a mutex, with etcd's
-//! semantics (leases that expire, a leader key whose creation revision is the term, ring
-//! writes fenced on the term and on the ring's revision, a watch from a revision). It passes
+//! An in-memory [`Coordinator`]: the keyspace of one cluster ([`crate::keyspace`], the state
+//! machine the Raft group applies its log to, with its rules) in a mutex, with a lease clock
+//! and a watch from a revision. It passes
 //! the same conformance suite as etcd and the Raft group, and lets the node's decisions be
 //! tested in one process, with no root and no store to start: several nodes share one
 //! [`Memory`] (each holds a clone). A test can also reach under the API: put or delete a raw
@@ -15,10 +15,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::keyspace::{Command, Keyspace, Outcome};
 use crate::records::{self, MemberRecord, RequestRecord, StoredRing};
 use crate::{
-    Change, ChangeStream, CoordError, Coordinator, KeepAlive, Leader, LeaseId, RawSnapshot,
-    Snapshot, Term,
+    Change, ChangeStream, CoordError, Coordinator, KeepAlive, LeaseId, RawSnapshot, Snapshot, Term,
 };
 
 /// One cluster's keyspace in memory. Clones share it.
@@ -26,67 +26,108 @@ use crate::{
 pub struct Memory {
     prefix: String,
     inner: Arc<Mutex<State>>,
-    /// The revision after every change (watches wait on it).
-    changes: watch::Sender<(i64, Vec<String>)>,
+    /// The last change (watches wait on it).
+    changes: watch::Sender<Published>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    revision: i64,
-    /// lease id -> (ttl, deadline)
-    leases: BTreeMap<i64, (Duration, Instant)>,
+    /// The keyspace and its rules, as the Raft group's state machine holds them.
+    keyspace: Keyspace,
+    /// lease id -> (ttl, deadline): the clock the Raft leader keeps for the group.
+    deadlines: BTreeMap<i64, (Duration, Instant)>,
     next_lease: i64,
-    /// key relative to the prefix -> (value, lease, create revision, mod revision)
-    keys: BTreeMap<String, Entry>,
+    /// The revision of the last change published.
+    published: i64,
     /// Every call fails as if the store were down.
     unreachable: bool,
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
-    value: Vec<u8>,
-    lease: i64,
-    created: i64,
-    modified: i64,
+/// A change as the store's watches see it.
+#[derive(Debug, Clone, Default)]
+struct Published {
+    /// The revision after it.
+    revision: i64,
+    /// The keys it changed, relative to the prefix.
+    keys: Vec<String>,
+    /// The revision of the change published before it: the keys are every key changed
+    /// after that one (revisions in between changed no key).
+    since: i64,
+}
+
+fn signed(revision: u64) -> i64 {
+    i64::try_from(revision).unwrap_or(i64::MAX)
 }
 
 impl State {
-    /// Ends every lease past its deadline, with its keys.
-    fn expire(&mut self, now: Instant) -> Vec<String> {
+    /// Ends every lease past its deadline, as the Raft leader's lease clock does: through the
+    /// keyspace, which drops its liveness keys and the leadership bound to it.
+    fn expire(&mut self, now: Instant, changed: &mut Vec<String>) {
         let gone: Vec<i64> = self
-            .leases
+            .deadlines
             .iter()
             .filter(|(_, (_, deadline))| *deadline <= now)
             .map(|(id, _)| *id)
             .collect();
-        gone.into_iter().flat_map(|l| self.end_lease(l)).collect()
-    }
-
-    fn end_lease(&mut self, lease: i64) -> Vec<String> {
-        self.leases.remove(&lease);
-        let keys: Vec<String> = self
-            .keys
-            .iter()
-            .filter(|(_, e)| e.lease == lease)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &keys {
-            self.keys.remove(k);
+        for lease in gone {
+            self.deadlines.remove(&lease);
+            self.keyspace
+                .apply_listing(&Command::Revoke { lease }, changed);
         }
-        keys
     }
 
-    fn put(&mut self, key: &str, value: Vec<u8>, lease: i64, revision: i64) {
-        let created = self.keys.get(key).map_or(revision, |e| e.created);
-        self.keys.insert(
-            key.to_owned(),
-            Entry {
-                value,
-                lease,
-                created,
-                modified: revision,
-            },
-        );
+    fn apply(&mut self, cmd: &Command, changed: &mut Vec<String>) -> Outcome {
+        let outcome = self.keyspace.apply_listing(cmd, changed);
+        if let Command::Revoke { lease } = cmd {
+            self.deadlines.remove(lease);
+        }
+        outcome
+    }
+
+    /// A raw write: `key` (relative to the prefix) holds `value`, or nothing.
+    fn put_raw(&mut self, prefix: &str, key: &str, value: Option<Vec<u8>>) {
+        let k = &mut self.keyspace;
+        let next = k.revision + 1;
+        if key == "ring" {
+            k.ring_generation = value
+                .as_deref()
+                .and_then(|v| records::decode_ring(v).ok())
+                .map(|r| r.ring.generation());
+            k.ring_revision = if value.is_some() { next } else { 0 };
+            k.ring = value;
+        } else {
+            let (map, id) = if let Some(m) = key.strip_prefix(crate::COPIES) {
+                (&mut k.copies, m.to_owned())
+            } else if let Some(id) = key.strip_prefix("members/") {
+                (&mut k.members, id.to_owned())
+            } else if key.starts_with("requests/") {
+                (&mut k.requests, format!("{prefix}{key}"))
+            } else {
+                panic!("the in-memory store keeps no raw key {key:?} (ring, ring/copies/, members/ and requests/ only)")
+            };
+            match value {
+                Some(v) => {
+                    map.insert(id, v);
+                }
+                None => {
+                    map.remove(&id);
+                }
+            }
+        }
+        k.revision = next;
+    }
+
+    fn get_raw(&self, prefix: &str, key: &str) -> Option<Vec<u8>> {
+        let k = &self.keyspace;
+        if key == "ring" {
+            k.ring.clone()
+        } else if let Some(m) = key.strip_prefix(crate::COPIES) {
+            k.copies.get(m).cloned()
+        } else if let Some(id) = key.strip_prefix("members/") {
+            k.members.get(id).cloned()
+        } else {
+            k.requests.get(&format!("{prefix}{key}")).cloned()
+        }
     }
 }
 
@@ -99,7 +140,7 @@ impl Memory {
                 next_lease: 1,
                 ..State::default()
             })),
-            changes: watch::channel((0, Vec::new())).0,
+            changes: watch::channel(Published::default()).0,
         }
     }
 
@@ -108,11 +149,8 @@ impl Memory {
     }
 
     /// Runs `f` on the state after expiring leases; fails while cut off. Publishes the keys
-    /// `f` (and the expiry) changed under one new revision.
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut State, i64) -> Result<(T, Vec<String>), CoordError>,
-    ) -> Result<T, CoordError> {
+    /// `f` (and the expiry) changed.
+    fn with<T>(&self, f: impl FnOnce(&mut State, &mut Vec<String>) -> T) -> Result<T, CoordError> {
         let mut s = self.state();
         if s.unreachable {
             return Err(CoordError::Unreachable {
@@ -120,44 +158,52 @@ impl Memory {
                 reason: "cut off by the test".into(),
             });
         }
-        let mut changed = s.expire(Instant::now());
-        let next = s.revision + 1;
-        let (out, more) = f(&mut s, next)?;
-        changed.extend(more);
+        let mut changed = Vec::new();
+        s.expire(Instant::now(), &mut changed);
+        let out = f(&mut s, &mut changed);
         if !changed.is_empty() {
-            s.revision = next;
-            self.changes.send_replace((next, changed));
+            let revision = signed(s.keyspace.revision);
+            let keys = changed
+                .iter()
+                .map(|k| self.relative(k).to_owned())
+                .collect();
+            let since = std::mem::replace(&mut s.published, revision);
+            self.changes.send_replace(Published {
+                revision,
+                keys,
+                since,
+            });
         }
         Ok(out)
     }
 
-    /// Puts a raw value under `key` (relative to the prefix: `ring`, `members/n1`, ...), as
-    /// whoever can write the store could.
+    /// Applies `cmd` to the keyspace.
+    fn apply(&self, cmd: &Command) -> Result<Outcome, CoordError> {
+        self.with(|s, changed| s.apply(cmd, changed))
+    }
+
+    /// Puts a raw value under `key` (relative to the prefix: `ring`, `ring/copies/<member>`,
+    /// `members/<id>` or `requests/<id>`), as whoever can write the store could.
     pub fn put_raw(&self, key: &str, value: &[u8]) {
-        let _ = self.with(|s, rev| {
-            s.put(key, value.to_vec(), 0, rev);
-            Ok(((), vec![key.to_owned()]))
+        let _ = self.with(|s, changed| {
+            s.put_raw(&self.prefix, key, Some(value.to_vec()));
+            changed.push(key.to_owned());
         });
     }
 
-    /// Deletes `key` (relative to the prefix).
+    /// Deletes `key` (relative to the prefix, as [`Memory::put_raw`] names it).
     pub fn delete_raw(&self, key: &str) {
-        let _ = self.with(|s, _| {
-            let gone = s.keys.remove(key).is_some();
-            Ok((
-                (),
-                if gone {
-                    vec![key.to_owned()]
-                } else {
-                    Vec::new()
-                },
-            ))
+        let _ = self.with(|s, changed| {
+            if s.get_raw(&self.prefix, key).is_some() {
+                s.put_raw(&self.prefix, key, None);
+                changed.push(key.to_owned());
+            }
         });
     }
 
-    /// The raw value under `key` (relative to the prefix).
+    /// The raw value under `key` (relative to the prefix, as [`Memory::put_raw`] names it).
     pub fn get_raw(&self, key: &str) -> Option<Vec<u8>> {
-        self.state().keys.get(key).map(|e| e.value.clone())
+        self.state().get_raw(&self.prefix, key)
     }
 
     /// Cuts the store off (every call fails as unreachable) or brings it back. Leases keep
@@ -167,57 +213,51 @@ impl Memory {
         self.state().unreachable = cut;
     }
 
-    fn raw(&self, s: &State) -> RawSnapshot {
-        let mut raw = RawSnapshot {
-            revision: s.revision,
-            ..RawSnapshot::default()
-        };
-        for (key, e) in &s.keys {
-            let full = format!("{}{key}", self.prefix);
-            if key == "leader" {
-                raw.leader = Some(Leader {
-                    node_id: String::from_utf8_lossy(&e.value).into_owned(),
-                    term: Term(e.created),
-                    lease: LeaseId(e.lease),
-                });
-            } else if key == "ring" {
-                raw.ring = Some((full, e.value.clone()));
-                raw.ring_revision = e.modified;
-            } else if let Some(id) = key.strip_prefix(crate::COPIES) {
-                raw.copies.push((full, id.to_owned(), e.value.clone()));
-            } else if let Some(id) = key.strip_prefix("alive/") {
-                raw.alive.insert(id.to_owned());
-            } else if let Some(id) = key.strip_prefix("members/") {
-                raw.members.push((full, id.to_owned(), e.value.clone()));
-            } else if key.starts_with("requests/") {
-                raw.requests.push((full, e.value.clone()));
-            } else {
-                raw.unknown.push(full);
-            }
-        }
-        raw
-    }
-
     fn relative<'a>(&self, key: &'a str) -> &'a str {
         key.strip_prefix(self.prefix.as_str()).unwrap_or(key)
+    }
+}
+
+/// Renews one lease of a [`Memory`] store.
+struct Renewer {
+    store: Memory,
+    lease: LeaseId,
+}
+
+impl crate::Renew for Renewer {
+    async fn renew(&mut self) -> crate::Renewal {
+        let renewed = self.store.with(|s, _| {
+            let (ttl, deadline) = s.deadlines.get_mut(&self.lease.0)?;
+            *deadline = Instant::now() + *ttl;
+            Some(())
+        });
+        match renewed {
+            Ok(Some(())) => crate::Renewal::Renewed(Instant::now()),
+            Ok(None) => crate::Renewal::Gone,
+            Err(_) => crate::Renewal::Failed,
+        }
     }
 }
 
 /// A watch on a [`Memory`] store.
 #[derive(Debug)]
 pub struct MemoryWatch {
-    rx: watch::Receiver<(i64, Vec<String>)>,
+    rx: watch::Receiver<Published>,
     after: i64,
 }
 
 impl ChangeStream for MemoryWatch {
     async fn changed(&mut self) -> Result<Change, CoordError> {
         loop {
-            let (revision, keys) = self.rx.borrow_and_update().clone();
+            let Published {
+                revision,
+                keys,
+                since,
+            } = self.rx.borrow_and_update().clone();
             if revision > self.after {
                 // Changes between `after` and the last one were coalesced: say what the last
-                // one was, or "something" if more than one revision passed.
-                let keys = (revision == self.after + 1).then_some(keys);
+                // one was, or "something" if an earlier one was missed.
+                let keys = (since <= self.after).then_some(keys);
                 self.after = revision;
                 return Ok(Change { revision, keys });
             }
@@ -232,12 +272,12 @@ impl Coordinator for Memory {
     type Watch = MemoryWatch;
 
     async fn snapshot(&self) -> Result<Snapshot, CoordError> {
-        self.with(|s, _| Ok((self.raw(s), Vec::new())))
+        self.with(|s, _| s.keyspace.raw_snapshot(&self.prefix))
             .map(RawSnapshot::check)
     }
 
     async fn watch(&self, revision: i64) -> Result<MemoryWatch, CoordError> {
-        self.with(|_, _| Ok(((), Vec::new())))?;
+        self.with(|_, _| ())?;
         Ok(MemoryWatch {
             rx: self.changes.subscribe(),
             after: revision,
@@ -246,87 +286,41 @@ impl Coordinator for Memory {
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, CoordError> {
         let ttl = ttl.max(Duration::from_secs(1));
-        self.with(|s, _| {
-            let id = s.next_lease;
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.with(|s, changed| {
+            let lease = s.next_lease;
             s.next_lease += 1;
-            s.leases.insert(id, (ttl, Instant::now() + ttl));
-            Ok((LeaseId(id), Vec::new()))
+            s.apply(&Command::Grant { lease, ttl_ms }, changed);
+            s.deadlines.insert(lease, (ttl, Instant::now() + ttl));
+            LeaseId(lease)
         })
     }
 
     async fn keep_alive(&self, lease: LeaseId, ttl: Duration) -> Result<KeepAlive, CoordError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let store = self.clone();
-        let period = (ttl / 3).max(Duration::from_millis(100));
-        let task = tokio::spawn(async move {
-            let mut last_ok = Instant::now();
-            let reason = loop {
-                let renewed = store.with(|s, _| {
-                    let Some((ttl, deadline)) = s.leases.get_mut(&lease.0) else {
-                        return Err(CoordError::LeaseExpired);
-                    };
-                    *deadline = Instant::now() + *ttl;
-                    Ok(((), Vec::new()))
-                });
-                match renewed {
-                    Ok(()) => last_ok = Instant::now(),
-                    Err(CoordError::LeaseExpired) => {
-                        break "the store says the lease has expired".to_owned()
-                    }
-                    Err(_) if last_ok.elapsed() >= ttl => {
-                        break format!("no renewal for {ttl:?}: the lease has expired")
-                    }
-                    Err(_) => {}
-                }
-                tokio::time::sleep(period).await;
-            };
-            let _ = tx.send(reason);
-        });
-        Ok(KeepAlive { lost: rx, task })
+        Ok(KeepAlive::run(
+            Renewer {
+                store: self.clone(),
+                lease,
+            },
+            ttl,
+        ))
     }
 
     async fn register(&self, lease: LeaseId, member: &MemberRecord) -> Result<(), CoordError> {
-        let alive = format!("alive/{}", member.node_id);
-        let holder = crate::holder_of(member);
-        self.with(|s, rev| {
-            if !s.leases.contains_key(&lease.0) {
-                return Err(CoordError::LeaseExpired);
-            }
-            if let Some(e) = s.keys.get(&alive) {
-                let held = crate::shown_holder(&e.value);
-                if e.lease != lease.0 && !crate::same_holder(&held, member) {
-                    return Err(CoordError::Held {
-                        node_id: member.node_id.clone(),
-                        holder: held,
-                    });
-                }
-            }
-            let record = format!("members/{}", member.node_id);
-            s.put(&alive, holder.into_bytes(), lease.0, rev);
-            s.put(&record, member.encode(), 0, rev);
-            Ok(((), vec![alive.clone(), record]))
-        })
+        self.apply(&Command::register(lease, member))?
+            .registered(&member.node_id)
     }
 
     async fn ack(&self, member: &MemberRecord) -> Result<(), CoordError> {
-        let key = format!("members/{}", member.node_id);
-        self.with(|s, rev| {
-            s.put(&key, member.encode(), 0, rev);
-            Ok(((), vec![key.clone()]))
-        })
+        self.apply(&Command::ack(member)).map(|_| ())
     }
 
     async fn campaign(&self, lease: LeaseId, node_id: &str) -> Result<Option<Term>, CoordError> {
-        self.with(|s, rev| {
-            if s.keys.contains_key("leader") {
-                return Ok((None, Vec::new()));
-            }
-            if !s.leases.contains_key(&lease.0) {
-                return Err(CoordError::LeaseExpired);
-            }
-            s.put("leader", node_id.as_bytes().to_vec(), lease.0, rev);
-            Ok((Some(Term(rev)), vec!["leader".to_owned()]))
-        })
+        self.apply(&Command::Campaign {
+            lease: lease.0,
+            node_id: node_id.to_owned(),
+        })?
+        .elected()
     }
 
     async fn write_ring(
@@ -336,46 +330,13 @@ impl Coordinator for Memory {
         ring: &StoredRing,
         served_requests: &[String],
     ) -> Result<i64, CoordError> {
-        let value = records::encode_ring(ring);
-        let copies = ring.copy_records();
-        self.with(|s, rev| {
-            if s.keys.get("leader").map(|e| e.created) != Some(term.0) {
-                return Err(CoordError::Fenced(term));
-            }
-            if s.keys.get("ring").map_or(0, |e| e.modified) != ring_revision {
-                return Err(CoordError::Conflict);
-            }
-            // The copies with the ring (etcd writes them just before it), and no copy of a
-            // member the ring has none for.
-            let mut changed = Vec::with_capacity(copies.len() + 1);
-            let stale: Vec<String> = s
-                .keys
-                .keys()
-                .filter(|k| {
-                    k.strip_prefix(crate::COPIES)
-                        .is_some_and(|m| !copies.iter().any(|(c, _)| c == m))
-                })
-                .cloned()
-                .collect();
-            for k in stale {
-                s.keys.remove(&k);
-                changed.push(k);
-            }
-            for (member, bytes) in copies {
-                let k = crate::copy_key(&member);
-                s.put(&k, bytes, 0, rev);
-                changed.push(k);
-            }
-            s.put("ring", value, 0, rev);
-            changed.push("ring".to_owned());
-            for k in served_requests {
-                let k = self.relative(k);
-                if s.keys.remove(k).is_some() {
-                    changed.push(k.to_owned());
-                }
-            }
-            Ok((rev, changed))
-        })
+        self.apply(&Command::write_ring(
+            term,
+            ring_revision,
+            ring,
+            served_requests,
+        ))?
+        .written(term)
     }
 
     async fn write_copies(
@@ -384,40 +345,13 @@ impl Coordinator for Memory {
         ring_revision: i64,
         copies: &[(String, Vec<u8>)],
     ) -> Result<i64, CoordError> {
-        self.with(|s, rev| {
-            if s.keys.get("leader").map(|e| e.created) != Some(term.0) {
-                return Err(CoordError::Fenced(term));
-            }
-            if s.keys.get("ring").map_or(0, |e| e.modified) != ring_revision {
-                return Err(CoordError::Conflict);
-            }
-            let mut changed = Vec::with_capacity(copies.len());
-            for (member, bytes) in copies {
-                let k = crate::copy_key(member);
-                s.put(&k, bytes.clone(), 0, rev);
-                changed.push(k);
-            }
-            Ok((rev, changed))
-        })
+        self.apply(&Command::write_copies(term, ring_revision, copies))?
+            .written(term)
     }
 
     async fn forget_member(&self, term: Term, node_id: &str) -> Result<bool, CoordError> {
-        let record = format!("members/{node_id}");
-        self.with(|s, _| {
-            if s.keys.get("leader").map(|e| e.created) != Some(term.0) {
-                return Err(CoordError::Fenced(term));
-            }
-            if s.keys.contains_key(&format!("alive/{node_id}")) || s.keys.remove(&record).is_none()
-            {
-                return Ok((false, Vec::new()));
-            }
-            let copy = crate::copy_key(node_id);
-            let mut changed = vec![record.clone()];
-            if s.keys.remove(&copy).is_some() {
-                changed.push(copy);
-            }
-            Ok((true, changed))
-        })
+        self.apply(&Command::forget_member(term, node_id))?
+            .forgotten(term)
     }
 
     async fn purge_history(&self, _revision: i64) -> Result<(), CoordError> {
@@ -426,17 +360,12 @@ impl Coordinator for Memory {
     }
 
     async fn resign(&self, term: Term) -> Result<(), CoordError> {
-        self.with(|s, _| {
-            if s.keys.get("leader").map(|e| e.created) == Some(term.0) {
-                s.keys.remove("leader");
-                return Ok(((), vec!["leader".to_owned()]));
-            }
-            Ok(((), Vec::new()))
-        })
+        self.apply(&Command::resign(term)).map(|_| ())
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<(), CoordError> {
-        self.with(|s, _| Ok(((), s.end_lease(lease.0))))
+        // A lease that is gone already is revoked: done.
+        self.apply(&Command::Revoke { lease: lease.0 }).map(|_| ())
     }
 
     async fn request_rotation(
@@ -445,10 +374,9 @@ impl Coordinator for Memory {
         signer: Option<&crate::identity::Credentials>,
     ) -> Result<String, CoordError> {
         let (key, record) = RequestRecord::new_signed(&self.prefix, by, signer);
-        let rel = self.relative(&key).to_owned();
-        self.with(|s, rev| {
-            s.put(&rel, record.encode(), 0, rev);
-            Ok(((), vec![rel.clone()]))
+        self.apply(&Command::PutRequest {
+            key: key.clone(),
+            value: record.encode(),
         })?;
         Ok(key)
     }

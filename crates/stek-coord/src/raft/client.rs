@@ -8,13 +8,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 use super::net::{call, Reply, Request};
-use super::store::{Applied, Command, Data};
-use crate::records::{self, MemberRecord, RequestRecord};
+use super::store::{Applied, Command, Keyspace, Outcome};
+use crate::records::{MemberRecord, RequestRecord};
 use crate::StoredRing;
-use crate::{
-    Change, ChangeStream, CoordError, Coordinator, KeepAlive, Leader, LeaseId, RawSnapshot,
-    Snapshot, Term,
-};
+use crate::{Change, ChangeStream, CoordError, Coordinator, KeepAlive, LeaseId, Snapshot, Term};
 
 /// How long one call may take (a wait may take its own timeout on top).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -114,9 +111,15 @@ impl RaftClient {
         }
     }
 
-    async fn write(&self, cmd: Command) -> Result<Applied, CoordError> {
+    async fn write(&self, cmd: Command) -> Result<Outcome, CoordError> {
         match self.request(&Request::Write(cmd)).await? {
-            Reply::Applied(a) => Ok(a),
+            Reply::Written(outcome) => Ok(outcome),
+            // A peer's refusal before the write reached the log (a member that does not
+            // lead is fenced): no revision.
+            Reply::Applied(applied) => Ok(Outcome {
+                applied,
+                revision: 0,
+            }),
             other => Err(self.odd(other)),
         }
     }
@@ -128,35 +131,8 @@ impl RaftClient {
         }
     }
 
-    fn snapshot_of(&self, data: Data) -> Snapshot {
-        let p = &self.prefix;
-        RawSnapshot {
-            revision: i64::try_from(data.revision).unwrap_or(i64::MAX),
-            leader: data.leader.map(|s| Leader {
-                node_id: s.node_id,
-                term: Term(i64::try_from(s.term).unwrap_or(i64::MAX)),
-                lease: LeaseId(s.lease),
-            }),
-            ring: data.ring.map(|v| (format!("{p}ring"), v)),
-            ring_revision: i64::try_from(data.ring_revision).unwrap_or(i64::MAX),
-            alive: data.alive.into_keys().collect(),
-            members: data
-                .members
-                .into_iter()
-                .map(|(id, v)| (format!("{p}members/{id}"), id, v))
-                .collect(),
-            // The group keeps each member's record whole: no key is sent to every node.
-            acks: Vec::new(),
-            copies: data
-                .copies
-                .into_iter()
-                .map(|(id, v)| (format!("{p}{}", crate::copy_key(&id)), id, v))
-                .collect(),
-            requests: data.requests.into_iter().collect(),
-            unknown: Vec::new(),
-            partial: false,
-        }
-        .check()
+    fn snapshot_of(&self, data: &Keyspace) -> Snapshot {
+        data.raw_snapshot(&self.prefix).check()
     }
 }
 
@@ -215,6 +191,29 @@ impl RaftClient {
     }
 }
 
+/// Renews one lease through the group's leader.
+struct Renewer {
+    client: RaftClient,
+    lease: LeaseId,
+}
+
+impl crate::Renew for Renewer {
+    async fn renew(&mut self) -> crate::Renewal {
+        let heartbeat = Request::Heartbeat {
+            lease: self.lease.0,
+        };
+        match self.client.request(&heartbeat).await {
+            Ok(Reply::Renewed(age_ms)) => {
+                let now = tokio::time::Instant::now();
+                let age = Duration::from_millis(age_ms);
+                crate::Renewal::Renewed(now.checked_sub(age).unwrap_or(now))
+            }
+            Ok(Reply::Applied(Applied::NoLease)) => crate::Renewal::Gone,
+            _ => crate::Renewal::Failed,
+        }
+    }
+}
+
 /// Waits on the leader's revision.
 #[derive(Debug)]
 pub struct RaftWatch {
@@ -255,7 +254,7 @@ impl Coordinator for RaftClient {
 
     async fn snapshot(&self) -> Result<Snapshot, CoordError> {
         match self.request(&Request::State).await? {
-            Reply::State(data) => Ok(self.snapshot_of(data)),
+            Reply::State(data) => Ok(self.snapshot_of(&data)),
             other => Err(self.odd(other)),
         }
     }
@@ -275,79 +274,32 @@ impl Coordinator for RaftClient {
     }
 
     async fn keep_alive(&self, lease: LeaseId, ttl: Duration) -> Result<KeepAlive, CoordError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let client = self.clone();
-        let task = tokio::spawn(async move {
-            let period = (ttl / 3).max(Duration::from_millis(300));
-            let mut last_ok = Instant::now();
-            let reason = loop {
-                if last_ok.elapsed() >= ttl {
-                    break format!("no renewal for {ttl:?}: the lease has expired");
-                }
-                // A renewal that cannot finish before the lease ends is a lost lease: do not
-                // wait out the client's whole leader search (a box cut off from the group must
-                // see that within the TTL).
-                let left = ttl.saturating_sub(last_ok.elapsed());
-                let heartbeat = Request::Heartbeat { lease: lease.0 };
-                let renewal = client.request(&heartbeat);
-                match tokio::time::timeout(left, renewal).await {
-                    Ok(Ok(Reply::Renewed(age_ms))) => {
-                        let age = Duration::from_millis(age_ms);
-                        let heard = Instant::now().checked_sub(age).unwrap_or(last_ok);
-                        last_ok = last_ok.max(heard);
-                    }
-                    Ok(Ok(Reply::Applied(Applied::NoLease))) => {
-                        break "the group says the lease has expired".to_owned()
-                    }
-                    _ => {}
-                }
-                let left = ttl.saturating_sub(last_ok.elapsed());
-                tokio::time::sleep(period.min(left)).await;
-            };
-            let _ = tx.send(reason);
-        });
-        Ok(KeepAlive { lost: rx, task })
+        Ok(KeepAlive::run(
+            Renewer {
+                client: self.clone(),
+                lease,
+            },
+            ttl,
+        ))
     }
 
     async fn register(&self, lease: LeaseId, member: &MemberRecord) -> Result<(), CoordError> {
-        match self
-            .write(Command::Register {
-                lease: lease.0,
-                node_id: member.node_id.clone(),
-                value: member.encode(),
-                holder: Some(crate::holder_of(member)),
-            })
+        self.write(Command::register(lease, member))
             .await?
-        {
-            Applied::NoLease => Err(CoordError::LeaseExpired),
-            Applied::Held(holder) => Err(CoordError::Held {
-                node_id: member.node_id.clone(),
-                holder: crate::shown_holder(holder.as_bytes()),
-            }),
-            _ => Ok(()),
-        }
+            .registered(&member.node_id)
     }
 
     async fn ack(&self, member: &MemberRecord) -> Result<(), CoordError> {
-        self.write(Command::PutMember {
-            node_id: member.node_id.clone(),
-            value: member.encode(),
-        })
-        .await
-        .map(|_| ())
+        self.write(Command::ack(member)).await.map(|_| ())
     }
 
     async fn campaign(&self, lease: LeaseId, node_id: &str) -> Result<Option<Term>, CoordError> {
-        match self
-            .write(Command::Campaign {
-                lease: lease.0,
-                node_id: node_id.to_owned(),
-            })
-            .await?
-        {
-            Applied::Elected(t) => Ok(Some(Term(i64::try_from(t).unwrap_or(i64::MAX)))),
-            _ => Ok(None),
-        }
+        self.write(Command::Campaign {
+            lease: lease.0,
+            node_id: node_id.to_owned(),
+        })
+        .await?
+        .elected()
     }
 
     async fn write_ring(
@@ -357,18 +309,8 @@ impl Coordinator for RaftClient {
         ring: &StoredRing,
         served_requests: &[String],
     ) -> Result<i64, CoordError> {
-        let cmd = Command::WriteRing {
-            term: u64::try_from(term.0).unwrap_or(0),
-            value: records::encode_ring(ring),
-            served: served_requests.to_vec(),
-            expected: Some(u64::try_from(ring_revision).unwrap_or(0)),
-            copies: ring.copy_records().into_iter().collect(),
-        };
-        match self.write(cmd).await? {
-            Applied::Ok => Ok(0),
-            Applied::Stale => Err(CoordError::Conflict),
-            _ => Err(CoordError::Fenced(term)),
-        }
+        let cmd = Command::write_ring(term, ring_revision, ring, served_requests);
+        self.write(cmd).await?.written(term)
     }
 
     async fn write_copies(
@@ -377,30 +319,14 @@ impl Coordinator for RaftClient {
         ring_revision: i64,
         copies: &[(String, Vec<u8>)],
     ) -> Result<i64, CoordError> {
-        let cmd = Command::WriteCopies {
-            term: u64::try_from(term.0).unwrap_or(0),
-            expected: u64::try_from(ring_revision).unwrap_or(0),
-            copies: copies.iter().cloned().collect(),
-        };
-        match self.write(cmd).await? {
-            Applied::Ok => Ok(0),
-            Applied::Stale => Err(CoordError::Conflict),
-            _ => Err(CoordError::Fenced(term)),
-        }
+        let cmd = Command::write_copies(term, ring_revision, copies);
+        self.write(cmd).await?.written(term)
     }
 
     async fn forget_member(&self, term: Term, node_id: &str) -> Result<bool, CoordError> {
-        match self
-            .write(Command::ForgetMember {
-                term: u64::try_from(term.0).unwrap_or(0),
-                node_id: node_id.to_owned(),
-            })
+        self.write(Command::forget_member(term, node_id))
             .await?
-        {
-            Applied::Ok => Ok(true),
-            Applied::Stale => Ok(false),
-            _ => Err(CoordError::Fenced(term)),
-        }
+            .forgotten(term)
     }
 
     /// Peers purge their logs on their own: each one, on applying a ring write that drops keys,
@@ -411,11 +337,7 @@ impl Coordinator for RaftClient {
     }
 
     async fn resign(&self, term: Term) -> Result<(), CoordError> {
-        self.write(Command::Resign {
-            term: u64::try_from(term.0).unwrap_or(0),
-        })
-        .await
-        .map(|_| ())
+        self.write(Command::resign(term)).await.map(|_| ())
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<(), CoordError> {

@@ -2,7 +2,7 @@
 //! snapshots on disk in `[raft] data_dir` (sealed copies only, never a key).
 
 mod authorize;
-mod bytes;
+pub(crate) mod bytes;
 pub mod client;
 pub mod net;
 pub mod peer;
@@ -15,7 +15,7 @@ openraft::declare_raft_types!(
     /// stek's Raft types.
     pub TypeConfig:
         D = store::Command,
-        R = store::Applied,
+        R = store::Outcome,
 );
 
 /// The Raft id of a peer name: the first 8 bytes of its SHA-256. It depends on the name only,

@@ -52,7 +52,7 @@ use tracing::{debug, warn};
 
 use super::tls::PeerTls;
 
-use super::store::{Applied, Command, Data};
+use super::store::{Applied, Command, Keyspace, Outcome};
 use super::TypeConfig;
 
 /// The largest message accepted.
@@ -162,10 +162,12 @@ pub enum Reply {
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     /// Raft: snapshot transfer.
     InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
-    /// Client: what a write or heartbeat did.
+    /// Client: what a heartbeat, a membership change or a refused request did.
     Applied(Applied),
+    /// Client: what a write did, and the revision it was applied at.
+    Written(Outcome),
     /// Client: the state.
-    State(Data),
+    State(Keyspace),
     /// Client: the current revision.
     Revision(u64),
     /// Client: the lease was renewed, as of this many milliseconds ago (when the leader last

@@ -123,7 +123,8 @@ pub enum Storage {
     /// `raft.redb` in this directory (created 0700): the vote, log and snapshots survive a
     /// restart. What `stek node` uses.
     Durable(std::path::PathBuf),
-    /// In memory only: lost when the process ends (benchmarks and unit tests).
+    /// In memory only: lost when the process ends (tests: feature `testing`).
+    #[cfg(feature = "testing")]
     Memory,
 }
 
@@ -173,6 +174,7 @@ impl Peer {
             Storage::Durable(dir) => {
                 RaftStore::open(dir).map_err(|e| config_err(format!("raft data_dir: {e}")))?
             }
+            #[cfg(feature = "testing")]
             Storage::Memory => RaftStore::in_memory(),
         };
         let fresh = !store.has_state().await;
@@ -606,7 +608,7 @@ impl Peer {
             }
             Request::Write(cmd) => {
                 match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd)).await {
-                    Ok(Ok(resp)) => Reply::Applied(resp.data),
+                    Ok(Ok(resp)) => Reply::Written(resp.data),
                     Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                         Reply::NotLeader(f.leader_node.map(|n| n.addr))
                     }
