@@ -1125,7 +1125,9 @@ fn raft_writes(
                     .await
                     {
                         Ok(Reply::NotLeader(Some(l))) => target = l,
+                        // Refused before the log (a fence), or applied (with its revision).
                         Ok(Reply::Applied(a)) => return Ok(a),
+                        Ok(Reply::Written(o)) => return Ok(o.applied),
                         _ => break,
                     }
                 }
