@@ -98,6 +98,10 @@ impl Coordinator for Backend {
         each!(self, s => s.snapshot_of_member(node_id).await)
     }
 
+    async fn member_counts(&self) -> Result<Option<crate::MemberCounts>, CoordError> {
+        each!(self, s => s.member_counts().await)
+    }
+
     async fn member_count(&self) -> Result<Option<usize>, CoordError> {
         each!(self, s => s.member_count().await)
     }

@@ -695,6 +695,39 @@ impl Coordinator for Etcd {
         Ok(raw.check())
     }
 
+    async fn member_counts(&self) -> Result<Option<crate::MemberCounts>, CoordError> {
+        let mut client = self.client.clone();
+        // One transaction: both counts at one revision, and not one record's value.
+        let count = |prefix: &str| {
+            TxnOp::get(
+                self.key(prefix),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+        };
+        let txn = Txn::new().and_then([count("members/"), count("alive/")]);
+        let resp = client.txn(txn).await.map_err(|e| self.unreachable(e))?;
+        let counts: Vec<usize> = resp
+            .op_responses()
+            .into_iter()
+            .filter_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(get) => {
+                    Some(usize::try_from(get.count()).unwrap_or(usize::MAX))
+                }
+                _ => None,
+            })
+            .collect();
+        match counts[..] {
+            [members, live] => Ok(Some(crate::MemberCounts { members, live })),
+            _ => Err(CoordError::Protocol {
+                endpoints: self.endpoints.clone(),
+                reason: format!(
+                    "a transaction of two counts answered {} of them",
+                    counts.len()
+                ),
+            }),
+        }
+    }
+
     async fn member_count(&self) -> Result<Option<usize>, CoordError> {
         let mut client = self.client.clone();
         let resp = client

@@ -468,6 +468,15 @@ pub enum CoordError {
     },
 }
 
+/// How many members the store holds, counted ([`Coordinator::member_counts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberCounts {
+    /// Member records.
+    pub members: usize,
+    /// Liveness leases held.
+    pub live: usize,
+}
+
 /// A held liveness lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseId(pub i64);
@@ -570,6 +579,15 @@ pub trait Coordinator: Send + Sync + 'static {
     /// follower that starts sizes the window of its first full read by it: a few members read
     /// everything at once, a thousand spread their reads over `FULL_READ`.
     fn member_count(&self) -> impl Future<Output = Result<Option<usize>, CoordError>> + Send {
+        std::future::ready(Ok(None))
+    }
+
+    /// How many members the store holds and how many of them are live, counted without reading
+    /// a record (`None`: the backend does not count apart). A follower of a large cluster
+    /// takes its membership figures from this rather than read every member's record.
+    fn member_counts(
+        &self,
+    ) -> impl Future<Output = Result<Option<MemberCounts>, CoordError>> + Send {
         std::future::ready(Ok(None))
     }
 

@@ -12,10 +12,12 @@ use stek_coord::{LeaseId, Member, RingSlot, Snapshot, StoredRing, Term};
 use stek_core::{decide_at, next_ring, Decision, KeyRing, KeySource, Policy, RingMeta};
 
 pub mod floor;
+pub mod follow;
 pub mod housekeeping;
 pub mod pace;
 pub mod ratchet;
 pub mod read;
+pub mod role;
 
 use floor::Floor;
 pub use floor::MAX_GENERATION_STEP;

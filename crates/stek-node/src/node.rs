@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime};
 use stek_coord::identity::NodeIdentity;
 use stek_coord::seal::{DataKey, MemberKey, MemberKeyId, SealError, SealedCopy};
 use stek_coord::{
-    ChangeStream, CoordError, Coordinator, KeepAlive, LeaseId, MemberRecord, RingSlot, Snapshot,
-    StoredRing, Term,
+    ChangeStream, CoordError, Coordinator, KeepAlive, MemberRecord, RingSlot, Snapshot, StoredRing,
+    Term,
 };
 use stek_core::{decide_at, Decision, KeyRing, OsKeySource, RingDigest};
 use tracing::{debug, error, info, warn};
@@ -25,9 +25,11 @@ use tracing::{debug, error, info, warn};
 use crate::admin::{unix, ErrorLabels, MemberLabels, Metrics, TargetLabels};
 use crate::config::Config;
 use crate::engine::floor::{self, Floor};
+use crate::engine::follow::{self, ApplyRetry, OwnWrite};
 use crate::engine::housekeeping;
 use crate::engine::read::{self, Carried, FullReads, Read, ReadInputs, RESYNC};
-use crate::engine::{self, ratchet, Election, Held, LeaderView, Pace, Phase, Step, Why};
+use crate::engine::role::Role;
+use crate::engine::{self, ratchet, Election, Held, LeaderView, Pace, Step, Why};
 use crate::state::Sealing;
 
 /// How many distinct rejections a node remembers having logged (each is logged once).
@@ -99,13 +101,11 @@ pub async fn run_with<C: Coordinator>(
         own_identity_error: None,
         pace: Pace::default(),
         newest_seen: sealing.floor().map_or(0, |f| f.generation),
-        live_seen: BTreeSet::new(),
         requests_seen: BTreeSet::new(),
         sealing,
         accepted: None,
         state_error: None,
-        lease: None,
-        term: None,
+        role: Role::Joining,
         opened: None,
         history: stek_core::KeyHistory::new(),
         data_key: None,
@@ -114,15 +114,13 @@ pub async fn run_with<C: Coordinator>(
         last_error: None,
         written_at: 0,
         read_fresh: false,
-        apply_retry: None,
-        apply_backoff: BACKOFF_MIN,
+        apply_retry: ApplyRetry::default(),
         logged: BTreeSet::new(),
         last_wait: None,
         held_since: None,
         clock_paused_until: None,
         clock,
         active_seen: None,
-        dead_since: std::collections::BTreeMap::new(),
     };
     node.enroll();
     let mut keepalive: Option<KeepAlive> = None;
@@ -139,7 +137,7 @@ pub async fn run_with<C: Coordinator>(
     info!(node = %config.node_id, cluster = %config.cluster, targets = config.targets.len(), instance = %node.sealing.instance(), announced_key = %node.sealing.announced().public().id(), floor = node.sealing.floor().map_or(0, |f| f.generation), "stek node starting");
     'run: loop {
         // Lease and registration.
-        if node.lease.is_none() {
+        if node.role.lease().is_none() {
             keepalive = None;
             watch = None;
             match node.join().await {
@@ -187,15 +185,16 @@ pub async fn run_with<C: Coordinator>(
         // Which read this pass makes is the planner's ([`read::plan`]); the runtime counts the
         // members once (a request that carries no record: on failure the window is the
         // widest, and the read that follows says what is wrong with the store) and reads.
-        let leading = node.term.is_some();
+        let leading = node.role.leads();
         if full_reads.needs_count() {
             let members = node.coord.member_count().await.ok().flatten();
             full_reads.place_first(members, spread(), Instant::now());
         }
         let full_due = full_reads.due(leading, Instant::now());
+        let counts_instead = !leading && full_reads.counts_instead();
         let carried = watch
             .as_ref()
-            .filter(|_| !full_due)
+            .filter(|_| !full_due || (counts_instead && !want_full))
             .and_then(|w| w.snapshot());
         let plan = read::plan(&ReadInputs {
             leading,
@@ -207,11 +206,12 @@ pub async fn run_with<C: Coordinator>(
             }),
             written_at: node.written_at,
             read_fresh: node.read_fresh,
+            counts_instead,
         });
-        let from_events = matches!(plan, Read::Carried | Read::Follower { carried: true });
+        let from_events = matches!(plan, Read::Carried | Read::Follower { carried: true, .. });
         let read = match (plan, carried) {
-            (Read::Follower { carried: true }, carried) => node.read_as_follower(carried).await,
-            (Read::Follower { carried: false }, _) => node.read_as_follower(None).await,
+            (Read::Follower { carried: true, .. }, carried) => node.read_as_follower(carried).await,
+            (Read::Follower { carried: false, .. }, _) => node.read_as_follower(None).await,
             (Read::Carried, Some(s)) => Ok(node.authenticated(s)),
             (Read::Carried | Read::Full, _) => match node.coord.snapshot().await {
                 Ok(s) => Ok(node.authenticated(s)),
@@ -228,6 +228,9 @@ pub async fn run_with<C: Coordinator>(
                 }
                 want_full = false;
                 node.metrics.store_up.set(1);
+                if matches!(plan, Read::Follower { count: true, .. }) {
+                    node.count_members(&mut full_reads).await;
+                }
                 s
             }
             Err(e) => {
@@ -246,11 +249,11 @@ pub async fn run_with<C: Coordinator>(
         let wake = node.reconcile(&snap).await;
         // A leader watches every change; a follower only its own records, the ring and the
         // leader. A change of role changes the watch.
-        if watch_all != node.term.is_some() {
+        if watch_all != node.role.leads() {
             watch = None;
         }
         if watch.is_none() {
-            watch_all = node.term.is_some();
+            watch_all = node.role.leads();
             let w = if watch_all {
                 node.coord.watch(snap.revision).await
             } else {
@@ -296,15 +299,15 @@ pub async fn run_with<C: Coordinator>(
                         // that completes it (the ring, or the last batch of copies): a pass
                         // before it would find what the watch carried behind that write, and
                         // read everything again (N records) instead.
-                        let own_write = node.term.is_some() && change.revision > 0 && change.revision < node.written_at;
+                        let own_write = node.role.leads() && change.revision > 0 && change.revision < node.written_at;
                         let new = change.revision == 0 || change.revision > read_at;
-                        if new && !own_write && (node.term.is_some() || change.concerns_follower(&config.node_id)) {
+                        if new && !own_write && (node.role.leads() || change.concerns_follower(&config.node_id)) {
                             want_full = change.needs_full_read(&config.node_id);
                             // One pass covers every change already queued behind this one:
                             // N acknowledgements that arrive together cost the leader one
                             // pass over N members, not N passes.
                             if let Some(w) = watch.as_mut() {
-                                match drain_queued(w, node.term.is_some(), &config.node_id).await {
+                                match drain_queued(w, node.role.leads(), &config.node_id).await {
                                     Ok(more) => want_full |= more,
                                     Err(e) => {
                                         debug!("{e}");
@@ -327,9 +330,8 @@ pub async fn run_with<C: Coordinator>(
                     warn!("liveness lease lost ({reason}); rejoining");
                     // The store did not renew it: until a read succeeds again, say it is down.
                     node.metrics.store_up.set(0);
-                    node.lease = None;
                     want_full = true;
-                    if let Some(term) = node.term.take() {
+                    if let Some(term) = node.role.lease_ended() {
                         // The leadership was bound to that lease: it is gone with it, whether
                         // or not the store hears the resignation.
                         info!(target: "audit", node = %config.node_id, term = term.0, "leadership lost: the liveness lease ended");
@@ -422,8 +424,6 @@ struct Node<'a, C> {
     /// The newest valid ring generation this node has seen (its floor at the start, then
     /// every valid ring read): an older ring is a replay, never applied (no rollback).
     newest_seen: u64,
-    /// Members the leader saw live on its last pass (to audit the ones that go).
-    live_seen: BTreeSet<String>,
     /// Rotation requests already audited.
     requests_seen: BTreeSet<String>,
     /// This node's sealing keys (they ratchet) and rollback floor, in `state_dir` on the RAM
@@ -436,8 +436,9 @@ struct Node<'a, C> {
     /// Why the state directory could not take the last ratchet step (the floor or a key could
     /// not be written): the ring is not applied until it can.
     state_error: Option<String>,
-    lease: Option<LeaseId>,
-    term: Option<Term>,
+    /// Where it stands: joining, a follower under its lease, or the leader of a term (with
+    /// what it keeps only while it leads).
+    role: Role,
     /// The last ring this node opened from its own sealed copy. A leader also rewrites it over
     /// a malformed record.
     opened: Option<KeyRing>,
@@ -460,8 +461,8 @@ struct Node<'a, C> {
     /// The next pass reads the store rather than take what the watch carried (after a
     /// refused write).
     read_fresh: bool,
-    apply_retry: Option<Instant>,
-    apply_backoff: Duration,
+    /// When a failed apply is tried again.
+    apply_retry: ApplyRetry,
     /// Rejections already logged (key, error), so each is logged once.
     logged: BTreeSet<(String, String)>,
     /// The last "rotation waits" message, logged when it changes.
@@ -475,8 +476,6 @@ struct Node<'a, C> {
     clock: Arc<dyn Clock>,
     /// The active key's fingerprint, and since when this node has seen it active.
     active_seen: Option<(stek_core::Fingerprint, Instant)>,
-    /// Members this leader has seen dead (no liveness lease), since when without a break.
-    dead_since: std::collections::BTreeMap<String, Instant>,
 }
 
 /// Why this node's copy of the stored ring did not open, and which copy it tried.
@@ -684,18 +683,37 @@ impl<C: Coordinator> Node<'_, C> {
         Ok(self.authenticated(snap))
     }
 
+    /// A follower's scheduled count of the members ([`read::FullReads::counts_instead`]): its
+    /// membership figures from two numbers rather than every member's record.
+    async fn count_members(&mut self, full_reads: &mut FullReads) {
+        let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        match self.coord.member_counts().await {
+            Ok(Some(c)) => {
+                self.metrics.members.set(gauge(c.members));
+                self.metrics.members_live.set(gauge(c.live));
+                full_reads.counted(c.members, Instant::now());
+            }
+            // Counted again at the next interval, not on every pass.
+            Ok(None) => full_reads.counted(full_reads.members().unwrap_or(0), Instant::now()),
+            Err(e) => {
+                debug!("cannot count the members: {e}");
+                full_reads.counted(full_reads.members().unwrap_or(0), Instant::now());
+            }
+        }
+    }
+
     async fn join(&mut self) -> Result<KeepAlive, CoordError> {
         let lease = self.coord.grant_lease(self.config.lease_ttl).await?;
         let keepalive = self.coord.keep_alive(lease, self.config.lease_ttl).await?;
         self.coord.register(lease, &self.record()).await?;
         info!(target: "audit", node = %self.config.node_id, "member joined");
-        self.lease = Some(lease);
+        self.role.joined(lease);
         Ok(keepalive)
     }
 
     async fn leave(&mut self) {
         let limit = Duration::from_secs(3);
-        if let Some(term) = self.term.take() {
+        if let Some(term) = self.role.step_down() {
             match tokio::time::timeout(limit, self.coord.resign(term)).await {
                 Ok(Ok(())) => {
                     info!(target: "audit", node = %self.config.node_id, "leadership released")
@@ -703,7 +721,8 @@ impl<C: Coordinator> Node<'_, C> {
                 _ => warn!("could not release the leadership; it ends when the lease expires"),
             }
         }
-        if let Some(lease) = self.lease.take() {
+        if let Some(lease) = self.role.lease() {
+            self.role.lease_ended();
             match tokio::time::timeout(limit, self.coord.revoke(lease)).await {
                 Ok(Ok(())) => info!(target: "audit", node = %self.config.node_id, "member left"),
                 _ => warn!("could not revoke the lease; the member expires with it"),
@@ -745,17 +764,17 @@ impl<C: Coordinator> Node<'_, C> {
             {
                 a.keep_copies_of_this_write(stored);
             }
-            // A ring is known by its digest: another ring of the generation applied (after a
-            // store rollback, or a lost write) is applied too.
-            let digest = stored.ring.digest();
-            let opened = self.opened.as_ref().filter(|r| r.digest() == digest);
-            let current = self.applied.as_ref().map(|r| r.digest());
-            let retry_due = self.apply_retry.is_none_or(|t| Instant::now() >= t);
-            if let Some(ring) = opened.filter(|_| current != Some(digest) && retry_due) {
-                let ring = ring.clone();
-                self.apply(&ring).await;
+            if follow::should_apply(
+                self.opened.as_ref().map(|r| r.digest()),
+                self.applied.as_ref().map(|r| r.digest()),
+                stored.ring.digest(),
+                self.apply_retry.due(Instant::now()),
+            ) {
+                if let Some(ring) = self.opened.clone() {
+                    self.apply(&ring).await;
+                }
             }
-            if let Some(t) = self.apply_retry {
+            if let Some(t) = self.apply_retry.at {
                 wake = wake.min(t);
             }
         }
@@ -766,15 +785,10 @@ impl<C: Coordinator> Node<'_, C> {
             .iter()
             .find(|m| m.record.node_id == self.config.node_id);
         let want = self.record();
-        let stale = mine.is_none_or(|m| {
-            let mut stored = m.record.clone();
-            stored.updated_at_ms = want.updated_at_ms;
-            stored != want || !m.live
-        });
-        if stale {
-            let written = match (mine.is_some_and(|m| m.live), self.lease) {
-                (false, Some(lease)) => self.coord.register(lease, &want).await,
-                _ => self.coord.ack(&want).await,
+        if let Some(write) = follow::own_record(mine, &want, self.role.lease()) {
+            let written = match write {
+                OwnWrite::Register(lease) => self.coord.register(lease, &want).await,
+                OwnWrite::Ack => self.coord.ack(&want).await,
             };
             if let Err(e) = written {
                 warn!(
@@ -787,11 +801,6 @@ impl<C: Coordinator> Node<'_, C> {
         if let Some(t) = self.lead(snap).await {
             wake = wake.min(t);
         }
-        if self.term.is_none() {
-            // A later leadership starts its own view of who is live, and of who is dead.
-            self.live_seen.clear();
-            self.dead_since.clear();
-        }
         self.observe(snap);
         wake
     }
@@ -801,7 +810,7 @@ impl<C: Coordinator> Node<'_, C> {
         let m = &self.metrics;
         let now = self.clock.now();
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        m.leader.set(i64::from(self.term.is_some()));
+        m.leader.set(i64::from(self.role.leads()));
         m.ring_rejected
             .set(i64::from(matches!(snap.ring, RingSlot::Rejected(_))));
         if !snap.partial {
@@ -869,25 +878,17 @@ impl<C: Coordinator> Node<'_, C> {
                     .set(1);
             }
         }
-        m.set_ready(
-            if self.applied.as_ref().map(|r| r.digest()) == Some(digest)
-                && self.last_error.is_none()
-            {
-                Ok(format!("applied generation {applied}"))
-            } else if let Some(f) = &self.seal_error {
-                Err(format!(
+        m.set_ready(follow::readiness(
+            self.applied.as_ref().map(|r| (r.generation(), r.digest())),
+            (ring.generation(), digest),
+            self.seal_error.as_ref().map(|f| {
+                format!(
                     "cannot open its copy of generation {}: {}",
                     f.generation, f.error
-                ))
-            } else if let Some(e) = &self.last_error {
-                Err(format!("generation {} not applied: {e}", ring.generation()))
-            } else {
-                Err(format!(
-                    "applying generation {} (applied {applied})",
-                    ring.generation()
-                ))
-            },
-        );
+                )
+            }),
+            self.last_error.as_deref(),
+        ));
     }
 
     /// Opens this node's copy of a stored ring it has not opened yet, and tries again when
@@ -897,12 +898,14 @@ impl<C: Coordinator> Node<'_, C> {
         let generation = stored.ring.generation();
         let digest = stored.ring.digest();
         let copy = stored.copy_for(&self.config.node_id);
-        if self.opened.as_ref().map(|r| r.digest()) == Some(digest)
-            || self
-                .seal_error
+        if !follow::should_open(
+            self.opened.as_ref().map(|r| r.digest()),
+            self.seal_error
                 .as_ref()
-                .is_some_and(|f| f.digest == digest && f.copy.as_ref() == copy)
-        {
+                .map(|f| (f.digest, f.copy.as_ref())),
+            digest,
+            copy,
+        ) {
             return;
         }
         let floor_covers = self
@@ -1038,17 +1041,15 @@ impl<C: Coordinator> Node<'_, C> {
             info!(generation = ring.generation(), active = %ring.active().fingerprint(), keys = %keys.join(","), "applied ring to every target");
             self.applied = Some(ring.clone());
             self.last_error = None;
-            self.apply_retry = None;
-            self.apply_backoff = BACKOFF_MIN;
+            self.apply_retry.succeeded();
         } else {
             let msg = failures.join("; ");
+            let wait = self.apply_retry.failed(Instant::now());
             error!(
                 generation = ring.generation(),
-                "ring not applied: {msg}; retrying in {:?}", self.apply_backoff
+                "ring not applied: {msg}; retrying in {wait:?}"
             );
             self.last_error = Some(format!("generation {}: {msg}", ring.generation()));
-            self.apply_retry = Some(Instant::now() + self.apply_backoff);
-            self.apply_backoff = (self.apply_backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -1066,18 +1067,14 @@ impl<C: Coordinator> Node<'_, C> {
                         error!(target: "audit", node = %me, "this node's own certificate does not verify ({e}); it does not lead until it gets a valid one (stek ca issue, then restart)");
                         self.own_identity_error = Some(e);
                     }
-                    if let Some(term) = self.term.take() {
+                    if let Some(term) = self.role.step_down() {
                         let _ = self.coord.resign(term).await;
                     }
                     return Some(Instant::now() + BACKOFF_MAX);
                 }
             }
         }
-        let phase = match (self.lease, self.term) {
-            (Some(lease), Some(term)) => Phase::Leader { lease, term },
-            (Some(lease), None) => Phase::Follower { lease },
-            (None, _) => Phase::Joining,
-        };
+        let phase = self.role.phase();
         let paused = self.clock_paused_until.is_some_and(|t| Instant::now() < t);
         match engine::election(&me, phase, snap, self.held(), paused) {
             Election::Follow => return None,
@@ -1086,11 +1083,11 @@ impl<C: Coordinator> Node<'_, C> {
                 return None;
             }
             Election::Campaign => {
-                let lease = self.lease?;
+                let lease = self.role.lease()?;
                 match self.coord.campaign(lease, &me).await {
                     Ok(Some(term)) => {
                         info!(target: "audit", node = %me, term = term.0, "leader elected");
-                        self.term = Some(term);
+                        self.role.elected(term);
                         // Decide on a fresh read that includes our own leader key (a term is
                         // the revision that wrote it): what a watch carried from before it
                         // would show no leader, and this node would drop the term it just won.
@@ -1108,10 +1105,10 @@ impl<C: Coordinator> Node<'_, C> {
                 // Our campaign was applied but its reply was lost (a timeout, a retry that
                 // answered "not elected"): the leadership under our own lease is ours.
                 info!(target: "audit", node = %me, term = term.0, "leader elected (campaign reply was lost)");
-                self.term = Some(term);
+                self.role.elected(term);
             }
             Election::Lost(term) => {
-                self.term = None;
+                self.role.step_down();
                 info!(target: "audit", node = %me, term = term.0, "leadership lost");
                 if snap.leader.is_none() {
                     // Its leader key is gone (its lease ended): campaign on the next pass.
@@ -1121,7 +1118,7 @@ impl<C: Coordinator> Node<'_, C> {
             }
             Election::Lead(_) => {}
         }
-        let term = self.term?;
+        let term = self.role.term()?;
         self.audit_membership(snap);
         self.forget_the_dead(term, snap).await;
         let now = self.clock.now();
@@ -1176,7 +1173,7 @@ impl<C: Coordinator> Node<'_, C> {
                 if let Err(e) = self.coord.resign(term).await {
                     warn!("could not release the leadership: {e}");
                 }
-                self.term = None;
+                self.role.step_down();
                 Some(Instant::now() + BACKOFF_MIN)
             }
             Step::HandOver { to, why } => self.hand_over(term, &to, &why).await,
@@ -1307,12 +1304,14 @@ impl<C: Coordinator> Node<'_, C> {
             .filter(|m| m.live)
             .map(|m| m.record.node_id.clone())
             .collect();
-        if !self.live_seen.is_empty() {
-            for gone in self.live_seen.difference(&live) {
-                info!(target: "audit", member = %gone, leader = %self.config.node_id, "member expired: its liveness lease ended (it left, or stopped renewing)");
+        if let Some(lead) = self.role.leadership() {
+            if !lead.live_seen.is_empty() {
+                for gone in lead.live_seen.difference(&live) {
+                    info!(target: "audit", member = %gone, leader = %self.config.node_id, "member expired: its liveness lease ended (it left, or stopped renewing)");
+                }
             }
+            lead.live_seen = live;
         }
-        self.live_seen = live;
         for (key, by) in &snap.requested_by {
             if self.requests_seen.insert(key.clone()) {
                 info!(target: "audit", requested_by = %by, request = %key, leader = %self.config.node_id, "rotation requested");
@@ -1326,8 +1325,11 @@ impl<C: Coordinator> Node<'_, C> {
     /// ([`housekeeping::dead_to_forget`]), so the store does not grow with every box that ever
     /// ran. The store removes a record only while no liveness lease holds for it.
     async fn forget_the_dead(&mut self, term: Term, snap: &Snapshot) {
+        let Some(lead) = self.role.leadership() else {
+            return;
+        };
         let due = housekeeping::dead_to_forget(
-            &mut self.dead_since,
+            &mut lead.dead_since,
             snap,
             Instant::now(),
             self.config.forget_dead_after,
@@ -1336,10 +1338,14 @@ impl<C: Coordinator> Node<'_, C> {
             match self.coord.forget_member(term, &id).await {
                 Ok(true) => {
                     info!(target: "audit", member = %id, leader = %self.config.node_id, after = ?self.config.forget_dead_after, "member forgotten: dead for [rotation] forget_dead_after; its record is removed");
-                    self.dead_since.remove(&id);
+                    if let Some(lead) = self.role.leadership() {
+                        lead.dead_since.remove(&id);
+                    }
                 }
                 Ok(false) => {
-                    self.dead_since.remove(&id);
+                    if let Some(lead) = self.role.leadership() {
+                        lead.dead_since.remove(&id);
+                    }
                 }
                 Err(e) => warn!("could not remove the record of dead member {id}: {e}"),
             }
@@ -1352,7 +1358,7 @@ impl<C: Coordinator> Node<'_, C> {
         if let Err(e) = self.coord.resign(term).await {
             warn!("could not release the leadership: {e}");
         }
-        self.term = None;
+        self.role.step_down();
         Some(Instant::now() + BACKOFF_MIN)
     }
 
@@ -1460,7 +1466,7 @@ impl<C: Coordinator> Node<'_, C> {
         let refusal = housekeeping::after_failed_write(&e);
         self.read_fresh |= refusal.read_fresh;
         if refusal.leadership_lost {
-            self.term = None;
+            self.role.step_down();
         }
         match e {
             CoordError::Fenced(term) => {

@@ -14,7 +14,11 @@
 //! every member (an election: see [`follower_needs_everything`]), when its watch says the
 //! keyspace's shape changed, and on a schedule ([`FullReads`]) for its membership figures:
 //! first at a random time within a window, so that a fleet started together does not read
-//! N x N records at once, then every [`full_read_interval`].
+//! N x N records at once, then every [`full_read_interval`]. In a cluster of more than
+//! [`SMALL_CLUSTER`] members, on a backend that counts apart (etcd), the scheduled read is a
+//! count instead ([`stek_coord::Coordinator::member_counts`]): two numbers, not N records, so
+//! that a thousand followers started together cost the store N counts, not N x N records; the
+//! figures only a full read gives (who blocks a rotation, who is refused) are the leader's.
 
 use std::time::{Duration, Instant};
 
@@ -57,6 +61,9 @@ pub struct FullReads {
     first: Option<Instant>,
     /// A follower's interval between full reads ([`full_read_interval`] of the last count).
     every: Option<Duration>,
+    /// How many members the store held at the last count or full read (None: the backend does
+    /// not count apart, and nothing was read yet).
+    members: Option<usize>,
 }
 
 impl FullReads {
@@ -70,6 +77,19 @@ impl FullReads {
     /// ([`first_read_window`]) after `now`.
     pub fn place_first(&mut self, members: Option<usize>, spread: f64, now: Instant) {
         self.first = Some(now + first_read_window(members).mul_f64(spread.clamp(0.0, 1.0)));
+        self.members = members;
+    }
+
+    /// How many members the store held at the last count or full read, where the backend
+    /// counts apart.
+    pub fn members(&self) -> Option<usize> {
+        self.members
+    }
+
+    /// Whether a follower's scheduled read is a count rather than everything: the backend
+    /// counts apart, and the cluster has more than [`SMALL_CLUSTER`] members.
+    pub fn counts_instead(&self) -> bool {
+        self.members.is_some_and(|n| n > SMALL_CLUSTER)
     }
 
     fn every(&self, leading: bool) -> Duration {
@@ -96,10 +116,22 @@ impl FullReads {
         }
     }
 
-    /// A full read of `members` member records came back at `now`.
+    /// A full read of `members` member records came back at `now`. (It does not tell whether
+    /// the backend counts apart: that was learnt when the first read was placed.)
     pub fn read_everything(&mut self, members: usize, now: Instant) {
         self.last = Some(now);
         self.every = Some(full_read_interval(members));
+        if self.members.is_some() {
+            self.members = Some(members);
+        }
+    }
+
+    /// A count of `members` came back at `now`: the next is due [`FULL_READ`] later (a count
+    /// costs the store two numbers, whatever the size).
+    pub fn counted(&mut self, members: usize, now: Instant) {
+        self.last = Some(now);
+        self.every = Some(FULL_READ);
+        self.members = Some(members);
     }
 }
 
@@ -129,6 +161,8 @@ pub struct ReadInputs {
     pub written_at: i64,
     /// A write was refused since the last read: the next decision is made on a real read.
     pub read_fresh: bool,
+    /// A follower's scheduled read is a count ([`FullReads::counts_instead`]).
+    pub counts_instead: bool,
 }
 
 /// Which read a pass makes.
@@ -142,6 +176,9 @@ pub enum Read {
     Follower {
         /// Whether the watch carried a usable follower's view.
         carried: bool,
+        /// Whether the scheduled read is due, as a count of the members
+        /// ([`stek_coord::Coordinator::member_counts`]) besides.
+        count: bool,
     },
     /// Everything.
     Full,
@@ -149,9 +186,12 @@ pub enum Read {
 
 /// The read a pass makes ([`Read`]).
 pub fn plan(i: &ReadInputs) -> Read {
+    // A follower's scheduled read that is a count leaves its own read as it is.
+    let count = !i.leading && !i.want_full && i.full_due && i.counts_instead;
+    let full_due = i.full_due && !count;
     let carried = i
         .carried
-        .filter(|_| !i.full_due)
+        .filter(|_| !full_due)
         .filter(|c| c.revision >= i.written_at && !i.read_fresh)
         .filter(|c| {
             if i.leading {
@@ -161,8 +201,8 @@ pub fn plan(i: &ReadInputs) -> Read {
             }
         })
         .is_some();
-    if !i.leading && !i.want_full && !i.full_due {
-        Read::Follower { carried }
+    if !i.leading && !i.want_full && !full_due {
+        Read::Follower { carried, count }
     } else if carried {
         Read::Carried
     } else {
@@ -208,6 +248,7 @@ mod tests {
             carried: None,
             written_at: 0,
             read_fresh: false,
+            counts_instead: false,
         }
     }
 
@@ -226,7 +267,10 @@ mod tests {
             (
                 "a follower with nothing carried reads its own records",
                 inputs(),
-                Read::Follower { carried: false },
+                Read::Follower {
+                    carried: false,
+                    count: false,
+                },
             ),
             (
                 "a follower whose watch carried its keys uses them",
@@ -234,7 +278,10 @@ mod tests {
                     carried: FOLLOWER_VIEW,
                     ..inputs()
                 },
-                Read::Follower { carried: true },
+                Read::Follower {
+                    carried: true,
+                    count: false,
+                },
             ),
             (
                 "a follower's watch that carried the whole prefix is not a follower's view",
@@ -242,7 +289,10 @@ mod tests {
                     carried: WHOLE_PREFIX,
                     ..inputs()
                 },
-                Read::Follower { carried: false },
+                Read::Follower {
+                    carried: false,
+                    count: false,
+                },
             ),
             (
                 "a follower asked for a full read reads everything, whatever was carried",
@@ -345,11 +395,61 @@ mod tests {
                     read_fresh: true,
                     ..inputs()
                 },
-                Read::Follower { carried: false },
+                Read::Follower {
+                    carried: false,
+                    count: false,
+                },
+            ),
+            (
+                "a large cluster's follower counts when its scheduled read is due",
+                ReadInputs {
+                    full_due: true,
+                    counts_instead: true,
+                    carried: FOLLOWER_VIEW,
+                    ..inputs()
+                },
+                Read::Follower {
+                    carried: true,
+                    count: true,
+                },
+            ),
+            (
+                "... but reads everything when asked to (an election, the keyspace's shape)",
+                ReadInputs {
+                    full_due: true,
+                    want_full: true,
+                    counts_instead: true,
+                    carried: FOLLOWER_VIEW,
+                    ..inputs()
+                },
+                Read::Full,
+            ),
+            (
+                "... and counts nothing when no read is due",
+                ReadInputs {
+                    counts_instead: true,
+                    carried: FOLLOWER_VIEW,
+                    ..inputs()
+                },
+                Read::Follower {
+                    carried: true,
+                    count: false,
+                },
+            ),
+            (
+                "a leader never counts: it reads everything",
+                ReadInputs {
+                    leading: true,
+                    full_due: true,
+                    counts_instead: true,
+                    carried: WHOLE_PREFIX,
+                    ..inputs()
+                },
+                Read::Full,
             ),
         ];
         for (what, i, want) in rows {
-            assert_eq!(plan(i), *want, "{what}: {i:?}");
+            assert_eq!(plan(i), *want, "{what}");
         }
     }
 
@@ -436,6 +536,38 @@ mod tests {
         assert!(big.due(true, t1 + FULL_READ));
         assert_eq!(big.next_at(false, t1), t1 + FULL_READ * 100);
         assert_eq!(big.next_at(true, t1), t1 + FULL_READ);
+    }
+
+    #[test]
+    fn a_large_cluster_on_a_backend_that_counts_is_counted_every_full_read() {
+        let t0 = Instant::now();
+        let rows = [
+            ("ten members", Some(10), false),
+            ("eleven members", Some(11), true),
+            ("a thousand", Some(1000), true),
+            ("a backend that does not count", None, false),
+        ];
+        for (what, members, counts) in rows {
+            let mut f = FullReads::default();
+            f.place_first(members, 0.0, t0);
+            assert_eq!(f.counts_instead(), counts, "{what}");
+        }
+        // Counted: the next count is due FULL_READ later, whatever the size; a cluster that
+        // shrinks to ten members is read in full again.
+        let mut f = FullReads::default();
+        f.place_first(Some(1000), 0.0, t0);
+        f.counted(1000, t0);
+        assert!(!f.due(false, t0 + FULL_READ - Duration::from_millis(1)));
+        assert!(f.due(false, t0 + FULL_READ));
+        f.counted(10, t0);
+        assert!(!f.counts_instead());
+        // A full read updates the size only where the backend counts.
+        f.read_everything(500, t0);
+        assert!(f.counts_instead());
+        let mut g = FullReads::default();
+        g.place_first(None, 0.0, t0);
+        g.read_everything(500, t0);
+        assert!(!g.counts_instead());
     }
 
     #[test]
