@@ -32,6 +32,7 @@ pub mod memory;
 pub mod raft;
 pub mod records;
 pub mod seal;
+pub mod slots;
 pub mod status;
 
 pub use records::{MemberRecord, RecordError, RequestRecord, RingSignature, StoredRing};

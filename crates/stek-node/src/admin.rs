@@ -30,8 +30,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+use stek_coord::slots::Slots;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 /// How many connections the admin listener serves at once.
@@ -40,8 +40,6 @@ pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection may last.
 pub const ADMIN_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often at most the listener logs that it refuses connections past its cap.
-const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What the admin listener allows a connection (the module docs say why these values).
 #[derive(Debug, Clone, Copy)]
@@ -330,6 +328,13 @@ pub fn unix(t: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
+/// Says the admin listener closed connections for want of a slot ([`Slots`]).
+fn say_full(n: u64, limit: usize) {
+    warn!(
+        "admin listener: closed {n} new connection(s) at once since the last such message: {limit} are open, the most it serves. Something holds connections open (`ss -tn` shows who)"
+    );
+}
+
 /// Binds the listener now (so a port in use fails the start) and serves it in a task.
 pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
     serve_within(listen, metrics, Limits::default()).await
@@ -343,11 +348,8 @@ pub async fn serve_within(
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(listen).await?;
     let bound = listener.local_addr()?;
-    let slots = Arc::new(Semaphore::new(limits.connections));
+    let slots = Slots::new(limits.connections, say_full);
     tokio::spawn(async move {
-        // Refused connections not logged yet, and when they last were.
-        let mut unsaid = 0u64;
-        let mut last_said: Option<Instant> = None;
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
@@ -357,17 +359,8 @@ pub async fn serve_within(
                     continue;
                 }
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let Some(slot) = slots.take() else {
                 drop(stream);
-                unsaid += 1;
-                if last_said.is_none_or(|t| t.elapsed() >= REFUSED_LOG_INTERVAL) {
-                    warn!(
-                        "admin listener: closed {unsaid} new connection(s) at once since the last such message: {} are open, the most it serves. Something holds connections open (`ss -tn` shows who)",
-                        limits.connections
-                    );
-                    unsaid = 0;
-                    last_said = Some(Instant::now());
-                }
                 continue;
             };
             let metrics = metrics.clone();

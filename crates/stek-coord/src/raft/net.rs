@@ -48,6 +48,8 @@ use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::slots::{Refusals, Slots};
 use tracing::{debug, warn};
 
 use super::tls::PeerTls;
@@ -72,8 +74,6 @@ pub const PEER_MAX_CONNECTIONS: usize = 512;
 pub const PEER_MAX_HANDSHAKES: usize = 64;
 /// How many of those may come from one address.
 pub const PEER_MAX_HANDSHAKES_PER_IP: usize = 8;
-/// How often at most the listener logs that it refuses connections past a cap.
-const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What the peer listener allows a connection (the module docs say why these values).
 #[derive(Debug, Clone, Copy)]
@@ -484,30 +484,6 @@ impl Listener {
     }
 }
 
-/// Counts the connections refused past a cap (or for a failed handshake), so that they are
-/// logged at most once per [`REFUSED_LOG_INTERVAL`] (a flood of connections must not flood the
-/// log too).
-#[derive(Debug, Default)]
-struct Refusals {
-    unsaid: u64,
-    last_said: Option<Instant>,
-}
-
-impl Refusals {
-    /// Counts one refusal at `now`; the number to log, if it is time to say so.
-    fn refuse(&mut self, now: Instant) -> Option<u64> {
-        self.unsaid += 1;
-        if self
-            .last_said
-            .is_some_and(|t| now.duration_since(t) < REFUSED_LOG_INTERVAL)
-        {
-            return None;
-        }
-        self.last_said = Some(now);
-        Some(std::mem::take(&mut self.unsaid))
-    }
-}
-
 /// The TLS handshakes in progress, in all and from each address. A connection holds a place
 /// here, never one of the [`Limits::connections`] slots, until it has shown a certificate: so
 /// connections without one can fill these places at most, and one address only its share of
@@ -603,10 +579,8 @@ pub(crate) async fn serve<F, Fut>(
     Fut: Future<Output = std::io::Result<Vec<u8>>> + Send + 'static,
 {
     let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone()));
-    let slots = Arc::new(Semaphore::new(limits.connections));
+    let slots = Slots::new(limits.connections, say_full);
     let handshakes = Handshakes::new(limits.handshakes, limits.handshakes_per_ip);
-    // Refusals past the connection cap happen here and, after a handshake, in its task.
-    let full = Arc::new(Mutex::new(Refusals::default()));
     let failed = Arc::new(Mutex::new(Refusals::default()));
     let mut busy = Refusals::default();
     let mut crowded = Refusals::default();
@@ -623,12 +597,12 @@ pub(crate) async fn serve<F, Fut>(
         match (conn, &acceptor) {
             // The kernel has vouched for the caller (or there is nothing to check): a slot now.
             (Accepted::Unix(s), _) => {
-                if let Some(slot) = take_slot(&slots, &full, &limits) {
+                if let Some(slot) = slots.take() {
                     tokio::spawn(serve_in(slot, s, Origin::Local, limits, answer.clone()));
                 }
             }
             (Accepted::Tcp(s, _), None) => {
-                if let Some(slot) = take_slot(&slots, &full, &limits) {
+                if let Some(slot) = slots.take() {
                     tokio::spawn(serve_in(slot, s, Origin::Plain, limits, answer.clone()));
                 }
             }
@@ -658,7 +632,7 @@ pub(crate) async fn serve<F, Fut>(
                     }
                 };
                 let acceptor = acceptor.clone();
-                let (slots, full, failed) = (slots.clone(), full.clone(), failed.clone());
+                let (slots, failed) = (slots.clone(), failed.clone());
                 let answer = answer.clone();
                 tokio::spawn(async move {
                     let shaken = tokio::time::timeout(limits.handshake, acceptor.accept(s)).await;
@@ -682,7 +656,7 @@ pub(crate) async fn serve<F, Fut>(
                     };
                     // The caller has shown a certificate of the CA: only now does it count
                     // against the connections.
-                    let Some(slot) = take_slot(&slots, &full, &limits) else {
+                    let Some(slot) = slots.take() else {
                         return;
                     };
                     let certs = s.get_ref().1.peer_certificates().unwrap_or_default();
@@ -699,24 +673,11 @@ fn lock(refusals: &Mutex<Refusals>) -> std::sync::MutexGuard<'_, Refusals> {
     refusals.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One of `slots`, or `None` (counted in `full`, logged at most once an interval) when all are
-/// taken: the caller then closes the connection.
-fn take_slot(
-    slots: &Arc<Semaphore>,
-    full: &Mutex<Refusals>,
-    limits: &Limits,
-) -> Option<OwnedSemaphorePermit> {
-    if let Ok(slot) = slots.clone().try_acquire_owned() {
-        return Some(slot);
-    }
-    let said = lock(full).refuse(Instant::now());
-    if let Some(n) = said {
-        warn!(
-            "raft listener: closed {n} new connection(s) at once since the last such message: {} are open, the most a peer serves. Either more client boxes watch this leader than it serves (use etcd for such a fleet) or something holds connections open (`ss -tn` shows who)",
-            limits.connections
-        );
-    }
-    None
+/// Says the peer listener closed connections for want of a slot ([`Slots`]).
+fn say_full(n: u64, limit: usize) {
+    warn!(
+        "raft listener: closed {n} new connection(s) at once since the last such message: {limit} are open, the most a peer serves. Either more client boxes watch this leader than it serves (use etcd for such a fleet) or something holds connections open (`ss -tn` shows who)"
+    );
 }
 
 /// [`serve_one`], holding `slot` until the connection is done.
@@ -1256,17 +1217,5 @@ mod tests {
         let mut sink = [0u8; 1];
         let closed = tokio::time::timeout(BOUND, silent.read(&mut sink)).await;
         assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
-    }
-
-    #[test]
-    fn refusals_are_logged_at_most_once_an_interval() {
-        let mut refusals = Refusals::default();
-        let t0 = Instant::now();
-        assert_eq!(refusals.refuse(t0), Some(1));
-        for i in 1..100 {
-            assert_eq!(refusals.refuse(t0 + Duration::from_millis(i)), None);
-        }
-        assert_eq!(refusals.refuse(t0 + REFUSED_LOG_INTERVAL), Some(100));
-        assert_eq!(refusals.refuse(t0 + REFUSED_LOG_INTERVAL), None);
     }
 }
