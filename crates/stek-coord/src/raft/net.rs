@@ -47,7 +47,7 @@ use std::sync::Arc;
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::slots::{Refusals, Slots};
 use tracing::{debug, warn};
@@ -828,6 +828,7 @@ impl RaftNetwork<TypeConfig> for PeerLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::Semaphore;
 
     /// Every test's bound: a listener that fails to close a connection fails the test rather
     /// than hanging it.
