@@ -167,7 +167,7 @@ impl Coordinator for Backend {
         each!(self, s => s.forget_member(term, node_id).await)
     }
 
-    async fn purge_history(&self, revision: i64) -> Result<(), CoordError> {
+    async fn purge_history(&self, revision: i64) -> Result<bool, CoordError> {
         each!(self, s => s.purge_history(revision).await)
     }
 

@@ -1063,7 +1063,7 @@ impl Coordinator for Etcd {
         }
     }
 
-    async fn purge_history(&self, revision: i64) -> Result<(), CoordError> {
+    async fn purge_history(&self, revision: i64) -> Result<bool, CoordError> {
         let mut client = self.client.clone();
         match client
             .compact(
@@ -1072,13 +1072,13 @@ impl Coordinator for Etcd {
             )
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             // Someone (etcd's auto-compaction, another leader) compacted past it already.
             Err(e)
                 if e.to_string()
                     .contains("required revision has been compacted") =>
             {
-                Ok(())
+                Ok(true)
             }
             Err(e) if is_permission_denied(&e) => Err(self.compaction_refused(&e)),
             Err(e) => Err(self.unreachable(e)),

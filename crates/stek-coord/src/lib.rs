@@ -677,9 +677,11 @@ pub trait Coordinator: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, CoordError>> + Send;
 
     /// Makes every version of every record older than `revision` unreadable, where the store
-    /// keeps such history (etcd's compaction; the Raft log's purge). Records current at
-    /// `revision` stay.
-    fn purge_history(&self, revision: i64) -> impl Future<Output = Result<(), CoordError>> + Send;
+    /// keeps such history (etcd's compaction). Records current at `revision` stay. `Ok(true)`:
+    /// no older version is readable now; `Ok(false)`: the store does this on its own (the Raft
+    /// peers purge their logs after every write that drops keys, whoever asks).
+    fn purge_history(&self, revision: i64)
+        -> impl Future<Output = Result<bool, CoordError>> + Send;
 
     /// Gives up the leadership if `term` still holds it.
     fn resign(&self, term: Term) -> impl Future<Output = Result<(), CoordError>> + Send;

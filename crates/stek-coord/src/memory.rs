@@ -354,9 +354,9 @@ impl Coordinator for Memory {
             .forgotten(term)
     }
 
-    async fn purge_history(&self, _revision: i64) -> Result<(), CoordError> {
+    async fn purge_history(&self, _revision: i64) -> Result<bool, CoordError> {
         // No history is kept: a record's old value is gone when it is replaced.
-        Ok(())
+        Ok(true)
     }
 
     async fn resign(&self, term: Term) -> Result<(), CoordError> {

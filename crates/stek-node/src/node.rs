@@ -1455,8 +1455,11 @@ impl<C: Coordinator> Node<'_, C> {
             return;
         };
         match self.coord.purge_history(revision).await {
-            Ok(()) => {
+            Ok(true) => {
                 info!(target: "audit", revision, epochs = ?dropped, "store history compacted: no revision before this ring is readable")
+            }
+            Ok(false) => {
+                debug!(revision, epochs = ?dropped, "the store purges its own history after a write that drops keys")
             }
             Err(e) => warn!("could not compact the store's history up to revision {revision}: {e}; the next key drop tries again"),
         }

@@ -56,15 +56,28 @@ pub(crate) enum Need {
 }
 
 /// The facts of the group's state [`authorize`] was given: each is the listener's answer to
-/// what [`needs`] asked, and an absent one counts against the caller.
+/// what [`needs`] asked, and one it did not look up counts against the caller.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Facts {
-    /// The Raft sender is a voter of the group.
+    /// The Raft sender is a voter of the group (false: not, or not looked up).
     pub sender_is_voter: bool,
-    /// The member that leads (holds the store's leadership), if any.
+    /// The member that leads (holds the store's leadership), if any (None: nobody, or not
+    /// looked up: either way the caller does not lead).
     pub leader: Option<String>,
-    /// The member that holds the lease named, if any.
-    pub lease_holder: Option<String>,
+    /// Who holds the lease named.
+    pub lease_holder: LeaseHolder,
+}
+
+/// Who holds the lease a renewal or revocation names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum LeaseHolder {
+    /// The listener did not look it up: refused.
+    #[default]
+    NotLookedUp,
+    /// No member holds it (a lease granted, not registered yet).
+    Nobody,
+    /// This member does.
+    Member(String),
 }
 
 /// The Raft peer a replication, vote or snapshot request speaks for, if it is one.
@@ -171,10 +184,13 @@ pub(crate) fn authorize(caller: &Caller, req: &Request, facts: &Facts) -> Result
         ) => {
             // A member renews or ends only a lease no other member holds.
             match &facts.lease_holder {
-                Some(other) if other != id => Err(Denied(format!(
+                LeaseHolder::Member(other) if other != id => Err(Denied(format!(
                     "member {id} may not renew or end member {other}'s lease"
                 ))),
-                _ => Ok(()),
+                LeaseHolder::Member(_) | LeaseHolder::Nobody => Ok(()),
+                LeaseHolder::NotLookedUp => Err(Denied(format!(
+                    "member {id}'s lease request was not checked against the lease's holder"
+                ))),
             }
         }
         (Role::Member(_), _) => Ok(()),
@@ -319,7 +335,7 @@ mod tests {
         Facts {
             sender_is_voter: true,
             leader: Some(me.into()),
-            lease_holder: Some(me.into()),
+            lease_holder: LeaseHolder::Member(me.into()),
         }
     }
 
@@ -420,7 +436,7 @@ mod tests {
         let against = Facts {
             sender_is_voter: false,
             leader: Some(OTHER.into()),
-            lease_holder: Some(OTHER.into()),
+            lease_holder: LeaseHolder::Member(OTHER.into()),
         };
         let table = [
             ("append", "denied"),
@@ -444,12 +460,25 @@ mod tests {
                 "member {ME} sending {name} while {OTHER} leads and holds lease 7"
             );
         }
-        // Nobody leads: a ring write is fenced; a lease nobody holds may be renewed.
-        let nobody = Facts::default();
+        // Nobody leads: a ring write is fenced; a lease nobody holds may be renewed; a lease
+        // whose holder was not looked up may not (fail closed).
+        let nobody = Facts {
+            lease_holder: LeaseHolder::Nobody,
+            ..Facts::default()
+        };
         let write = &mine.iter().find(|(n, _)| *n == "write ring").unwrap().1;
         assert_eq!(verdict(authorize(&member, write, &nobody)), "fenced");
         let beat = &mine.iter().find(|(n, _)| *n == "heartbeat").unwrap().1;
         assert_eq!(verdict(authorize(&member, beat, &nobody)), "ok");
+        assert_eq!(
+            verdict(authorize(&member, beat, &Facts::default())),
+            "denied"
+        );
+        let revoke = &mine.iter().find(|(n, _)| *n == "revoke").unwrap().1;
+        assert_eq!(
+            verdict(authorize(&member, revoke, &Facts::default())),
+            "denied"
+        );
     }
 
     #[test]

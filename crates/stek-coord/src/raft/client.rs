@@ -206,7 +206,12 @@ impl crate::Renew for Renewer {
             Ok(Reply::Renewed(age_ms)) => {
                 let now = tokio::time::Instant::now();
                 let age = Duration::from_millis(age_ms);
-                crate::Renewal::Renewed(now.checked_sub(age).unwrap_or(now))
+                // A renewal older than this process's clock can say is not credited at all
+                // (never at `now`): the lease then counts from the last renewal it can place.
+                match now.checked_sub(age) {
+                    Some(at) => crate::Renewal::Renewed(at),
+                    None => crate::Renewal::Failed,
+                }
             }
             Ok(Reply::Applied(Applied::NoLease)) => crate::Renewal::Gone,
             _ => crate::Renewal::Failed,
@@ -332,8 +337,9 @@ impl Coordinator for RaftClient {
     /// Peers purge their logs on their own: each one, on applying a ring write that drops keys,
     /// snapshots and purges its log up to it (and every [`super::peer::RAFT_LOG_KEPT`] entries
     /// besides), so there is nothing to ask for, and nothing waits on an etcd setting.
-    async fn purge_history(&self, _revision: i64) -> Result<(), CoordError> {
-        Ok(())
+    async fn purge_history(&self, _revision: i64) -> Result<bool, CoordError> {
+        // Every peer purges its own log after applying a write that drops keys.
+        Ok(false)
     }
 
     async fn resign(&self, term: Term) -> Result<(), CoordError> {

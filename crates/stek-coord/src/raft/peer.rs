@@ -16,7 +16,7 @@ use openraft::{BasicNode, Config, Raft, ServerState};
 use tokio::sync::Mutex;
 use tracing::{debug, error, info, warn};
 
-use super::authorize::{self, Caller, Facts, Need, Refusal};
+use super::authorize::{self, Caller, Facts, LeaseHolder, Need, Refusal};
 use super::net::{self, call, call_peer, Limits, Listener, Network, Origin, Reply, Request};
 use super::store::{Applied, Command, RaftStore};
 use super::tls::PeerTls;
@@ -525,7 +525,8 @@ impl Peer {
                             .as_ref()
                             .filter(|s| s.lease == lease)
                             .map(|s| s.node_id.clone())
-                    });
+                    })
+                    .map_or(LeaseHolder::Nobody, LeaseHolder::Member);
             }
         }
         authorize::authorize(caller, req, &facts)
