@@ -515,190 +515,10 @@ impl Config {
                     "both [etcd] and [raft] are set; keep one: [etcd] to coordinate through etcd, [raft] (or neither) for the embedded coordinator".into(),
                 ))
             }
-            (Some(e), None) => {
-                if e.endpoints.is_empty() {
-                    return Err(invalid(
-                        "etcd.endpoints".into(),
-                        "is empty; list at least one client URL, e.g. [\"http://127.0.0.1:2379\"]".into(),
-                    ));
-                }
-                let https = e.endpoints.iter().any(|ep| ep.starts_with("https://"));
-                for ep in &e.endpoints {
-                    let rest = ep
-                        .strip_prefix("http://")
-                        .or_else(|| ep.strip_prefix("https://"))
-                        .ok_or_else(|| {
-                            invalid(
-                                "etcd.endpoints".into(),
-                                format!("\"{ep}\" is not an http:// or https:// URL such as \"https://10.0.0.1:2379\""),
-                            )
-                        })?;
-                    if !is_host_port(rest) {
-                        return Err(invalid(
-                            "etcd.endpoints".into(),
-                            format!("\"{ep}\" needs a host and a port, e.g. \"http://127.0.0.1:2379\""),
-                        ));
-                    }
-                    if https != ep.starts_with("https://") {
-                        return Err(invalid(
-                            "etcd.endpoints".into(),
-                            "mixes http:// and https:// endpoints; use one scheme for all".into(),
-                        ));
-                    }
-                }
-                if https && e.ca_file.is_none() {
-                    return Err(invalid(
-                        "etcd.ca_file".into(),
-                        "https:// endpoints need ca_file, the CA that signed etcd's certificate".into(),
-                    ));
-                }
-                if !https && (e.ca_file.is_some() || e.cert_file.is_some()) {
-                    return Err(invalid(
-                        "etcd.endpoints".into(),
-                        "ca_file and cert_file need https:// endpoints".into(),
-                    ));
-                }
-                let client_cert = match (e.cert_file, e.key_file) {
-                    (Some(c), Some(k)) => Some((c, k)),
-                    (None, None) => None,
-                    _ => {
-                        return Err(invalid(
-                            "etcd.key_file".into(),
-                            "cert_file and key_file go together: set both, or neither".into(),
-                        ))
-                    }
-                };
-                let user = match (e.user, e.password_file) {
-                    (Some(u), Some(p)) => Some((u, p)),
-                    (None, None) => None,
-                    _ => {
-                        return Err(invalid(
-                            "etcd.password_file".into(),
-                            "user and password_file go together: set both, or neither".into(),
-                        ))
-                    }
-                };
-                Coordination::Etcd {
-                    endpoints: e.endpoints,
-                    access: EtcdAccess {
-                        ca_file: e.ca_file,
-                        client_cert,
-                        user,
-                    },
-                }
-            }
-            (None, raft) => {
-                let raft = raft.unwrap_or(RawRaft {
-                    listen: None,
-                    peers: Default::default(),
-                    data_dir: None,
-                    client: false,
-                    ca_file: None,
-                    cert_file: None,
-                    key_file: None,
-                });
-                if raft.ca_file.is_some() || raft.cert_file.is_some() || raft.key_file.is_some() {
-                    return Err(invalid(
-                        "raft.ca_file".into(),
-                        "[raft] ca_file, cert_file and key_file have moved to [identity] (the same three keys, plus revoked), and the certificates must name the cluster and the node: make them with `stek ca init` and `stek ca issue --node ID --host ADDR` (docs/security.md, \"PKI walk-through\")".into(),
-                    ));
-                }
-                let data_dir = raft
-                    .data_dir
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from(DEFAULT_RAFT_DATA_DIR.replace("{cluster}", &cluster)));
-                if !data_dir.is_absolute() {
-                    return Err(invalid(
-                        "raft.data_dir".into(),
-                        format!("\"{}\" is not an absolute path", data_dir.display()),
-                    ));
-                }
-                if raft.client {
-                    if raft.peers.is_empty() {
-                        return Err(invalid(
-                            "raft.peers".into(),
-                            "client = true reaches the group through its peers: list them (name = \"host:port\")".into(),
-                        ));
-                    }
-                    if raft.peers.contains_key(&node_id) {
-                        return Err(invalid(
-                            "raft.client".into(),
-                            format!("this node ({node_id}) is in the peers table, so it is a peer, not a client: remove it from peers, or drop client = true"),
-                        ));
-                    }
-                    if raft.listen.is_some() || raft.data_dir.is_some() {
-                        return Err(invalid(
-                            "raft.client".into(),
-                            "a client runs no Raft peer: drop listen and data_dir".into(),
-                        ));
-                    }
-                    for (name, addr) in &raft.peers {
-                        check_name(name).map_err(|m| invalid("raft.peers".into(), m))?;
-                        if !is_host_port(addr) {
-                            return Err(invalid(
-                                "raft.peers".into(),
-                                format!("{name} = \"{addr}\" is not host:port, e.g. \"127.0.0.1:7702\""),
-                            ));
-                        }
-                    }
-                    Coordination::Raft {
-                        listen: String::new(),
-                        peers: raft.peers,
-                        data_dir,
-                        client: true,
-                    }
-                } else {
-                let listen = raft
-                    .listen
-                    .or_else(|| raft.peers.get(&node_id).cloned())
-                    .unwrap_or_else(|| DEFAULT_RAFT_SOCKET.replace("{cluster}", &cluster));
-                match listen.strip_prefix("unix:") {
-                    Some(path) if !path.starts_with('/') => {
-                        return Err(invalid(
-                            "raft.listen".into(),
-                            format!("\"{listen}\": a Unix socket needs an absolute path, e.g. \"unix:/run/stek/{cluster}.sock\""),
-                        ))
-                    }
-                    Some(_) if raft.peers.len() > 1 => {
-                        return Err(invalid(
-                            "raft.listen".into(),
-                            format!("\"{listen}\" is a Unix socket, which other peers cannot reach; a group of several peers listens on host:port"),
-                        ))
-                    }
-                    Some(_) => {}
-                    None if !is_host_port(&listen) => {
-                        return Err(invalid(
-                            "raft.listen".into(),
-                            format!("\"{listen}\" is not host:port, e.g. \"127.0.0.1:7701\", or unix:/path"),
-                        ))
-                    }
-                    None => {}
-                }
-                let mut peers = raft.peers;
-                if peers.is_empty() {
-                    // Single-box mode: a one-node group.
-                    peers.insert(node_id.clone(), listen.clone());
-                }
-                if !peers.contains_key(&node_id) {
-                    return Err(invalid(
-                        "raft.peers".into(),
-                        format!("does not list this node (node_id = \"{node_id}\"); every peer, this one included, must be in the table with the address the others reach it at, or set client = true for a box that reaches the group as a client (beyond five peers, docs/configuration.md)"),
-                    ));
-                }
-                for (name, addr) in &peers {
-                    check_name(name).map_err(|m| invalid("raft.peers".into(), m))?;
-                    let own_socket = peers.len() == 1 && addr == &listen;
-                    if !(is_host_port(addr) || own_socket) {
-                        return Err(invalid(
-                            "raft.peers".into(),
-                            format!("{name} = \"{addr}\" is not host:port, e.g. \"127.0.0.1:7702\""),
-                        ));
-                    }
-                }
-                Coordination::Raft { listen, peers, data_dir, client: false }
-                }
-            }
-        };
+            (Some(e), None) => etcd_section(e),
+            (None, raft) => raft_section(raft, &cluster, &node_id),
+        }
+        .map_err(|(key, m)| invalid(key.into(), m))?;
         let identity = raw.identity.map(|i| IdentityFiles {
             ca_file: i.ca_file,
             cert_file: i.cert_file,
@@ -783,6 +603,202 @@ impl Config {
         Some(format!(
             "[etcd] compact_history = false (reason given: \"{reason}\"): superseded rings and the sealed copies of every dropped key stay in etcd's history and in its backups until something else compacts them; once sealing keys ratchet those copies open with no key that still exists, but whoever reads that history keeps it. Remove compact_history = false to compact after every key drop (docs/security.md, \"History purge\")"
         ))
+    }
+}
+
+/// `[etcd]`: its endpoints (one scheme for all, https with a CA), client certificate and user.
+fn etcd_section(e: RawEtcd) -> Result<Coordination, FieldError> {
+    if e.endpoints.is_empty() {
+        return Err((
+            "etcd.endpoints",
+            "is empty; list at least one client URL, e.g. [\"http://127.0.0.1:2379\"]".into(),
+        ));
+    }
+    let https = e.endpoints.iter().any(|ep| ep.starts_with("https://"));
+    for ep in &e.endpoints {
+        let rest = ep
+            .strip_prefix("http://")
+            .or_else(|| ep.strip_prefix("https://"))
+            .ok_or_else(|| {
+                (
+                    "etcd.endpoints",
+                    format!("\"{ep}\" is not an http:// or https:// URL such as \"https://10.0.0.1:2379\""),
+                )
+            })?;
+        if !is_host_port(rest) {
+            return Err((
+                "etcd.endpoints",
+                format!("\"{ep}\" needs a host and a port, e.g. \"http://127.0.0.1:2379\""),
+            ));
+        }
+        if https != ep.starts_with("https://") {
+            return Err((
+                "etcd.endpoints",
+                "mixes http:// and https:// endpoints; use one scheme for all".into(),
+            ));
+        }
+    }
+    if https && e.ca_file.is_none() {
+        return Err((
+            "etcd.ca_file",
+            "https:// endpoints need ca_file, the CA that signed etcd's certificate".into(),
+        ));
+    }
+    if !https && (e.ca_file.is_some() || e.cert_file.is_some()) {
+        return Err((
+            "etcd.endpoints",
+            "ca_file and cert_file need https:// endpoints".into(),
+        ));
+    }
+    let client_cert = match (e.cert_file, e.key_file) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err((
+                "etcd.key_file",
+                "cert_file and key_file go together: set both, or neither".into(),
+            ))
+        }
+    };
+    let user = match (e.user, e.password_file) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        _ => {
+            return Err((
+                "etcd.password_file",
+                "user and password_file go together: set both, or neither".into(),
+            ))
+        }
+    };
+    Ok(Coordination::Etcd {
+        endpoints: e.endpoints,
+        access: EtcdAccess {
+            ca_file: e.ca_file,
+            client_cert,
+            user,
+        },
+    })
+}
+
+/// `[raft]` (or none): the embedded coordinator, as a peer or as a client of the group.
+fn raft_section(
+    raft: Option<RawRaft>,
+    cluster: &str,
+    node_id: &str,
+) -> Result<Coordination, FieldError> {
+    let raft = raft.unwrap_or(RawRaft {
+        listen: None,
+        peers: Default::default(),
+        data_dir: None,
+        client: false,
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+    });
+    if raft.ca_file.is_some() || raft.cert_file.is_some() || raft.key_file.is_some() {
+        return Err((
+            "raft.ca_file",
+            "[raft] ca_file, cert_file and key_file have moved to [identity] (the same three keys, plus revoked), and the certificates must name the cluster and the node: make them with `stek ca init` and `stek ca issue --node ID --host ADDR` (docs/security.md, \"PKI walk-through\")".into(),
+        ));
+    }
+    let data_dir = raft
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RAFT_DATA_DIR.replace("{cluster}", cluster)));
+    if !data_dir.is_absolute() {
+        return Err((
+            "raft.data_dir",
+            format!("\"{}\" is not an absolute path", data_dir.display()),
+        ));
+    }
+    if raft.client {
+        if raft.peers.is_empty() {
+            return Err((
+                "raft.peers",
+                "client = true reaches the group through its peers: list them (name = \"host:port\")".into(),
+            ));
+        }
+        if raft.peers.contains_key(node_id) {
+            return Err((
+                "raft.client",
+                format!("this node ({node_id}) is in the peers table, so it is a peer, not a client: remove it from peers, or drop client = true"),
+            ));
+        }
+        if raft.listen.is_some() || raft.data_dir.is_some() {
+            return Err((
+                "raft.client",
+                "a client runs no Raft peer: drop listen and data_dir".into(),
+            ));
+        }
+        for (name, addr) in &raft.peers {
+            check_name(name).map_err(|m| ("raft.peers", m))?;
+            if !is_host_port(addr) {
+                return Err((
+                    "raft.peers",
+                    format!("{name} = \"{addr}\" is not host:port, e.g. \"127.0.0.1:7702\""),
+                ));
+            }
+        }
+        Ok(Coordination::Raft {
+            listen: String::new(),
+            peers: raft.peers,
+            data_dir,
+            client: true,
+        })
+    } else {
+        let listen = raft
+            .listen
+            .or_else(|| raft.peers.get(node_id).cloned())
+            .unwrap_or_else(|| DEFAULT_RAFT_SOCKET.replace("{cluster}", cluster));
+        match listen.strip_prefix("unix:") {
+            Some(path) if !path.starts_with('/') => {
+                return Err((
+                    "raft.listen",
+                    format!("\"{listen}\": a Unix socket needs an absolute path, e.g. \"unix:/run/stek/{cluster}.sock\""),
+                ))
+            }
+            Some(_) if raft.peers.len() > 1 => {
+                return Err((
+                    "raft.listen",
+                    format!("\"{listen}\" is a Unix socket, which other peers cannot reach; a group of several peers listens on host:port"),
+                ))
+            }
+            Some(_) => {}
+            None if !is_host_port(&listen) => {
+                return Err((
+                    "raft.listen",
+                    format!("\"{listen}\" is not host:port, e.g. \"127.0.0.1:7701\", or unix:/path"),
+                ))
+            }
+            None => {}
+        }
+        let mut peers = raft.peers;
+        if peers.is_empty() {
+            // Single-box mode: a one-node group.
+            peers.insert(node_id.to_owned(), listen.clone());
+        }
+        if !peers.contains_key(node_id) {
+            return Err((
+                "raft.peers",
+                format!("does not list this node (node_id = \"{node_id}\"); every peer, this one included, must be in the table with the address the others reach it at, or set client = true for a box that reaches the group as a client (beyond five peers, docs/configuration.md)"),
+            ));
+        }
+        for (name, addr) in &peers {
+            check_name(name).map_err(|m| ("raft.peers", m))?;
+            let own_socket = peers.len() == 1 && addr == &listen;
+            if !(is_host_port(addr) || own_socket) {
+                return Err((
+                    "raft.peers",
+                    format!("{name} = \"{addr}\" is not host:port, e.g. \"127.0.0.1:7702\""),
+                ));
+            }
+        }
+        Ok(Coordination::Raft {
+            listen,
+            peers,
+            data_dir,
+            client: false,
+        })
     }
 }
 
