@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use stek_coord::seal::{SealError, WriteId};
-use stek_coord::{LeaseId, Member, RingSlot, Snapshot, StoredRing, Term};
+use stek_coord::{Member, RingSlot, Snapshot, StoredRing, Term};
 use stek_core::{decide_at, next_ring, Decision, KeyRing, KeySource, Policy, RingMeta};
 
 pub mod floor;
@@ -22,6 +22,7 @@ pub mod role;
 use floor::Floor;
 pub use floor::MAX_GENERATION_STEP;
 pub use pace::Pace;
+pub use role::Role;
 
 /// What the leader knows when it decides.
 #[derive(Debug, Clone, Copy)]
@@ -61,25 +62,6 @@ pub struct LeaderView<'a> {
     pub history: &'a stek_core::KeyHistory,
 }
 
-/// Where this node stands: the node's own state, as the engine sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// No liveness lease yet (starting, or rejoining after losing it).
-    Joining,
-    /// Live under `lease`, not leading.
-    Follower {
-        /// Its lease.
-        lease: LeaseId,
-    },
-    /// Leading in `term`, under `lease`.
-    Leader {
-        /// Its lease.
-        lease: LeaseId,
-        /// Its term.
-        term: Term,
-    },
-}
-
 /// What a node does about the leadership on a pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Election {
@@ -99,19 +81,19 @@ pub enum Election {
     Follow,
 }
 
-/// The leadership decision of a node in `phase` (pure). `clock_paused`: this node's clock was
+/// The leadership decision of a node in `role` (pure). `clock_paused`: this node's clock was
 /// found ahead of its members' a while ago.
 pub fn election(
     me: &str,
-    phase: Phase,
+    role: &Role,
     snap: &Snapshot,
     held: Held<'_>,
     clock_paused: bool,
 ) -> Election {
-    match (&snap.leader, phase) {
-        (_, Phase::Joining) => Election::Follow,
-        (None, Phase::Leader { term, .. }) => Election::Lost(term),
-        (None, Phase::Follower { .. }) => {
+    match (&snap.leader, role) {
+        (_, Role::Joining) => Election::Follow,
+        (None, Role::Leader { term, .. }) => Election::Lost(*term),
+        (None, Role::Follower { .. }) => {
             if clock_paused {
                 Election::Abstain("this node's clock was found ahead of its members'".into())
             } else if let Some(holder) = defer_to(me, held, snap) {
@@ -120,14 +102,14 @@ pub fn election(
                 Election::Campaign
             }
         }
-        (Some(l), Phase::Leader { term, .. }) if l.node_id == me && l.term == term => {
-            Election::Lead(term)
+        (Some(l), Role::Leader { term, .. }) if l.node_id == me && l.term == *term => {
+            Election::Lead(*term)
         }
-        (Some(_), Phase::Leader { term, .. }) => Election::Lost(term),
-        (Some(l), Phase::Follower { lease }) if l.node_id == me && l.lease == lease => {
+        (Some(_), Role::Leader { term, .. }) => Election::Lost(*term),
+        (Some(l), Role::Follower { lease }) if l.node_id == me && l.lease == *lease => {
             Election::Adopt(l.term)
         }
-        (Some(_), Phase::Follower { .. }) => Election::Follow,
+        (Some(_), Role::Follower { .. }) => Election::Follow,
     }
 }
 
@@ -713,6 +695,7 @@ pub fn renumber_after(ring: KeyRing, snap: &Snapshot, floor: u64) -> KeyRing {
 mod tests {
     use super::*;
     use stek_coord::seal::Identity;
+    use stek_coord::LeaseId;
     use stek_coord::{MemberRecord, RecordError};
     use stek_core::{KeyState, OsKeySource};
 
@@ -1641,12 +1624,16 @@ mod tests {
     }
 
     #[test]
-    fn the_leadership_decision_follows_the_phase_and_the_store() {
+    fn the_leadership_decision_follows_the_role_and_the_store() {
         let r = ring_at(3, t(0));
         let lease = LeaseId(7);
         let term = Term(11);
-        let follower = Phase::Follower { lease };
-        let leader = Phase::Leader { lease, term };
+        let follower = &Role::Follower { lease };
+        let leader = &Role::Leader {
+            lease,
+            term,
+            leadership: role::Leadership::default(),
+        };
         let held = Held {
             opened: Some(&r),
             applied: Some(&r),
@@ -1656,7 +1643,7 @@ mod tests {
             &[m(ME).acked(&r), m("n2").acked(&r)],
         );
         assert_eq!(
-            election(ME, Phase::Joining, &s, held, false),
+            election(ME, &Role::Joining, &s, held, false),
             Election::Follow
         );
         assert_eq!(election(ME, follower, &s, held, false), Election::Campaign);

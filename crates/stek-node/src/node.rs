@@ -1074,9 +1074,8 @@ impl<C: Coordinator> Node<'_, C> {
                 }
             }
         }
-        let phase = self.role.phase();
         let paused = self.clock_paused_until.is_some_and(|t| Instant::now() < t);
-        match engine::election(&me, phase, snap, self.held(), paused) {
+        match engine::election(&me, &self.role, snap, self.held(), paused) {
             Election::Follow => return None,
             Election::Abstain(why) => {
                 debug!("not campaigning: {why}");

@@ -7,8 +7,6 @@ use std::time::Instant;
 
 use stek_coord::{LeaseId, Term};
 
-use super::Phase;
-
 /// What a leader remembers of its own leadership.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Leadership {
@@ -42,18 +40,6 @@ pub enum Role {
 }
 
 impl Role {
-    /// The engine's view of it.
-    pub fn phase(&self) -> Phase {
-        match self {
-            Role::Joining => Phase::Joining,
-            Role::Follower { lease } => Phase::Follower { lease: *lease },
-            Role::Leader { lease, term, .. } => Phase::Leader {
-                lease: *lease,
-                term: *term,
-            },
-        }
-    }
-
     /// Its liveness lease, if it holds one.
     pub fn lease(&self) -> Option<LeaseId> {
         match self {
@@ -228,13 +214,6 @@ mod tests {
         assert!(r.leadership().is_none());
         r.elected(Term(4));
         assert_eq!(r.leadership().unwrap(), &mut Leadership::default());
-        assert_eq!(
-            r.phase(),
-            Phase::Leader {
-                lease: L,
-                term: Term(4)
-            }
-        );
         assert_eq!(
             (r.lease(), r.term(), r.leads()),
             (Some(L), Some(Term(4)), true)
