@@ -340,6 +340,13 @@ fn a_tampered_copy_is_rejected_and_the_leader_reseals(tamper: Tamper) {
         &copy_key(&b_id),
         &serde_json::to_vec(&serde_json::json!([forged])).unwrap(),
     );
+    // The other two are frozen while b starts and reads the forged copy: a leader that seals
+    // b a copy of its own at once would otherwise often replace the forgery before b read it
+    // (under load, always), and b would have nothing to reject. Their leases (10 s) run on.
+    let others: Vec<usize> = (0..3).filter(|i| *i != b).collect();
+    for &i in &others {
+        c.pause(i, true);
+    }
     c.start(b);
     // The replayed copy is sealed to the key that opened b's floor ring: b opens nothing
     // newer with that key (the ratchet keeps `current` for its floor's ring only), and the
@@ -350,9 +357,17 @@ fn a_tampered_copy_is_rejected_and_the_leader_reseals(tamper: Tamper) {
         Tamper::Replayed => "is sealed to public key",
         Tamper::Moved => "does not open with this node's key",
     };
-    wait_until(Duration::from_secs(10), "b to reject the copy", || {
-        c.nodes[b].log_text().contains(said)
-    });
+    let rejected = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until(Duration::from_secs(10), "b to reject the copy", || {
+            c.nodes[b].log_text().contains(said)
+        })
+    }));
+    for &i in &others {
+        c.pause(i, false);
+    }
+    if let Err(e) = rejected {
+        std::panic::resume_unwind(e);
+    }
     info!("--- the leader seals again; {b_id} applies the rotation");
     let status = c.wait_converged(Duration::from_secs(15));
     let tampered = ring["generation"].as_u64().unwrap();

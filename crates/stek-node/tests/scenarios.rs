@@ -544,6 +544,18 @@ async fn a_refused_ring_sealed_to_a_members_next_key_makes_it_burn_that_key() {
             .unwrap()
     };
     let next = announced(&snap);
+    // The other two boxes go down (killed, their leases left to run out) before the replay is
+    // put in: a leader that puts its accepted ring back at once would otherwise often replace
+    // the replay before the victim read it (under load, always), and the victim, which never
+    // saw it, would have nothing to burn. Alone, the victim reads the replay first, whatever
+    // the machine's load.
+    let others: Vec<&str> = ["n1", "n2", "n3"]
+        .into_iter()
+        .filter(|id| *id != victim)
+        .collect();
+    for id in &others {
+        fleet.kill(id);
+    }
     let key_file = fleet
         .dir
         .path()
@@ -582,6 +594,12 @@ async fn a_refused_ring_sealed_to_a_members_next_key_makes_it_burn_that_key() {
         },
     )
     .await;
+    // The victim leads alone once the others' leases ran out, and puts the ring back; the
+    // others come back on their state and apply it, and the next rotation reaches all three.
+    restored(&fleet, stored.ring.digest()).await;
+    for id in &others {
+        fleet.start(id);
+    }
     restored(&fleet, stored.ring.digest()).await;
     fleet.store.request_rotation("test", None).await.unwrap();
     converged(&fleet, g).await;
