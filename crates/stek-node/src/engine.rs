@@ -11,9 +11,12 @@ use stek_coord::seal::{SealError, WriteId};
 use stek_coord::{Member, RingSlot, Snapshot, StoredRing, Term};
 use stek_core::{decide_at, next_ring, Decision, KeyRing, KeySource, Policy, RingMeta};
 
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod floor;
 pub mod follow;
 pub mod housekeeping;
+pub mod lead;
 pub mod pace;
 pub mod ratchet;
 pub mod read;
@@ -693,179 +696,12 @@ pub fn renumber_after(ring: KeyRing, snap: &Snapshot, floor: u64) -> KeyRing {
 
 #[cfg(test)]
 mod tests {
+    use super::fixtures::*;
     use super::*;
     use stek_coord::seal::Identity;
     use stek_coord::LeaseId;
-    use stek_coord::{MemberRecord, RecordError};
+    use stek_coord::RecordError;
     use stek_core::{KeyState, OsKeySource};
-
-    const ME: &str = "n1";
-    static NO_HISTORY: stek_core::KeyHistory = stek_core::KeyHistory::new();
-
-    /// A leader's view of `snap` with `held`, at `now`: every other input at its default (no
-    /// floor, nothing accepted, nothing rate-limited); a test sets what it is about.
-    fn view<'a>(snap: &'a Snapshot, held: Held<'a>, now: SystemTime) -> LeaderView<'a> {
-        LeaderView {
-            me: ME,
-            snap,
-            held,
-            newest_seen: 0,
-            policy: policy(),
-            now,
-            mono: mono(),
-            pace: Pace::default(),
-            min_request_interval: Duration::from_secs(60),
-            data_key_write: None,
-            signer: None,
-            accepted: None,
-            floor: None,
-            history: &NO_HISTORY,
-        }
-    }
-
-    /// The monotonic now of every view: one instant for the whole test binary.
-    fn mono() -> Instant {
-        static NOW: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-        *NOW.get_or_init(Instant::now)
-    }
-
-    /// The data key of the stored ring's write, as its writer holds it after opening its copy.
-    fn writer_of(s: &Snapshot) -> Option<WriteId> {
-        s.valid_ring().map(StoredRing::write_id)
-    }
-
-    fn policy() -> Policy {
-        Policy {
-            interval: Duration::from_secs(3600),
-            retain: 1,
-        }
-    }
-
-    fn t(secs: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
-    }
-
-    fn ring_at(generation: u64, at: SystemTime) -> KeyRing {
-        KeyRing::bootstrap(at, &policy(), &mut OsKeySource, &NO_HISTORY)
-            .unwrap()
-            .renumbered(generation)
-            .to_millis()
-    }
-
-    struct M {
-        id: &'static str,
-        live: bool,
-        acked: Option<(u64, Option<String>)>,
-        key: Option<Identity>,
-        at: SystemTime,
-        floor: Option<u64>,
-    }
-
-    fn m(id: &'static str) -> M {
-        M {
-            id,
-            live: true,
-            acked: None,
-            key: Some(Identity::generate()),
-            at: t(0),
-            floor: None,
-        }
-    }
-
-    impl M {
-        fn acked(mut self, ring: &KeyRing) -> Self {
-            self.acked = Some((ring.generation(), Some(ring.digest().to_string())));
-            self
-        }
-        fn applied(mut self, generation: u64) -> Self {
-            self.acked = Some((generation, None));
-            self
-        }
-        fn floor(mut self, generation: u64) -> Self {
-            self.floor = Some(generation);
-            self
-        }
-        fn dead(mut self) -> Self {
-            self.live = false;
-            self
-        }
-        fn at(mut self, when: SystemTime) -> Self {
-            self.at = when;
-            self
-        }
-        fn member(&self) -> Member {
-            let (applied, digest) = self.acked.clone().unwrap_or((0, None));
-            Member {
-                record: MemberRecord {
-                    node_id: self.id.into(),
-                    version: String::new(),
-                    targets: Vec::new(),
-                    applied_generation: applied,
-                    last_error: None,
-                    updated_at_ms: u64::try_from(
-                        self.at
-                            .duration_since(SystemTime::UNIX_EPOCH)
-                            .unwrap()
-                            .as_millis(),
-                    )
-                    .unwrap(),
-                    public_key: self.key.as_ref().map(|k| k.public().to_base64()),
-                    unsealable_generation: None,
-                    certificate: None,
-                    key_signature: None,
-                    applied_digest: digest,
-                    floor_generation: self.floor,
-                    instance: None,
-                    floor_digest: None,
-                },
-                live: self.live,
-            }
-        }
-    }
-
-    /// A snapshot of `ring` (sealed for the members listed in `sealed_for`, written by
-    /// `writer`) and `members`.
-    fn snap(ring: Option<(&KeyRing, &str, &[&str])>, members: &[M]) -> Snapshot {
-        let slot = match ring {
-            None => RingSlot::Absent,
-            Some((r, writer, sealed_for)) => {
-                let recipients: Vec<_> = members
-                    .iter()
-                    .filter(|x| sealed_for.contains(&x.id))
-                    .filter_map(|x| Some((x.id.to_owned(), *x.key.as_ref()?.public())))
-                    .collect();
-                RingSlot::Valid(StoredRing::seal("c", r, &policy(), writer, &recipients).0)
-            }
-        };
-        Snapshot {
-            revision: 1,
-            leader: None,
-            ring: slot,
-            ring_revision: 1,
-            members: members.iter().map(M::member).collect(),
-            requests: Vec::new(),
-            unreadable_requests: Vec::new(),
-            requested_by: Vec::new(),
-            request_records: Vec::new(),
-            rejected: Vec::new(),
-            partial: false,
-            refused: Vec::new(),
-        }
-    }
-
-    fn step(snap: &Snapshot, held: Held<'_>, now: SystemTime) -> Step {
-        let v = view(snap, held, now);
-        leader_step(&v, &mut OsKeySource)
-    }
-
-    fn written(step: Step) -> (KeyRing, Vec<String>, Why) {
-        match step {
-            Step::Write {
-                ring, served, why, ..
-            } => (ring, served, why),
-            other => panic!("expected a write, got {other:?}"),
-        }
-    }
 
     #[test]
     fn a_repaired_ring_numbers_above_every_ack_and_ignores_absurd_ones() {

@@ -8,7 +8,7 @@
 //! `Node::read_as_follower`) and on the schedule of `engine::read`. When the store is unreachable nothing on
 //! disk changes (I4): the node keeps its files and retries with backoff.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,17 +26,17 @@ use crate::admin::{unix, ErrorLabels, MemberLabels, Metrics, TargetLabels};
 use crate::config::Config;
 use crate::engine::floor::{self, Floor};
 use crate::engine::follow::{self, ApplyRetry, OwnWrite};
-use crate::engine::housekeeping;
+use crate::engine::lead::{
+    self, Action, Event, Leading, Now, Plan, Refused, Report, Resignation, BACKOFF_MAX, BACKOFF_MIN,
+};
 use crate::engine::read::{self, Carried, FullReads, Read, ReadInputs, RESYNC};
-use crate::engine::role::Role;
-use crate::engine::{self, ratchet, Election, Held, LeaderView, Pace, Step, Why};
+use crate::engine::{self, ratchet, Held, Why};
 use crate::state::Sealing;
 
 /// How many distinct rejections a node remembers having logged (each is logged once).
 const MAX_LOGGED: usize = 4096;
-/// Backoff bounds for store errors and failed applies.
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(15);
+/// How long a leader that gives its term up waits for the store to hear it.
+const RESIGN_LIMIT: Duration = Duration::from_secs(3);
 
 /// Runs a node with the sealing keys and rollback floor `sealing` (its state directory, loaded)
 /// until `shutdown` resolves; then resigns and revokes its lease at once. Keeps
@@ -98,27 +98,20 @@ pub async fn run_with<C: Coordinator>(
         metrics,
         pki: identity,
         enrollment: None,
-        own_identity_error: None,
-        pace: Pace::default(),
         newest_seen: sealing.floor().map_or(0, |f| f.generation),
-        requests_seen: BTreeSet::new(),
         sealing,
         accepted: None,
         state_error: None,
-        role: Role::Joining,
+        leading: Leading::default(),
         opened: None,
         history: stek_core::KeyHistory::new(),
         data_key: None,
         seal_error: None,
         applied: None,
         last_error: None,
-        written_at: 0,
-        read_fresh: false,
         apply_retry: ApplyRetry::default(),
         logged: BTreeSet::new(),
-        last_wait: None,
         held_since: None,
-        clock_paused_until: None,
         clock,
         active_seen: None,
     };
@@ -137,7 +130,7 @@ pub async fn run_with<C: Coordinator>(
     info!(node = %config.node_id, cluster = %config.cluster, targets = config.targets.len(), instance = %node.sealing.instance(), announced_key = %node.sealing.announced().public().id(), floor = node.sealing.floor().map_or(0, |f| f.generation), "stek node starting");
     'run: loop {
         // Lease and registration.
-        if node.role.lease().is_none() {
+        if node.leading.role.lease().is_none() {
             keepalive = None;
             watch = None;
             match node.join().await {
@@ -185,7 +178,7 @@ pub async fn run_with<C: Coordinator>(
         // Which read this pass makes is the planner's ([`read::plan`]); the runtime counts the
         // members once (a request that carries no record: on failure the window is the
         // widest, and the read that follows says what is wrong with the store) and reads.
-        let leading = node.role.leads();
+        let leading = node.leading.role.leads();
         if full_reads.needs_count() {
             let members = node.coord.member_count().await.ok().flatten();
             full_reads.place_first(members, spread(), Instant::now());
@@ -204,8 +197,8 @@ pub async fn run_with<C: Coordinator>(
                 revision: s.revision,
                 partial: s.partial,
             }),
-            written_at: node.written_at,
-            read_fresh: node.read_fresh,
+            written_at: node.leading.written_at,
+            read_fresh: node.leading.read_fresh,
             counts_instead,
         });
         let from_events = matches!(plan, Read::Carried | Read::Follower { carried: true, .. });
@@ -224,7 +217,7 @@ pub async fn run_with<C: Coordinator>(
                     full_reads.read_everything(s.members.len(), Instant::now());
                 }
                 if !from_events {
-                    node.read_fresh = false;
+                    node.leading.read_fresh = false;
                 }
                 want_full = false;
                 node.metrics.store_up.set(1);
@@ -249,11 +242,11 @@ pub async fn run_with<C: Coordinator>(
         let wake = node.reconcile(&snap).await;
         // A leader watches every change; a follower only its own records, the ring and the
         // leader. A change of role changes the watch.
-        if watch_all != node.role.leads() {
+        if watch_all != node.leading.role.leads() {
             watch = None;
         }
         if watch.is_none() {
-            watch_all = node.role.leads();
+            watch_all = node.leading.role.leads();
             let w = if watch_all {
                 node.coord.watch(snap.revision).await
             } else {
@@ -299,15 +292,15 @@ pub async fn run_with<C: Coordinator>(
                         // that completes it (the ring, or the last batch of copies): a pass
                         // before it would find what the watch carried behind that write, and
                         // read everything again (N records) instead.
-                        let own_write = node.role.leads() && change.revision > 0 && change.revision < node.written_at;
+                        let own_write = node.leading.role.leads() && change.revision > 0 && change.revision < node.leading.written_at;
                         let new = change.revision == 0 || change.revision > read_at;
-                        if new && !own_write && (node.role.leads() || change.concerns_follower(&config.node_id)) {
+                        if new && !own_write && (node.leading.role.leads() || change.concerns_follower(&config.node_id)) {
                             want_full = change.needs_full_read(&config.node_id);
                             // One pass covers every change already queued behind this one:
                             // N acknowledgements that arrive together cost the leader one
                             // pass over N members, not N passes.
                             if let Some(w) = watch.as_mut() {
-                                match drain_queued(w, node.role.leads(), &config.node_id).await {
+                                match drain_queued(w, node.leading.role.leads(), &config.node_id).await {
                                     Ok(more) => want_full |= more,
                                     Err(e) => {
                                         debug!("{e}");
@@ -331,12 +324,9 @@ pub async fn run_with<C: Coordinator>(
                     // The store did not renew it: until a read succeeds again, say it is down.
                     node.metrics.store_up.set(0);
                     want_full = true;
-                    if let Some(term) = node.role.lease_ended() {
-                        // The leadership was bound to that lease: it is gone with it, whether
-                        // or not the store hears the resignation.
-                        info!(target: "audit", node = %config.node_id, term = term.0, "leadership lost: the liveness lease ended");
-                        let _ = tokio::time::timeout(Duration::from_secs(3), node.coord.resign(term)).await;
-                    }
+                    let now = node.now();
+                    let plan = node.leading.on(Event::LeaseLost, now, &node.settings());
+                    node.perform(plan, &snap, now).await;
                     break;
                 }
                 _ = tokio::time::sleep_until(deadline) => break,
@@ -416,16 +406,9 @@ struct Node<'a, C> {
     /// what was signed, signature), made again only when those change: ECDSA signatures differ
     /// every time, and the record must not change on every pass.
     enrollment: Option<(String, Announced, String)>,
-    /// Why this node's own certificate no longer verifies (expired, revoked): it then never
-    /// leads, so it never writes a ring the others would refuse.
-    own_identity_error: Option<String>,
-    /// When this leader last made each rate-limited kind of write.
-    pace: Pace,
     /// The newest valid ring generation this node has seen (its floor at the start, then
     /// every valid ring read): an older ring is a replay, never applied (no rollback).
     newest_seen: u64,
-    /// Rotation requests already audited.
-    requests_seen: BTreeSet<String>,
     /// This node's sealing keys (they ratchet) and rollback floor, in `state_dir` on the RAM
     /// disk: a restarted process opens its copy again and refuses older rings; a reboot
     /// forgets both.
@@ -436,9 +419,9 @@ struct Node<'a, C> {
     /// Why the state directory could not take the last ratchet step (the floor or a key could
     /// not be written): the ring is not applied until it can.
     state_error: Option<String>,
-    /// Where it stands: joining, a follower under its lease, or the leader of a term (with
-    /// what it keeps only while it leads).
-    role: Role,
+    /// Where it stands (joining, a follower under its lease, or the leader of a term) and
+    /// what the engine keeps about leading ([`Leading`]).
+    leading: Leading,
     /// The last ring this node opened from its own sealed copy. A leader also rewrites it over
     /// a malformed record.
     opened: Option<KeyRing>,
@@ -454,24 +437,12 @@ struct Node<'a, C> {
     applied: Option<KeyRing>,
     /// Why the last apply failed.
     last_error: Option<String>,
-    /// The store revision of this node's last ring write: what a watch carried is used only
-    /// once it includes that write (a pass right after a write must not decide on the ring
-    /// it replaced).
-    written_at: i64,
-    /// The next pass reads the store rather than take what the watch carried (after a
-    /// refused write).
-    read_fresh: bool,
     /// When a failed apply is tried again.
     apply_retry: ApplyRetry,
     /// Rejections already logged (key, error), so each is logged once.
     logged: BTreeSet<(String, String)>,
-    /// The last "rotation waits" message, logged when it changes.
-    last_wait: Option<String>,
     /// Since when another live process holds this node id (joining waits for its lease).
     held_since: Option<Instant>,
-    /// Until when this node does not campaign: its clock was measured ahead of its members'
-    /// by more than [`stek_coord::clock::CLOCK_BOUND`].
-    clock_paused_until: Option<Instant>,
     /// The wall clock.
     clock: Arc<dyn Clock>,
     /// The active key's fingerprint, and since when this node has seen it active.
@@ -707,13 +678,13 @@ impl<C: Coordinator> Node<'_, C> {
         let keepalive = self.coord.keep_alive(lease, self.config.lease_ttl).await?;
         self.coord.register(lease, &self.record()).await?;
         info!(target: "audit", node = %self.config.node_id, "member joined");
-        self.role.joined(lease);
+        self.leading.role.joined(lease);
         Ok(keepalive)
     }
 
     async fn leave(&mut self) {
         let limit = Duration::from_secs(3);
-        if let Some(term) = self.role.step_down() {
+        if let Some(term) = self.leading.role.step_down() {
             match tokio::time::timeout(limit, self.coord.resign(term)).await {
                 Ok(Ok(())) => {
                     info!(target: "audit", node = %self.config.node_id, "leadership released")
@@ -721,8 +692,8 @@ impl<C: Coordinator> Node<'_, C> {
                 _ => warn!("could not release the leadership; it ends when the lease expires"),
             }
         }
-        if let Some(lease) = self.role.lease() {
-            self.role.lease_ended();
+        if let Some(lease) = self.leading.role.lease() {
+            self.leading.role.lease_ended();
             match tokio::time::timeout(limit, self.coord.revoke(lease)).await {
                 Ok(Ok(())) => info!(target: "audit", node = %self.config.node_id, "member left"),
                 _ => warn!("could not revoke the lease; the member expires with it"),
@@ -731,6 +702,22 @@ impl<C: Coordinator> Node<'_, C> {
     }
 
     /// One pass over a snapshot; returns when to wake at the latest.
+    /// The keys this node holds.
+    fn held(&self) -> Held<'_> {
+        Held {
+            opened: self.opened.as_ref(),
+            applied: self.applied.as_ref(),
+        }
+    }
+
+    /// Now, by both clocks.
+    fn now(&self) -> Now {
+        Now {
+            wall: self.clock.now(),
+            mono: Instant::now(),
+        }
+    }
+
     async fn reconcile(&mut self, snap: &Snapshot) -> Instant {
         let mut wake = Instant::now() + RESYNC;
         if self.logged.len() > MAX_LOGGED {
@@ -785,7 +772,7 @@ impl<C: Coordinator> Node<'_, C> {
             .iter()
             .find(|m| m.record.node_id == self.config.node_id);
         let want = self.record();
-        if let Some(write) = follow::own_record(mine, &want, self.role.lease()) {
+        if let Some(write) = follow::own_record(mine, &want, self.leading.role.lease()) {
             let written = match write {
                 OwnWrite::Register(lease) => self.coord.register(lease, &want).await,
                 OwnWrite::Ack => self.coord.ack(&want).await,
@@ -798,7 +785,7 @@ impl<C: Coordinator> Node<'_, C> {
                 wake = wake.min(Instant::now() + BACKOFF_MIN);
             }
         }
-        if let Some(t) = self.lead(snap).await {
+        if let Some(t) = self.lead(snap, self.now()).await {
             wake = wake.min(t);
         }
         self.observe(snap);
@@ -810,7 +797,7 @@ impl<C: Coordinator> Node<'_, C> {
         let m = &self.metrics;
         let now = self.clock.now();
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        m.leader.set(i64::from(self.role.leads()));
+        m.leader.set(i64::from(self.leading.role.leads()));
         m.ring_rejected
             .set(i64::from(matches!(snap.ring, RingSlot::Rejected(_))));
         if !snap.partial {
@@ -1053,228 +1040,214 @@ impl<C: Coordinator> Node<'_, C> {
         }
     }
 
-    /// The leader's part; returns when it wants to decide again.
-    async fn lead(&mut self, snap: &Snapshot) -> Option<Instant> {
-        let me = self.config.node_id.clone();
-        if let Some(pki) = self.pki {
-            // A node whose own certificate no longer verifies (expired, revoked) would write
-            // rings every other node refuses: it steps down and never campaigns.
-            match pki.trust.verify(pki.creds.cert_der(), self.clock.now()) {
-                Ok(_) => self.own_identity_error = None,
-                Err(e) => {
-                    let e = e.to_string();
-                    if self.own_identity_error.as_ref() != Some(&e) {
-                        error!(target: "audit", node = %me, "this node's own certificate does not verify ({e}); it does not lead until it gets a valid one (stek ca issue, then restart)");
-                        self.own_identity_error = Some(e);
-                    }
-                    if let Some(term) = self.role.step_down() {
-                        let _ = self.coord.resign(term).await;
-                    }
-                    return Some(Instant::now() + BACKOFF_MAX);
-                }
-            }
-        }
-        let paused = self.clock_paused_until.is_some_and(|t| Instant::now() < t);
-        match engine::election(&me, &self.role, snap, self.held(), paused) {
-            Election::Follow => return None,
-            Election::Abstain(why) => {
-                debug!("not campaigning: {why}");
-                return None;
-            }
-            Election::Campaign => {
-                let lease = self.role.lease()?;
-                match self.coord.campaign(lease, &me).await {
-                    Ok(Some(term)) => {
-                        info!(target: "audit", node = %me, term = term.0, "leader elected");
-                        self.role.elected(term);
-                        // Decide on a fresh read that includes our own leader key (a term is
-                        // the revision that wrote it): what a watch carried from before it
-                        // would show no leader, and this node would drop the term it just won.
-                        self.written_at = self.written_at.max(term.0);
-                        return Some(Instant::now());
-                    }
-                    Ok(None) => return None,
-                    Err(e) => {
-                        warn!("campaign failed: {e}");
-                        return Some(Instant::now() + BACKOFF_MIN);
-                    }
-                }
-            }
-            Election::Adopt(term) => {
-                // Our campaign was applied but its reply was lost (a timeout, a retry that
-                // answered "not elected"): the leadership under our own lease is ours.
-                info!(target: "audit", node = %me, term = term.0, "leader elected (campaign reply was lost)");
-                self.role.elected(term);
-            }
-            Election::Lost(term) => {
-                self.role.step_down();
-                info!(target: "audit", node = %me, term = term.0, "leadership lost");
-                if snap.leader.is_none() {
-                    // Its leader key is gone (its lease ended): campaign on the next pass.
-                    return Some(Instant::now());
-                }
-                return None;
-            }
-            Election::Lead(_) => {}
-        }
-        let term = self.role.term()?;
-        self.audit_membership(snap);
-        self.forget_the_dead(term, snap).await;
-        let now = self.clock.now();
-        let mono = Instant::now();
-        // Requests rotate at most once per min_request_interval ([`engine::pace`]).
-        let requests_due = self
-            .pace
-            .requests_due(now, mono, self.config.min_request_interval);
-        if !snap.requests.is_empty() && now < requests_due {
-            let msg = format!(
-                "rotation requested; requests rotate at most once per {} ([rotation] min_request_interval): next at {}",
-                humantime_serde::re::humantime::format_duration(self.config.min_request_interval),
-                humantime_serde::re::humantime::format_rfc3339_seconds(requests_due)
-            );
-            if self.last_wait.as_deref() != Some(msg.as_str()) {
-                info!("{msg}");
-                self.last_wait = Some(msg);
-            }
-        }
-        // The ring to put back over a replayed or broken one, unless its own signature no
-        // longer verifies (its writer's certificate expired): then it is written anew.
-        let accepted = self
-            .accepted
-            .as_ref()
-            .filter(|a| self.pki.is_none_or(|pki| a.verify(&pki.trust, now).is_ok()));
-        let view = LeaderView {
-            me: &me,
+    /// The leader's part of a pass: [`Leading::plan`] decides, this performs the actions and
+    /// feeds their results back; returns when to decide again at the latest.
+    async fn lead(&mut self, snap: &Snapshot, now: Now) -> Option<Instant> {
+        let own_certificate = self
+            .pki
+            .and_then(|pki| pki.trust.verify(pki.creds.cert_der(), now.wall).err())
+            .map(|e| e.to_string());
+        let accepted_verifies = match (&self.accepted, self.pki) {
+            (Some(a), Some(pki)) => a.verify(&pki.trust, now.wall).is_ok(),
+            _ => true,
+        };
+        let inputs = lead::Inputs {
+            me: &self.config.node_id,
             snap,
-            held: self.held(),
+            held: Held {
+                opened: self.opened.as_ref(),
+                applied: self.applied.as_ref(),
+            },
             newest_seen: self.newest_seen,
             floor: self.sealing.floor(),
-            accepted,
-            policy: self.config.policy,
-            now,
-            mono,
-            pace: self.pace,
-            min_request_interval: self.config.min_request_interval,
+            accepted: self.accepted.as_ref(),
+            accepted_verifies,
+            own_certificate: own_certificate.as_deref(),
             data_key_write: self.data_key.as_ref().map(DataKey::write),
             signer: self.pki.map(|p| p.creds.cert_der()),
             history: &self.history,
+            settings: self.settings(),
         };
-        let step = engine::leader_step(&view, &mut OsKeySource);
-        self.pace.performing(&step, mono);
-        let after =
-            |d: SystemTime| Some(Instant::now() + d.duration_since(now).unwrap_or_default());
-        match step {
-            Step::StepDown { ahead } => {
-                // Keys stamped in the members' future: their key-age figures and any later
-                // leader's schedule would be off by as much. Let a member with a sane clock lead.
-                error!(target: "audit", node = %me, term = term.0, ahead_seconds = ahead.as_secs(), "this leader's clock is ahead of its members' by {ahead:?} (their acknowledgements are stamped before its ring); it stops leading for {:?}; fix its time source (chrony, systemd-timesyncd)", stek_coord::clock::CLOCK_COOLDOWN);
-                self.clock_paused_until = Some(Instant::now() + stek_coord::clock::CLOCK_COOLDOWN);
-                if let Err(e) = self.coord.resign(term).await {
-                    warn!("could not release the leadership: {e}");
-                }
-                self.role.step_down();
-                Some(Instant::now() + BACKOFF_MIN)
+        let plan = self.leading.plan(&inputs, now, &mut OsKeySource);
+        self.perform(plan, snap, now).await
+    }
+
+    fn settings(&self) -> lead::Settings {
+        lead::Settings {
+            policy: self.config.policy,
+            min_request_interval: self.config.min_request_interval,
+            forget_dead_after: self.config.forget_dead_after,
+            compact_history: self.config.compact_history,
+        }
+    }
+
+    /// Performs `plan`'s actions in order, feeding each result back to the engine (which may
+    /// add actions); returns the earliest wake-up asked for.
+    async fn perform(&mut self, plan: Plan, snap: &Snapshot, now: Now) -> Option<Instant> {
+        let settings = self.settings();
+        let mut wake = plan.wake_at;
+        let mut queue: VecDeque<Action> = plan.actions.into();
+        while let Some(action) = queue.pop_front() {
+            for event in self.act(action, snap).await {
+                let more = self.leading.on(event, now, &settings);
+                wake = match (wake, more.wake_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                queue.extend(more.actions);
             }
-            Step::HandOver { to, why } => self.hand_over(term, &to, &why).await,
-            Step::Restore { stored, why } => {
-                let generation = stored.ring.generation();
-                match self
-                    .coord
-                    .write_ring(term, snap.ring_revision, &stored, &[])
-                    .await
-                {
-                    Ok(revision) => {
-                        self.written_at = self.written_at.max(revision);
-                        warn!(target: "audit", generation, leader = %me, "{why}: put back the ring this leader accepted last (generation {generation}), unchanged");
-                    }
-                    Err(e) => self.write_failed(e),
-                }
-                Some(Instant::now() + BACKOFF_MIN)
+        }
+        wake
+    }
+
+    /// Performs one action; returns what came of it.
+    async fn act(&mut self, action: Action, snap: &Snapshot) -> Vec<Event> {
+        let written = |r: Result<i64, CoordError>, ok: &dyn Fn(i64) -> Event| match r {
+            Ok(revision) => ok(revision),
+            Err(e) => Event::Refused(e),
+        };
+        match action {
+            Action::Report(r) => {
+                self.report(r, snap);
+                Vec::new()
             }
-            Step::SealCopies { members } => {
-                match self.seal_copies(term, snap, &members).await {
-                    Ok(Some(generation)) => info!(
-                        generation,
-                        "sealed a copy of the stored ring for {}",
-                        members.join(", ")
-                    ),
-                    Ok(None) => {}
-                    Err(e) => self.write_failed(e),
-                }
-                Some(Instant::now() + BACKOFF_MIN)
+            Action::Resign { term, why } => {
+                self.resign(term, why).await;
+                Vec::new()
             }
-            Step::Stuck { why } => {
-                if self.logged.insert(("ring-repair".into(), why.clone())) {
-                    error!("{why}, and no live member holds keys to rewrite it with; an operator must restore it or delete it (a new ring is then made)");
-                }
-                Some(Instant::now() + BACKOFF_MAX)
+            Action::Campaign { lease } => {
+                let result = self.coord.campaign(lease, &self.config.node_id).await;
+                vec![Event::Campaigned(result.map_err(|e| e.to_string()))]
             }
-            Step::Failed { why } => {
-                error!("{why}");
-                Some(Instant::now() + BACKOFF_MAX)
-            }
-            Step::Write {
+            Action::Forget { term, members } => self.forget(term, members).await,
+            Action::Write {
+                term,
+                ring_revision,
                 ring,
                 served,
                 why,
                 before,
             } => {
-                match self.write(term, &ring, snap, &served).await {
-                    Ok(revision) => {
-                        self.written(&why, before.as_ref(), &ring, snap, revision)
-                            .await
-                    }
-                    Err(e) => self.write_failed(e),
-                }
-                Some(Instant::now() + BACKOFF_MIN)
+                let r = self.write(term, ring_revision, &ring, snap, &served).await;
+                vec![written(r, &|revision| Event::Wrote {
+                    revision,
+                    why: why.clone(),
+                    before: before.clone(),
+                    ring: ring.clone(),
+                })]
             }
-            Step::Wait { decision, until } => {
-                match decision {
-                    Some(Decision::Wait { reason, blocked_by }) => {
-                        let who: Vec<String> = blocked_by.iter().map(ToString::to_string).collect();
-                        let msg = format!("{reason:?} rotation waits for {}", who.join(", "));
-                        if self.last_wait.as_deref() != Some(msg.as_str()) {
-                            warn!("{msg}");
-                            self.last_wait = Some(msg);
-                        }
-                    }
-                    Some(Decision::Idle { .. }) if snap.requests.is_empty() => {
-                        self.last_wait = None
-                    }
-                    _ => {}
+            Action::Restore {
+                term,
+                ring_revision,
+                stored,
+                why,
+            } => {
+                let r = self
+                    .coord
+                    .write_ring(term, ring_revision, &stored, &[])
+                    .await;
+                vec![written(r, &|revision| Event::Restored {
+                    revision,
+                    generation: stored.ring.generation(),
+                    why: why.clone(),
+                })]
+            }
+            Action::SealCopies {
+                term,
+                ring_revision,
+                members,
+            } => match self.seal_copies(term, ring_revision, snap, &members).await {
+                Ok(Some((generation, revision))) => {
+                    info!(
+                        generation,
+                        "sealed a copy of the stored ring for {}",
+                        members.join(", ")
+                    );
+                    vec![Event::SealedCopies(Some(revision))]
                 }
-                after(until)
+                Ok(None) => vec![Event::SealedCopies(None)],
+                Err(e) => vec![Event::Refused(e)],
+            },
+            Action::Purge { revision, dropped } => {
+                self.purge(revision, &dropped).await;
+                Vec::new()
             }
         }
     }
 
-    /// The keys this node holds.
-    fn held(&self) -> Held<'_> {
-        Held {
-            opened: self.opened.as_ref(),
-            applied: self.applied.as_ref(),
+    /// Logs what the engine reported.
+    fn report(&mut self, report: Report, snap: &Snapshot) {
+        let me = self.config.node_id.as_str();
+        match report {
+            Report::OwnCertificate(e) => {
+                error!(target: "audit", node = %me, "this node's own certificate does not verify ({e}); it does not lead until it gets a valid one (stek ca issue, then restart)")
+            }
+            Report::NotCampaigning(why) => debug!("not campaigning: {why}"),
+            Report::Elected {
+                term,
+                adopted: false,
+            } => info!(target: "audit", node = %me, term = term.0, "leader elected"),
+            Report::Elected {
+                term,
+                adopted: true,
+            } => {
+                info!(target: "audit", node = %me, term = term.0, "leader elected (campaign reply was lost)")
+            }
+            Report::LeadershipLost(term) => {
+                info!(target: "audit", node = %me, term = term.0, "leadership lost")
+            }
+            Report::CampaignFailed(e) => warn!("campaign failed: {e}"),
+            Report::Expired(gone) => {
+                for member in gone {
+                    info!(target: "audit", member = %member, leader = %me, "member expired: its liveness lease ended (it left, or stopped renewing)");
+                }
+            }
+            Report::Requested(requests) => {
+                for (key, by) in requests {
+                    info!(target: "audit", requested_by = %by, request = %key, leader = %me, "rotation requested");
+                }
+            }
+            Report::RequestsPaced { interval, next } => info!(
+                "rotation requested; requests rotate at most once per {} ([rotation] min_request_interval): next at {}",
+                humantime_serde::re::humantime::format_duration(interval),
+                humantime_serde::re::humantime::format_rfc3339_seconds(next)
+            ),
+            Report::Waits(line) => warn!("{line}"),
+            Report::Stuck(why) => {
+                error!("{why}, and no live member holds keys to rewrite it with; an operator must restore it or delete it (a new ring is then made)")
+            }
+            Report::Failed(why) => error!("{why}"),
+            Report::Written { why, before, ring } => {
+                self.audit_write(&why, before.as_ref(), &ring, &snap.requested_by)
+            }
+            Report::Restored { generation, why } => {
+                warn!(target: "audit", generation, leader = %me, "{why}: put back the ring this leader accepted last (generation {generation}), unchanged")
+            }
+            Report::Refused(Refused::Fenced(term)) => {
+                warn!(target: "audit", term = term.0, "leadership lost: the store refused a write")
+            }
+            Report::Refused(Refused::Conflict) => {
+                info!("the ring changed since this decision was read; deciding again on a fresh read")
+            }
+            Report::Refused(Refused::Failed(e)) => warn!("leader write failed: {e}"),
         }
     }
 
-    /// After a leader write landed: the audit trail, the counters, and the history purge.
-    async fn written(
-        &mut self,
+    /// The audit trail of a leader write that landed.
+    fn audit_write(
+        &self,
         why: &Why,
         before: Option<&KeyRing>,
         ring: &KeyRing,
-        snap: &Snapshot,
-        revision: i64,
+        requested_by: &[(String, String)],
     ) {
-        let me = self.config.node_id.clone();
-        self.pace.written(why, Instant::now());
+        let me = self.config.node_id.as_str();
         match why {
             Why::Decision(decision) => {
-                self.last_wait = None;
                 if matches!(decision, Decision::Rotate(_)) {
                     self.metrics.rotations.inc();
                 }
-                audit_decision(decision, before, ring, &me, &snap.requested_by);
-                self.purge(before, ring, revision).await;
+                audit_decision(decision, before, ring, me, requested_by);
             }
             Why::WriteBack(why) => {
                 warn!(target: "audit", generation = ring.generation(), leader = %me, "{why}: rewrote the last valid ring this leader holds")
@@ -1285,7 +1258,6 @@ impl<C: Coordinator> Node<'_, C> {
                 // other for whoever reads the audit trail.
                 let active = ring.active();
                 info!(target: "audit", epoch = active.epoch, fingerprint = %active.fingerprint(), generation = ring.generation(), leader = %me, reason = "re-key", "key activated");
-                self.purge(None, ring, revision).await;
             }
             Why::Reseal(lacking) => info!(
                 generation = ring.generation(),
@@ -1295,81 +1267,59 @@ impl<C: Coordinator> Node<'_, C> {
         }
     }
 
-    /// Audits, as the leader sees them, members that stopped being live and rotation requests.
-    fn audit_membership(&mut self, snap: &Snapshot) {
-        let live: BTreeSet<String> = snap
-            .members
-            .iter()
-            .filter(|m| m.live)
-            .map(|m| m.record.node_id.clone())
-            .collect();
-        if let Some(lead) = self.role.leadership() {
-            if !lead.live_seen.is_empty() {
-                for gone in lead.live_seen.difference(&live) {
-                    info!(target: "audit", member = %gone, leader = %self.config.node_id, "member expired: its liveness lease ended (it left, or stopped renewing)");
-                }
+    /// Gives `term` up, for `why` (the role has already stepped down).
+    async fn resign(&mut self, term: Term, why: Resignation) {
+        let me = self.config.node_id.as_str();
+        match &why {
+            Resignation::OwnCertificate => {}
+            Resignation::ClockAhead { ahead } => {
+                // Keys stamped in the members' future: their key-age figures and any later
+                // leader's schedule would be off by as much. Let a member with a sane clock lead.
+                error!(target: "audit", node = %me, term = term.0, ahead_seconds = ahead.as_secs(), "this leader's clock is ahead of its members' by {ahead:?} (their acknowledgements are stamped before its ring); it stops leading for {:?}; fix its time source (chrony, systemd-timesyncd)", stek_coord::clock::CLOCK_COOLDOWN);
             }
-            lead.live_seen = live;
-        }
-        for (key, by) in &snap.requested_by {
-            if self.requests_seen.insert(key.clone()) {
-                info!(target: "audit", requested_by = %by, request = %key, leader = %self.config.node_id, "rotation requested");
+            Resignation::HandOver { to, why } => {
+                info!(target: "audit", node = %me, term = term.0, "leadership released: {why}; {to} holds keys and should lead");
+            }
+            Resignation::LeaseEnded => {
+                info!(target: "audit", node = %me, term = term.0, "leadership lost: the liveness lease ended");
             }
         }
-        self.requests_seen
-            .retain(|k| snap.requests.iter().any(|r| r == k));
+        match tokio::time::timeout(RESIGN_LIMIT, self.coord.resign(term)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("could not release the leadership: {e}"),
+            Err(_) => warn!("could not release the leadership in {RESIGN_LIMIT:?}; it ends when the lease expires"),
+        }
     }
 
-    /// Removes the records of members this leader has seen dead for `forget_dead_after`
-    /// ([`housekeeping::dead_to_forget`]), so the store does not grow with every box that ever
-    /// ran. The store removes a record only while no liveness lease holds for it.
-    async fn forget_the_dead(&mut self, term: Term, snap: &Snapshot) {
-        let Some(lead) = self.role.leadership() else {
-            return;
-        };
-        let due = housekeeping::dead_to_forget(
-            &mut lead.dead_since,
-            snap,
-            Instant::now(),
-            self.config.forget_dead_after,
-        );
-        for id in due {
+    /// Removes the records of dead `members` ([`crate::engine::housekeeping::dead_to_forget`]), so the store
+    /// does not grow with every box that ever ran. The store removes a record only while no
+    /// liveness lease holds for it.
+    async fn forget(&mut self, term: Term, members: Vec<String>) -> Vec<Event> {
+        let mut events = Vec::new();
+        for id in members {
             match self.coord.forget_member(term, &id).await {
-                Ok(true) => {
-                    info!(target: "audit", member = %id, leader = %self.config.node_id, after = ?self.config.forget_dead_after, "member forgotten: dead for [rotation] forget_dead_after; its record is removed");
-                    if let Some(lead) = self.role.leadership() {
-                        lead.dead_since.remove(&id);
+                Ok(removed) => {
+                    if removed {
+                        info!(target: "audit", member = %id, leader = %self.config.node_id, after = ?self.config.forget_dead_after, "member forgotten: dead for [rotation] forget_dead_after; its record is removed");
                     }
-                }
-                Ok(false) => {
-                    if let Some(lead) = self.role.leadership() {
-                        lead.dead_since.remove(&id);
-                    }
+                    events.push(Event::Forgot { member: id });
                 }
                 Err(e) => warn!("could not remove the record of dead member {id}: {e}"),
             }
         }
-    }
-
-    /// Gives the leadership up so that `holder` takes it.
-    async fn hand_over(&mut self, term: Term, holder: &str, why: &str) -> Option<Instant> {
-        info!(target: "audit", node = %self.config.node_id, term = term.0, "leadership released: {why}; {holder} holds keys and should lead");
-        if let Err(e) = self.coord.resign(term).await {
-            warn!("could not release the leadership: {e}");
-        }
-        self.role.step_down();
-        Some(Instant::now() + BACKOFF_MIN)
+        events
     }
 
     /// Seals a copy of the stored ring for each of `members` and stores those copies alone,
     /// fenced on the term and the ring ([`Coordinator::write_copies`]). Returns the ring's
-    /// generation, or None when no copy could be sealed.
+    /// generation and the write's revision, or None when no copy could be sealed.
     async fn seal_copies(
         &mut self,
         term: Term,
+        ring_revision: i64,
         snap: &Snapshot,
         members: &[String],
-    ) -> Result<Option<u64>, CoordError> {
+    ) -> Result<Option<(u64, i64)>, CoordError> {
         let (Some(stored), Some(key)) = (snap.valid_ring(), self.data_key.as_ref()) else {
             return Ok(None);
         };
@@ -1385,26 +1335,22 @@ impl<C: Coordinator> Node<'_, C> {
             &recipients,
             self.pki.map(|p| &p.creds),
         );
-        for e in failed {
-            if self.logged.insert(("seal".into(), e.to_string())) {
-                error!("{e}");
-            }
-        }
+        self.log_seal_failures(failed);
         if records.is_empty() {
             return Ok(None);
         }
         let revision = self
             .coord
-            .write_copies(term, snap.ring_revision, &records)
+            .write_copies(term, ring_revision, &records)
             .await?;
-        self.written_at = self.written_at.max(revision);
-        Ok(Some(stored.ring.generation()))
+        Ok(Some((stored.ring.generation(), revision)))
     }
 
     /// Seals `ring` for every live member that published a public key and writes it.
     async fn write(
         &mut self,
         term: Term,
+        ring_revision: i64,
         ring: &KeyRing,
         snap: &Snapshot,
         served: &[String],
@@ -1429,30 +1375,23 @@ impl<C: Coordinator> Node<'_, C> {
         if let Some(pki) = self.pki {
             stored.sign(&self.config.cluster, &pki.creds);
         }
+        self.log_seal_failures(failed);
+        self.coord
+            .write_ring(term, ring_revision, &stored, served)
+            .await
+    }
+
+    fn log_seal_failures(&mut self, failed: Vec<SealError>) {
         for e in failed {
             if self.logged.insert(("seal".into(), e.to_string())) {
                 error!("{e}");
             }
         }
-        let written = self
-            .coord
-            .write_ring(term, snap.ring_revision, &stored, served)
-            .await;
-        if let Ok(revision) = written {
-            self.written_at = self.written_at.max(revision);
-        }
-        written
     }
 
-    /// After a write that removed keys, compacts the store's history up to it when the config
-    /// allows ([`housekeeping::purge_after`]), so that no old revision still holds their
-    /// sealed copies.
-    async fn purge(&mut self, before: Option<&KeyRing>, after: &KeyRing, revision: i64) {
-        let Some(dropped) =
-            housekeeping::purge_after(before, after, self.config.compact_history, revision)
-        else {
-            return;
-        };
+    /// Compacts the store's history up to `revision` ([`crate::engine::housekeeping::purge_after`]), so that
+    /// no old revision still holds sealed copies of the `dropped` epochs.
+    async fn purge(&mut self, revision: i64, dropped: &[u64]) {
         match self.coord.purge_history(revision).await {
             Ok(true) => {
                 info!(target: "audit", revision, epochs = ?dropped, "store history compacted: no revision before this ring is readable")
@@ -1461,25 +1400,6 @@ impl<C: Coordinator> Node<'_, C> {
                 debug!(revision, epochs = ?dropped, "the store purges its own history after a write that drops keys")
             }
             Err(e) => warn!("could not compact the store's history up to revision {revision}: {e}; the next key drop tries again"),
-        }
-    }
-
-    fn write_failed(&mut self, e: CoordError) {
-        let refusal = housekeeping::after_failed_write(&e);
-        self.read_fresh |= refusal.read_fresh;
-        if refusal.leadership_lost {
-            self.role.step_down();
-        }
-        match e {
-            CoordError::Fenced(term) => {
-                warn!(target: "audit", term = term.0, "leadership lost: the store refused a write");
-            }
-            CoordError::Conflict => {
-                info!(
-                    "the ring changed since this decision was read; deciding again on a fresh read"
-                )
-            }
-            other => warn!("leader write failed: {other}"),
         }
     }
 }
