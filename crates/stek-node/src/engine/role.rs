@@ -3,7 +3,7 @@
 //! goes with it, so that a later leadership starts its own view.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use stek_coord::{LeaseId, Term};
 
@@ -104,6 +104,45 @@ impl Role {
         let term = self.term();
         *self = Role::Joining;
         term
+    }
+}
+
+/// What a node whose id is held by another live lease does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldNodeId {
+    /// Try again after `retry`: the holder may be a process killed a moment ago, whose lease
+    /// lives out its TTL.
+    Wait {
+        /// How long it waits in all.
+        patience: Duration,
+        /// When to try again.
+        retry: Duration,
+    },
+    /// Held for longer than any dead process's lease lives: a second live process has this
+    /// node id, and two processes with one node id would answer for each other.
+    Refuse {
+        /// How long it waited.
+        patience: Duration,
+    },
+}
+
+/// How long a node waits for a held node id: two lease TTLs and two seconds, more than a dead
+/// process's lease outlives it (one TTL, plus a renewal in flight).
+pub fn held_patience(lease_ttl: Duration) -> Duration {
+    lease_ttl * 2 + Duration::from_secs(2)
+}
+
+/// What a node does at `now` when its node id has been held by another live lease since
+/// `since` ([`HeldNodeId`]).
+pub fn on_held_node_id(since: Instant, now: Instant, lease_ttl: Duration) -> HeldNodeId {
+    let patience = held_patience(lease_ttl);
+    if now.saturating_duration_since(since) >= patience {
+        HeldNodeId::Refuse { patience }
+    } else {
+        HeldNodeId::Wait {
+            patience,
+            retry: Duration::from_millis(500),
+        }
     }
 }
 
@@ -217,6 +256,50 @@ mod tests {
         assert_eq!(
             (r.lease(), r.term(), r.leads()),
             (Some(L), Some(Term(4)), true)
+        );
+    }
+
+    /// A held node id is waited for two TTLs and two seconds, retried every half second,
+    /// then refused; a clock that steps back counts as no time passed.
+    #[test]
+    fn a_held_node_id_is_waited_out_for_a_dead_process_then_refused() {
+        let ttl = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let patience = Duration::from_secs(22);
+        let wait = HeldNodeId::Wait {
+            patience,
+            retry: Duration::from_millis(500),
+        };
+        let rows = [
+            ("just found held", t0, wait),
+            (
+                "one TTL: a dead process's lease may still live",
+                t0 + ttl,
+                wait,
+            ),
+            (
+                "a moment before the patience ends",
+                t0 + patience - Duration::from_millis(1),
+                wait,
+            ),
+            (
+                "at the patience: a live process",
+                t0 + patience,
+                HeldNodeId::Refuse { patience },
+            ),
+            (
+                "long after",
+                t0 + patience * 10,
+                HeldNodeId::Refuse { patience },
+            ),
+        ];
+        for (what, now, expected) in rows {
+            assert_eq!(on_held_node_id(t0, now, ttl), expected, "{what}");
+        }
+        assert_eq!(
+            on_held_node_id(t0 + ttl, t0, ttl),
+            wait,
+            "since after now: nothing elapsed"
         );
     }
 }
