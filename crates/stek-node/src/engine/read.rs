@@ -581,3 +581,7 @@ mod tests {
         assert_eq!(full_read_interval(1000), FULL_READ * 100);
     }
 }
+
+/// A thousand followers started at once, pass by pass under simulated time.
+#[cfg(test)]
+mod fleet;
