@@ -117,13 +117,20 @@ impl FullReads {
     }
 
     /// A full read of `members` member records came back at `now`. (It does not tell whether
-    /// the backend counts apart: that was learnt when the first read was placed.)
+    /// the backend counts apart: that was learnt when the first read was placed.) Where the
+    /// next scheduled read is a count ([`Self::counts_instead`]), it is due [`FULL_READ`]
+    /// later, as after a count: a follower that had to read everything once (an election, a
+    /// change of shape) must not leave its figures stale for [`full_read_interval`].
     pub fn read_everything(&mut self, members: usize, now: Instant) {
         self.last = Some(now);
-        self.every = Some(full_read_interval(members));
         if self.members.is_some() {
             self.members = Some(members);
         }
+        self.every = Some(if self.counts_instead() {
+            FULL_READ
+        } else {
+            full_read_interval(members)
+        });
     }
 
     /// A count of `members` came back at `now`: the next is due [`FULL_READ`] later (a count
@@ -527,15 +534,18 @@ mod tests {
         unknown.place_first(None, 2.0, t0);
         assert!(unknown.due(false, t0 + FULL_READ), "spread is clamped");
 
-        // After a full read of 1000 records a follower waits 100 x FULL_READ, a leader
-        // FULL_READ whatever the size.
+        // After a full read of 1000 records, on a backend that does not count apart, a
+        // follower waits 100 x FULL_READ, a leader FULL_READ whatever the size; where the next
+        // scheduled read is a count, FULL_READ.
         let t1 = t0 + s(1.0);
+        unknown.read_everything(1000, t1);
+        assert!(!unknown.due(false, t1 + FULL_READ * 99));
+        assert!(unknown.due(false, t1 + FULL_READ * 100));
+        assert!(unknown.due(true, t1 + FULL_READ));
+        assert_eq!(unknown.next_at(false, t1), t1 + FULL_READ * 100);
+        assert_eq!(unknown.next_at(true, t1), t1 + FULL_READ);
         big.read_everything(1000, t1);
-        assert!(!big.due(false, t1 + FULL_READ * 99));
-        assert!(big.due(false, t1 + FULL_READ * 100));
-        assert!(big.due(true, t1 + FULL_READ));
-        assert_eq!(big.next_at(false, t1), t1 + FULL_READ * 100);
-        assert_eq!(big.next_at(true, t1), t1 + FULL_READ);
+        assert_eq!(big.next_at(false, t1), t1 + FULL_READ);
     }
 
     #[test]
@@ -561,13 +571,17 @@ mod tests {
         assert!(f.due(false, t0 + FULL_READ));
         f.counted(10, t0);
         assert!(!f.counts_instead());
-        // A full read updates the size only where the backend counts.
+        // A full read updates the size only where the backend counts; the next scheduled read
+        // there is a count, due FULL_READ later, not after the interval of a full read.
         f.read_everything(500, t0);
         assert!(f.counts_instead());
+        assert!(f.due(false, t0 + FULL_READ));
         let mut g = FullReads::default();
         g.place_first(None, 0.0, t0);
         g.read_everything(500, t0);
         assert!(!g.counts_instead());
+        assert!(!g.due(false, t0 + FULL_READ));
+        assert!(g.due(false, t0 + full_read_interval(500)));
     }
 
     #[test]
