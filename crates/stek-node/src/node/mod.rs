@@ -153,7 +153,7 @@ pub async fn run_with<C: Coordinator>(
                 }
             }
         }
-        let read = node.read(watch.as_ref(), want_full, &mut full_reads).await;
+        let read = node.read(watch.as_mut(), want_full, &mut full_reads).await;
         let snap = match read {
             Ok(s) => {
                 want_full = false;

@@ -18,7 +18,7 @@ impl<C: Coordinator> Node<'_, C> {
     /// window is the widest, and the read that follows says what is wrong with the store).
     pub(super) async fn read(
         &mut self,
-        watch: Option<&C::Watch>,
+        watch: Option<&mut C::Watch>,
         want_full: bool,
         full_reads: &mut FullReads,
     ) -> Result<Snapshot, CoordError> {
