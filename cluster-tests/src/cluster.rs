@@ -79,7 +79,7 @@ pub struct ClusterCa {
 impl ClusterCa {
     /// Makes the CA of cluster `cluster` in `dir`.
     pub fn new(dir: &std::path::Path, cluster: &str) -> Self {
-        let ca = stek_coord::identity::init_ca(cluster, Duration::from_secs(86_400)).unwrap();
+        let ca = stek_trust::identity::init_ca(cluster, Duration::from_secs(86_400)).unwrap();
         fs::write(dir.join("ca.pem"), &ca.cert).unwrap();
         write_secret(&dir.join("ca.key"), ca.key.as_bytes());
         Self {
@@ -93,11 +93,11 @@ impl ClusterCa {
     }
 
     /// Issues `role`'s certificate into `out` (`<name>.pem`, `<name>.key` 0600), naming `hosts`.
-    pub fn issue(&self, role: &stek_coord::identity::Role, hosts: &[&str], out: &std::path::Path) {
+    pub fn issue(&self, role: &stek_trust::identity::Role, hosts: &[&str], out: &std::path::Path) {
         let name = match role {
-            stek_coord::identity::Role::Member(n) | stek_coord::identity::Role::Operator(n) => n,
+            stek_trust::identity::Role::Member(n) | stek_trust::identity::Role::Operator(n) => n,
         };
-        let issued = stek_coord::identity::issue(
+        let issued = stek_trust::identity::issue(
             &fs::read_to_string(self.cert()).unwrap(),
             &fs::read_to_string(self.dir.join("ca.key")).unwrap(),
             role,
@@ -113,7 +113,7 @@ impl ClusterCa {
     /// Issues member `id`'s certificate (naming `ip`) into `out`.
     pub fn issue_member(&self, id: &str, ip: &str, out: &std::path::Path) {
         self.issue(
-            &stek_coord::identity::Role::Member(id.to_owned()),
+            &stek_trust::identity::Role::Member(id.to_owned()),
             &[ip],
             out,
         );

@@ -595,10 +595,10 @@ fn etcd_over_tls_with_client_certificates_and_auth() {
 #[test]
 fn raft_peers_over_mutual_tls() {
     use std::os::unix::fs::PermissionsExt;
-    use stek_coord::identity::Role;
     use stek_coord::raft::net::{call, Reply, Request};
     use stek_coord::raft::store::Command;
     use stek_coord::raft::tls::PeerTls;
+    use stek_trust::identity::Role;
     let mut c = Cluster::with_backend(BIN, "raft-mtls", 3, Backend::Raft);
     c.start_all();
     let status = c.wait_converged(Duration::from_secs(30));

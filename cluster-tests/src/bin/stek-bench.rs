@@ -92,21 +92,21 @@ fn node_config(dir: &Path, cluster: &str, id: &str, coordination: &str, ttl: u64
 
 /// An operator's credentials from cluster `cluster`'s CA (made by [`node_config`], so call
 /// it after the nodes' configs): nodes with `[identity]` act only on signed requests.
-fn operator(dir: &Path, cluster: &str) -> stek_coord::identity::Credentials {
+fn operator(dir: &Path, cluster: &str) -> stek_trust::identity::Credentials {
     let ca = ClusterCa {
         dir: dir.join(format!("ca-{cluster}")),
     };
     let out = dir.join(format!("operator-{cluster}"));
     if !out.join("bench.pem").exists() {
         ca.issue(
-            &stek_coord::identity::Role::Operator("bench".into()),
+            &stek_trust::identity::Role::Operator("bench".into()),
             &[],
             &out,
         );
     }
     let trust =
-        stek_coord::identity::Trust::new(&std::fs::read(ca.cert()).unwrap(), cluster, &[]).unwrap();
-    stek_coord::identity::Credentials::new(
+        stek_trust::identity::Trust::new(&std::fs::read(ca.cert()).unwrap(), cluster, &[]).unwrap();
+    stek_trust::identity::Credentials::new(
         &trust,
         &std::fs::read(out.join("bench.pem")).unwrap(),
         &std::fs::read(out.join("bench.key")).unwrap(),
@@ -121,10 +121,10 @@ fn operator(dir: &Path, cluster: &str) -> stek_coord::identity::Credentials {
 /// stek. Shared, the checks cost about what one box spends on them.
 fn shared_trust(
     cluster: &str,
-    loaded: &stek_coord::identity::Trust,
-) -> stek_coord::identity::Trust {
+    loaded: &stek_trust::identity::Trust,
+) -> stek_trust::identity::Trust {
     static SHARED: std::sync::OnceLock<
-        std::sync::Mutex<std::collections::BTreeMap<String, stek_coord::identity::Trust>>,
+        std::sync::Mutex<std::collections::BTreeMap<String, stek_trust::identity::Trust>>,
     > = std::sync::OnceLock::new();
     let mut shared = SHARED.get_or_init(Default::default).lock().unwrap();
     shared
@@ -138,7 +138,7 @@ fn spawn_node<C: Coordinator>(config: Config, coord: C) -> NodeTask {
     let id = config.node_id.clone();
     let config_path = config.path.clone();
     let identity = config.identity.as_ref().map(|files| {
-        let role = stek_coord::identity::Role::Member(config.node_id.clone());
+        let role = stek_trust::identity::Role::Member(config.node_id.clone());
         let mut identity = files.load(&config.path, &config.cluster, &role).unwrap().1;
         identity.trust = shared_trust(&config.cluster, &identity.trust);
         identity

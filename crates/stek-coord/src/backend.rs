@@ -182,7 +182,7 @@ impl Coordinator for Backend {
     async fn request_rotation(
         &self,
         by: &str,
-        signer: Option<&crate::identity::Credentials>,
+        signer: Option<&stek_trust::identity::Credentials>,
     ) -> Result<String, CoordError> {
         each!(self, s => s.request_rotation(by, signer).await)
     }

@@ -1107,7 +1107,7 @@ impl Coordinator for Etcd {
     async fn request_rotation(
         &self,
         by: &str,
-        signer: Option<&crate::identity::Credentials>,
+        signer: Option<&stek_trust::identity::Credentials>,
     ) -> Result<String, CoordError> {
         let mut client = self.client.clone();
         let (key, record) = RequestRecord::new_signed(&self.prefix, by, signer);

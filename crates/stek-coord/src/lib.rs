@@ -21,18 +21,17 @@ use std::future::Future;
 use std::time::Duration;
 
 use stek_core::MemberView;
+use stek_trust::identity;
 
 pub mod backend;
 pub mod clock;
 pub mod etcd;
-pub mod identity;
 pub mod keyspace;
 #[cfg(feature = "testing")]
 pub mod memory;
 pub mod raft;
 pub mod records;
 pub mod seal;
-pub mod slots;
 pub mod status;
 
 pub use records::{MemberRecord, RecordError, RequestRecord, RingSignature, StoredRing};

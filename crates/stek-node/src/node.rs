@@ -13,13 +13,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use stek_coord::identity::NodeIdentity;
 use stek_coord::seal::{DataKey, MemberKey, MemberKeyId, SealError, SealedCopy};
 use stek_coord::{
     ChangeStream, CoordError, Coordinator, KeepAlive, MemberRecord, RingSlot, Snapshot, StoredRing,
     Term,
 };
 use stek_core::{decide_at, Decision, KeyRing, OsKeySource, RingDigest};
+use stek_trust::identity::NodeIdentity;
 use tracing::{debug, error, info, warn};
 
 use crate::admin::{unix, ErrorLabels, MemberLabels, Metrics, TargetLabels};

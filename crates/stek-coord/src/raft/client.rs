@@ -355,7 +355,7 @@ impl Coordinator for RaftClient {
     async fn request_rotation(
         &self,
         by: &str,
-        signer: Option<&crate::identity::Credentials>,
+        signer: Option<&stek_trust::identity::Credentials>,
     ) -> Result<String, CoordError> {
         let (key, record) = RequestRecord::new_signed(&self.prefix, by, signer);
         self.write(Command::PutRequest {

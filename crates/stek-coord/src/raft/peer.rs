@@ -65,7 +65,7 @@ impl std::fmt::Debug for Peer {
 
 impl Caller {
     fn of(
-        trust: &crate::identity::Trust,
+        trust: &stek_trust::identity::Trust,
         certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
     ) -> Self {
         match certs.and_then(|c| c.first()) {

@@ -355,7 +355,7 @@ fn check_identity(config: &Config, report: &mut Report) {
         }
         return;
     };
-    let role = stek_coord::identity::Role::Member(config.node_id.clone());
+    let role = stek_trust::identity::Role::Member(config.node_id.clone());
     match files.load(&config.path, &config.cluster, &role) {
         Ok((_, id)) => report.add(
             "identity",

@@ -69,7 +69,7 @@ pub fn operator_files(
     key: &Path,
 ) -> anyhow::Result<(
     stek_node::config::IdentityPem,
-    stek_coord::identity::Credentials,
+    stek_trust::identity::Credentials,
 )> {
     let Some(files) = &config.identity else {
         bail!("--cert needs the cluster's CA: the config has no [identity] ca_file");
@@ -80,8 +80,8 @@ pub fn operator_files(
         ..files.clone()
     };
     let pem = files.read(&config.path)?;
-    let trust = stek_coord::identity::Trust::new(&pem.ca, &config.cluster, &files.revoked)?;
-    let creds = stek_coord::identity::Credentials::new(&trust, &pem.cert, &pem.key)
+    let trust = stek_trust::identity::Trust::new(&pem.ca, &config.cluster, &files.revoked)?;
+    let creds = stek_trust::identity::Credentials::new(&trust, &pem.cert, &pem.key)
         .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
     tracing::debug!(role = %creds.role(), "presenting --cert");
     Ok((pem, creds))
@@ -103,7 +103,7 @@ pub fn operator_tls(
 pub fn request_signer(
     config: &Config,
     access: &Access,
-) -> anyhow::Result<Option<stek_coord::identity::Credentials>> {
+) -> anyhow::Result<Option<stek_trust::identity::Credentials>> {
     Ok(match &access.operator {
         Some((cert, key)) => Some(operator_files(config, cert, key)?.1),
         None => load_identity(config)?.map(|id| id.creds),
@@ -111,13 +111,13 @@ pub fn request_signer(
 }
 
 /// The config's trust (`[identity]` CA and revocations), to check what the store holds.
-pub fn trust_of(config: &Config) -> anyhow::Result<Option<stek_coord::identity::Trust>> {
+pub fn trust_of(config: &Config) -> anyhow::Result<Option<stek_trust::identity::Trust>> {
     let Some(files) = &config.identity else {
         return Ok(None);
     };
     let ca = std::fs::read(&files.ca_file)
         .with_context(|| format!("cannot read [identity] ca_file {}", files.ca_file.display()))?;
-    Ok(Some(stek_coord::identity::Trust::new(
+    Ok(Some(stek_trust::identity::Trust::new(
         &ca,
         &config.cluster,
         &files.revoked,
@@ -149,11 +149,11 @@ pub async fn connect_etcd(
 /// node as a member, is valid now and not revoked, and the key is the certificate's.
 pub fn load_identity(
     config: &Config,
-) -> anyhow::Result<Option<stek_coord::identity::NodeIdentity>> {
+) -> anyhow::Result<Option<stek_trust::identity::NodeIdentity>> {
     let Some(files) = &config.identity else {
         return Ok(None);
     };
-    let role = stek_coord::identity::Role::Member(config.node_id.clone());
+    let role = stek_trust::identity::Role::Member(config.node_id.clone());
     let (_, identity) = files.load(&config.path, &config.cluster, &role)?;
     Ok(Some(identity))
 }
@@ -164,7 +164,7 @@ pub fn peer_tls(config: &Config) -> anyhow::Result<Option<stek_coord::raft::tls:
     let Some(files) = &config.identity else {
         return Ok(None);
     };
-    let role = stek_coord::identity::Role::Member(config.node_id.clone());
+    let role = stek_trust::identity::Role::Member(config.node_id.clone());
     let (pem, identity) = files.load(&config.path, &config.cluster, &role)?;
     let built = stek_coord::raft::tls::PeerTls::from_pem(&pem.ca, &pem.cert, &pem.key)
         .map_err(|e| anyhow::anyhow!("config {}: [identity]: {e}", config.path.display()))?;

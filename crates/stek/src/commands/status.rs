@@ -134,9 +134,9 @@ struct Rotate<'a> {
     wait: bool,
     timeout: Duration,
     /// With `[identity]`: the members to wait for are the enrolled ones only.
-    trust: Option<stek_coord::identity::Trust>,
+    trust: Option<stek_trust::identity::Trust>,
     /// Signs the request.
-    signer: Option<stek_coord::identity::Credentials>,
+    signer: Option<stek_trust::identity::Credentials>,
 }
 
 impl Rotate<'_> {
