@@ -1022,8 +1022,8 @@ impl Cluster {
         serde_json::from_slice(&out.stdout).expect("status --json is JSON")
     }
 
-    /// The typed `stek status --json` document of node `i` (`stek_coord::status::Status`).
-    pub fn status_doc(&self, i: usize) -> stek_coord::status::Status {
+    /// The typed `stek status --json` document of node `i` (`stek_store::status::Status`).
+    pub fn status_doc(&self, i: usize) -> stek_store::status::Status {
         let out = self.cli(i, &["status", "--json"]);
         assert!(
             out.status.success(),
@@ -1405,10 +1405,10 @@ fn port_of(addr: &str) -> u16 {
 
 /// `stek status --json`'s output as the one typed document the CLI, the tests and
 /// docs/status.md share: every status a test reads is checked against it.
-fn typed_status(stdout: &[u8]) -> stek_coord::status::Status {
+fn typed_status(stdout: &[u8]) -> stek_store::status::Status {
     serde_json::from_slice(stdout).unwrap_or_else(|e| {
         panic!(
-            "status --json is not a stek_coord::status::Status document: {e}\n{}",
+            "status --json is not a stek_store::status::Status document: {e}\n{}",
             String::from_utf8_lossy(stdout)
         )
     })

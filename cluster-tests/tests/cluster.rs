@@ -412,8 +412,8 @@ fn garbage_records_are_rejected_and_logged_and_the_cluster_keeps_working() {
 #[test]
 fn a_deposed_leaders_write_is_refused_by_the_store() {
     use stek_coord::etcd::Etcd;
-    use stek_coord::{CoordError, Coordinator, RingSlot, StoredRing};
     use stek_core::{KeyHistory, KeyRing, OsKeySource, Policy};
+    use stek_store::{CoordError, Coordinator, RingSlot, StoredRing};
     let c = Cluster::new(BIN, "etcd-fence", 0);
     let seal = |ring: &KeyRing, policy: &Policy, by: &str| {
         StoredRing::seal(&c.name, ring, policy, by, &[]).0
@@ -668,7 +668,7 @@ fn raft_peers_over_mutual_tls() {
     let actor = c.nodes[(leader + 2) % 3].id.clone();
     info!("--- member {actor}'s valid certificate acting for {victim}");
     let member = tls_of(&c.nodes[(leader + 2) % 3].dir.join("identity"), &actor);
-    let foreign_record = stek_coord::MemberRecord {
+    let foreign_record = stek_store::MemberRecord {
         node_id: victim.clone(),
         version: "x".into(),
         targets: vec![],

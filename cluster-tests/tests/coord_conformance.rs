@@ -15,7 +15,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// One test per property, each on a fresh in-memory store.
 mod in_memory {
     use super::*;
-    use stek_coord::memory::Memory;
+    use stek_store::memory::Memory;
 
     fn setup(_test: &str) -> (tokio::runtime::Runtime, (), Memory, Memory) {
         init_logging();
@@ -50,7 +50,7 @@ mod etcd {
     /// compares something): a prefix watch and a member's watch both keep a snapshot.
     #[test]
     fn an_etcd_watch_keeps_what_its_events_carried() {
-        use stek_coord::{ChangeStream, Coordinator};
+        use stek_store::{ChangeStream, Coordinator};
         let (rt, _guard, a, _b) = setup("watch-keeps");
         rt.block_on(async {
             let rev = a.snapshot().await.unwrap().revision;
@@ -69,8 +69,8 @@ mod etcd {
     /// acknowledgement, and forgetting the member deletes both.
     #[test]
     fn an_etcd_acknowledgement_writes_only_its_own_small_record() {
-        use stek_coord::seal::Identity;
-        use stek_coord::{Coordinator, MemberRecord};
+        use stek_store::seal::Identity;
+        use stek_store::{Coordinator, MemberRecord};
         let (rt, guard, a, _b) = setup("acks-apart");
         let etcd = &guard.0;
         let record = MemberRecord {
@@ -118,7 +118,7 @@ mod etcd {
                 !String::from_utf8_lossy(&registered).contains("public_key"),
                 "the announced key is not in the member record"
             );
-            let shown = |s: stek_coord::Snapshot| {
+            let shown = |s: stek_store::Snapshot| {
                 s.members
                     .into_iter()
                     .find(|m| m.record.node_id == "n1")

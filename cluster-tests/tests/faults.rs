@@ -42,7 +42,7 @@ use serde_json::Value;
 use stek_coord::raft::net::{call, Reply, Request};
 use stek_coord::raft::store::{Applied, Command as RaftCommand};
 use stek_coord::raft::tls::PeerTls;
-use stek_coord::{CoordError, Coordinator, RingSlot, Term};
+use stek_store::{CoordError, Coordinator, RingSlot, Term};
 use tracing::info;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stek-test-node");

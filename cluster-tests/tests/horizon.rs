@@ -615,7 +615,7 @@ fn old_records(c: &Cluster) -> OldRecords {
         .build()
         .unwrap();
     let snap = rt.block_on(async {
-        use stek_coord::Coordinator;
+        use stek_store::Coordinator;
         match &c.etcd {
             Some(e) => stek_coord::etcd::Etcd::connect(&[e.endpoint()], &c.name)
                 .await
@@ -628,7 +628,7 @@ fn old_records(c: &Cluster) -> OldRecords {
     });
     let stored = snap.valid_ring().expect("a valid ring").clone();
     OldRecords {
-        ring: stek_coord::records::encode_ring(&stored),
+        ring: stek_store::records::encode_ring(&stored),
         copies: stored.copy_records(),
     }
 }
@@ -718,7 +718,7 @@ impl OldRecords {
     /// term) and of its copies, `times` each; returns how many were refused (all must be).
     fn raft_writes(&self, c: &Cluster, times: usize) -> usize {
         use stek_coord::raft::store::{Applied, Command};
-        use stek_coord::Coordinator;
+        use stek_store::Coordinator;
         let client = raft_client(c, "zz-replayer");
         let tls = member_tls(c, "zz-replayer");
         let peers: Vec<String> = c

@@ -13,10 +13,10 @@ use std::time::{Duration, SystemTime};
 use cluster_tests::cluster::{active_key, check_invariants, Cluster, History};
 use cluster_tests::wait_until;
 use serde_json::Value;
-use stek_coord::records::{encode_ring, MemberRecord};
-use stek_coord::seal::{Identity, MemberKey};
-use stek_coord::StoredRing;
 use stek_core::{KeyHistory, KeyRing, OsKeySource, Policy};
+use stek_store::records::{encode_ring, MemberRecord};
+use stek_store::seal::{Identity, MemberKey};
+use stek_store::StoredRing;
 use tracing::info;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stek-test-node");
@@ -452,7 +452,7 @@ fn unsigned_requests_never_rotate_and_a_flood_rotates_once_per_min_request_inter
 
     info!("--- 20 unsigned requests written straight into the store");
     for i in 0..20 {
-        let record = stek_coord::RequestRecord {
+        let record = stek_store::RequestRecord {
             requested_by: "mallory".into(),
             requested_at_ms: MemberRecord::now_ms(),
             certificate: None,

@@ -31,10 +31,10 @@ use cluster_tests::cluster::{ClusterCa, EtcdServer};
 use cluster_tests::{free_port, Server, TestDir};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use stek_coord::etcd::Etcd;
-use stek_coord::records::{decode_ring, MemberRecord};
-use stek_coord::{ChangeStream, Coordinator};
 use stek_node::admin::Metrics;
 use stek_node::Config;
+use stek_store::records::{decode_ring, MemberRecord};
+use stek_store::{ChangeStream, Coordinator};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -270,7 +270,7 @@ impl Tracker {
                     .entry(id.to_owned())
                     .or_insert(m.applied_generation);
             }
-        } else if let Some(id) = rest.strip_prefix(stek_coord::ACKS) {
+        } else if let Some(id) = rest.strip_prefix(stek_store::ACKS) {
             let ack: Option<serde_json::Value> = serde_json::from_slice(value).ok();
             if let Some(g) = ack.and_then(|a| a["applied_generation"].as_u64()) {
                 v.applied.insert(id.to_owned(), g);
@@ -345,7 +345,7 @@ impl Tracker {
                         0
                     } else if rest.starts_with("ring/copies/") {
                         1
-                    } else if rest.starts_with("members/") || rest.starts_with(stek_coord::ACKS) {
+                    } else if rest.starts_with("members/") || rest.starts_with(stek_store::ACKS) {
                         2
                     } else {
                         3
@@ -357,7 +357,7 @@ impl Tracker {
                         seen.copies.get_or_insert(at);
                     } else if rest == "ring" {
                         seen.ring = Some(at);
-                    } else if rest.starts_with("members/") || rest.starts_with(stek_coord::ACKS) {
+                    } else if rest.starts_with("members/") || rest.starts_with(stek_store::ACKS) {
                         seen.last_ack = Some(at);
                     }
                     self.apply(v, kv.key(), kv.value(), deleted);
@@ -837,7 +837,7 @@ async fn raft_latency(dir: &Path, size: usize, rotations: usize) -> Vec<Duration
         nodes.push(spawn_node(config, client));
     }
     let client = RaftClient::new(cluster, peers.values().cloned().collect(), None);
-    let converged = |s: &stek_coord::Snapshot, after: u64| {
+    let converged = |s: &stek_store::Snapshot, after: u64| {
         let g = s.valid_ring().map_or(0, |r| r.ring.generation());
         g > after
             && s.requests.is_empty()

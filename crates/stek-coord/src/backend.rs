@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use crate::etcd::{Etcd, EtcdWatch};
-#[cfg(feature = "testing")]
-use crate::memory::{Memory, MemoryWatch};
 use crate::raft::client::{RaftClient, RaftWatch};
-use crate::{
+#[cfg(feature = "testing")]
+use stek_store::memory::{Memory, MemoryWatch};
+use stek_store::{
     Change, ChangeStream, CoordError, Coordinator, KeepAlive, LeaseId, MemberRecord, Snapshot,
     StoredRing, Term,
 };
@@ -98,7 +98,7 @@ impl Coordinator for Backend {
         each!(self, s => s.snapshot_of_member(node_id).await)
     }
 
-    async fn member_counts(&self) -> Result<Option<crate::MemberCounts>, CoordError> {
+    async fn member_counts(&self) -> Result<Option<stek_store::MemberCounts>, CoordError> {
         each!(self, s => s.member_counts().await)
     }
 

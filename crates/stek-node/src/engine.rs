@@ -7,9 +7,10 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use stek_coord::seal::{SealError, WriteId};
-use stek_coord::{Member, RingSlot, Snapshot, StoredRing, Term};
 use stek_core::{decide_at, next_ring, Decision, KeyRing, KeySource, Policy, RingMeta};
+use stek_store as stek_coord; // the stek_coord:: paths below: stek-store since the split
+use stek_store::seal::{SealError, WriteId};
+use stek_store::{Member, RingSlot, Snapshot, StoredRing, Term};
 
 pub mod floor;
 pub mod follow;
@@ -694,10 +695,10 @@ pub fn renumber_after(ring: KeyRing, snap: &Snapshot, floor: u64) -> KeyRing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stek_coord::seal::Identity;
-    use stek_coord::LeaseId;
-    use stek_coord::{MemberRecord, RecordError};
     use stek_core::{KeyState, OsKeySource};
+    use stek_store::seal::Identity;
+    use stek_store::LeaseId;
+    use stek_store::{MemberRecord, RecordError};
 
     const ME: &str = "n1";
     static NO_HISTORY: stek_core::KeyHistory = stek_core::KeyHistory::new();

@@ -13,12 +13,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use stek_coord::seal::{DataKey, MemberKey, MemberKeyId, SealError, SealedCopy};
-use stek_coord::{
+use stek_core::{decide_at, Decision, KeyRing, OsKeySource, RingDigest};
+use stek_store as stek_coord; // the stek_coord:: paths below: stek-store since the split
+use stek_store::seal::{DataKey, MemberKey, MemberKeyId, SealError, SealedCopy};
+use stek_store::{
     ChangeStream, CoordError, Coordinator, KeepAlive, MemberRecord, RingSlot, Snapshot, StoredRing,
     Term,
 };
-use stek_core::{decide_at, Decision, KeyRing, OsKeySource, RingDigest};
 use stek_trust::identity::NodeIdentity;
 use tracing::{debug, error, info, warn};
 

@@ -18,10 +18,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use nix::unistd::{Group, User};
-use stek_coord::{Coordinator, RingSlot, Snapshot};
 use stek_node::config::{Coordination, EtcdAccess};
 use stek_node::writer::{WriteError, WriteOptions};
 use stek_node::{Config, ConfigError, Target};
+use stek_store::{Coordinator, RingSlot, Snapshot};
 
 /// How long the store may take to answer a snapshot (connection included).
 const STORE_TIMEOUT: Duration = Duration::from_secs(5);

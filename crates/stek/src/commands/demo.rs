@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use stek_coord::raft::client::RaftClient;
-use stek_coord::{Coordinator, Snapshot};
 use stek_core::Fingerprint;
+use stek_store::{Coordinator, Snapshot};
 
 pub struct Options {
     pub peers: usize,
