@@ -411,8 +411,8 @@ fn garbage_records_are_rejected_and_logged_and_the_cluster_keeps_working() {
 /// leader's write (with its old term) is refused, and the new leader's succeeds.
 #[test]
 fn a_deposed_leaders_write_is_refused_by_the_store() {
-    use stek_coord::etcd::Etcd;
     use stek_core::{KeyHistory, KeyRing, OsKeySource, Policy};
+    use stek_etcd::Etcd;
     use stek_store::{CoordError, Coordinator, RingSlot, StoredRing};
     let c = Cluster::new(BIN, "etcd-fence", 0);
     let seal = |ring: &KeyRing, policy: &Policy, by: &str| {

@@ -2,7 +2,7 @@
 
 use cluster_tests::cluster::EtcdServer;
 use cluster_tests::{conformance, init_logging, TestDir};
-use stek_coord::etcd::Etcd;
+use stek_etcd::Etcd;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

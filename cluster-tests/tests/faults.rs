@@ -511,7 +511,7 @@ impl Suite {
             rt.block_on(async move {
                 match endpoint {
                     Some(e) => {
-                        let store = stek_coord::etcd::Etcd::connect(&[e], &name)
+                        let store = stek_etcd::Etcd::connect(&[e], &name)
                             .await
                             .map_err(|e| e.to_string())?;
                         write_under(&store, term).await

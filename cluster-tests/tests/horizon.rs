@@ -617,7 +617,7 @@ fn old_records(c: &Cluster) -> OldRecords {
     let snap = rt.block_on(async {
         use stek_store::Coordinator;
         match &c.etcd {
-            Some(e) => stek_coord::etcd::Etcd::connect(&[e.endpoint()], &c.name)
+            Some(e) => stek_etcd::Etcd::connect(&[e.endpoint()], &c.name)
                 .await
                 .unwrap()
                 .snapshot()

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use cluster_tests::cluster::{ClusterCa, EtcdServer};
 use cluster_tests::{free_port, Server, TestDir};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
-use stek_coord::etcd::Etcd;
+use stek_etcd::Etcd;
 use stek_node::admin::Metrics;
 use stek_node::Config;
 use stek_store::records::{decode_ring, MemberRecord};

@@ -476,7 +476,7 @@ async fn check_etcd(
 
 /// `[etcd] compact_history`: off (with the reason's cost), or on and whether this node's user
 /// may compact. Warnings only: the node runs either way, keeping more history than it should.
-async fn history_finding(config: &Config, etcd: &stek_coord::etcd::Etcd) -> Finding {
+async fn history_finding(config: &Config, etcd: &stek_etcd::Etcd) -> Finding {
     use super::history::Compaction;
     if let Some(warning) = config.history_kept_warning() {
         return Finding::Warning(warning);

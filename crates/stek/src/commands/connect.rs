@@ -5,8 +5,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use stek_coord::backend::Backend;
-use stek_coord::etcd::Etcd;
 use stek_coord::raft::client::RaftClient;
+use stek_etcd::Etcd;
 use stek_node::config::Coordination;
 use stek_node::Config;
 
@@ -131,7 +131,7 @@ pub async fn connect_etcd(
     access: &stek_node::config::EtcdAccess,
 ) -> anyhow::Result<Etcd> {
     let secrets = access.read(&config.path)?;
-    let security = stek_coord::etcd::EtcdSecurity {
+    let security = stek_etcd::EtcdSecurity {
         ca_pem: secrets.ca_pem.clone(),
         identity: secrets
             .identity

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use stek_coord::etcd::{CompactionRight, Etcd, COMPACTION_ROLE};
+use stek_etcd::{CompactionRight, Etcd, COMPACTION_ROLE};
 use stek_node::config::Coordination;
 use stek_node::Config;
 use stek_store::CoordError;
