@@ -170,16 +170,15 @@ fn raft_backend_over_mutual_tls_passes_the_conformance_suite() {
     let root = TestDir::new("conformance-raft-tls");
     let pki = cluster_tests::cluster::make_peer_pki(root.path());
     let pem = |p: &std::path::Path| std::fs::read(p).unwrap();
-    let tls =
-        stek_coord::raft::tls::PeerTls::from_pem(&pem(&pki.ca), &pem(&pki.cert), &pem(&pki.key))
-            .expect("peer TLS");
+    let tls = stek_raft::tls::PeerTls::from_pem(&pem(&pki.ca), &pem(&pki.cert), &pem(&pki.key))
+        .expect("peer TLS");
     raft_conformance(Some(tls));
 }
 
-fn raft_conformance(tls: Option<stek_coord::raft::tls::PeerTls>) {
+fn raft_conformance(tls: Option<stek_raft::tls::PeerTls>) {
     use std::collections::BTreeMap;
-    use stek_coord::raft::client::RaftClient;
-    use stek_coord::raft::peer::Peer;
+    use stek_raft::client::RaftClient;
+    use stek_raft::peer::Peer;
     init_logging();
     let peers: BTreeMap<String, String> = (1..=3)
         .map(|i| {
@@ -198,7 +197,7 @@ fn raft_conformance(tls: Option<stek_coord::raft::tls::PeerTls>) {
         let mut running = Vec::new();
         let dir = cluster_tests::TestDir::new("conformance-raft");
         for (name, addr) in &peers {
-            let storage = stek_coord::raft::peer::Storage::Durable(dir.subdir(name).join("raft"));
+            let storage = stek_raft::peer::Storage::Durable(dir.subdir(name).join("raft"));
             running.push(
                 Peer::start("conformance", name, addr, &peers, storage, tls.clone())
                     .await

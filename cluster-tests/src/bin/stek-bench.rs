@@ -804,8 +804,8 @@ async fn failover(endpoint: &str, dir: &Path) -> (Option<Duration>, Option<Durat
 }
 
 async fn raft_latency(dir: &Path, size: usize, rotations: usize) -> Vec<Duration> {
-    use stek_coord::raft::client::RaftClient;
-    use stek_coord::raft::peer::Peer;
+    use stek_raft::client::RaftClient;
+    use stek_raft::peer::Peer;
     let cluster = format!("benchraft{size}");
     let cluster = cluster.as_str();
     let peers: BTreeMap<String, String> = (0..size)
@@ -823,8 +823,7 @@ async fn raft_latency(dir: &Path, size: usize, rotations: usize) -> Vec<Duration
             table.join(", ")
         );
         let config = node_config(dir, cluster, id, &section, 10);
-        let storage =
-            stek_coord::raft::peer::Storage::Durable(dir.join(format!("raft-{cluster}-{id}")));
+        let storage = stek_raft::peer::Storage::Durable(dir.join(format!("raft-{cluster}-{id}")));
         let peer = Peer::start(cluster, id, addr, &peers, storage, None)
             .await
             .unwrap();

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::raft::client::{RaftClient, RaftWatch};
 use stek_etcd::{Etcd, EtcdWatch};
+use stek_raft::client::{RaftClient, RaftWatch};
 #[cfg(feature = "testing")]
 use stek_store::memory::{Memory, MemoryWatch};
 use stek_store::{

@@ -1,6 +1,6 @@
-//! stek's coordination backends and the choice between them: the embedded Raft group's
-//! ([`raft`]) and [`backend::Backend`], which picks etcd's (stek-etcd), the Raft group's or
-//! (for tests) the in-memory store from the config.
+//! stek's choice of coordination store: [`backend::Backend`], one type over etcd's backend
+//! (stek-etcd), the embedded Raft group's client (stek-raft) and, for tests, the in-memory
+//! store (stek-store's `memory`), picked from the config so that the CLI and the node connect
+//! one way.
 
 pub mod backend;
-pub mod raft;

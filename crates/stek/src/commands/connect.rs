@@ -5,10 +5,10 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use stek_coord::backend::Backend;
-use stek_coord::raft::client::RaftClient;
 use stek_etcd::Etcd;
 use stek_node::config::Coordination;
 use stek_node::Config;
+use stek_raft::client::RaftClient;
 
 /// A client of the config's coordinator: etcd with the config's TLS and credentials, or the
 /// embedded group's peers presenting `--cert` (an operator's) or the box's `[identity]`.
@@ -92,9 +92,9 @@ pub fn operator_tls(
     config: &Config,
     cert: &Path,
     key: &Path,
-) -> anyhow::Result<stek_coord::raft::tls::PeerTls> {
+) -> anyhow::Result<stek_raft::tls::PeerTls> {
     let (pem, _) = operator_files(config, cert, key)?;
-    stek_coord::raft::tls::PeerTls::from_pem(&pem.ca, &pem.cert, &pem.key)
+    stek_raft::tls::PeerTls::from_pem(&pem.ca, &pem.cert, &pem.key)
         .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))
 }
 
@@ -160,13 +160,13 @@ pub fn load_identity(
 
 /// Mutual TLS between Raft peers (and with the CLI) from `[identity]`, authorising requests by
 /// certificate (key file checked first).
-pub fn peer_tls(config: &Config) -> anyhow::Result<Option<stek_coord::raft::tls::PeerTls>> {
+pub fn peer_tls(config: &Config) -> anyhow::Result<Option<stek_raft::tls::PeerTls>> {
     let Some(files) = &config.identity else {
         return Ok(None);
     };
     let role = stek_trust::identity::Role::Member(config.node_id.clone());
     let (pem, identity) = files.load(&config.path, &config.cluster, &role)?;
-    let built = stek_coord::raft::tls::PeerTls::from_pem(&pem.ca, &pem.cert, &pem.key)
+    let built = stek_raft::tls::PeerTls::from_pem(&pem.ca, &pem.cert, &pem.key)
         .map_err(|e| anyhow::anyhow!("config {}: [identity]: {e}", config.path.display()))?;
     Ok(Some(built.with_trust(identity.trust)))
 }

@@ -11,8 +11,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use stek_coord::raft::client::RaftClient;
 use stek_core::Fingerprint;
+use stek_raft::client::RaftClient;
 use stek_store::{Coordinator, Snapshot};
 
 pub struct Options {
@@ -272,7 +272,7 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
         Duration::from_secs(86_400),
     )?;
     let trust = stek_trust::identity::Trust::new(ca.cert.as_bytes(), "demo", &[])?;
-    let operator_tls = stek_coord::raft::tls::PeerTls::from_pem(
+    let operator_tls = stek_raft::tls::PeerTls::from_pem(
         ca.cert.as_bytes(),
         operator.cert.as_bytes(),
         operator.key.as_bytes(),

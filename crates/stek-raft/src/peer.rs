@@ -941,7 +941,7 @@ fn unreadable_request(e: &serde_json::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::client::RaftClient;
+    use crate::client::RaftClient;
     use std::collections::BTreeSet;
     use std::time::SystemTime;
     use stek_core::{KeyHistory, KeyRing, OsKeySource, Policy};
