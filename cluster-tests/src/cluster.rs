@@ -79,7 +79,7 @@ pub struct ClusterCa {
 impl ClusterCa {
     /// Makes the CA of cluster `cluster` in `dir`.
     pub fn new(dir: &std::path::Path, cluster: &str) -> Self {
-        let ca = stek_coord::identity::init_ca(cluster, Duration::from_secs(86_400)).unwrap();
+        let ca = stek_trust::identity::init_ca(cluster, Duration::from_secs(86_400)).unwrap();
         fs::write(dir.join("ca.pem"), &ca.cert).unwrap();
         write_secret(&dir.join("ca.key"), ca.key.as_bytes());
         Self {
@@ -93,11 +93,11 @@ impl ClusterCa {
     }
 
     /// Issues `role`'s certificate into `out` (`<name>.pem`, `<name>.key` 0600), naming `hosts`.
-    pub fn issue(&self, role: &stek_coord::identity::Role, hosts: &[&str], out: &std::path::Path) {
+    pub fn issue(&self, role: &stek_trust::identity::Role, hosts: &[&str], out: &std::path::Path) {
         let name = match role {
-            stek_coord::identity::Role::Member(n) | stek_coord::identity::Role::Operator(n) => n,
+            stek_trust::identity::Role::Member(n) | stek_trust::identity::Role::Operator(n) => n,
         };
-        let issued = stek_coord::identity::issue(
+        let issued = stek_trust::identity::issue(
             &fs::read_to_string(self.cert()).unwrap(),
             &fs::read_to_string(self.dir.join("ca.key")).unwrap(),
             role,
@@ -113,7 +113,7 @@ impl ClusterCa {
     /// Issues member `id`'s certificate (naming `ip`) into `out`.
     pub fn issue_member(&self, id: &str, ip: &str, out: &std::path::Path) {
         self.issue(
-            &stek_coord::identity::Role::Member(id.to_owned()),
+            &stek_trust::identity::Role::Member(id.to_owned()),
             &[ip],
             out,
         );
@@ -1022,8 +1022,8 @@ impl Cluster {
         serde_json::from_slice(&out.stdout).expect("status --json is JSON")
     }
 
-    /// The typed `stek status --json` document of node `i` (`stek_coord::status::Status`).
-    pub fn status_doc(&self, i: usize) -> stek_coord::status::Status {
+    /// The typed `stek status --json` document of node `i` (`stek_store::status::Status`).
+    pub fn status_doc(&self, i: usize) -> stek_store::status::Status {
         let out = self.cli(i, &["status", "--json"]);
         assert!(
             out.status.success(),
@@ -1405,10 +1405,10 @@ fn port_of(addr: &str) -> u16 {
 
 /// `stek status --json`'s output as the one typed document the CLI, the tests and
 /// docs/status.md share: every status a test reads is checked against it.
-fn typed_status(stdout: &[u8]) -> stek_coord::status::Status {
+fn typed_status(stdout: &[u8]) -> stek_store::status::Status {
     serde_json::from_slice(stdout).unwrap_or_else(|e| {
         panic!(
-            "status --json is not a stek_coord::status::Status document: {e}\n{}",
+            "status --json is not a stek_store::status::Status document: {e}\n{}",
             String::from_utf8_lossy(stdout)
         )
     })

@@ -5,9 +5,9 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
-use stek_coord::seal::Identity;
-use stek_coord::{ChangeStream, CoordError, Coordinator, MemberRecord, RingSlot, StoredRing};
 use stek_core::{KeyHistory, KeyRing, OsKeySource, Policy};
+use stek_store::seal::Identity;
+use stek_store::{ChangeStream, CoordError, Coordinator, MemberRecord, RingSlot, StoredRing};
 use tracing::info;
 
 fn policy() -> Policy {
@@ -139,9 +139,9 @@ async fn carried_matches_read<W, F, Fut>(watch: &mut W, what: &str, read: F)
 where
     W: ChangeStream,
     F: Fn() -> Fut,
-    Fut: Future<Output = stek_coord::Snapshot>,
+    Fut: Future<Output = stek_store::Snapshot>,
 {
-    let view = |s: &stek_coord::Snapshot| {
+    let view = |s: &stek_store::Snapshot| {
         format!(
             "leader {:?}\nring {:?}\nring_revision {}\nmembers {:?}\nrequests {:?}\npartial {}",
             s.leader, s.ring, s.ring_revision, s.members, s.requests, s.partial
@@ -587,7 +587,7 @@ pub async fn a_deposed_or_stale_write_is_refused<C: Coordinator>(a: &C, b: &C) {
         Err(CoordError::Fenced(t)) => assert_eq!(t, term_a),
         other => panic!("a deposed leader's write must be fenced, got {other:?}"),
     }
-    let shown = |s: &stek_coord::Snapshot| s.valid_ring().unwrap().ring.clone();
+    let shown = |s: &stek_store::Snapshot| s.valid_ring().unwrap().ring.clone();
     assert_eq!(shown(&b.snapshot().await.unwrap()), ring.meta());
     info!("--- conformance: a write decided on another ring is refused (compare-and-swap)");
     match b
@@ -769,8 +769,8 @@ async fn lead_with_copies<C: Coordinator>(
     a_key: &Identity,
     b_key: &Identity,
 ) -> (
-    stek_coord::Term,
-    stek_coord::LeaseId,
+    stek_store::Term,
+    stek_store::LeaseId,
     KeyRing,
     StoredRing,
     Vec<(String, Vec<u8>)>,
@@ -1005,8 +1005,8 @@ pub async fn fenced_a_resign_in_another_term<C: Coordinator>(a: &C, b: &C) {
     let lease = a.grant_lease(Duration::from_secs(10)).await.unwrap();
     let _keep = a.keep_alive(lease, Duration::from_secs(10)).await.unwrap();
     let term = a.campaign(lease, "a").await.unwrap().expect("a leads");
-    b.resign(stek_coord::Term(term.0 - 1)).await.unwrap();
-    b.resign(stek_coord::Term(term.0 + 1)).await.unwrap();
+    b.resign(stek_store::Term(term.0 - 1)).await.unwrap();
+    b.resign(stek_store::Term(term.0 + 1)).await.unwrap();
     let leader = b.snapshot().await.unwrap().leader.expect("a still leads");
     assert_eq!((leader.node_id.as_str(), leader.term), ("a", term));
     a.resign(term).await.unwrap();

@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use base64::Engine as _;
-use stek_coord::records::{decode_copies, decode_ring};
-use stek_coord::seal::{Identity, SealedCopy};
-use stek_coord::StoredRing;
+use stek_store::records::{decode_copies, decode_ring};
+use stek_store::seal::{Identity, SealedCopy};
+use stek_store::StoredRing;
 
 /// Sealed records found in a dump, deduplicated.
 #[derive(Debug, Default)]
@@ -201,8 +201,8 @@ fn base64_runs(bytes: &[u8]) -> Vec<Vec<u8>> {
 mod tests {
     use super::*;
     use std::time::{Duration, SystemTime};
-    use stek_coord::records::encode_ring;
     use stek_core::{KeyHistory, KeyRing, OsKeySource, Policy};
+    use stek_store::records::encode_ring;
 
     /// The scanner finds a ring and its copies in raw JSON, inside base64 (as a Raft log
     /// entry keeps them) and inside base64 inside JSON inside base64; the right key opens its

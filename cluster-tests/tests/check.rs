@@ -369,7 +369,7 @@ fn check_reaches_etcd_over_tls_with_auth_and_refuses_secret_files_readable_by_ot
 /// `compact_history = false`, `stek check` shows the warning a node logs at every start.
 #[test]
 fn check_says_whether_a_prefix_limited_etcd_user_may_compact() {
-    use stek_coord::etcd::{CompactionRight, Etcd, EtcdSecurity};
+    use stek_etcd::{CompactionRight, Etcd, EtcdSecurity};
     init_logging();
     let root = TestDir::new("check-compact");
     let mut etcd = EtcdServer::start_secured(&root);

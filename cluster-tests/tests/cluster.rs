@@ -411,9 +411,9 @@ fn garbage_records_are_rejected_and_logged_and_the_cluster_keeps_working() {
 /// leader's write (with its old term) is refused, and the new leader's succeeds.
 #[test]
 fn a_deposed_leaders_write_is_refused_by_the_store() {
-    use stek_coord::etcd::Etcd;
-    use stek_coord::{CoordError, Coordinator, RingSlot, StoredRing};
     use stek_core::{KeyHistory, KeyRing, OsKeySource, Policy};
+    use stek_etcd::Etcd;
+    use stek_store::{CoordError, Coordinator, RingSlot, StoredRing};
     let c = Cluster::new(BIN, "etcd-fence", 0);
     let seal = |ring: &KeyRing, policy: &Policy, by: &str| {
         StoredRing::seal(&c.name, ring, policy, by, &[]).0
@@ -595,10 +595,10 @@ fn etcd_over_tls_with_client_certificates_and_auth() {
 #[test]
 fn raft_peers_over_mutual_tls() {
     use std::os::unix::fs::PermissionsExt;
-    use stek_coord::identity::Role;
-    use stek_coord::raft::net::{call, Reply, Request};
-    use stek_coord::raft::store::Command;
-    use stek_coord::raft::tls::PeerTls;
+    use stek_raft::net::{call, Reply, Request};
+    use stek_raft::tls::PeerTls;
+    use stek_store::keyspace::Command;
+    use stek_trust::identity::Role;
     let mut c = Cluster::with_backend(BIN, "raft-mtls", 3, Backend::Raft);
     c.start_all();
     let status = c.wait_converged(Duration::from_secs(30));
@@ -668,7 +668,7 @@ fn raft_peers_over_mutual_tls() {
     let actor = c.nodes[(leader + 2) % 3].id.clone();
     info!("--- member {actor}'s valid certificate acting for {victim}");
     let member = tls_of(&c.nodes[(leader + 2) % 3].dir.join("identity"), &actor);
-    let foreign_record = stek_coord::MemberRecord {
+    let foreign_record = stek_store::MemberRecord {
         node_id: victim.clone(),
         version: "x".into(),
         targets: vec![],
@@ -728,7 +728,7 @@ fn raft_peers_over_mutual_tls() {
     assert!(
         matches!(
             forget,
-            Ok(Reply::Applied(stek_coord::raft::store::Applied::Fenced))
+            Ok(Reply::Applied(stek_store::keyspace::Applied::Fenced))
         ),
         "member {actor}, not leading, may not forget {victim}: {forget:?}"
     );
@@ -737,7 +737,7 @@ fn raft_peers_over_mutual_tls() {
         .unwrap()
         .iter()
         .any(|m| m["node_id"] == victim.as_str()));
-    let victim_raft = stek_coord::raft::peer::raft_ids(
+    let victim_raft = stek_raft::peer::raft_ids(
         &c.nodes
             .iter()
             .map(|n| (n.id.clone(), n.raft_addr.clone()))
@@ -772,7 +772,7 @@ fn raft_peers_over_mutual_tls() {
     let out_dir = c.root.subdir("outsider");
     ca.issue_member("zz-outsider", "127.0.0.1", &out_dir);
     let outsider = tls_of(&out_dir, "zz-outsider");
-    let own = openraft::Vote::new(u64::MAX / 2, stek_coord::raft::peer::raft_id("zz-outsider"));
+    let own = openraft::Vote::new(u64::MAX / 2, stek_raft::peer::raft_id("zz-outsider"));
     refused_with(
         ask(
             Some(&outsider),

@@ -2,7 +2,7 @@
 
 use cluster_tests::cluster::EtcdServer;
 use cluster_tests::{conformance, init_logging, TestDir};
-use stek_coord::etcd::Etcd;
+use stek_etcd::Etcd;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -15,7 +15,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// One test per property, each on a fresh in-memory store.
 mod in_memory {
     use super::*;
-    use stek_coord::memory::Memory;
+    use stek_store::memory::Memory;
 
     fn setup(_test: &str) -> (tokio::runtime::Runtime, (), Memory, Memory) {
         init_logging();
@@ -50,7 +50,7 @@ mod etcd {
     /// compares something): a prefix watch and a member's watch both keep a snapshot.
     #[test]
     fn an_etcd_watch_keeps_what_its_events_carried() {
-        use stek_coord::{ChangeStream, Coordinator};
+        use stek_store::{ChangeStream, Coordinator};
         let (rt, _guard, a, _b) = setup("watch-keeps");
         rt.block_on(async {
             let rev = a.snapshot().await.unwrap().revision;
@@ -69,8 +69,8 @@ mod etcd {
     /// acknowledgement, and forgetting the member deletes both.
     #[test]
     fn an_etcd_acknowledgement_writes_only_its_own_small_record() {
-        use stek_coord::seal::Identity;
-        use stek_coord::{Coordinator, MemberRecord};
+        use stek_store::seal::Identity;
+        use stek_store::{Coordinator, MemberRecord};
         let (rt, guard, a, _b) = setup("acks-apart");
         let etcd = &guard.0;
         let record = MemberRecord {
@@ -118,7 +118,7 @@ mod etcd {
                 !String::from_utf8_lossy(&registered).contains("public_key"),
                 "the announced key is not in the member record"
             );
-            let shown = |s: stek_coord::Snapshot| {
+            let shown = |s: stek_store::Snapshot| {
                 s.members
                     .into_iter()
                     .find(|m| m.record.node_id == "n1")
@@ -170,16 +170,15 @@ fn raft_backend_over_mutual_tls_passes_the_conformance_suite() {
     let root = TestDir::new("conformance-raft-tls");
     let pki = cluster_tests::cluster::make_peer_pki(root.path());
     let pem = |p: &std::path::Path| std::fs::read(p).unwrap();
-    let tls =
-        stek_coord::raft::tls::PeerTls::from_pem(&pem(&pki.ca), &pem(&pki.cert), &pem(&pki.key))
-            .expect("peer TLS");
+    let tls = stek_raft::tls::PeerTls::from_pem(&pem(&pki.ca), &pem(&pki.cert), &pem(&pki.key))
+        .expect("peer TLS");
     raft_conformance(Some(tls));
 }
 
-fn raft_conformance(tls: Option<stek_coord::raft::tls::PeerTls>) {
+fn raft_conformance(tls: Option<stek_raft::tls::PeerTls>) {
     use std::collections::BTreeMap;
-    use stek_coord::raft::client::RaftClient;
-    use stek_coord::raft::peer::Peer;
+    use stek_raft::client::RaftClient;
+    use stek_raft::peer::Peer;
     init_logging();
     let peers: BTreeMap<String, String> = (1..=3)
         .map(|i| {
@@ -198,7 +197,7 @@ fn raft_conformance(tls: Option<stek_coord::raft::tls::PeerTls>) {
         let mut running = Vec::new();
         let dir = cluster_tests::TestDir::new("conformance-raft");
         for (name, addr) in &peers {
-            let storage = stek_coord::raft::peer::Storage::Durable(dir.subdir(name).join("raft"));
+            let storage = stek_raft::peer::Storage::Durable(dir.subdir(name).join("raft"));
             running.push(
                 Peer::start("conformance", name, addr, &peers, storage, tls.clone())
                     .await

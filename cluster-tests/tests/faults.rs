@@ -39,10 +39,10 @@ use cluster_tests::servers::Nginx;
 use cluster_tests::watcher::Watcher;
 use cluster_tests::{require_binary, self_signed_cert, wait_until, SmallDisk, TestDir};
 use serde_json::Value;
-use stek_coord::raft::net::{call, Reply, Request};
-use stek_coord::raft::store::{Applied, Command as RaftCommand};
-use stek_coord::raft::tls::PeerTls;
-use stek_coord::{CoordError, Coordinator, RingSlot, Term};
+use stek_raft::net::{call, Reply, Request};
+use stek_raft::tls::PeerTls;
+use stek_store::keyspace::{Applied, Command as RaftCommand};
+use stek_store::{CoordError, Coordinator, RingSlot, Term};
 use tracing::info;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stek-test-node");
@@ -511,14 +511,14 @@ impl Suite {
             rt.block_on(async move {
                 match endpoint {
                     Some(e) => {
-                        let store = stek_coord::etcd::Etcd::connect(&[e], &name)
+                        let store = stek_etcd::Etcd::connect(&[e], &name)
                             .await
                             .map_err(|e| e.to_string())?;
                         write_under(&store, term).await
                     }
                     None => {
-                        let store = stek_coord::raft::client::RaftClient::new(&name, peers, None)
-                            .with_tls(tls);
+                        let store =
+                            stek_raft::client::RaftClient::new(&name, peers, None).with_tls(tls);
                         write_under(&store, term).await
                     }
                 }
@@ -1160,7 +1160,7 @@ fn raft_writes(
         for p in peers {
             use tokio::io::AsyncWriteExt;
             if let Ok(mut s) = tokio::net::TcpStream::connect(p.as_str()).await {
-                let _ = stek_coord::raft::net::write_frame(&mut s, b"\x00not json\xff").await;
+                let _ = stek_raft::net::write_frame(&mut s, b"\x00not json\xff").await;
                 let _ = s.write_all(&[0xff; 64]).await;
             }
         }

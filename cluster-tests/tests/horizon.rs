@@ -615,9 +615,9 @@ fn old_records(c: &Cluster) -> OldRecords {
         .build()
         .unwrap();
     let snap = rt.block_on(async {
-        use stek_coord::Coordinator;
+        use stek_store::Coordinator;
         match &c.etcd {
-            Some(e) => stek_coord::etcd::Etcd::connect(&[e.endpoint()], &c.name)
+            Some(e) => stek_etcd::Etcd::connect(&[e.endpoint()], &c.name)
                 .await
                 .unwrap()
                 .snapshot()
@@ -628,21 +628,21 @@ fn old_records(c: &Cluster) -> OldRecords {
     });
     let stored = snap.valid_ring().expect("a valid ring").clone();
     OldRecords {
-        ring: stek_coord::records::encode_ring(&stored),
+        ring: stek_store::records::encode_ring(&stored),
         copies: stored.copy_records(),
     }
 }
 
 /// The mutual TLS of member `id`: a member certificate of the cluster's CA for a box that is
 /// no Raft peer (a compromised member's, as far as the Raft peers can tell).
-fn member_tls(c: &Cluster, id: &str) -> stek_coord::raft::tls::PeerTls {
+fn member_tls(c: &Cluster, id: &str) -> stek_raft::tls::PeerTls {
     let ca = c.ca.as_ref().unwrap();
     let dir = c.root.subdir(id);
     if !dir.join(format!("{id}.pem")).exists() {
         ca.issue_member(id, "127.0.0.1", &dir);
     }
     let pem = |n: &str| std::fs::read(dir.join(n)).unwrap();
-    stek_coord::raft::tls::PeerTls::from_pem(
+    stek_raft::tls::PeerTls::from_pem(
         &std::fs::read(ca.cert()).unwrap(),
         &pem(&format!("{id}.pem")),
         &pem(&format!("{id}.key")),
@@ -651,20 +651,19 @@ fn member_tls(c: &Cluster, id: &str) -> stek_coord::raft::tls::PeerTls {
 }
 
 /// A Raft client as member `id`.
-fn raft_client(c: &Cluster, id: &str) -> stek_coord::raft::client::RaftClient {
+fn raft_client(c: &Cluster, id: &str) -> stek_raft::client::RaftClient {
     let peers = c.nodes.iter().map(|n| n.raft_addr.clone()).collect();
-    stek_coord::raft::client::RaftClient::new(&c.name, peers, None)
-        .with_tls(Some(member_tls(c, id)))
+    stek_raft::client::RaftClient::new(&c.name, peers, None).with_tls(Some(member_tls(c, id)))
 }
 
 /// A raw write to the Raft group (following the leader's redirect), as a member certificate
 /// can send one: what the group answered, or `None` if no peer took it.
 async fn raw_write(
     peers: &[String],
-    cmd: &stek_coord::raft::store::Command,
-    tls: &stek_coord::raft::tls::PeerTls,
-) -> Option<stek_coord::raft::store::Applied> {
-    use stek_coord::raft::net::{call, Reply, Request};
+    cmd: &stek_store::keyspace::Command,
+    tls: &stek_raft::tls::PeerTls,
+) -> Option<stek_store::keyspace::Applied> {
+    use stek_raft::net::{call, Reply, Request};
     for p in peers {
         let mut target = p.clone();
         for _ in 0..3 {
@@ -717,8 +716,8 @@ impl OldRecords {
     /// Raft: a member certificate's raw writes of the old ring (under the current leader's
     /// term) and of its copies, `times` each; returns how many were refused (all must be).
     fn raft_writes(&self, c: &Cluster, times: usize) -> usize {
-        use stek_coord::raft::store::{Applied, Command};
-        use stek_coord::Coordinator;
+        use stek_store::keyspace::{Applied, Command};
+        use stek_store::Coordinator;
         let client = raft_client(c, "zz-replayer");
         let tls = member_tls(c, "zz-replayer");
         let peers: Vec<String> = c

@@ -13,10 +13,10 @@ use std::time::{Duration, SystemTime};
 use cluster_tests::cluster::{active_key, check_invariants, Cluster, History};
 use cluster_tests::wait_until;
 use serde_json::Value;
-use stek_coord::records::{encode_ring, MemberRecord};
-use stek_coord::seal::{Identity, MemberKey};
-use stek_coord::StoredRing;
 use stek_core::{KeyHistory, KeyRing, OsKeySource, Policy};
+use stek_store::records::{encode_ring, MemberRecord};
+use stek_store::seal::{Identity, MemberKey};
+use stek_store::StoredRing;
 use tracing::info;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stek-test-node");
@@ -247,9 +247,9 @@ fn a_ring_of_the_writers_own_keys_is_never_applied() {
     let other_dir = c.root.subdir("other-leader");
     other_ca.issue_member(&leader, "127.0.0.1", &other_dir);
     let other_trust =
-        stek_coord::identity::Trust::new(&std::fs::read(other_ca.cert()).unwrap(), &c.name, &[])
+        stek_trust::identity::Trust::new(&std::fs::read(other_ca.cert()).unwrap(), &c.name, &[])
             .unwrap();
-    let impostor = stek_coord::identity::Credentials::new(
+    let impostor = stek_trust::identity::Credentials::new(
         &other_trust,
         &std::fs::read(other_dir.join(format!("{leader}.pem"))).unwrap(),
         &std::fs::read(other_dir.join(format!("{leader}.key"))).unwrap(),
@@ -452,7 +452,7 @@ fn unsigned_requests_never_rotate_and_a_flood_rotates_once_per_min_request_inter
 
     info!("--- 20 unsigned requests written straight into the store");
     for i in 0..20 {
-        let record = stek_coord::RequestRecord {
+        let record = stek_store::RequestRecord {
             requested_by: "mallory".into(),
             requested_at_ms: MemberRecord::now_ms(),
             certificate: None,
@@ -554,7 +554,7 @@ fn a_revoked_member_gets_no_future_ring() {
     let victim_id = c.nodes[victim].id.clone();
     let ca = c.ca.clone().unwrap();
     let trust =
-        stek_coord::identity::Trust::new(&std::fs::read(ca.cert()).unwrap(), &c.name, &[]).unwrap();
+        stek_trust::identity::Trust::new(&std::fs::read(ca.cert()).unwrap(), &c.name, &[]).unwrap();
     let pem = std::fs::read(
         c.nodes[victim]
             .dir
@@ -562,7 +562,7 @@ fn a_revoked_member_gets_no_future_ring() {
             .join(format!("{victim_id}.pem")),
     )
     .unwrap();
-    let der = stek_coord::identity::pem_to_der(&pem).unwrap();
+    let der = stek_trust::identity::pem_to_der(&pem).unwrap();
     let serial = trust.verify(&der, SystemTime::now()).unwrap().serial;
     info!("--- {victim_id} (serial {serial}) stopped and revoked on the others");
     c.stop(victim);

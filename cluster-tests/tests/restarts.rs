@@ -274,7 +274,7 @@ fn raft_boxes_join_and_leave_a_running_group() {
     let mut history = c.start_checked();
     let ops = c.root.subdir("operator");
     c.ca.as_ref().unwrap().issue(
-        &stek_coord::identity::Role::Operator("ops".into()),
+        &stek_trust::identity::Role::Operator("ops".into()),
         &[],
         &ops,
     );

@@ -206,7 +206,7 @@ fn wrong_public_keys_are_rejected_and_the_member_recovers() {
         ack["public_key"].as_str().unwrap_or_default().to_owned()
     };
     let own = announced();
-    stek_coord::seal::MemberKey::from_base64(&own).expect("b announces a key");
+    stek_store::seal::MemberKey::from_base64(&own).expect("b announces a key");
 
     info!("--- {b_id}'s acknowledgement announces a public key that is not 32 bytes");
     let mut ack: Value = serde_json::from_slice(&etcd.get(&ack_key)).unwrap();
@@ -236,7 +236,7 @@ fn wrong_public_keys_are_rejected_and_the_member_recovers() {
     ack["floor_generation"] = Value::Null;
     etcd.put(&ack_key, &serde_json::to_vec(&ack).unwrap());
     let copy_key = format!("/stek/{}/ring/copies/{b_id}", c.name);
-    let foreign_id = stek_coord::seal::MemberKey::from_base64(foreign)
+    let foreign_id = stek_store::seal::MemberKey::from_base64(foreign)
         .unwrap()
         .id()
         .to_string();
@@ -261,7 +261,7 @@ fn wrong_public_keys_are_rejected_and_the_member_recovers() {
     let status = c.wait_converged(Duration::from_secs(15));
     check_invariants(&c, &status, &mut history);
     c.rotate_and_check(b, &mut history);
-    let own_id = stek_coord::seal::MemberKey::from_base64(&own)
+    let own_id = stek_store::seal::MemberKey::from_base64(&own)
         .unwrap()
         .id()
         .to_string();

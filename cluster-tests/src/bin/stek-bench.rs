@@ -30,11 +30,11 @@ use std::time::{Duration, Instant};
 use cluster_tests::cluster::{ClusterCa, EtcdServer};
 use cluster_tests::{free_port, Server, TestDir};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
-use stek_coord::etcd::Etcd;
-use stek_coord::records::{decode_ring, MemberRecord};
-use stek_coord::{ChangeStream, Coordinator};
+use stek_etcd::Etcd;
 use stek_node::admin::Metrics;
 use stek_node::Config;
+use stek_store::records::{decode_ring, MemberRecord};
+use stek_store::{ChangeStream, Coordinator};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -92,21 +92,21 @@ fn node_config(dir: &Path, cluster: &str, id: &str, coordination: &str, ttl: u64
 
 /// An operator's credentials from cluster `cluster`'s CA (made by [`node_config`], so call
 /// it after the nodes' configs): nodes with `[identity]` act only on signed requests.
-fn operator(dir: &Path, cluster: &str) -> stek_coord::identity::Credentials {
+fn operator(dir: &Path, cluster: &str) -> stek_trust::identity::Credentials {
     let ca = ClusterCa {
         dir: dir.join(format!("ca-{cluster}")),
     };
     let out = dir.join(format!("operator-{cluster}"));
     if !out.join("bench.pem").exists() {
         ca.issue(
-            &stek_coord::identity::Role::Operator("bench".into()),
+            &stek_trust::identity::Role::Operator("bench".into()),
             &[],
             &out,
         );
     }
     let trust =
-        stek_coord::identity::Trust::new(&std::fs::read(ca.cert()).unwrap(), cluster, &[]).unwrap();
-    stek_coord::identity::Credentials::new(
+        stek_trust::identity::Trust::new(&std::fs::read(ca.cert()).unwrap(), cluster, &[]).unwrap();
+    stek_trust::identity::Credentials::new(
         &trust,
         &std::fs::read(out.join("bench.pem")).unwrap(),
         &std::fs::read(out.join("bench.key")).unwrap(),
@@ -121,10 +121,10 @@ fn operator(dir: &Path, cluster: &str) -> stek_coord::identity::Credentials {
 /// stek. Shared, the checks cost about what one box spends on them.
 fn shared_trust(
     cluster: &str,
-    loaded: &stek_coord::identity::Trust,
-) -> stek_coord::identity::Trust {
+    loaded: &stek_trust::identity::Trust,
+) -> stek_trust::identity::Trust {
     static SHARED: std::sync::OnceLock<
-        std::sync::Mutex<std::collections::BTreeMap<String, stek_coord::identity::Trust>>,
+        std::sync::Mutex<std::collections::BTreeMap<String, stek_trust::identity::Trust>>,
     > = std::sync::OnceLock::new();
     let mut shared = SHARED.get_or_init(Default::default).lock().unwrap();
     shared
@@ -138,7 +138,7 @@ fn spawn_node<C: Coordinator>(config: Config, coord: C) -> NodeTask {
     let id = config.node_id.clone();
     let config_path = config.path.clone();
     let identity = config.identity.as_ref().map(|files| {
-        let role = stek_coord::identity::Role::Member(config.node_id.clone());
+        let role = stek_trust::identity::Role::Member(config.node_id.clone());
         let mut identity = files.load(&config.path, &config.cluster, &role).unwrap().1;
         identity.trust = shared_trust(&config.cluster, &identity.trust);
         identity
@@ -270,7 +270,7 @@ impl Tracker {
                     .entry(id.to_owned())
                     .or_insert(m.applied_generation);
             }
-        } else if let Some(id) = rest.strip_prefix(stek_coord::ACKS) {
+        } else if let Some(id) = rest.strip_prefix(stek_store::ACKS) {
             let ack: Option<serde_json::Value> = serde_json::from_slice(value).ok();
             if let Some(g) = ack.and_then(|a| a["applied_generation"].as_u64()) {
                 v.applied.insert(id.to_owned(), g);
@@ -345,7 +345,7 @@ impl Tracker {
                         0
                     } else if rest.starts_with("ring/copies/") {
                         1
-                    } else if rest.starts_with("members/") || rest.starts_with(stek_coord::ACKS) {
+                    } else if rest.starts_with("members/") || rest.starts_with(stek_store::ACKS) {
                         2
                     } else {
                         3
@@ -357,7 +357,7 @@ impl Tracker {
                         seen.copies.get_or_insert(at);
                     } else if rest == "ring" {
                         seen.ring = Some(at);
-                    } else if rest.starts_with("members/") || rest.starts_with(stek_coord::ACKS) {
+                    } else if rest.starts_with("members/") || rest.starts_with(stek_store::ACKS) {
                         seen.last_ack = Some(at);
                     }
                     self.apply(v, kv.key(), kv.value(), deleted);
@@ -804,8 +804,8 @@ async fn failover(endpoint: &str, dir: &Path) -> (Option<Duration>, Option<Durat
 }
 
 async fn raft_latency(dir: &Path, size: usize, rotations: usize) -> Vec<Duration> {
-    use stek_coord::raft::client::RaftClient;
-    use stek_coord::raft::peer::Peer;
+    use stek_raft::client::RaftClient;
+    use stek_raft::peer::Peer;
     let cluster = format!("benchraft{size}");
     let cluster = cluster.as_str();
     let peers: BTreeMap<String, String> = (0..size)
@@ -823,8 +823,7 @@ async fn raft_latency(dir: &Path, size: usize, rotations: usize) -> Vec<Duration
             table.join(", ")
         );
         let config = node_config(dir, cluster, id, &section, 10);
-        let storage =
-            stek_coord::raft::peer::Storage::Durable(dir.join(format!("raft-{cluster}-{id}")));
+        let storage = stek_raft::peer::Storage::Durable(dir.join(format!("raft-{cluster}-{id}")));
         let peer = Peer::start(cluster, id, addr, &peers, storage, None)
             .await
             .unwrap();
@@ -837,7 +836,7 @@ async fn raft_latency(dir: &Path, size: usize, rotations: usize) -> Vec<Duration
         nodes.push(spawn_node(config, client));
     }
     let client = RaftClient::new(cluster, peers.values().cloned().collect(), None);
-    let converged = |s: &stek_coord::Snapshot, after: u64| {
+    let converged = |s: &stek_store::Snapshot, after: u64| {
         let g = s.valid_ring().map_or(0, |r| r.ring.generation());
         g > after
             && s.requests.is_empty()

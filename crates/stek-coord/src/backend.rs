@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use crate::etcd::{Etcd, EtcdWatch};
+use stek_etcd::{Etcd, EtcdWatch};
+use stek_raft::client::{RaftClient, RaftWatch};
 #[cfg(feature = "testing")]
-use crate::memory::{Memory, MemoryWatch};
-use crate::raft::client::{RaftClient, RaftWatch};
-use crate::{
+use stek_store::memory::{Memory, MemoryWatch};
+use stek_store::{
     Change, ChangeStream, CoordError, Coordinator, KeepAlive, LeaseId, MemberRecord, Snapshot,
     StoredRing, Term,
 };
@@ -98,7 +98,7 @@ impl Coordinator for Backend {
         each!(self, s => s.snapshot_of_member(node_id).await)
     }
 
-    async fn member_counts(&self) -> Result<Option<crate::MemberCounts>, CoordError> {
+    async fn member_counts(&self) -> Result<Option<stek_store::MemberCounts>, CoordError> {
         each!(self, s => s.member_counts().await)
     }
 
@@ -182,7 +182,7 @@ impl Coordinator for Backend {
     async fn request_rotation(
         &self,
         by: &str,
-        signer: Option<&crate::identity::Credentials>,
+        signer: Option<&stek_trust::identity::Credentials>,
     ) -> Result<String, CoordError> {
         each!(self, s => s.request_rotation(by, signer).await)
     }

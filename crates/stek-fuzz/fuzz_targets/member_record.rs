@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stek_coord::MemberRecord;
+use stek_store::MemberRecord;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = MemberRecord::decode(data) {

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stek_coord::RequestRecord;
+use stek_store::RequestRecord;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(r) = RequestRecord::decode(data) {

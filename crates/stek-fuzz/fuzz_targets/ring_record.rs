@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stek_coord::records::{decode_ring, encode_ring};
+use stek_store::records::{decode_ring, encode_ring};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(ring) = decode_ring(data) {

@@ -30,7 +30,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
-use stek_coord::slots::Slots;
+use stek_trust::slots::Slots;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 

@@ -239,17 +239,17 @@ impl IdentityFiles {
         &self,
         config: &Path,
         cluster: &str,
-        role: &stek_coord::identity::Role,
-    ) -> Result<(IdentityPem, stek_coord::identity::NodeIdentity), ConfigError> {
+        role: &stek_trust::identity::Role,
+    ) -> Result<(IdentityPem, stek_trust::identity::NodeIdentity), ConfigError> {
         let pem = self.read(config)?;
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             path: config.to_owned(),
             key: format!("identity.{key}"),
             message,
         };
-        let trust = stek_coord::identity::Trust::new(&pem.ca, cluster, &self.revoked)
+        let trust = stek_trust::identity::Trust::new(&pem.ca, cluster, &self.revoked)
             .map_err(|e| invalid("ca_file", e.to_string()))?;
-        let creds = stek_coord::identity::Credentials::new(&trust, &pem.cert, &pem.key)
+        let creds = stek_trust::identity::Credentials::new(&trust, &pem.cert, &pem.key)
             .map_err(|e| invalid("cert_file", format!("{}: {e}", self.cert_file.display())))?;
         if creds.role() != role {
             return Err(invalid(
@@ -261,7 +261,7 @@ impl IdentityFiles {
                 ),
             ));
         }
-        Ok((pem, stek_coord::identity::NodeIdentity { trust, creds }))
+        Ok((pem, stek_trust::identity::NodeIdentity { trust, creds }))
     }
 }
 
@@ -527,7 +527,7 @@ impl Config {
         });
         if let Some(i) = &identity {
             for r in &i.revoked {
-                if stek_coord::identity::normalise_serial(r).is_none() {
+                if stek_trust::identity::normalise_serial(r).is_none() {
                     return Err(invalid(
                         "identity.revoked".into(),
                         format!("\"{r}\" is not a certificate serial number in hex (as `stek status` and `openssl x509 -serial` print it)"),

@@ -7,9 +7,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use stek_coord::seal::{SealError, WriteId};
-use stek_coord::{Member, RingSlot, Snapshot, StoredRing, Term};
 use stek_core::{decide_at, next_ring, Decision, KeyRing, KeySource, Policy, RingMeta};
+use stek_store::seal::{SealError, WriteId};
+use stek_store::{Member, RingSlot, Snapshot, StoredRing, Term};
 
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -237,8 +237,8 @@ pub fn leader_step(v: &LeaderView<'_>, keys: &mut dyn KeySource) -> Step {
     if let Some(ahead) = snap
         .valid_ring()
         .filter(|r| r.written_by == v.me)
-        .and_then(|r| stek_coord::clock::writer_ahead_of_members(r, &snap.members))
-        .filter(|a| *a > stek_coord::clock::CLOCK_BOUND)
+        .and_then(|r| stek_store::clock::writer_ahead_of_members(r, &snap.members))
+        .filter(|a| *a > stek_store::clock::CLOCK_BOUND)
     {
         return Step::StepDown { ahead };
     }
@@ -698,10 +698,10 @@ pub fn renumber_after(ring: KeyRing, snap: &Snapshot, floor: u64) -> KeyRing {
 mod tests {
     use super::fixtures::*;
     use super::*;
-    use stek_coord::seal::Identity;
-    use stek_coord::LeaseId;
-    use stek_coord::RecordError;
     use stek_core::{KeyState, OsKeySource};
+    use stek_store::seal::Identity;
+    use stek_store::LeaseId;
+    use stek_store::RecordError;
 
     #[test]
     fn a_repaired_ring_numbers_above_every_ack_and_ignores_absurd_ones() {
@@ -825,7 +825,7 @@ mod tests {
         let floor = Floor::of(&accepted, Identity::generate().public().id());
         let mut s = snap(None, &[m(ME).acked(&held)]);
         s.ring = RingSlot::Rejected(RecordError::Rollback { got: 3, seen: 5 });
-        let lead = |term: i64| stek_coord::Leader {
+        let lead = |term: i64| stek_store::Leader {
             node_id: ME.into(),
             term: Term(term),
             lease: LeaseId(1),
@@ -1498,7 +1498,7 @@ mod tests {
             election(ME, follower, &sealed_for_n2, Held::default(), false),
             Election::Abstain(why) if why.contains("n2")
         ));
-        s.leader = Some(stek_coord::Leader {
+        s.leader = Some(stek_store::Leader {
             node_id: ME.into(),
             term,
             lease,
@@ -1515,7 +1515,7 @@ mod tests {
             Election::Follow,
             "its node id under another lease: an earlier process's leadership, not its own"
         );
-        s.leader = Some(stek_coord::Leader {
+        s.leader = Some(stek_store::Leader {
             node_id: "n2".into(),
             term: Term(12),
             lease: LeaseId(9),

@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
-use stek_coord::seal::{Identity, MemberKeyId};
 use stek_core::RingDigest;
+use stek_store::seal::{Identity, MemberKeyId};
 use tracing::{info, warn};
 
 use crate::engine::floor::Floor;
@@ -567,7 +567,7 @@ impl Sealing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stek_coord::StoredRing;
+    use stek_store::StoredRing;
 
     fn shm_dir() -> tempfile::TempDir {
         tempfile::Builder::new()

@@ -1,6 +1,6 @@
 //! The node's decisions, tested in one process: real `stek node` loops (with real file
 //! targets in a temporary directory) sharing one in-memory store
-//! ([`stek_coord::memory::Memory`]), which a test can reach under, as a store restore, an
+//! ([`stek_store::memory::Memory`]), which a test can reach under, as a store restore, an
 //! operator's edit or a hostile writer would. No root, no processes, no network.
 //!
 //! Every wait is bounded and polls; nothing asserts a duration.
@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use stek_coord::memory::Memory;
-use stek_coord::{Coordinator, RingSlot, Snapshot};
 use stek_node::admin::Metrics;
 use stek_node::node::{Clock, NodeError, SystemClock};
 use stek_node::Config;
+use stek_store::memory::Memory;
+use stek_store::{Coordinator, RingSlot, Snapshot};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -432,7 +432,7 @@ async fn a_leader_with_a_fast_clock_steps_down_and_the_schedule_is_pulled_back()
     let snap = fleet.snap().await;
     assert_eq!(snap.leader.as_ref().unwrap().node_id, "fast");
     assert!(
-        stek_coord::clock::ring_ahead(snap.valid_ring().unwrap(), SystemTime::now()) > year / 2
+        stek_store::clock::ring_ahead(snap.valid_ring().unwrap(), SystemTime::now()) > year / 2
     );
     fleet.start("n2");
     fleet.start("n3");
@@ -488,14 +488,14 @@ async fn another_ring_with_the_accepted_generation_is_refused_and_the_ring_put_b
         .filter_map(|m| Some((m.record.node_id.clone(), m.record.sealing_key()?)))
         .collect();
     let (mut written, _) =
-        stek_coord::StoredRing::seal(CLUSTER, &alias, &policy, &stored.written_by, &recipients);
+        stek_store::StoredRing::seal(CLUSTER, &alias, &policy, &stored.written_by, &recipients);
     written.term = stored.term;
     for (member, copy) in written.copy_records() {
-        fleet.store.put_raw(&stek_coord::copy_key(&member), &copy);
+        fleet.store.put_raw(&stek_store::copy_key(&member), &copy);
     }
     fleet
         .store
-        .put_raw("ring", &stek_coord::records::encode_ring(&written));
+        .put_raw("ring", &stek_store::records::encode_ring(&written));
     restored(&fleet, stored.ring.digest()).await;
     let alias_digest = alias.digest().to_string();
     let snap = fleet.snap().await;
@@ -571,7 +571,7 @@ async fn a_refused_ring_sealed_to_a_members_next_key_makes_it_burn_that_key() {
     )
     .unwrap()
     .renumbered(g - 1);
-    let (mut written, _) = stek_coord::StoredRing::seal(
+    let (mut written, _) = stek_store::StoredRing::seal(
         CLUSTER,
         &old,
         &stored.policy,
@@ -580,11 +580,11 @@ async fn a_refused_ring_sealed_to_a_members_next_key_makes_it_burn_that_key() {
     );
     written.term = stored.term;
     for (member, copy) in written.copy_records() {
-        fleet.store.put_raw(&stek_coord::copy_key(&member), &copy);
+        fleet.store.put_raw(&stek_store::copy_key(&member), &copy);
     }
     fleet
         .store
-        .put_raw("ring", &stek_coord::records::encode_ring(&written));
+        .put_raw("ring", &stek_store::records::encode_ring(&written));
     wait_for(
         Duration::from_secs(20),
         "the member to erase the key and announce another",

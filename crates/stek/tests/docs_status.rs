@@ -1,12 +1,12 @@
 #![allow(clippy::unwrap_used)] // test harness code: a panic is the failure report
 
-//! docs/status.md and `stek_coord::status::Status` describe one document: the guide's example
+//! docs/status.md and `stek_store::status::Status` describe one document: the guide's example
 //! parses as the type (which refuses unknown fields), and every field the type has is named
 //! in the guide's table.
 
 use std::path::Path;
 
-use stek_coord::status::Status;
+use stek_store::status::Status;
 
 fn guide() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/status.md");

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use stek_coord::seal::{Identity, WriteId};
-use stek_coord::{Member, MemberRecord, RingSlot, Snapshot, StoredRing};
 use stek_core::{KeyRing, OsKeySource, Policy};
+use stek_store::seal::{Identity, WriteId};
+use stek_store::{Member, MemberRecord, RingSlot, Snapshot, StoredRing};
 
 use super::{leader_step, Held, LeaderView, Pace, Step, Why};
 

@@ -9,9 +9,9 @@
 //! ring it accepted last). What the node cannot tell (a term that began and ended while it was
 //! away) it takes on the ring's signature alone.
 
-use stek_coord::seal::MemberKeyId;
-use stek_coord::{Leader, RecordError, StoredRing};
 use stek_core::RingDigest;
+use stek_store::seal::MemberKeyId;
+use stek_store::{Leader, RecordError, StoredRing};
 
 /// The largest step a ring's generation may take above the newest one this node accepted: a
 /// signed ring numbered near u64::MAX (a compromised member's) would stop every later write.
@@ -161,7 +161,7 @@ pub(crate) fn test_ring(generation: u64, term: i64, writer: &str) -> StoredRing 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stek_coord::{LeaseId, Term};
+    use stek_store::{LeaseId, Term};
 
     fn stored(generation: u64, term: i64, writer: &str) -> StoredRing {
         test_ring(generation, term, writer)
@@ -176,7 +176,7 @@ mod tests {
     }
 
     fn key() -> MemberKeyId {
-        stek_coord::seal::Identity::generate().public().id()
+        stek_store::seal::Identity::generate().public().id()
     }
 
     /// One row per rule: what the node saw, its floor, the leadership, the ring; accepted or

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use stek_coord::{LeaseId, Member, MemberRecord};
 use stek_core::RingDigest;
+use stek_store::{LeaseId, Member, MemberRecord};
 
 /// The shortest and the longest wait before a failed apply is tried again.
 pub const APPLY_BACKOFF_MIN: Duration = Duration::from_millis(500);

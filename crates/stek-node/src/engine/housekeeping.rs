@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use stek_coord::{CoordError, Snapshot};
 use stek_core::KeyRing;
+use stek_store::{CoordError, Snapshot};
 
 /// The members to forget now: seen dead (no liveness lease; refused members included) for
 /// `after` without a break, by this leader. `dead_since` is this leadership's memory of since
@@ -88,8 +88,8 @@ pub fn after_failed_write(e: &CoordError) -> Refusal {
 mod tests {
     use super::*;
     use std::time::SystemTime;
-    use stek_coord::{Member, MemberRecord, Refused, Term};
     use stek_core::{KeyHistory, OsKeySource, Policy};
+    use stek_store::{Member, MemberRecord, Refused, Term};
 
     fn member(id: &str, live: bool) -> Member {
         Member {
@@ -105,7 +105,7 @@ mod tests {
         Snapshot {
             revision: 1,
             leader: None,
-            ring: stek_coord::RingSlot::Absent,
+            ring: stek_store::RingSlot::Absent,
             ring_revision: 0,
             members: members.iter().map(|(id, live)| member(id, *live)).collect(),
             requests: Vec::new(),

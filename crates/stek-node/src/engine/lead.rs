@@ -14,11 +14,11 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime};
 
-use stek_coord::seal::WriteId;
-#[cfg(test)]
-use stek_coord::RingSlot;
-use stek_coord::{CoordError, LeaseId, Snapshot, StoredRing, Term};
 use stek_core::{Decision, KeyHistory, KeyRing, KeySource, Policy};
+use stek_store::seal::WriteId;
+#[cfg(test)]
+use stek_store::RingSlot;
+use stek_store::{CoordError, LeaseId, Snapshot, StoredRing, Term};
 
 use super::floor::Floor;
 use super::housekeeping;
@@ -96,7 +96,7 @@ pub enum Resignation {
     /// Its own certificate does not verify: it would write rings every member refuses.
     OwnCertificate,
     /// Its clock is ahead of its members' by `ahead`: it does not lead for
-    /// [`stek_coord::clock::CLOCK_COOLDOWN`].
+    /// [`stek_store::clock::CLOCK_COOLDOWN`].
     ClockAhead {
         /// How far ahead.
         ahead: Duration,
@@ -446,7 +446,7 @@ impl Leading {
             Step::StepDown { ahead } => {
                 // Keys stamped in the members' future: their key-age figures and any later
                 // leader's schedule would be off by as much. Let a member with a sane clock lead.
-                self.clock_paused_until = Some(now.mono + stek_coord::clock::CLOCK_COOLDOWN);
+                self.clock_paused_until = Some(now.mono + stek_store::clock::CLOCK_COOLDOWN);
                 self.role.step_down();
                 soon.with(Action::Resign {
                     term,
@@ -671,8 +671,8 @@ impl Leading {
 mod tests {
     use super::super::fixtures::*;
     use super::*;
-    use stek_coord::Leader;
     use stek_core::OsKeySource;
+    use stek_store::Leader;
 
     const LEASE: LeaseId = LeaseId(7);
     const TERM: Term = Term(11);
@@ -924,7 +924,7 @@ mod tests {
             [Report::NotCampaigning(_)]
         ));
         let cooled = Now {
-            mono: at.mono + stek_coord::clock::CLOCK_COOLDOWN,
+            mono: at.mono + stek_store::clock::CLOCK_COOLDOWN,
             ..at
         };
         let plan = l.plan(&inputs(&none, held), cooled, &mut OsKeySource);
@@ -1148,7 +1148,7 @@ mod tests {
         assert!(again.actions.is_empty(), "said once: {again:?}");
         // A ring nobody can repair: said once, decided again after BACKOFF_MAX.
         let mut broken = led(snap(None, &[m(ME), m("n2")]));
-        broken.ring = RingSlot::Rejected(stek_coord::RecordError::UnknownKey);
+        broken.ring = RingSlot::Rejected(stek_store::RecordError::UnknownKey);
         let mut l = leader();
         let plan = l.plan(&inputs(&broken, Held::default()), at, &mut OsKeySource);
         assert!(matches!(reports(&plan).as_slice(), [Report::Stuck(_)]));

@@ -12,8 +12,8 @@
 //! moves the floor and erases nothing. The runtime performs the [`Action`]s in order (the
 //! state module writes and erases the files) before it applies the ring.
 
-use stek_coord::seal::MemberKeyId;
 use stek_core::RingDigest;
+use stek_store::seal::MemberKeyId;
 
 use super::floor::Floor;
 
@@ -135,7 +135,7 @@ pub fn after(mut roles: Roles, actions: &[Action], made: Option<MemberKeyId>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stek_coord::seal::Identity;
+    use stek_store::seal::Identity;
 
     fn id() -> MemberKeyId {
         Identity::generate().public().id()

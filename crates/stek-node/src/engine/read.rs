@@ -4,9 +4,9 @@
 //! - what its watch's events carried since the last pass (nothing goes to the store): the whole
 //!   prefix for a leader, its own keys, the ring and the leader for a follower;
 //! - a follower's read of its own records, the ring and the leader
-//!   ([`stek_coord::Coordinator::snapshot_of_member`]): a handful of records however large the
+//!   ([`stek_store::Coordinator::snapshot_of_member`]): a handful of records however large the
 //!   cluster;
-//! - everything ([`stek_coord::Coordinator::snapshot`]): N member records.
+//! - everything ([`stek_store::Coordinator::snapshot`]): N member records.
 //!
 //! A leader decides on every member, so it always holds everything: from its watch, and from a
 //! real read every [`FULL_READ`] (a watch that went silent without an error must not hide
@@ -16,7 +16,7 @@
 //! first at a random time within a window, so that a fleet started together does not read
 //! N x N records at once, then every [`full_read_interval`]. In a cluster of more than
 //! [`SMALL_CLUSTER`] members, on a backend that counts apart (etcd), the scheduled read is a
-//! count instead ([`stek_coord::Coordinator::member_counts`]): two numbers, not N records, so
+//! count instead ([`stek_store::Coordinator::member_counts`]): two numbers, not N records, so
 //! that a thousand followers started together cost the store N counts, not N x N records; the
 //! figures only a full read gives (who blocks a rotation, who is refused) are the leader's.
 
@@ -184,7 +184,7 @@ pub enum Read {
         /// Whether the watch carried a usable follower's view.
         carried: bool,
         /// Whether the scheduled read is due, as a count of the members
-        /// ([`stek_coord::Coordinator::member_counts`]) besides.
+        /// ([`stek_store::Coordinator::member_counts`]) besides.
         count: bool,
     },
     /// Everything.

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use stek_coord::{LeaseId, Term};
+use stek_store::{LeaseId, Term};
 
 /// What a leader remembers of its own leadership.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

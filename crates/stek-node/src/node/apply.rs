@@ -3,9 +3,9 @@
 
 use std::time::{Instant, SystemTime};
 
-use stek_coord::seal::SealError;
-use stek_coord::{Coordinator, StoredRing};
 use stek_core::KeyRing;
+use stek_store::seal::SealError;
+use stek_store::{Coordinator, StoredRing};
 use tracing::{debug, error, info};
 
 use super::{Node, SealFailure};

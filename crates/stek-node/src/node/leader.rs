@@ -4,9 +4,9 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use stek_coord::seal::{DataKey, MemberKey, SealError};
-use stek_coord::{CoordError, Coordinator, Snapshot, StoredRing, Term};
 use stek_core::{Decision, KeyRing, OsKeySource};
+use stek_store::seal::{DataKey, MemberKey, SealError};
+use stek_store::{CoordError, Coordinator, Snapshot, StoredRing, Term};
 use tracing::{debug, error, info, warn};
 
 use super::{Node, RESIGN_LIMIT};
@@ -254,7 +254,7 @@ impl<C: Coordinator> Node<'_, C> {
             Resignation::ClockAhead { ahead } => {
                 // Keys stamped in the members' future: their key-age figures and any later
                 // leader's schedule would be off by as much. Let a member with a sane clock lead.
-                error!(target: "audit", node = %me, term = term.0, ahead_seconds = ahead.as_secs(), "this leader's clock is ahead of its members' by {ahead:?} (their acknowledgements are stamped before its ring); it stops leading for {:?}; fix its time source (chrony, systemd-timesyncd)", stek_coord::clock::CLOCK_COOLDOWN);
+                error!(target: "audit", node = %me, term = term.0, ahead_seconds = ahead.as_secs(), "this leader's clock is ahead of its members' by {ahead:?} (their acknowledgements are stamped before its ring); it stops leading for {:?}; fix its time source (chrony, systemd-timesyncd)", stek_store::clock::CLOCK_COOLDOWN);
             }
             Resignation::HandOver { to, why } => {
                 info!(target: "audit", node = %me, term = term.0, "leadership released: {why}; {to} holds keys and should lead");

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use stek_coord::{CoordError, Coordinator, KeepAlive};
+use stek_store::{CoordError, Coordinator, KeepAlive};
 use tracing::{error, info, warn};
 
 use super::{Node, NodeError, RESIGN_LIMIT};

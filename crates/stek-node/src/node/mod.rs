@@ -13,12 +13,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use stek_coord::identity::NodeIdentity;
-use stek_coord::seal::{DataKey, SealError, SealedCopy};
-use stek_coord::{
+use stek_core::{KeyRing, RingDigest};
+use stek_store::seal::{DataKey, SealError, SealedCopy};
+use stek_store::{
     ChangeStream, CoordError, Coordinator, KeepAlive, RingSlot, Snapshot, StoredRing,
 };
-use stek_core::{KeyRing, RingDigest};
+use stek_trust::identity::NodeIdentity;
 use tracing::{debug, error, info, warn};
 
 use crate::admin::Metrics;

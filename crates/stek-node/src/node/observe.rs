@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use stek_coord::{Coordinator, RingSlot, Snapshot};
 use stek_core::{decide_at, Decision, KeyRing};
+use stek_store::{Coordinator, RingSlot, Snapshot};
 
 use super::Node;
 use crate::admin::{unix, MemberLabels};
@@ -57,7 +57,7 @@ impl<C: Coordinator> Node<'_, C> {
             .unwrap_or_default();
         m.active_key_age.set(stamped.max(seen).as_secs_f64());
         m.ring_clock_ahead
-            .set(stek_coord::clock::ring_ahead(stored, now).as_secs_f64());
+            .set(stek_store::clock::ring_ahead(stored, now).as_secs_f64());
         let started = ring
             .next_rotation_at()
             .checked_sub(stored.policy.interval)

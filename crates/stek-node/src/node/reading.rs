@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use stek_coord::{ChangeStream, CoordError, Coordinator, RingSlot, Snapshot, StoredRing};
+use stek_store::{ChangeStream, CoordError, Coordinator, RingSlot, Snapshot, StoredRing};
 use tracing::{debug, error, warn};
 
 use super::{spread, Node};

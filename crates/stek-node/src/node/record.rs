@@ -1,9 +1,9 @@
 //! This node's member record: what it announces (its sealing key and floor), what it applied,
 //! and, with `[identity]`, its signed enrollment.
 
-use stek_coord::seal::{MemberKeyId, SealError};
-use stek_coord::{Coordinator, MemberRecord};
 use stek_core::{KeyRing, RingDigest};
+use stek_store::seal::{MemberKeyId, SealError};
+use stek_store::{Coordinator, MemberRecord};
 
 use super::Node;
 
@@ -67,7 +67,7 @@ impl<C: Coordinator> Node<'_, C> {
                 _ => self.state_error.clone().or_else(|| self.last_error.clone()),
             }
             .as_deref()
-            .map(stek_coord::records::cut_error),
+            .map(stek_store::records::cut_error),
             updated_at_ms: u64::try_from(
                 self.clock
                     .now()

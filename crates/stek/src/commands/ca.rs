@@ -1,4 +1,4 @@
-//! `stek ca init` and `stek ca issue`: the cluster's own PKI (stek_coord::identity does the
+//! `stek ca init` and `stek ca issue`: the cluster's own PKI (stek_trust::identity does the
 //! X.509 work with rcgen; this writes the files, never over existing ones, keys 0600).
 
 use std::fs::{DirBuilder, OpenOptions};
@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use stek_coord::identity::{self, Role};
+use stek_trust::identity::{self, Role};
 
 use crate::cli::CaCommand;
 

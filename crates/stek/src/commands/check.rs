@@ -18,10 +18,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use nix::unistd::{Group, User};
-use stek_coord::{Coordinator, RingSlot, Snapshot};
 use stek_node::config::{Coordination, EtcdAccess};
 use stek_node::writer::{WriteError, WriteOptions};
 use stek_node::{Config, ConfigError, Target};
+use stek_store::{Coordinator, RingSlot, Snapshot};
 
 /// How long the store may take to answer a snapshot (connection included).
 const STORE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -355,7 +355,7 @@ fn check_identity(config: &Config, report: &mut Report) {
         }
         return;
     };
-    let role = stek_coord::identity::Role::Member(config.node_id.clone());
+    let role = stek_trust::identity::Role::Member(config.node_id.clone());
     match files.load(&config.path, &config.cluster, &role) {
         Ok((_, id)) => report.add(
             "identity",
@@ -476,7 +476,7 @@ async fn check_etcd(
 
 /// `[etcd] compact_history`: off (with the reason's cost), or on and whether this node's user
 /// may compact. Warnings only: the node runs either way, keeping more history than it should.
-async fn history_finding(config: &Config, etcd: &stek_coord::etcd::Etcd) -> Finding {
+async fn history_finding(config: &Config, etcd: &stek_etcd::Etcd) -> Finding {
     use super::history::Compaction;
     if let Some(warning) = config.history_kept_warning() {
         return Finding::Warning(warning);

@@ -5,10 +5,10 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use stek_coord::backend::Backend;
-use stek_coord::etcd::Etcd;
-use stek_coord::raft::client::RaftClient;
+use stek_etcd::Etcd;
 use stek_node::config::Coordination;
 use stek_node::Config;
+use stek_raft::client::RaftClient;
 
 /// A client of the config's coordinator: etcd with the config's TLS and credentials, or the
 /// embedded group's peers presenting `--cert` (an operator's) or the box's `[identity]`.
@@ -69,7 +69,7 @@ pub fn operator_files(
     key: &Path,
 ) -> anyhow::Result<(
     stek_node::config::IdentityPem,
-    stek_coord::identity::Credentials,
+    stek_trust::identity::Credentials,
 )> {
     let Some(files) = &config.identity else {
         bail!("--cert needs the cluster's CA: the config has no [identity] ca_file");
@@ -80,8 +80,8 @@ pub fn operator_files(
         ..files.clone()
     };
     let pem = files.read(&config.path)?;
-    let trust = stek_coord::identity::Trust::new(&pem.ca, &config.cluster, &files.revoked)?;
-    let creds = stek_coord::identity::Credentials::new(&trust, &pem.cert, &pem.key)
+    let trust = stek_trust::identity::Trust::new(&pem.ca, &config.cluster, &files.revoked)?;
+    let creds = stek_trust::identity::Credentials::new(&trust, &pem.cert, &pem.key)
         .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
     tracing::debug!(role = %creds.role(), "presenting --cert");
     Ok((pem, creds))
@@ -92,9 +92,9 @@ pub fn operator_tls(
     config: &Config,
     cert: &Path,
     key: &Path,
-) -> anyhow::Result<stek_coord::raft::tls::PeerTls> {
+) -> anyhow::Result<stek_raft::tls::PeerTls> {
     let (pem, _) = operator_files(config, cert, key)?;
-    stek_coord::raft::tls::PeerTls::from_pem(&pem.ca, &pem.cert, &pem.key)
+    stek_raft::tls::PeerTls::from_pem(&pem.ca, &pem.cert, &pem.key)
         .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))
 }
 
@@ -103,7 +103,7 @@ pub fn operator_tls(
 pub fn request_signer(
     config: &Config,
     access: &Access,
-) -> anyhow::Result<Option<stek_coord::identity::Credentials>> {
+) -> anyhow::Result<Option<stek_trust::identity::Credentials>> {
     Ok(match &access.operator {
         Some((cert, key)) => Some(operator_files(config, cert, key)?.1),
         None => load_identity(config)?.map(|id| id.creds),
@@ -111,13 +111,13 @@ pub fn request_signer(
 }
 
 /// The config's trust (`[identity]` CA and revocations), to check what the store holds.
-pub fn trust_of(config: &Config) -> anyhow::Result<Option<stek_coord::identity::Trust>> {
+pub fn trust_of(config: &Config) -> anyhow::Result<Option<stek_trust::identity::Trust>> {
     let Some(files) = &config.identity else {
         return Ok(None);
     };
     let ca = std::fs::read(&files.ca_file)
         .with_context(|| format!("cannot read [identity] ca_file {}", files.ca_file.display()))?;
-    Ok(Some(stek_coord::identity::Trust::new(
+    Ok(Some(stek_trust::identity::Trust::new(
         &ca,
         &config.cluster,
         &files.revoked,
@@ -131,7 +131,7 @@ pub async fn connect_etcd(
     access: &stek_node::config::EtcdAccess,
 ) -> anyhow::Result<Etcd> {
     let secrets = access.read(&config.path)?;
-    let security = stek_coord::etcd::EtcdSecurity {
+    let security = stek_etcd::EtcdSecurity {
         ca_pem: secrets.ca_pem.clone(),
         identity: secrets
             .identity
@@ -149,24 +149,24 @@ pub async fn connect_etcd(
 /// node as a member, is valid now and not revoked, and the key is the certificate's.
 pub fn load_identity(
     config: &Config,
-) -> anyhow::Result<Option<stek_coord::identity::NodeIdentity>> {
+) -> anyhow::Result<Option<stek_trust::identity::NodeIdentity>> {
     let Some(files) = &config.identity else {
         return Ok(None);
     };
-    let role = stek_coord::identity::Role::Member(config.node_id.clone());
+    let role = stek_trust::identity::Role::Member(config.node_id.clone());
     let (_, identity) = files.load(&config.path, &config.cluster, &role)?;
     Ok(Some(identity))
 }
 
 /// Mutual TLS between Raft peers (and with the CLI) from `[identity]`, authorising requests by
 /// certificate (key file checked first).
-pub fn peer_tls(config: &Config) -> anyhow::Result<Option<stek_coord::raft::tls::PeerTls>> {
+pub fn peer_tls(config: &Config) -> anyhow::Result<Option<stek_raft::tls::PeerTls>> {
     let Some(files) = &config.identity else {
         return Ok(None);
     };
-    let role = stek_coord::identity::Role::Member(config.node_id.clone());
+    let role = stek_trust::identity::Role::Member(config.node_id.clone());
     let (pem, identity) = files.load(&config.path, &config.cluster, &role)?;
-    let built = stek_coord::raft::tls::PeerTls::from_pem(&pem.ca, &pem.cert, &pem.key)
+    let built = stek_raft::tls::PeerTls::from_pem(&pem.ca, &pem.cert, &pem.key)
         .map_err(|e| anyhow::anyhow!("config {}: [identity]: {e}", config.path.display()))?;
     Ok(Some(built.with_trust(identity.trust)))
 }

@@ -11,9 +11,9 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use stek_coord::raft::client::RaftClient;
-use stek_coord::{Coordinator, Snapshot};
 use stek_core::Fingerprint;
+use stek_raft::client::RaftClient;
+use stek_store::{Coordinator, Snapshot};
 
 pub struct Options {
     pub peers: usize,
@@ -173,15 +173,15 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
     // peers talk over mutual TLS and sign what they write, as a real cluster does.
     let pki = dir.join("pki");
     private_dir(&pki)?;
-    let ca = stek_coord::identity::init_ca("demo", Duration::from_secs(86_400))?;
+    let ca = stek_trust::identity::init_ca("demo", Duration::from_secs(86_400))?;
     write_private(&pki.join("ca.key"), ca.key.as_bytes())?;
     fs::write(pki.join("ca.pem"), &ca.cert)?;
     for p in &peers {
         private_dir(&p.dir.join("keys"))?;
-        let member = stek_coord::identity::issue(
+        let member = stek_trust::identity::issue(
             &ca.cert,
             &ca.key,
-            &stek_coord::identity::Role::Member(p.name.clone()),
+            &stek_trust::identity::Role::Member(p.name.clone()),
             &["127.0.0.1".to_owned()],
             Duration::from_secs(86_400),
         )?;
@@ -264,15 +264,15 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     // The demo watches the group as an operator: its certificate reads, nothing more.
-    let operator = stek_coord::identity::issue(
+    let operator = stek_trust::identity::issue(
         &ca.cert,
         &ca.key,
-        &stek_coord::identity::Role::Operator("demo".into()),
+        &stek_trust::identity::Role::Operator("demo".into()),
         &[],
         Duration::from_secs(86_400),
     )?;
-    let trust = stek_coord::identity::Trust::new(ca.cert.as_bytes(), "demo", &[])?;
-    let operator_tls = stek_coord::raft::tls::PeerTls::from_pem(
+    let trust = stek_trust::identity::Trust::new(ca.cert.as_bytes(), "demo", &[])?;
+    let operator_tls = stek_raft::tls::PeerTls::from_pem(
         ca.cert.as_bytes(),
         operator.cert.as_bytes(),
         operator.key.as_bytes(),

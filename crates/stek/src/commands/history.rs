@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use stek_coord::etcd::{CompactionRight, Etcd, COMPACTION_ROLE};
-use stek_coord::CoordError;
+use stek_etcd::{CompactionRight, Etcd, COMPACTION_ROLE};
 use stek_node::config::Coordination;
 use stek_node::Config;
+use stek_store::CoordError;
 
 /// How long the question may take before the node gives up asking (it never delays a start).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use std::sync::Arc;
-use stek_coord::raft::peer::{Peer, Storage};
 use stek_node::config::Coordination;
+use stek_raft::peer::{Peer, Storage};
 
 use stek_node::admin::Metrics;
 use stek_node::{Config, ConfigError};

@@ -5,11 +5,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::bail;
-use stek_coord::status::{status_of, Status};
-use stek_coord::{ChangeStream, Coordinator, Snapshot};
 use stek_core::rotation::describe_blocker;
 use stek_core::Policy;
 use stek_node::Config;
+use stek_store::status::{status_of, Status};
+use stek_store::{ChangeStream, Coordinator, Snapshot};
 
 use super::connect::{connect, request_signer, runtime, socket_hint, trust_of, Access};
 
@@ -41,7 +41,7 @@ fn print_text(s: &Status) {
     if s.pending_requests > 0 {
         println!("requests   {} pending", s.pending_requests);
     }
-    let bound = stek_coord::clock::CLOCK_BOUND.as_secs();
+    let bound = stek_store::clock::CLOCK_BOUND.as_secs();
     if s.ring_clock_ahead_seconds > bound || s.writer_clock_ahead_seconds.is_some_and(|a| a > bound)
     {
         println!(
@@ -134,9 +134,9 @@ struct Rotate<'a> {
     wait: bool,
     timeout: Duration,
     /// With `[identity]`: the members to wait for are the enrolled ones only.
-    trust: Option<stek_coord::identity::Trust>,
+    trust: Option<stek_trust::identity::Trust>,
     /// Signs the request.
-    signer: Option<stek_coord::identity::Credentials>,
+    signer: Option<stek_trust::identity::Credentials>,
 }
 
 impl Rotate<'_> {

@@ -11,7 +11,7 @@
 //! ([`FullReads::next_at`]) and a watch event that concerns it.
 //!
 //! What a read costs, in records (about 1 KB each): everything, the members present; a
-//! follower's own read ([`stek_coord::Coordinator::snapshot_of_member`]), [`FOLLOWER_READ`]; a
+//! follower's own read ([`stek_store::Coordinator::snapshot_of_member`]), [`FOLLOWER_READ`]; a
 //! count, none; what the watch carried, none; a watch that starts with a mirror of its keys
 //! (etcd's), what it mirrors. These are etcd's prices: a Raft follower's own read is a full
 //! one (its clusters are small), so what the Raft case checks is the schedule, not the bill.
@@ -24,7 +24,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use stek_coord::Change;
+use stek_store::Change;
 
 use super::*;
 
@@ -57,7 +57,7 @@ const TERM: i64 = 1;
 struct Backend {
     /// It counts members without reading them (`member_count` and `member_counts` answer).
     counts_apart: bool,
-    /// Its watches keep what their events carried ([`stek_coord::ChangeStream::snapshot`]).
+    /// Its watches keep what their events carried ([`stek_store::ChangeStream::snapshot`]).
     carries: bool,
 }
 

@@ -1,6 +1,6 @@
 //! One cluster's keyspace as a pure state machine: revisions, leases, the leader slot, the
 //! ring and its copies, member records and rotation requests, and the rules every write is
-//! checked against. The embedded Raft group applies its log to it ([`crate::raft::store`]);
+//! checked against. The embedded Raft group applies its log to it (`stek_raft::store`);
 //! the in-memory test store (`memory`, feature `testing`) applies its calls to it directly.
 //! No clock, no I/O: lease deadlines are kept by whoever runs it (the Raft leader's lease
 //! clock, the in-memory store), which ends a lease by applying [`Command::Revoke`].
@@ -30,7 +30,7 @@ use std::fmt::Debug;
 
 use serde::{Deserialize, Serialize};
 
-use crate::raft::bytes;
+use crate::bytes;
 use crate::records::{self, MemberRecord, StoredRing};
 use crate::{CoordError, Leader, LeaseId, RawSnapshot, Term};
 
@@ -267,7 +267,7 @@ pub struct Outcome {
 impl Outcome {
     /// A leader write's answer ([`crate::Coordinator::write_ring`],
     /// [`crate::Coordinator::write_copies`]): its revision, or why it was refused.
-    pub(crate) fn written(self, term: Term) -> Result<i64, CoordError> {
+    pub fn written(self, term: Term) -> Result<i64, CoordError> {
         match self.applied {
             Applied::Ok => Ok(signed(self.revision)),
             Applied::Stale => Err(CoordError::Conflict),
@@ -276,7 +276,7 @@ impl Outcome {
     }
 
     /// A registration's answer.
-    pub(crate) fn registered(self, node_id: &str) -> Result<(), CoordError> {
+    pub fn registered(self, node_id: &str) -> Result<(), CoordError> {
         match self.applied {
             Applied::NoLease => Err(CoordError::LeaseExpired),
             Applied::Held(holder) => Err(CoordError::Held {
@@ -288,7 +288,7 @@ impl Outcome {
     }
 
     /// A campaign's answer: the term won, `None` if someone leads.
-    pub(crate) fn elected(self) -> Result<Option<Term>, CoordError> {
+    pub fn elected(self) -> Result<Option<Term>, CoordError> {
         match self.applied {
             Applied::Elected(t) => Ok(Some(Term(signed(t)))),
             Applied::NoLease => Err(CoordError::LeaseExpired),
@@ -297,7 +297,7 @@ impl Outcome {
     }
 
     /// Forgetting a member's answer: whether its record was removed.
-    pub(crate) fn forgotten(self, term: Term) -> Result<bool, CoordError> {
+    pub fn forgotten(self, term: Term) -> Result<bool, CoordError> {
         match self.applied {
             Applied::Ok => Ok(true),
             Applied::Stale => Ok(false),
@@ -578,7 +578,7 @@ impl Keyspace {
     }
 
     /// What a read of the keyspace shows, under the cluster prefix `prefix`.
-    pub(crate) fn raw_snapshot(&self, prefix: &str) -> RawSnapshot {
+    pub fn raw_snapshot(&self, prefix: &str) -> RawSnapshot {
         RawSnapshot {
             revision: signed(self.revision),
             leader: self.leader.as_ref().map(|s| Leader {

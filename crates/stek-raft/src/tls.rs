@@ -15,7 +15,7 @@ pub struct PeerTls {
     pub(crate) client: Arc<ClientConfig>,
     /// With it, a peer authorises every request by the caller's certificate (member or
     /// operator, and which); without, any certificate of the CA may do anything.
-    pub(crate) trust: Option<Arc<crate::identity::Trust>>,
+    pub(crate) trust: Option<Arc<stek_trust::identity::Trust>>,
 }
 
 impl std::fmt::Debug for PeerTls {
@@ -68,7 +68,7 @@ impl PeerTls {
     }
 
     /// Authorises requests by certificate under `trust` (see `Peer`'s `authorize`).
-    pub fn with_trust(mut self, trust: crate::identity::Trust) -> Self {
+    pub fn with_trust(mut self, trust: stek_trust::identity::Trust) -> Self {
         self.trust = Some(Arc::new(trust));
         self
     }

@@ -49,7 +49,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::slots::{Refusals, Slots};
+use stek_trust::slots::{Refusals, Slots};
 use tracing::{debug, warn};
 
 use super::tls::PeerTls;
@@ -247,7 +247,7 @@ pub async fn call_peer(
                         .and_then(|c| c.first())
                         .map(|der| trust.verify(der, std::time::SystemTime::now()));
                     match who {
-                        Some(Ok(v)) if matches!(&v.role, crate::identity::Role::Member(n) if super::raft_id(n) == expect) => {}
+                        Some(Ok(v)) if matches!(&v.role, stek_trust::identity::Role::Member(n) if super::raft_id(n) == expect) => {}
                         Some(Ok(v)) => {
                             return Err(std::io::Error::new(
                                 std::io::ErrorKind::PermissionDenied,
@@ -927,10 +927,11 @@ mod tests {
 
     fn peer_tls() -> PeerTls {
         let year = Duration::from_secs(365 * 24 * 3600);
-        let ca = crate::identity::init_ca("limits", year).unwrap();
-        let role = crate::identity::Role::Member("p1".into());
+        let ca = stek_trust::identity::init_ca("limits", year).unwrap();
+        let role = stek_trust::identity::Role::Member("p1".into());
         let cert =
-            crate::identity::issue(&ca.cert, &ca.key, &role, &["127.0.0.1".into()], year).unwrap();
+            stek_trust::identity::issue(&ca.cert, &ca.key, &role, &["127.0.0.1".into()], year)
+                .unwrap();
         PeerTls::from_pem(
             ca.cert.as_bytes(),
             cert.cert.as_bytes(),

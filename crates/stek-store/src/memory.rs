@@ -371,7 +371,7 @@ impl Coordinator for Memory {
     async fn request_rotation(
         &self,
         by: &str,
-        signer: Option<&crate::identity::Credentials>,
+        signer: Option<&stek_trust::identity::Credentials>,
     ) -> Result<String, CoordError> {
         let (key, record) = RequestRecord::new_signed(&self.prefix, by, signer);
         self.apply(&Command::PutRequest {

@@ -15,7 +15,7 @@
 use super::net::Request;
 use super::raft_id;
 use super::store::Command;
-use crate::identity::Role;
+use stek_trust::identity::Role;
 
 /// Who is at the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]

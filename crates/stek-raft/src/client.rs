@@ -9,9 +9,11 @@ use tokio::sync::Mutex;
 
 use super::net::{call, Reply, Request};
 use super::store::{Applied, Command, Keyspace, Outcome};
-use crate::records::{MemberRecord, RequestRecord};
-use crate::StoredRing;
-use crate::{Change, ChangeStream, CoordError, Coordinator, KeepAlive, LeaseId, Snapshot, Term};
+use stek_store::records::{MemberRecord, RequestRecord};
+use stek_store::StoredRing;
+use stek_store::{
+    Change, ChangeStream, CoordError, Coordinator, KeepAlive, LeaseId, Snapshot, Term,
+};
 
 /// How long one call may take (a wait may take its own timeout on top).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -197,8 +199,8 @@ struct Renewer {
     lease: LeaseId,
 }
 
-impl crate::Renew for Renewer {
-    async fn renew(&mut self) -> crate::Renewal {
+impl stek_store::Renew for Renewer {
+    async fn renew(&mut self) -> stek_store::Renewal {
         let heartbeat = Request::Heartbeat {
             lease: self.lease.0,
         };
@@ -209,12 +211,12 @@ impl crate::Renew for Renewer {
                 // A renewal older than this process's clock can say is not credited at all
                 // (never at `now`): the lease then counts from the last renewal it can place.
                 match now.checked_sub(age) {
-                    Some(at) => crate::Renewal::Renewed(at),
-                    None => crate::Renewal::Failed,
+                    Some(at) => stek_store::Renewal::Renewed(at),
+                    None => stek_store::Renewal::Failed,
                 }
             }
-            Ok(Reply::Applied(Applied::NoLease)) => crate::Renewal::Gone,
-            _ => crate::Renewal::Failed,
+            Ok(Reply::Applied(Applied::NoLease)) => stek_store::Renewal::Gone,
+            _ => stek_store::Renewal::Failed,
         }
     }
 }
@@ -355,7 +357,7 @@ impl Coordinator for RaftClient {
     async fn request_rotation(
         &self,
         by: &str,
-        signer: Option<&crate::identity::Credentials>,
+        signer: Option<&stek_trust::identity::Credentials>,
     ) -> Result<String, CoordError> {
         let (key, record) = RequestRecord::new_signed(&self.prefix, by, signer);
         self.write(Command::PutRequest {

@@ -2,7 +2,6 @@
 //! snapshots on disk in `[raft] data_dir` (sealed copies only, never a key).
 
 mod authorize;
-pub(crate) mod bytes;
 pub mod client;
 pub mod net;
 pub mod peer;

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
 
 use super::TypeConfig;
-pub use crate::keyspace::{Applied, Command, Keyspace, LeaderSlot, Outcome, MAX_LEASE_TTL_MS};
+pub use stek_store::keyspace::{Applied, Command, Keyspace, LeaderSlot, Outcome, MAX_LEASE_TTL_MS};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -142,7 +142,7 @@ pub fn prepare_data_dir(dir: &Path) -> Result<(), DataDirError> {
 /// The keys a ring record names, by epoch and fingerprint (`None`: no ring, or one that does
 /// not decode).
 fn ring_keys(record: Option<&[u8]>) -> Option<Vec<(u64, stek_core::Fingerprint)>> {
-    let stored = crate::records::decode_ring(record?).ok()?;
+    let stored = stek_store::records::decode_ring(record?).ok()?;
     Some(
         stored
             .ring
@@ -358,7 +358,7 @@ impl RaftStore {
     /// Reads [`Kept`] from the file (a durable store only).
     pub(crate) fn kept(&self) -> Kept {
         let generation = |v: &[u8]| {
-            crate::records::decode_ring(v)
+            stek_store::records::decode_ring(v)
                 .map(|r| r.ring.generation())
                 .ok()
         };
@@ -741,11 +741,11 @@ mod tests {
         });
         let term = 2;
         let ring = |r: &KeyRing| {
-            let mut stored = crate::StoredRing::seal("c", r, &p, "a", &[]).0;
+            let mut stored = stek_store::StoredRing::seal("c", r, &p, "a", &[]).0;
             stored.term = term;
             Command::WriteRing {
                 term: 2,
-                value: crate::records::encode_ring(&stored),
+                value: stek_store::records::encode_ring(&stored),
                 served: vec![],
                 expected: None,
                 copies: BTreeMap::new(),

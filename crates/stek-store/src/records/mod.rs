@@ -14,8 +14,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use stek_core::{Fingerprint, KeyRing, KeyState, Policy, RingKey, RingMeta};
 
-use crate::identity::{self, Credentials, IdentityError, Trust, Verified};
 use crate::seal::{self, Envelope, Identity, MemberKey, MemberKeyId, SealError, SealedCopy};
+use stek_trust::identity::{self, Credentials, IdentityError, Trust, Verified};
 
 /// The record format version this build writes.
 ///

@@ -24,7 +24,7 @@ use super::TypeConfig;
 
 /// How many log entries a peer holds before it folds them into a snapshot and purges them.
 pub const RAFT_LOG_KEPT: u64 = 64;
-use crate::CoordError;
+use stek_store::CoordError;
 
 /// How often the lease clock runs on the leader.
 const LEASE_TICK: Duration = Duration::from_millis(200);
@@ -65,7 +65,7 @@ impl std::fmt::Debug for Peer {
 
 impl Caller {
     fn of(
-        trust: &crate::identity::Trust,
+        trust: &stek_trust::identity::Trust,
         certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
     ) -> Self {
         match certs.and_then(|c| c.first()) {
@@ -941,11 +941,11 @@ fn unreadable_request(e: &serde_json::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::client::RaftClient;
-    use crate::{Coordinator, StoredRing, Term};
+    use crate::client::RaftClient;
     use std::collections::BTreeSet;
     use std::time::SystemTime;
     use stek_core::{KeyHistory, KeyRing, OsKeySource, Policy};
+    use stek_store::{Coordinator, StoredRing, Term};
 
     fn free_addr() -> String {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

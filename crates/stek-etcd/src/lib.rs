@@ -9,8 +9,8 @@ use etcd_client::{
     WatchOptions, WatchStream,
 };
 
-use crate::records::{self, MemberRecord, RequestRecord, StoredRing};
-use crate::{
+use stek_store::records::{self, MemberRecord, RequestRecord, StoredRing};
+use stek_store::{
     Change, ChangeStream, CoordError, Coordinator, KeepAlive, Leader, LeaseId, Snapshot, Term,
 };
 
@@ -147,7 +147,7 @@ impl Etcd {
     }
 
     /// A write under a lease: etcd refuses one whose lease is gone with "requested lease
-    /// not found" (the keyspace's [`crate::keyspace::Applied::NoLease`]).
+    /// not found" (the keyspace's [`stek_store::keyspace::Applied::NoLease`]).
     fn lease_write_failed(&self, e: etcd_client::Error) -> CoordError {
         if is_lease_gone(&e) {
             CoordError::LeaseExpired
@@ -200,7 +200,7 @@ impl Mirror {
     }
 
     fn snapshot(&self) -> Snapshot {
-        let mut raw = crate::RawSnapshot {
+        let mut raw = stek_store::RawSnapshot {
             revision: self.revision,
             partial: self.partial,
             ..Default::default()
@@ -287,7 +287,7 @@ impl ChangeStream for EtcdWatch {
 
 impl Etcd {
     /// Files one key-value read under the prefix into `raw`.
-    fn add(&self, raw: &mut crate::RawSnapshot, kv: &etcd_client::KeyValue) {
+    fn add(&self, raw: &mut stek_store::RawSnapshot, kv: &etcd_client::KeyValue) {
         let Some(rest) = kv.key().strip_prefix(self.prefix.as_bytes()) else {
             return;
         };
@@ -299,7 +299,7 @@ impl Etcd {
                 term: Term(kv.create_revision()),
                 lease: LeaseId(kv.lease()),
             });
-        } else if let Some(id) = rest.strip_prefix(crate::COPIES) {
+        } else if let Some(id) = rest.strip_prefix(stek_store::COPIES) {
             raw.copies.push((full, id.to_owned(), kv.value().to_vec()));
         } else if rest == "ring" {
             raw.ring = Some((full, kv.value().to_vec()));
@@ -309,7 +309,7 @@ impl Etcd {
             }
         } else if let Some(id) = rest.strip_prefix("alive/") {
             raw.alive.insert(id.to_owned());
-        } else if let Some(id) = rest.strip_prefix(crate::ACKS) {
+        } else if let Some(id) = rest.strip_prefix(stek_store::ACKS) {
             raw.acks.push((full, id.to_owned(), kv.value().to_vec()));
         } else if let Some(id) = rest.strip_prefix("members/") {
             raw.members
@@ -325,7 +325,7 @@ impl Etcd {
 impl Etcd {
     /// A leader's transaction: `ops` if `term` still leads and the ring is still the one
     /// written at `ring_revision`; otherwise it reads the leader key, for [`refusal`]. These
-    /// are the keyspace's fencing and compare-and-swap rules ([`crate::keyspace`]) as etcd
+    /// are the keyspace's fencing and compare-and-swap rules ([`stek_store::keyspace`]) as etcd
     /// compares; the conformance suite checks both against the same properties.
     fn fenced(&self, term: Term, ring_revision: i64, ops: Vec<TxnOp>) -> Txn {
         Txn::new()
@@ -354,7 +354,7 @@ impl Etcd {
             let ops: Vec<TxnOp> = batch
                 .iter()
                 .map(|(member, value)| {
-                    TxnOp::put(self.key(&crate::copy_key(member)), value.clone(), None)
+                    TxnOp::put(self.key(&stek_store::copy_key(member)), value.clone(), None)
                 })
                 .collect();
             let txn = self.fenced(term, ring_revision, ops);
@@ -414,9 +414,9 @@ impl Etcd {
         }
     }
 
-    /// The key of `node_id`'s acknowledgement ([`crate::ACKS`]).
+    /// The key of `node_id`'s acknowledgement ([`stek_store::ACKS`]).
     fn ack_key(&self, node_id: &str) -> String {
-        self.key(&format!("{}{node_id}", crate::ACKS))
+        self.key(&format!("{}{node_id}", stek_store::ACKS))
     }
 
     /// Deletes the copies of members the ring just written has none for (members forgotten,
@@ -424,7 +424,7 @@ impl Etcd {
     /// A failure leaves them for the next write.
     async fn delete_other_copies(&self, term: Term, kept: &[(String, Vec<u8>)]) {
         let mut client = self.client.clone();
-        let prefix = self.key(crate::COPIES);
+        let prefix = self.key(stek_store::COPIES);
         let Ok(resp) = client
             .get(
                 prefix.as_str(),
@@ -617,7 +617,7 @@ impl Coordinator for Etcd {
             )
             .await
             .map_err(|e| self.unreachable(e))?;
-        let mut raw = crate::RawSnapshot {
+        let mut raw = stek_store::RawSnapshot {
             revision: resp.header().map_or(0, |h| h.revision()),
             ..Default::default()
         };
@@ -657,9 +657,9 @@ impl Coordinator for Etcd {
             vec![
                 TxnOp::get(self.key("leader"), None),
                 TxnOp::get(self.key(&format!("members/{node_id}")), None),
-                TxnOp::get(self.key(&format!("{}{node_id}", crate::ACKS)), None),
+                TxnOp::get(self.key(&format!("{}{node_id}", stek_store::ACKS)), None),
                 TxnOp::get(self.key(&format!("alive/{node_id}")), None),
-                TxnOp::get(self.key(&crate::copy_key(node_id)), None),
+                TxnOp::get(self.key(&stek_store::copy_key(node_id)), None),
             ]
         };
         let mut with_ring = others();
@@ -674,7 +674,7 @@ impl Coordinator for Etcd {
             .and_then(others())
             .or_else(with_ring);
         let resp = client.txn(txn).await.map_err(|e| self.unreachable(e))?;
-        let mut raw = crate::RawSnapshot {
+        let mut raw = stek_store::RawSnapshot {
             revision: resp.header().map_or(0, |h| h.revision()),
             partial: true,
             ..Default::default()
@@ -695,7 +695,7 @@ impl Coordinator for Etcd {
         Ok(raw.check())
     }
 
-    async fn member_counts(&self) -> Result<Option<crate::MemberCounts>, CoordError> {
+    async fn member_counts(&self) -> Result<Option<stek_store::MemberCounts>, CoordError> {
         let mut client = self.client.clone();
         // One transaction: both counts at one revision, and not one record's value.
         let count = |prefix: &str| {
@@ -717,7 +717,7 @@ impl Coordinator for Etcd {
             })
             .collect();
         match counts[..] {
-            [members, live] => Ok(Some(crate::MemberCounts { members, live })),
+            [members, live] => Ok(Some(stek_store::MemberCounts { members, live })),
             _ => Err(CoordError::Protocol {
                 endpoints: self.endpoints.clone(),
                 reason: format!(
@@ -778,9 +778,9 @@ impl Coordinator for Etcd {
             "ring".to_owned(),
             "leader".to_owned(),
             format!("members/{node_id}"),
-            format!("{}{node_id}", crate::ACKS),
+            format!("{}{node_id}", stek_store::ACKS),
             format!("alive/{node_id}"),
-            crate::copy_key(node_id),
+            stek_store::copy_key(node_id),
         ];
         let mirror = self.read_keys_at(&keys, revision).await.ok().map(|kvs| {
             Box::new(Mirror {
@@ -839,7 +839,7 @@ impl Coordinator for Etcd {
             [
                 TxnOp::put(
                     alive.clone(),
-                    crate::holder_of(member),
+                    stek_store::holder_of(member),
                     Some(PutOptions::new().with_lease(lease.0)),
                 ),
                 TxnOp::put(
@@ -871,8 +871,8 @@ impl Coordinator for Etcd {
             });
             // None: it expired between the two steps; try again from the start.
             let Some(held) = held else { continue };
-            let holder = crate::shown_holder(held.value());
-            if held.lease() != lease.0 && !crate::same_holder(&holder, member) {
+            let holder = stek_store::shown_holder(held.value());
+            if held.lease() != lease.0 && !stek_store::same_holder(&holder, member) {
                 return Err(CoordError::Held {
                     node_id: member.node_id.clone(),
                     holder,
@@ -1047,7 +1047,7 @@ impl Coordinator for Etcd {
             .and_then([
                 TxnOp::delete(record, None),
                 TxnOp::delete(self.ack_key(node_id), None),
-                TxnOp::delete(self.key(&crate::copy_key(node_id)), None),
+                TxnOp::delete(self.key(&stek_store::copy_key(node_id)), None),
             ])
             .or_else([TxnOp::get(
                 self.key("leader"),
@@ -1107,7 +1107,7 @@ impl Coordinator for Etcd {
     async fn request_rotation(
         &self,
         by: &str,
-        signer: Option<&crate::identity::Credentials>,
+        signer: Option<&stek_trust::identity::Credentials>,
     ) -> Result<String, CoordError> {
         let mut client = self.client.clone();
         let (key, record) = RequestRecord::new_signed(&self.prefix, by, signer);
@@ -1128,13 +1128,13 @@ struct Renewer {
     channel: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
 }
 
-impl crate::Renew for Renewer {
-    async fn renew(&mut self) -> crate::Renewal {
+impl stek_store::Renew for Renewer {
+    async fn renew(&mut self) -> stek_store::Renewal {
         if self.channel.is_none() {
             self.channel = self.client.lease_keep_alive(self.lease.0).await.ok();
         }
         let Some((keeper, stream)) = self.channel.as_mut() else {
-            return crate::Renewal::Failed;
+            return stek_store::Renewal::Failed;
         };
         let renewed = async {
             keeper.keep_alive().await?;
@@ -1142,12 +1142,12 @@ impl crate::Renew for Renewer {
         };
         match tokio::time::timeout(self.period, renewed).await {
             Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
-                crate::Renewal::Renewed(tokio::time::Instant::now())
+                stek_store::Renewal::Renewed(tokio::time::Instant::now())
             }
-            Ok(Ok(Some(_))) => crate::Renewal::Gone,
+            Ok(Ok(Some(_))) => stek_store::Renewal::Gone,
             _ => {
                 self.channel = None;
-                crate::Renewal::Failed
+                stek_store::Renewal::Failed
             }
         }
     }
