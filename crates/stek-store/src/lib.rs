@@ -33,7 +33,9 @@ pub mod records;
 pub mod seal;
 pub mod status;
 
-pub use records::{MemberRecord, RecordError, RequestRecord, RingSignature, StoredRing};
+pub use records::{
+    MemberRecord, OpenedCopy, RecordError, RequestRecord, RingSignature, RingWriter, StoredRing,
+};
 
 /// Where a member's sealed copy of the ring's data key is stored, under the cluster prefix.
 pub const COPIES: &str = "ring/copies/";

@@ -5,7 +5,7 @@ use std::time::{Instant, SystemTime};
 
 use stek_core::KeyRing;
 use stek_store::seal::SealError;
-use stek_store::{Coordinator, StoredRing};
+use stek_store::{Coordinator, OpenedCopy, StoredRing};
 use tracing::{debug, error, info};
 
 use super::{Node, SealFailure};
@@ -47,17 +47,12 @@ impl<C: Coordinator> Node<'_, C> {
         // is opened only if the ring's writer signed it; and only with a key this node still
         // holds (the one it announced, or the one that opened its floor's ring).
         let announced = self.sealing.announced().public().id();
-        let opened = stored
-            .copy_is_for_this_ring(&self.config.node_id)
-            .and_then(|()| match self.pki {
-                Some(pki) => {
-                    stored.verify_copy(&self.config.cluster, &self.config.node_id, &pki.trust, now)
-                }
-                None => Ok(()),
-            })
-            .and_then(|()| {
-                let recipient = copy.map_or(announced, |c| c.recipient);
-                let key = ratchet::opening_key(
+        let opened = stored.open_copy(
+            &self.config.cluster,
+            &self.config.node_id,
+            self.pki.map(|pki| (&pki.trust, now)),
+            |recipient| {
+                ratchet::opening_key(
                     self.sealing.roles(),
                     self.sealing.floor(),
                     generation,
@@ -68,13 +63,15 @@ impl<C: Coordinator> Node<'_, C> {
                 .ok_or(SealError::OtherRecipient {
                     copy: recipient,
                     mine: announced,
-                })?;
-                stored
-                    .open_keeping_key(&self.config.cluster, &self.config.node_id, key)
-                    .map(|(ring, data)| (ring, data, recipient))
-            });
+                })
+            },
+        );
         match opened {
-            Ok((ring, key, with)) => {
+            Ok(OpenedCopy {
+                ring,
+                data_key: key,
+                opened_with: with,
+            }) => {
                 // The floor is on the RAM disk, and a key no ring needs any more is erased,
                 // before anything is applied; a step that fails leaves the ring unopened, to
                 // be tried again, while the node serves the keys it has.

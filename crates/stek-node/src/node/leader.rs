@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use stek_core::{Decision, KeyRing, OsKeySource};
 use stek_store::seal::{DataKey, MemberKey, SealError};
-use stek_store::{CoordError, Coordinator, Snapshot, StoredRing, Term};
+use stek_store::{CoordError, Coordinator, RingWriter, Snapshot, StoredRing, Term};
 use tracing::{debug, error, info, warn};
 
 use super::{Node, RESIGN_LIMIT};
@@ -340,20 +340,15 @@ impl<C: Coordinator> Node<'_, C> {
             .filter(|m| m.live)
             .filter_map(|m| Some((m.record.node_id.clone(), m.record.sealing_key()?)))
             .collect();
-        let (mut stored, failed) = StoredRing::seal(
-            &self.config.cluster,
-            ring,
-            &self.config.policy,
-            &self.config.node_id,
-            &recipients,
-        );
-        stored.term = term.0;
-        if let Some(current) = snap.valid_ring() {
-            stored.keep_copies_of(current);
-        }
-        if let Some(pki) = self.pki {
-            stored.sign(&self.config.cluster, &pki.creds);
-        }
+        let writer = RingWriter {
+            cluster: &self.config.cluster,
+            node_id: &self.config.node_id,
+            policy: &self.config.policy,
+            term: term.0,
+            creds: self.pki.map(|p| &p.creds),
+        };
+        let (stored, failed) =
+            StoredRing::seal_write(&writer, ring, &recipients, snap.valid_ring());
         self.log_seal_failures(failed);
         self.coord
             .write_ring(term, ring_revision, &stored, served)

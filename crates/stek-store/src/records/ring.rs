@@ -73,7 +73,93 @@ pub struct RingSignature {
     pub signature: Vec<u8>,
 }
 
+/// Who writes a ring, and with what: the one argument of [`StoredRing::seal_write`].
+#[derive(Debug, Clone, Copy)]
+pub struct RingWriter<'a> {
+    /// The cluster's name (bound into every copy).
+    pub cluster: &'a str,
+    /// The writer's node id.
+    pub node_id: &'a str,
+    /// The policy in force.
+    pub policy: &'a Policy,
+    /// Its leadership term.
+    pub term: i64,
+    /// Its member credentials, with `[identity]`: the ring and each copy are signed.
+    pub creds: Option<&'a Credentials>,
+}
+
+/// This node's copy of a ring, opened ([`StoredRing::open_copy`]).
+#[derive(Debug)]
+pub struct OpenedCopy {
+    /// The ring, with its key bytes.
+    pub ring: KeyRing,
+    /// The write's data key: its writer seals one more copy with it later
+    /// ([`StoredRing::seal_more_copies`]).
+    pub data_key: seal::DataKey,
+    /// The key the copy was sealed to, that opened it.
+    pub opened_with: MemberKeyId,
+}
+
 impl StoredRing {
+    /// A leader's write of `ring`, sealed in one call: a copy for each of `recipients`
+    /// (member id, public key), the copies of `current`'s write kept beside them for members
+    /// that hold it ([`StoredRing::keep_copies_of`]), stamped with the writer's term and,
+    /// with credentials, signed (the ring and each copy). Also returns the members no copy
+    /// could be made for, and why.
+    pub fn seal_write(
+        writer: &RingWriter<'_>,
+        ring: &KeyRing,
+        recipients: &[(String, MemberKey)],
+        current: Option<&StoredRing>,
+    ) -> (Self, Vec<SealError>) {
+        let (mut stored, failed) = Self::seal(
+            writer.cluster,
+            ring,
+            writer.policy,
+            writer.node_id,
+            recipients,
+        );
+        stored.term = writer.term;
+        if let Some(current) = current {
+            stored.keep_copies_of(current);
+        }
+        if let Some(creds) = writer.creds {
+            stored.sign(writer.cluster, creds);
+        }
+        (stored, failed)
+    }
+
+    /// Opens `member`'s copy in one call, in the order that tells every failure apart: the
+    /// copy must be of this write ([`StoredRing::copy_is_for_this_ring`]: none, one ahead, or
+    /// one of another ring), signed by the ring's writer when `trust` is given
+    /// ([`StoredRing::verify_copy`], at `now`), and sealed to a key `key_for` yields for the
+    /// recipient the copy names (the caller's choice of which of its keys may open it, or
+    /// why none may: [`SealError::OtherRecipient`]).
+    pub fn open_copy<'k>(
+        &self,
+        cluster: &str,
+        member: &str,
+        trust: Option<(&Trust, SystemTime)>,
+        key_for: impl FnOnce(MemberKeyId) -> Result<&'k Identity, SealError>,
+    ) -> Result<OpenedCopy, SealError> {
+        self.copy_is_for_this_ring(member)?;
+        if let Some((trust, now)) = trust {
+            self.verify_copy(cluster, member, trust, now)?;
+        }
+        let generation = self.ring.generation();
+        let recipient = self
+            .copy_for(member)
+            .ok_or(SealError::NoCopy { generation })?
+            .recipient;
+        let key = key_for(recipient)?;
+        let (ring, data_key) = self.open_keeping_key(cluster, member, key)?;
+        Ok(OpenedCopy {
+            ring,
+            data_key,
+            opened_with: recipient,
+        })
+    }
+
     /// Seals `ring` for `recipients` (member id, public key); also returns the members no copy
     /// could be made for, and why.
     pub fn seal(

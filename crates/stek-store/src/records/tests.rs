@@ -794,3 +794,76 @@ fn a_member_record_with_an_absurd_generation_or_a_huge_error_is_bounded() {
         Err(RecordError::Digest)
     );
 }
+
+/// A leader's write is sealed in one call and a member opens its copy in one call: the
+/// write carries the term, the copies of the write it replaces and, with credentials, the
+/// signatures; opening tells each failure apart in order (no copy, a copy of another write, an
+/// unsigned copy where signatures are required, a key the member does not hold) and names
+/// the key that opened it.
+#[test]
+fn a_write_is_sealed_in_one_call_and_a_copy_opened_in_one_call() {
+    let (trust, creds_of) = test_ca();
+    let (a, b) = (Identity::generate(), Identity::generate());
+    let (ring, current) = sealed(&[("a", &a)]);
+    let n1 = creds_of("n1");
+    let p = policy();
+    let writer = RingWriter {
+        cluster: "c1",
+        node_id: "n1",
+        policy: &p,
+        term: 7,
+        creds: Some(&n1),
+    };
+    let next = ring
+        .rotated(SystemTime::now(), &p, &mut OsKeySource, &KeyHistory::new())
+        .unwrap();
+    let recipients = [("a".into(), *a.public()), ("b".into(), *b.public())];
+    let (written, failed) = StoredRing::seal_write(&writer, &next, &recipients, Some(&current));
+    assert!(failed.is_empty());
+    assert_eq!(written.term, 7);
+    let now = SystemTime::now();
+    written.verify(&trust, now).unwrap();
+    // a's copy of the write this one replaces is kept beside its new one.
+    let of_a: Vec<_> = written
+        .envelope
+        .copies
+        .iter()
+        .filter(|c| c.member == "a")
+        .map(|c| c.ring)
+        .collect();
+    assert_eq!(of_a, vec![written.write_id(), current.write_id()]);
+    let back = read_back(&written);
+    let moved = back
+        .clone()
+        .with_copies(vec![current.copy_for("a").unwrap().clone()]);
+    assert!(matches!(
+        moved.open_copy("c1", "a", Some((&trust, now)), |_| Ok(&a)),
+        Err(SealError::OtherRing { .. })
+    ));
+    assert!(matches!(
+        back.open_copy("c1", "c", Some((&trust, now)), |_| Ok(&a)),
+        Err(SealError::NoCopy { .. })
+    ));
+    let refused = back.open_copy("c1", "b", Some((&trust, now)), |k| {
+        Err(SealError::OtherRecipient { copy: k, mine: k })
+    });
+    assert!(matches!(refused, Err(SealError::OtherRecipient { .. })));
+    let opened = back
+        .open_copy("c1", "b", Some((&trust, now)), |_| Ok(&b))
+        .unwrap();
+    assert_eq!(opened.ring, next.to_millis());
+    assert_eq!(opened.opened_with, b.public().id());
+    assert_eq!(opened.data_key.write(), back.write_id());
+    // Unsigned, the same write opens without trust, and is refused where signatures count.
+    let unsigned = RingWriter {
+        creds: None,
+        ..writer
+    };
+    let (plain, _) = StoredRing::seal_write(&unsigned, &next, &[("b".into(), *b.public())], None);
+    let plain = read_back(&plain);
+    assert!(plain.open_copy("c1", "b", None, |_| Ok(&b)).is_ok());
+    assert!(matches!(
+        plain.open_copy("c1", "b", Some((&trust, now)), |_| Ok(&b)),
+        Err(SealError::Unsigned(_))
+    ));
+}
