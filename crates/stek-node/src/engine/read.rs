@@ -243,9 +243,194 @@ pub fn follower_needs_everything(partial: bool, other_leader: bool) -> bool {
     partial && !other_leader
 }
 
+/// A change the watch delivered while the node waits between passes, as the waiting node
+/// sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    /// The store revision of the change (0: the backend did not say).
+    pub revision: i64,
+    /// Whether it concerns a follower (the ring, the leadership, its own records, or a key
+    /// the backend did not name): [`stek_store::Change::concerns_follower`].
+    pub concerns_follower: bool,
+    /// Whether it asks for a full read (a key other than the node's own and the ring):
+    /// [`stek_store::Change::needs_full_read`].
+    pub needs_full_read: bool,
+}
+
+/// What the waiting node does about a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnChange {
+    /// Keep waiting: the last pass saw it, it is an event of this leader's own write before
+    /// the one that completes it, or it cannot concern this follower.
+    Wait,
+    /// Run a pass (after taking every change already queued behind this one), reading
+    /// everything if `want_full`.
+    Pass {
+        /// Whether the change asks for a full read.
+        want_full: bool,
+    },
+}
+
+/// What a node that leads (`leading`), last read at `read_at` and last wrote at `written_at`,
+/// does about `change`. Changes the last read already saw are skipped: the watch queues every
+/// change made while the node read, and with N members a rotation brings N acknowledgements,
+/// so a pass for each would cost the leader O(N) reads of N records. A leader also waits out
+/// the events of its own last write up to the one that completes it (the ring, or the last
+/// batch of copies): a pass before it would find what the watch carried behind that write,
+/// and read everything again instead. A follower sleeps through changes that cannot concern
+/// it (other members' acknowledgements and leases, requests).
+pub fn on_change(change: Change, leading: bool, read_at: i64, written_at: i64) -> OnChange {
+    let known = change.revision > 0;
+    let own_write = leading && known && change.revision < written_at;
+    let new = !known || change.revision > read_at;
+    if new && !own_write && (leading || change.concerns_follower) {
+        OnChange::Pass {
+            want_full: change.needs_full_read,
+        }
+    } else {
+        OnChange::Wait
+    }
+}
+
+/// Whether a change already queued behind the one that starts a pass asks that pass for a
+/// full read: a change a follower would have slept through asks nothing.
+pub fn queued_wants_full(change: Change, leading: bool) -> bool {
+    (leading || change.concerns_follower) && change.needs_full_read
+}
+
+/// When the next pass runs at the latest: what the last pass asked for (`wake`), the next
+/// [`RESYNC`] from `now`, or the next full read, whichever comes first.
+pub fn next_pass_at(wake: Instant, full_reads: &FullReads, leading: bool, now: Instant) -> Instant {
+    wake.min(now + RESYNC).min(full_reads.next_at(leading, now))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every branch of what a waiting node does about a change, one row each.
+    #[test]
+    fn a_change_wakes_a_pass_only_when_it_is_new_and_concerns_the_node() {
+        let change = |revision, concerns_follower, needs_full_read| Change {
+            revision,
+            concerns_follower,
+            needs_full_read,
+        };
+        let pass = |want_full| OnChange::Pass { want_full };
+        // (situation, change, leading, read_at, written_at, expected)
+        let rows = [
+            (
+                "seen by the last read",
+                change(10, true, false),
+                true,
+                10,
+                0,
+                OnChange::Wait,
+            ),
+            (
+                "new, to a leader",
+                change(11, false, false),
+                true,
+                10,
+                0,
+                pass(false),
+            ),
+            (
+                "new, a key of another member",
+                change(11, false, true),
+                true,
+                10,
+                0,
+                pass(true),
+            ),
+            (
+                "an event of the leader's own write before the last",
+                change(11, true, false),
+                true,
+                10,
+                12,
+                OnChange::Wait,
+            ),
+            (
+                "the event that completes the leader's write",
+                change(12, true, false),
+                true,
+                10,
+                12,
+                pass(false),
+            ),
+            (
+                "a follower's own write is not waited out",
+                change(11, true, false),
+                false,
+                10,
+                12,
+                pass(false),
+            ),
+            (
+                "new, not its concern, to a follower",
+                change(11, false, true),
+                false,
+                10,
+                0,
+                OnChange::Wait,
+            ),
+            (
+                "new, its concern",
+                change(11, true, true),
+                false,
+                10,
+                0,
+                pass(true),
+            ),
+            (
+                "no revision: always new, never its own",
+                change(0, true, false),
+                true,
+                10,
+                12,
+                pass(false),
+            ),
+            (
+                "no revision, not a follower's concern",
+                change(0, false, false),
+                false,
+                10,
+                0,
+                OnChange::Wait,
+            ),
+        ];
+        for (situation, c, leading, read_at, written_at, expected) in rows {
+            assert_eq!(
+                on_change(c, leading, read_at, written_at),
+                expected,
+                "{situation}"
+            );
+        }
+        assert!(queued_wants_full(change(5, false, true), true));
+        assert!(
+            !queued_wants_full(change(5, false, true), false),
+            "slept through"
+        );
+        assert!(queued_wants_full(change(5, true, true), false));
+        assert!(!queued_wants_full(change(5, true, false), false));
+    }
+
+    /// The next pass runs at the earliest of what the pass asked, the resync and the next
+    /// full read.
+    #[test]
+    fn the_next_pass_is_the_earliest_reason() {
+        let now = Instant::now();
+        let mut reads = FullReads::default();
+        reads.read_everything(3, now);
+        let soon = now + Duration::from_secs(1);
+        assert_eq!(next_pass_at(soon, &reads, false, now), soon);
+        let late = now + Duration::from_secs(3600);
+        assert_eq!(next_pass_at(late, &reads, false, now), now + RESYNC);
+        let mut due = FullReads::default();
+        due.place_first(Some(3), 0.0, now);
+        assert_eq!(next_pass_at(late, &due, false, now), now);
+    }
 
     fn inputs() -> ReadInputs {
         ReadInputs {

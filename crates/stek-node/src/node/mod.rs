@@ -25,7 +25,7 @@ use crate::admin::Metrics;
 use crate::config::Config;
 use crate::engine::follow::{self, ApplyRetry, OwnWrite};
 use crate::engine::lead::{Event, Leading, Now, BACKOFF_MAX, BACKOFF_MIN};
-use crate::engine::read::{FullReads, RESYNC};
+use crate::engine::read::{self, FullReads, OnChange, RESYNC};
 use crate::engine::{self, Held};
 use crate::state::Sealing;
 
@@ -192,16 +192,14 @@ pub async fn run_with<C: Coordinator>(
                 Err(e) => warn!("cannot watch the keyspace: {e}"),
             }
         }
-        // The next full read is a reason to wake too, not only the next RESYNC.
-        let full_at = full_reads.next_at(node.leading.role.leads(), Instant::now());
-        let deadline =
-            tokio::time::Instant::from_std(wake.min(Instant::now() + RESYNC).min(full_at));
+        let deadline = tokio::time::Instant::from_std(read::next_pass_at(
+            wake,
+            &full_reads,
+            node.leading.role.leads(),
+            Instant::now(),
+        ));
         let read_at = snap.revision;
-        // Wait for a reason to read again. Changes the last read already saw are skipped: the
-        // watch queues every change made while we read, and with N members a rotation brings N
-        // acknowledgements, so reading again for each would cost the leader O(N) reads of N
-        // records. A follower also sleeps through changes that cannot concern it (other
-        // members' acknowledgements and leases, requests). The leader reads on every new change.
+        // Wait for a reason to read again ([`read::on_change`]).
         loop {
             let lost = async {
                 match keepalive.as_mut() {
@@ -221,14 +219,10 @@ pub async fn run_with<C: Coordinator>(
                 _ = &mut shutdown => break 'run,
                 r = changed => match r {
                     Ok(change) => {
-                        // A leader waits out the events of its own last write up to the one
-                        // that completes it (the ring, or the last batch of copies): a pass
-                        // before it would find what the watch carried behind that write, and
-                        // read everything again (N records) instead.
-                        let own_write = node.leading.role.leads() && change.revision > 0 && change.revision < node.leading.written_at;
-                        let new = change.revision == 0 || change.revision > read_at;
-                        if new && !own_write && (node.leading.role.leads() || change.concerns_follower(&config.node_id)) {
-                            want_full = change.needs_full_read(&config.node_id);
+                        let leading = node.leading.role.leads();
+                        let seen = facts(&change, &config.node_id);
+                        if let OnChange::Pass { want_full: full } = read::on_change(seen, leading, read_at, node.leading.written_at) {
+                            want_full = full;
                             // One pass covers every change already queued behind this one:
                             // N acknowledgements that arrive together cost the leader one
                             // pass over N members, not N passes.
@@ -270,6 +264,15 @@ pub async fn run_with<C: Coordinator>(
     Ok(())
 }
 
+/// What the engine needs of a change the watch delivered.
+fn facts(change: &stek_store::Change, node_id: &str) -> read::Change {
+    read::Change {
+        revision: change.revision,
+        concerns_follower: change.concerns_follower(node_id),
+        needs_full_read: change.needs_full_read(node_id),
+    }
+}
+
 /// At most this many queued watch responses are taken into one pass.
 const MAX_DRAINED: usize = 1024;
 
@@ -286,9 +289,7 @@ async fn drain_queued<W: ChangeStream>(
     for _ in 0..MAX_DRAINED {
         match watch.queued().await {
             Some(Ok(change)) => {
-                if leading || change.concerns_follower(node_id) {
-                    want_full |= change.needs_full_read(node_id);
-                }
+                want_full |= read::queued_wants_full(facts(&change, node_id), leading)
             }
             Some(Err(e)) => return Err(e),
             None => break,
