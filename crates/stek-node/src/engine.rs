@@ -21,6 +21,8 @@ pub mod pace;
 pub mod ratchet;
 pub mod read;
 pub mod role;
+#[cfg(test)]
+mod scenarios;
 
 use floor::Floor;
 pub use floor::MAX_GENERATION_STEP;
