@@ -360,7 +360,7 @@ impl Leading {
                 self.own_certificate = Some(e.to_owned());
                 plan = plan.report(Report::OwnCertificate(e.to_owned()));
             }
-            if let Some(term) = self.role.step_down() {
+            if let Some(term) = self.step_down() {
                 plan = plan.with(Action::Resign {
                     term,
                     why: Resignation::OwnCertificate,
@@ -388,7 +388,7 @@ impl Leading {
                 });
             }
             Election::Lost(term) => {
-                self.role.step_down();
+                self.step_down();
                 let plan = plan.report(Report::LeadershipLost(term));
                 // Its leader key is gone (its lease ended): campaign on the next pass.
                 return match i.snap.leader {
@@ -447,14 +447,14 @@ impl Leading {
                 // Keys stamped in the members' future: their key-age figures and any later
                 // leader's schedule would be off by as much. Let a member with a sane clock lead.
                 self.clock_paused_until = Some(now.mono + stek_store::clock::CLOCK_COOLDOWN);
-                self.role.step_down();
+                self.step_down();
                 soon.with(Action::Resign {
                     term,
                     why: Resignation::ClockAhead { ahead },
                 })
             }
             Step::HandOver { to, why } => {
-                self.role.step_down();
+                self.step_down();
                 soon.with(Action::Resign {
                     term,
                     why: Resignation::HandOver { to, why },
@@ -509,6 +509,15 @@ impl Leading {
                 }
             }
         }
+    }
+
+    /// It leads no more: the next pass decides on a fresh read, never on what a watch carried
+    /// from before (that would still show its own leader key under its own lease, and it would
+    /// adopt the term it just gave up). The term it led in, if it led.
+    fn step_down(&mut self) -> Option<Term> {
+        let term = self.role.step_down();
+        self.read_fresh |= term.is_some();
+        term
     }
 
     /// Logs `line` through `report` unless it was the last status line logged.
@@ -639,7 +648,7 @@ impl Leading {
                 let refusal = housekeeping::after_failed_write(&e);
                 self.read_fresh |= refusal.read_fresh;
                 if refusal.leadership_lost {
-                    self.role.step_down();
+                    self.step_down();
                 }
                 let refused = match e {
                     CoordError::Fenced(term) => Refused::Fenced(term),
@@ -830,10 +839,16 @@ mod tests {
         ];
         for (situation, mut before, store, actions, leads, wakes_now) in rows {
             let at = now(1);
+            let led_before = before.role.leads();
             let plan = before.plan(&inputs(store, held), at, &mut OsKeySource);
             let done: Vec<Action> = doing(&plan).into_iter().cloned().collect();
             assert_eq!(done, actions, "{situation}");
             assert_eq!(before.role.leads(), leads, "{situation}");
+            assert_eq!(
+                before.read_fresh,
+                led_before && !leads,
+                "a leadership given up is followed by a fresh read: {situation}"
+            );
             assert_eq!(plan.wake_at == Some(at.mono), wakes_now, "{situation}");
         }
         let mut l = follower();
@@ -876,6 +891,10 @@ mod tests {
         );
         assert_eq!(plan.wake_at, Some(now(1).mono + BACKOFF_MAX));
         assert!(!l.role.leads());
+        assert!(
+            l.read_fresh,
+            "what the watch carried still shows it leading"
+        );
         let again = l.plan(&bad, now(2), &mut OsKeySource);
         assert!(again.actions.is_empty(), "said once: {again:?}");
         let mut no_leader = s.clone();
@@ -912,6 +931,10 @@ mod tests {
             }]
         ));
         assert!(!l.role.leads());
+        assert!(
+            l.read_fresh,
+            "what the watch carried still shows it leading"
+        );
         let mut none = s.clone();
         none.leader = None;
         let later = Now {
@@ -943,6 +966,10 @@ mod tests {
             [Action::Resign { term: TERM, why: Resignation::HandOver { to, .. } }] if to == "n2"
         ));
         assert!(!l.role.leads());
+        assert!(
+            l.read_fresh,
+            "what the watch carried still shows it leading"
+        );
     }
 
     /// The leader audits a member that stops being live once, and a request once; a member

@@ -22,8 +22,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
-use stek_store::{CoordError, Leader, LeaseId, RingSlot, Snapshot, StoredRing, Term};
 use stek_core::{KeyRing, OsKeySource, RingDigest};
+use stek_store::{CoordError, Leader, LeaseId, RingSlot, Snapshot, StoredRing, Term};
 use tracing::info;
 
 use super::fixtures::{mono, policy, snap, t, M, NO_HISTORY};
