@@ -2,7 +2,13 @@
 //! endpoint's): at most so many connections are served at once; past that a new connection is
 //! closed at once, and the refusals are logged at most once per [`REFUSED_LOG_INTERVAL`],
 //! however many there are (a flood of connections must not flood the log too).
+//!
+//! [`Shares`] decides, for a listener whose clients can be told apart (the admin listener:
+//! by the uid owning a local client's socket), who holds its connections: a fair share each,
+//! and a client holding none is never turned away.
 
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -77,6 +83,115 @@ impl Slots {
     }
 }
 
+/// What [`Shares::admit`] decided for a new connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Share<K> {
+    /// Served, as connection `id`.
+    Admitted {
+        /// Its number, for [`Shares::release`].
+        id: u64,
+    },
+    /// Served, as connection `id`, in place of connection `closes` of client `of`: the
+    /// caller closes that one now.
+    InPlaceOf {
+        /// Its number, for [`Shares::release`].
+        id: u64,
+        /// The connection to close: the oldest of the client holding the most (the new
+        /// connection's own client, when that one is at its cap).
+        closes: u64,
+        /// Whose it is.
+        of: K,
+    },
+    /// Not served: every connection is taken and this client already holds as many as any
+    /// other (so it holds at least one: a client holding none is never refused).
+    Refused,
+}
+
+/// Who holds a listener's connections, among clients told apart by a key `K`: at most
+/// `per_client` each and `limit` in all. Past a client's cap its own oldest connection makes
+/// room for its newest; with every connection taken, a client holding fewer than the largest
+/// holder takes the place of that holder's oldest. So one client (or a few) cannot lock the
+/// others out, and a client holding no connection is always served. The oldest connection
+/// goes because an answer takes milliseconds: the oldest is the likeliest to wait for nothing.
+/// The decisions only: the caller accepts, closes and counts.
+#[derive(Debug)]
+pub struct Shares<K> {
+    limit: usize,
+    per_client: usize,
+    next: u64,
+    /// Open connections by number, so oldest first.
+    open: BTreeMap<u64, K>,
+    held: HashMap<K, usize>,
+}
+
+impl<K: Clone + Eq + Hash> Shares<K> {
+    /// `limit` connections in all, `per_client` for one client (each at least one).
+    pub fn new(limit: usize, per_client: usize) -> Self {
+        Shares {
+            limit: limit.max(1),
+            per_client: per_client.max(1),
+            next: 0,
+            open: BTreeMap::new(),
+            held: HashMap::new(),
+        }
+    }
+
+    /// Decides for a new connection of `who`; an admitted one counts until released.
+    pub fn admit(&mut self, who: K) -> Share<K> {
+        let mine = self.held(&who);
+        let victim = if mine >= self.per_client {
+            self.oldest(|k| *k == who)
+        } else if self.open.len() >= self.limit {
+            let most = self.held.values().copied().max().unwrap_or(0);
+            if mine >= most {
+                return Share::Refused;
+            }
+            self.oldest(|k| self.held.get(k) == Some(&most))
+        } else {
+            None
+        };
+        let id = self.next;
+        self.next += 1;
+        let closed = victim.and_then(|v| Some((v, self.remove(v)?)));
+        *self.held.entry(who.clone()).or_default() += 1;
+        self.open.insert(id, who);
+        match closed {
+            Some((closes, of)) => Share::InPlaceOf { id, closes, of },
+            None => Share::Admitted { id },
+        }
+    }
+
+    /// Connection `id` closed (nothing if it was already closed in another's place).
+    pub fn release(&mut self, id: u64) {
+        self.remove(id);
+    }
+
+    /// How many connections `who` holds.
+    pub fn held(&self, who: &K) -> usize {
+        self.held.get(who).copied().unwrap_or(0)
+    }
+
+    /// How many connections are open.
+    pub fn open(&self) -> usize {
+        self.open.len()
+    }
+
+    fn oldest(&self, whose: impl Fn(&K) -> bool) -> Option<u64> {
+        self.open.iter().find(|(_, k)| whose(k)).map(|(id, _)| *id)
+    }
+
+    fn remove(&mut self, id: u64) -> Option<K> {
+        let who = self.open.remove(&id)?;
+        if let Some(n) = self.held.get_mut(&who) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&who);
+            }
+        }
+        Some(who)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +230,89 @@ mod tests {
         let c = slots.take().expect("a's slot is free again");
         drop((b, c));
         assert!(slots.take().is_some());
+    }
+
+    #[test]
+    fn a_client_past_its_cap_closes_its_own_oldest_and_others_are_untouched() {
+        let mut s = Shares::new(10, 2);
+        assert_eq!(s.admit("a"), Share::Admitted { id: 0 });
+        assert_eq!(s.admit("b"), Share::Admitted { id: 1 });
+        assert_eq!(s.admit("a"), Share::Admitted { id: 2 });
+        // a's third: its first (0) goes, b's stays.
+        let closes = |id, closes| Share::InPlaceOf {
+            id,
+            closes,
+            of: "a",
+        };
+        assert_eq!(s.admit("a"), closes(3, 0));
+        assert_eq!(s.admit("a"), closes(4, 2));
+        assert_eq!((s.held(&"a"), s.held(&"b"), s.open()), (2, 1, 3));
+        // A closed connection frees its share; releasing one closed in another's place
+        // changes nothing.
+        s.release(0);
+        s.release(3);
+        assert_eq!((s.held(&"a"), s.open()), (1, 2));
+        assert_eq!(s.admit("a"), Share::Admitted { id: 5 });
+    }
+
+    #[test]
+    fn with_every_connection_taken_a_client_holding_fewer_takes_the_largest_holders_oldest() {
+        let closes = |id, closes, of| Share::InPlaceOf { id, closes, of };
+        // (limit, per client, connections opened first, the newcomer's client, the decision)
+        type Case = (
+            usize,
+            usize,
+            &'static [&'static str],
+            &'static str,
+            Share<&'static str>,
+        );
+        let cases: [Case; 8] = [
+            // Not full: served, nothing closed.
+            (4, 4, &["a", "a", "b"], "c", Share::Admitted { id: 3 }),
+            // Full; d holds none: the largest holder (a, 2) loses its oldest.
+            (4, 4, &["a", "a", "b", "c"], "d", closes(4, 0, "a")),
+            // Full; two largest holders: the older connection of the two goes.
+            (4, 4, &["b", "a", "b", "a"], "c", closes(4, 0, "b")),
+            // Full; b holds 1, fewer than a's 3: a's oldest goes.
+            (4, 4, &["a", "b", "a", "a"], "b", closes(4, 0, "a")),
+            // Full; a already holds the most: refused, nobody loses a connection.
+            (4, 4, &["a", "b", "a", "a"], "a", Share::Refused),
+            // Full with one each: a client holding one is refused, a new one is served.
+            (3, 4, &["a", "b", "c"], "a", Share::Refused),
+            (3, 4, &["a", "b", "c"], "d", closes(3, 0, "a")),
+            // Full and at its own cap: its own oldest goes (the cap comes first).
+            (4, 2, &["a", "b", "a", "b"], "a", closes(4, 0, "a")),
+        ];
+        for (limit, per_client, before, who, want) in cases {
+            let mut s = Shares::new(limit, per_client);
+            for k in before {
+                assert!(s.admit(*k) != Share::Refused, "{before:?}: set-up refused");
+            }
+            let open = s.open();
+            assert_eq!(s.admit(who), want, "{before:?} then {who}");
+            let opened = usize::from(matches!(want, Share::Admitted { .. }));
+            assert_eq!(s.open(), open + opened, "{before:?} then {who}");
+        }
+    }
+
+    #[test]
+    fn clients_opening_without_end_never_lock_out_one_that_holds_none() {
+        let mut s = Shares::<String>::new(64, 8);
+        for _ in 0..1000 {
+            assert!(s.admit("attacker".into()) != Share::Refused);
+        }
+        assert_eq!((s.held(&"attacker".into()), s.open()), (8, 8));
+        assert!(matches!(s.admit("probe".into()), Share::Admitted { .. }));
+        s.release(1000); // the probe's, answered
+                         // Twenty clients at their caps fill the listener; a newcomer still gets in.
+        for i in 0..20 {
+            for _ in 0..100 {
+                let _ = s.admit(format!("u{i}"));
+            }
+        }
+        assert_eq!(s.open(), 64);
+        assert!(s.held(&"attacker".into()) <= 8);
+        assert!(matches!(s.admit("probe".into()), Share::InPlaceOf { .. }));
+        assert_eq!(s.held(&"probe".into()), 1);
     }
 }
