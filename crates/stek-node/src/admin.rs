@@ -5,21 +5,37 @@
 //! ever holds key bytes: keys appear as epochs and fingerprints, members as node ids.
 //! docs/metrics.md lists every metric; a cluster test scrapes each one.
 //!
-//! The listener bounds what a connection may hold (see [`Limits`]), so that idle or slow
-//! clients cannot exhaust the process's file descriptors:
-//! - [`ADMIN_MAX_CONNECTIONS`] (64) connections at once; past it a new connection is closed at
-//!   once, and the refusals are logged at most once a minute. A scraper and a probe or two need
-//!   a handful;
-//! - [`ADMIN_HEADER_TIMEOUT`] (10 s) for a request's headers, counted from when the listener
+//! `/healthz` is a liveness probe, so nobody who can connect must be able to make it fail: no
+//! client can hold the connections a probe needs. The listener tells its clients apart ([`Client`]): one
+//! on this host by the uid owning its socket (on loopback every local user connects from
+//! 127.0.0.1, so the address tells nobody apart), read from `/proc/net/tcp` (the `peer`
+//! module), and any other (or when that fails) by its address. Then (see [`Limits`]):
+//! - [`ADMIN_MAX_PER_CLIENT`] (8) connections per client, root's and the probe's included:
+//!   a client's ninth closes its own oldest. A scraper and a probe or two need a handful;
+//! - [`ADMIN_MAX_CONNECTIONS`] (64) in all: with every one taken, a client holding fewer
+//!   connections than the largest holder takes the place of that holder's oldest, so a client
+//!   holding none (a probe's new connection) is always served, however many users fill their
+//!   shares; only a client already holding as many as any other is refused
+//!   ([`stek_trust::slots::Shares`]). Both are counted in
+//!   `stek_admin_connections_refused_total` and logged at most once a minute;
+//! - [`ADMIN_HEADER_TIMEOUT`] (2 s) for a request's headers, counted from when the listener
 //!   waits for them: it also closes a keep-alive connection idle that long (Prometheus opens
-//!   another at its next scrape);
-//! - [`ADMIN_CONNECTION_TIMEOUT`] (30 s) for a whole connection, however busy.
+//!   another at its next scrape). A connection that sends nothing holds its place 2 s;
+//! - [`ADMIN_CONNECTION_TIMEOUT`] (10 s) for a whole connection, however busy.
+//!
+//! Answering `/healthz` takes no lock; the connections' table is locked only to decide, never
+//! across a read or a write. What is left: new connections opened faster than the listener
+//! accepts them fill the kernel's queue (128), and a probe's connection then waits its turn,
+//! or its SYN is sent again after a second; docs/metrics.md says how a probe rides that out.
 
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -30,22 +46,31 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
-use stek_trust::slots::Slots;
-use tokio::net::TcpListener;
+use stek_trust::slots::{Refusals, Share, Shares};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 /// How many connections the admin listener serves at once.
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// How many of those one client (a local uid, or a remote address) may hold.
+pub const ADMIN_MAX_PER_CLIENT: usize = 8;
 /// How long a request's headers may take, counted from when the listener waits for them.
-pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection may last.
-pub const ADMIN_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+pub const ADMIN_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many connections waiting in the kernel are accepted and told apart at once,
+/// with one read of `/proc/net/tcp` for them all: so a flood costs a read per so many
+/// connections, not one each, and holds at most so many file descriptors more than the caps.
+const ACCEPT_BATCH: usize = 64;
 
 /// What the admin listener allows a connection (the module docs say why these values).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Connections at once.
     pub connections: usize,
+    /// Connections at once of one [`Client`].
+    pub per_client: usize,
     /// For a request's headers.
     pub header: Duration,
     /// For a whole connection.
@@ -56,6 +81,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             connections: ADMIN_MAX_CONNECTIONS,
+            per_client: ADMIN_MAX_PER_CLIENT,
             header: ADMIN_HEADER_TIMEOUT,
             connection: ADMIN_CONNECTION_TIMEOUT,
         }
@@ -133,6 +159,8 @@ pub struct Metrics {
     pub target_errors: Family<ErrorLabels, Counter>,
     /// Duration of each successful reload (or runtime push) per target.
     pub reload_duration: Family<TargetLabels, Histogram>,
+    /// Admin connections closed or refused to keep room for other clients.
+    pub admin_refused: Counter,
     ready: Mutex<Result<String, String>>,
     started: AtomicU64,
 }
@@ -167,6 +195,7 @@ impl Metrics {
         let target_errors = Family::<ErrorLabels, Counter>::default();
         let reload_duration =
             Family::<TargetLabels, Histogram>::new_with_constructor(reload_histogram as fn() -> _);
+        let admin_refused = Counter::default();
         registry.register(
             "leader",
             "1 while this node is the cluster's leader",
@@ -267,6 +296,11 @@ impl Metrics {
             Unit::Seconds,
             reload_duration.clone(),
         );
+        registry.register(
+            "admin_connections_refused",
+            "Admin connections closed or refused to keep room for other clients: a client's oldest past its cap, the largest holder's oldest when every connection is taken, or a new one of a client already holding as many as any other",
+            admin_refused.clone(),
+        );
         Self {
             registry,
             leader,
@@ -288,6 +322,7 @@ impl Metrics {
             ring_rejected,
             target_errors,
             reload_duration,
+            admin_refused,
             ready: Mutex::new(Err("starting: the ring has not been read yet".into())),
             started: AtomicU64::new(unix(SystemTime::now()) as u64),
         }
@@ -328,11 +363,259 @@ pub fn unix(t: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
-/// Says the admin listener closed connections for want of a slot ([`Slots`]).
-fn say_full(n: u64, limit: usize) {
-    warn!(
-        "admin listener: closed {n} new connection(s) at once since the last such message: {limit} are open, the most it serves. Something holds connections open (`ss -tn` shows who)"
-    );
+/// Who holds an admin connection, as far as the listener can tell.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Client {
+    /// A client on this host, by the uid owning its socket.
+    Uid(u32),
+    /// Any other client, or one whose socket was not found, by its address.
+    Address(IpAddr),
+}
+
+impl fmt::Display for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Client::Uid(uid) => write!(f, "uid {uid}"),
+            Client::Address(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// Finding who owns the other end of a connection from this host, in `/proc/net/tcp`.
+mod peer {
+    use std::collections::{HashMap, HashSet};
+    use std::io::BufRead;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    use super::Client;
+
+    /// A connection as the server sees it: (the client's end, the server's end), with
+    /// IPv4-mapped IPv6 addresses as IPv4 (a dual-stack listener sees an IPv4 client so, while
+    /// the client's own socket is listed as IPv4).
+    pub type Ends = (SocketAddr, SocketAddr);
+
+    /// `addr` with an IPv4-mapped IPv6 address as IPv4.
+    pub fn canonical(addr: SocketAddr) -> SocketAddr {
+        SocketAddr::new(addr.ip().to_canonical(), addr.port())
+    }
+
+    /// Whether the client of `ends` is on this host, so that its socket is in this host's
+    /// (this network namespace's) socket table: on loopback, or connected from the server's
+    /// own address.
+    pub fn on_this_host((client, server): Ends) -> bool {
+        client.ip().is_loopback() || client.ip() == server.ip()
+    }
+
+    /// One row of `/proc/net/tcp` or `/proc/net/tcp6`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Row {
+        /// The socket's own end (`local_address`).
+        pub local: SocketAddr,
+        /// The other end (`rem_address`).
+        pub remote: SocketAddr,
+        /// The TCP state (`st`), e.g. 0x01 established.
+        pub state: u8,
+        /// The uid owning the socket (the creator's filesystem uid).
+        pub uid: u32,
+    }
+
+    /// TCP_TIME_WAIT: what is left of a closed socket. It has no owner: its uid reads 0 (root).
+    pub const TIME_WAIT: u8 = 0x06;
+
+    /// Parses a row such as `0: 0100007F:A1B2 0100007F:24F5 01 00000000:00000000 00:00000000
+    /// 00000000 1000 0 12345 ...`; `None` for the header or anything else. Addresses are
+    /// printed as 32-bit words in the host's byte order, ports in hex.
+    pub fn parse_row(line: &str) -> Option<Row> {
+        let mut cols = line.split_whitespace();
+        cols.next()?.strip_suffix(':')?;
+        let local = endpoint(cols.next()?)?;
+        let remote = endpoint(cols.next()?)?;
+        let state = u8::from_str_radix(cols.next()?, 16).ok()?;
+        // tx_queue:rx_queue, tr:tm->when, retrnsmt, then uid.
+        let uid = cols.nth(3)?.parse().ok()?;
+        Some(Row {
+            local,
+            remote,
+            state,
+            uid,
+        })
+    }
+
+    fn endpoint(text: &str) -> Option<SocketAddr> {
+        let (addr, port) = text.split_once(':')?;
+        if !addr
+            .bytes()
+            .chain(port.bytes())
+            .all(|b| b.is_ascii_hexdigit())
+        {
+            return None;
+        }
+        let port = u16::from_str_radix(port, 16).ok()?;
+        // Each word is the address's bytes read as a native u32: its native bytes are them.
+        let word = |i: usize| u32::from_str_radix(addr.get(8 * i..8 * i + 8)?, 16).ok();
+        let ip = match addr.len() {
+            8 => IpAddr::V4(Ipv4Addr::from(word(0)?.to_ne_bytes())),
+            32 => {
+                let mut bytes = [0u8; 16];
+                for (i, chunk) in bytes.chunks_exact_mut(4).enumerate() {
+                    chunk.copy_from_slice(&word(i)?.to_ne_bytes());
+                }
+                IpAddr::V6(Ipv6Addr::from(bytes))
+            }
+            _ => return None,
+        };
+        Some(canonical(SocketAddr::new(ip, port)))
+    }
+
+    /// Adds to `found` the owner of each `wanted` connection's client socket listed in
+    /// `lines`: the row whose own end is the client's and whose other end is the server's (the
+    /// server's row of the same connection is the other way round), never a TIME_WAIT
+    /// leftover. Stops once all are found.
+    pub fn find_owners<S: AsRef<str>>(
+        lines: impl IntoIterator<Item = S>,
+        wanted: &HashSet<Ends>,
+        found: &mut HashMap<Ends, u32>,
+    ) {
+        for line in lines {
+            if found.len() >= wanted.len() {
+                return;
+            }
+            let Some(row) = parse_row(line.as_ref()) else {
+                continue;
+            };
+            let ends = (row.local, row.remote);
+            if row.state != TIME_WAIT && wanted.contains(&ends) {
+                found.insert(ends, row.uid);
+            }
+        }
+    }
+
+    /// The owners of the `wanted` connections' client sockets, from this host's
+    /// `/proc/net/tcp` and `/proc/net/tcp6`; an error when neither can be read (not Linux, no
+    /// /proc). Reads as far as needed: its cost grows with the host's sockets (some 2 µs each).
+    pub fn socket_owners(wanted: &HashSet<Ends>) -> std::io::Result<HashMap<Ends, u32>> {
+        let mut found = HashMap::new();
+        let mut failed = None;
+        for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            if found.len() >= wanted.len() {
+                break;
+            }
+            match std::fs::File::open(path) {
+                Ok(file) => {
+                    let lines = std::io::BufReader::new(file).lines().map_while(Result::ok);
+                    find_owners(lines, wanted, &mut found);
+                    failed = None;
+                }
+                Err(e) if found.is_empty() => failed = failed.or(Some((path, e))),
+                Err(_) => {}
+            }
+        }
+        match failed {
+            Some((path, e)) => Err(std::io::Error::new(e.kind(), format!("{path}: {e}"))),
+            None => Ok(found),
+        }
+    }
+
+    /// Who the client of `ends` is: the uid in `owners`, else its address.
+    pub fn client(ends: Ends, owners: &HashMap<Ends, u32>) -> Client {
+        owners
+            .get(&ends)
+            .map_or(Client::Address(ends.0.ip()), |uid| Client::Uid(*uid))
+    }
+}
+
+/// The admin listener's connections: who holds them, how to close each in another's place,
+/// and the refusals not logged yet.
+#[derive(Debug)]
+struct Admission {
+    table: Mutex<Table>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+}
+
+#[derive(Debug)]
+struct Table {
+    shares: Shares<Client>,
+    /// Dropping a connection's sender tells its task to close it.
+    closers: HashMap<u64, oneshot::Sender<()>>,
+    refusals: Refusals,
+}
+
+/// An admitted connection's place, given back when dropped.
+#[derive(Debug)]
+struct Held {
+    admission: Arc<Admission>,
+    id: u64,
+    /// Resolves when the connection is to close in another's place.
+    closed: oneshot::Receiver<()>,
+}
+
+impl Admission {
+    fn new(metrics: Arc<Metrics>, limits: Limits) -> Arc<Self> {
+        Arc::new(Admission {
+            table: Mutex::new(Table {
+                shares: Shares::new(limits.connections, limits.per_client),
+                closers: HashMap::new(),
+                refusals: Refusals::default(),
+            }),
+            metrics,
+            limits,
+        })
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        // A poisoned table only means a panic while deciding; what it holds is consistent
+        // between calls.
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A place for a new connection of `who`, or `None`: the caller then closes it.
+    fn admit(self: &Arc<Self>, who: &Client) -> Option<Held> {
+        let mut table = self.table();
+        let (held, shed) = match table.shares.admit(who.clone()) {
+            Share::Admitted { id } => (Some(id), None),
+            Share::InPlaceOf { id, closes, of } => {
+                table.closers.remove(&closes);
+                (Some(id), Some(of))
+            }
+            Share::Refused => (None, Some(who.clone())),
+        };
+        let held = held.map(|id| {
+            let (close, closed) = oneshot::channel();
+            table.closers.insert(id, close);
+            Held {
+                admission: self.clone(),
+                id,
+                closed,
+            }
+        });
+        let Some(of) = shed else {
+            return held;
+        };
+        let say = table.refusals.refuse(Instant::now());
+        let holds = table.shares.held(&of);
+        drop(table);
+        self.metrics.admin_refused.inc();
+        if let Some(n) = say {
+            let Limits {
+                per_client,
+                connections,
+                ..
+            } = self.limits;
+            warn!(
+                "admin listener: closed or refused {n} connection(s) since the last such message to keep room for other clients ({per_client} at most per client, {connections} in all); the latest of {of}, which holds {holds}. Something holds connections open (`ss -tnp` shows who)"
+            );
+        }
+        held
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut table = self.admission.table();
+        table.shares.release(self.id);
+        table.closers.remove(&self.id);
+    }
 }
 
 /// Binds the listener now (so a port in use fails the start) and serves it in a task.
@@ -348,43 +631,111 @@ pub async fn serve_within(
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(listen).await?;
     let bound = listener.local_addr()?;
-    let slots = Slots::new(limits.connections, say_full);
+    let admission = Admission::new(metrics.clone(), limits);
     tokio::spawn(async move {
+        let mut said_unreadable = false;
         loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!("admin listener: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let Some(slot) = slots.take() else {
-                drop(stream);
-                continue;
-            };
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let metrics = metrics.clone();
-                    async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(limits.header)
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                match tokio::time::timeout(limits.connection, conn).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => debug!(%peer, "admin connection: {e}"),
-                    Err(_) => {
-                        debug!(%peer, "admin connection closed after {:?}", limits.connection)
+            let batch = accept_waiting(&listener).await;
+            let ends: Vec<peer::Ends> = batch
+                .iter()
+                .map(|(stream, client)| {
+                    let server = stream.local_addr().unwrap_or(bound);
+                    (peer::canonical(*client), peer::canonical(server))
+                })
+                .collect();
+            let owners = owners_on_this_host(&ends, &mut said_unreadable).await;
+            for ((stream, client), ends) in batch.into_iter().zip(ends) {
+                let who = peer::client(ends, &owners);
+                match admission.admit(&who) {
+                    Some(held) => {
+                        tokio::spawn(serve_connection(stream, client, held, metrics.clone()));
                     }
+                    None => drop(stream),
                 }
-                drop(slot);
-            });
+            }
         }
     });
     Ok(bound)
+}
+
+/// The owners of the client sockets of those of `ends` from this host; none when the socket
+/// table cannot be read (said once: `said` is set then).
+async fn owners_on_this_host(ends: &[peer::Ends], said: &mut bool) -> HashMap<peer::Ends, u32> {
+    let local: HashSet<peer::Ends> = ends
+        .iter()
+        .copied()
+        .filter(|e| peer::on_this_host(*e))
+        .collect();
+    if local.is_empty() {
+        return HashMap::new();
+    }
+    // Off the runtime's threads: the table grows with the host's sockets.
+    match tokio::task::spawn_blocking(move || peer::socket_owners(&local)).await {
+        Ok(Ok(owners)) => owners,
+        Ok(Err(e)) => {
+            if !std::mem::replace(said, true) {
+                warn!("admin listener: cannot read the socket table ({e}): local users are told apart by address only, so those connecting from one address share one client's connections");
+            }
+            HashMap::new()
+        }
+        Err(e) => {
+            warn!("admin listener: looking up local clients failed: {e}");
+            HashMap::new()
+        }
+    }
+}
+
+/// The next connection, and every other already waiting (up to [`ACCEPT_BATCH`]), so that one
+/// read of the socket table tells them all apart however many a client opens.
+async fn accept_waiting(listener: &TcpListener) -> Vec<(TcpStream, SocketAddr)> {
+    let mut batch = Vec::new();
+    while batch.is_empty() {
+        match listener.accept().await {
+            Ok(conn) => batch.push(conn),
+            Err(e) => {
+                warn!("admin listener: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    while batch.len() < ACCEPT_BATCH {
+        // None waiting, or an error, which the next accept reports.
+        let Poll::Ready(Ok(conn)) =
+            std::future::poll_fn(|cx| Poll::Ready(listener.poll_accept(cx))).await
+        else {
+            break;
+        };
+        batch.push(conn);
+    }
+    batch
+}
+
+/// Serves one admitted connection until it ends, its time is up, or it must close in
+/// another's place.
+async fn serve_connection(
+    stream: TcpStream,
+    client: SocketAddr,
+    mut held: Held,
+    metrics: Arc<Metrics>,
+) {
+    let limits = held.admission.limits;
+    let service = hyper::service::service_fn(move |req| {
+        let metrics = metrics.clone();
+        async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::select! {
+        served = tokio::time::timeout(limits.connection, conn) => match served {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(%client, "admin connection: {e}"),
+            Err(_) => debug!(%client, "admin connection closed after {:?}", limits.connection),
+        },
+        _ = &mut held.closed => debug!(%client, "admin connection closed in another's place"),
+    }
+    drop(held);
 }
 
 fn respond<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
@@ -473,6 +824,7 @@ mod tests {
             "stek_rotations_total ",
             "stek_target_errors_total{target=\"0\",format=\"nginx\",stage=\"reload\"} 1",
             "stek_reload_duration_seconds_bucket{le=\"0.02\",target=\"0\",format=\"nginx\"} 1",
+            "stek_admin_connections_refused_total ",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
@@ -483,10 +835,12 @@ mod tests {
     const BOUND: Duration = Duration::from_secs(10);
 
     async fn listen(limits: Limits) -> SocketAddr {
+        listen_with(limits, Arc::new(Metrics::new())).await
+    }
+
+    async fn listen_with(limits: Limits, metrics: Arc<Metrics>) -> SocketAddr {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        serve_within(any, Arc::new(Metrics::new()), limits)
-            .await
-            .unwrap()
+        serve_within(any, metrics, limits).await.unwrap()
     }
 
     /// Whether the server closed `stream` (end of file or reset) within [`BOUND`], reading and
@@ -526,6 +880,7 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let addr = listen(Limits {
             connections: 4,
+            per_client: 4,
             header: Duration::from_millis(200),
             connection: Duration::from_secs(30),
         })
@@ -549,8 +904,11 @@ mod tests {
 
     #[tokio::test]
     async fn connections_past_the_cap_are_closed_and_earlier_ones_still_work() {
+        // One client (this process) may hold every connection: when it holds them all, its
+        // next is refused (it holds as many as anyone), not served in its oldest's place.
         let addr = listen(Limits {
             connections: 2,
+            per_client: 8,
             header: Duration::from_secs(30),
             connection: Duration::from_secs(30),
         })
@@ -585,5 +943,330 @@ mod tests {
         assert!(m.ready().is_err());
         m.set_ready(Ok("applied generation 3".into()));
         assert_eq!(m.ready(), Ok("applied generation 3".into()));
+    }
+
+    /// `0: <local> <remote> <st> ...` as the kernel prints a row, with `uid`.
+    fn row(local: &str, remote: &str, state: &str, uid: u32) -> String {
+        format!("   0: {local} {remote} {state} 00000000:00000000 00:00000000 00000000 {uid:>5}        0 4242 1 0000000000000000 20 4 30 10 -1")
+    }
+
+    fn at(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    // The kernel prints each 32-bit word of an address in the host's byte order: these rows are
+    // a little-endian host's.
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn socket_table_rows_parse_for_ipv4_ipv6_and_ipv4_mapped_ends() {
+        use peer::{parse_row, Row};
+        const V6_LOOPBACK: &str = "00000000000000000000000001000000";
+        let cases: [(String, Option<Row>); 7] = [
+            (
+                row("0100007F:D431", "0100007F:24F5", "01", 1000),
+                Some(Row {
+                    local: at("127.0.0.1:54321"),
+                    remote: at("127.0.0.1:9461"),
+                    state: 0x01,
+                    uid: 1000,
+                }),
+            ),
+            // A listening socket: any address, port 0 on the other end.
+            (
+                row("00000000:24F5", "00000000:0000", "0A", 0),
+                Some(Row {
+                    local: at("0.0.0.0:9461"),
+                    remote: at("0.0.0.0:0"),
+                    state: 0x0A,
+                    uid: 0,
+                }),
+            ),
+            (
+                row(
+                    &format!("{V6_LOOPBACK}:D433"),
+                    &format!("{V6_LOOPBACK}:24F5"),
+                    "01",
+                    65534,
+                ),
+                Some(Row {
+                    local: at("[::1]:54323"),
+                    remote: at("[::1]:9461"),
+                    state: 0x01,
+                    uid: 65534,
+                }),
+            ),
+            // An IPv4 client of a dual-stack listener, in tcp6: read as IPv4.
+            (
+                row(
+                    "0000000000000000FFFF00000100007F:D434",
+                    "0000000000000000FFFF00000A00000A:24F5",
+                    "01",
+                    7,
+                ),
+                Some(Row {
+                    local: at("127.0.0.1:54324"),
+                    remote: at("10.0.0.10:9461"),
+                    state: 0x01,
+                    uid: 7,
+                }),
+            ),
+            (
+                "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode".into(),
+                None,
+            ),
+            // Not hex, a non-ASCII byte where a digit goes, a row cut short: nothing, no panic.
+            (row("0100007G:D431", "0100007F:24F5", "01", 1), None),
+            (row("0100007é:D43", "0100007F:24F5", "01", 1), None),
+        ];
+        for (line, want) in &cases {
+            assert_eq!(&parse_row(line), want, "{line}");
+        }
+        assert_eq!(parse_row("   0: 0100007F:D431 0100007F:24F5 01"), None);
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn a_clients_owner_is_its_own_row_never_the_servers_or_a_time_wait_leftover() {
+        use peer::find_owners;
+        let (server, client) = (at("127.0.0.1:9461"), at("127.0.0.1:54321"));
+        let (gone, v6) = (at("127.0.0.1:54322"), at("[::1]:54323"));
+        let v6_server = at("[::1]:9461");
+        let table = [
+            "  sl  local_address rem_address   st tx_queue ...".to_owned(),
+            // The server's end of each connection (owned by the node, root), listed first.
+            row("0100007F:24F5", "0100007F:D431", "01", 0),
+            row("0100007F:24F5", "0100007F:D432", "01", 0),
+            // The same port towards another server: not this connection.
+            row("0100007F:D431", "0100007F:0050", "01", 2000),
+            // The client's end of a connection it closed: no owner, uid 0 (never "root").
+            row("0100007F:D432", "0100007F:24F5", "06", 0),
+            row("0100007F:D431", "0100007F:24F5", "01", 1000),
+            row(
+                "00000000000000000000000001000000:D433",
+                "00000000000000000000000001000000:24F5",
+                "01",
+                1001,
+            ),
+        ];
+        let wanted = HashSet::from([(client, server), (gone, server), (v6, v6_server)]);
+        let mut found = HashMap::new();
+        find_owners(&table, &wanted, &mut found);
+        assert_eq!(
+            found,
+            HashMap::from([((client, server), 1000), ((v6, v6_server), 1001)])
+        );
+        assert_eq!(
+            peer::client((gone, server), &found),
+            Client::Address(gone.ip())
+        );
+        assert_eq!(peer::client((client, server), &found), Client::Uid(1000));
+    }
+
+    /// Opens a loopback connection to `listener` from a thread whose filesystem uid is `uid`
+    /// (the uid a new socket is owned by), and returns (the client's end, the server's end).
+    fn connect_as(uid: u32, listener: &std::net::TcpListener) -> (std::net::TcpStream, peer::Ends) {
+        let addr = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || {
+            // Per thread (the raw system call, which glibc does not spread to the other
+            // threads), and this thread ends here.
+            nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+            std::net::TcpStream::connect(addr).unwrap()
+        })
+        .join()
+        .unwrap();
+        let (served, from) = listener.accept().unwrap();
+        assert_eq!(from, client.local_addr().unwrap());
+        let ends = (
+            peer::canonical(from),
+            peer::canonical(served.local_addr().unwrap()),
+        );
+        (client, ends)
+    }
+
+    #[test]
+    fn a_loopback_connection_is_found_owned_by_the_uid_that_opened_it() {
+        let me = nix::unistd::Uid::effective().as_raw();
+        let mut uids = vec![me];
+        if crate::test_support::needs_root("open sockets as another uid") {
+            uids.push(65534);
+        }
+        let mut listeners = vec![std::net::TcpListener::bind("127.0.0.1:0").unwrap()];
+        // IPv6 may be off on this host: then only IPv4 is tried.
+        listeners.extend(std::net::TcpListener::bind("[::1]:0").ok());
+        for listener in &listeners {
+            for &uid in &uids {
+                let (_client, ends) = connect_as(uid, listener);
+                assert!(peer::on_this_host(ends));
+                let owners = peer::socket_owners(&HashSet::from([ends])).unwrap();
+                assert_eq!(
+                    peer::client(ends, &owners),
+                    Client::Uid(uid),
+                    "{ends:?} opened by uid {uid}"
+                );
+            }
+        }
+        // The fs uid of this thread, where the tests runs, never changed.
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let fs_uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(3))
+            .unwrap();
+        assert_eq!(fs_uid, me.to_string());
+    }
+
+    /// A tracing writer into memory, to read what the listener logged.
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Log {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Log {
+        /// Logs of this thread (where a current-thread runtime runs the listener) go here
+        /// until the guard is dropped.
+        fn capture(&self) -> tracing::subscriber::DefaultGuard {
+            let log = self.clone();
+            tracing::subscriber::set_default(
+                tracing_subscriber::fmt()
+                    .with_writer(move || log.clone())
+                    .with_ansi(false)
+                    .finish(),
+            )
+        }
+
+        fn lines_with(&self, needle: &str) -> Vec<String> {
+            String::from_utf8_lossy(&self.0.lock().unwrap())
+                .lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    /// The attack tests' limits: the default caps and a header deadline long enough that none
+    /// of the attacker's connections times out while a loaded machine opens them all (so the
+    /// counts are exact); a connection limit longer than [`BOUND`], so a connection closed
+    /// within it was closed by a cap or the header deadline.
+    fn attacked() -> Limits {
+        Limits {
+            header: Duration::from_secs(5),
+            connection: Duration::from_secs(60),
+            ..Limits::default()
+        }
+    }
+
+    /// Issue 25, item 7: an unprivileged local user filled the admin listener's 64 slots, so
+    /// `/healthz` failed and an orchestrator restarted stek.
+    #[tokio::test]
+    async fn a_local_user_holding_200_idle_connections_does_not_stop_healthz() {
+        let log = Log::default();
+        let _logging = log.capture();
+        let metrics = Arc::new(Metrics::new());
+        let limits = attacked();
+        let addr = listen_with(limits, metrics.clone()).await;
+        tracing::info!("--- the attacker opens 200 connections and sends nothing");
+        let started = Instant::now();
+        let mut idle = Vec::new();
+        for _ in 0..200 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        tracing::info!("--- a probe, of the same uid as every connection of this test");
+        let asked = Instant::now();
+        let mut probe = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert_eq!(healthz(&mut probe).await, "HTTP/1.1 200 OK");
+        let answered = asked.elapsed();
+        // Every connection here has one owner: it holds 8 at most, each new one closing its
+        // oldest. 192 closed for the attacker's later ones, one for the probe; had the probe
+        // been served only once an idle connection timed out, fewer would have been.
+        assert_eq!(metrics.admin_refused.get(), 193);
+        tracing::info!("--- every idle connection is closed by the server");
+        for (i, stream) in idle.iter_mut().enumerate() {
+            assert!(
+                closed_by_server(stream).await,
+                "idle connection {i} still open"
+            );
+        }
+        let all_closed = started.elapsed();
+        // Logged once for the lot (then at most once a minute), naming the client.
+        let me = nix::unistd::Uid::effective().as_raw();
+        let said = log.lines_with("admin listener: closed or refused");
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains("closed or refused 1 connection(s)")
+                && (said[0].contains(&format!("uid {me}")) || said[0].contains("127.0.0.1")),
+            "{}",
+            said[0]
+        );
+        eprintln!(
+            "figures: /healthz answered {answered:?} after its connect, under 200 idle connections; all 200 closed {all_closed:?} after the first opened (header deadline {:?})",
+            limits.header
+        );
+    }
+
+    /// Opens `n` loopback connections to the listener at `addr` as `uid`, ready for tokio (in
+    /// a thread of its own while the listener accepts them).
+    async fn open_as(uid: u32, addr: SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+        let opened = tokio::task::spawn_blocking(move || {
+            // Per thread (the raw system call, which glibc does not spread to the others); a
+            // blocking-pool thread may serve another test later, so it is set back.
+            let was = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+            let opened: Vec<_> = (0..n)
+                .map(|_| {
+                    std::net::TcpStream::connect(addr).and_then(|s| {
+                        s.set_nonblocking(true)?;
+                        Ok(s)
+                    })
+                })
+                .collect();
+            nix::unistd::setfsuid(was);
+            opened
+        });
+        tokio::time::timeout(BOUND, opened)
+            .await
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|s| tokio::net::TcpStream::from_std(s.unwrap()).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn local_users_filling_the_listener_never_take_a_probes_place() {
+        if !crate::test_support::needs_root("open sockets as other uids") {
+            return;
+        }
+        let metrics = Arc::new(Metrics::new());
+        let addr = listen_with(attacked(), metrics.clone()).await;
+        tracing::info!("--- one user opens 200 connections");
+        let mut idle = open_as(60000, addr, 200).await;
+        let mut probe = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert_eq!(healthz(&mut probe).await, "HTTP/1.1 200 OK");
+        // Its own oldest made room for its newest past 8; the probe (root) closed nothing.
+        assert_eq!(metrics.admin_refused.get(), 192);
+
+        tracing::info!("--- ten users open 20 each: 80 past their caps fill all 64");
+        for uid in 60001..60011 {
+            idle.extend(open_as(uid, addr, 20).await);
+        }
+        let mut probe = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert_eq!(healthz(&mut probe).await, "HTTP/1.1 200 OK");
+        // Each user's 12 past its cap closed its own. With the first user's 8 still open, the
+        // listener was full after seven more: the 8th, 9th and 10th users' first 8, and the
+        // probe, each took the place of the oldest connection of a user holding 8.
+        assert_eq!(metrics.admin_refused.get(), 192 + 10 * 12 + 3 * 8 + 1);
+        for (i, stream) in idle.iter_mut().enumerate() {
+            assert!(
+                closed_by_server(stream).await,
+                "idle connection {i} still open"
+            );
+        }
     }
 }
