@@ -86,16 +86,10 @@ impl Slots {
 /// What [`Shares::admit`] decided for a new connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Share<K> {
-    /// Served, as connection `id`.
-    Admitted {
-        /// Its number, for [`Shares::release`].
-        id: u64,
-    },
-    /// Served, as connection `id`, in place of connection `closes` of client `of`: the
-    /// caller closes that one now.
+    /// Served.
+    Admitted,
+    /// Served, in place of connection `closes` of client `of`: the caller closes that one now.
     InPlaceOf {
-        /// Its number, for [`Shares::release`].
-        id: u64,
         /// The connection to close: the oldest of the client holding the most (the new
         /// connection's own client, when that one is at its cap).
         closes: u64,
@@ -113,12 +107,11 @@ pub enum Share<K> {
 /// holder takes the place of that holder's oldest. So one client (or a few) cannot lock the
 /// others out, and a client holding no connection is always served. The oldest connection
 /// goes because an answer takes milliseconds: the oldest is the likeliest to wait for nothing.
-/// The decisions only: the caller accepts, closes and counts.
+/// The decisions only: the caller numbers, accepts, closes and counts connections.
 #[derive(Debug)]
 pub struct Shares<K> {
     limit: usize,
     per_client: usize,
-    next: u64,
     /// Open connections by number, so oldest first.
     open: BTreeMap<u64, K>,
     held: HashMap<K, usize>,
@@ -130,14 +123,14 @@ impl<K: Clone + Eq + Hash> Shares<K> {
         Shares {
             limit: limit.max(1),
             per_client: per_client.max(1),
-            next: 0,
             open: BTreeMap::new(),
             held: HashMap::new(),
         }
     }
 
-    /// Decides for a new connection of `who`; an admitted one counts until released.
-    pub fn admit(&mut self, who: K) -> Share<K> {
+    /// Decides for connection `id` of `who`, a number no open connection has, higher for a
+    /// younger connection; an admitted one counts until released.
+    pub fn admit(&mut self, id: u64, who: K) -> Share<K> {
         let mine = self.held(&who);
         let victim = if mine >= self.per_client {
             self.oldest(|k| *k == who)
@@ -150,18 +143,16 @@ impl<K: Clone + Eq + Hash> Shares<K> {
         } else {
             None
         };
-        let id = self.next;
-        self.next += 1;
         let closed = victim.and_then(|v| Some((v, self.remove(v)?)));
         *self.held.entry(who.clone()).or_default() += 1;
         self.open.insert(id, who);
         match closed {
-            Some((closes, of)) => Share::InPlaceOf { id, closes, of },
-            None => Share::Admitted { id },
+            Some((closes, of)) => Share::InPlaceOf { closes, of },
+            None => Share::Admitted,
         }
     }
 
-    /// Connection `id` closed (nothing if it was already closed in another's place).
+    /// Connection `id` closed (nothing if it is not held here).
     pub fn release(&mut self, id: u64) {
         self.remove(id);
     }
@@ -232,33 +223,43 @@ mod tests {
         assert!(slots.take().is_some());
     }
 
+    /// Admits `who` as the next connection (numbered from 0).
+    fn next<K: Clone + Eq + Hash>(s: &mut Shares<K>, ids: &mut u64, who: K) -> Share<K> {
+        *ids += 1;
+        s.admit(*ids - 1, who)
+    }
+
     #[test]
     fn a_client_past_its_cap_closes_its_own_oldest_and_others_are_untouched() {
-        let mut s = Shares::new(10, 2);
-        assert_eq!(s.admit("a"), Share::Admitted { id: 0 });
-        assert_eq!(s.admit("b"), Share::Admitted { id: 1 });
-        assert_eq!(s.admit("a"), Share::Admitted { id: 2 });
-        // a's third: its first (0) goes, b's stays.
-        let closes = |id, closes| Share::InPlaceOf {
-            id,
-            closes,
-            of: "a",
-        };
-        assert_eq!(s.admit("a"), closes(3, 0));
-        assert_eq!(s.admit("a"), closes(4, 2));
+        let (mut s, mut ids) = (Shares::new(10, 2), 0);
+        assert_eq!(next(&mut s, &mut ids, "a"), Share::Admitted); // 0
+        assert_eq!(next(&mut s, &mut ids, "b"), Share::Admitted); // 1
+        assert_eq!(next(&mut s, &mut ids, "a"), Share::Admitted); // 2
+                                                                  // a's third (3): its first (0) goes, b's stays; then a's fourth (4) closes 2.
+        let closes = |closes| Share::InPlaceOf { closes, of: "a" };
+        assert_eq!(next(&mut s, &mut ids, "a"), closes(0));
+        assert_eq!(next(&mut s, &mut ids, "a"), closes(2));
         assert_eq!((s.held(&"a"), s.held(&"b"), s.open()), (2, 1, 3));
         // A closed connection frees its share; releasing one closed in another's place
         // changes nothing.
-        s.release(0);
         s.release(3);
+        s.release(0);
         assert_eq!((s.held(&"a"), s.open()), (1, 2));
-        assert_eq!(s.admit("a"), Share::Admitted { id: 5 });
+        assert_eq!(next(&mut s, &mut ids, "a"), Share::Admitted);
+        // A connection numbered below those it joins (it waited elsewhere first) is older
+        // than they are: b's 1000 then 2, at b's cap, close 1 then 2, not 1000.
+        let closes_b = |closes| Share::InPlaceOf { closes, of: "b" };
+        assert_eq!(s.admit(1_000, "b"), Share::Admitted);
+        assert_eq!(s.admit(2, "b"), closes_b(1));
+        assert_eq!(s.admit(3_000, "b"), closes_b(2));
+        assert_eq!(s.held(&"b"), 2);
     }
 
     #[test]
     fn with_every_connection_taken_a_client_holding_fewer_takes_the_largest_holders_oldest() {
-        let closes = |id, closes, of| Share::InPlaceOf { id, closes, of };
-        // (limit, per client, connections opened first, the newcomer's client, the decision)
+        let closes = |closes, of| Share::InPlaceOf { closes, of };
+        // (limit, per client, connections opened first (numbered from 0), the newcomer's
+        // client, the decision)
         type Case = (
             usize,
             usize,
@@ -268,51 +269,53 @@ mod tests {
         );
         let cases: [Case; 8] = [
             // Not full: served, nothing closed.
-            (4, 4, &["a", "a", "b"], "c", Share::Admitted { id: 3 }),
+            (4, 4, &["a", "a", "b"], "c", Share::Admitted),
             // Full; d holds none: the largest holder (a, 2) loses its oldest.
-            (4, 4, &["a", "a", "b", "c"], "d", closes(4, 0, "a")),
+            (4, 4, &["a", "a", "b", "c"], "d", closes(0, "a")),
             // Full; two largest holders: the older connection of the two goes.
-            (4, 4, &["b", "a", "b", "a"], "c", closes(4, 0, "b")),
+            (4, 4, &["b", "a", "b", "a"], "c", closes(0, "b")),
             // Full; b holds 1, fewer than a's 3: a's oldest goes.
-            (4, 4, &["a", "b", "a", "a"], "b", closes(4, 0, "a")),
+            (4, 4, &["b", "a", "a", "a"], "b", closes(1, "a")),
             // Full; a already holds the most: refused, nobody loses a connection.
             (4, 4, &["a", "b", "a", "a"], "a", Share::Refused),
             // Full with one each: a client holding one is refused, a new one is served.
             (3, 4, &["a", "b", "c"], "a", Share::Refused),
-            (3, 4, &["a", "b", "c"], "d", closes(3, 0, "a")),
+            (3, 4, &["a", "b", "c"], "d", closes(0, "a")),
             // Full and at its own cap: its own oldest goes (the cap comes first).
-            (4, 2, &["a", "b", "a", "b"], "a", closes(4, 0, "a")),
+            (4, 2, &["b", "a", "b", "a"], "a", closes(1, "a")),
         ];
         for (limit, per_client, before, who, want) in cases {
-            let mut s = Shares::new(limit, per_client);
+            let (mut s, mut ids) = (Shares::new(limit, per_client), 0);
             for k in before {
-                assert!(s.admit(*k) != Share::Refused, "{before:?}: set-up refused");
+                let set_up = next(&mut s, &mut ids, *k);
+                assert!(set_up != Share::Refused, "{before:?}: set-up refused");
             }
             let open = s.open();
-            assert_eq!(s.admit(who), want, "{before:?} then {who}");
-            let opened = usize::from(matches!(want, Share::Admitted { .. }));
+            assert_eq!(next(&mut s, &mut ids, who), want, "{before:?} then {who}");
+            let opened = usize::from(want == Share::Admitted);
             assert_eq!(s.open(), open + opened, "{before:?} then {who}");
         }
     }
 
     #[test]
     fn clients_opening_without_end_never_lock_out_one_that_holds_none() {
-        let mut s = Shares::<String>::new(64, 8);
+        let (mut s, mut ids) = (Shares::<String>::new(64, 8), 0);
         for _ in 0..1000 {
-            assert!(s.admit("attacker".into()) != Share::Refused);
+            assert!(next(&mut s, &mut ids, "attacker".into()) != Share::Refused);
         }
         assert_eq!((s.held(&"attacker".into()), s.open()), (8, 8));
-        assert!(matches!(s.admit("probe".into()), Share::Admitted { .. }));
-        s.release(1000); // the probe's, answered
-                         // Twenty clients at their caps fill the listener; a newcomer still gets in.
+        assert_eq!(next(&mut s, &mut ids, "probe".into()), Share::Admitted);
+        s.release(ids - 1); // the probe's, answered
+                            // Twenty clients at their caps fill the listener; a newcomer still gets in.
         for i in 0..20 {
             for _ in 0..100 {
-                let _ = s.admit(format!("u{i}"));
+                let _ = next(&mut s, &mut ids, format!("u{i}"));
             }
         }
         assert_eq!(s.open(), 64);
         assert!(s.held(&"attacker".into()) <= 8);
-        assert!(matches!(s.admit("probe".into()), Share::InPlaceOf { .. }));
+        let probe = next(&mut s, &mut ids, "probe".into());
+        assert!(matches!(probe, Share::InPlaceOf { .. }), "{probe:?}");
         assert_eq!(s.held(&"probe".into()), 1);
     }
 }
