@@ -5,28 +5,38 @@
 //! ever holds key bytes: keys appear as epochs and fingerprints, members as node ids.
 //! docs/metrics.md lists every metric; a cluster test scrapes each one.
 //!
-//! `/healthz` is a liveness probe, so nobody who can connect must be able to make it fail: no
-//! client can hold the connections a probe needs. The listener tells its clients apart ([`Client`]): one
-//! on this host by the uid owning its socket (on loopback every local user connects from
-//! 127.0.0.1, so the address tells nobody apart), read from `/proc/net/tcp` (the `peer`
-//! module), and any other (or when that fails) by its address. Then (see [`Limits`]):
-//! - [`ADMIN_MAX_PER_CLIENT`] (8) connections per client, root's and the probe's included:
-//!   a client's ninth closes its own oldest. A scraper and a probe or two need a handful;
-//! - [`ADMIN_MAX_CONNECTIONS`] (64) in all: with every one taken, a client holding fewer
-//!   connections than the largest holder takes the place of that holder's oldest, so a client
-//!   holding none (a probe's new connection) is always served, however many users fill their
-//!   shares; only a client already holding as many as any other is refused
-//!   ([`stek_trust::slots::Shares`]). Both are counted in
-//!   `stek_admin_connections_refused_total` and logged at most once a minute;
-//! - [`ADMIN_HEADER_TIMEOUT`] (2 s) for a request's headers, counted from when the listener
-//!   waits for them: it also closes a keep-alive connection idle that long (Prometheus opens
-//!   another at its next scrape). A connection that sends nothing holds its place 2 s;
-//! - [`ADMIN_CONNECTION_TIMEOUT`] (10 s) for a whole connection, however busy.
+//! `/healthz` is a liveness probe, so nobody who can connect must be able to make it fail:
+//! - **A probe is answered on accepting.** A `GET /healthz` already waiting whole on a new
+//!   connection (a probe sends it as soon as it is connected) is answered and closed there and
+//!   then: no task, no place, no lookup for anyone to take first.
+//! - **Any other connection is served at once and meanwhile told apart** ([`Client`]): one from
+//!   this host by the uid owning its socket (on loopback every local user connects from
+//!   127.0.0.1, so the address tells nobody apart), read from `/proc/net/tcp` (the `peer`
+//!   module) with one read for all those waiting, off the runtime's threads; any other, or
+//!   every one when that table cannot be read, by its address. Until then it holds one of
+//!   [`ADMIN_MAX_CONNECTIONS`] waiting places, where the newest always gets in at the cost of
+//!   the oldest, so a flood of new connections cannot keep one out; a connection told to close
+//!   first answers a request it has.
+//! - **Connections told apart are shared among clients** ([`stek_trust::slots::Shares`]):
+//!   [`ADMIN_MAX_PER_CLIENT`] (8) per client, root's and the probe's included, a client's ninth
+//!   closing its own oldest; [`ADMIN_MAX_CONNECTIONS`] (64) in all, and with every one taken a
+//!   client holding fewer than the largest holder takes the place of that holder's oldest, so
+//!   a client holding none is always served. Only a client already holding as many as any
+//!   other is refused.
 //!
-//! Answering `/healthz` takes no lock; the connections' table is locked only to decide, never
-//! across a read or a write. What is left: new connections opened faster than the listener
-//! accepts them fill the kernel's queue (128), and a probe's connection then waits its turn,
-//! or its SYN is sent again after a second; docs/metrics.md says how a probe rides that out.
+//! Connections closed or refused for room count in `stek_admin_connections_refused_total` and
+//! are logged at most once a minute. A request's headers must arrive within
+//! [`ADMIN_HEADER_TIMEOUT`] (2 s), counted from when the listener waits for them, so a
+//! connection that sends nothing, or a keep-alive one idle between requests, closes after as
+//! long (Prometheus opens another at its next scrape); a connection lasts at most
+//! [`ADMIN_CONNECTION_TIMEOUT`] (10 s), however busy. See [`Limits`]. Answering `/healthz`
+//! takes no lock; the table of connections is locked only to decide, never across a read or
+//! a write.
+//!
+//! What is left, while someone opens new connections as fast as they can: a probe's SYN may
+//! find the kernel's queue (128) full and be sent again a second later, and a probe that waits,
+//! once connected, longer than 64 newer connections take to arrive before it sends its request
+//! is closed unanswered. docs/metrics.md says how a probe rides that out.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -34,7 +44,6 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -48,7 +57,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use stek_trust::slots::{Refusals, Share, Shares};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tracing::{debug, warn};
 
 /// How many connections the admin listener serves at once.
@@ -59,15 +68,12 @@ pub const ADMIN_MAX_PER_CLIENT: usize = 8;
 pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection may last.
 pub const ADMIN_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
-/// At most this many connections waiting in the kernel are accepted and told apart at once,
-/// with one read of `/proc/net/tcp` for them all: so a flood costs a read per so many
-/// connections, not one each, and holds at most so many file descriptors more than the caps.
-const ACCEPT_BATCH: usize = 64;
 
 /// What the admin listener allows a connection (the module docs say why these values).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Connections at once.
+    /// Connections at once once told apart (and as many again from this host while they are
+    /// being told apart).
     pub connections: usize,
     /// Connections at once of one [`Client`].
     pub per_client: usize,
@@ -495,7 +501,7 @@ mod peer {
     /// /proc). Reads as far as needed: its cost grows with the host's sockets (some 2 µs each).
     pub fn socket_owners(wanted: &HashSet<Ends>) -> std::io::Result<HashMap<Ends, u32>> {
         let mut found = HashMap::new();
-        let mut failed = None;
+        let (mut read, mut unreadable) = (false, None);
         for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
             if found.len() >= wanted.len() {
                 break;
@@ -504,15 +510,14 @@ mod peer {
                 Ok(file) => {
                     let lines = std::io::BufReader::new(file).lines().map_while(Result::ok);
                     find_owners(lines, wanted, &mut found);
-                    failed = None;
+                    read = true;
                 }
-                Err(e) if found.is_empty() => failed = failed.or(Some((path, e))),
-                Err(_) => {}
+                Err(e) => unreadable = Some(std::io::Error::new(e.kind(), format!("{path}: {e}"))),
             }
         }
-        match failed {
-            Some((path, e)) => Err(std::io::Error::new(e.kind(), format!("{path}: {e}"))),
-            None => Ok(found),
+        match unreadable {
+            Some(e) if !read => Err(e),
+            _ => Ok(found),
         }
     }
 
@@ -524,21 +529,49 @@ mod peer {
     }
 }
 
-/// The admin listener's connections: who holds them, how to close each in another's place,
-/// and the refusals not logged yet.
+/// The admin listener's connections: those from this host not told apart yet, those told
+/// apart and who holds them, how to close each in another's place, and the refusals not
+/// logged yet.
 #[derive(Debug)]
 struct Admission {
     table: Mutex<Table>,
+    /// Woken when a connection starts waiting to be told apart.
+    waiting: Notify,
+    /// Connections accepted, answered at once or not.
+    accepted: AtomicU64,
+    /// Messages logged about connections closed or refused.
+    said: AtomicU64,
     metrics: Arc<Metrics>,
     limits: Limits,
 }
 
 #[derive(Debug)]
 struct Table {
-    shares: Shares<Client>,
-    /// Dropping a connection's sender tells its task to close it.
-    closers: HashMap<u64, oneshot::Sender<()>>,
+    /// Connections from this host being told apart: served meanwhile, the newest always, at
+    /// the cost of the oldest when all places are taken.
+    waiting: Shares<()>,
+    /// Connections told apart: shared among their clients.
+    told: Shares<Client>,
+    /// Every open connection by number; its `close` tells its task to close it.
+    conns: HashMap<u64, Conn>,
+    next: u64,
     refusals: Refusals,
+}
+
+#[derive(Debug)]
+struct Conn {
+    ends: peer::Ends,
+    told: bool,
+    close: oneshot::Sender<()>,
+}
+
+/// Whose connection was closed or refused to keep room, for the log.
+#[derive(Debug)]
+enum Shed {
+    /// One from this host not told apart yet.
+    Waiting,
+    /// One of this client, which holds so many.
+    Client(Client, usize),
 }
 
 /// An admitted connection's place, given back when dropped.
@@ -554,10 +587,15 @@ impl Admission {
     fn new(metrics: Arc<Metrics>, limits: Limits) -> Arc<Self> {
         Arc::new(Admission {
             table: Mutex::new(Table {
-                shares: Shares::new(limits.connections, limits.per_client),
-                closers: HashMap::new(),
+                waiting: Shares::new(limits.connections, limits.connections),
+                told: Shares::new(limits.connections, limits.per_client),
+                conns: HashMap::new(),
+                next: 0,
                 refusals: Refusals::default(),
             }),
+            waiting: Notify::new(),
+            accepted: AtomicU64::new(0),
+            said: AtomicU64::new(0),
             metrics,
             limits,
         })
@@ -569,52 +607,129 @@ impl Admission {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A place for a new connection of `who`, or `None`: the caller then closes it.
-    fn admit(self: &Arc<Self>, who: &Client) -> Option<Held> {
+    /// A place for a new connection: told apart at once when it comes from another host (by
+    /// its address), else waiting to be; `None` when refused (the caller closes it).
+    fn arrive(self: &Arc<Self>, ends: peer::Ends) -> Option<Held> {
         let mut table = self.table();
-        let (held, shed) = match table.shares.admit(who.clone()) {
-            Share::Admitted { id } => (Some(id), None),
-            Share::InPlaceOf { id, closes, of } => {
-                table.closers.remove(&closes);
-                (Some(id), Some(of))
-            }
-            Share::Refused => (None, Some(who.clone())),
+        let id = table.next;
+        table.next += 1;
+        let (close, closed) = oneshot::channel();
+        let held = Held {
+            admission: self.clone(),
+            id,
+            closed,
         };
-        let held = held.map(|id| {
-            let (close, closed) = oneshot::channel();
-            table.closers.insert(id, close);
-            Held {
-                admission: self.clone(),
-                id,
-                closed,
+        let told = !peer::on_this_host(ends);
+        table.conns.insert(id, Conn { ends, told, close });
+        if told {
+            let shed = table.tell(id, Client::Address(ends.0.ip()));
+            let refused = matches!(&shed, Some((gone, _)) if *gone == id);
+            self.shed(table, shed.map(|(_, whose)| whose));
+            return (!refused).then_some(held);
+        }
+        let shed = match table.waiting.admit(id, ()) {
+            Share::InPlaceOf { closes, .. } => {
+                table.close(closes);
+                Some(Shed::Waiting)
             }
-        });
-        let Some(of) = shed else {
-            return held;
+            Share::Admitted | Share::Refused => None,
+        };
+        self.shed(table, shed);
+        self.waiting.notify_one();
+        Some(held)
+    }
+
+    /// The connections waiting to be told apart.
+    fn waiting(&self) -> Vec<(u64, peer::Ends)> {
+        let table = self.table();
+        table
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.told)
+            .map(|(id, c)| (*id, c.ends))
+            .collect()
+    }
+
+    /// Tells apart the connections `looked_up` (those still open and waiting): by the owner
+    /// of the client's socket in `owners`, else by address.
+    fn tell_apart(&self, looked_up: &[(u64, peer::Ends)], owners: &HashMap<peer::Ends, u32>) {
+        for (id, ends) in looked_up {
+            let mut table = self.table();
+            if table.conns.get(id).is_none_or(|c| c.told) {
+                continue;
+            }
+            table.waiting.release(*id);
+            let shed = table.tell(*id, peer::client(*ends, owners));
+            self.shed(table, shed.map(|(_, whose)| whose));
+        }
+    }
+
+    /// Counts (and at most once a minute logs) a connection closed or refused to keep room.
+    fn shed(&self, mut table: std::sync::MutexGuard<'_, Table>, shed: Option<Shed>) {
+        let Some(shed) = shed else {
+            return;
         };
         let say = table.refusals.refuse(Instant::now());
-        let holds = table.shares.held(&of);
         drop(table);
         self.metrics.admin_refused.inc();
         if let Some(n) = say {
-            let Limits {
-                per_client,
-                connections,
-                ..
-            } = self.limits;
-            warn!(
-                "admin listener: closed or refused {n} connection(s) since the last such message to keep room for other clients ({per_client} at most per client, {connections} in all); the latest of {of}, which holds {holds}. Something holds connections open (`ss -tnp` shows who)"
-            );
+            warn!("{}", refused_message(n, &shed, &self.limits));
+            self.said.fetch_add(1, Ordering::Relaxed);
         }
-        held
+    }
+}
+
+/// What the listener logs, at most once a minute, about the `n` connections it closed or
+/// refused since it last did, the latest being `latest`.
+fn refused_message(n: u64, latest: &Shed, limits: &Limits) -> String {
+    let latest = match latest {
+        Shed::Waiting => "one from this host not told apart yet: new connections came faster than they are told apart".to_owned(),
+        Shed::Client(who, holds) => format!("one of {who}, which holds {holds}"),
+    };
+    format!(
+        "admin listener: closed or refused {n} connection(s) since the last such message to keep room for other clients ({} at most per client, {} in all); the latest {latest}. Something holds or opens connections (`ss -tnp` shows who)",
+        limits.per_client, limits.connections
+    )
+}
+
+impl Table {
+    /// Connection `id` (open, not told apart) is `who`'s: the connection closed for it, or
+    /// `id` itself when refused, and whose that was.
+    fn tell(&mut self, id: u64, who: Client) -> Option<(u64, Shed)> {
+        let (gone, of) = match self.told.admit(id, who.clone()) {
+            Share::Admitted => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.told = true;
+                }
+                return None;
+            }
+            Share::InPlaceOf { closes, of } => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.told = true;
+                }
+                (closes, of)
+            }
+            Share::Refused => (id, who),
+        };
+        self.close(gone);
+        let holds = self.told.held(&of);
+        Some((gone, Shed::Client(of, holds)))
+    }
+
+    /// Forgets connection `id`; its task, if it still runs, closes it.
+    fn close(&mut self, id: u64) {
+        if let Some(conn) = self.conns.remove(&id) {
+            // Its task may have ended already: nobody to tell then.
+            let _ = conn.close.send(());
+        }
+        self.waiting.release(id);
+        self.told.release(id);
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        let mut table = self.admission.table();
-        table.shares.release(self.id);
-        table.closers.remove(&self.id);
+        self.admission.table().close(self.id);
     }
 }
 
@@ -629,85 +744,138 @@ pub async fn serve_within(
     metrics: Arc<Metrics>,
     limits: Limits,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(listen).await?;
-    let bound = listener.local_addr()?;
-    let admission = Admission::new(metrics.clone(), limits);
-    tokio::spawn(async move {
-        let mut said_unreadable = false;
-        loop {
-            let batch = accept_waiting(&listener).await;
-            let ends: Vec<peer::Ends> = batch
-                .iter()
-                .map(|(stream, client)| {
-                    let server = stream.local_addr().unwrap_or(bound);
-                    (peer::canonical(*client), peer::canonical(server))
-                })
-                .collect();
-            let owners = owners_on_this_host(&ends, &mut said_unreadable).await;
-            for ((stream, client), ends) in batch.into_iter().zip(ends) {
-                let who = peer::client(ends, &owners);
-                match admission.admit(&who) {
-                    Some(held) => {
-                        tokio::spawn(serve_connection(stream, client, held, metrics.clone()));
-                    }
-                    None => drop(stream),
-                }
-            }
-        }
-    });
+    let (bound, _) = start(listen, metrics, limits).await?;
     Ok(bound)
 }
 
-/// The owners of the client sockets of those of `ends` from this host; none when the socket
-/// table cannot be read (said once: `said` is set then).
-async fn owners_on_this_host(ends: &[peer::Ends], said: &mut bool) -> HashMap<peer::Ends, u32> {
-    let local: HashSet<peer::Ends> = ends
-        .iter()
-        .copied()
-        .filter(|e| peer::on_this_host(*e))
-        .collect();
-    if local.is_empty() {
-        return HashMap::new();
-    }
-    // Off the runtime's threads: the table grows with the host's sockets.
-    match tokio::task::spawn_blocking(move || peer::socket_owners(&local)).await {
-        Ok(Ok(owners)) => owners,
-        Ok(Err(e)) => {
-            if !std::mem::replace(said, true) {
-                warn!("admin listener: cannot read the socket table ({e}): local users are told apart by address only, so those connecting from one address share one client's connections");
+/// [`serve_within`], and the listener's connections (for tests to look at).
+async fn start(
+    listen: SocketAddr,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+) -> std::io::Result<(SocketAddr, Arc<Admission>)> {
+    let listener = TcpListener::bind(listen).await?;
+    let bound = listener.local_addr()?;
+    let admission = Admission::new(metrics.clone(), limits);
+    tokio::spawn(tell_apart(admission.clone()));
+    let accepting = admission.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, client) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("admin listener: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            accepting.accepted.fetch_add(1, Ordering::Relaxed);
+            if answered_at_once(&stream, &metrics) {
+                continue;
             }
-            HashMap::new()
+            let server = stream.local_addr().unwrap_or(bound);
+            let ends = (peer::canonical(client), peer::canonical(server));
+            // Served at once, before it is told apart: a probe needs an answer, not a name.
+            if let Some(held) = accepting.arrive(ends) {
+                tokio::spawn(serve_connection(stream, client, held, metrics.clone()));
+            }
         }
-        Err(e) => {
-            warn!("admin listener: looking up local clients failed: {e}");
-            HashMap::new()
-        }
-    }
+    });
+    Ok((bound, admission))
 }
 
-/// The next connection, and every other already waiting (up to [`ACCEPT_BATCH`]), so that one
-/// read of the socket table tells them all apart however many a client opens.
-async fn accept_waiting(listener: &TcpListener) -> Vec<(TcpStream, SocketAddr)> {
-    let mut batch = Vec::new();
-    while batch.is_empty() {
-        match listener.accept().await {
-            Ok(conn) => batch.push(conn),
-            Err(e) => {
-                warn!("admin listener: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+/// Answers, there and then, a `GET /healthz` (or `HEAD`) already waiting whole on a connection
+/// just accepted, and closes it: true if it did. A probe sends its request as soon as it is
+/// connected, so when new connections queue in the kernel (a flood of them), its request is
+/// there by the time it is accepted, and it is answered without a task or a place: nothing
+/// another client holds or opens can take its turn. Anything else (nothing sent yet, another
+/// request, more than one) is left unread for the listener's HTTP server.
+fn answered_at_once(stream: &TcpStream, metrics: &Metrics) -> bool {
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    // Through a second descriptor of the same socket (non-blocking like the first), because the
+    // runtime does not know yet whether this new one is readable and would say "not yet".
+    let Ok(socket) = stream.as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let mut socket = std::net::TcpStream::from(socket);
+    let mut buf = [0u8; 1024];
+    // Whatever has arrived, without waiting for more, and without taking it.
+    let Ok(n) = socket.peek(&mut buf) else {
+        return false;
+    };
+    let Some(method) = whole_healthz_request(&buf[..n]) else {
+        return false;
+    };
+    // Taken, so that closing sends a FIN after the answer rather than a reset.
+    if socket.read(&mut buf[..n]).ok() != Some(n) {
+        return false;
+    }
+    let body = healthz_body(metrics);
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    if method == Method::GET {
+        response.push_str(&body);
+    }
+    // A new connection's send buffer takes this whole; if not, the probe sees a short answer
+    // and tries again.
+    let _ = socket.write(response.as_bytes());
+    true
+}
+
+/// `GET` or `HEAD` when `bytes` are exactly one whole HTTP/1 request for `/healthz`.
+fn whole_healthz_request(bytes: &[u8]) -> Option<Method> {
+    let head = std::str::from_utf8(bytes).ok()?.strip_suffix("\r\n\r\n")?;
+    if head.contains("\r\n\r\n") {
+        return None;
+    }
+    let line = head.split("\r\n").next()?;
+    let mut words = line.split(' ');
+    let (method, path, version) = (words.next()?, words.next()?, words.next()?);
+    let method = match method {
+        "GET" => Method::GET,
+        "HEAD" => Method::HEAD,
+        _ => return None,
+    };
+    let is_http1 = version == "HTTP/1.1" || version == "HTTP/1.0";
+    (words.next().is_none() && path == "/healthz" && is_http1).then_some(method)
+}
+
+/// What `/healthz` says.
+fn healthz_body(metrics: &Metrics) -> String {
+    format!("ok: up {} s\n", metrics.uptime())
+}
+
+/// Tells apart the connections from this host as they come, all those waiting with one read
+/// of the socket table (whose cost grows with the host's sockets, not with how many wait),
+/// one read at a time.
+async fn tell_apart(admission: Arc<Admission>) {
+    let mut said_unreadable = false;
+    loop {
+        let waiting = admission.waiting();
+        if waiting.is_empty() {
+            admission.waiting.notified().await;
+            continue;
         }
-    }
-    while batch.len() < ACCEPT_BATCH {
-        // None waiting, or an error, which the next accept reports.
-        let Poll::Ready(Ok(conn)) =
-            std::future::poll_fn(|cx| Poll::Ready(listener.poll_accept(cx))).await
-        else {
-            break;
+        let wanted: HashSet<peer::Ends> = waiting.iter().map(|(_, ends)| *ends).collect();
+        // Off the runtime's threads: reading the table takes milliseconds on a busy host.
+        let owners = match tokio::task::spawn_blocking(move || peer::socket_owners(&wanted)).await {
+            Ok(Ok(owners)) => owners,
+            Ok(Err(e)) => {
+                if !std::mem::replace(&mut said_unreadable, true) {
+                    warn!("admin listener: cannot read the socket table ({e}): local users are told apart by address only, so those connecting from one address share one client's connections");
+                }
+                HashMap::new()
+            }
+            Err(e) => {
+                warn!("admin listener: looking up local clients failed: {e}");
+                HashMap::new()
+            }
         };
-        batch.push(conn);
+        admission.tell_apart(&waiting, &owners);
     }
-    batch
 }
 
 /// Serves one admitted connection until it ends, its time is up, or it must close in
@@ -728,6 +896,9 @@ async fn serve_connection(
         .header_read_timeout(limits.header)
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
     tokio::select! {
+        // The connection first: one told to close that has a request waiting (a probe whose
+        // task was slow to run) answers it before it closes.
+        biased;
         served = tokio::time::timeout(limits.connection, conn) => match served {
             Ok(Ok(())) => {}
             Ok(Err(e)) => debug!(%client, "admin connection: {e}"),
@@ -760,11 +931,7 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
             metrics.render(),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
-        "/healthz" => text(
-            StatusCode::OK,
-            format!("ok: up {} s\n", metrics.uptime()),
-            PLAIN,
-        ),
+        "/healthz" => text(StatusCode::OK, healthz_body(metrics), PLAIN),
         "/readyz" => match metrics.ready() {
             Ok(why) => text(StatusCode::OK, format!("ready: {why}\n"), PLAIN),
             Err(why) => text(
@@ -835,12 +1002,35 @@ mod tests {
     const BOUND: Duration = Duration::from_secs(10);
 
     async fn listen(limits: Limits) -> SocketAddr {
-        listen_with(limits, Arc::new(Metrics::new())).await
+        listen_with(limits, Arc::new(Metrics::new())).await.0
     }
 
-    async fn listen_with(limits: Limits, metrics: Arc<Metrics>) -> SocketAddr {
+    async fn listen_with(limits: Limits, metrics: Arc<Metrics>) -> (SocketAddr, Arc<Admission>) {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        serve_within(any, metrics, limits).await.unwrap()
+        start(any, metrics, limits).await.unwrap()
+    }
+
+    /// Waits until `done` holds of the listener's connections, at most [`BOUND`].
+    async fn settled(admission: &Admission, what: &str, done: impl Fn(&Table) -> bool) {
+        let deadline = Instant::now() + BOUND;
+        while !done(&admission.table()) {
+            assert!(Instant::now() < deadline, "not within {BOUND:?}: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Every open connection told apart.
+    fn all_told(t: &Table) -> bool {
+        t.waiting.open() == 0 && t.conns.values().all(|c| c.told)
+    }
+
+    /// Waits until the listener accepted `n` connections and told apart every one it holds.
+    async fn all_told_of(admission: &Admission, n: u64) {
+        let what = format!("{n} connections accepted and told apart");
+        settled(admission, &what, |t| {
+            admission.accepted.load(Ordering::Relaxed) >= n && all_told(t)
+        })
+        .await;
     }
 
     /// Whether the server closed `stream` (end of file or reset) within [`BOUND`], reading and
@@ -906,16 +1096,17 @@ mod tests {
     async fn connections_past_the_cap_are_closed_and_earlier_ones_still_work() {
         // One client (this process) may hold every connection: when it holds them all, its
         // next is refused (it holds as many as anyone), not served in its oldest's place.
-        let addr = listen(Limits {
+        let limits = Limits {
             connections: 2,
             per_client: 8,
             header: Duration::from_secs(30),
             connection: Duration::from_secs(30),
-        })
-        .await;
+        };
+        let (addr, admission) = listen_with(limits, Arc::new(Metrics::new())).await;
         let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
-        // The listener accepts in order: these two hold both slots when the third comes.
+        // Told apart, these two hold both places when the third comes.
+        all_told_of(&admission, 2).await;
         let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
         assert!(closed_by_server(&mut third).await);
         assert_eq!(healthz(&mut first).await, "HTTP/1.1 200 OK");
@@ -1115,40 +1306,28 @@ mod tests {
         assert_eq!(fs_uid, me.to_string());
     }
 
-    /// A tracing writer into memory, to read what the listener logged.
-    #[derive(Clone, Default)]
-    struct Log(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Log {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Log {
-        /// Logs of this thread (where a current-thread runtime runs the listener) go here
-        /// until the guard is dropped.
-        fn capture(&self) -> tracing::subscriber::DefaultGuard {
-            let log = self.clone();
-            tracing::subscriber::set_default(
-                tracing_subscriber::fmt()
-                    .with_writer(move || log.clone())
-                    .with_ansi(false)
-                    .finish(),
-            )
-        }
-
-        fn lines_with(&self, needle: &str) -> Vec<String> {
-            String::from_utf8_lossy(&self.0.lock().unwrap())
-                .lines()
-                .filter(|l| l.contains(needle))
-                .map(str::to_owned)
-                .collect()
-        }
+    #[test]
+    fn a_refusal_message_names_the_latest_client_and_the_caps() {
+        let limits = Limits::default();
+        let said = refused_message(192, &Shed::Client(Client::Uid(1000), 8), &limits);
+        assert_eq!(
+            said,
+            "admin listener: closed or refused 192 connection(s) since the last such message to keep room for other clients (8 at most per client, 64 in all); the latest one of uid 1000, which holds 8. Something holds or opens connections (`ss -tnp` shows who)"
+        );
+        let said = refused_message(
+            1,
+            &Shed::Client(Client::Address(at("10.0.0.7:1").ip()), 8),
+            &limits,
+        );
+        assert!(
+            said.contains("the latest one of 10.0.0.7, which holds 8"),
+            "{said}"
+        );
+        let said = refused_message(1, &Shed::Waiting, &limits);
+        assert!(
+            said.contains("the latest one from this host not told apart yet"),
+            "{said}"
+        );
     }
 
     /// The attack tests' limits: the default caps and a header deadline long enough that none
@@ -1167,13 +1346,10 @@ mod tests {
     /// `/healthz` failed and an orchestrator restarted stek.
     #[tokio::test]
     async fn a_local_user_holding_200_idle_connections_does_not_stop_healthz() {
-        let log = Log::default();
-        let _logging = log.capture();
         let metrics = Arc::new(Metrics::new());
         let limits = attacked();
-        let addr = listen_with(limits, metrics.clone()).await;
+        let (addr, admission) = listen_with(limits, metrics.clone()).await;
         tracing::info!("--- the attacker opens 200 connections and sends nothing");
-        let started = Instant::now();
         let mut idle = Vec::new();
         for _ in 0..200 {
             idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
@@ -1183,30 +1359,33 @@ mod tests {
         let mut probe = tokio::net::TcpStream::connect(addr).await.unwrap();
         assert_eq!(healthz(&mut probe).await, "HTTP/1.1 200 OK");
         let answered = asked.elapsed();
-        // Every connection here has one owner: it holds 8 at most, each new one closing its
-        // oldest. 192 closed for the attacker's later ones, one for the probe; had the probe
-        // been served only once an idle connection timed out, fewer would have been.
-        assert_eq!(metrics.admin_refused.get(), 193);
+        all_told_of(&admission, 201).await;
+        // Every connection here has one owner, which holds 8 at most, each new one closing
+        // its oldest: every other of the 200 was closed to keep room (the probe, served and
+        // closed by then, never was). A timeout did none of this: none is that old.
+        let me = Client::Uid(nix::unistd::Uid::effective().as_raw());
+        let (holds, open) = {
+            let t = admission.table();
+            (t.told.held(&me), t.told.open())
+        };
+        assert!(
+            holds <= limits.per_client && holds == open,
+            "{me} holds {holds} of {open}"
+        );
+        assert_eq!(metrics.admin_refused.get() + open as u64, 200);
         tracing::info!("--- every idle connection is closed by the server");
+        let closing = Instant::now();
         for (i, stream) in idle.iter_mut().enumerate() {
             assert!(
                 closed_by_server(stream).await,
                 "idle connection {i} still open"
             );
         }
-        let all_closed = started.elapsed();
-        // Logged once for the lot (then at most once a minute), naming the client.
-        let me = nix::unistd::Uid::effective().as_raw();
-        let said = log.lines_with("admin listener: closed or refused");
-        assert_eq!(said.len(), 1, "{said:?}");
-        assert!(
-            said[0].contains("closed or refused 1 connection(s)")
-                && (said[0].contains(&format!("uid {me}")) || said[0].contains("127.0.0.1")),
-            "{}",
-            said[0]
-        );
+        let all_closed = closing.elapsed();
+        // Logged once for the lot (then at most once a minute).
+        assert_eq!(admission.said.load(Ordering::Relaxed), 1);
         eprintln!(
-            "figures: /healthz answered {answered:?} after its connect, under 200 idle connections; all 200 closed {all_closed:?} after the first opened (header deadline {:?})",
+            "figures: /healthz answered {answered:?} after its connect, with 200 idle connections opened; the {open} left of them closed {all_closed:?} later (header deadline {:?})",
             limits.header
         );
     }
@@ -1244,29 +1423,112 @@ mod tests {
             return;
         }
         let metrics = Arc::new(Metrics::new());
-        let addr = listen_with(attacked(), metrics.clone()).await;
+        let limits = attacked();
+        let (addr, admission) = listen_with(limits, metrics.clone()).await;
+        let holds = |uid| admission.table().told.held(&Client::Uid(uid));
         tracing::info!("--- one user opens 200 connections");
         let mut idle = open_as(60000, addr, 200).await;
         let mut probe = tokio::net::TcpStream::connect(addr).await.unwrap();
         assert_eq!(healthz(&mut probe).await, "HTTP/1.1 200 OK");
-        // Its own oldest made room for its newest past 8; the probe (root) closed nothing.
-        assert_eq!(metrics.admin_refused.get(), 192);
+        all_told_of(&admission, 201).await;
+        // The user keeps 8; the probe, root's, closed none of them.
+        assert_eq!((holds(60000), metrics.admin_refused.get()), (8, 192));
 
-        tracing::info!("--- ten users open 20 each: 80 past their caps fill all 64");
-        for uid in 60001..60011 {
+        tracing::info!("--- ten more users open 20 each: 88 past their caps, for 64 places");
+        for (i, uid) in (60001..60011).enumerate() {
             idle.extend(open_as(uid, addr, 20).await);
+            all_told_of(&admission, 201 + 20 * (i as u64 + 1)).await;
+            // Up to the listener's 64, 8 each; past it, those holding fewer take the places
+            // of those holding the most: some 64 / 11 each.
+            let fair = if i < 7 { 8 } else { 64 / (i + 2) };
+            assert!(
+                (fair..=8).contains(&holds(uid)),
+                "uid {uid}: {}",
+                holds(uid)
+            );
         }
+        assert_eq!(admission.table().told.open(), limits.connections);
         let mut probe = tokio::net::TcpStream::connect(addr).await.unwrap();
         assert_eq!(healthz(&mut probe).await, "HTTP/1.1 200 OK");
-        // Each user's 12 past its cap closed its own. With the first user's 8 still open, the
-        // listener was full after seven more: the 8th, 9th and 10th users' first 8, and the
-        // probe, each took the place of the oldest connection of a user holding 8.
-        assert_eq!(metrics.admin_refused.get(), 192 + 10 * 12 + 3 * 8 + 1);
+
+        tracing::info!("--- root holds a connection open too: it gets a place, full as it is");
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        all_told_of(&admission, 401 + 2).await;
+        assert_eq!(holds(0), 1);
+        assert_eq!(admission.table().told.open(), limits.connections);
+        assert!((60000..60011).all(|uid| holds(uid) <= 8));
+        // Of the 401 idle connections, those not holding one of the 64 places were closed or
+        // refused to keep room, and only those (the probes, answered, are neither).
+        assert_eq!(metrics.admin_refused.get(), 401 - 64);
         for (i, stream) in idle.iter_mut().enumerate() {
             assert!(
                 closed_by_server(stream).await,
                 "idle connection {i} still open"
             );
         }
+    }
+
+    #[test]
+    fn only_one_whole_healthz_request_is_answered_on_accepting() {
+        let cases: [(&str, Option<Method>); 10] = [
+            ("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", Some(Method::GET)),
+            (
+                "GET /healthz HTTP/1.1\r\nHost: 10.0.0.1:9477\r\nUser-Agent: kube-probe/1.30\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+                Some(Method::GET),
+            ),
+            ("HEAD /healthz HTTP/1.0\r\n\r\n", Some(Method::HEAD)),
+            // Not whole yet, or more than one request, or anything else: for the server.
+            ("GET /healthz HTTP/1.1\r\nHost: t\r\n", None),
+            ("GET /healthz HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n", None),
+            ("GET /healthz HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi", None),
+            ("GET /metrics HTTP/1.1\r\n\r\n", None),
+            ("GET /healthz?x HTTP/1.1\r\n\r\n", None),
+            ("POST /healthz HTTP/1.1\r\n\r\n", None),
+            ("GET /healthz HTTP/2.0\r\n\r\n", None),
+        ];
+        for (request, want) in cases {
+            assert_eq!(
+                whole_healthz_request(request.as_bytes()),
+                want,
+                "{request:?}"
+            );
+        }
+        assert_eq!(
+            whole_healthz_request(b"GET /healthz HTTP/1.1\r\n\xff\r\n\r\n"),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_probe_whose_request_waits_with_its_connection_takes_no_place() {
+        use std::io::Write;
+        let limits = attacked();
+        let (addr, admission) = listen_with(limits, Arc::new(Metrics::new())).await;
+        // Connected and asked before the listener (this thread's runtime, blocked meanwhile)
+        // accepts: the request is there when it does.
+        let mut probe = std::net::TcpStream::connect(addr).unwrap();
+        probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let probe = tokio::net::TcpStream::from_std({
+            probe.set_nonblocking(true).unwrap();
+            probe
+        })
+        .unwrap();
+        let mut response = Vec::new();
+        let read = async {
+            let mut probe = probe;
+            use tokio::io::AsyncReadExt;
+            probe.read_to_end(&mut response).await
+        };
+        tokio::time::timeout(BOUND, read).await.unwrap().unwrap();
+        let text = String::from_utf8_lossy(&response);
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("\r\n\r\nok: up "),
+            "{text}"
+        );
+        // Answered on accepting: never numbered, never held.
+        assert_eq!(admission.accepted.load(Ordering::Relaxed), 1);
+        assert_eq!(admission.table().next, 0);
     }
 }
