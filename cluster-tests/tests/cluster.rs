@@ -768,6 +768,78 @@ fn raft_peers_over_mutual_tls() {
         "replication in another peer's name",
         "not for itself",
     );
+    info!("--- member {actor} borrows {victim}'s liveness lease (lease ids are in the state)");
+    // Writes and reads are served by the Raft leader (not always stek's): follow a redirect.
+    let at_raft_leader = |tls: &PeerTls, req: &Request| {
+        let reply = ask(Some(tls), req);
+        match &reply {
+            Ok(Reply::NotLeader(Some(raft_leader))) => {
+                rt.block_on(call(raft_leader, req, Duration::from_secs(3), Some(tls)))
+            }
+            _ => reply,
+        }
+    };
+    let Ok(Reply::State(before)) = at_raft_leader(&member, &Request::State) else {
+        panic!("a member reads the state")
+    };
+    let victim_lease = before.alive[&victim];
+    let actor_record = stek_store::MemberRecord {
+        node_id: actor.clone(),
+        ..foreign_record.clone()
+    };
+    let borrowed = at_raft_leader(
+        &member,
+        &Request::Write(Command::Register {
+            lease: victim_lease,
+            node_id: actor.clone(),
+            value: actor_record.encode(),
+            holder: None,
+        }),
+    );
+    assert!(
+        matches!(
+            &borrowed,
+            Ok(Reply::Written(stek_store::keyspace::Outcome {
+                applied: stek_store::keyspace::Applied::NotYours(why),
+                ..
+            })) if why.contains(victim.as_str())
+        ),
+        "registering under {victim}'s lease must be refused by the store: {borrowed:?}"
+    );
+    for (what, req) in [
+        (
+            "renew",
+            Request::Heartbeat {
+                lease: victim_lease,
+            },
+        ),
+        (
+            "end",
+            Request::Write(Command::Revoke {
+                lease: victim_lease,
+            }),
+        ),
+    ] {
+        refused_with(
+            at_raft_leader(&member, &req),
+            &format!("{what} {victim}'s lease"),
+            &format!("may not renew or end member {victim}'s lease"),
+        );
+    }
+    let Ok(Reply::State(after)) = at_raft_leader(&member, &Request::State) else {
+        panic!("a member reads the state")
+    };
+    assert_eq!(
+        after.alive.get(&victim),
+        Some(&victim_lease),
+        "{victim} keeps its lease"
+    );
+    assert_eq!(
+        after.alive.get(&actor),
+        before.alive.get(&actor),
+        "{actor} is still registered under its own lease only"
+    );
+
     info!("--- a valid member certificate of a box that is not a voter, in its own name");
     let out_dir = c.root.subdir("outsider");
     ca.issue_member("zz-outsider", "127.0.0.1", &out_dir);

@@ -252,6 +252,9 @@ pub enum Applied {
     NoLease,
     /// Refused: another live process holds the node id (its holder).
     Held(String),
+    /// Refused: the lease is another member's (it registered under it), or, for a campaign,
+    /// not the campaigner's own: why.
+    NotYours(String),
 }
 
 /// What applying a command did, and at which revision.
@@ -283,6 +286,10 @@ impl Outcome {
                 node_id: node_id.to_owned(),
                 holder: crate::shown_holder(holder.as_bytes()),
             }),
+            Applied::NotYours(why) => Err(CoordError::Refused {
+                by: "the store".into(),
+                reason: why,
+            }),
             _ => Ok(()),
         }
     }
@@ -292,6 +299,10 @@ impl Outcome {
         match self.applied {
             Applied::Elected(t) => Ok(Some(Term(signed(t)))),
             Applied::NoLease => Err(CoordError::LeaseExpired),
+            Applied::NotYours(why) => Err(CoordError::Refused {
+                by: "the store".into(),
+                reason: why,
+            }),
             _ => Ok(None),
         }
     }
@@ -325,8 +336,14 @@ pub struct LeaderSlot {
     pub term: u64,
 }
 
-/// The longest lease TTL the keyspace keeps (a day); a longer one is shortened to it.
-pub const MAX_LEASE_TTL_MS: u64 = 24 * 3600 * 1000;
+/// The longest `[rotation] lease_ttl` a node may be configured with (two minutes).
+pub const MAX_CONFIGURED_LEASE_TTL_MS: u64 = 2 * 60 * 1000;
+
+/// The longest lease TTL the keyspace keeps: five times the longest a node may be configured
+/// with ([`MAX_CONFIGURED_LEASE_TTL_MS`]); a longer one is shortened to it. A member that
+/// grants itself a long lease and then stops (or is revoked) blocks rotations as a live
+/// member for this long at most, not for the day it asked.
+pub const MAX_LEASE_TTL_MS: u64 = 5 * MAX_CONFIGURED_LEASE_TTL_MS;
 
 /// The keyspace (the Raft group's snapshots hold it: its serialised form must stay readable
 /// by later versions).
@@ -430,6 +447,7 @@ impl Keyspace {
                 holder,
             } => {
                 self.lease_exists(*lease)?;
+                self.lease_is_free_for(*lease, node_id)?;
                 self.not_held(*lease, node_id, holder.as_deref())?;
                 self.alive.insert(node_id.clone(), *lease);
                 if let Some(h) = holder {
@@ -447,6 +465,9 @@ impl Keyspace {
                     return Err(Applied::NotElected);
                 }
                 self.lease_exists(*lease)?;
+                // The leadership is bound to the campaigner's own lease: a member cannot tie
+                // it to another's (which it could then neither keep alive nor end).
+                self.lease_is_free_for(*lease, node_id)?;
                 self.leader = Some(LeaderSlot {
                     node_id: node_id.clone(),
                     lease: *lease,
@@ -554,6 +575,18 @@ impl Keyspace {
         }
     }
 
+    /// Register and campaign: no other member is registered under `lease`: a liveness lease
+    /// is one member's (another that registered or campaigned under it could renew or end
+    /// that member's liveness, or tie the leadership to it).
+    fn lease_is_free_for(&self, lease: i64, node_id: &str) -> Result<(), Applied> {
+        match self.alive.iter().find(|(n, l)| **l == lease && *n != node_id) {
+            Some((other, _)) => Err(Applied::NotYours(format!(
+                "lease {lease} is member {other}'s; member {node_id} must register under a lease of its own"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Register: no other live lease holds `node_id` for a process of another instance.
     fn not_held(&self, lease: i64, node_id: &str, holder: Option<&str>) -> Result<(), Applied> {
         let held = self
@@ -627,6 +660,19 @@ mod tests {
         d.apply(c).applied
     }
 
+    /// Registers `node_id` under `lease`, as a member does before it campaigns.
+    fn reg(d: &mut Keyspace, lease: i64, node_id: &str) -> Applied {
+        ap(
+            d,
+            &Command::Register {
+                lease,
+                node_id: node_id.into(),
+                value: b"rec".to_vec(),
+                holder: None,
+            },
+        )
+    }
+
     fn policy() -> Policy {
         Policy {
             interval: std::time::Duration::from_secs(60),
@@ -652,7 +698,7 @@ mod tests {
         records::encode_ring(&stored)
     }
 
-    /// A keyspace where lease 1 leads (the term returned) and lease 2 exists.
+    /// A keyspace where member a leads under lease 1 (the term returned) and lease 2 exists.
     fn led() -> (Keyspace, u64) {
         let mut d = Keyspace::default();
         for lease in [1, 2] {
@@ -664,6 +710,7 @@ mod tests {
                 },
             );
         }
+        reg(&mut d, 1, "a");
         let Applied::Elected(term) = ap(
             &mut d,
             &Command::Campaign {
@@ -738,6 +785,8 @@ mod tests {
                 ttl_ms: 3000,
             },
         );
+        reg(&mut d, 1, "a");
+        reg(&mut d, 2, "b");
         let Applied::Elected(t1) = ap(
             &mut d,
             &Command::Campaign {
@@ -948,6 +997,51 @@ mod tests {
         );
     }
 
+    /// A liveness lease is one member's: another member cannot register under it (it could
+    /// then keep a dead member live, or end a live one), and a campaign binds the leadership
+    /// only to the campaigner's own lease (a slot tied to another's lease would outlive
+    /// stopping, removing and revoking the campaigner).
+    #[test]
+    fn a_lease_is_one_members_and_a_campaign_is_bound_to_the_campaigners_own() {
+        let mut d = Keyspace::default();
+        for lease in [1, 2] {
+            ap(
+                &mut d,
+                &Command::Grant {
+                    lease,
+                    ttl_ms: 3000,
+                },
+            );
+        }
+        assert_eq!(reg(&mut d, 1, "victim"), Applied::Ok);
+        assert!(
+            matches!(reg(&mut d, 1, "attacker"), Applied::NotYours(why) if why.contains("victim")),
+            "registering under another member's lease"
+        );
+        assert_eq!(reg(&mut d, 1, "victim"), Applied::Ok, "its own, again");
+        let campaign = |lease, node_id: &str| Command::Campaign {
+            lease,
+            node_id: node_id.into(),
+        };
+        assert!(
+            matches!(ap(&mut d, &campaign(1, "attacker")), Applied::NotYours(_)),
+            "a campaign under the victim's lease"
+        );
+        assert!(d.leader.is_none(), "no slot was taken");
+        assert_eq!(reg(&mut d, 2, "attacker"), Applied::Ok);
+        assert!(matches!(
+            ap(&mut d, &campaign(2, "attacker")),
+            Applied::Elected(_)
+        ));
+        // Its leadership ends with its own lease.
+        ap(&mut d, &Command::Revoke { lease: 2 });
+        assert!(d.leader.is_none());
+        assert!(matches!(
+            ap(&mut d, &campaign(1, "victim")),
+            Applied::Elected(_)
+        ));
+    }
+
     #[test]
     fn only_the_leader_forgets_and_only_the_dead() {
         let (mut d, term) = led();
@@ -957,19 +1051,19 @@ mod tests {
             value: b"rec".to_vec(),
             holder: None,
         };
-        ap(&mut d, &register(1, "live"));
+        ap(&mut d, &register(1, "a"));
         ap(&mut d, &register(2, "dead"));
         ap(&mut d, &Command::Revoke { lease: 2 });
         let forget = |node_id: &str| Command::ForgetMember {
             term,
             node_id: node_id.into(),
         };
-        assert_eq!(ap(&mut d, &forget("live")), Applied::Stale);
+        assert_eq!(ap(&mut d, &forget("a")), Applied::Stale);
         assert_eq!(ap(&mut d, &forget("dead")), Applied::Ok);
         assert_eq!(ap(&mut d, &forget("dead")), Applied::Stale, "gone already");
         ap(&mut d, &Command::Resign { term });
         ap(&mut d, &Command::Revoke { lease: 1 });
-        assert_eq!(ap(&mut d, &forget("live")), Applied::Fenced);
+        assert_eq!(ap(&mut d, &forget("a")), Applied::Fenced);
     }
 
     /// What the in-memory store's watch reports as changed.
@@ -985,7 +1079,7 @@ mod tests {
             &mut changed,
         );
         d.apply_listing(&Command::Revoke { lease: 1 }, &mut changed);
-        assert_eq!(changed, ["/p/requests/r", "leader"]);
+        assert_eq!(changed, ["/p/requests/r", "alive/a", "leader"]);
         changed.clear();
         d.apply_listing(&write_on(term, 0, record_in(term, &ring(1))), &mut changed);
         assert!(changed.is_empty(), "a fenced write changes nothing");
