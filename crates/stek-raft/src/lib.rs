@@ -4,6 +4,7 @@
 mod authorize;
 pub mod client;
 pub mod net;
+pub mod network;
 pub mod peer;
 pub mod store;
 pub mod tls;

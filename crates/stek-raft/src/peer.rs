@@ -17,7 +17,8 @@ use tokio::sync::Mutex;
 use tracing::{debug, error, info, warn};
 
 use super::authorize::{self, Caller, Facts, LeaseHolder, Need, Refusal};
-use super::net::{self, call, call_peer, Limits, Listener, Network, Origin, Reply, Request};
+use super::net::{self, call, call_peer, Limits, Listener, Origin, Reply, Request};
+use super::network::Network;
 use super::store::{Applied, Command, RaftStore};
 use super::tls::PeerTls;
 use super::TypeConfig;
