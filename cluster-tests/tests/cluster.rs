@@ -595,8 +595,8 @@ fn etcd_over_tls_with_client_certificates_and_auth() {
 #[test]
 fn raft_peers_over_mutual_tls() {
     use std::os::unix::fs::PermissionsExt;
-    use stek_raft::net::{call, Reply, Request};
     use stek_raft::tls::PeerTls;
+    use stek_raft::wire::{call, Reply, Request};
     use stek_store::keyspace::Command;
     use stek_trust::identity::Role;
     let mut c = Cluster::with_backend(BIN, "raft-mtls", 3, Backend::Raft);

@@ -3,11 +3,12 @@
 
 mod authorize;
 pub mod client;
-pub mod net;
+pub mod listener;
 pub mod network;
 pub mod peer;
 pub mod store;
 pub mod tls;
+pub mod wire;
 
 use std::io::Cursor;
 

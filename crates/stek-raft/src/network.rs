@@ -1,12 +1,13 @@
 //! openraft's view of the network: [`Network`] (its [`RaftNetworkFactory`]) gives a [`PeerLink`]
-//! per peer, which sends each Raft RPC (append entries, vote, install snapshot) as one call of
-//! the peer protocol to that peer's address, a connection per RPC. Under `[identity]` trust the
+//! per peer, which sends each Raft RPC (append entries, vote, install snapshot) as one
+//! [`call_peer`] to that peer's address, a connection per RPC. Under `[identity]` trust the
 //! call checks that the certificate answering there names the peer's Raft id. Failures become
 //! openraft's errors: a refused connection is `Unreachable`, any other failure or an unexpected
 //! reply a `Network` error, the peer's own Raft error a `RemoteError`.
 //!
-//! Not here: the messages and the connection (the peer protocol), the receiving side (the
-//! listener, and `peer`, which hands the RPCs to its Raft instance).
+//! Not here: the messages and the connection ([`wire`](crate::wire)), the receiving side
+//! ([`listener`](crate::listener), and [`peer`](crate::peer), which hands the RPCs to its Raft
+//! instance).
 
 use std::sync::Arc;
 
@@ -20,8 +21,8 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 
-use super::net::{call_peer, Reply, Request};
 use super::tls::PeerTls;
+use super::wire::{call_peer, Reply, Request};
 use super::TypeConfig;
 
 /// Raft's view of the network: a connection to one peer per RPC.

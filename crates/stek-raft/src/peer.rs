@@ -17,10 +17,11 @@ use tokio::sync::Mutex;
 use tracing::{debug, error, info, warn};
 
 use super::authorize::{self, Caller, Facts, LeaseHolder, Need, Refusal};
-use super::net::{self, call, call_peer, Limits, Listener, Origin, Reply, Request};
+use super::listener::{self, Limits, Listener, Origin};
 use super::network::Network;
 use super::store::{Applied, Command, RaftStore};
 use super::tls::PeerTls;
+use super::wire::{call, call_peer, Reply, Request};
 use super::TypeConfig;
 
 /// How many log entries a peer holds before it folds them into a snapshot and purges them.
@@ -470,7 +471,7 @@ impl Peer {
                 me.handle(&body, &caller).await
             }
         };
-        net::serve(listener, tls, Limits::default(), answer).await;
+        listener::serve(listener, tls, Limits::default(), answer).await;
     }
 
     /// The reply to one request (`body`) from `caller`.
