@@ -737,7 +737,7 @@ fn raft_peers_over_mutual_tls() {
         .unwrap()
         .iter()
         .any(|m| m["node_id"] == victim.as_str()));
-    let victim_raft = stek_raft::peer::raft_ids(
+    let victim_raft = stek_raft::group::raft_ids(
         &c.nodes
             .iter()
             .map(|n| (n.id.clone(), n.raft_addr.clone()))
@@ -772,7 +772,7 @@ fn raft_peers_over_mutual_tls() {
     let out_dir = c.root.subdir("outsider");
     ca.issue_member("zz-outsider", "127.0.0.1", &out_dir);
     let outsider = tls_of(&out_dir, "zz-outsider");
-    let own = openraft::Vote::new(u64::MAX / 2, stek_raft::peer::raft_id("zz-outsider"));
+    let own = openraft::Vote::new(u64::MAX / 2, stek_raft::group::raft_id("zz-outsider"));
     refused_with(
         ask(
             Some(&outsider),

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::group::raft_id;
 use super::store::{Applied, Command, Keyspace, Outcome};
 use super::tls::PeerTls;
 use super::TypeConfig;
@@ -181,7 +182,7 @@ pub async fn call_peer(
                         .and_then(|c| c.first())
                         .map(|der| trust.verify(der, std::time::SystemTime::now()));
                     match who {
-                        Some(Ok(v)) if matches!(&v.role, stek_trust::identity::Role::Member(n) if super::raft_id(n) == expect) => {}
+                        Some(Ok(v)) if matches!(&v.role, stek_trust::identity::Role::Member(n) if raft_id(n) == expect) => {}
                         Some(Ok(v)) => {
                             return Err(std::io::Error::new(
                                 std::io::ErrorKind::PermissionDenied,
