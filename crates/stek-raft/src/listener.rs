@@ -1,12 +1,12 @@
 //! The peer listener: it accepts connections on TCP (mutual TLS between peers, or plain with
 //! `insecure = true`) or on a Unix socket for the single-box default, reads each connection's one
-//! request, hands it with the connection's [`Origin`] to the peer's answer, and writes the reply.
+//! request, hands it with the connection's `Origin` to the peer's answer, and writes the reply.
 //!
 //! Not here: the messages, their framing and the caller's side ([`wire`](crate::wire)), what a
 //! request is answered with and whom it is answered for ([`peer`](crate::peer), and its
 //! authorization, `authorize`), openraft's view of the network ([`network`](crate::network)).
 //!
-//! The listener ([`serve`]) bounds what a connection may hold, so that idle or slow clients
+//! The listener (`serve`) bounds what a connection may hold, so that idle or slow clients
 //! cannot exhaust the process's file descriptors or memory (see [`Limits`]):
 //! - [`PEER_MAX_CONNECTIONS`] (512) connections at once; past it a new connection is closed at
 //!   once, and the refusals are logged at most once a minute. Each client box holds about one

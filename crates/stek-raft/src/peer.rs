@@ -3,10 +3,9 @@
 //! of its log after a key drop, and, while it is the Raft leader, the lease clock.
 //!
 //! Not here: the messages and their framing ([`wire`](crate::wire)), accepting connections
-//! within their bounds ([`listener`](crate::listener)), openraft's network
-//! ([`network`](crate::network)), the group's ids and founding voters ([`group`](crate::group)),
-//! and whether a caller may make a request (`authorize`, a pure function this peer gives the
-//! facts it needs).
+//! within their bounds ([`listener`]), openraft's network ([`network`](crate::network)), the
+//! group's ids and founding voters ([`group`](crate::group)), and whether a caller may make a
+//! request (`authorize`, a pure function this peer gives the facts it needs).
 //!
 //! Leases are replicated (granted, revoked, and which keys they hold); their deadlines are not:
 //! the Raft leader keeps them in memory from heartbeats and revokes a lease, through the log,
