@@ -595,8 +595,8 @@ fn etcd_over_tls_with_client_certificates_and_auth() {
 #[test]
 fn raft_peers_over_mutual_tls() {
     use std::os::unix::fs::PermissionsExt;
-    use stek_raft::net::{call, Reply, Request};
     use stek_raft::tls::PeerTls;
+    use stek_raft::wire::{call, Reply, Request};
     use stek_store::keyspace::Command;
     use stek_trust::identity::Role;
     let mut c = Cluster::with_backend(BIN, "raft-mtls", 3, Backend::Raft);
@@ -737,7 +737,7 @@ fn raft_peers_over_mutual_tls() {
         .unwrap()
         .iter()
         .any(|m| m["node_id"] == victim.as_str()));
-    let victim_raft = stek_raft::peer::raft_ids(
+    let victim_raft = stek_raft::group::raft_ids(
         &c.nodes
             .iter()
             .map(|n| (n.id.clone(), n.raft_addr.clone()))
@@ -844,7 +844,7 @@ fn raft_peers_over_mutual_tls() {
     let out_dir = c.root.subdir("outsider");
     ca.issue_member("zz-outsider", "127.0.0.1", &out_dir);
     let outsider = tls_of(&out_dir, "zz-outsider");
-    let own = openraft::Vote::new(u64::MAX / 2, stek_raft::peer::raft_id("zz-outsider"));
+    let own = openraft::Vote::new(u64::MAX / 2, stek_raft::group::raft_id("zz-outsider"));
     refused_with(
         ask(
             Some(&outsider),

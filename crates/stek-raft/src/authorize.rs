@@ -12,9 +12,9 @@
 //!   `[identity]` trust (tests) may do anything; a certificate that makes its holder nobody
 //!   (revoked, no stek role, none) nothing.
 
-use super::net::Request;
-use super::raft_id;
+use super::group::raft_id;
 use super::store::Command;
+use super::wire::Request;
 use stek_trust::identity::Role;
 
 /// Who is at the other end of a connection.

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use super::net::{call, Reply, Request};
 use super::store::{Applied, Command, Keyspace, Outcome};
+use super::wire::{call, Reply, Request};
 use stek_store::records::{MemberRecord, RequestRecord};
 use stek_store::StoredRing;
 use stek_store::{

@@ -1,5 +1,11 @@
-//! One peer of the embedded coordinator: the Raft instance, its listener (Raft RPCs and client
-//! calls), and, while it is the Raft leader, the lease clock.
+//! One peer of the embedded coordinator: the Raft instance, what it answers on its listener (Raft
+//! RPCs and client calls), forming or joining the group and changing its membership, the purge
+//! of its log after a key drop, and, while it is the Raft leader, the lease clock.
+//!
+//! Not here: the messages and their framing ([`wire`](crate::wire)), accepting connections
+//! within their bounds ([`listener`]), openraft's network ([`network`](crate::network)), the
+//! group's ids and founding voters ([`group`](crate::group)), and whether a caller may make a
+//! request (`authorize`, a pure function this peer gives the facts it needs).
 //!
 //! Leases are replicated (granted, revoked, and which keys they hold); their deadlines are not:
 //! the Raft leader keeps them in memory from heartbeats and revokes a lease, through the log,
@@ -17,9 +23,12 @@ use tokio::sync::Mutex;
 use tracing::{debug, error, info, warn};
 
 use super::authorize::{self, Caller, Facts, LeaseHolder, Need, Refusal};
-use super::net::{self, call, call_peer, Limits, Listener, Network, Origin, Reply, Request};
+use super::group::{digest_of, founding_voters, raft_id, MAX_VOTERS};
+use super::listener::{self, Limits, Listener, Origin};
+use super::network::Network;
 use super::store::{Applied, Command, RaftStore};
 use super::tls::PeerTls;
+use super::wire::{call, call_peer, Reply, Request};
 use super::TypeConfig;
 
 /// How many log entries a peer holds before it folds them into a snapshot and purges them.
@@ -78,39 +87,12 @@ impl Caller {
     }
 }
 
-pub use super::raft_id;
-
-/// Raft ids for peer names (see [`raft_id`]).
-pub fn raft_ids(peers: &BTreeMap<String, String>) -> BTreeMap<String, u64> {
-    peers.keys().map(|n| (n.clone(), raft_id(n))).collect()
-}
-
-/// The most voters a group keeps; further peers join as non-voting learners.
-pub const MAX_VOTERS: usize = 5;
-
 /// What a peer that started without Raft state answers until it takes part in the group.
 pub const NOT_ADMITTED: &str =
     "this peer is starting without Raft state and is not in the group yet";
 
 /// How long `stek peers add` waits for a new peer to catch up before making it a voter.
 const CATCH_UP: Duration = Duration::from_secs(30);
-
-/// The voters a fresh group of `peers` starts with: the first [`MAX_VOTERS`] by name.
-fn founding_voters(peers: &BTreeMap<String, String>) -> BTreeMap<u64, BasicNode> {
-    peers
-        .iter()
-        .take(MAX_VOTERS)
-        .map(|(n, addr)| (raft_id(n), BasicNode { addr: addr.clone() }))
-        .collect()
-}
-
-/// A digest of a voter set, to tell whether two peers propose (or run) the same group.
-fn digest_of(voters: impl IntoIterator<Item = u64>) -> u64 {
-    let mut ids: Vec<u64> = voters.into_iter().collect();
-    ids.sort_unstable();
-    let text: Vec<String> = ids.iter().map(u64::to_string).collect();
-    raft_id(&text.join(","))
-}
 
 /// How recently a leader must have heard from a quorum to serve reads and lease renewals. A
 /// leader cut off from the majority stops answering within this, so its box sees the store as
@@ -469,7 +451,7 @@ impl Peer {
                 me.handle(&body, &caller).await
             }
         };
-        net::serve(listener, tls, Limits::default(), answer).await;
+        listener::serve(listener, tls, Limits::default(), answer).await;
     }
 
     /// The reply to one request (`body`) from `caller`.

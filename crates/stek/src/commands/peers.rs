@@ -17,7 +17,7 @@ pub fn peers_list(path: &Path, access: &Access) -> anyhow::Result<ExitCode> {
     let names: std::collections::BTreeMap<u64, String> = match &config.coordination {
         Coordination::Raft { peers, .. } => peers
             .keys()
-            .map(|n| (stek_raft::peer::raft_id(n), n.clone()))
+            .map(|n| (stek_raft::group::raft_id(n), n.clone()))
             .collect(),
         Coordination::Etcd { .. } => Default::default(),
     };
