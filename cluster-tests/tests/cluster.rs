@@ -971,6 +971,59 @@ fn raft_peers_over_mutual_tls() {
             .is_some_and(|g| g > generation)
     });
 
+    info!("--- the operator certificate floods rotation requests: the store keeps 8 of them");
+    let junk = |n: usize, pad: usize| {
+        let record = stek_store::RequestRecord {
+            requested_by: "cli@anyone".into(),
+            requested_at_ms: 1,
+            certificate: Some("c".repeat(pad)),
+            signature: None,
+        };
+        Request::Write(Command::PutRequest {
+            key: format!("/stek/{}/requests/0000000000001-{n:08x}", c.name),
+            value: record.encode(),
+            by: Some("member n9, says the request".into()),
+        })
+    };
+    let applied = |reply: std::io::Result<Reply>| match reply {
+        Ok(Reply::Written(o)) => o.applied,
+        other => panic!("a rotation request is answered by the store: {other:?}"),
+    };
+    let flood: Vec<_> = (0..20)
+        .map(|n| applied(at_raft_leader(&operator, &junk(n, 0))))
+        .collect();
+    let kept = flood
+        .iter()
+        .filter(|a| **a == stek_store::keyspace::Applied::Ok)
+        .count();
+    assert_eq!(
+        kept,
+        stek_store::keyspace::Bounds::REQUESTS_BY_ONE,
+        "{flood:?}"
+    );
+    assert!(
+        flood.iter().skip(kept).all(|a| matches!(
+            a,
+            stek_store::keyspace::Applied::Bounded(why) if why.contains("operator alice has 8")
+        )),
+        "counted against the certificate, not the name sent: {flood:?}"
+    );
+    let huge = applied(at_raft_leader(&operator, &junk(99, 1 << 20)));
+    assert!(
+        matches!(&huge, stek_store::keyspace::Applied::Bounded(why) if why.contains("bytes")),
+        "{huge:?}"
+    );
+    info!("--- another identity still rotates, and the rotation takes the junk away");
+    let generation = c.status(0)["generation"].as_u64().unwrap();
+    c.rotate_ok(0);
+    cluster_tests::wait_until(Duration::from_secs(20), "the junk to be deleted", || {
+        matches!(
+            at_raft_leader(&operator, &Request::State),
+            Ok(Reply::State(s)) if s.requests.is_empty()
+        )
+    });
+    assert!(c.status(0)["generation"].as_u64().unwrap() > generation);
+
     info!("--- a key readable by others: the node refuses to start");
     let key = c.nodes[0].dir.join("identity").join("n1.key");
     fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();

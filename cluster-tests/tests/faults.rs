@@ -1155,6 +1155,7 @@ fn raft_writes(
         write(RaftCommand::PutRequest {
             key: request_key,
             value: vec![1, 2],
+            by: None,
         })
         .await?;
         for p in peers {

@@ -197,9 +197,70 @@ pub(crate) fn authorize(caller: &Caller, req: &Request, facts: &Facts) -> Result
     }
 }
 
+/// `req` as the group applies it once authorized: a rotation request carries its sender as
+/// the caller's certificate names it (`member n1`, `operator alice`), whatever the request
+/// said, so that the keyspace bounds what one sender keeps pending. A caller every peer trusts
+/// (the local socket, `insecure`, tests) is taken at its word.
+pub(crate) fn stamped(caller: &Caller, req: Request) -> Request {
+    match (caller, req) {
+        (Caller::Cert(role), Request::Write(Command::PutRequest { key, value, .. })) => {
+            Request::Write(Command::PutRequest {
+                key,
+                value,
+                by: Some(role.to_string()),
+            })
+        }
+        (_, req) => req,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rotation request is counted against the certificate that sent it, never against the
+    /// name it claims; other requests pass unchanged.
+    #[test]
+    fn a_request_carries_the_sender_its_certificate_names() {
+        let put = |by: Option<&str>| {
+            Request::Write(Command::PutRequest {
+                key: "/p/requests/1".into(),
+                value: b"r".to_vec(),
+                by: by.map(str::to_owned),
+            })
+        };
+        let by = |r: Request| match r {
+            Request::Write(Command::PutRequest { by, .. }) => by,
+            other => panic!("{other:?}"),
+        };
+        let member = Caller::Cert(Role::Member("n1".into()));
+        let operator = Caller::Cert(Role::Operator("alice".into()));
+        let rows = [
+            ("a member", &member, None, Some("member n1")),
+            (
+                "a member claiming to be root",
+                &member,
+                Some("operator root"),
+                Some("member n1"),
+            ),
+            ("an operator", &operator, None, Some("operator alice")),
+            (
+                "the local socket, at its word",
+                &Caller::Local,
+                Some("x"),
+                Some("x"),
+            ),
+            ("insecure", &Caller::Insecure, None, None),
+        ];
+        for (who, caller, claimed, expected) in rows {
+            assert_eq!(
+                by(stamped(caller, put(claimed))).as_deref(),
+                expected,
+                "{who}"
+            );
+        }
+        assert!(matches!(stamped(&member, Request::State), Request::State));
+    }
     use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
     use openraft::{CommittedLeaderId, LogId, SnapshotMeta, StoredMembership, Vote};
 
@@ -300,6 +361,7 @@ mod tests {
                 w(Command::PutRequest {
                     key: "r".into(),
                     value: Vec::new(),
+                    by: None,
                 }),
             ),
             ("state", Request::State),

@@ -297,7 +297,7 @@ impl Coordinator for RaftClient {
     }
 
     async fn ack(&self, member: &MemberRecord) -> Result<(), CoordError> {
-        self.write(Command::ack(member)).await.map(|_| ())
+        self.write(Command::ack(member)).await?.accepted()
     }
 
     async fn campaign(&self, lease: LeaseId, node_id: &str) -> Result<Option<Term>, CoordError> {
@@ -363,8 +363,10 @@ impl Coordinator for RaftClient {
         self.write(Command::PutRequest {
             key: key.clone(),
             value: record.encode(),
+            by: None,
         })
-        .await?;
+        .await?
+        .accepted()?;
         Ok(key)
     }
 }

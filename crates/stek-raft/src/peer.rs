@@ -468,7 +468,7 @@ impl Peer {
             Ok(()) if !admitted && !matches!(req, Request::Probe { .. }) => {
                 Reply::Error(NOT_ADMITTED.into())
             }
-            Ok(()) => self.answer(req).await,
+            Ok(()) => self.answer(authorize::stamped(caller, req)).await,
             Err(Refusal::Fenced(why)) => {
                 // What the store's own fence would answer: the caller does not lead.
                 debug!(caller = ?caller, "fenced a request: {why}");
