@@ -220,9 +220,9 @@ pub enum PeersCommand {
         node_id: String,
         /// Remove a voter even if fewer than three voters (or the group's founding voters, if
         /// fewer) would remain. Risky: a group of fewer than three voters loses its majority,
-        /// and stops rotating, with one box down; and the floor is what keeps a stolen operator
-        /// certificate from shrinking the group to one voter. Add a peer first if you can.
-        /// Takes an operator certificate.
+        /// and stops rotating, with one box down; and this flag is all a stolen operator
+        /// certificate needs to shrink the group to one voter, so the leader logs each such
+        /// removal. Add a peer first if you can. Takes an operator certificate.
         #[arg(long)]
         below_voter_floor: bool,
         /// A node's TOML config (for the peers' addresses and the cluster's CA).
