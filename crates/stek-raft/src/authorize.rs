@@ -6,8 +6,10 @@
 //!   for itself, and only from a voter.
 //! - A member registers, acknowledges and campaigns only as itself; writes rings, copies,
 //!   resigns and forgets members only while it leads (otherwise the reply is the store's
-//!   fence); renews or ends only a lease no other member holds; removes only itself.
-//! - An operator reads, requests rotations and adds or removes peers; nothing else.
+//!   fence); renews or ends only a lease no other member holds; removes only itself, and never
+//!   below the voter floor ([`may_remove`](crate::group::may_remove)).
+//! - An operator reads, requests rotations and adds or removes peers (below the voter floor
+//!   too, with the explicit flag, which the leader checks); nothing else.
 //! - The local socket (this node's own user), plain TCP (`insecure = true`) and TLS without
 //!   `[identity]` trust (tests) may do anything; a certificate that makes its holder nobody
 //!   (revoked, no stek role, none) nothing.
@@ -134,8 +136,19 @@ pub(crate) fn authorize(caller: &Caller, req: &Request, facts: &Facts) -> Result
         (Role::Member(id), Request::Join { name, .. }) => Err(Denied(format!(
             "member {id} may not add peer {name}: adding a peer takes an operator certificate (stek peers add)"
         ))),
-        (Role::Member(id), Request::Leave { name }) if name != id => Err(Denied(format!(
+        (Role::Member(id), Request::Leave { name, .. }) if name != id => Err(Denied(format!(
             "member {id} may not remove peer {name}"
+        ))),
+        // A floor that a member's certificate could waive would be no floor: going below it
+        // takes an operator's.
+        (
+            Role::Member(id),
+            Request::Leave {
+                below_voter_floor: true,
+                ..
+            },
+        ) => Err(Denied(format!(
+            "member {id} may not remove a voter below the voter floor: that takes an operator certificate (stek peers remove --below-voter-floor)"
         ))),
         (Role::Member(_), Request::Members | Request::Probe { .. }) => Ok(()),
         (Role::Member(id), _) if raft_leader.is_some() => {
@@ -387,7 +400,20 @@ mod tests {
                     addr: "127.0.0.1:1".into(),
                 },
             ),
-            ("leave", Request::Leave { name: me.into() }),
+            (
+                "leave",
+                Request::Leave {
+                    name: me.into(),
+                    below_voter_floor: false,
+                },
+            ),
+            (
+                "leave below floor",
+                Request::Leave {
+                    name: me.into(),
+                    below_voter_floor: true,
+                },
+            ),
             ("members", Request::Members),
         ]
     }
@@ -435,6 +461,7 @@ mod tests {
             ("probe", "ok", "denied"),
             ("join", "denied", "ok"),
             ("leave", "ok", "ok"),
+            ("leave below floor", "denied", "ok"),
             ("members", "ok", "ok"),
         ];
         let requests = every_request(ME, ME);
@@ -483,6 +510,7 @@ mod tests {
             ("put member", "denied"),
             ("campaign", "denied"),
             ("leave", "denied"),
+            ("leave below floor", "denied"),
             ("probe", "ok"),
         ];
         let others = every_request(OTHER, OTHER);

@@ -179,11 +179,14 @@ impl RaftClient {
         }
     }
 
-    /// Removes peer `name` from the group (a learner takes a removed voter's place).
-    pub async fn remove_peer(&self, name: &str) -> Result<(), CoordError> {
+    /// Removes peer `name` from the group (a learner takes a removed voter's place). The
+    /// leader refuses to leave fewer voters than the group's floor
+    /// ([`may_remove`](crate::group::may_remove)) unless `below_voter_floor`.
+    pub async fn remove_peer(&self, name: &str, below_voter_floor: bool) -> Result<(), CoordError> {
         match self
             .request(&Request::Leave {
                 name: name.to_owned(),
+                below_voter_floor,
             })
             .await?
         {

@@ -23,7 +23,9 @@ use tokio::sync::Mutex;
 use tracing::{debug, error, info, warn};
 
 use super::authorize::{self, Caller, Facts, LeaseHolder, Need, Refusal};
-use super::group::{digest_of, founding_voters, raft_id, MAX_VOTERS};
+use super::group::{
+    digest_of, founding_voters, may_remove, raft_id, voter_floor, Removal, MAX_VOTERS,
+};
 use super::listener::{self, Limits, Listener, Origin};
 use super::network::Network;
 use super::store::{Applied, Command, RaftStore};
@@ -53,6 +55,10 @@ pub struct Peer {
     /// of its `peers` table (who may send Raft messages before a membership exists).
     proposal: u64,
     table: Arc<std::collections::BTreeSet<u64>>,
+    /// How many founding voters this peer's `peers` table names (the first [`MAX_VOTERS`]):
+    /// the voter floor, on the leader, is three or this if fewer
+    /// ([`may_remove`](crate::group::may_remove)).
+    founders: usize,
     /// This peer's mutual TLS (to check a new peer's address before adding it).
     tls: Option<Arc<PeerTls>>,
     /// Whether this peer takes part in the group yet (see [`Peer::form_or_join`]); until then
@@ -176,6 +182,7 @@ impl Peer {
             own_addr: Arc::from(own_addr.as_str()),
             proposal: digest_of(founding_voters(peers).into_keys()),
             table: Arc::new(peers.keys().map(|n| raft_id(n)).collect()),
+            founders: founding_voters(peers).len(),
             tls: tls.clone(),
             admitted: Arc::new(AtomicBool::new(false)),
             fatal: Arc::new(tokio::sync::watch::channel(None).0),
@@ -585,7 +592,10 @@ impl Peer {
                 }
             }
             Request::Join { name, addr } => self.add_peer(&name, &addr).await,
-            Request::Leave { name } => self.remove_peer(&name).await,
+            Request::Leave {
+                name,
+                below_voter_floor,
+            } => self.remove_peer(&name, below_voter_floor).await,
             Request::InstallSnapshot(r) => {
                 Reply::InstallSnapshot(self.raft.install_snapshot(r).await)
             }
@@ -736,8 +746,9 @@ impl Peer {
         Reply::Applied(Applied::Ok)
     }
 
-    /// On the leader: removes `name` from the group, and promotes a learner in its place.
-    async fn remove_peer(&self, name: &str) -> Reply {
+    /// On the leader: removes `name` from the group, and promotes a learner in its place, as
+    /// [`may_remove`] decides (the voter floor: `below_voter_floor` is the operator's flag).
+    async fn remove_peer(&self, name: &str, below_voter_floor: bool) -> Reply {
         use std::collections::BTreeSet;
         if let Some(r) = self.not_leader() {
             return r;
@@ -752,16 +763,20 @@ impl Peer {
             .clone();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let learners: BTreeSet<u64> = membership.learner_ids().collect();
-        if !voters.contains(&id) && !learners.contains(&id) {
-            return Reply::Error(format!("{name} is not a peer of the group"));
-        }
-        if voters.contains(&id) {
-            if voters.len() == 1 {
-                return Reply::Error(format!("{name} is the group's last voter"));
+        let removal = match may_remove(&voters, &learners, name, self.founders, below_voter_floor) {
+            Ok(r) => r,
+            Err(refused) => {
+                warn!(peer = name, "removal refused: {refused}");
+                return Reply::Error(refused.to_string());
             }
-            let mut next: BTreeSet<u64> = voters.iter().copied().filter(|v| *v != id).collect();
-            if let Some(l) = learners.iter().next() {
-                next.insert(*l);
+        };
+        if let Removal::Voter { next } = removal {
+            if next.len() < voter_floor(self.founders) {
+                warn!(
+                    peer = name,
+                    voters = next.len(),
+                    "removing a voter below the voter floor, as the operator asked (--below-voter-floor)"
+                );
             }
             if let Err(e) = self
                 .raft

@@ -83,6 +83,12 @@ pub enum Request {
     Leave {
         /// The peer's node id.
         name: String,
+        /// Remove a voter even if fewer than the voter floor would remain
+        /// ([`may_remove`](crate::group::may_remove)); operators only. Absent from an older
+        /// client's frame (read as false) and left out when false, so a frame without it
+        /// reads the same to old and new peers.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        below_voter_floor: bool,
     },
     /// The group's voters and learners.
     Members,
@@ -287,6 +293,37 @@ pub(crate) async fn read_frame_into<S: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An older client's `Leave` (no flag) still decodes, as a removal that keeps the floor;
+    /// a new client's without the flag is the same frame; with it, the flag arrives.
+    #[test]
+    fn a_leave_without_the_floor_flag_decodes_as_before() {
+        let old = br#"{"Leave":{"name":"lb-3"}}"#;
+        match serde_json::from_slice::<Request>(old).unwrap() {
+            Request::Leave {
+                name,
+                below_voter_floor,
+            } => assert_eq!((name.as_str(), below_voter_floor), ("lb-3", false)),
+            other => panic!("{other:?}"),
+        }
+        let keep = Request::Leave {
+            name: "lb-3".into(),
+            below_voter_floor: false,
+        };
+        assert_eq!(serde_json::to_vec(&keep).unwrap(), old);
+        let forced = Request::Leave {
+            name: "lb-3".into(),
+            below_voter_floor: true,
+        };
+        let bytes = serde_json::to_vec(&forced).unwrap();
+        assert!(matches!(
+            serde_json::from_slice::<Request>(&bytes).unwrap(),
+            Request::Leave {
+                below_voter_floor: true,
+                ..
+            }
+        ));
+    }
 
     #[tokio::test]
     async fn a_frame_buffer_grows_only_as_its_bytes_arrive() {

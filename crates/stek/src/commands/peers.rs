@@ -51,12 +51,18 @@ pub fn peers_add(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `stek peers remove`.
-pub fn peers_remove(path: &Path, node_id: &str, access: &Access) -> anyhow::Result<ExitCode> {
+/// `stek peers remove` (the voter floor is the leader's to enforce: a caller that is not this
+/// CLI sends the same request).
+pub fn peers_remove(
+    path: &Path,
+    node_id: &str,
+    below_voter_floor: bool,
+    access: &Access,
+) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let client = raft_client(&config, access)?;
     runtime()?
-        .block_on(client.remove_peer(node_id))
+        .block_on(client.remove_peer(node_id, below_voter_floor))
         .with_context(|| format!("removing {node_id}"))?;
     println!("removed {node_id} from the raft group");
     Ok(ExitCode::SUCCESS)
