@@ -595,8 +595,8 @@ fn etcd_over_tls_with_client_certificates_and_auth() {
 #[test]
 fn raft_peers_over_mutual_tls() {
     use std::os::unix::fs::PermissionsExt;
-    use stek_raft::net::{call, Reply, Request};
     use stek_raft::tls::PeerTls;
+    use stek_raft::wire::{call, Reply, Request};
     use stek_store::keyspace::Command;
     use stek_trust::identity::Role;
     let mut c = Cluster::with_backend(BIN, "raft-mtls", 3, Backend::Raft);
@@ -737,7 +737,7 @@ fn raft_peers_over_mutual_tls() {
         .unwrap()
         .iter()
         .any(|m| m["node_id"] == victim.as_str()));
-    let victim_raft = stek_raft::peer::raft_ids(
+    let victim_raft = stek_raft::group::raft_ids(
         &c.nodes
             .iter()
             .map(|n| (n.id.clone(), n.raft_addr.clone()))
@@ -768,11 +768,83 @@ fn raft_peers_over_mutual_tls() {
         "replication in another peer's name",
         "not for itself",
     );
+    info!("--- member {actor} borrows {victim}'s liveness lease (lease ids are in the state)");
+    // Writes and reads are served by the Raft leader (not always stek's): follow a redirect.
+    let at_raft_leader = |tls: &PeerTls, req: &Request| {
+        let reply = ask(Some(tls), req);
+        match &reply {
+            Ok(Reply::NotLeader(Some(raft_leader))) => {
+                rt.block_on(call(raft_leader, req, Duration::from_secs(3), Some(tls)))
+            }
+            _ => reply,
+        }
+    };
+    let Ok(Reply::State(before)) = at_raft_leader(&member, &Request::State) else {
+        panic!("a member reads the state")
+    };
+    let victim_lease = before.alive[&victim];
+    let actor_record = stek_store::MemberRecord {
+        node_id: actor.clone(),
+        ..foreign_record.clone()
+    };
+    let borrowed = at_raft_leader(
+        &member,
+        &Request::Write(Command::Register {
+            lease: victim_lease,
+            node_id: actor.clone(),
+            value: actor_record.encode(),
+            holder: None,
+        }),
+    );
+    assert!(
+        matches!(
+            &borrowed,
+            Ok(Reply::Written(stek_store::keyspace::Outcome {
+                applied: stek_store::keyspace::Applied::NotYours(why),
+                ..
+            })) if why.contains(victim.as_str())
+        ),
+        "registering under {victim}'s lease must be refused by the store: {borrowed:?}"
+    );
+    for (what, req) in [
+        (
+            "renew",
+            Request::Heartbeat {
+                lease: victim_lease,
+            },
+        ),
+        (
+            "end",
+            Request::Write(Command::Revoke {
+                lease: victim_lease,
+            }),
+        ),
+    ] {
+        refused_with(
+            at_raft_leader(&member, &req),
+            &format!("{what} {victim}'s lease"),
+            &format!("may not renew or end member {victim}'s lease"),
+        );
+    }
+    let Ok(Reply::State(after)) = at_raft_leader(&member, &Request::State) else {
+        panic!("a member reads the state")
+    };
+    assert_eq!(
+        after.alive.get(&victim),
+        Some(&victim_lease),
+        "{victim} keeps its lease"
+    );
+    assert_eq!(
+        after.alive.get(&actor),
+        before.alive.get(&actor),
+        "{actor} is still registered under its own lease only"
+    );
+
     info!("--- a valid member certificate of a box that is not a voter, in its own name");
     let out_dir = c.root.subdir("outsider");
     ca.issue_member("zz-outsider", "127.0.0.1", &out_dir);
     let outsider = tls_of(&out_dir, "zz-outsider");
-    let own = openraft::Vote::new(u64::MAX / 2, stek_raft::peer::raft_id("zz-outsider"));
+    let own = openraft::Vote::new(u64::MAX / 2, stek_raft::group::raft_id("zz-outsider"));
     refused_with(
         ask(
             Some(&outsider),
@@ -898,6 +970,59 @@ fn raft_peers_over_mutual_tls() {
             .and_then(|s| s["generation"].as_u64())
             .is_some_and(|g| g > generation)
     });
+
+    info!("--- the operator certificate floods rotation requests: the store keeps 8 of them");
+    let junk = |n: usize, pad: usize| {
+        let record = stek_store::RequestRecord {
+            requested_by: "cli@anyone".into(),
+            requested_at_ms: 1,
+            certificate: Some("c".repeat(pad)),
+            signature: None,
+        };
+        Request::Write(Command::PutRequest {
+            key: format!("/stek/{}/requests/0000000000001-{n:08x}", c.name),
+            value: record.encode(),
+            by: Some("member n9, says the request".into()),
+        })
+    };
+    let applied = |reply: std::io::Result<Reply>| match reply {
+        Ok(Reply::Written(o)) => o.applied,
+        other => panic!("a rotation request is answered by the store: {other:?}"),
+    };
+    let flood: Vec<_> = (0..20)
+        .map(|n| applied(at_raft_leader(&operator, &junk(n, 0))))
+        .collect();
+    let kept = flood
+        .iter()
+        .filter(|a| **a == stek_store::keyspace::Applied::Ok)
+        .count();
+    assert_eq!(
+        kept,
+        stek_store::keyspace::Bounds::REQUESTS_BY_ONE,
+        "{flood:?}"
+    );
+    assert!(
+        flood.iter().skip(kept).all(|a| matches!(
+            a,
+            stek_store::keyspace::Applied::Bounded(why) if why.contains("operator alice has 8")
+        )),
+        "counted against the certificate, not the name sent: {flood:?}"
+    );
+    let huge = applied(at_raft_leader(&operator, &junk(99, 1 << 20)));
+    assert!(
+        matches!(&huge, stek_store::keyspace::Applied::Bounded(why) if why.contains("bytes")),
+        "{huge:?}"
+    );
+    info!("--- another identity still rotates, and the rotation takes the junk away");
+    let generation = c.status(0)["generation"].as_u64().unwrap();
+    c.rotate_ok(0);
+    cluster_tests::wait_until(Duration::from_secs(20), "the junk to be deleted", || {
+        matches!(
+            at_raft_leader(&operator, &Request::State),
+            Ok(Reply::State(s)) if s.requests.is_empty()
+        )
+    });
+    assert!(c.status(0)["generation"].as_u64().unwrap() > generation);
 
     info!("--- a key readable by others: the node refuses to start");
     let key = c.nodes[0].dir.join("identity").join("n1.key");

@@ -39,8 +39,8 @@ use cluster_tests::servers::Nginx;
 use cluster_tests::watcher::Watcher;
 use cluster_tests::{require_binary, self_signed_cert, wait_until, SmallDisk, TestDir};
 use serde_json::Value;
-use stek_raft::net::{call, Reply, Request};
 use stek_raft::tls::PeerTls;
+use stek_raft::wire::{call, Reply, Request};
 use stek_store::keyspace::{Applied, Command as RaftCommand};
 use stek_store::{CoordError, Coordinator, RingSlot, Term};
 use tracing::info;
@@ -1155,12 +1155,13 @@ fn raft_writes(
         write(RaftCommand::PutRequest {
             key: request_key,
             value: vec![1, 2],
+            by: None,
         })
         .await?;
         for p in peers {
             use tokio::io::AsyncWriteExt;
             if let Ok(mut s) = tokio::net::TcpStream::connect(p.as_str()).await {
-                let _ = stek_raft::net::write_frame(&mut s, b"\x00not json\xff").await;
+                let _ = stek_raft::wire::write_frame(&mut s, b"\x00not json\xff").await;
                 let _ = s.write_all(&[0xff; 64]).await;
             }
         }

@@ -663,7 +663,7 @@ async fn raw_write(
     cmd: &stek_store::keyspace::Command,
     tls: &stek_raft::tls::PeerTls,
 ) -> Option<stek_store::keyspace::Applied> {
-    use stek_raft::net::{call, Reply, Request};
+    use stek_raft::wire::{call, Reply, Request};
     for p in peers {
         let mut target = p.clone();
         for _ in 0..3 {

@@ -649,3 +649,58 @@ fn a_revoked_member_gets_no_future_ring() {
         .log_text()
         .contains("holds no sealed copy for this node"));
 }
+
+/// The cluster's etcd.
+fn etcd(c: &Cluster) -> &cluster_tests::cluster::EtcdServer {
+    c.etcd.as_ref().expect("an etcd cluster")
+}
+
+/// A store writer puts a liveness key of its own for n3's node id while n3 restarts: with
+/// `[identity]` nothing signed names that holder, so n3 does not stop (it used to exit after
+/// two lease TTLs, and systemd's start limit then left the box on its last key for good). It
+/// keeps its files, reports `stek_node_id_held 1` and why in `/readyz`, and joins as soon as
+/// the key is gone. (While the key is there n3 counts as live: a store writer can hold a
+/// rotation up that way, as docs/security.md says, but no longer stop the node.)
+#[test]
+fn a_foreign_liveness_key_for_a_node_id_does_not_stop_that_node() {
+    let mut c = Cluster::new(BIN, "id-held", 3);
+    c.lease_ttl = Duration::from_secs(3);
+    let mut history = c.start_checked();
+    c.rotate_and_check(0, &mut history);
+    let alive = key(&c, "alive/n3");
+    info!("--- n3 stops; a store writer takes its liveness key");
+    c.stop(2);
+    wait_until(Duration::from_secs(10), "n3's lease to end", || {
+        etcd(&c).get(&alive).is_empty()
+    });
+    etcd(&c).put(&alive, b"instance 00ff00ff00ff00ff on mallory (pid 666)");
+    let files = c.nodes[2].files();
+    c.start_no_wait(2);
+    wait_until(Duration::from_secs(15), "n3 to report its id held", || {
+        c.metric(2, "stek_node_id_held") == Some(1.0)
+    });
+    // Two lease TTLs and two seconds is when it used to give up: well past it, it runs on.
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(c.nodes[2].exit_status(), None, "n3 must not stop");
+    assert_eq!(c.metric(2, "stek_node_id_held"), Some(1.0));
+    assert!(c.nodes[2].log_text().contains("not obeyed"), "n3 says why");
+    let (code, ready) = c.admin_get(2, "/readyz");
+    assert!(
+        code == 503 && ready.contains("held by another lease"),
+        "{code} {ready}"
+    );
+    assert_eq!(c.nodes[2].files(), files, "n3 keeps its keys");
+    info!("--- the key is removed: n3 joins and catches up");
+    let out = etcd(&c).ctl(&["del", &alive]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(Duration::from_secs(20), "n3 to join", || {
+        c.metric(2, "stek_node_id_held") == Some(0.0)
+    });
+    let status = c.wait_converged(Duration::from_secs(30));
+    check_invariants(&c, &status, &mut history);
+    c.rotate_and_check(0, &mut history);
+}

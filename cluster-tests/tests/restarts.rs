@@ -266,8 +266,10 @@ fn peers(c: &Cluster, i: usize, operator: &[&str]) -> Vec<(String, String)> {
 /// is a voter; an operator removes a retired box with `stek peers remove`, which a member
 /// certificate may not do for another box; a box whose
 /// Raft data directory was wiped refuses to take part (its empty log would look like a log
-/// going backwards) until it is removed, then joins afresh. Rotation goes on under the
-/// invariant checker throughout.
+/// going backwards) until it is removed, then joins afresh. Removing it would leave two voters,
+/// below the voter floor of three: the leader refuses (an operator's plain `stek peers remove`,
+/// and a member certificate removing its own box, with the flag or without) until an operator
+/// passes `--below-voter-floor`. Rotation goes on under the invariant checker throughout.
 #[test]
 fn raft_boxes_join_and_leave_a_running_group() {
     let mut c = Cluster::with_backend(BIN, "membership", 3, Backend::Raft);
@@ -390,9 +392,53 @@ fn raft_boxes_join_and_leave_a_running_group() {
     c.stop(v);
     // The group was never disturbed: the other two rotate on (the wiped box's lease ends).
     c.rotate_and_check(via, &mut history);
+
+    info!("--- removing {vid} would leave two voters: the leader refuses, naming the floor");
+    let three = voters(&c, via);
+    assert_eq!(three.len(), 3, "{three:?}");
     let mut args = vec!["peers", "remove", vid.as_str()];
     args.extend_from_slice(&operator);
-    assert!(c.cli_sub(via, &args).status.success());
+    let out = c.cli_sub(via, &args);
+    assert!(!out.status.success(), "below the floor without the flag");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "removing voter {vid} would leave 2 voter(s), below the group's floor of 3"
+        )) && err.contains("--below-voter-floor"),
+        "{err}"
+    );
+    assert_eq!(voters(&c, via), three, "nothing changed");
+
+    info!("--- nor may a member certificate take its own box below the floor, flag or not");
+    let me = c.nodes[via].id.clone();
+    let out = c.cli_sub(via, &["peers", "remove", me.as_str()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("below the group's floor of 3"), "{err}");
+    let out = c.cli_sub(
+        via,
+        &["peers", "remove", me.as_str(), "--below-voter-floor"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("may not remove a voter below the voter floor"),
+        "{err}"
+    );
+    assert_eq!(voters(&c, via), three, "nothing changed");
+
+    info!("--- with --below-voter-floor an operator removes {vid}");
+    args.push("--below-voter-floor");
+    let out = c.cli_sub(via, &args);
+    assert!(
+        out.status.success(),
+        "remove {vid} below the floor: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let two: Vec<String> = three.iter().filter(|n| **n != vid).cloned().collect();
+    wait_until(Duration::from_secs(20), "the wiped peer gone", || {
+        voters(&c, via) == two
+    });
     c.start(v);
     let addr = c.nodes[v].raft_addr.clone();
     let mut args = vec!["peers", "add", vid.as_str(), addr.as_str()];

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = serde_json::from_slice::<stek_raft::net::Request>(data);
+    let _ = serde_json::from_slice::<stek_raft::wire::Request>(data);
 });

@@ -153,6 +153,8 @@ pub struct Metrics {
     pub sealed_copy_ok: Gauge,
     /// 1 while the last read of the store succeeded.
     pub store_up: Gauge,
+    /// 1 while this node's id is held by another liveness lease and it cannot join.
+    pub node_id_held: Gauge,
     /// Rotations this node performed as leader.
     pub rotations: Counter,
     /// 1 while this node runs with `insecure = true` (no `[identity]` on a store others reach).
@@ -194,6 +196,7 @@ impl Metrics {
         let rotation_blocker = Family::<MemberLabels, Gauge>::default();
         let sealed_copy_ok = Gauge::default();
         let store_up = Gauge::default();
+        let node_id_held = Gauge::default();
         let rotations = Counter::default();
         let insecure = Gauge::default();
         let members_refused = Gauge::default();
@@ -272,6 +275,11 @@ impl Metrics {
             store_up.clone(),
         );
         registry.register(
+            "node_id_held",
+            "1 while this node's id is held by another liveness lease and it cannot join",
+            node_id_held.clone(),
+        );
+        registry.register(
             "rotations",
             "Rotations this node performed as leader",
             rotations.clone(),
@@ -322,6 +330,7 @@ impl Metrics {
             rotation_blocker,
             sealed_copy_ok,
             store_up,
+            node_id_held,
             rotations,
             insecure,
             members_refused,

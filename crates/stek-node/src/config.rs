@@ -493,6 +493,17 @@ impl Config {
                 ),
             ));
         }
+        let longest = Duration::from_millis(stek_store::keyspace::MAX_CONFIGURED_LEASE_TTL_MS);
+        if raw.rotation.lease_ttl > longest {
+            return Err(invalid(
+                "rotation.lease_ttl".into(),
+                format!(
+                    "{} is longer than the {} a lease may last: a member that stopped would block rotations that long; use at most \"2m\" (default \"10s\")",
+                    humantime_serde::re::humantime::format_duration(raw.rotation.lease_ttl),
+                    humantime_serde::re::humantime::format_duration(longest)
+                ),
+            ));
+        }
         let (compact_history, compact_history_off_reason) = match &raw.etcd {
             Some(e) => history_purge(e).map_err(|(key, m)| invalid(key.into(), m))?,
             None => (false, None),
@@ -1042,6 +1053,28 @@ group = "0"
         assert_eq!(c.policy.retain, 2);
         assert_eq!(c.policy.interval, Duration::from_secs(43200));
         assert_eq!(c.lease_ttl, Duration::from_secs(10));
+    }
+
+    /// A lease longer than the store keeps one is refused: a stopped member would block
+    /// rotations as long as it lasts; the bounds are accepted.
+    #[test]
+    fn a_lease_ttl_is_between_two_seconds_and_two_minutes() {
+        let with = |ttl: &str| format!("node_id = \"a\"\n[rotation]\nlease_ttl = \"{ttl}\"\n");
+        for ok in ["2s", "10s", "2m"] {
+            assert!(parse(&with(ok)).is_ok(), "{ok}");
+        }
+        let m = err(&with("1s"));
+        assert!(
+            m.contains("rotation.lease_ttl") && m.contains("at least"),
+            "{m}"
+        );
+        let m = err(&with("121s"));
+        assert!(
+            m.contains("rotation.lease_ttl") && m.contains("at most \"2m\""),
+            "{m}"
+        );
+        let m = err(&with("1day"));
+        assert!(m.contains("at most"), "{m}");
     }
 
     #[test]

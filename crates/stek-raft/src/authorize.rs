@@ -6,15 +6,17 @@
 //!   for itself, and only from a voter.
 //! - A member registers, acknowledges and campaigns only as itself; writes rings, copies,
 //!   resigns and forgets members only while it leads (otherwise the reply is the store's
-//!   fence); renews or ends only a lease no other member holds; removes only itself.
-//! - An operator reads, requests rotations and adds or removes peers; nothing else.
+//!   fence); renews or ends only a lease no other member holds; removes only itself, and never
+//!   below the voter floor ([`may_remove`](crate::group::may_remove)).
+//! - An operator reads, requests rotations and adds or removes peers (below the voter floor
+//!   too, with the explicit flag, which the leader checks); nothing else.
 //! - The local socket (this node's own user), plain TCP (`insecure = true`) and TLS without
 //!   `[identity]` trust (tests) may do anything; a certificate that makes its holder nobody
 //!   (revoked, no stek role, none) nothing.
 
-use super::net::Request;
-use super::raft_id;
+use super::group::raft_id;
 use super::store::Command;
+use super::wire::Request;
 use stek_trust::identity::Role;
 
 /// Who is at the other end of a connection.
@@ -134,8 +136,19 @@ pub(crate) fn authorize(caller: &Caller, req: &Request, facts: &Facts) -> Result
         (Role::Member(id), Request::Join { name, .. }) => Err(Denied(format!(
             "member {id} may not add peer {name}: adding a peer takes an operator certificate (stek peers add)"
         ))),
-        (Role::Member(id), Request::Leave { name }) if name != id => Err(Denied(format!(
+        (Role::Member(id), Request::Leave { name, .. }) if name != id => Err(Denied(format!(
             "member {id} may not remove peer {name}"
+        ))),
+        // A floor that a member's certificate could waive would be no floor: going below it
+        // takes an operator's.
+        (
+            Role::Member(id),
+            Request::Leave {
+                below_voter_floor: true,
+                ..
+            },
+        ) => Err(Denied(format!(
+            "member {id} may not remove a voter below the voter floor: that takes an operator certificate (stek peers remove --below-voter-floor)"
         ))),
         (Role::Member(_), Request::Members | Request::Probe { .. }) => Ok(()),
         (Role::Member(id), _) if raft_leader.is_some() => {
@@ -197,9 +210,70 @@ pub(crate) fn authorize(caller: &Caller, req: &Request, facts: &Facts) -> Result
     }
 }
 
+/// `req` as the group applies it once authorized: a rotation request carries its sender as
+/// the caller's certificate names it (`member n1`, `operator alice`), whatever the request
+/// said, so that the keyspace bounds what one sender keeps pending. A caller every peer trusts
+/// (the local socket, `insecure`, tests) is taken at its word.
+pub(crate) fn stamped(caller: &Caller, req: Request) -> Request {
+    match (caller, req) {
+        (Caller::Cert(role), Request::Write(Command::PutRequest { key, value, .. })) => {
+            Request::Write(Command::PutRequest {
+                key,
+                value,
+                by: Some(role.to_string()),
+            })
+        }
+        (_, req) => req,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rotation request is counted against the certificate that sent it, never against the
+    /// name it claims; other requests pass unchanged.
+    #[test]
+    fn a_request_carries_the_sender_its_certificate_names() {
+        let put = |by: Option<&str>| {
+            Request::Write(Command::PutRequest {
+                key: "/p/requests/1".into(),
+                value: b"r".to_vec(),
+                by: by.map(str::to_owned),
+            })
+        };
+        let by = |r: Request| match r {
+            Request::Write(Command::PutRequest { by, .. }) => by,
+            other => panic!("{other:?}"),
+        };
+        let member = Caller::Cert(Role::Member("n1".into()));
+        let operator = Caller::Cert(Role::Operator("alice".into()));
+        let rows = [
+            ("a member", &member, None, Some("member n1")),
+            (
+                "a member claiming to be root",
+                &member,
+                Some("operator root"),
+                Some("member n1"),
+            ),
+            ("an operator", &operator, None, Some("operator alice")),
+            (
+                "the local socket, at its word",
+                &Caller::Local,
+                Some("x"),
+                Some("x"),
+            ),
+            ("insecure", &Caller::Insecure, None, None),
+        ];
+        for (who, caller, claimed, expected) in rows {
+            assert_eq!(
+                by(stamped(caller, put(claimed))).as_deref(),
+                expected,
+                "{who}"
+            );
+        }
+        assert!(matches!(stamped(&member, Request::State), Request::State));
+    }
     use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
     use openraft::{CommittedLeaderId, LogId, SnapshotMeta, StoredMembership, Vote};
 
@@ -300,6 +374,7 @@ mod tests {
                 w(Command::PutRequest {
                     key: "r".into(),
                     value: Vec::new(),
+                    by: None,
                 }),
             ),
             ("state", Request::State),
@@ -325,7 +400,20 @@ mod tests {
                     addr: "127.0.0.1:1".into(),
                 },
             ),
-            ("leave", Request::Leave { name: me.into() }),
+            (
+                "leave",
+                Request::Leave {
+                    name: me.into(),
+                    below_voter_floor: false,
+                },
+            ),
+            (
+                "leave below floor",
+                Request::Leave {
+                    name: me.into(),
+                    below_voter_floor: true,
+                },
+            ),
             ("members", Request::Members),
         ]
     }
@@ -373,6 +461,7 @@ mod tests {
             ("probe", "ok", "denied"),
             ("join", "denied", "ok"),
             ("leave", "ok", "ok"),
+            ("leave below floor", "denied", "ok"),
             ("members", "ok", "ok"),
         ];
         let requests = every_request(ME, ME);
@@ -421,6 +510,7 @@ mod tests {
             ("put member", "denied"),
             ("campaign", "denied"),
             ("leave", "denied"),
+            ("leave below floor", "denied"),
             ("probe", "ok"),
         ];
         let others = every_request(OTHER, OTHER);

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use super::net::{call, Reply, Request};
 use super::store::{Applied, Command, Keyspace, Outcome};
+use super::wire::{call, Reply, Request};
 use stek_store::records::{MemberRecord, RequestRecord};
 use stek_store::StoredRing;
 use stek_store::{
@@ -179,11 +179,14 @@ impl RaftClient {
         }
     }
 
-    /// Removes peer `name` from the group (a learner takes a removed voter's place).
-    pub async fn remove_peer(&self, name: &str) -> Result<(), CoordError> {
+    /// Removes peer `name` from the group (a learner takes a removed voter's place). The
+    /// leader refuses to leave fewer voters than the group's floor
+    /// ([`may_remove`](crate::group::may_remove)) unless `below_voter_floor`.
+    pub async fn remove_peer(&self, name: &str, below_voter_floor: bool) -> Result<(), CoordError> {
         match self
             .request(&Request::Leave {
                 name: name.to_owned(),
+                below_voter_floor,
             })
             .await?
         {
@@ -297,7 +300,7 @@ impl Coordinator for RaftClient {
     }
 
     async fn ack(&self, member: &MemberRecord) -> Result<(), CoordError> {
-        self.write(Command::ack(member)).await.map(|_| ())
+        self.write(Command::ack(member)).await?.accepted()
     }
 
     async fn campaign(&self, lease: LeaseId, node_id: &str) -> Result<Option<Term>, CoordError> {
@@ -363,8 +366,10 @@ impl Coordinator for RaftClient {
         self.write(Command::PutRequest {
             key: key.clone(),
             value: record.encode(),
+            by: None,
         })
-        .await?;
+        .await?
+        .accepted()?;
         Ok(key)
     }
 }

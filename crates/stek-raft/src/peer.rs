@@ -1,5 +1,11 @@
-//! One peer of the embedded coordinator: the Raft instance, its listener (Raft RPCs and client
-//! calls), and, while it is the Raft leader, the lease clock.
+//! One peer of the embedded coordinator: the Raft instance, what it answers on its listener (Raft
+//! RPCs and client calls), forming or joining the group and changing its membership, the purge
+//! of its log after a key drop, and, while it is the Raft leader, the lease clock.
+//!
+//! Not here: the messages and their framing ([`wire`](crate::wire)), accepting connections
+//! within their bounds ([`listener`]), openraft's network ([`network`](crate::network)), the
+//! group's ids and founding voters ([`group`](crate::group)), and whether a caller may make a
+//! request (`authorize`, a pure function this peer gives the facts it needs).
 //!
 //! Leases are replicated (granted, revoked, and which keys they hold); their deadlines are not:
 //! the Raft leader keeps them in memory from heartbeats and revokes a lease, through the log,
@@ -17,9 +23,14 @@ use tokio::sync::Mutex;
 use tracing::{debug, error, info, warn};
 
 use super::authorize::{self, Caller, Facts, LeaseHolder, Need, Refusal};
-use super::net::{self, call, call_peer, Limits, Listener, Network, Origin, Reply, Request};
+use super::group::{
+    digest_of, founding_voters, may_remove, raft_id, voter_floor, Removal, MAX_VOTERS,
+};
+use super::listener::{self, Limits, Listener, Origin};
+use super::network::Network;
 use super::store::{Applied, Command, RaftStore};
 use super::tls::PeerTls;
+use super::wire::{call, call_peer, Reply, Request};
 use super::TypeConfig;
 
 /// How many log entries a peer holds before it folds them into a snapshot and purges them.
@@ -44,6 +55,10 @@ pub struct Peer {
     /// of its `peers` table (who may send Raft messages before a membership exists).
     proposal: u64,
     table: Arc<std::collections::BTreeSet<u64>>,
+    /// How many founding voters this peer's `peers` table names (the first [`MAX_VOTERS`]):
+    /// the voter floor, on the leader, is three or this if fewer
+    /// ([`may_remove`](crate::group::may_remove)).
+    founders: usize,
     /// This peer's mutual TLS (to check a new peer's address before adding it).
     tls: Option<Arc<PeerTls>>,
     /// Whether this peer takes part in the group yet (see [`Peer::form_or_join`]); until then
@@ -78,39 +93,12 @@ impl Caller {
     }
 }
 
-pub use super::raft_id;
-
-/// Raft ids for peer names (see [`raft_id`]).
-pub fn raft_ids(peers: &BTreeMap<String, String>) -> BTreeMap<String, u64> {
-    peers.keys().map(|n| (n.clone(), raft_id(n))).collect()
-}
-
-/// The most voters a group keeps; further peers join as non-voting learners.
-pub const MAX_VOTERS: usize = 5;
-
 /// What a peer that started without Raft state answers until it takes part in the group.
 pub const NOT_ADMITTED: &str =
     "this peer is starting without Raft state and is not in the group yet";
 
 /// How long `stek peers add` waits for a new peer to catch up before making it a voter.
 const CATCH_UP: Duration = Duration::from_secs(30);
-
-/// The voters a fresh group of `peers` starts with: the first [`MAX_VOTERS`] by name.
-fn founding_voters(peers: &BTreeMap<String, String>) -> BTreeMap<u64, BasicNode> {
-    peers
-        .iter()
-        .take(MAX_VOTERS)
-        .map(|(n, addr)| (raft_id(n), BasicNode { addr: addr.clone() }))
-        .collect()
-}
-
-/// A digest of a voter set, to tell whether two peers propose (or run) the same group.
-fn digest_of(voters: impl IntoIterator<Item = u64>) -> u64 {
-    let mut ids: Vec<u64> = voters.into_iter().collect();
-    ids.sort_unstable();
-    let text: Vec<String> = ids.iter().map(u64::to_string).collect();
-    raft_id(&text.join(","))
-}
 
 /// How recently a leader must have heard from a quorum to serve reads and lease renewals. A
 /// leader cut off from the majority stops answering within this, so its box sees the store as
@@ -194,6 +182,7 @@ impl Peer {
             own_addr: Arc::from(own_addr.as_str()),
             proposal: digest_of(founding_voters(peers).into_keys()),
             table: Arc::new(peers.keys().map(|n| raft_id(n)).collect()),
+            founders: founding_voters(peers).len(),
             tls: tls.clone(),
             admitted: Arc::new(AtomicBool::new(false)),
             fatal: Arc::new(tokio::sync::watch::channel(None).0),
@@ -469,7 +458,7 @@ impl Peer {
                 me.handle(&body, &caller).await
             }
         };
-        net::serve(listener, tls, Limits::default(), answer).await;
+        listener::serve(listener, tls, Limits::default(), answer).await;
     }
 
     /// The reply to one request (`body`) from `caller`.
@@ -486,7 +475,7 @@ impl Peer {
             Ok(()) if !admitted && !matches!(req, Request::Probe { .. }) => {
                 Reply::Error(NOT_ADMITTED.into())
             }
-            Ok(()) => self.answer(req).await,
+            Ok(()) => self.answer(authorize::stamped(caller, req)).await,
             Err(Refusal::Fenced(why)) => {
                 // What the store's own fence would answer: the caller does not lead.
                 debug!(caller = ?caller, "fenced a request: {why}");
@@ -603,7 +592,10 @@ impl Peer {
                 }
             }
             Request::Join { name, addr } => self.add_peer(&name, &addr).await,
-            Request::Leave { name } => self.remove_peer(&name).await,
+            Request::Leave {
+                name,
+                below_voter_floor,
+            } => self.remove_peer(&name, below_voter_floor).await,
             Request::InstallSnapshot(r) => {
                 Reply::InstallSnapshot(self.raft.install_snapshot(r).await)
             }
@@ -754,8 +746,9 @@ impl Peer {
         Reply::Applied(Applied::Ok)
     }
 
-    /// On the leader: removes `name` from the group, and promotes a learner in its place.
-    async fn remove_peer(&self, name: &str) -> Reply {
+    /// On the leader: removes `name` from the group, and promotes a learner in its place, as
+    /// [`may_remove`] decides (the voter floor: `below_voter_floor` is the operator's flag).
+    async fn remove_peer(&self, name: &str, below_voter_floor: bool) -> Reply {
         use std::collections::BTreeSet;
         if let Some(r) = self.not_leader() {
             return r;
@@ -770,16 +763,20 @@ impl Peer {
             .clone();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let learners: BTreeSet<u64> = membership.learner_ids().collect();
-        if !voters.contains(&id) && !learners.contains(&id) {
-            return Reply::Error(format!("{name} is not a peer of the group"));
-        }
-        if voters.contains(&id) {
-            if voters.len() == 1 {
-                return Reply::Error(format!("{name} is the group's last voter"));
+        let removal = match may_remove(&voters, &learners, name, self.founders, below_voter_floor) {
+            Ok(r) => r,
+            Err(refused) => {
+                warn!(peer = name, "removal refused: {refused}");
+                return Reply::Error(refused.to_string());
             }
-            let mut next: BTreeSet<u64> = voters.iter().copied().filter(|v| *v != id).collect();
-            if let Some(l) = learners.iter().next() {
-                next.insert(*l);
+        };
+        if let Removal::Voter { next } = removal {
+            if next.len() < voter_floor(self.founders) {
+                warn!(
+                    peer = name,
+                    voters = next.len(),
+                    "removing a voter below the voter floor, as the operator asked (--below-voter-floor)"
+                );
             }
             if let Err(e) = self
                 .raft

@@ -762,6 +762,7 @@ mod tests {
         apply(Command::PutRequest {
             key: "r".into(),
             value: b"x".to_vec(),
+            by: None,
         });
         assert_eq!(apply(ring(&r3)).1, at, "a stale write signals nothing");
         let (at, signalled) = apply(ring(&r4));

@@ -129,6 +129,12 @@ pub enum Command {
         /// The encoded request record.
         #[serde(with = "bytes")]
         value: Vec<u8>,
+        /// Who sent it, as the Raft peer that took it knows from the caller's certificate
+        /// (`member <id>`, `operator <name>`), whatever the record claims; `None` from a
+        /// caller every peer trusts (this node's own socket, `insecure`, tests). Requests
+        /// pending by one sender are bounded ([`Bounds::REQUESTS_BY_ONE`]).
+        #[serde(default)]
+        by: Option<String>,
     },
 }
 
@@ -154,7 +160,7 @@ impl Debug for Command {
             Command::PutMember { node_id, .. } => write!(f, "PutMember {{ {node_id} }}"),
             Command::Campaign { lease, node_id } => write!(f, "Campaign {{ {node_id}, {lease} }}"),
             Command::Resign { term } => write!(f, "Resign {{ {term} }}"),
-            Command::PutRequest { key, .. } => write!(f, "PutRequest {{ {key} }}"),
+            Command::PutRequest { key, by, .. } => write!(f, "PutRequest {{ {key}, {by:?} }}"),
             Command::ForgetMember { term, node_id } => {
                 write!(f, "ForgetMember {{ {node_id}, {term} }}")
             }
@@ -252,6 +258,11 @@ pub enum Applied {
     NoLease,
     /// Refused: another live process holds the node id (its holder).
     Held(String),
+    /// Refused: the lease is another member's (it registered under it), or, for a campaign,
+    /// not the campaigner's own: why.
+    NotYours(String),
+    /// Refused: the write breaks a bound of the keyspace ([`Bounds`]): which, and by how much.
+    Bounded(String),
 }
 
 /// What applying a command did, and at which revision.
@@ -283,6 +294,21 @@ impl Outcome {
                 node_id: node_id.to_owned(),
                 holder: crate::shown_holder(holder.as_bytes()),
             }),
+            Applied::NotYours(why) | Applied::Bounded(why) => Err(CoordError::Refused {
+                by: "the store".into(),
+                reason: why,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// An acknowledgement's or a rotation request's answer: refused only for a bound.
+    pub fn accepted(self) -> Result<(), CoordError> {
+        match self.applied {
+            Applied::Bounded(why) => Err(CoordError::Refused {
+                by: "the store".into(),
+                reason: why,
+            }),
             _ => Ok(()),
         }
     }
@@ -292,6 +318,10 @@ impl Outcome {
         match self.applied {
             Applied::Elected(t) => Ok(Some(Term(signed(t)))),
             Applied::NoLease => Err(CoordError::LeaseExpired),
+            Applied::NotYours(why) => Err(CoordError::Refused {
+                by: "the store".into(),
+                reason: why,
+            }),
             _ => Ok(None),
         }
     }
@@ -325,8 +355,36 @@ pub struct LeaderSlot {
     pub term: u64,
 }
 
-/// The longest lease TTL the keyspace keeps (a day); a longer one is shortened to it.
-pub const MAX_LEASE_TTL_MS: u64 = 24 * 3600 * 1000;
+/// What the keyspace holds at most, so that no member or operator certificate can grow the
+/// replicated state until nobody can read it: every replica refuses a write past a bound
+/// ([`Applied::Bounded`]), naming it. A member record with its certificate is about 2 KB, a
+/// signed request about 1 KB.
+#[derive(Debug)]
+pub struct Bounds;
+
+impl Bounds {
+    /// The largest member record (registration or acknowledgement).
+    pub const MEMBER_BYTES: usize = 16 * 1024;
+    /// The largest rotation request record.
+    pub const REQUEST_BYTES: usize = 8 * 1024;
+    /// Pending rotation requests, in all (a rotation serves them all at once).
+    pub const REQUESTS: usize = 256;
+    /// Pending rotation requests by one requester (its `requested_by`).
+    pub const REQUESTS_BY_ONE: usize = 8;
+    /// Member records, live or dead (a dead one is forgotten after `forget_dead_after`).
+    pub const MEMBERS: usize = 10_000;
+    /// Leases at once (each lasts at most [`MAX_LEASE_TTL_MS`]).
+    pub const LEASES: usize = 20_000;
+}
+
+/// The longest `[rotation] lease_ttl` a node may be configured with (two minutes).
+pub const MAX_CONFIGURED_LEASE_TTL_MS: u64 = 2 * 60 * 1000;
+
+/// The longest lease TTL the keyspace keeps: five times the longest a node may be configured
+/// with ([`MAX_CONFIGURED_LEASE_TTL_MS`]); a longer one is shortened to it. A member that
+/// grants itself a long lease and then stops (or is revoked) blocks rotations as a live
+/// member for this long at most, not for the day it asked.
+pub const MAX_LEASE_TTL_MS: u64 = 5 * MAX_CONFIGURED_LEASE_TTL_MS;
 
 /// The keyspace (the Raft group's snapshots hold it: its serialised form must stay readable
 /// by later versions).
@@ -361,6 +419,9 @@ pub struct Keyspace {
     /// Rotation requests by (full) key.
     #[serde(with = "bytes::map")]
     pub requests: BTreeMap<String, Vec<u8>>,
+    /// Who sent each pending request that came with a sender (by key).
+    #[serde(default)]
+    pub request_senders: BTreeMap<String, String>,
 }
 
 impl Keyspace {
@@ -401,6 +462,12 @@ impl Keyspace {
                 if self.leases.contains_key(lease) {
                     return Ok(Done::Already(self.revision));
                 }
+                if self.leases.len() >= Bounds::LEASES {
+                    return Err(Applied::Bounded(format!(
+                        "the store holds {} leases already, its bound",
+                        Bounds::LEASES
+                    )));
+                }
                 self.leases.insert(*lease, (*ttl_ms).min(MAX_LEASE_TTL_MS));
             }
             Command::Revoke { lease } => {
@@ -430,6 +497,8 @@ impl Keyspace {
                 holder,
             } => {
                 self.lease_exists(*lease)?;
+                self.member_fits(node_id, value)?;
+                self.lease_is_free_for(*lease, node_id)?;
                 self.not_held(*lease, node_id, holder.as_deref())?;
                 self.alive.insert(node_id.clone(), *lease);
                 if let Some(h) = holder {
@@ -439,6 +508,7 @@ impl Keyspace {
                 changed.extend([format!("alive/{node_id}"), format!("members/{node_id}")]);
             }
             Command::PutMember { node_id, value } => {
+                self.member_fits(node_id, value)?;
                 self.members.insert(node_id.clone(), value.clone());
                 changed.push(format!("members/{node_id}"));
             }
@@ -447,6 +517,9 @@ impl Keyspace {
                     return Err(Applied::NotElected);
                 }
                 self.lease_exists(*lease)?;
+                // The leadership is bound to the campaigner's own lease: a member cannot tie
+                // it to another's (which it could then neither keep alive nor end).
+                self.lease_is_free_for(*lease, node_id)?;
                 self.leader = Some(LeaderSlot {
                     node_id: node_id.clone(),
                     lease: *lease,
@@ -500,6 +573,7 @@ impl Keyspace {
                 changed.extend(copies.keys().map(|m| crate::copy_key(m)));
                 self.copies = copies.clone();
                 for k in served {
+                    self.request_senders.remove(k);
                     if self.requests.remove(k).is_some() {
                         changed.push(k.clone());
                     }
@@ -529,7 +603,11 @@ impl Keyspace {
                     changed.push(crate::copy_key(node_id));
                 }
             }
-            Command::PutRequest { key, value } => {
+            Command::PutRequest { key, value, by } => {
+                self.request_fits(key, value, by.as_deref())?;
+                if let Some(by) = by {
+                    self.request_senders.insert(key.clone(), by.clone());
+                }
                 self.requests.insert(key.clone(), value.clone());
                 changed.push(key.clone());
             }
@@ -551,6 +629,68 @@ impl Keyspace {
             Ok(())
         } else {
             Err(Applied::NoLease)
+        }
+    }
+
+    /// A member record: not above [`Bounds::MEMBER_BYTES`], and not a new member past
+    /// [`Bounds::MEMBERS`].
+    fn member_fits(&self, node_id: &str, value: &[u8]) -> Result<(), Applied> {
+        if value.len() > Bounds::MEMBER_BYTES {
+            return Err(Applied::Bounded(format!(
+                "member {node_id}'s record is {} bytes, above the bound of {}",
+                value.len(),
+                Bounds::MEMBER_BYTES
+            )));
+        }
+        if !self.members.contains_key(node_id) && self.members.len() >= Bounds::MEMBERS {
+            return Err(Applied::Bounded(format!(
+                "the store holds {} member records already, its bound",
+                Bounds::MEMBERS
+            )));
+        }
+        Ok(())
+    }
+
+    /// A rotation request: not above [`Bounds::REQUEST_BYTES`], and neither past
+    /// [`Bounds::REQUESTS`] pending nor past [`Bounds::REQUESTS_BY_ONE`] by its sender (as
+    /// the peer that took it knows it: what the record claims could name anyone).
+    fn request_fits(&self, key: &str, value: &[u8], by: Option<&str>) -> Result<(), Applied> {
+        if value.len() > Bounds::REQUEST_BYTES {
+            return Err(Applied::Bounded(format!(
+                "rotation request {key} is {} bytes, above the bound of {}",
+                value.len(),
+                Bounds::REQUEST_BYTES
+            )));
+        }
+        if self.requests.contains_key(key) {
+            return Ok(());
+        }
+        if self.requests.len() >= Bounds::REQUESTS {
+            return Err(Applied::Bounded(format!(
+                "{} rotation requests are pending already, the bound: the next rotation serves them",
+                Bounds::REQUESTS
+            )));
+        }
+        if let Some(who) = by {
+            let theirs = self.request_senders.values().filter(|s| *s == who).count();
+            if theirs >= Bounds::REQUESTS_BY_ONE {
+                return Err(Applied::Bounded(format!(
+                    "{who} has {theirs} rotation requests pending already, the bound for one requester: the next rotation serves them"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Register and campaign: no other member is registered under `lease`: a liveness lease
+    /// is one member's (another that registered or campaigned under it could renew or end
+    /// that member's liveness, or tie the leadership to it).
+    fn lease_is_free_for(&self, lease: i64, node_id: &str) -> Result<(), Applied> {
+        match self.alive.iter().find(|(n, l)| **l == lease && *n != node_id) {
+            Some((other, _)) => Err(Applied::NotYours(format!(
+                "lease {lease} is member {other}'s; member {node_id} must register under a lease of its own"
+            ))),
+            None => Ok(()),
         }
     }
 
@@ -627,6 +767,19 @@ mod tests {
         d.apply(c).applied
     }
 
+    /// Registers `node_id` under `lease`, as a member does before it campaigns.
+    fn reg(d: &mut Keyspace, lease: i64, node_id: &str) -> Applied {
+        ap(
+            d,
+            &Command::Register {
+                lease,
+                node_id: node_id.into(),
+                value: b"rec".to_vec(),
+                holder: None,
+            },
+        )
+    }
+
     fn policy() -> Policy {
         Policy {
             interval: std::time::Duration::from_secs(60),
@@ -652,7 +805,7 @@ mod tests {
         records::encode_ring(&stored)
     }
 
-    /// A keyspace where lease 1 leads (the term returned) and lease 2 exists.
+    /// A keyspace where member a leads under lease 1 (the term returned) and lease 2 exists.
     fn led() -> (Keyspace, u64) {
         let mut d = Keyspace::default();
         for lease in [1, 2] {
@@ -664,6 +817,7 @@ mod tests {
                 },
             );
         }
+        reg(&mut d, 1, "a");
         let Applied::Elected(term) = ap(
             &mut d,
             &Command::Campaign {
@@ -738,6 +892,8 @@ mod tests {
                 ttl_ms: 3000,
             },
         );
+        reg(&mut d, 1, "a");
+        reg(&mut d, 2, "b");
         let Applied::Elected(t1) = ap(
             &mut d,
             &Command::Campaign {
@@ -850,6 +1006,7 @@ mod tests {
             &Command::PutRequest {
                 key: "/p/requests/x".into(),
                 value: b"r".to_vec(),
+                by: None,
             },
         );
         let now = d.revision;
@@ -948,6 +1105,160 @@ mod tests {
         );
     }
 
+    /// A liveness lease is one member's: another member cannot register under it (it could
+    /// then keep a dead member live, or end a live one), and a campaign binds the leadership
+    /// only to the campaigner's own lease (a slot tied to another's lease would outlive
+    /// stopping, removing and revoking the campaigner).
+    #[test]
+    fn a_lease_is_one_members_and_a_campaign_is_bound_to_the_campaigners_own() {
+        let mut d = Keyspace::default();
+        for lease in [1, 2] {
+            ap(
+                &mut d,
+                &Command::Grant {
+                    lease,
+                    ttl_ms: 3000,
+                },
+            );
+        }
+        assert_eq!(reg(&mut d, 1, "victim"), Applied::Ok);
+        assert!(
+            matches!(reg(&mut d, 1, "attacker"), Applied::NotYours(why) if why.contains("victim")),
+            "registering under another member's lease"
+        );
+        assert_eq!(reg(&mut d, 1, "victim"), Applied::Ok, "its own, again");
+        let campaign = |lease, node_id: &str| Command::Campaign {
+            lease,
+            node_id: node_id.into(),
+        };
+        assert!(
+            matches!(ap(&mut d, &campaign(1, "attacker")), Applied::NotYours(_)),
+            "a campaign under the victim's lease"
+        );
+        assert!(d.leader.is_none(), "no slot was taken");
+        assert_eq!(reg(&mut d, 2, "attacker"), Applied::Ok);
+        assert!(matches!(
+            ap(&mut d, &campaign(2, "attacker")),
+            Applied::Elected(_)
+        ));
+        // Its leadership ends with its own lease.
+        ap(&mut d, &Command::Revoke { lease: 2 });
+        assert!(d.leader.is_none());
+        assert!(matches!(
+            ap(&mut d, &campaign(1, "victim")),
+            Applied::Elected(_)
+        ));
+    }
+
+    /// Every bound of the keyspace, one row each: what a member or operator certificate can
+    /// write is refused past it, by every replica, with a message that names it; a write that
+    /// replaces a record it already holds is not a new one.
+    #[test]
+    fn every_bound_refuses_what_would_pass_it_and_names_it() {
+        let mut d = Keyspace::default();
+        ap(
+            &mut d,
+            &Command::Grant {
+                lease: 1,
+                ttl_ms: 3000,
+            },
+        );
+        let member = |id: &str, bytes: usize| Command::PutMember {
+            node_id: id.into(),
+            value: vec![b'x'; bytes],
+        };
+        assert_eq!(ap(&mut d, &member("m", Bounds::MEMBER_BYTES)), Applied::Ok);
+        let big = ap(&mut d, &member("m", Bounds::MEMBER_BYTES + 1));
+        assert!(
+            matches!(&big, Applied::Bounded(why) if why.contains("member m's record") && why.contains("16384")),
+            "{big:?}"
+        );
+        let register = Command::Register {
+            lease: 1,
+            node_id: "r".into(),
+            value: vec![b'x'; Bounds::MEMBER_BYTES + 1],
+            holder: None,
+        };
+        assert!(matches!(ap(&mut d, &register), Applied::Bounded(_)));
+        assert!(
+            !d.alive.contains_key("r"),
+            "a refused registration leaves nothing"
+        );
+        let request = |n: usize, by: &str, pad: usize| {
+            // The record claims to be alice's: the bound counts by who sent it.
+            let record = records::RequestRecord {
+                requested_by: "alice".into(),
+                requested_at_ms: 1,
+                certificate: Some("c".repeat(pad)),
+                signature: None,
+            };
+            Command::PutRequest {
+                key: format!("/p/requests/{by}-{n:04}"),
+                value: record.encode(),
+                by: Some(by.into()),
+            }
+        };
+        for n in 0..Bounds::REQUESTS_BY_ONE {
+            assert_eq!(ap(&mut d, &request(n, "mallory", 0)), Applied::Ok);
+        }
+        let more = ap(&mut d, &request(99, "mallory", 0));
+        assert!(
+            matches!(&more, Applied::Bounded(why) if why.contains("mallory has 8")),
+            "{more:?}"
+        );
+        assert_eq!(
+            ap(&mut d, &request(0, "mallory", 0)),
+            Applied::Ok,
+            "the same request again is no new one"
+        );
+        assert!(matches!(
+            ap(&mut d, &request(0, "alice", Bounds::REQUEST_BYTES)),
+            Applied::Bounded(why) if why.contains("bytes")
+        ));
+        let mut n = 0;
+        while d.requests.len() < Bounds::REQUESTS {
+            assert_eq!(
+                ap(&mut d, &request(n, &format!("r{}", n / 4), 0)),
+                Applied::Ok
+            );
+            n += 1;
+        }
+        assert!(matches!(
+            ap(&mut d, &request(0, "alice", 0)),
+            Applied::Bounded(why) if why.contains("256 rotation requests")
+        ));
+        assert_eq!(d.requests.len(), Bounds::REQUESTS);
+        // Leases and member records at their bounds.
+        let mut full = Keyspace {
+            leases: (0..i64::try_from(Bounds::LEASES).unwrap())
+                .map(|l| (l, 1000))
+                .collect(),
+            ..Keyspace::default()
+        };
+        assert!(matches!(
+            ap(
+                &mut full,
+                &Command::Grant {
+                    lease: -1,
+                    ttl_ms: 1000
+                }
+            ),
+            Applied::Bounded(_)
+        ));
+        full.members = (0..Bounds::MEMBERS)
+            .map(|i| (format!("m{i}"), b"r".to_vec()))
+            .collect();
+        assert!(matches!(
+            ap(&mut full, &member("new", 10)),
+            Applied::Bounded(_)
+        ));
+        assert_eq!(
+            ap(&mut full, &member("m7", 10)),
+            Applied::Ok,
+            "an existing one"
+        );
+    }
+
     #[test]
     fn only_the_leader_forgets_and_only_the_dead() {
         let (mut d, term) = led();
@@ -957,19 +1268,19 @@ mod tests {
             value: b"rec".to_vec(),
             holder: None,
         };
-        ap(&mut d, &register(1, "live"));
+        ap(&mut d, &register(1, "a"));
         ap(&mut d, &register(2, "dead"));
         ap(&mut d, &Command::Revoke { lease: 2 });
         let forget = |node_id: &str| Command::ForgetMember {
             term,
             node_id: node_id.into(),
         };
-        assert_eq!(ap(&mut d, &forget("live")), Applied::Stale);
+        assert_eq!(ap(&mut d, &forget("a")), Applied::Stale);
         assert_eq!(ap(&mut d, &forget("dead")), Applied::Ok);
         assert_eq!(ap(&mut d, &forget("dead")), Applied::Stale, "gone already");
         ap(&mut d, &Command::Resign { term });
         ap(&mut d, &Command::Revoke { lease: 1 });
-        assert_eq!(ap(&mut d, &forget("live")), Applied::Fenced);
+        assert_eq!(ap(&mut d, &forget("a")), Applied::Fenced);
     }
 
     /// What the in-memory store's watch reports as changed.
@@ -981,11 +1292,12 @@ mod tests {
             &Command::PutRequest {
                 key: "/p/requests/r".into(),
                 value: b"r".to_vec(),
+                by: None,
             },
             &mut changed,
         );
         d.apply_listing(&Command::Revoke { lease: 1 }, &mut changed);
-        assert_eq!(changed, ["/p/requests/r", "leader"]);
+        assert_eq!(changed, ["/p/requests/r", "alive/a", "leader"]);
         changed.clear();
         d.apply_listing(&write_on(term, 0, record_in(term, &ring(1))), &mut changed);
         assert!(changed.is_empty(), "a fenced write changes nothing");

@@ -37,6 +37,10 @@ pub use records::{
     MemberRecord, OpenedCopy, RecordError, RequestRecord, RingSignature, RingWriter, StoredRing,
 };
 
+/// How far a signed rotation request's date may be from a node's clock, either way (a
+/// requester's clock is not the node's).
+pub const REQUEST_CLOCK_SLACK: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Where a member's sealed copy of the ring's data key is stored, under the cluster prefix.
 pub const COPIES: &str = "ring/copies/";
 
@@ -169,13 +173,15 @@ impl Snapshot {
         // A rotation request counts only if a member or an operator of this cluster signed it;
         // any other is rejected (logged, listed) and deleted by the next rotation's write.
         // A signed request made well before the ring's last rotation (its schedule's start)
-        // was served already: one put back (a replay) is refused too. A minute of slack for
-        // the requester's clock.
+        // was served already: one put back (a replay) is refused too. A request dated more
+        // than a minute ahead of this node's clock is refused as well: it would pass the replay
+        // check forever and force a rotation every min_request_interval. A minute of slack for
+        // the requester's clock either way.
         let last_rotation = self.valid_ring().and_then(|r| {
             r.ring
                 .next_rotation_at()
                 .checked_sub(r.policy.interval)?
-                .checked_sub(std::time::Duration::from_secs(60))
+                .checked_sub(REQUEST_CLOCK_SLACK)
         });
         for (key, record) in std::mem::take(&mut self.request_records) {
             let at =
@@ -187,6 +193,15 @@ impl Snapshot {
                         "{} (a request made before the last rotation: served already, or replayed)",
                         v.role
                     ))),
+                    _ if at > now + REQUEST_CLOCK_SLACK => {
+                        Err(identity::IdentityError::Signature(format!(
+                            "{} (a request dated {} ahead of this node's clock: refused, or it would never count as served)",
+                            v.role,
+                            humantime::format_duration(
+                                at.duration_since(now).unwrap_or_default()
+                            )
+                        )))
+                    }
                     _ => Ok(v),
                 });
             match verified {

@@ -312,7 +312,7 @@ impl Coordinator for Memory {
     }
 
     async fn ack(&self, member: &MemberRecord) -> Result<(), CoordError> {
-        self.apply(&Command::ack(member)).map(|_| ())
+        self.apply(&Command::ack(member))?.accepted()
     }
 
     async fn campaign(&self, lease: LeaseId, node_id: &str) -> Result<Option<Term>, CoordError> {
@@ -377,7 +377,9 @@ impl Coordinator for Memory {
         self.apply(&Command::PutRequest {
             key: key.clone(),
             value: record.encode(),
-        })?;
+            by: None,
+        })?
+        .accepted()?;
         Ok(key)
     }
 }

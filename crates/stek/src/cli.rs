@@ -211,9 +211,20 @@ pub enum PeersCommand {
     },
     /// Remove a peer from the group, e.g. a box being retired or one whose Raft data was lost
     /// (start it again, then `stek peers add` it). Stop the box first.
+    ///
+    /// The Raft leader refuses to remove a voter if fewer than three voters would remain
+    /// (fewer than the group's founding voters, if it was founded with one or two), counting
+    /// a learner promoted in its place, unless --below-voter-floor is given.
     Remove {
         /// The peer's node id.
         node_id: String,
+        /// Remove a voter even if fewer than three voters (or the group's founding voters, if
+        /// fewer) would remain. Risky: a group of fewer than three voters loses its majority,
+        /// and stops rotating, with one box down; and this flag is all a stolen operator
+        /// certificate needs to shrink the group to one voter, so the leader logs each such
+        /// removal. Add a peer first if you can. Takes an operator certificate.
+        #[arg(long)]
+        below_voter_floor: bool,
         /// A node's TOML config (for the peers' addresses and the cluster's CA).
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,

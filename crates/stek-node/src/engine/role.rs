@@ -107,6 +107,20 @@ impl Role {
     }
 }
 
+/// Who holds this node's id, as far as the node can tell from the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// Without `[identity]` no record is signed: a second process cannot be told from a key a
+    /// store writer put there, and a live process is assumed (the refusal of issue 15).
+    Unverifiable,
+    /// A member record of this node id, signed with a certificate for it, names another
+    /// instance: a second process of this node id, on another box.
+    SignedByAnother,
+    /// Nothing signed names the holder: a key a store writer put there. It is waited out and
+    /// reported, never obeyed: a store writer must not be able to stop a node.
+    Unsigned,
+}
+
 /// What a node whose id is held by another live lease does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeldNodeId {
@@ -124,6 +138,12 @@ pub enum HeldNodeId {
         /// How long it waited.
         patience: Duration,
     },
+    /// Held by a key nothing signed names: keep trying, and report it (the node serves the
+    /// keys it has meanwhile), however long it lasts.
+    Contested {
+        /// When to try again.
+        retry: Duration,
+    },
 }
 
 /// How long a node waits for a held node id: two lease TTLs and two seconds, more than a dead
@@ -133,9 +153,19 @@ pub fn held_patience(lease_ttl: Duration) -> Duration {
 }
 
 /// What a node does at `now` when its node id has been held by another live lease since
-/// `since` ([`HeldNodeId`]).
-pub fn on_held_node_id(since: Instant, now: Instant, lease_ttl: Duration) -> HeldNodeId {
+/// `since`, by `holder` ([`HeldNodeId`]).
+pub fn on_held_node_id(
+    since: Instant,
+    now: Instant,
+    lease_ttl: Duration,
+    holder: Holder,
+) -> HeldNodeId {
     let patience = held_patience(lease_ttl);
+    if holder == Holder::Unsigned {
+        return HeldNodeId::Contested {
+            retry: Duration::from_secs(2).min(lease_ttl),
+        };
+    }
     if now.saturating_duration_since(since) >= patience {
         HeldNodeId::Refuse { patience }
     } else {
@@ -259,8 +289,10 @@ mod tests {
         );
     }
 
-    /// A held node id is waited for two TTLs and two seconds, retried every half second,
-    /// then refused; a clock that steps back counts as no time passed.
+    /// A node id held by a second process (or where nothing can tell) is waited for two TTLs
+    /// and two seconds, retried every half second, then refused; a clock that steps back
+    /// counts as no time passed. One held by a key nothing signed names is tried again and
+    /// again, never refused.
     #[test]
     fn a_held_node_id_is_waited_out_for_a_dead_process_then_refused() {
         let ttl = Duration::from_secs(10);
@@ -293,13 +325,29 @@ mod tests {
                 HeldNodeId::Refuse { patience },
             ),
         ];
-        for (what, now, expected) in rows {
-            assert_eq!(on_held_node_id(t0, now, ttl), expected, "{what}");
+        for holder in [Holder::Unverifiable, Holder::SignedByAnother] {
+            for (what, now, expected) in rows {
+                assert_eq!(
+                    on_held_node_id(t0, now, ttl, holder),
+                    expected,
+                    "{what}, {holder:?}"
+                );
+            }
         }
         assert_eq!(
-            on_held_node_id(t0 + ttl, t0, ttl),
+            on_held_node_id(t0 + ttl, t0, ttl, Holder::Unverifiable),
             wait,
             "since after now: nothing elapsed"
         );
+        // A key nothing signed names is never obeyed, however long it holds.
+        for (what, now, _) in rows {
+            assert_eq!(
+                on_held_node_id(t0, now, ttl, Holder::Unsigned),
+                HeldNodeId::Contested {
+                    retry: Duration::from_secs(2)
+                },
+                "{what}"
+            );
+        }
     }
 }

@@ -7,7 +7,7 @@ use stek_store::{CoordError, Coordinator, KeepAlive};
 use tracing::{error, info, warn};
 
 use super::{Node, NodeError, RESIGN_LIMIT};
-use crate::engine::role::{self, HeldNodeId};
+use crate::engine::role::{self, HeldNodeId, Holder};
 
 /// How a try to join ended.
 pub(super) enum Joined {
@@ -46,9 +46,21 @@ impl<C: Coordinator> Node<'_, C> {
             }
             Err(CoordError::Held { node_id, holder }) => {
                 self.metrics.store_up.set(0);
+                self.metrics.node_id_held.set(1);
+                self.metrics.set_ready(Err(format!(
+                    "node id {node_id} is held by another lease ({holder})"
+                )));
                 let now = Instant::now();
                 let since = *self.held_since.get_or_insert(now);
-                match role::on_held_node_id(since, now, self.config.lease_ttl) {
+                let by = self.holder_of_node_id(&node_id).await;
+                match role::on_held_node_id(since, now, self.config.lease_ttl, by) {
+                    HeldNodeId::Contested { retry } => {
+                        error!(target: "audit", node = %node_id, "node id held by a liveness key that no record signed for this node id names ({holder}): a store writer put it there, or a record was lost; not obeyed: this node keeps its keys and tries again every {retry:?} (remove the key from the store to end it)");
+                        Joined::Retry {
+                            after: retry,
+                            back_off: false,
+                        }
+                    }
                     HeldNodeId::Refuse { patience } => {
                         error!(target: "audit", node = %node_id, "node id held by another live process ({holder}) for {patience:?}: refusing to run beside it");
                         Joined::Refused(NodeError::NodeIdHeld { node_id, holder })
@@ -73,10 +85,39 @@ impl<C: Coordinator> Node<'_, C> {
         }
     }
 
+    /// Who holds this node's id ([`Holder`]): with `[identity]`, whether a member record
+    /// of this node id signed with a certificate for it names another instance (a second
+    /// process on another box), or nothing signed does (a key a store writer put there, which
+    /// must not stop this node). A read that fails tells nothing: not obeyed either.
+    async fn holder_of_node_id(&self, node_id: &str) -> Holder {
+        let Some(pki) = self.pki else {
+            return Holder::Unverifiable;
+        };
+        let Ok(mut snap) = self.coord.snapshot_of_member(node_id).await else {
+            return Holder::Unsigned;
+        };
+        snap.authenticate(&pki.trust, self.clock.now());
+        let mine = self.sealing.instance();
+        let another = snap.members.iter().any(|m| {
+            m.record.node_id == node_id && m.record.instance.as_deref().is_some_and(|i| i != mine)
+        });
+        if another {
+            Holder::SignedByAnother
+        } else {
+            Holder::Unsigned
+        }
+    }
+
     async fn lease_and_register(&mut self) -> Result<KeepAlive, CoordError> {
         let lease = self.coord.grant_lease(self.config.lease_ttl).await?;
         let keepalive = self.coord.keep_alive(lease, self.config.lease_ttl).await?;
-        self.coord.register(lease, &self.record()).await?;
+        if let Err(e) = self.coord.register(lease, &self.record()).await {
+            // The lease is no use to anyone: end it now rather than leave one per try.
+            drop(keepalive);
+            let _ = tokio::time::timeout(RESIGN_LIMIT, self.coord.revoke(lease)).await;
+            return Err(e);
+        }
+        self.metrics.node_id_held.set(0);
         info!(target: "audit", node = %self.config.node_id, "member joined");
         self.leading.role.joined(lease);
         Ok(keepalive)

@@ -867,3 +867,60 @@ fn a_write_is_sealed_in_one_call_and_a_copy_opened_in_one_call() {
         Err(SealError::Unsigned(_))
     ));
 }
+
+/// A signed rotation request dated more than a minute ahead of a node's clock is refused: it
+/// would pass the replay check forever and force a rotation every `min_request_interval`.
+/// One within the slack, either way, counts.
+#[test]
+fn a_request_dated_in_the_future_is_refused_and_one_within_the_slack_counts() {
+    let (trust, creds_of) = test_ca();
+    let n1 = creds_of("n1");
+    let now = SystemTime::now();
+    let ms =
+        |t: SystemTime| u64::try_from(t.duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap();
+    let rows = [
+        ("now", now, true),
+        (
+            "30 s ahead: a requester's clock",
+            now + Duration::from_secs(30),
+            true,
+        ),
+        ("30 s behind", now - Duration::from_secs(30), true),
+        ("ten minutes ahead", now + Duration::from_secs(600), false),
+        (
+            "a year ahead",
+            now + Duration::from_secs(365 * 86_400),
+            false,
+        ),
+    ];
+    for (what, at, counts) in rows {
+        let key = "/stek/c1/requests/x".to_owned();
+        let mut record = RequestRecord {
+            requested_by: "n1".into(),
+            requested_at_ms: ms(at),
+            certificate: None,
+            signature: None,
+        };
+        record.sign(&key, &n1);
+        let mut snap = crate::RawSnapshot::default().check();
+        snap.requests = vec![key.clone()];
+        snap.requested_by = vec![(key.clone(), "n1".into())];
+        snap.request_records = vec![(key.clone(), record)];
+        snap.authenticate(&trust, now);
+        assert_eq!(snap.requests.len() == 1, counts, "{what}");
+        if !counts {
+            assert!(
+                snap.rejected
+                    .iter()
+                    .any(|(k, e)| *k == key && e.to_string().contains("ahead of this node's clock")),
+                "{what}: {:?}",
+                snap.rejected
+            );
+            assert_eq!(
+                snap.unreadable_requests,
+                vec![key],
+                "{what}: deleted by the next write"
+            );
+        }
+    }
+}

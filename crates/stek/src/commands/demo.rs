@@ -115,6 +115,28 @@ fn write_private(p: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes the demo's own directory, mode 0700. One that already exists is refused, whoever made
+/// it and whatever it is (directory, link, file): the demo writes a CA key, certificates and
+/// configs there and trusts what it reads back, and a path made before the demo ran (its name
+/// is predictable) may be another local user's, holding links or files of their choosing.
+fn fresh_dir(p: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    match fs::DirBuilder::new().mode(0o700).create(p) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => bail!(
+            "{d} already exists: stek demo works only in a directory it has just made itself, since one made before (perhaps by another local user) could hold links or files the demo would trust; check who made it (`ls -la {d}`) and remove it (`rm -r {d}`), or run stek demo again (each run uses /dev/shm/stek-demo-<its process id>)",
+            d = p.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", p.display())),
+    }
+    // Exactly 0700 whatever the umask left.
+    fs::set_permissions(p, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private", p.display()))?;
+    Ok(())
+}
+
+/// A directory inside the demo's own (made by [`fresh_dir`], so nobody else can have put one
+/// there), mode 0700.
 fn private_dir(p: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
     fs::set_permissions(p, fs::Permissions::from_mode(0o700))
@@ -136,7 +158,8 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
         bail!("--interval must be at least 1s");
     }
     let dir = PathBuf::from(format!("/dev/shm/stek-demo-{}", std::process::id()));
-    private_dir(&dir)?;
+    // Before `Demo` exists: a directory refused here is not the demo's to remove.
+    fresh_dir(&dir)?;
     let mut demo = Demo {
         dir: dir.clone(),
         keep: o.keep,
@@ -547,4 +570,67 @@ fn ticket_name(dump: &str) -> Option<[u8; 16]> {
     let mut name = [0u8; 16];
     name.copy_from_slice(bytes.get(..16)?);
     Some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// A local user who guessed the demo's next path (`/dev/shm/stek-demo-<pid>`) and made it
+    /// first (a directory with a planted file, a link to a directory of theirs, a file) gets it
+    /// refused, left as it was, and the demo writes nothing there.
+    #[test]
+    fn a_demo_directory_made_before_the_demo_is_refused_and_left_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let theirs = root.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        fs::write(theirs.join("ca.pem"), "planted").unwrap();
+        let planted_dir = root.path().join("stek-demo-1");
+        fs::create_dir(&planted_dir).unwrap();
+        fs::write(planted_dir.join("ca.pem"), "planted").unwrap();
+        fs::set_permissions(&planted_dir, fs::Permissions::from_mode(0o777)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            // As another user would have left it (root's demo used to chmod it and go on).
+            std::os::unix::fs::chown(&planted_dir, Some(65534), Some(65534)).unwrap();
+        }
+        let link = root.path().join("stek-demo-2");
+        std::os::unix::fs::symlink(&theirs, &link).unwrap();
+        let file = root.path().join("stek-demo-3");
+        fs::write(&file, "planted").unwrap();
+        for p in [&planted_dir, &link, &file] {
+            let before = fs::symlink_metadata(p).unwrap();
+            let e = format!("{:#}", fresh_dir(p).unwrap_err());
+            assert!(
+                e.starts_with(&format!("{} already exists: ", p.display())),
+                "{e}"
+            );
+            assert!(e.contains(&format!("`rm -r {}`", p.display())), "{e}");
+            let after = fs::symlink_metadata(p).unwrap();
+            assert_eq!(
+                (after.uid(), after.mode(), after.ino()),
+                (before.uid(), before.mode(), before.ino()),
+                "{} is left as it was",
+                p.display()
+            );
+        }
+        assert_eq!(
+            fs::read_dir(&planted_dir).unwrap().count(),
+            1,
+            "nothing written"
+        );
+        assert_eq!(fs::read_dir(&theirs).unwrap().count(), 1, "nothing written");
+    }
+
+    /// The default path still works: a path nobody made is made, mode 0700.
+    #[test]
+    fn a_fresh_demo_directory_is_made_private() {
+        let root = tempfile::tempdir().unwrap();
+        let p = root.path().join("stek-demo-4");
+        fresh_dir(&p).unwrap();
+        let m = fs::symlink_metadata(&p).unwrap();
+        assert!(m.is_dir());
+        assert_eq!(m.mode() & 0o7777, 0o700);
+        assert_eq!(m.uid(), nix::unistd::geteuid().as_raw());
+    }
 }

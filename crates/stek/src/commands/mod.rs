@@ -42,9 +42,10 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             } => peers::peers_add(&config, &node_id, &addr, &access(cert)),
             crate::cli::PeersCommand::Remove {
                 node_id,
+                below_voter_floor,
                 config,
                 cert,
-            } => peers::peers_remove(&config, &node_id, &access(cert)),
+            } => peers::peers_remove(&config, &node_id, below_voter_floor, &access(cert)),
         },
         Command::Snippet { config } => snippet::run(&config),
         Command::Formats => formats::run(),

@@ -17,7 +17,7 @@ pub fn peers_list(path: &Path, access: &Access) -> anyhow::Result<ExitCode> {
     let names: std::collections::BTreeMap<u64, String> = match &config.coordination {
         Coordination::Raft { peers, .. } => peers
             .keys()
-            .map(|n| (stek_raft::peer::raft_id(n), n.clone()))
+            .map(|n| (stek_raft::group::raft_id(n), n.clone()))
             .collect(),
         Coordination::Etcd { .. } => Default::default(),
     };
@@ -51,12 +51,18 @@ pub fn peers_add(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `stek peers remove`.
-pub fn peers_remove(path: &Path, node_id: &str, access: &Access) -> anyhow::Result<ExitCode> {
+/// `stek peers remove` (the voter floor is the leader's to enforce: a caller that is not this
+/// CLI sends the same request).
+pub fn peers_remove(
+    path: &Path,
+    node_id: &str,
+    below_voter_floor: bool,
+    access: &Access,
+) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let client = raft_client(&config, access)?;
     runtime()?
-        .block_on(client.remove_peer(node_id))
+        .block_on(client.remove_peer(node_id, below_voter_floor))
         .with_context(|| format!("removing {node_id}"))?;
     println!("removed {node_id} from the raft group");
     Ok(ExitCode::SUCCESS)
