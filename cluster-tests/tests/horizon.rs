@@ -731,8 +731,21 @@ impl OldRecords {
             .build()
             .unwrap();
         rt.block_on(async {
-            let snap = client.snapshot().await.unwrap();
-            let term = u64::try_from(snap.leader.as_ref().unwrap().term.0).unwrap();
+            // n2 was just stopped: if it led, it resigned, and the next leader may not be
+            // elected yet. The replay is made under whoever leads once someone does.
+            let mut snap = client.snapshot().await.unwrap();
+            for _ in 0..60 {
+                if snap.leader.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                snap = client.snapshot().await.unwrap();
+            }
+            let leader = snap
+                .leader
+                .as_ref()
+                .expect("a leader within 15 s of n2 stopping");
+            let term = u64::try_from(leader.term.0).unwrap();
             let copies: std::collections::BTreeMap<String, Vec<u8>> =
                 self.copies.iter().cloned().collect();
             let mut refused = 0;
