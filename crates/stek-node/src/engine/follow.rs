@@ -1,5 +1,6 @@
 //! Every member's own decisions on a pass, pure: whether to apply the ring it opened (and when
-//! to try again after a failed apply), and whether the store needs its record again.
+//! to try again after a failed apply), and whether the store needs its record again, in the
+//! order a pass takes them ([`next`]).
 
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,70 @@ impl ApplyRetry {
     pub fn succeeded(&mut self) {
         *self = ApplyRetry::default();
     }
+}
+
+/// What a member's part of a pass has done so far: each step at most once a pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Done {
+    /// It tried to open its copy.
+    pub open: bool,
+    /// It tried to apply the ring.
+    pub apply: bool,
+    /// It wrote its record.
+    pub record: bool,
+}
+
+/// A member's next step on a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Open its copy of the stored ring.
+    Open,
+    /// Apply the ring it opened to every target.
+    Apply,
+    /// Write its record.
+    Record(OwnWrite),
+}
+
+/// What a member knows when it picks its next step. `C` is a sealed copy.
+#[derive(Debug)]
+pub struct Facts<'a, C> {
+    /// The stored ring, if valid: its digest and this member's copy of it.
+    pub stored: Option<(RingDigest, Option<&'a C>)>,
+    /// The ring it opened last.
+    pub opened: Option<RingDigest>,
+    /// The ring it applied last.
+    pub applied: Option<RingDigest>,
+    /// The ring and the copy that did not open last.
+    pub failed: Option<(RingDigest, Option<&'a C>)>,
+    /// Whether a failed apply's wait is over.
+    pub retry_due: bool,
+    /// Its record as the store shows it.
+    pub mine: Option<&'a Member>,
+    /// Its record as it would write it now.
+    pub want: &'a MemberRecord,
+    /// Its liveness lease.
+    pub lease: Option<LeaseId>,
+    /// What the pass has done.
+    pub done: Done,
+}
+
+/// A member's next step on a pass, in order: open its copy of a ring it has not opened
+/// ([`should_open`]), apply the ring it opened ([`should_apply`]), then write its record if
+/// the store needs it ([`own_record`]), each at most once a pass; `None`: nothing (more) to do.
+/// A record is written after the apply, so that it acknowledges what the pass applied.
+pub fn next<C: PartialEq>(f: &Facts<'_, C>) -> Option<Step> {
+    if let Some((stored, copy)) = f.stored {
+        if !f.done.open && should_open(f.opened, f.failed, stored, copy) {
+            return Some(Step::Open);
+        }
+        if !f.done.apply && should_apply(f.opened, f.applied, stored, f.retry_due) {
+            return Some(Step::Apply);
+        }
+    }
+    if f.done.record {
+        return None;
+    }
+    own_record(f.mine, f.want, f.lease).map(Step::Record)
 }
 
 /// Whether to apply the stored ring (`stored`, by its digest) now: this node opened that very
@@ -174,6 +239,110 @@ mod tests {
         for (what, opened, applied, due, want) in rows {
             assert_eq!(should_apply(opened, applied, a, due), want, "{what}");
         }
+    }
+
+    /// The member's steps on a pass, one row per situation: what comes next, in the order
+    /// open, apply, record, each at most once a pass.
+    #[test]
+    fn a_pass_opens_then_applies_then_acknowledges_each_once() {
+        let (a, b) = digests();
+        let lease = LeaseId(7);
+        let want = record(5, 2000);
+        let live = Member {
+            record: record(5, 1000),
+            live: true,
+        };
+        let behind = Member {
+            record: record(4, 1000),
+            live: true,
+        };
+        let copy = 1u8;
+        let new_copy = 2u8;
+        let facts = |opened, applied, failed, mine, done| Facts {
+            stored: Some((a, Some(&copy))),
+            opened,
+            applied,
+            failed,
+            retry_due: true,
+            mine,
+            want: &want,
+            lease: Some(lease),
+            done,
+        };
+        let none = Done::default();
+        let opened = Done { open: true, ..none };
+        let applied = Done {
+            apply: true,
+            ..opened
+        };
+        let recorded = Done {
+            record: true,
+            ..applied
+        };
+        let rows = [
+            (
+                "a new ring: open it",
+                facts(Some(b), Some(b), None, Some(&live), none),
+                Some(Step::Open),
+            ),
+            (
+                "opened: apply it",
+                facts(Some(a), Some(b), None, Some(&live), opened),
+                Some(Step::Apply),
+            ),
+            (
+                "applied, the store behind: acknowledge",
+                facts(Some(a), Some(a), None, Some(&behind), applied),
+                Some(Step::Record(OwnWrite::Ack)),
+            ),
+            (
+                "acknowledged: done",
+                facts(Some(a), Some(a), None, Some(&behind), recorded),
+                None,
+            ),
+            (
+                "its copy failed, the same copy: not again; the store needs nothing",
+                facts(Some(b), Some(b), Some((a, Some(&copy))), Some(&live), none),
+                None,
+            ),
+            (
+                "its copy failed, a new copy came: open it",
+                facts(
+                    Some(b),
+                    Some(b),
+                    Some((a, Some(&new_copy))),
+                    Some(&live),
+                    none,
+                ),
+                Some(Step::Open),
+            ),
+            (
+                "an open tried this pass is not tried again",
+                facts(Some(b), Some(b), None, Some(&live), opened),
+                None,
+            ),
+            (
+                "an apply tried this pass is not tried again",
+                facts(Some(a), Some(b), None, Some(&live), applied),
+                None,
+            ),
+            (
+                "nothing stored, not registered: register",
+                Facts {
+                    stored: None,
+                    ..facts(None, None, None, None, none)
+                },
+                Some(Step::Record(OwnWrite::Register(lease))),
+            ),
+        ];
+        for (what, f, expected) in rows {
+            assert_eq!(next(&f), expected, "{what}");
+        }
+        let waiting = Facts {
+            retry_due: false,
+            ..facts(Some(a), Some(b), None, Some(&live), opened)
+        };
+        assert_eq!(next(&waiting), None, "a failed apply's wait is not over");
     }
 
     #[test]

@@ -11,27 +11,15 @@ use tracing::{debug, error, info};
 use super::{Node, SealFailure};
 use crate::admin::{ErrorLabels, TargetLabels};
 use crate::engine::floor::Floor;
-use crate::engine::follow::{self};
 use crate::engine::ratchet;
 
 impl<C: Coordinator> Node<'_, C> {
-    /// Opens this node's copy of a stored ring it has not opened yet, and tries again when
-    /// its copy changes (the leader seals one for a member that joined, or replaces one that
-    /// did not open).
+    /// Opens this node's copy of a stored ring ([`crate::engine::follow::next`] says when: one it has not
+    /// opened yet, or a copy that changed since one did not open).
     pub(super) fn open(&mut self, stored: &StoredRing, now: SystemTime) {
         let generation = stored.ring.generation();
         let digest = stored.ring.digest();
         let copy = stored.copy_for(&self.config.node_id);
-        if !follow::should_open(
-            self.opened.as_ref().map(|r| r.digest()),
-            self.seal_error
-                .as_ref()
-                .map(|f| (f.digest, f.copy.as_ref())),
-            digest,
-            copy,
-        ) {
-            return;
-        }
         let floor_covers = self
             .sealing
             .floor()

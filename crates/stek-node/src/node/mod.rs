@@ -15,9 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use stek_core::{KeyRing, RingDigest};
 use stek_store::seal::{DataKey, SealError, SealedCopy};
-use stek_store::{
-    ChangeStream, CoordError, Coordinator, KeepAlive, RingSlot, Snapshot, StoredRing,
-};
+use stek_store::{ChangeStream, CoordError, Coordinator, KeepAlive, Snapshot, StoredRing};
 use stek_trust::identity::NodeIdentity;
 use tracing::{debug, error, info, warn};
 
@@ -443,8 +441,8 @@ impl<C: Coordinator> Node<'_, C> {
                 error!(target: "audit", member = %r.node_id, live = r.live, "member refused: {}; no key is sealed for it and it does not count for rotations", r.reason);
             }
         }
-        if let RingSlot::Valid(stored) = &snap.ring {
-            self.open(stored, now.wall);
+        let stored = snap.valid_ring();
+        if let Some(stored) = stored {
             // Copies of this write sealed since (a member that joined) are put back with the
             // ring too; a copy of another write (replayed, or left by a write that did not
             // land) never replaces one. A follower's read holds its own copy only, a
@@ -456,38 +454,60 @@ impl<C: Coordinator> Node<'_, C> {
             {
                 a.keep_copies_of_this_write(stored);
             }
-            if follow::should_apply(
-                self.opened.as_ref().map(|r| r.digest()),
-                self.applied.as_ref().map(|r| r.digest()),
-                stored.ring.digest(),
-                self.apply_retry.due(now.mono),
-            ) {
-                if let Some(ring) = self.opened.clone() {
-                    self.apply(&ring).await;
+        }
+        // The member's part, one step at a time as [`follow::next`] picks it: open, apply,
+        // acknowledge (a rejected ring was logged above; the files on disk stay as they are).
+        let mut done = follow::Done::default();
+        for _ in 0..4 {
+            let step = follow::next(&follow::Facts {
+                stored: stored.map(|s| (s.ring.digest(), s.copy_for(&self.config.node_id))),
+                opened: self.opened.as_ref().map(|r| r.digest()),
+                applied: self.applied.as_ref().map(|r| r.digest()),
+                failed: self
+                    .seal_error
+                    .as_ref()
+                    .map(|f| (f.digest, f.copy.as_ref())),
+                retry_due: self.apply_retry.due(now.mono),
+                mine: snap
+                    .members
+                    .iter()
+                    .find(|m| m.record.node_id == self.config.node_id),
+                want: &self.record(),
+                lease: self.leading.role.lease(),
+                done,
+            });
+            match (step, stored) {
+                (Some(follow::Step::Open), Some(stored)) => {
+                    self.open(stored, now.wall);
+                    done.open = true;
                 }
-            }
-            if let Some(t) = self.apply_retry.at {
-                wake = wake.min(t);
+                (Some(follow::Step::Apply), _) => {
+                    if let Some(ring) = self.opened.clone() {
+                        self.apply(&ring).await;
+                    }
+                    done.apply = true;
+                }
+                (Some(follow::Step::Record(write)), _) => {
+                    let want = self.record();
+                    let written = match write {
+                        OwnWrite::Register(lease) => self.coord.register(lease, &want).await,
+                        OwnWrite::Ack => self.coord.ack(&want).await,
+                    };
+                    if let Err(e) = written {
+                        warn!(
+                            "cannot acknowledge generation {}: {e}",
+                            want.applied_generation
+                        );
+                        wake = wake.min(now.mono + BACKOFF_MIN);
+                    }
+                    done.record = true;
+                }
+                (Some(follow::Step::Open), None) | (None, _) => break,
             }
         }
-        // A rejected ring was logged above; the files on disk stay as they are.
-        // Make sure the store holds our latest acknowledgement (it may have failed before).
-        let mine = snap
-            .members
-            .iter()
-            .find(|m| m.record.node_id == self.config.node_id);
-        let want = self.record();
-        if let Some(write) = follow::own_record(mine, &want, self.leading.role.lease()) {
-            let written = match write {
-                OwnWrite::Register(lease) => self.coord.register(lease, &want).await,
-                OwnWrite::Ack => self.coord.ack(&want).await,
-            };
-            if let Err(e) = written {
-                warn!(
-                    "cannot acknowledge generation {}: {e}",
-                    want.applied_generation
-                );
-                wake = wake.min(now.mono + BACKOFF_MIN);
+        if stored.is_some() {
+            if let Some(t) = self.apply_retry.at {
+                wake = wake.min(t);
             }
         }
         // Applying may have taken a while (reloads): the leader decides at the time it decides.
