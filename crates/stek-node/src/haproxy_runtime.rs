@@ -147,6 +147,24 @@ fn judge_listener(peer: u32, me: u32, owner: u32, dir_mode: u32) -> Listener {
     }
 }
 
+/// The directory a socket is judged by, with its mode: the one its configured path names and
+/// the one it really is in (`real`, links followed), whichever others can write. A link planted
+/// where the configured name lives (in /tmp, say), pointing to a socket in a directory of the
+/// planter's own, would otherwise be judged by the planter's directory alone.
+fn directory_to_judge(configured: &Path, real: &Path) -> std::io::Result<(PathBuf, u32)> {
+    let named = configured
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let real_dir = real.parent().unwrap_or(Path::new("/"));
+    let mut judged = Vec::with_capacity(2);
+    for dir in [named, real_dir] {
+        judged.push((dir.to_owned(), std::fs::metadata(dir)?.mode() & 0o7777));
+    }
+    let open = judged.iter().position(|(_, m)| m & 0o002 != 0).unwrap_or(1);
+    Ok(judged.swap_remove(open))
+}
+
 impl RuntimeTarget {
     fn socket_error(&self, source: std::io::Error) -> RuntimeError {
         RuntimeError::Socket {
@@ -164,11 +182,8 @@ impl RuntimeTarget {
         let owner = std::fs::metadata(&real)
             .map_err(|e| self.socket_error(e))?
             .uid();
-        let dir = real.parent().unwrap_or(Path::new("/")).to_owned();
-        let mode = std::fs::metadata(&dir)
-            .map_err(|e| self.socket_error(e))?
-            .mode()
-            & 0o7777;
+        let (dir, mode) =
+            directory_to_judge(Path::new(&self.socket), &real).map_err(|e| self.socket_error(e))?;
         match judge_listener(peer, me, owner, mode) {
             Listener::Trusted => Ok(()),
             Listener::Stranger => Err(RuntimeError::Stranger {
@@ -502,6 +517,31 @@ mod tests {
 
     /// The environment variable that makes `helper_listen_as_another_user` listen.
     const LISTEN_AS_OTHER: &str = "STEK_TEST_LISTEN_AS_OTHER";
+
+    /// A link planted in an open directory is judged by that directory, not only by the one
+    /// it leads to; a socket named and living in a closed directory is judged by it.
+    #[test]
+    fn a_link_in_an_open_directory_is_judged_by_that_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let open = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let own = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(own.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let real = own.path().join("s.sock");
+        std::fs::write(&real, b"").unwrap();
+        let planted = open.path().join("haproxy.sock");
+        std::os::unix::fs::symlink(&real, &planted).unwrap();
+        let real_path = std::fs::canonicalize(&planted).unwrap();
+        let (dir, mode) = directory_to_judge(&planted, &real_path).unwrap();
+        assert_eq!((dir.as_path(), mode), (open.path(), 0o1777));
+        let (dir, mode) = directory_to_judge(&real, &real_path).unwrap();
+        assert_eq!((dir.as_path(), mode), (own.path(), 0o700));
+        assert_eq!(
+            judge_listener(1000, 0, 1000, 0o1777),
+            Listener::OpenDirectory,
+            "the planter's own listener, judged by the link's directory, gets nothing"
+        );
+    }
 
     /// A local user (nobody) who can write the socket's directory (mode 1777, like /tmp) puts a
     /// socket of their own where stek expects HAProxy's. They own the file, as HAProxy's user

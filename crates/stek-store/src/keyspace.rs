@@ -373,8 +373,8 @@ impl Bounds {
     pub const REQUESTS_BY_ONE: usize = 8;
     /// Member records, live or dead (a dead one is forgotten after `forget_dead_after`).
     pub const MEMBERS: usize = 10_000;
-    /// Leases at once (each lasts at most [`MAX_LEASE_TTL_MS`]).
-    pub const LEASES: usize = 20_000;
+    /// The longest key of a request, and the longest holder string of a registration.
+    pub const NAME_BYTES: usize = 512;
 }
 
 /// The longest `[rotation] lease_ttl` a node may be configured with (two minutes).
@@ -462,12 +462,6 @@ impl Keyspace {
                 if self.leases.contains_key(lease) {
                     return Ok(Done::Already(self.revision));
                 }
-                if self.leases.len() >= Bounds::LEASES {
-                    return Err(Applied::Bounded(format!(
-                        "the store holds {} leases already, its bound",
-                        Bounds::LEASES
-                    )));
-                }
                 self.leases.insert(*lease, (*ttl_ms).min(MAX_LEASE_TTL_MS));
             }
             Command::Revoke { lease } => {
@@ -498,6 +492,13 @@ impl Keyspace {
             } => {
                 self.lease_exists(*lease)?;
                 self.member_fits(node_id, value)?;
+                if let Some(h) = holder.as_ref().filter(|h| h.len() > Bounds::NAME_BYTES) {
+                    return Err(Applied::Bounded(format!(
+                        "member {node_id}'s holder is {} bytes, above the bound of {}",
+                        h.len(),
+                        Bounds::NAME_BYTES
+                    )));
+                }
                 self.lease_is_free_for(*lease, node_id)?;
                 self.not_held(*lease, node_id, holder.as_deref())?;
                 self.alive.insert(node_id.clone(), *lease);
@@ -655,6 +656,14 @@ impl Keyspace {
     /// [`Bounds::REQUESTS`] pending nor past [`Bounds::REQUESTS_BY_ONE`] by its sender (as
     /// the peer that took it knows it: what the record claims could name anyone).
     fn request_fits(&self, key: &str, value: &[u8], by: Option<&str>) -> Result<(), Applied> {
+        let under_requests = key.starts_with("requests/") || key.contains("/requests/");
+        if key.len() > Bounds::NAME_BYTES || !under_requests {
+            return Err(Applied::Bounded(format!(
+                "a rotation request's key must be under requests/ and at most {} bytes; this one is {} bytes",
+                Bounds::NAME_BYTES,
+                key.len()
+            )));
+        }
         if value.len() > Bounds::REQUEST_BYTES {
             return Err(Applied::Bounded(format!(
                 "rotation request {key} is {} bytes, above the bound of {}",
@@ -1228,26 +1237,33 @@ mod tests {
             Applied::Bounded(why) if why.contains("256 rotation requests")
         ));
         assert_eq!(d.requests.len(), Bounds::REQUESTS);
-        // Leases and member records at their bounds.
+        // A request key of any length, or outside requests/, and a holder of any length.
+        let long_key = Command::PutRequest {
+            key: format!("/p/requests/{}", "k".repeat(Bounds::NAME_BYTES)),
+            value: b"r".to_vec(),
+            by: None,
+        };
+        assert!(matches!(ap(&mut d, &long_key), Applied::Bounded(_)));
+        let elsewhere = Command::PutRequest {
+            key: "/p/members/x".into(),
+            value: b"r".to_vec(),
+            by: None,
+        };
+        assert!(matches!(ap(&mut d, &elsewhere), Applied::Bounded(_)));
+        let long_holder = Command::Register {
+            lease: 1,
+            node_id: "h".into(),
+            value: b"rec".to_vec(),
+            holder: Some("x".repeat(Bounds::NAME_BYTES + 1)),
+        };
+        assert!(matches!(ap(&mut d, &long_holder), Applied::Bounded(_)));
+        // Member records at their bound.
         let mut full = Keyspace {
-            leases: (0..i64::try_from(Bounds::LEASES).unwrap())
-                .map(|l| (l, 1000))
+            members: (0..Bounds::MEMBERS)
+                .map(|i| (format!("m{i}"), b"r".to_vec()))
                 .collect(),
             ..Keyspace::default()
         };
-        assert!(matches!(
-            ap(
-                &mut full,
-                &Command::Grant {
-                    lease: -1,
-                    ttl_ms: 1000
-                }
-            ),
-            Applied::Bounded(_)
-        ));
-        full.members = (0..Bounds::MEMBERS)
-            .map(|i| (format!("m{i}"), b"r".to_vec()))
-            .collect();
         assert!(matches!(
             ap(&mut full, &member("new", 10)),
             Applied::Bounded(_)
