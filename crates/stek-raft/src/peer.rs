@@ -600,6 +600,15 @@ impl Peer {
                 Reply::InstallSnapshot(self.raft.install_snapshot(r).await)
             }
             Request::Write(cmd) => {
+                // What breaks a bound on its own never reaches the log: every replica would
+                // refuse it, but only after storing and replicating it.
+                if let Err(refused) = cmd.within_bounds() {
+                    let revision = *self.store.revisions().borrow();
+                    return Reply::Written(stek_store::keyspace::Outcome {
+                        applied: refused,
+                        revision,
+                    });
+                }
                 match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd)).await {
                     Ok(Ok(resp)) => Reply::Written(resp.data),
                     Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {

@@ -237,6 +237,67 @@ impl Command {
             term: unsigned(term.0),
         }
     }
+
+    /// The bounds a command breaks on its own, whatever the keyspace holds: a record, key or
+    /// holder too large, a request key outside `requests/`. Every replica checks it when it
+    /// applies; a Raft peer checks it before it proposes, so that what breaks it never reaches
+    /// the log.
+    pub fn within_bounds(&self) -> Result<(), Applied> {
+        let too_big = |what: String, len: usize, bound: usize| {
+            if len > bound {
+                Err(Applied::Bounded(format!(
+                    "{what} is {len} bytes, above the bound of {bound}"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Command::Register {
+                node_id,
+                value,
+                holder,
+                ..
+            } => {
+                too_big("a node id".to_owned(), node_id.len(), Bounds::NAME_BYTES)?;
+                too_big(
+                    format!("member {node_id}'s record"),
+                    value.len(),
+                    Bounds::MEMBER_BYTES,
+                )?;
+                let holder = holder.as_deref().map_or(0, str::len);
+                too_big(
+                    format!("member {node_id}'s holder"),
+                    holder,
+                    Bounds::NAME_BYTES,
+                )
+            }
+            Command::PutMember { node_id, value } => {
+                too_big("a node id".to_owned(), node_id.len(), Bounds::NAME_BYTES)?;
+                too_big(
+                    format!("member {node_id}'s record"),
+                    value.len(),
+                    Bounds::MEMBER_BYTES,
+                )
+            }
+            Command::PutRequest { key, value, .. } => {
+                let under_requests = key.starts_with("requests/") || key.contains("/requests/");
+                if key.len() > Bounds::NAME_BYTES || !under_requests {
+                    return Err(Applied::Bounded(format!(
+                        "a rotation request's key must be under requests/ and at most {} bytes; this one is {} bytes",
+                        Bounds::NAME_BYTES,
+                        key.len()
+                    )));
+                }
+                too_big(
+                    format!("rotation request {key}"),
+                    value.len(),
+                    Bounds::REQUEST_BYTES,
+                )
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// What applying a command did.
@@ -455,6 +516,7 @@ impl Keyspace {
         next: u64,
         changed: &mut Vec<String>,
     ) -> Result<Done, Applied> {
+        cmd.within_bounds()?;
         match cmd {
             Command::Grant { lease, ttl_ms } => {
                 // A lease id is granted once (a client may not take over another's), and its
@@ -491,14 +553,7 @@ impl Keyspace {
                 holder,
             } => {
                 self.lease_exists(*lease)?;
-                self.member_fits(node_id, value)?;
-                if let Some(h) = holder.as_ref().filter(|h| h.len() > Bounds::NAME_BYTES) {
-                    return Err(Applied::Bounded(format!(
-                        "member {node_id}'s holder is {} bytes, above the bound of {}",
-                        h.len(),
-                        Bounds::NAME_BYTES
-                    )));
-                }
+                self.member_fits(node_id)?;
                 self.lease_is_free_for(*lease, node_id)?;
                 self.not_held(*lease, node_id, holder.as_deref())?;
                 self.alive.insert(node_id.clone(), *lease);
@@ -509,7 +564,7 @@ impl Keyspace {
                 changed.extend([format!("alive/{node_id}"), format!("members/{node_id}")]);
             }
             Command::PutMember { node_id, value } => {
-                self.member_fits(node_id, value)?;
+                self.member_fits(node_id)?;
                 self.members.insert(node_id.clone(), value.clone());
                 changed.push(format!("members/{node_id}"));
             }
@@ -605,7 +660,7 @@ impl Keyspace {
                 }
             }
             Command::PutRequest { key, value, by } => {
-                self.request_fits(key, value, by.as_deref())?;
+                self.request_fits(key, by.as_deref())?;
                 if let Some(by) = by {
                     self.request_senders.insert(key.clone(), by.clone());
                 }
@@ -633,16 +688,9 @@ impl Keyspace {
         }
     }
 
-    /// A member record: not above [`Bounds::MEMBER_BYTES`], and not a new member past
-    /// [`Bounds::MEMBERS`].
-    fn member_fits(&self, node_id: &str, value: &[u8]) -> Result<(), Applied> {
-        if value.len() > Bounds::MEMBER_BYTES {
-            return Err(Applied::Bounded(format!(
-                "member {node_id}'s record is {} bytes, above the bound of {}",
-                value.len(),
-                Bounds::MEMBER_BYTES
-            )));
-        }
+    /// A member record: not a new member past [`Bounds::MEMBERS`] (its size is
+    /// [`Command::within_bounds`]'s).
+    fn member_fits(&self, node_id: &str) -> Result<(), Applied> {
         if !self.members.contains_key(node_id) && self.members.len() >= Bounds::MEMBERS {
             return Err(Applied::Bounded(format!(
                 "the store holds {} member records already, its bound",
@@ -652,25 +700,10 @@ impl Keyspace {
         Ok(())
     }
 
-    /// A rotation request: not above [`Bounds::REQUEST_BYTES`], and neither past
-    /// [`Bounds::REQUESTS`] pending nor past [`Bounds::REQUESTS_BY_ONE`] by its sender (as
-    /// the peer that took it knows it: what the record claims could name anyone).
-    fn request_fits(&self, key: &str, value: &[u8], by: Option<&str>) -> Result<(), Applied> {
-        let under_requests = key.starts_with("requests/") || key.contains("/requests/");
-        if key.len() > Bounds::NAME_BYTES || !under_requests {
-            return Err(Applied::Bounded(format!(
-                "a rotation request's key must be under requests/ and at most {} bytes; this one is {} bytes",
-                Bounds::NAME_BYTES,
-                key.len()
-            )));
-        }
-        if value.len() > Bounds::REQUEST_BYTES {
-            return Err(Applied::Bounded(format!(
-                "rotation request {key} is {} bytes, above the bound of {}",
-                value.len(),
-                Bounds::REQUEST_BYTES
-            )));
-        }
+    /// A rotation request: neither past [`Bounds::REQUESTS`] pending nor past
+    /// [`Bounds::REQUESTS_BY_ONE`] by its sender (as the peer that took it knows it: what the
+    /// record claims could name anyone); its size is [`Command::within_bounds`]'s.
+    fn request_fits(&self, key: &str, by: Option<&str>) -> Result<(), Applied> {
         if self.requests.contains_key(key) {
             return Ok(());
         }
@@ -1193,6 +1226,18 @@ mod tests {
             !d.alive.contains_key("r"),
             "a refused registration leaves nothing"
         );
+        // A small record under a huge node id is as large: the node id is bounded too, and
+        // the check needs no state (a Raft peer makes it before it proposes).
+        let long_id = Command::PutMember {
+            node_id: "i".repeat(Bounds::NAME_BYTES + 1),
+            value: vec![b'x'; 10],
+        };
+        assert!(
+            matches!(long_id.within_bounds(), Err(Applied::Bounded(why)) if why.contains("a node id")),
+            "{long_id:?}"
+        );
+        assert!(matches!(ap(&mut d, &long_id), Applied::Bounded(_)));
+        assert!(member("m", Bounds::MEMBER_BYTES).within_bounds().is_ok());
         let request = |n: usize, by: &str, pad: usize| {
             // The record claims to be alice's: the bound counts by who sent it.
             let record = records::RequestRecord {
