@@ -227,6 +227,64 @@ pub(crate) fn stamped(caller: &Caller, req: Request) -> Request {
     }
 }
 
+/// Whose share of a peer's connections a connection counts against
+/// ([`stek_trust::slots::Shares`]): past its share a holder's own oldest connection makes room,
+/// and a holder that holds fewer than the largest is always served. So no one certificate
+/// holder, and no one address, can keep the peers' Raft messages and the members' calls out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Holder {
+    /// One member or operator, however many certificates of that role it holds.
+    Role(Role),
+    /// Every certificate of the CA that makes its holder nobody (revoked, no stek role): one
+    /// share for them all, so that they are told why they are refused and take no more.
+    Nobody,
+    /// A caller that may do anything and names no one to tell it apart by (this node's own
+    /// user on the Unix socket; plain TCP and TLS without `[identity]` trust, where anyone
+    /// who connects may do anything anyway): each connection, numbered, is a share of its own,
+    /// so such peers only meet the listener's total.
+    Unnamed(u64),
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Role(role) => write!(f, "{role}"),
+            Holder::Nobody => write!(
+                f,
+                "certificates that make their holder nobody (revoked, no stek role)"
+            ),
+            Holder::Unnamed(n) => write!(f, "unnamed connection {n}"),
+        }
+    }
+}
+
+/// Whose share `caller`'s connection, the listener's `n`th, counts against.
+pub(crate) fn holder(caller: &Caller, n: u64) -> Holder {
+    match caller {
+        Caller::Cert(role) => Holder::Role(role.clone()),
+        Caller::Refused(_) => Holder::Nobody,
+        Caller::Local | Caller::Insecure | Caller::AnyCertificate => Holder::Unnamed(n),
+    }
+}
+
+/// The largest request frame a peer reads from an operator, or from a certificate that makes
+/// its holder nobody: an operator's requests (a read, a rotation request, adding or removing a
+/// peer) are a few kilobytes, and a refused caller's is not carried out.
+pub(crate) const SMALL_REQUEST: u32 = 64 * 1024;
+
+/// The largest request frame a peer reads from `caller`: a member's (replication and
+/// snapshots) up to [`MAX_FRAME`](crate::wire::MAX_FRAME), an operator's or a refused
+/// caller's up to [`SMALL_REQUEST`].
+pub(crate) fn largest_request(caller: &Caller) -> u32 {
+    match caller {
+        Caller::Cert(Role::Operator(_)) | Caller::Refused(_) => SMALL_REQUEST,
+        Caller::Cert(Role::Member(_))
+        | Caller::Local
+        | Caller::Insecure
+        | Caller::AnyCertificate => crate::wire::MAX_FRAME,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,5 +659,44 @@ mod tests {
                 assert_eq!(needs(&other, &req), Need::Nothing, "{other:?}: {name}");
             }
         }
+    }
+
+    #[test]
+    fn a_connection_counts_against_its_roles_share_and_a_refused_or_small_caller_reads_little() {
+        let member = Caller::Cert(Role::Member("n1".into()));
+        let operator = Caller::Cert(Role::Operator("alice".into()));
+        let revoked = Caller::Refused("certificate 0a is revoked".into());
+        // (caller, the holder of its connection number 7, the largest request it may send)
+        let cases = [
+            (
+                &member,
+                Holder::Role(Role::Member("n1".into())),
+                crate::wire::MAX_FRAME,
+            ),
+            (
+                &operator,
+                Holder::Role(Role::Operator("alice".into())),
+                SMALL_REQUEST,
+            ),
+            (&revoked, Holder::Nobody, SMALL_REQUEST),
+            (&Caller::Local, Holder::Unnamed(7), crate::wire::MAX_FRAME),
+            (
+                &Caller::Insecure,
+                Holder::Unnamed(7),
+                crate::wire::MAX_FRAME,
+            ),
+            (
+                &Caller::AnyCertificate,
+                Holder::Unnamed(7),
+                crate::wire::MAX_FRAME,
+            ),
+        ];
+        for (caller, want, largest) in cases {
+            assert_eq!(holder(caller, 7), want, "{caller:?}");
+            assert_eq!(largest_request(caller), largest, "{caller:?}");
+        }
+        // Two revoked certificates share one share, whatever they name.
+        let other = Caller::Refused("certificate 0b is revoked".into());
+        assert_eq!(holder(&other, 8), holder(&revoked, 9));
     }
 }

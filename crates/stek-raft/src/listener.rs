@@ -1,23 +1,31 @@
 //! The peer listener: it accepts connections on TCP (mutual TLS between peers, or plain with
-//! `insecure = true`) or on a Unix socket for the single-box default, reads each connection's one
-//! request, hands it with the connection's `Origin` to the peer's answer, and writes the reply.
+//! `insecure = true`) or on a Unix socket for the single-box default, tells who the caller is
+//! (the certificate's role under the cluster's trust), reads each connection's one request,
+//! hands it with the caller to the peer's answer, and writes the reply.
 //!
 //! Not here: the messages, their framing and the caller's side ([`wire`](crate::wire)), what a
 //! request is answered with and whom it is answered for ([`peer`](crate::peer), and its
 //! authorization, `authorize`), openraft's view of the network ([`network`](crate::network)).
 //!
 //! The listener (`serve`) bounds what a connection may hold, so that idle or slow clients
-//! cannot exhaust the process's file descriptors or memory (see [`Limits`]):
-//! - [`PEER_MAX_CONNECTIONS`] (512) connections at once; past it a new connection is closed at
-//!   once, and the refusals are logged at most once a minute. Each client box holds about one
-//!   connection to the leader (its watch), so this also bounds the clients one group serves.
-//!   Over TLS a connection takes its slot only once its handshake has succeeded (the caller
-//!   presented a certificate of the CA), so that anyone who can reach the port, with no
-//!   certificate, cannot keep the slots full and the peers' heartbeats and votes out (Raft opens
-//!   a connection per RPC); on the Unix socket and over plain TCP it takes it at accept;
-//! - [`PEER_MAX_HANDSHAKES`] (64) TLS handshakes in progress at once, apart from those slots,
-//!   and [`PEER_MAX_HANDSHAKES_PER_IP`] (8) of them from one address (behind a shared NAT: from
-//!   the NAT's address); past either a new connection is closed at once, logged as above;
+//! cannot exhaust the process's file descriptors or memory, and so that no one who can connect
+//! or holds a certificate can keep the peers' Raft messages out (Raft opens a connection per
+//! RPC; see [`Limits`]). Places are shared ([`Places`]): past its share a holder's own oldest
+//! connection makes room for its newest, and with every place taken a holder that holds fewer
+//! than the largest takes the place of that one's oldest; so a peer, which holds a few
+//! connections for milliseconds each, is always served. Closed and refused connections are
+//! logged at most once a minute.
+//! - [`PEER_MAX_CONNECTIONS`] (512) connections at once, [`PEER_MAX_PER_HOLDER`] (32) of one
+//!   holder ([`Holder`]: a member or an operator by the role its certificate names, every
+//!   certificate that makes its holder nobody (revoked) as one, an address over plain TCP).
+//!   Each client box holds about one connection to the leader (its watch), so this also bounds
+//!   the clients one group serves. Over TLS a connection takes its place only once its
+//!   handshake has succeeded and its certificate said who it is; on the Unix socket and over
+//!   plain TCP at accept;
+//! - [`PEER_MAX_HANDSHAKES`] (64) TLS handshakes in progress at once, apart from those places,
+//!   [`PEER_MAX_HANDSHAKES_PER_IP`] (8) of them from one address (an IPv6 /64 counts as one;
+//!   behind a shared NAT, the NAT's address): someone with no certificate holds at most these,
+//!   and from its own addresses only its share;
 //! - [`PEER_HANDSHAKE_TIMEOUT`] (3 s) for the TLS handshake (one between peers on a LAN takes
 //!   milliseconds): a silent connection holds a handshake place that long at most;
 //! - [`PEER_IDLE_TIMEOUT`] (10 s) for a request to begin. A connection carries one request,
@@ -25,11 +33,11 @@
 //!   long (Raft's heartbeat is 150 ms, a client call gives up after 2 s);
 //! - [`PEER_FRAME_TIMEOUT`] (10 s) for the rest of a request once its first byte came, and for
 //!   the reply to be taken;
-//! - frames of [`MAX_FRAME`](crate::wire::MAX_FRAME) (64 MiB) at most, whose buffer grows as
-//!   their bytes arrive ([`wire`](crate::wire)): a declared length costs nothing until it is
-//!   sent.
+//! - frames of [`MAX_FRAME`](crate::wire::MAX_FRAME) (64 MiB) at most from members (Raft
+//!   replication and snapshots), 64 KiB from an operator or a refused certificate
+//!   ([`authorize::largest_request`]), whose buffer grows as their bytes arrive
+//!   ([`wire`](crate::wire)): a declared length costs nothing until it is sent.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -38,11 +46,12 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::OwnedSemaphorePermit;
 
-use stek_trust::slots::{Refusals, Slots};
+use stek_trust::identity::Trust;
+use stek_trust::slots::{NoPlace, Place, Places, Refusals};
 use tracing::{debug, warn};
 
+use super::authorize::{self, Caller, Holder};
 use super::tls::PeerTls;
 use super::wire::{read_frame_into, write_frame};
 
@@ -55,6 +64,9 @@ pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PEER_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many connections the peer listener serves at once (over TLS: with their handshake done).
 pub const PEER_MAX_CONNECTIONS: usize = 512;
+/// How many of those one certificate holder (a member, an operator; every certificate that
+/// makes its holder nobody counted as one) or one address (plain TCP) may hold.
+pub const PEER_MAX_PER_HOLDER: usize = 32;
 /// How many TLS handshakes the peer listener runs at once.
 pub const PEER_MAX_HANDSHAKES: usize = 64;
 /// How many of those may come from one address.
@@ -71,6 +83,8 @@ pub struct Limits {
     pub frame: Duration,
     /// Connections at once (over TLS: once their handshake has succeeded).
     pub connections: usize,
+    /// Connections at once of one holder ([`Holder`]).
+    pub per_holder: usize,
     /// TLS handshakes in progress at once.
     pub handshakes: usize,
     /// TLS handshakes in progress at once from one address.
@@ -84,6 +98,7 @@ impl Default for Limits {
             idle: PEER_IDLE_TIMEOUT,
             frame: PEER_FRAME_TIMEOUT,
             connections: PEER_MAX_CONNECTIONS,
+            per_holder: PEER_MAX_PER_HOLDER,
             handshakes: PEER_MAX_HANDSHAKES,
             handshakes_per_ip: PEER_MAX_HANDSHAKES_PER_IP,
         }
@@ -155,11 +170,12 @@ impl Listener {
     }
 }
 
-/// Reads a connection's one request: its first byte within `limits.idle`, the rest of the
-/// frame within `limits.frame`.
+/// Reads a connection's one request, of `largest` bytes at most: its first byte within
+/// `limits.idle`, the rest of the frame within `limits.frame`.
 async fn read_request<S: AsyncRead + Unpin>(
     stream: &mut S,
     limits: &Limits,
+    largest: u32,
 ) -> std::io::Result<Vec<u8>> {
     let mut first = [0u8; 1];
     let got = tokio::time::timeout(limits.idle, stream.read(&mut first))
@@ -173,7 +189,7 @@ async fn read_request<S: AsyncRead + Unpin>(
     }
     let mut body = Vec::new();
     let mut rest = (&first[..]).chain(&mut *stream);
-    tokio::time::timeout(limits.frame, read_frame_into(&mut rest, &mut body))
+    tokio::time::timeout(limits.frame, read_frame_into(&mut rest, &mut body, largest))
         .await
         .map_err(|_| {
             timed_out(format!(
@@ -186,17 +202,6 @@ async fn read_request<S: AsyncRead + Unpin>(
 
 fn timed_out(what: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::TimedOut, what)
-}
-
-/// Who is at the other end of a connection, as the transport says.
-#[derive(Debug)]
-pub(crate) enum Origin {
-    /// The Unix socket, from a process of this user or root.
-    Local,
-    /// Plain TCP (`insecure = true`).
-    Plain,
-    /// Mutual TLS: the certificate chain the client presented.
-    Tls(Vec<CertificateDer<'static>>),
 }
 
 /// A connection a [`Listener`] accepted.
@@ -227,106 +232,92 @@ impl Listener {
     }
 }
 
-/// The TLS handshakes in progress, in all and from each address. A connection holds a place
-/// here, never one of the [`Limits::connections`] slots, until it has shown a certificate: so
-/// connections without one can fill these places at most, and one address only its share of
-/// them.
-#[derive(Debug)]
-struct Handshakes {
-    limit: usize,
-    per_ip: usize,
-    open: Mutex<InFlight>,
-}
-
-#[derive(Debug, Default)]
-struct InFlight {
-    all: usize,
-    /// Only addresses with a handshake in progress, so that the map stays as small as `all`.
-    by_ip: HashMap<IpAddr, usize>,
-}
-
-/// Why a handshake found no place.
-#[derive(Debug, PartialEq, Eq)]
-enum Crowded {
-    /// [`Limits::handshakes`] are in progress.
-    All,
-    /// [`Limits::handshakes_per_ip`] are in progress from this address.
-    Address,
-}
-
-/// A handshake's place, given back when dropped.
-#[derive(Debug)]
-struct Handshake {
-    of: Arc<Handshakes>,
-    ip: IpAddr,
-}
-
-impl Handshakes {
-    fn new(limit: usize, per_ip: usize) -> Arc<Self> {
-        Arc::new(Self {
-            limit,
-            per_ip,
-            open: Mutex::default(),
-        })
-    }
-
-    /// The counts. Nothing panics while they are held, so a poisoned lock still holds them
-    /// right.
-    fn counts(&self) -> std::sync::MutexGuard<'_, InFlight> {
-        self.open.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// A place for a handshake from `ip`, if there is one. Per address, not per network: a
-    /// shared NAT's clients count as one, and a host with many IPv6 addresses as many (it can
-    /// still fill [`Limits::handshakes`] at most, never the connection slots).
-    fn begin(self: &Arc<Self>, ip: IpAddr) -> Result<Handshake, Crowded> {
-        let mut open = self.counts();
-        if open.all >= self.limit {
-            return Err(Crowded::All);
-        }
-        if open.by_ip.get(&ip).copied().unwrap_or(0) >= self.per_ip {
-            return Err(Crowded::Address);
-        }
-        *open.by_ip.entry(ip).or_default() += 1;
-        open.all += 1;
-        Ok(Handshake {
-            of: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for Handshake {
-    fn drop(&mut self) {
-        let mut open = self.of.counts();
-        open.all -= 1;
-        if let Some(from) = open.by_ip.get_mut(&self.ip) {
-            *from -= 1;
-            if *from == 0 {
-                open.by_ip.remove(&self.ip);
+/// The address a connection's handshake counts against: an IPv4 address, or an IPv6 /64 (a
+/// host is given a /64, so one host's many addresses count as one).
+fn address_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
             }
-        }
+        },
+        v4 => v4,
+    }
+}
+
+/// Who a refused or closed connection was, for the log.
+#[derive(Debug)]
+enum Shed {
+    /// A handshake from this address, which has so many in progress.
+    Handshake(IpAddr, usize),
+    /// A connection of this holder, which holds so many.
+    Connection(Holder, usize),
+}
+
+/// The listener's refusals, logged at most once a minute however many there are.
+#[derive(Debug, Clone, Default)]
+struct Said(Arc<Mutex<Refusals>>);
+
+impl Said {
+    /// Counts one connection closed or refused to keep room (`shed`), and logs it when due.
+    fn shed(&self, shed: Shed, limits: &Limits) {
+        let said = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .refuse(Instant::now());
+        let Some(n) = said else {
+            return;
+        };
+        let latest = match shed {
+            Shed::Handshake(ip, holds) => {
+                format!("a TLS handshake from {ip}, which had {holds} in progress")
+            }
+            Shed::Connection(who, holds) => format!("a connection of {who}, which holds {holds}"),
+        };
+        warn!(
+            "raft listener: closed or refused {n} connection(s) since the last such message to keep room for others ({} handshakes at most, {} from one address; {} connections, {} for one certificate holder); the latest {latest}. Something opens or holds connections (`ss -tn` shows who); peers that hold fewer are still served",
+            limits.handshakes, limits.handshakes_per_ip, limits.connections, limits.per_holder
+        );
+    }
+}
+
+/// Who a mutual-TLS caller that presented `certs` is: any holder of the CA's certificates
+/// without `trust`, else whom `trust` says the certificate makes it.
+fn caller_of(certs: &[CertificateDer<'_>], trust: Option<&Trust>) -> Caller {
+    let Some(trust) = trust else {
+        return Caller::AnyCertificate;
+    };
+    match certs.first() {
+        None => Caller::Refused("no client certificate".into()),
+        Some(der) => match trust.verify(der, std::time::SystemTime::now()) {
+            Ok(v) => Caller::Cert(v.role),
+            Err(e) => Caller::Refused(e.to_string()),
+        },
     }
 }
 
 /// Serves `listener` within `limits` (over mutual TLS when `tls` is given): each connection
-/// carries one request frame, which `answer` turns into the reply's body (an error closes the
-/// connection without a reply).
+/// carries one request frame, which `answer` turns into the reply's body for the caller the
+/// connection is (an error closes the connection without a reply).
 pub(crate) async fn serve<F, Fut>(
     listener: Listener,
     tls: Option<Arc<PeerTls>>,
     limits: Limits,
     answer: F,
 ) where
-    F: Fn(Origin, Vec<u8>) -> Fut + Clone + Send + 'static,
+    F: Fn(Caller, Vec<u8>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = std::io::Result<Vec<u8>>> + Send + 'static,
 {
+    let trust = tls.as_ref().and_then(|t| t.trust.clone());
     let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone()));
-    let slots = Slots::new(limits.connections, say_full);
-    let handshakes = Handshakes::new(limits.handshakes, limits.handshakes_per_ip);
+    let places = Places::new(limits.connections, limits.per_holder);
+    let handshakes = Places::new(limits.handshakes, limits.handshakes_per_ip);
+    let said = Said::default();
     let failed = Arc::new(Mutex::new(Refusals::default()));
-    let mut busy = Refusals::default();
-    let mut crowded = Refusals::default();
+    let mut accepted = 0u64;
     loop {
         let conn = match listener.accept().await {
             Ok(Some(conn)) => conn,
@@ -337,48 +328,51 @@ pub(crate) async fn serve<F, Fut>(
                 continue;
             }
         };
+        accepted += 1;
+        let served = Served {
+            n: accepted,
+            places: places.clone(),
+            said: said.clone(),
+            limits,
+        };
         match (conn, &acceptor) {
-            // The kernel has vouched for the caller (or there is nothing to check): a slot now.
+            // The kernel has vouched for the caller (or there is nothing to check): a place now.
+            // Admitted here, in the order accepted.
             (Accepted::Unix(s), _) => {
-                if let Some(slot) = slots.take() {
-                    tokio::spawn(serve_in(slot, s, Origin::Local, limits, answer.clone()));
+                if let Some(place) = served.admit(&Caller::Local) {
+                    tokio::spawn(served.run(place, Caller::Local, s, answer.clone()));
                 }
             }
             (Accepted::Tcp(s, _), None) => {
-                if let Some(slot) = slots.take() {
-                    tokio::spawn(serve_in(slot, s, Origin::Plain, limits, answer.clone()));
+                if let Some(place) = served.admit(&Caller::Insecure) {
+                    tokio::spawn(served.run(place, Caller::Insecure, s, answer.clone()));
                 }
             }
             (Accepted::Tcp(s, from), Some(acceptor)) => {
-                let place = match handshakes.begin(from.ip()) {
-                    Ok(place) => place,
-                    Err(Crowded::All) => {
-                        drop(s);
-                        if let Some(n) = busy.refuse(Instant::now()) {
-                            warn!(
-                                "raft listener: closed {n} new connection(s) at once since the last such message: {} TLS handshakes were in progress, the most it runs at once. Something opens connections and does not finish their handshake (`ss -tn` shows who); while it does, the peers' new connections are refused too, those already through their handshake are not",
-                                limits.handshakes
-                            );
+                let address = address_of(from.ip());
+                let mut place = match handshakes.admit(address) {
+                    Ok((place, closed)) => {
+                        if let Some(ip) = closed {
+                            said.shed(Shed::Handshake(ip, handshakes.held(&ip)), &limits);
                         }
-                        continue;
+                        place
                     }
-                    Err(Crowded::Address) => {
+                    Err(NoPlace) => {
                         drop(s);
-                        if let Some(n) = crowded.refuse(Instant::now()) {
-                            warn!(
-                                "raft listener: closed {n} new connection(s) at once since the last such message, the latest from {}: {} TLS handshakes from that address were in progress, the most it runs from one (clients behind one NAT count as one address). `ss -tn` shows who holds them",
-                                from.ip(),
-                                limits.handshakes_per_ip
-                            );
-                        }
+                        said.shed(Shed::Handshake(address, handshakes.held(&address)), &limits);
                         continue;
                     }
                 };
-                let acceptor = acceptor.clone();
-                let (slots, failed) = (slots.clone(), failed.clone());
+                let (acceptor, trust, failed) = (acceptor.clone(), trust.clone(), failed.clone());
                 let answer = answer.clone();
                 tokio::spawn(async move {
-                    let shaken = tokio::time::timeout(limits.handshake, acceptor.accept(s)).await;
+                    let shaken = tokio::select! {
+                        shaken = tokio::time::timeout(limits.handshake, acceptor.accept(s)) => shaken,
+                        _ = &mut place.taken => {
+                            debug!(%from, "closed a TLS handshake in progress to make room for a newer one");
+                            return;
+                        }
+                    };
                     drop(place);
                     let s = match shaken {
                         Ok(Ok(s)) => s,
@@ -397,64 +391,94 @@ pub(crate) async fn serve<F, Fut>(
                             return;
                         }
                     };
-                    // The caller has shown a certificate of the CA: only now does it count
-                    // against the connections.
-                    let Some(slot) = slots.take() else {
-                        return;
-                    };
+                    // The caller has shown a certificate of the CA: who it makes the caller
+                    // decides whose share of the connections this one takes.
                     let certs = s.get_ref().1.peer_certificates().unwrap_or_default();
-                    let origin = Origin::Tls(certs.to_vec());
-                    serve_in(slot, s, origin, limits, answer).await;
+                    let caller = caller_of(certs, trust.as_deref());
+                    if let Some(place) = served.admit(&caller) {
+                        served.run(place, caller, s, answer).await;
+                    }
                 });
             }
         }
     }
 }
 
-/// A refusal counter's lock; see [`Handshakes::counts`] for why a poisoned one will do.
+/// A refusal counter's lock; a poisoned one only means a panic while counting.
 fn lock(refusals: &Mutex<Refusals>) -> std::sync::MutexGuard<'_, Refusals> {
     refusals.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Says the peer listener closed connections for want of a slot ([`Slots`]).
-fn say_full(n: u64, limit: usize) {
-    warn!(
-        "raft listener: closed {n} new connection(s) at once since the last such message: {limit} are open, the most a peer serves. Either more client boxes watch this leader than it serves (use etcd for such a fleet) or something holds connections open (`ss -tn` shows who)"
-    );
+/// What serves one connection once its caller is known.
+struct Served {
+    /// The connection's number.
+    n: u64,
+    places: Arc<Places<Holder>>,
+    said: Said,
+    limits: Limits,
 }
 
-/// [`serve_one`], holding `slot` until the connection is done.
-async fn serve_in<S, F, Fut>(
-    slot: OwnedSemaphorePermit,
-    stream: S,
-    origin: Origin,
-    limits: Limits,
-    answer: F,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-    F: Fn(Origin, Vec<u8>) -> Fut,
-    Fut: Future<Output = std::io::Result<Vec<u8>>>,
-{
-    if let Err(e) = serve_one(stream, origin, &limits, answer).await {
-        debug!("peer connection: {e}");
+impl Served {
+    /// A place in the share of `caller`'s holder, if it gets one (else the caller closes the
+    /// connection).
+    fn admit(&self, caller: &Caller) -> Option<Place<Holder>> {
+        let holder = authorize::holder(caller, self.n);
+        match self.places.admit(holder.clone()) {
+            Ok((place, closed)) => {
+                if let Some(whose) = closed {
+                    let holds = self.places.held(&whose);
+                    self.said.shed(Shed::Connection(whose, holds), &self.limits);
+                }
+                Some(place)
+            }
+            Err(NoPlace) => {
+                let holds = self.places.held(&holder);
+                self.said
+                    .shed(Shed::Connection(holder, holds), &self.limits);
+                None
+            }
+        }
     }
-    drop(slot);
+
+    /// Serves `stream` from `caller` in `place`, until it is done or another connection takes
+    /// the place.
+    async fn run<S, F, Fut>(self, mut place: Place<Holder>, caller: Caller, stream: S, answer: F)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        F: Fn(Caller, Vec<u8>) -> Fut,
+        Fut: Future<Output = std::io::Result<Vec<u8>>>,
+    {
+        let holder = authorize::holder(&caller, self.n);
+        let largest = authorize::largest_request(&caller);
+        tokio::select! {
+            done = serve_one(stream, caller, &self.limits, largest, answer) => {
+                if let Err(e) = done {
+                    debug!("peer connection: {e}");
+                }
+            }
+            _ = &mut place.taken => {
+                debug!("closed a peer connection of {holder} to make room for another's");
+            }
+        }
+    }
 }
 
 /// Reads the request, answers it and writes the reply, each within `limits`.
+/// The request's frame may be `largest` bytes at most.
 async fn serve_one<S, F, Fut>(
     mut stream: S,
-    origin: Origin,
+    caller: Caller,
     limits: &Limits,
+    largest: u32,
     answer: F,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    F: Fn(Origin, Vec<u8>) -> Fut,
+    F: Fn(Caller, Vec<u8>) -> Fut,
     Fut: Future<Output = std::io::Result<Vec<u8>>>,
 {
-    let body = read_request(&mut stream, limits).await?;
-    let reply = answer(origin, body).await?;
+    let body = read_request(&mut stream, limits, largest).await?;
+    let reply = answer(caller, body).await?;
     let send = async {
         write_frame(&mut stream, &reply).await?;
         // Close our side cleanly (a TLS close_notify) so the caller sees no truncation.
@@ -482,19 +506,20 @@ mod tests {
             idle: Duration::from_millis(idle_ms),
             frame: Duration::from_millis(frame_ms),
             connections,
+            per_holder: PEER_MAX_PER_HOLDER,
             handshakes: PEER_MAX_HANDSHAKES,
             handshakes_per_ip: PEER_MAX_HANDSHAKES_PER_IP,
         }
     }
 
-    /// Answers every request with where it came from: 1 for TLS with a certificate, 2 for
-    /// plain TCP, 3 for the Unix socket.
-    async fn origin_reply(origin: Origin, _body: Vec<u8>) -> std::io::Result<Vec<u8>> {
-        let reply = match origin {
-            Origin::Tls(certs) if !certs.is_empty() => Reply::Revision(1),
-            Origin::Tls(_) => Reply::Error("no certificate".into()),
-            Origin::Plain => Reply::Revision(2),
-            Origin::Local => Reply::Revision(3),
+    /// Answers every request with who asked: 1 for TLS with a certificate, 2 for plain TCP,
+    /// 3 for the Unix socket; a refused certificate with why.
+    async fn origin_reply(caller: Caller, _body: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        let reply = match caller {
+            Caller::AnyCertificate | Caller::Cert(_) => Reply::Revision(1),
+            Caller::Refused(why) => Reply::Error(why),
+            Caller::Insecure => Reply::Revision(2),
+            Caller::Local => Reply::Revision(3),
         };
         Ok(serde_json::to_vec(&reply)?)
     }
@@ -507,7 +532,7 @@ mod tests {
     /// [`listen`], answering with `answer`.
     async fn listen_with<F, Fut>(limits: Limits, tls: Option<PeerTls>, answer: F) -> String
     where
-        F: Fn(Origin, Vec<u8>) -> Fut + Clone + Send + 'static,
+        F: Fn(Caller, Vec<u8>) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = std::io::Result<Vec<u8>>> + Send + 'static,
     {
         let listener = Listener::bind("127.0.0.1:0").await.unwrap();
@@ -533,13 +558,13 @@ mod tests {
         let (arrived, arrivals) = tokio::sync::mpsc::unbounded_channel();
         let gate = Arc::new(Semaphore::new(0));
         let held = gate.clone();
-        let answer = move |origin: Origin, body: Vec<u8>| {
+        let answer = move |caller: Caller, body: Vec<u8>| {
             let (arrived, gate) = (arrived.clone(), held.clone());
             async move {
                 let _ = arrived.send(());
                 // A permit taken and given back: once open, the gate stays open.
                 drop(gate.acquire().await);
-                origin_reply(origin, body).await
+                origin_reply(caller, body).await
             }
         };
         (listen_with(limits, Some(tls), answer).await, arrivals, gate)
@@ -637,23 +662,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_past_the_cap_are_closed_and_earlier_ones_still_work() {
+    async fn past_the_cap_the_oldest_connection_makes_room_for_the_newest() {
         let addr = listen(limits(30_000, 30_000, 30_000, 2), None).await;
         let mut first = TcpStream::connect(&addr).await.unwrap();
         let mut second = TcpStream::connect(&addr).await.unwrap();
-        // The listener accepts in order: these two hold both slots when the third comes.
+        // The listener accepts (and admits plain TCP) in order: these two hold both places
+        // when the third comes, and the oldest goes.
         let mut third = TcpStream::connect(&addr).await.unwrap();
-        assert!(closed_by_server(&mut third).await);
+        assert!(closed_by_server(&mut first).await);
 
         let request = serde_json::to_vec(&Request::Members).unwrap();
-        for held in [&mut first, &mut second] {
+        for held in [&mut second, &mut third] {
             write_frame(held, &request).await.unwrap();
             let reply: Reply = serde_json::from_slice(&read_frame(held).await.unwrap()).unwrap();
             assert!(matches!(reply, Reply::Revision(2)), "{reply:?}");
         }
-        // Their slots are free again once the server has closed them.
-        assert!(closed_by_server(&mut first).await);
+        // Their places are free again once the server has closed them.
         assert!(closed_by_server(&mut second).await);
+        assert!(closed_by_server(&mut third).await);
         assert_eq!(served(&addr, None).await, 2);
     }
 
@@ -676,29 +702,21 @@ mod tests {
             TcpStream::connect(&addr).await.unwrap(),
         ];
 
-        // Two peers are still served, and their requests (held in `answer`) take both slots.
-        let held: Vec<_> = (0..2)
-            .map(|_| {
-                let (addr, tls) = (addr.clone(), tls.clone());
-                tokio::spawn(async move { revision(&addr, Some(&tls)).await })
-            })
-            .collect();
-        for _ in 0..2 {
-            let arrived = tokio::time::timeout(BOUND, arrivals.recv()).await;
-            assert!(
-                matches!(arrived, Ok(Some(()))),
-                "a peer's request did not reach the server while silent connections were open"
-            );
-        }
+        // Two peers are still served, and their requests (held in `answer`) take both places.
+        let oldest = held_call(&addr, &tls, &mut arrivals).await;
+        let second = held_call(&addr, &tls, &mut arrivals).await;
 
-        // A third peer finishes its handshake (a place is left) and then finds no slot: the cap
-        // still holds, counted in authenticated connections.
-        let refused = revision(&addr, Some(&tls)).await;
-        assert!(refused.is_err(), "{refused:?}");
+        // A third peer finishes its handshake (a handshake place is left) and then takes the
+        // place of the oldest held call: the cap still holds, counted in authenticated
+        // connections.
+        let third = held_call(&addr, &tls, &mut arrivals).await;
+        let closed = oldest.await.unwrap();
+        assert!(closed.is_err(), "{closed:?}");
 
         gate.add_permits(1);
-        for call in held {
-            assert_eq!(call.await.unwrap().unwrap(), 1);
+        for call in [second, third] {
+            let reply = call.await.unwrap().unwrap();
+            assert!(matches!(reply, Reply::Revision(1)), "{reply:?}");
         }
         // The slots are free again, while the silent connections still wait.
         assert_eq!(served(&addr, Some(&tls)).await, 1);
@@ -706,7 +724,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn handshakes_past_their_budget_are_closed_at_once() {
+    async fn with_every_handshake_place_taken_the_address_holding_them_is_refused_not_others() {
         let tls = peer_tls();
         let limits = Limits {
             handshakes: 2,
@@ -722,14 +740,27 @@ mod tests {
         let mut third = TcpStream::connect(&addr).await.unwrap();
         assert!(closed_by_server(&mut third).await);
         assert!(silent.iter().all(still_open));
-        // A peer's handshake finds no place either, until the silent connections go.
+        // From the address that holds every place, a peer's handshake finds none either.
         assert!(revision(&addr, Some(&tls)).await.is_err());
-        drop(silent);
-        assert_eq!(served(&addr, Some(&tls)).await, 1);
+
+        // Linux routes all of 127.0.0.0/8 to the loopback: another address, holding none,
+        // takes the place of the largest holder's oldest.
+        #[cfg(target_os = "linux")]
+        {
+            let mut silent = silent;
+            let other = IpAddr::from([127, 0, 0, 2]);
+            let served = tokio::time::timeout(BOUND, revision_from(other, &addr, &tls)).await;
+            assert!(matches!(served, Ok(Ok(1))), "{served:?}");
+            assert!(
+                closed_by_server(&mut silent[0]).await,
+                "the oldest made room"
+            );
+            assert!(still_open(&silent[1]));
+        }
     }
 
     #[tokio::test]
-    async fn handshakes_past_the_cap_of_one_address_are_closed_at_once() {
+    async fn past_the_cap_of_one_address_its_own_oldest_handshake_makes_room() {
         let tls = peer_tls();
         let limits = Limits {
             handshakes: 8,
@@ -737,25 +768,172 @@ mod tests {
             ..limits(30_000, 30_000, 30_000, 8)
         };
         let addr = listen(limits, Some(tls.clone())).await;
-        let silent = [
+        let mut silent = [
             TcpStream::connect(&addr).await.unwrap(),
             TcpStream::connect(&addr).await.unwrap(),
         ];
-        let mut third = TcpStream::connect(&addr).await.unwrap();
-        assert!(closed_by_server(&mut third).await);
-        assert!(silent.iter().all(still_open));
-        assert!(revision(&addr, Some(&tls)).await.is_err());
+        // A third from the same address: served in place of the oldest, which is closed long
+        // before its handshake could time out.
+        let _third = TcpStream::connect(&addr).await.unwrap();
+        assert!(closed_by_server(&mut silent[0]).await);
+        assert!(still_open(&silent[1]));
+        // A peer behind the same address (a NAT, the loopback) is served all the same: its
+        // handshake takes milliseconds, the silent ones' places are the oldest.
+        assert_eq!(served(&addr, Some(&tls)).await, 1);
 
-        // Linux routes all of 127.0.0.0/8 to the loopback: another address there has places.
         #[cfg(target_os = "linux")]
         {
             let other = IpAddr::from([127, 0, 0, 2]);
             let served = tokio::time::timeout(BOUND, revision_from(other, &addr, &tls)).await;
             assert!(matches!(served, Ok(Ok(1))), "{served:?}");
         }
+    }
 
-        drop(silent);
-        assert_eq!(served(&addr, Some(&tls)).await, 1);
+    #[test]
+    fn an_ipv6_host_counts_as_its_64_and_a_mapped_ipv4_as_itself() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_of(a), address_of(b));
+        assert_ne!(address_of(a), address_of(other));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(address_of(mapped), IpAddr::from([192, 0, 2, 7]));
+    }
+
+    /// A CA of cluster `limits` and, under it, certificates for these roles (the last one
+    /// revoked), each as a client's [`PeerTls`]; the first is the server's.
+    fn trusted_roles(roles: &[stek_trust::identity::Role]) -> Vec<PeerTls> {
+        use stek_trust::identity::{init_ca, issue, Credentials, Trust};
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let ca = init_ca("limits", year).unwrap();
+        let issued: Vec<_> = roles
+            .iter()
+            .map(|r| issue(&ca.cert, &ca.key, r, &["127.0.0.1".into()], year).unwrap())
+            .collect();
+        let open = Trust::new(ca.cert.as_bytes(), "limits", &[]).unwrap();
+        let last = issued.last().unwrap();
+        let revoked = Credentials::new(&open, last.cert.as_bytes(), last.key.as_bytes())
+            .unwrap()
+            .serial()
+            .to_owned();
+        issued
+            .iter()
+            .map(|i| {
+                let trust =
+                    Trust::new(ca.cert.as_bytes(), "limits", std::slice::from_ref(&revoked))
+                        .unwrap();
+                PeerTls::from_pem(ca.cert.as_bytes(), i.cert.as_bytes(), i.key.as_bytes())
+                    .unwrap()
+                    .with_trust(trust)
+            })
+            .collect()
+    }
+
+    /// A call of `tls`'s holder whose request waits in the gated server: spawned, and
+    /// returned once the server has it.
+    async fn held_call(
+        addr: &str,
+        tls: &PeerTls,
+        arrivals: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+    ) -> tokio::task::JoinHandle<std::io::Result<Reply>> {
+        let (addr, tls) = (addr.to_owned(), tls.clone());
+        let call =
+            tokio::spawn(async move { call(&addr, &Request::Members, BOUND, Some(&tls)).await });
+        let arrived = tokio::time::timeout(BOUND, arrivals.recv()).await;
+        assert!(
+            matches!(arrived, Ok(Some(()))),
+            "the request reached the server"
+        );
+        call
+    }
+
+    /// The review of issue 25: one certificate (revoked ones included) held every slot, and
+    /// the peers' Raft messages found none.
+    #[tokio::test]
+    async fn one_certificate_holder_past_its_share_loses_its_oldest_and_others_are_served() {
+        use stek_trust::identity::Role;
+        let tls = trusted_roles(&[
+            Role::Member("p1".into()),
+            Role::Member("p2".into()),
+            Role::Operator("alice".into()),
+            Role::Member("gone".into()),
+        ]);
+        let (p1, p2, alice, revoked) = (&tls[0], &tls[1], &tls[2], &tls[3]);
+        let limits = Limits {
+            per_holder: 2,
+            ..limits(30_000, 30_000, 30_000, 5)
+        };
+        let (addr, mut arrivals, gate) = listen_gated(limits, p1.clone()).await;
+
+        // Operator alice at her share (2): her third takes her own oldest's place.
+        let a1 = held_call(&addr, alice, &mut arrivals).await;
+        let a2 = held_call(&addr, alice, &mut arrivals).await;
+        let a3 = held_call(&addr, alice, &mut arrivals).await;
+        let closed = tokio::time::timeout(BOUND, a1).await.unwrap().unwrap();
+        assert!(closed.is_err(), "alice's oldest was closed: {closed:?}");
+        // Revoked certificates share one share, and are told why.
+        let r1 = held_call(&addr, revoked, &mut arrivals).await;
+        let r2 = held_call(&addr, revoked, &mut arrivals).await;
+        // p2 takes the fifth and last place; its second, with every place taken and p2
+        // holding fewer than the largest holders (2 each), takes the place of their oldest
+        // connection (alice's second).
+        let p2_call = held_call(&addr, p2, &mut arrivals).await;
+        let p2_again = held_call(&addr, p2, &mut arrivals).await;
+        let closed = tokio::time::timeout(BOUND, a2).await.unwrap().unwrap();
+        assert!(closed.is_err(), "{closed:?}");
+
+        gate.add_permits(1);
+        for call in [p2_call, p2_again] {
+            let reply = call.await.unwrap().unwrap();
+            assert!(matches!(reply, Reply::Revision(1)), "{reply:?}");
+        }
+        for call in [r1, r2] {
+            let reply = call.await.unwrap().unwrap();
+            assert!(
+                matches!(&reply, Reply::Error(why) if why.contains("revoked")),
+                "{reply:?}"
+            );
+        }
+        let _ = a3.await;
+        assert_eq!(served(&addr, Some(alice)).await, 1);
+    }
+
+    #[tokio::test]
+    async fn an_operators_request_past_64_kib_is_refused_unread_and_a_members_is_read() {
+        use stek_trust::identity::Role;
+        let tls = trusted_roles(&[
+            Role::Member("p1".into()),
+            Role::Operator("alice".into()),
+            Role::Member("gone".into()),
+        ]);
+        let addr = listen(limits(30_000, 30_000, 30_000, 8), Some(tls[0].clone())).await;
+        let big = serde_json::to_vec(&Request::Join {
+            name: "x".repeat(2 * authorize::SMALL_REQUEST as usize),
+            addr: "127.0.0.1:1".into(),
+        })
+        .unwrap();
+        let send = |tls: PeerTls| {
+            let (addr, big) = (addr.clone(), big.clone());
+            async move {
+                let stream = TcpStream::connect(&addr).await?;
+                let name = PeerTls::server_name(&addr).map_err(std::io::Error::other)?;
+                let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+                let mut stream = connector.connect(name, stream).await?;
+                write_frame(&mut stream, &big).await?;
+                read_frame(&mut stream).await
+            }
+        };
+        let refused = tokio::time::timeout(BOUND, send(tls[1].clone()))
+            .await
+            .unwrap();
+        assert!(
+            refused.is_err(),
+            "an operator's large request was answered: {refused:?}"
+        );
+        let read = tokio::time::timeout(BOUND, send(tls[0].clone()))
+            .await
+            .unwrap();
+        assert!(read.is_ok(), "a member's was not: {read:?}");
     }
 
     /// [`revision`] over mutual TLS from the local address `source`.
@@ -773,25 +951,6 @@ mod tests {
             Reply::Revision(r) => Ok(r),
             other => Err(std::io::Error::other(format!("{other:?}"))),
         }
-    }
-
-    #[test]
-    fn handshake_places_are_counted_in_all_and_per_address() {
-        let handshakes = Handshakes::new(3, 2);
-        let [a, b, c] = [1, 2, 3].map(|i| IpAddr::from([192, 0, 2, i]));
-        let a1 = handshakes.begin(a).unwrap();
-        let a2 = handshakes.begin(a).unwrap();
-        assert_eq!(handshakes.begin(a).unwrap_err(), Crowded::Address);
-        let b1 = handshakes.begin(b).unwrap();
-        assert_eq!(handshakes.begin(c).unwrap_err(), Crowded::All);
-        // A place given back is free for any address, its own included.
-        drop(a1);
-        let c1 = handshakes.begin(c).unwrap();
-        assert_eq!(handshakes.begin(a).unwrap_err(), Crowded::All);
-        drop((a2, b1, c1));
-        let open = handshakes.counts();
-        assert_eq!(open.all, 0);
-        assert!(open.by_ip.is_empty(), "{:?}", open.by_ip);
     }
 
     #[tokio::test]

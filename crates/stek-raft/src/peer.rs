@@ -26,7 +26,7 @@ use super::authorize::{self, Caller, Facts, LeaseHolder, Need, Refusal};
 use super::group::{
     digest_of, founding_voters, may_remove, raft_id, voter_floor, Removal, MAX_VOTERS,
 };
-use super::listener::{self, Limits, Listener, Origin};
+use super::listener::{self, Limits, Listener};
 use super::network::Network;
 use super::store::{Applied, Command, RaftStore};
 use super::tls::PeerTls;
@@ -75,21 +75,6 @@ impl std::fmt::Debug for Peer {
         f.debug_struct("Peer")
             .field("id", &self.id)
             .finish_non_exhaustive()
-    }
-}
-
-impl Caller {
-    fn of(
-        trust: &stek_trust::identity::Trust,
-        certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
-    ) -> Self {
-        match certs.and_then(|c| c.first()) {
-            None => Self::Refused("no client certificate".into()),
-            Some(der) => match trust.verify(der, std::time::SystemTime::now()) {
-                Ok(v) => Self::Cert(v.role),
-                Err(e) => Self::Refused(e.to_string()),
-            },
-        }
     }
 }
 
@@ -444,19 +429,9 @@ impl Peer {
 
     /// Serves the listener within the default [`Limits`]: each connection carries one request.
     async fn serve(self, listener: Listener, tls: Option<Arc<PeerTls>>) {
-        let trust = tls.as_ref().and_then(|t| t.trust.clone());
-        let answer = move |origin: Origin, body: Vec<u8>| {
+        let answer = move |caller: Caller, body: Vec<u8>| {
             let me = self.clone();
-            let trust = trust.clone();
-            async move {
-                let caller = match (origin, &trust) {
-                    (Origin::Local, _) => Caller::Local,
-                    (Origin::Plain, _) => Caller::Insecure,
-                    (Origin::Tls(_), None) => Caller::AnyCertificate,
-                    (Origin::Tls(certs), Some(trust)) => Caller::of(trust, Some(&certs)),
-                };
-                me.handle(&body, &caller).await
-            }
+            async move { me.handle(&body, &caller).await }
         };
         listener::serve(listener, tls, Limits::default(), answer).await;
     }

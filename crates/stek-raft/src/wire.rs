@@ -247,24 +247,26 @@ pub async fn write_frame<S: AsyncWrite + Unpin>(
 /// Reads one frame.
 pub async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Vec<u8>> {
     let mut body = Vec::new();
-    read_frame_into(stream, &mut body).await?;
+    read_frame_into(stream, &mut body, MAX_FRAME).await?;
     Ok(body)
 }
 
 /// Reads one frame into `body`, whose buffer grows as the bytes arrive: to [`FRAME_CHUNK`]
 /// first, then to at most twice what has arrived, never beyond the declared length. A peer
-/// that declares a large frame and sends nothing costs one chunk.
+/// that declares a large frame and sends nothing costs one chunk. A frame above `largest`
+/// bytes is refused unread.
 pub(crate) async fn read_frame_into<S: AsyncRead + Unpin>(
     stream: &mut S,
     body: &mut Vec<u8>,
+    largest: u32,
 ) -> std::io::Result<()> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len);
-    if len > MAX_FRAME {
+    if len > largest {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("a peer sent a {len}-byte message; the limit is {MAX_FRAME}"),
+            format!("a peer sent a {len}-byte message; the limit is {largest}"),
         ));
     }
     let len = len as usize;
@@ -331,7 +333,7 @@ mod tests {
         let mut input = (MAX_FRAME - 1).to_be_bytes().to_vec();
         input.extend([7u8; 100]);
         let mut body = Vec::new();
-        let e = read_frame_into(&mut &input[..], &mut body)
+        let e = read_frame_into(&mut &input[..], &mut body, MAX_FRAME)
             .await
             .unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
@@ -347,7 +349,7 @@ mod tests {
         let mut body = Vec::new();
         let stalled = tokio::time::timeout(
             Duration::from_millis(100),
-            read_frame_into(&mut reader, &mut body),
+            read_frame_into(&mut reader, &mut body, MAX_FRAME),
         )
         .await;
         assert!(stalled.is_err(), "the frame cannot be complete");

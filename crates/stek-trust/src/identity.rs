@@ -74,7 +74,7 @@ pub enum IdentityError {
 }
 
 /// What a certificate makes its holder.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
     /// A member: a node that receives keys and may lead.
     Member(String),

@@ -12,7 +12,7 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Refused connections are logged at most this often.
 pub const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -183,6 +183,99 @@ impl<K: Clone + Eq + Hash> Shares<K> {
     }
 }
 
+/// A listener's connections shared among clients as [`Shares`] decides, performed: each
+/// admitted connection holds a [`Place`] until it ends, and learns through it when another
+/// connection has taken its place (its task then closes it).
+#[derive(Debug)]
+pub struct Places<K> {
+    table: Mutex<PlaceTable<K>>,
+}
+
+#[derive(Debug)]
+struct PlaceTable<K> {
+    shares: Shares<K>,
+    /// Each held place's way to tell its connection to close.
+    close: HashMap<u64, oneshot::Sender<()>>,
+    next: u64,
+}
+
+/// A connection's place among a listener's [`Places`], given back when dropped.
+#[derive(Debug)]
+pub struct Place<K: Clone + Eq + Hash> {
+    of: Arc<Places<K>>,
+    id: u64,
+    /// Resolves when another connection has taken this place: close the connection.
+    pub taken: oneshot::Receiver<()>,
+}
+
+/// A connection [`Places::admit`] turned away: its client already holds as many as any other
+/// while every place is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoPlace;
+
+impl<K: Clone + Eq + Hash> Places<K> {
+    /// `limit` places in all, `per_client` for one client.
+    pub fn new(limit: usize, per_client: usize) -> Arc<Self> {
+        Arc::new(Places {
+            table: Mutex::new(PlaceTable {
+                shares: Shares::new(limit, per_client),
+                close: HashMap::new(),
+                next: 0,
+            }),
+        })
+    }
+
+    /// The table. Nothing panics while it is held, so a poisoned lock still holds it right.
+    fn table(&self) -> std::sync::MutexGuard<'_, PlaceTable<K>> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A place for a new connection of `who`, and whose connection was told to close to make
+    /// room for it, if one was; or [`NoPlace`].
+    pub fn admit(self: &Arc<Self>, who: K) -> Result<(Place<K>, Option<K>), NoPlace> {
+        let mut table = self.table();
+        let id = table.next;
+        table.next += 1;
+        let closed = match table.shares.admit(id, who) {
+            Share::Refused => return Err(NoPlace),
+            Share::Admitted => None,
+            Share::InPlaceOf { closes, of } => {
+                if let Some(close) = table.close.remove(&closes) {
+                    // Its task may have ended already: nobody to tell then.
+                    let _ = close.send(());
+                }
+                Some(of)
+            }
+        };
+        let (close, taken) = oneshot::channel();
+        table.close.insert(id, close);
+        let place = Place {
+            of: self.clone(),
+            id,
+            taken,
+        };
+        Ok((place, closed))
+    }
+
+    /// How many places `who` holds.
+    pub fn held(&self, who: &K) -> usize {
+        self.table().shares.held(who)
+    }
+
+    /// How many places are held.
+    pub fn open(&self) -> usize {
+        self.table().shares.open()
+    }
+}
+
+impl<K: Clone + Eq + Hash> Drop for Place<K> {
+    fn drop(&mut self) {
+        let mut table = self.of.table();
+        table.close.remove(&self.id);
+        table.shares.release(self.id);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,5 +410,38 @@ mod tests {
         let probe = next(&mut s, &mut ids, "probe".into());
         assert!(matches!(probe, Share::InPlaceOf { .. }), "{probe:?}");
         assert_eq!(s.held(&"probe".into()), 1);
+    }
+
+    #[test]
+    fn a_place_taken_by_another_tells_its_connection_and_a_dropped_one_is_free_again() {
+        let places = Places::new(3, 2);
+        let (mut a0, closed) = places.admit("a").unwrap();
+        assert_eq!(closed, None);
+        let (a1, _) = places.admit("a").unwrap();
+        let (b0, _) = places.admit("b").unwrap();
+        // a at its cap: its oldest is told to close; nobody else's is.
+        let (mut a2, closed) = places.admit("a").unwrap();
+        assert_eq!(closed, Some("a"));
+        assert!(a0.taken.try_recv().is_ok(), "a's oldest is told to close");
+        assert_eq!((places.held(&"a"), places.open()), (2, 3));
+        // Full: newcomer c takes the place of the largest holder's (a's) oldest; then b,
+        // holding as many as anyone, is refused.
+        let (mut c0, closed) = places.admit("c").unwrap();
+        assert_eq!(closed, Some("a"));
+        assert_eq!(places.held(&"a"), 1);
+        assert!(
+            places.admit("b").is_err(),
+            "b holds as many as anyone, all taken"
+        );
+        // The closed connection's task drops its place: nothing changes twice.
+        drop(a0);
+        drop(a1);
+        assert_eq!(places.open(), 3);
+        drop(b0);
+        assert_eq!(places.open(), 2);
+        let (_b1, closed) = places.admit("b").unwrap();
+        assert_eq!(closed, None, "b's dropped place was free again");
+        assert!(a2.taken.try_recv().is_err(), "a2 was never told");
+        assert!(c0.taken.try_recv().is_err());
     }
 }
