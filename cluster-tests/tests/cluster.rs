@@ -1008,10 +1008,18 @@ fn raft_peers_over_mutual_tls() {
         )),
         "counted against the certificate, not the name sent: {flood:?}"
     );
-    let huge = applied(at_raft_leader(&operator, &junk(99, 1 << 20)));
+    // Past the request bound (8 KiB), within what a peer reads from an operator (64 KiB):
+    // refused by the peer that took it, never proposed.
+    let big = applied(at_raft_leader(&operator, &junk(99, 16 << 10)));
     assert!(
-        matches!(&huge, stek_store::keyspace::Applied::Bounded(why) if why.contains("bytes")),
-        "{huge:?}"
+        matches!(&big, stek_store::keyspace::Applied::Bounded(why) if why.contains("bytes")),
+        "{big:?}"
+    );
+    // Past that: not even read.
+    let huge = at_raft_leader(&operator, &junk(98, 1 << 20));
+    assert!(
+        huge.is_err(),
+        "a 1 MiB request of an operator was answered: {huge:?}"
     );
     info!("--- another identity still rotates, and the rotation takes the junk away");
     let generation = c.status(0)["generation"].as_u64().unwrap();

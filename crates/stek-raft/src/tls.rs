@@ -73,6 +73,30 @@ impl PeerTls {
         self
     }
 
+    /// Opens a mutual-TLS connection to peer `addr` from the local address `from` (the
+    /// system's choice when `None`), its handshake done and nothing sent: for callers that
+    /// speak the wire protocol themselves, such as tests that hold connections the way an
+    /// attacker would.
+    pub async fn connect(
+        &self,
+        addr: &str,
+        from: Option<std::net::IpAddr>,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let to: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+        let socket = match to {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        if let Some(from) = from {
+            socket.bind(std::net::SocketAddr::new(from, 0))?;
+        }
+        let stream = socket.connect(to).await?;
+        let name = Self::server_name(addr).map_err(std::io::Error::other)?;
+        tokio_rustls::TlsConnector::from(self.client.clone())
+            .connect(name, stream)
+            .await
+    }
+
     /// The name a peer's certificate must carry for address `addr` (its host: an IP or a name).
     pub(crate) fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
         let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
