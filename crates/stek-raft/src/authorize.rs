@@ -236,7 +236,9 @@ pub(crate) enum Holder {
     /// One member or operator, however many certificates of that role it holds.
     Role(Role),
     /// Every certificate of the CA that makes its holder nobody (revoked, no stek role): one
-    /// share for them all, so that they are told why they are refused and take no more.
+    /// share for them all. The handshake refuses such certificates already
+    /// ([`PeerTls::trusted`](crate::tls::PeerTls::trusted)); one that expires between the
+    /// handshake and the request lands here, and is told why it is refused.
     Nobody,
     /// A caller that may do anything and names no one to tell it apart by (this node's own
     /// user on the Unix socket; plain TCP and TLS without `[identity]` trust, where anyone

@@ -166,9 +166,9 @@ pub fn peer_tls(config: &Config) -> anyhow::Result<Option<stek_raft::tls::PeerTl
     };
     let role = stek_trust::identity::Role::Member(config.node_id.clone());
     let (pem, identity) = files.load(&config.path, &config.cluster, &role)?;
-    let built = stek_raft::tls::PeerTls::from_pem(&pem.ca, &pem.cert, &pem.key)
+    let built = stek_raft::tls::PeerTls::trusted(&pem.ca, &pem.cert, &pem.key, identity.trust)
         .map_err(|e| anyhow::anyhow!("config {}: [identity]: {e}", config.path.display()))?;
-    Ok(Some(built.with_trust(identity.trust)))
+    Ok(Some(built))
 }
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

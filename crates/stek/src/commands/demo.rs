@@ -295,13 +295,13 @@ pub fn run(o: Options) -> anyhow::Result<ExitCode> {
         Duration::from_secs(86_400),
     )?;
     let trust = stek_trust::identity::Trust::new(ca.cert.as_bytes(), "demo", &[])?;
-    let operator_tls = stek_raft::tls::PeerTls::from_pem(
+    let operator_tls = stek_raft::tls::PeerTls::trusted(
         ca.cert.as_bytes(),
         operator.cert.as_bytes(),
         operator.key.as_bytes(),
+        trust,
     )
-    .map_err(anyhow::Error::msg)?
-    .with_trust(trust);
+    .map_err(anyhow::Error::msg)?;
     let client = RaftClient::new("demo", peers.iter().map(|p| p.raft.clone()).collect(), None)
         .with_tls(Some(operator_tls));
     let limit =
