@@ -182,6 +182,38 @@ pub fn parse_ticket_dump(text: &str) -> Option<Vec<u8>> {
     (!bytes.is_empty()).then_some(bytes)
 }
 
+/// [`take_ticket`] until the ticket is under the key named `name` (the active key of the ring
+/// the server was last given), within `within`. A reload is asynchronous: for a moment after
+/// `nginx -s reload` returns, a worker of the previous configuration still accepts, and its
+/// ticket is under the previous ring's active key.
+pub fn take_ticket_under(
+    port: u16,
+    tls: Tls,
+    out: &Path,
+    name: [u8; 16],
+    within: Duration,
+) -> Session {
+    let deadline = Instant::now() + within;
+    loop {
+        let session = take_ticket(port, tls, out);
+        let got = ticket_key_name(&session);
+        if got == name {
+            return session;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "127.0.0.1:{port} still issues {tls:?} tickets under key name {} after {within:?}, not under the active key {}",
+            hex(&got),
+            hex(&name)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The 16-byte key name that starts the session's ticket.
 pub fn ticket_key_name(session: &Session) -> [u8; 16] {
     let bytes = ticket_bytes(&session.path)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cluster_tests::cluster::{check_invariants, Backend, Cluster, History};
 use cluster_tests::servers::Nginx;
-use cluster_tests::tls::{resume, take_ticket, Handshake, Tls};
+use cluster_tests::tls::{resume, take_ticket_under, Handshake, Tls};
 use cluster_tests::{require_binary, self_signed_cert, wait_until};
 use serde_json::Value;
 use tracing::info;
@@ -105,7 +105,16 @@ fn every_box_restarted_at_once_keeps_its_keys_and_old_tickets_resume(backend: Ba
     let dir = c.root.subdir("tickets");
     let tickets: Vec<_> = [Tls::V12, Tls::V13]
         .into_iter()
-        .map(|tls| take_ticket(servers[0].port, tls, &dir.join(format!("{tls:?}.pem"))))
+        .map(|tls| {
+            // The ticket of box 1's nginx once it serves the ring just applied.
+            take_ticket_under(
+                servers[0].port,
+                tls,
+                &dir.join(format!("{tls:?}.pem")),
+                c.nodes[0].key_names()[0],
+                Duration::from_secs(10),
+            )
+        })
         .collect();
     for t in &tickets {
         assert_eq!(
