@@ -274,12 +274,19 @@ pub(crate) fn holder(caller: &Caller, n: u64) -> Holder {
 /// peer) are a few kilobytes, and a refused caller's is not carried out.
 pub(crate) const SMALL_REQUEST: u32 = 64 * 1024;
 
-/// The largest request frame a peer reads from `caller`: a member's (replication and
-/// snapshots) up to [`MAX_FRAME`](crate::wire::MAX_FRAME), an operator's or a refused
-/// caller's up to [`SMALL_REQUEST`].
-pub(crate) fn largest_request(caller: &Caller) -> u32 {
+/// The largest request frame a peer reads from a member that is not a voter: its own
+/// records, and, while it leads, ring writes (a ring sealed for a few thousand members).
+pub(crate) const MEMBER_REQUEST: u32 = 4 << 20;
+
+/// The largest request frame a peer reads from `caller` (`voter`: a member that is a voter of
+/// the group now): a voter's (replication and snapshots) up to
+/// [`MAX_FRAME`](crate::wire::MAX_FRAME), another member's up to [`MEMBER_REQUEST`], an
+/// operator's or a refused caller's up to [`SMALL_REQUEST`]. So one certificate's 32
+/// connections hold 128 MiB at most unless it is a voter's.
+pub(crate) fn largest_request(caller: &Caller, voter: bool) -> u32 {
     match caller {
         Caller::Cert(Role::Operator(_)) | Caller::Refused(_) => SMALL_REQUEST,
+        Caller::Cert(Role::Member(_)) if !voter => MEMBER_REQUEST,
         Caller::Cert(Role::Member(_))
         | Caller::Local
         | Caller::Insecure
@@ -668,7 +675,8 @@ mod tests {
         let member = Caller::Cert(Role::Member("n1".into()));
         let operator = Caller::Cert(Role::Operator("alice".into()));
         let revoked = Caller::Refused("certificate 0a is revoked".into());
-        // (caller, the holder of its connection number 7, the largest request it may send)
+        // (caller, the holder of its connection number 7, the largest request it may send;
+        // a member: as a voter)
         let cases = [
             (
                 &member,
@@ -695,8 +703,16 @@ mod tests {
         ];
         for (caller, want, largest) in cases {
             assert_eq!(holder(caller, 7), want, "{caller:?}");
-            assert_eq!(largest_request(caller), largest, "{caller:?}");
+            assert_eq!(largest_request(caller, true), largest, "{caller:?}");
         }
+        // A member that is not a voter: its records and ring writes, no snapshots; the voter
+        // flag changes nothing for anyone else.
+        assert_eq!(largest_request(&member, false), MEMBER_REQUEST);
+        assert_eq!(largest_request(&operator, false), SMALL_REQUEST);
+        assert_eq!(
+            largest_request(&Caller::Local, false),
+            crate::wire::MAX_FRAME
+        );
         // Two revoked certificates share one share, whatever they name.
         let other = Caller::Refused("certificate 0b is revoked".into());
         assert_eq!(holder(&other, 8), holder(&revoked, 9));

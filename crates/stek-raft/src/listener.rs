@@ -16,7 +16,7 @@
 //! connections for milliseconds each, is always served. Closed and refused connections are
 //! logged at most once a minute.
 //! - [`PEER_MAX_CONNECTIONS`] (512) connections at once, [`PEER_MAX_PER_HOLDER`] (32) of one
-//!   holder ([`Holder`]: a member or an operator by the role its certificate names). Under
+//!   holder (`Holder`: a member or an operator by the role its certificate names). Under
 //!   `[identity]` a certificate that makes its holder nobody (revoked, foreign) fails the
 //!   handshake ([`PeerTls::trusted`]) and takes no place at all.
 //!   Each client box holds about one connection to the leader (its watch), so this also bounds
@@ -26,7 +26,8 @@
 //! - [`PEER_MAX_HANDSHAKES`] (64) TLS handshakes in progress at once, apart from those places,
 //!   [`PEER_MAX_HANDSHAKES_PER_IP`] (8) of them from one address (an IPv6 /64 counts as one;
 //!   behind a shared NAT, the NAT's address): someone with no certificate holds at most these,
-//!   and from its own addresses only its share;
+//!   and from its own addresses only its share; and [`PEER_VOTER_HANDSHAKES`] (16) apart for
+//!   the addresses the group's voters listen on (`Group`), which no other address can take;
 //! - [`PEER_HANDSHAKE_TIMEOUT`] (3 s) for the TLS handshake (one between peers on a LAN takes
 //!   milliseconds): a silent connection holds a handshake place that long at most;
 //! - [`PEER_IDLE_TIMEOUT`] (10 s) for a request to begin. A connection carries one request,
@@ -34,10 +35,10 @@
 //!   long (Raft's heartbeat is 150 ms, a client call gives up after 2 s);
 //! - [`PEER_FRAME_TIMEOUT`] (10 s) for the rest of a request once its first byte came, and for
 //!   the reply to be taken;
-//! - frames of [`MAX_FRAME`](crate::wire::MAX_FRAME) (64 MiB) at most from members (Raft
-//!   replication and snapshots), 64 KiB from an operator or a refused certificate
-//!   ([`authorize::largest_request`]), whose buffer grows as their bytes arrive
-//!   ([`wire`](crate::wire)): a declared length costs nothing until it is sent.
+//! - frames of [`MAX_FRAME`](crate::wire::MAX_FRAME) (64 MiB) at most from voters (Raft
+//!   replication and snapshots), 4 MiB from other members, 64 KiB from an operator or a
+//!   refused certificate (`authorize::largest_request`), whose buffer grows as their bytes
+//!   arrive ([`wire`](crate::wire)): a declared length costs nothing until it is sent.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -55,6 +56,7 @@ use tracing::{debug, warn};
 use super::authorize::{self, Caller, Holder};
 use super::tls::PeerTls;
 use super::wire::{read_frame_into, write_frame};
+use stek_trust::identity::Role;
 
 /// How long a TLS handshake may take before the connection is closed.
 pub const PEER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -72,6 +74,19 @@ pub const PEER_MAX_HANDSHAKES: usize = 64;
 /// How many of those may come from one address.
 pub const PEER_MAX_HANDSHAKES_PER_IP: usize = 8;
 
+/// TLS handshakes kept for the addresses of the group's voters, apart from the others: what
+/// fills the others cannot keep the voters' Raft messages out.
+pub const PEER_VOTER_HANDSHAKES: usize = 16;
+
+/// What the listener asks of the group it serves: who its voters are now.
+pub(crate) trait Group: Send + Sync + 'static {
+    /// Whether member `id` is a voter.
+    fn is_voter(&self, id: &str) -> bool;
+    /// Whether `ip` is an address a voter's peer listens on (its handshakes, and this box's
+    /// calls, come from there).
+    fn is_voter_address(&self, ip: IpAddr) -> bool;
+}
+
 /// What the peer listener allows a connection (the module docs say why these values).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -83,10 +98,12 @@ pub struct Limits {
     pub frame: Duration,
     /// Connections at once (over TLS: once their handshake has succeeded).
     pub connections: usize,
-    /// Connections at once of one holder ([`Holder`]).
+    /// Connections at once of one holder (`authorize::Holder`).
     pub per_holder: usize,
-    /// TLS handshakes in progress at once.
+    /// TLS handshakes in progress at once (the voters' addresses apart).
     pub handshakes: usize,
+    /// TLS handshakes in progress at once from the voters' addresses.
+    pub voter_handshakes: usize,
     /// TLS handshakes in progress at once from one address.
     pub handshakes_per_ip: usize,
 }
@@ -100,6 +117,7 @@ impl Default for Limits {
             connections: PEER_MAX_CONNECTIONS,
             per_holder: PEER_MAX_PER_HOLDER,
             handshakes: PEER_MAX_HANDSHAKES,
+            voter_handshakes: PEER_VOTER_HANDSHAKES,
             handshakes_per_ip: PEER_MAX_HANDSHAKES_PER_IP,
         }
     }
@@ -234,7 +252,7 @@ impl Listener {
 
 /// The address a connection's handshake counts against: an IPv4 address, or an IPv6 /64 (a
 /// host is given a /64, so one host's many addresses count as one).
-fn address_of(ip: IpAddr) -> IpAddr {
+pub(crate) fn address_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -306,6 +324,7 @@ pub(crate) async fn serve<F, Fut>(
     listener: Listener,
     tls: Option<Arc<PeerTls>>,
     limits: Limits,
+    group: Arc<dyn Group>,
     answer: F,
 ) where
     F: Fn(Caller, Vec<u8>) -> Fut + Clone + Send + 'static,
@@ -315,6 +334,7 @@ pub(crate) async fn serve<F, Fut>(
     let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone()));
     let places = Places::new(limits.connections, limits.per_holder);
     let handshakes = Places::new(limits.handshakes, limits.handshakes_per_ip);
+    let voter_handshakes = Places::new(limits.voter_handshakes, limits.handshakes_per_ip);
     let said = Said::default();
     let failed = Arc::new(Mutex::new(Refusals::default()));
     let mut accepted = 0u64;
@@ -331,6 +351,7 @@ pub(crate) async fn serve<F, Fut>(
         accepted += 1;
         let served = Served {
             n: accepted,
+            group: group.clone(),
             places: places.clone(),
             said: said.clone(),
             limits,
@@ -350,6 +371,11 @@ pub(crate) async fn serve<F, Fut>(
             }
             (Accepted::Tcp(s, from), Some(acceptor)) => {
                 let address = address_of(from.ip());
+                let handshakes = if group.is_voter_address(address) {
+                    &voter_handshakes
+                } else {
+                    &handshakes
+                };
                 let mut place = match handshakes.admit(address) {
                     Ok((place, closed)) => {
                         if let Some(ip) = closed {
@@ -367,20 +393,19 @@ pub(crate) async fn serve<F, Fut>(
                 let answer = answer.clone();
                 tokio::spawn(async move {
                     let shaken = tokio::select! {
-                        shaken = tokio::time::timeout(limits.handshake, acceptor.accept(s)) => shaken,
+                        shaken = tokio::time::timeout(limits.handshake, acceptor.accept(s).into_fallible()) => shaken,
                         _ = &mut place.taken => {
                             debug!(%from, "closed a TLS handshake in progress to make room for a newer one");
                             return;
                         }
                     };
-                    drop(place);
                     let s = match shaken {
                         Ok(Ok(s)) => s,
                         Err(_) => {
                             debug!(%from, "closed a peer connection whose TLS handshake did not finish within {:?}", limits.handshake);
                             return;
                         }
-                        Ok(Err(e)) => {
+                        Ok(Err((e, io))) => {
                             debug!(%from, "refused a peer connection without a valid certificate: {e}");
                             let said = lock(&failed).refuse(Instant::now());
                             if let Some(n) = said {
@@ -388,9 +413,16 @@ pub(crate) async fn serve<F, Fut>(
                                     "raft listener: refused {n} connection(s) without a valid certificate since the last such message, the latest from {from}: {e}"
                                 );
                             }
+                            // The TLS alert that says why is sent: close gently, still in the
+                            // handshake place, so that the caller reads it.
+                            tokio::select! {
+                                _ = linger(io) => {}
+                                _ = &mut place.taken => {}
+                            }
                             return;
                         }
                     };
+                    drop(place);
                     // The caller has shown a certificate of the CA: who it makes the caller
                     // decides whose share of the connections this one takes.
                     let certs = s.get_ref().1.peer_certificates().unwrap_or_default();
@@ -404,6 +436,29 @@ pub(crate) async fn serve<F, Fut>(
     }
 }
 
+/// How long a connection refused at its handshake is kept, closed for writing, so that the
+/// caller reads the TLS alert before the connection ends.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Closes a refused caller's connection gently: this side's end first (after the alert
+/// already sent), then whatever it still sends (its request, 64 KiB at most) read and dropped
+/// for [`LINGER`] at most. Closed at once with unread bytes, the kernel would answer with a
+/// reset, and the caller would see "broken pipe" instead of the reason.
+async fn linger(mut io: TcpStream) {
+    let _ = io.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut left = 64 * 1024usize;
+        while left > 0 {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
 /// A refusal counter's lock; a poisoned one only means a panic while counting.
 fn lock(refusals: &Mutex<Refusals>) -> std::sync::MutexGuard<'_, Refusals> {
     refusals.lock().unwrap_or_else(PoisonError::into_inner)
@@ -413,6 +468,7 @@ fn lock(refusals: &Mutex<Refusals>) -> std::sync::MutexGuard<'_, Refusals> {
 struct Served {
     /// The connection's number.
     n: u64,
+    group: Arc<dyn Group>,
     places: Arc<Places<Holder>>,
     said: Said,
     limits: Limits,
@@ -449,7 +505,8 @@ impl Served {
         Fut: Future<Output = std::io::Result<Vec<u8>>>,
     {
         let holder = authorize::holder(&caller, self.n);
-        let largest = authorize::largest_request(&caller);
+        let voter = matches!(&caller, Caller::Cert(Role::Member(id)) if self.group.is_voter(id));
+        let largest = authorize::largest_request(&caller, voter);
         tokio::select! {
             done = serve_one(stream, caller, &self.limits, largest, answer) => {
                 if let Err(e) = done {
@@ -508,7 +565,25 @@ mod tests {
             connections,
             per_holder: PEER_MAX_PER_HOLDER,
             handshakes: PEER_MAX_HANDSHAKES,
+            voter_handshakes: PEER_VOTER_HANDSHAKES,
             handshakes_per_ip: PEER_MAX_HANDSHAKES_PER_IP,
+        }
+    }
+
+    /// A group whose voters are these members, listening on these addresses.
+    #[derive(Debug, Default)]
+    struct Voters {
+        ids: Vec<String>,
+        addresses: Vec<IpAddr>,
+    }
+
+    impl Group for Voters {
+        fn is_voter(&self, id: &str) -> bool {
+            self.ids.iter().any(|v| v == id)
+        }
+
+        fn is_voter_address(&self, ip: IpAddr) -> bool {
+            self.addresses.contains(&ip)
         }
     }
 
@@ -535,12 +610,27 @@ mod tests {
         F: Fn(Caller, Vec<u8>) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = std::io::Result<Vec<u8>>> + Send + 'static,
     {
+        listen_in(limits, tls, Voters::default(), answer).await
+    }
+
+    /// [`listen_with`] for the group of `voters`.
+    async fn listen_in<F, Fut>(
+        limits: Limits,
+        tls: Option<PeerTls>,
+        voters: Voters,
+        answer: F,
+    ) -> String
+    where
+        F: Fn(Caller, Vec<u8>) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = std::io::Result<Vec<u8>>> + Send + 'static,
+    {
         let listener = Listener::bind("127.0.0.1:0").await.unwrap();
         let Listener::Tcp(l) = &listener else {
             unreachable!("a TCP address binds TCP")
         };
         let addr = l.local_addr().unwrap().to_string();
-        tokio::spawn(serve(listener, tls.map(Arc::new), limits, answer));
+        let group: Arc<dyn Group> = Arc::new(voters);
+        tokio::spawn(serve(listener, tls.map(Arc::new), limits, group, answer));
         addr
     }
 
@@ -900,41 +990,92 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_operators_request_past_64_kib_is_refused_unread_and_a_members_is_read() {
+    async fn a_request_past_what_its_caller_may_send_is_refused_unread() {
         use stek_trust::identity::Role;
         let tls = trusted_roles(&[
             Role::Member("p1".into()),
+            Role::Member("c1".into()),
             Role::Operator("alice".into()),
             Role::Member("gone".into()),
         ]);
-        let addr = listen(limits(30_000, 30_000, 30_000, 8), Some(tls[0].clone())).await;
-        let big = serde_json::to_vec(&Request::Join {
-            name: "x".repeat(2 * authorize::SMALL_REQUEST as usize),
-            addr: "127.0.0.1:1".into(),
-        })
-        .unwrap();
-        let send = |tls: PeerTls| {
-            let (addr, big) = (addr.clone(), big.clone());
+        let (voter, client_box, alice) = (&tls[0], &tls[1], &tls[2]);
+        let voters = Voters {
+            ids: vec!["p1".into()],
+            addresses: vec![],
+        };
+        let addr = listen_in(
+            limits(30_000, 30_000, 30_000, 8),
+            Some(voter.clone()),
+            voters,
+            origin_reply,
+        )
+        .await;
+        let of = |bytes: u32| {
+            serde_json::to_vec(&Request::Join {
+                name: "x".repeat(bytes as usize),
+                addr: "127.0.0.1:1".into(),
+            })
+            .unwrap()
+        };
+        let send = |tls: &PeerTls, body: Vec<u8>| {
+            let (addr, tls) = (addr.clone(), tls.clone());
             async move {
-                let stream = TcpStream::connect(&addr).await?;
-                let name = PeerTls::server_name(&addr).map_err(std::io::Error::other)?;
-                let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
-                let mut stream = connector.connect(name, stream).await?;
-                write_frame(&mut stream, &big).await?;
+                let mut stream = tls.connect(&addr, None).await?;
+                write_frame(&mut stream, &body).await?;
                 read_frame(&mut stream).await
             }
         };
-        let refused = tokio::time::timeout(BOUND, send(tls[1].clone()))
-            .await
-            .unwrap();
-        assert!(
-            refused.is_err(),
-            "an operator's large request was answered: {refused:?}"
-        );
-        let read = tokio::time::timeout(BOUND, send(tls[0].clone()))
-            .await
-            .unwrap();
-        assert!(read.is_ok(), "a member's was not: {read:?}");
+        // (who, how large, read)
+        let cases = [
+            (alice, 2 * authorize::SMALL_REQUEST, false),
+            (alice, authorize::SMALL_REQUEST / 2, true),
+            (client_box, authorize::MEMBER_REQUEST + (1 << 20), false),
+            (client_box, 2 * authorize::SMALL_REQUEST, true),
+            (voter, authorize::MEMBER_REQUEST + (1 << 20), true),
+        ];
+        for (i, (tls, bytes, read)) in cases.into_iter().enumerate() {
+            let got = tokio::time::timeout(BOUND, send(tls, of(bytes)))
+                .await
+                .unwrap();
+            assert_eq!(got.is_ok(), read, "case {i}: {bytes} bytes: {got:?}");
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_voters_handshakes_have_places_of_their_own() {
+        let tls = peer_tls();
+        let limits = Limits {
+            handshakes: 2,
+            voter_handshakes: 2,
+            handshakes_per_ip: 8,
+            ..limits(30_000, 30_000, 30_000, 8)
+        };
+        let voters = Voters {
+            ids: vec![],
+            addresses: vec![IpAddr::from([127, 0, 0, 1])],
+        };
+        let addr = listen_in(limits, Some(tls.clone()), voters, origin_reply).await;
+        // Two silent connections from two other addresses hold every other handshake place.
+        let silent_from = |last: u8| {
+            let addr = addr.clone();
+            async move {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket
+                    .bind(SocketAddr::new(IpAddr::from([127, 0, 0, last]), 0))
+                    .unwrap();
+                socket.connect(addr.parse().unwrap()).await.unwrap()
+            }
+        };
+        let mut silent = [silent_from(2).await, silent_from(3).await];
+        // The voter's address is served without taking any of their places.
+        assert_eq!(served(&addr, Some(&tls)).await, 1);
+        assert!(silent.iter().all(still_open));
+        // Anyone else takes the place of the oldest of them.
+        let other = IpAddr::from([127, 0, 0, 4]);
+        let got = tokio::time::timeout(BOUND, revision_from(other, &addr, &tls)).await;
+        assert!(matches!(got, Ok(Ok(1))), "{got:?}");
+        assert!(closed_by_server(&mut silent[0]).await);
     }
 
     /// [`revision`] over mutual TLS from the local address `source`.
@@ -964,6 +1105,7 @@ mod tests {
             listener,
             None,
             limits(30_000, 200, 30_000, 1),
+            Arc::new(Voters::default()),
             origin_reply,
         ));
         assert_eq!(revision(&addr, None).await.unwrap(), 3);

@@ -68,7 +68,28 @@ pub struct Peer {
     fatal: Arc<tokio::sync::watch::Sender<Option<String>>>,
     deadlines: Arc<Mutex<HashMap<i64, Instant>>>,
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// The addresses the group's voters listen on, resolved ([`Peer::follow_voter_addresses`]):
+    /// the listener keeps TLS handshake places for them ([`listener::Group`]).
+    voter_addresses: Arc<std::sync::RwLock<std::collections::HashSet<std::net::IpAddr>>>,
+    /// The `peers` table's addresses: the voters' until the group has a membership.
+    table_addresses: Arc<Vec<String>>,
 }
+
+impl listener::Group for Peer {
+    fn is_voter(&self, id: &str) -> bool {
+        Peer::is_voter(self, raft_id(id))
+    }
+
+    fn is_voter_address(&self, ip: std::net::IpAddr) -> bool {
+        self.voter_addresses
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&ip)
+    }
+}
+
+/// How often a peer resolves its voters' addresses again (a name's address may change).
+const VOTER_ADDRESSES_EVERY: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -173,15 +194,21 @@ impl Peer {
             fatal: Arc::new(tokio::sync::watch::channel(None).0),
             deadlines: Arc::default(),
             tasks: Arc::default(),
+            voter_addresses: Arc::default(),
+            table_addresses: Arc::new(peers.values().cloned().collect()),
         };
         let serve = tokio::spawn(peer.clone().serve(listener, tls.clone()));
+        let voters = tokio::spawn(peer.clone().follow_voter_addresses());
         let clock = tokio::spawn(peer.clone().lease_clock());
         let purge = tokio::spawn(purge_after_key_drops(
             peer.raft.clone(),
             peer.store.key_drops(),
             peer.name.clone(),
         ));
-        peer.tasks.lock().await.extend([serve, clock, purge]);
+        peer.tasks
+            .lock()
+            .await
+            .extend([serve, clock, purge, voters]);
         if fresh {
             let former = tokio::spawn(peer.clone().form_or_join(peers.clone(), tls));
             peer.tasks.lock().await.push(former);
@@ -429,11 +456,12 @@ impl Peer {
 
     /// Serves the listener within the default [`Limits`]: each connection carries one request.
     async fn serve(self, listener: Listener, tls: Option<Arc<PeerTls>>) {
+        let group: Arc<dyn listener::Group> = Arc::new(self.clone());
         let answer = move |caller: Caller, body: Vec<u8>| {
             let me = self.clone();
             async move { me.handle(&body, &caller).await }
         };
-        listener::serve(listener, tls, Limits::default(), answer).await;
+        listener::serve(listener, tls, Limits::default(), group, answer).await;
     }
 
     /// The reply to one request (`body`) from `caller`.
@@ -788,6 +816,59 @@ impl Peer {
                 Reply::NotLeader(f.leader_node.map(|n| n.addr))
             }
             e => Reply::Error(e.to_string()),
+        }
+    }
+
+    /// Keeps [`Peer::voter_addresses`] current: the voters' listen addresses (of the `peers`
+    /// table until the group has a membership), names resolved, on every membership change and
+    /// every [`VOTER_ADDRESSES_EVERY`].
+    async fn follow_voter_addresses(self) {
+        let mut metrics = self.raft.metrics();
+        let mut last: Option<Vec<String>> = None;
+        let mut due = tokio::time::Instant::now();
+        loop {
+            let listed: Vec<String> = {
+                let m = metrics.borrow_and_update();
+                let membership = m.membership_config.membership();
+                let voters: Vec<String> = membership
+                    .voter_ids()
+                    .filter_map(|v| membership.get_node(&v).map(|n| n.addr.clone()))
+                    .collect();
+                if voters.is_empty() {
+                    self.table_addresses.to_vec()
+                } else {
+                    voters
+                }
+            };
+            // Metrics change with every heartbeat: resolve only when the voters' addresses
+            // changed, or when it is time to look again.
+            if last.as_ref() != Some(&listed) || tokio::time::Instant::now() >= due {
+                let mut resolved = std::collections::HashSet::new();
+                for addr in listed.iter().filter(|a| !a.starts_with("unix:")) {
+                    let found = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        tokio::net::lookup_host(addr.as_str()),
+                    )
+                    .await;
+                    if let Ok(Ok(found)) = found {
+                        resolved.extend(found.map(|a| listener::address_of(a.ip())));
+                    }
+                }
+                *self
+                    .voter_addresses
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = resolved;
+                last = Some(listed);
+                due = tokio::time::Instant::now() + VOTER_ADDRESSES_EVERY;
+            }
+            tokio::select! {
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(due) => {}
+            }
         }
     }
 
