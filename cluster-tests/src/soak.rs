@@ -18,6 +18,7 @@ use tracing::info;
 use crate::cluster::{Backend, Cluster};
 use crate::resumption::{clients_for, Endpoint, Fleet, Judging, Keys, Tally};
 use crate::servers::{Haproxy, Nginx};
+use crate::tls::{take_ticket_under, Tls};
 use crate::{
     apply_all, argv_toml, require_binary, self_signed_cert, targets_from_toml, wait_until,
     RingDriver, TestDir,
@@ -203,8 +204,23 @@ impl SoakFleet {
     /// Baseline 1: every box with keys of its own, for `d` (after [`Self::run_stek`]).
     pub fn independent(&self, d: Duration) -> Tally {
         info!("--- baseline 1: per-box independent keys");
-        for t in &self.own_targets() {
-            apply_all(t, RingDriver::new(1).ring());
+        for (t, b) in self.own_targets().iter().zip(&self.boxes) {
+            let driver = RingDriver::new(1);
+            let ring = driver.ring();
+            apply_all(t, ring);
+            // nginx's reload is asynchronous: until its worker of the previous configuration
+            // stops accepting, it issues tickets under stek's shared key, which every box
+            // still resumes. Start once each box issues tickets under its own key.
+            let _ = take_ticket_under(
+                b.nginx.port,
+                Tls::V12,
+                &self
+                    .dir
+                    .path()
+                    .join(format!("independent-{}.pem", b.nginx.port)),
+                *ring.active().key.name(),
+                Duration::from_secs(10),
+            );
         }
         let tally = clients_for(self.dir.path(), self.fleet(), d, None, || {});
         info!("independent: {tally:?}");
