@@ -287,6 +287,15 @@ fn nobody_who_can_connect_or_holds_a_certificate_stops_rotation() {
             .any(|n| n.log_text().contains("raft listener: closed or refused")),
         "no peer said it shed connections"
     );
+    // What an operator sees: every peer counts what it closed or refused.
+    for i in 0..c.nodes.len() {
+        let counted = c.metric(i, "stek_raft_connections_refused_total");
+        assert!(
+            counted.is_some_and(|n| n > 0.0),
+            "{}: stek_raft_connections_refused_total = {counted:?}",
+            c.nodes[i].id
+        );
+    }
 
     info!("--- nothing the attackers sent is in the store; the revoked member is told why");
     let reply = rt.block_on(call(

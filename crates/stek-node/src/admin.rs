@@ -114,6 +114,15 @@ pub struct ErrorLabels {
     pub stage: String,
 }
 
+/// Labels saying why the Raft listener closed or refused a connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `room` (closed or refused to keep room for others: a holder past its share, the
+    /// largest holder's oldest) or `certificate` (its TLS handshake failed: no certificate of
+    /// the CA, or one that is revoked or names no one).
+    pub reason: String,
+}
+
 /// Labels naming a member.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MemberLabels {
@@ -169,6 +178,8 @@ pub struct Metrics {
     pub reload_duration: Family<TargetLabels, Histogram>,
     /// Admin connections closed or refused to keep room for other clients.
     pub admin_refused: Counter,
+    /// Raft listener connections closed or refused, by why (this box's Raft peer only).
+    pub raft_refused: Family<RefusedLabels, Counter>,
     ready: Mutex<Result<String, String>>,
     started: AtomicU64,
 }
@@ -205,6 +216,7 @@ impl Metrics {
         let reload_duration =
             Family::<TargetLabels, Histogram>::new_with_constructor(reload_histogram as fn() -> _);
         let admin_refused = Counter::default();
+        let raft_refused = Family::<RefusedLabels, Counter>::default();
         registry.register(
             "leader",
             "1 while this node is the cluster's leader",
@@ -315,6 +327,11 @@ impl Metrics {
             "Admin connections closed or refused to keep room for other clients: a client's oldest past its cap, the largest holder's oldest when every connection is taken, or a new one of a client already holding as many as any other",
             admin_refused.clone(),
         );
+        registry.register(
+            "raft_connections_refused",
+            "Connections this box's Raft peer closed or refused: reason=room to keep room for others (a certificate holder or an address past its share, the largest holder's oldest), reason=certificate for a failed TLS handshake (no certificate of the CA, or a revoked or foreign one)",
+            raft_refused.clone(),
+        );
         Self {
             registry,
             leader,
@@ -338,6 +355,7 @@ impl Metrics {
             target_errors,
             reload_duration,
             admin_refused,
+            raft_refused,
             ready: Mutex::new(Err("starting: the ring has not been read yet".into())),
             started: AtomicU64::new(unix(SystemTime::now()) as u64),
         }

@@ -85,7 +85,14 @@ pub(crate) trait Group: Send + Sync + 'static {
     /// Whether `ip` is an address a voter's peer listens on (its handshakes, and this box's
     /// calls, come from there).
     fn is_voter_address(&self, ip: IpAddr) -> bool;
+    /// Counts a connection closed or refused, and why: [`ROOM`] or [`CERTIFICATE`].
+    fn refused(&self, _why: &'static str) {}
 }
+
+/// Why a connection was closed or refused ([`Group::refused`]): to keep room for others.
+pub const ROOM: &str = "room";
+/// Why a connection was closed or refused ([`Group::refused`]): its TLS handshake failed.
+pub const CERTIFICATE: &str = "certificate";
 
 /// What the peer listener allows a connection (the module docs say why these values).
 #[derive(Debug, Clone, Copy)]
@@ -274,13 +281,15 @@ enum Shed {
     Connection(Holder, usize),
 }
 
-/// The listener's refusals, logged at most once a minute however many there are.
-#[derive(Debug, Clone, Default)]
-struct Said(Arc<Mutex<Refusals>>);
+/// The listener's refusals, counted for the group and logged at most once a minute however
+/// many there are.
+#[derive(Clone)]
+struct Said(Arc<Mutex<Refusals>>, Arc<dyn Group>);
 
 impl Said {
     /// Counts one connection closed or refused to keep room (`shed`), and logs it when due.
     fn shed(&self, shed: Shed, limits: &Limits) {
+        self.1.refused(ROOM);
         let said = self
             .0
             .lock()
@@ -335,7 +344,7 @@ pub(crate) async fn serve<F, Fut>(
     let places = Places::new(limits.connections, limits.per_holder);
     let handshakes = Places::new(limits.handshakes, limits.handshakes_per_ip);
     let voter_handshakes = Places::new(limits.voter_handshakes, limits.handshakes_per_ip);
-    let said = Said::default();
+    let said = Said(Arc::default(), group.clone());
     let failed = Arc::new(Mutex::new(Refusals::default()));
     let mut accepted = 0u64;
     loop {
@@ -390,7 +399,7 @@ pub(crate) async fn serve<F, Fut>(
                     }
                 };
                 let (acceptor, trust, failed) = (acceptor.clone(), trust.clone(), failed.clone());
-                let answer = answer.clone();
+                let (answer, group) = (answer.clone(), group.clone());
                 tokio::spawn(async move {
                     let shaken = tokio::select! {
                         shaken = tokio::time::timeout(limits.handshake, acceptor.accept(s).into_fallible()) => shaken,
@@ -407,6 +416,7 @@ pub(crate) async fn serve<F, Fut>(
                         }
                         Ok(Err((e, io))) => {
                             debug!(%from, "refused a peer connection without a valid certificate: {e}");
+                            group.refused(CERTIFICATE);
                             let said = lock(&failed).refuse(Instant::now());
                             if let Some(n) = said {
                                 warn!(

@@ -73,7 +73,13 @@ pub struct Peer {
     voter_addresses: Arc<std::sync::RwLock<std::collections::HashSet<std::net::IpAddr>>>,
     /// The `peers` table's addresses: the voters' until the group has a membership.
     table_addresses: Arc<Vec<String>>,
+    /// Counts the connections the listener closes or refuses ([`Peer::count_refused_with`]).
+    count_refused: Arc<std::sync::OnceLock<RefusedCounter>>,
 }
+
+/// How a peer's owner counts the connections its listener closes or refuses, given why
+/// ([`listener::ROOM`], [`listener::CERTIFICATE`]).
+pub type RefusedCounter = Box<dyn Fn(&'static str) + Send + Sync>;
 
 impl listener::Group for Peer {
     fn is_voter(&self, id: &str) -> bool {
@@ -85,6 +91,12 @@ impl listener::Group for Peer {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .contains(&ip)
+    }
+
+    fn refused(&self, why: &'static str) {
+        if let Some(count) = self.count_refused.get() {
+            count(why);
+        }
     }
 }
 
@@ -196,6 +208,7 @@ impl Peer {
             tasks: Arc::default(),
             voter_addresses: Arc::default(),
             table_addresses: Arc::new(peers.values().cloned().collect()),
+            count_refused: Arc::default(),
         };
         let serve = tokio::spawn(peer.clone().serve(listener, tls.clone()));
         let voters = tokio::spawn(peer.clone().follow_voter_addresses());
@@ -375,6 +388,12 @@ impl Peer {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// Counts every connection the listener closes or refuses with `count`, from now on (the
+    /// node's metrics); the first counter set stays.
+    pub fn count_refused_with(&self, count: RefusedCounter) {
+        let _ = self.count_refused.set(count);
     }
 
     /// Whether `id` is a voter of the group (of this peer's `peers` table while it has no

@@ -85,6 +85,16 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             super::connect::peer_tls(&config)?,
         )
         .await?;
+        {
+            let metrics = metrics.clone();
+            peer.count_refused_with(Box::new(move |why| {
+                let reason = why.to_owned();
+                metrics
+                    .raft_refused
+                    .get_or_create(&stek_node::admin::RefusedLabels { reason })
+                    .inc();
+            }));
+        }
         // A Raft core that stopped (a storage failure, a panic) would leave this box serving a
         // frozen state: stop the node and exit non-zero instead, so that the service manager
         // restarts it.
