@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -75,6 +76,17 @@ pub struct Peer {
     table_addresses: Arc<Vec<String>>,
     /// Counts the connections the listener closes or refuses ([`Peer::count_refused_with`]).
     count_refused: Arc<std::sync::OnceLock<RefusedCounter>>,
+    /// The last `State` reply serialised, and the revision it is of ([`Peer::state_reply`]).
+    state_cache: Arc<StateCache>,
+}
+
+/// A serialised `State` reply and its revision.
+type StateCache = std::sync::Mutex<Option<(u64, Arc<Vec<u8>>)>>;
+
+/// [`Reply::State`] over a borrowed state: the same JSON, without a copy to own.
+#[derive(serde::Serialize)]
+enum StateReply<'a> {
+    State(&'a stek_store::keyspace::Keyspace),
 }
 
 /// How a peer's owner counts the connections its listener closes or refuses, given why
@@ -209,6 +221,7 @@ impl Peer {
             voter_addresses: Arc::default(),
             table_addresses: Arc::new(peers.values().cloned().collect()),
             count_refused: Arc::default(),
+            state_cache: Arc::default(),
         };
         let serve = tokio::spawn(peer.clone().serve(listener, tls.clone()));
         let voters = tokio::spawn(peer.clone().follow_voter_addresses());
@@ -497,6 +510,7 @@ impl Peer {
             Ok(()) if !admitted && !matches!(req, Request::Probe { .. }) => {
                 Reply::Error(NOT_ADMITTED.into())
             }
+            Ok(()) if matches!(req, Request::State) => return self.state_reply().await,
             Ok(()) => self.answer(authorize::stamped(caller, req)).await,
             Err(Refusal::Fenced(why)) => {
                 // What the store's own fence would answer: the caller does not lead.
@@ -514,6 +528,31 @@ impl Peer {
         Ok(serde_json::to_vec(&reply)?)
     }
 
+    /// The reply to a `State` read, serialised once per revision however many callers read
+    /// it: each client box reads the state at every change, and a reader holding many
+    /// connections costs the peer a copy, not a serialisation, per read.
+    async fn state_reply(&self) -> std::io::Result<Vec<u8>> {
+        if let Err(leader) = self.can_read() {
+            return Ok(serde_json::to_vec(&Reply::NotLeader(leader))?);
+        }
+        let revision = self.store.read(|data| data.revision).await;
+        let cached =
+            |cache: &StateCache| match &*cache.lock().unwrap_or_else(PoisonError::into_inner) {
+                Some((r, bytes)) if *r == revision => Some(bytes.clone()),
+                _ => None,
+            };
+        if let Some(bytes) = cached(&self.state_cache) {
+            return Ok(bytes.to_vec());
+        }
+        let data = self.store.data().await;
+        let bytes = Arc::new(serde_json::to_vec(&StateReply::State(&data))?);
+        *self
+            .state_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((data.revision, bytes.clone()));
+        Ok(bytes.to_vec())
+    }
+
     /// Whether `caller` may make `req` ([`authorize::authorize`]), with the facts of the
     /// group's state it needs read first.
     async fn authorize(&self, caller: &Caller, req: &Request) -> Result<(), Refusal> {
@@ -522,21 +561,27 @@ impl Peer {
             Need::Nothing => {}
             Need::Voter(id) => facts.sender_is_voter = self.is_voter(id),
             Need::Leader => {
-                facts.leader = self.store.data().await.leader.map(|l| l.node_id);
+                facts.leader = self
+                    .store
+                    .read(|data| data.leader.as_ref().map(|l| l.node_id.clone()))
+                    .await;
             }
             Need::LeaseHolder(lease) => {
-                let data = self.store.data().await;
-                facts.lease_holder = data
-                    .alive
-                    .iter()
-                    .find(|(_, l)| **l == lease)
-                    .map(|(n, _)| n.clone())
-                    .or_else(|| {
-                        data.leader
-                            .as_ref()
-                            .filter(|s| s.lease == lease)
-                            .map(|s| s.node_id.clone())
+                facts.lease_holder = self
+                    .store
+                    .read(|data| {
+                        data.alive
+                            .iter()
+                            .find(|(_, l)| **l == lease)
+                            .map(|(n, _)| n.clone())
+                            .or_else(|| {
+                                data.leader
+                                    .as_ref()
+                                    .filter(|s| s.lease == lease)
+                                    .map(|s| s.node_id.clone())
+                            })
                     })
+                    .await
                     .map_or(LeaseHolder::Nobody, LeaseHolder::Member);
             }
         }
@@ -667,7 +712,10 @@ impl Peer {
                 if let Err(leader) = self.can_read() {
                     return Reply::NotLeader(leader);
                 }
-                let ttl = self.store.data().await.leases.get(&lease).copied();
+                let ttl = self
+                    .store
+                    .read(|data| data.leases.get(&lease).copied())
+                    .await;
                 match ttl {
                     Some(ttl) => {
                         let deadline = Instant::now() + Duration::from_millis(ttl);
@@ -907,7 +955,7 @@ impl Peer {
                 led_term = Some(m.current_term);
                 self.deadlines.lock().await.clear();
             }
-            let leases = self.store.data().await.leases;
+            let leases = self.store.read(|data| data.leases.clone()).await;
             let now = Instant::now();
             let expired: Vec<i64> = {
                 let mut d = self.deadlines.lock().await;
@@ -1031,6 +1079,32 @@ mod tests {
     fn free_addr() -> String {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
+    }
+
+    /// The cached `State` reply is serialised from a borrowed state: a client must read it
+    /// as the `Reply::State` it always was.
+    #[test]
+    fn a_state_reply_of_a_borrowed_state_is_the_reply_a_client_reads() {
+        let mut data = stek_store::keyspace::Keyspace::default();
+        for cmd in [
+            Command::Grant {
+                lease: 7,
+                ttl_ms: 3_000,
+            },
+            Command::PutMember {
+                node_id: "n1".into(),
+                value: b"{}".to_vec(),
+            },
+        ] {
+            data.apply(&cmd);
+        }
+        let borrowed = serde_json::to_vec(&StateReply::State(&data)).unwrap();
+        let owned = serde_json::to_vec(&Reply::State(data.clone())).unwrap();
+        assert_eq!(borrowed, owned);
+        let Reply::State(read) = serde_json::from_slice(&borrowed).unwrap() else {
+            panic!("not a State reply")
+        };
+        assert_eq!((read.revision, read.members.len()), (data.revision, 1));
     }
 
     /// Writes `ring` as the leader of `term`, serving every pending rotation request.

@@ -283,6 +283,12 @@ impl RaftStore {
         self.inner.lock().await.data.clone()
     }
 
+    /// What `f` reads of the applied state, without copying the rest (the state can hold
+    /// thousands of member records; a lease renewal needs one TTL).
+    pub async fn read<R>(&self, f: impl FnOnce(&Keyspace) -> R) -> R {
+        f(&self.inner.lock().await.data)
+    }
+
     /// Follows the applied revision.
     pub fn revisions(&self) -> watch::Receiver<u64> {
         self.revision.subscribe()
