@@ -1051,6 +1051,36 @@ mod tests {
         }
     }
 
+    /// A client with trust follows redirects to addresses it did not know: whatever answers
+    /// there must be a member, not revoked.
+    #[tokio::test]
+    async fn a_client_with_trust_talks_only_to_a_member_that_is_not_revoked() {
+        use stek_trust::identity::Role;
+        let tls = trusted_roles(&[
+            Role::Member("p1".into()),
+            Role::Member("p2".into()),
+            Role::Operator("alice".into()),
+            Role::Member("gone".into()),
+        ]);
+        let client = &tls[0];
+        // (the server's certificate, what the client's error says: none if it talks to it).
+        // An operator's certificate is not one for a server at all (TLS refuses it); a
+        // revoked member's is, and the client's trust refuses it.
+        for (server, refused) in [
+            (&tls[1], None),
+            (&tls[2], Some("server authentication")),
+            (&tls[3], Some("revoked")),
+        ] {
+            let addr = listen(limits(30_000, 30_000, 30_000, 8), Some(server.clone())).await;
+            let got = call(&addr, &Request::Members, BOUND, Some(client)).await;
+            match (refused, got) {
+                (None, got) => assert!(got.is_ok(), "{got:?}"),
+                (Some(why), Err(e)) => assert!(e.to_string().contains(why), "{e}"),
+                (Some(why), Ok(reply)) => panic!("answered ({reply:?}), not refused for {why}"),
+            }
+        }
+    }
+
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_voters_handshakes_have_places_of_their_own() {

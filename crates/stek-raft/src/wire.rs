@@ -160,7 +160,10 @@ pub async fn call(
 
 /// [`call`] to the peer whose Raft id is `expect`: with `[identity]` trust, the server's
 /// certificate must name the member whose Raft id that is, so an address that leads to another
-/// peer (or anyone else with a certificate of the CA) is refused, never counted twice.
+/// peer (or anyone else with a certificate of the CA) is refused, never counted twice. With
+/// trust and no `expect` (a client following the group to its leader), the server's
+/// certificate must still be a member's, under the same trust: an operator's or a revoked
+/// member's certificate cannot answer for a peer.
 pub async fn call_peer(
     addr: &str,
     expect: Option<u64>,
@@ -180,7 +183,7 @@ pub async fn call_peer(
                 let name = PeerTls::server_name(addr).map_err(std::io::Error::other)?;
                 let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
                 let mut stream = connector.connect(name, stream).await?;
-                if let (Some(expect), Some(trust)) = (expect, &tls.trust) {
+                if let Some(trust) = &tls.trust {
                     let who = stream
                         .get_ref()
                         .1
@@ -188,18 +191,33 @@ pub async fn call_peer(
                         .and_then(|c| c.first())
                         .map(|der| trust.verify(der, std::time::SystemTime::now()));
                     match who {
-                        Some(Ok(v)) if matches!(&v.role, stek_trust::identity::Role::Member(n) if raft_id(n) == expect) => {}
+                        Some(Ok(v)) if matches!(&v.role, stek_trust::identity::Role::Member(n) if expect.is_none_or(|e| raft_id(n) == e)) =>
+                            {}
                         Some(Ok(v)) => {
+                            let wanted = if expect.is_some() {
+                                "the peer it is listed for"
+                            } else {
+                                "a member: only members' boxes run peers"
+                            };
                             return Err(std::io::Error::new(
                                 std::io::ErrorKind::PermissionDenied,
-                                format!("{addr} answered with the certificate of {}, not of the peer it is listed for", v.role),
-                            ))
+                                format!(
+                                    "{addr} answered with the certificate of {}, not of {wanted}",
+                                    v.role
+                                ),
+                            ));
                         }
                         Some(Err(e)) => {
-                            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, format!("{addr}: {e}")))
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::PermissionDenied,
+                                format!("{addr}: {e}"),
+                            ))
                         }
                         None => {
-                            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, format!("{addr} presented no certificate")))
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::PermissionDenied,
+                                format!("{addr} presented no certificate"),
+                            ))
                         }
                     }
                 }

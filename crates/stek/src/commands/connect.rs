@@ -62,7 +62,7 @@ pub struct Access {
 }
 
 /// `--cert`/`--key` checked against the config's CA (any role: the peers and the leader decide
-/// what it may do).
+/// what it may do), and the trust it was checked under.
 pub fn operator_files(
     config: &Config,
     cert: &Path,
@@ -70,6 +70,7 @@ pub fn operator_files(
 ) -> anyhow::Result<(
     stek_node::config::IdentityPem,
     stek_trust::identity::Credentials,
+    stek_trust::identity::Trust,
 )> {
     let Some(files) = &config.identity else {
         bail!("--cert needs the cluster's CA: the config has no [identity] ca_file");
@@ -84,7 +85,7 @@ pub fn operator_files(
     let creds = stek_trust::identity::Credentials::new(&trust, &pem.cert, &pem.key)
         .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
     tracing::debug!(role = %creds.role(), "presenting --cert");
-    Ok((pem, creds))
+    Ok((pem, creds, trust))
 }
 
 /// Mutual TLS with `--cert`/`--key` and the config's CA.
@@ -93,8 +94,10 @@ pub fn operator_tls(
     cert: &Path,
     key: &Path,
 ) -> anyhow::Result<stek_raft::tls::PeerTls> {
-    let (pem, _) = operator_files(config, cert, key)?;
-    stek_raft::tls::PeerTls::from_pem(&pem.ca, &pem.cert, &pem.key)
+    // Under the config's trust (its revocation list too): a peer must answer with a member's
+    // certificate that is not revoked.
+    let (pem, _, trust) = operator_files(config, cert, key)?;
+    stek_raft::tls::PeerTls::trusted(&pem.ca, &pem.cert, &pem.key, trust)
         .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))
 }
 
